@@ -1,0 +1,409 @@
+//! Istio-compatible pod annotations: names, strict parsing and validation.
+//!
+//! Annotation values are written by pod authors, so they are untrusted data: each one is
+//! parsed into a typed value (ports, CIDRs, interface names, a mode) with bounded length and
+//! list size, and anything else is an [`AnnotationError`] naming the annotation. Nothing here
+//! ever reaches a shell: the renderers only print typed values.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Pod annotations, as the runtime passes them (`io.kubernetes.cri.pod-annotations`).
+pub type Annotations = BTreeMap<String, String>;
+
+pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
+pub const SIDECAR_INJECT: &str = "sidecar.istio.io/inject";
+pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
+pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
+pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
+/// The older name of [`REROUTE_VIRTUAL_INTERFACES`]; the new name wins when both are present.
+pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
+
+/// Every annotation that changes the redirect model, for documentation and `meshcap render`.
+pub const MODEL_ANNOTATIONS: &[&str] = &[
+    INTERCEPTION_MODE,
+    INCLUDE_OUTBOUND_IP_RANGES,
+    EXCLUDE_OUTBOUND_IP_RANGES,
+    INCLUDE_INBOUND_PORTS,
+    EXCLUDE_INBOUND_PORTS,
+    INCLUDE_OUTBOUND_PORTS,
+    EXCLUDE_OUTBOUND_PORTS,
+    EXCLUDE_INTERFACES,
+    REROUTE_VIRTUAL_INTERFACES,
+    KUBEVIRT_INTERFACES,
+    PROXY_CONFIG,
+];
+
+/// Longest annotation value meshcap accepts (Kubernetes allows 256 KiB for all annotations
+/// together; a capture annotation never needs more than this).
+pub const MAX_VALUE_LEN: usize = 16 * 1024;
+/// Most entries a list annotation may hold; every entry becomes at least one rule.
+pub const MAX_LIST_LEN: usize = 256;
+
+/// An annotation value meshcap refuses. `Display` names the annotation, the offending value
+/// (truncated) and why, so the CNI error tells the pod author what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid annotation {annotation}={value:?}: {reason}")]
+pub struct AnnotationError {
+    pub annotation: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl AnnotationError {
+    fn new(annotation: &str, value: &str, reason: impl Into<String>) -> Self {
+        const SHOWN: usize = 120;
+        let value = if value.len() > SHOWN {
+            let mut end = SHOWN;
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}...", &value[..end])
+        } else {
+            value.to_owned()
+        };
+        AnnotationError {
+            annotation: annotation.to_owned(),
+            value,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A list annotation that also accepts `*` ("everything").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector<T> {
+    All,
+    Only(Vec<T>),
+}
+
+impl<T> Selector<T> {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Selector::Only(v) if v.is_empty())
+    }
+}
+
+/// Read a raw annotation value, enforcing the length bound.
+fn raw<'a>(annotations: &'a Annotations, name: &str) -> Result<Option<&'a str>, AnnotationError> {
+    match annotations.get(name) {
+        None => Ok(None),
+        Some(v) if v.len() > MAX_VALUE_LEN => Err(AnnotationError::new(
+            name,
+            v,
+            format!("value is longer than {MAX_VALUE_LEN} bytes"),
+        )),
+        Some(v) => Ok(Some(v.as_str())),
+    }
+}
+
+/// Split a comma-separated list; whitespace around items is ignored, empty items are errors
+/// (a trailing comma is a typo we would rather report than guess about).
+fn items<'a>(name: &str, value: &'a str) -> Result<Vec<&'a str>, AnnotationError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let items: Vec<&str> = trimmed.split(',').map(str::trim).collect();
+    if items.len() > MAX_LIST_LEN {
+        return Err(AnnotationError::new(
+            name,
+            value,
+            format!("more than {MAX_LIST_LEN} entries"),
+        ));
+    }
+    if items.iter().any(|i| i.is_empty()) {
+        return Err(AnnotationError::new(name, value, "empty list entry"));
+    }
+    Ok(items)
+}
+
+fn dedup<T: Ord + Clone>(v: Vec<T>) -> Vec<T> {
+    let mut seen = BTreeSet::new();
+    v.into_iter().filter(|x| seen.insert(x.clone())).collect()
+}
+
+/// A TCP/UDP port: decimal 1-65535, nothing else (no names, no ranges, no signs).
+pub fn parse_port(name: &str, value: &str, item: &str) -> Result<u16, AnnotationError> {
+    if item.is_empty() || item.len() > 5 || !item.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AnnotationError::new(
+            name,
+            value,
+            format!("{item:?} is not a port number (1-65535)"),
+        ));
+    }
+    match item.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(AnnotationError::new(
+            name,
+            value,
+            format!("port {item} is out of range (1-65535)"),
+        )),
+    }
+}
+
+/// A port list; `allow_all` admits the value `*`.
+pub fn ports(
+    annotations: &Annotations,
+    name: &str,
+    allow_all: bool,
+) -> Result<Option<Selector<u16>>, AnnotationError> {
+    let Some(value) = raw(annotations, name)? else {
+        return Ok(None);
+    };
+    if value.trim() == "*" {
+        return if allow_all {
+            Ok(Some(Selector::All))
+        } else {
+            Err(AnnotationError::new(name, value, "`*` is not allowed here"))
+        };
+    }
+    let ports = items(name, value)?
+        .into_iter()
+        .map(|item| parse_port(name, value, item))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Selector::Only(dedup(ports))))
+}
+
+/// A CIDR list of either family; `allow_all` admits `*`. A bare address means a host route
+/// (/32 or /128). Host bits must be zero, as the kernel would silently drop them otherwise.
+pub fn cidrs(
+    annotations: &Annotations,
+    name: &str,
+    allow_all: bool,
+) -> Result<Option<Selector<IpNet>>, AnnotationError> {
+    let Some(value) = raw(annotations, name)? else {
+        return Ok(None);
+    };
+    if value.trim() == "*" {
+        return if allow_all {
+            Ok(Some(Selector::All))
+        } else {
+            Err(AnnotationError::new(name, value, "`*` is not allowed here"))
+        };
+    }
+    let mut nets = Vec::new();
+    for item in items(name, value)? {
+        let net = if item.contains('/') {
+            item.parse::<IpNet>().map_err(|_| {
+                AnnotationError::new(name, value, format!("{item:?} is not a CIDR"))
+            })?
+        } else {
+            let addr = item.parse::<std::net::IpAddr>().map_err(|_| {
+                AnnotationError::new(name, value, format!("{item:?} is not a CIDR or address"))
+            })?;
+            IpNet::from(addr)
+        };
+        if net.trunc() != net {
+            return Err(AnnotationError::new(
+                name,
+                value,
+                format!("{item} has host bits set (did you mean {}?)", net.trunc()),
+            ));
+        }
+        nets.push(net);
+    }
+    Ok(Some(Selector::Only(dedup(nets))))
+}
+
+/// An interface name as the kernel accepts it (`dev_valid_name`): 1-15 bytes, not `.` or `..`,
+/// no `/`, `:` or whitespace. meshcap is stricter and also refuses control characters and
+/// quotes, which no real interface needs and which would only make rules hard to read.
+pub fn is_valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b':' | b'"' | b'\'' | b'\\'))
+}
+
+pub fn interfaces(
+    annotations: &Annotations,
+    name: &str,
+) -> Result<Option<Vec<String>>, AnnotationError> {
+    let Some(value) = raw(annotations, name)? else {
+        return Ok(None);
+    };
+    let mut names = Vec::new();
+    for item in items(name, value)? {
+        if !is_valid_interface_name(item) {
+            return Err(AnnotationError::new(
+                name,
+                value,
+                format!("{item:?} is not a valid interface name"),
+            ));
+        }
+        names.push(item.to_owned());
+    }
+    Ok(Some(dedup(names)))
+}
+
+/// The inbound interception mode.
+pub fn interception_mode(
+    annotations: &Annotations,
+) -> Result<Option<crate::model::InterceptionMode>, AnnotationError> {
+    use crate::model::InterceptionMode;
+    let Some(value) = raw(annotations, INTERCEPTION_MODE)? else {
+        return Ok(None);
+    };
+    match value {
+        "REDIRECT" => Ok(Some(InterceptionMode::Redirect)),
+        "TPROXY" => Ok(Some(InterceptionMode::Tproxy)),
+        _ => Err(AnnotationError::new(
+            INTERCEPTION_MODE,
+            value,
+            "must be REDIRECT or TPROXY",
+        )),
+    }
+}
+
+/// The part of Istio's ProxyConfig that matters for capture. Other fields are allowed and
+/// ignored: the annotation carries the whole proxy configuration.
+#[derive(Debug, Default, Deserialize)]
+struct ProxyConfigSubset {
+    #[serde(default, rename = "proxyMetadata")]
+    proxy_metadata: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Whether `proxy.istio.io/config` turns DNS capture on (`proxyMetadata.ISTIO_META_DNS_CAPTURE`).
+/// The value is YAML (JSON is valid YAML). Booleans follow Go's `strconv.ParseBool`, as Istio's
+/// agent reads them.
+pub fn dns_capture(annotations: &Annotations) -> Result<bool, AnnotationError> {
+    let Some(value) = raw(annotations, PROXY_CONFIG)? else {
+        return Ok(false);
+    };
+    if value.trim().is_empty() {
+        return Ok(false);
+    }
+    let config: ProxyConfigSubset = serde_yaml::from_str(value).map_err(|e| {
+        AnnotationError::new(PROXY_CONFIG, value, format!("not a ProxyConfig document: {e}"))
+    })?;
+    let Some(flag) = config.proxy_metadata.get("ISTIO_META_DNS_CAPTURE") else {
+        return Ok(false);
+    };
+    let text = match flag {
+        serde_yaml::Value::Bool(b) => return Ok(*b),
+        serde_yaml::Value::String(s) => s.as_str(),
+        _ => {
+            return Err(AnnotationError::new(
+                PROXY_CONFIG,
+                value,
+                "proxyMetadata.ISTIO_META_DNS_CAPTURE must be a string \"true\" or \"false\"",
+            ))
+        }
+    };
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" | "" => Ok(false),
+        _ => Err(AnnotationError::new(
+            PROXY_CONFIG,
+            value,
+            format!("proxyMetadata.ISTIO_META_DNS_CAPTURE={text:?} is not a boolean"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(name: &str, value: &str) -> Annotations {
+        [(name.to_owned(), value.to_owned())].into_iter().collect()
+    }
+
+    #[test]
+    fn ports_parse_strictly() {
+        let n = EXCLUDE_INBOUND_PORTS;
+        assert_eq!(
+            ports(&one(n, "80, 443,80"), n, false).unwrap(),
+            Some(Selector::Only(vec![80, 443]))
+        );
+        assert_eq!(ports(&one(n, ""), n, false).unwrap(), Some(Selector::Only(vec![])));
+        assert_eq!(ports(&Annotations::new(), n, false).unwrap(), None);
+        for bad in ["0", "65536", "-1", "+80", "80;rm -rf /", "http", "80,", "8 0", "*", "0x50"] {
+            let err = ports(&one(n, bad), n, false).unwrap_err();
+            assert_eq!(err.annotation, n, "{bad}");
+        }
+        assert_eq!(
+            ports(&one(INCLUDE_INBOUND_PORTS, " * "), INCLUDE_INBOUND_PORTS, true).unwrap(),
+            Some(Selector::All)
+        );
+    }
+
+    #[test]
+    fn error_names_annotation_and_value() {
+        let err = ports(&one(EXCLUDE_INBOUND_PORTS, "99999"), EXCLUDE_INBOUND_PORTS, false)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(EXCLUDE_INBOUND_PORTS), "{text}");
+        assert!(text.contains("99999"), "{text}");
+    }
+
+    #[test]
+    fn cidrs_of_both_families() {
+        let n = EXCLUDE_OUTBOUND_IP_RANGES;
+        let got = cidrs(&one(n, "10.0.0.0/8,fd00::/8, 192.168.1.1"), n, false).unwrap();
+        assert_eq!(
+            got,
+            Some(Selector::Only(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "fd00::/8".parse().unwrap(),
+                "192.168.1.1/32".parse().unwrap(),
+            ]))
+        );
+        for bad in ["10.0.0.1/8", "10.0.0.0/33", "not-a-cidr", "*", "10.0.0.0/8,,"] {
+            assert!(cidrs(&one(n, bad), n, false).is_err(), "{bad}");
+        }
+        assert_eq!(
+            cidrs(&one(INCLUDE_OUTBOUND_IP_RANGES, "*"), INCLUDE_OUTBOUND_IP_RANGES, true)
+                .unwrap(),
+            Some(Selector::All)
+        );
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernel() {
+        for good in ["eth0", "net1", "veth-a.b_c@x", "abcdefghijklmno"] {
+            assert!(is_valid_interface_name(good), "{good}");
+        }
+        for bad in ["", ".", "..", "abcdefghijklmnop", "a/b", "a:b", "a b", "a\"b", "$(x)x\n"] {
+            assert!(!is_valid_interface_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn over_long_values_and_lists_are_refused() {
+        let n = EXCLUDE_INBOUND_PORTS;
+        let long = "1,".repeat(MAX_VALUE_LEN);
+        assert!(ports(&one(n, &long), n, false).unwrap_err().reason.contains("longer"));
+        let many = (1..=(MAX_LIST_LEN as u32 + 1))
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(ports(&one(n, &many), n, false).unwrap_err().reason.contains("entries"));
+    }
+
+    #[test]
+    fn dns_capture_from_yaml_or_json() {
+        let yaml = "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n";
+        assert!(dns_capture(&one(PROXY_CONFIG, yaml)).unwrap());
+        let json = r#"{"proxyMetadata":{"ISTIO_META_DNS_CAPTURE":"false"}}"#;
+        assert!(!dns_capture(&one(PROXY_CONFIG, json)).unwrap());
+        let other = "holdApplicationUntilProxyStarts: true\n";
+        assert!(!dns_capture(&one(PROXY_CONFIG, other)).unwrap());
+        assert!(dns_capture(&one(PROXY_CONFIG, "proxyMetadata: [1")).is_err());
+        let not_bool = "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"yes please\"\n";
+        assert!(dns_capture(&one(PROXY_CONFIG, not_bool)).is_err());
+        assert!(!dns_capture(&Annotations::new()).unwrap());
+    }
+}

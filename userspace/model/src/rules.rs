@@ -1,0 +1,259 @@
+//! Backend-neutral rules: the intermediate form between the redirect model and the backends.
+//!
+//! The vocabulary is the subset of netfilter that Istio-style capture needs, named after the
+//! iptables concepts (tables, built-in and user chains, matches, targets) because that is how
+//! operators read capture rules. The iptables renderer prints it as `iptables-restore` input;
+//! the nftables renderer maps each table onto chains of one meshcap-owned nftables table per
+//! address family. Both backends therefore install exactly the same decisions.
+
+use std::fmt;
+
+use ipnet::IpNet;
+
+/// Address family of one rule set. meshcap renders IPv4 and IPv6 separately, as
+/// `iptables`/`ip6tables` (and `ip`/`ip6` nftables tables) do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The loopback address the rules treat as "explicitly local" (Istio's HostIPv4LoopbackCidr).
+    pub fn loopback(self) -> IpNet {
+        match self {
+            Family::V4 => "127.0.0.1/32".parse().expect("valid literal"),
+            Family::V6 => "::1/128".parse().expect("valid literal"),
+        }
+    }
+
+    /// The source address the sidecar binds for inbound passthrough connections.
+    pub fn inbound_passthrough_source(self) -> IpNet {
+        match self {
+            Family::V4 => "127.0.0.6/32".parse().expect("valid literal"),
+            Family::V6 => "::6/128".parse().expect("valid literal"),
+        }
+    }
+
+    pub fn contains(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
+        )
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        })
+    }
+}
+
+/// The netfilter table a chain lives in. In nftables mode each maps to base chains of the
+/// matching type and priority (`nat` at dstnat/-100, `mangle` at -150, `raw` at -300).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Raw,
+    Mangle,
+    Nat,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Raw => "raw",
+            Table::Mangle => "mangle",
+            Table::Nat => "nat",
+        }
+    }
+}
+
+/// The netfilter hooks meshcap attaches to. Only these two are needed: inbound capture happens
+/// before routing, outbound capture on locally generated packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    Prerouting,
+    Output,
+}
+
+impl Hook {
+    /// The iptables built-in chain for this hook.
+    pub fn builtin_chain(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "PREROUTING",
+            Hook::Output => "OUTPUT",
+        }
+    }
+}
+
+/// A layer-4 protocol match (`-p`, `meta l4proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    /// IANA protocol number, as `meta l4proto` compares it.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+/// One condition of a rule. A rule matches when all of its conditions hold.
+///
+/// Port matches require a preceding [`Match::Protocol`] in the same rule (as `--dport` needs
+/// `-p` in iptables); the model always emits them that way.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Match {
+    /// `-p tcp` / `meta l4proto tcp`.
+    Protocol(Proto),
+    /// `--dport P` (one port) or `-m multiport --dports A,B` (several). With `negate` the packet
+    /// must match none of `ports`; without it, one port only is allowed (the model never needs
+    /// a positive port set, and nftables would need an anonymous set for it).
+    DestPort { ports: Vec<u16>, negate: bool },
+    /// `--sport P`.
+    SourcePort { port: u16 },
+    /// `-s NET` / `ip saddr NET`.
+    Source { net: IpNet, negate: bool },
+    /// `-d NET` / `ip daddr NET`.
+    Destination { net: IpNet, negate: bool },
+    /// `-i NAME` / `iifname "NAME"`.
+    InInterface { name: String },
+    /// `-o NAME` / `oifname "NAME"`.
+    OutInterface { name: String },
+    /// `-m owner --uid-owner U` / `meta skuid U`.
+    UidOwner { uid: u32, negate: bool },
+    /// `-m owner --gid-owner G` / `meta skgid G`.
+    GidOwner { gid: u32, negate: bool },
+    /// `-m mark --mark V` / `meta mark V` (full 32-bit mask).
+    Mark { value: u32, negate: bool },
+    /// `-m connmark --mark V` / `ct mark V`.
+    ConnMark { value: u32 },
+    /// `-m conntrack --ctstate RELATED,ESTABLISHED` / `ct state established,related`.
+    CtStateRelatedEstablished,
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// `-j CHAIN` / `jump CHAIN`.
+    Jump(String),
+    /// `-j RETURN` / `return`.
+    Return,
+    /// `-j ACCEPT` / `accept`.
+    Accept,
+    /// `-j DROP` / `drop`.
+    Drop,
+    /// `-j REDIRECT --to-ports P` / `redirect to :P` (nat only).
+    Redirect { port: u16 },
+    /// `-j TPROXY --on-port P --tproxy-mark M/0xffffffff` / `tproxy to :P meta mark set M accept`
+    /// (mangle PREROUTING only). A failed socket lookup drops the packet in both backends.
+    Tproxy { port: u16, mark: u32 },
+    /// `-j MARK --set-mark M` / `meta mark set M`.
+    SetMark(u32),
+    /// `-j CONNMARK --save-mark` / `ct mark set meta mark`.
+    SaveMark,
+    /// `-j CONNMARK --restore-mark` / `meta mark set ct mark`.
+    RestoreMark,
+    /// `-j CT --zone Z` / `ct zone set Z` (raw only).
+    CtZone(u16),
+}
+
+/// One rule: all `matches` hold, then `target` applies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub target: Target,
+}
+
+impl Rule {
+    pub fn new(matches: Vec<Match>, target: Target) -> Self {
+        Rule { matches, target }
+    }
+}
+
+/// A chain meshcap owns; every name starts with `MESHCAP_`.
+///
+/// A chain with `hook: Some(..)` is an entry point: in iptables mode it is reached by a single
+/// `-A PREROUTING -j MESHCAP_PREROUTING` (or `OUTPUT`) jump appended to the built-in chain, in
+/// nftables mode it is a base chain of meshcap's table at that hook. meshcap never puts any other
+/// rule into a built-in chain, so everything it installed can be found (and removed) by name,
+/// and a `RETURN` in an entry chain never skips rules that other components appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub hook: Option<Hook>,
+    pub rules: Vec<Rule>,
+}
+
+/// All chains meshcap installs in one netfilter table of one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRules {
+    pub table: Table,
+    pub chains: Vec<Chain>,
+}
+
+impl TableRules {
+    /// The built-in chains (hooks) meshcap adds rules to, in a stable order.
+    pub fn hooked(&self) -> impl Iterator<Item = &Chain> {
+        self.chains.iter().filter(|c| c.hook.is_some())
+    }
+
+    /// meshcap's own chains.
+    pub fn own(&self) -> impl Iterator<Item = &Chain> {
+        self.chains.iter().filter(|c| c.hook.is_none())
+    }
+}
+
+/// Policy routing that TPROXY needs: packets carrying `mark` look up `table`, which holds a
+/// `local` default route via `lo` so the kernel delivers them to the transparent listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyRoute {
+    pub family: Family,
+    pub mark: u32,
+    pub table: u32,
+}
+
+/// Everything meshcap installs for one family of one pod. Tables appear in a fixed order
+/// (raw, mangle, nat) and only when they carry rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub family: Family,
+    pub tables: Vec<TableRules>,
+    pub policy_route: Option<PolicyRoute>,
+}
+
+impl Ruleset {
+    pub fn table(&self, table: Table) -> Option<&TableRules> {
+        self.tables.iter().find(|t| t.table == table)
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.tables
+            .iter()
+            .flat_map(|t| &t.chains)
+            .map(|c| c.rules.len())
+            .sum()
+    }
+}
+
+/// Prefix of every chain meshcap owns in iptables mode, and name of its nftables tables.
+pub const CHAIN_PREFIX: &str = "MESHCAP_";
+/// Name of the nftables table meshcap owns, one per family (`ip meshcap`, `ip6 meshcap`).
+pub const NFT_TABLE: &str = "meshcap";

@@ -1,0 +1,64 @@
+//! Which attachments meshcap captures (`selection` in the plugin config).
+
+use serde::Deserialize;
+
+use crate::annotations::{self, Annotations};
+
+/// The plugin's `selection` setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// Only pods that carry a sidecar: `sidecar.istio.io/status` present and
+    /// `sidecar.istio.io/inject` not `"false"` (what istio-cni checks).
+    #[default]
+    Injected,
+    /// Every attachment of this network, for runtimes without Kubernetes (podman).
+    All,
+}
+
+impl Selection {
+    pub fn wants_capture(self, annotations: &Annotations) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Injected => {
+                annotations.contains_key(annotations::SIDECAR_STATUS)
+                    && annotations.get(annotations::SIDECAR_INJECT).map(String::as_str)
+                        != Some("false")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> Annotations {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn injected_needs_status_and_no_opt_out() {
+        let s = Selection::Injected;
+        assert!(!s.wants_capture(&ann(&[])));
+        assert!(s.wants_capture(&ann(&[(annotations::SIDECAR_STATUS, "{}")])));
+        assert!(!s.wants_capture(&ann(&[
+            (annotations::SIDECAR_STATUS, "{}"),
+            (annotations::SIDECAR_INJECT, "false")
+        ])));
+        assert!(s.wants_capture(&ann(&[
+            (annotations::SIDECAR_STATUS, "{}"),
+            (annotations::SIDECAR_INJECT, "true")
+        ])));
+        assert!(!s.wants_capture(&ann(&[(annotations::SIDECAR_INJECT, "true")])));
+    }
+
+    #[test]
+    fn all_captures_everything() {
+        assert!(Selection::All.wants_capture(&ann(&[])));
+        assert!(Selection::All.wants_capture(&ann(&[(annotations::SIDECAR_INJECT, "false")])));
+    }
+}

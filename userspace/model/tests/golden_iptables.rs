@@ -1,0 +1,36 @@
+//! Golden tests of the iptables-restore renderer: one fixture per case and family under
+//! tests/golden/iptables/, each opening with a comment saying what it shows.
+//! Regenerate after an intended change with `MESHCAP_UPDATE_GOLDEN=1 cargo test -p meshcap-model`.
+
+mod cases;
+
+use std::path::PathBuf;
+
+use meshcap_model::render::iptables;
+use meshcap_model::{Family, RedirectModel};
+
+#[test]
+fn iptables_golden() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/iptables");
+    let mut failures = Vec::new();
+    for case in cases::CASES {
+        let annotations = cases::annotations(case);
+        let model = RedirectModel::from_annotations(&annotations).expect(case.name);
+        for family in Family::ALL {
+            let suffix = match family {
+                Family::V4 => "v4",
+                Family::V6 => "v6",
+            };
+            let mut text = format!("# {}\n# case {:?}, {family}\n", case.shows, case.name);
+            for (k, v) in case.annotations {
+                text.push_str(&format!("# annotation {k}={v:?}\n"));
+            }
+            text.push_str(&iptables::render(&model.ruleset(family)));
+            let path = dir.join(format!("{}.{suffix}.rules", case.name));
+            if let Err(e) = cases::check_golden(&path, &text) {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
