@@ -9,10 +9,11 @@
 //!   iptables table: `{table}_{chain}` ([`chain_name`]), e.g. `nat_MESHCAP_OUTPUT`; IR chain
 //!   names are unique only within one iptables table (`MESHCAP_INBOUND` exists in raw, mangle
 //!   and nat). Jump targets are mapped the same way, within the rule's own table.
-//! - A chain with a hook is a base chain ([`base_chain`]): nat -> `type nat priority -100`;
-//!   mangle -> `type filter hook prerouting priority -150` / `type route hook output priority
-//!   -150` (route, so a mark set on output triggers a reroute as the iptables mangle table
-//!   does); raw -> `type filter priority -300`; always `policy accept`. Others are regular chains.
+//! - A chain with a hook is a base chain ([`base_chain`]): nat -> `type nat hook
+//!   {prerouting|output} priority -100`; mangle -> `type filter hook prerouting priority -150` /
+//!   `type route hook output priority -150` (route, so a mark set on output triggers a reroute
+//!   as the iptables mangle table does); raw -> `type filter hook {prerouting|output} priority
+//!   -300`; always `policy accept`. Others are regular chains.
 //! - Matches: `meta l4proto tcp`; `tcp dport 15008`, a negated port set as one `!=` per port
 //!   (`tcp dport != 53 tcp dport != 15008`); `udp sport 53`; `ip saddr 127.0.0.6/32`,
 //!   `ip6 daddr != ::1/128`; `iifname "lo"`; `meta skuid 1337`; `meta skgid != 1337`;
@@ -321,7 +322,9 @@ mod tests {
                 "iifname \"lo\" return",
             ),
             (
-                Match::OutInterface { name: "eth0".into() },
+                Match::OutInterface {
+                    name: "eth0".into(),
+                },
                 "oifname \"eth0\" return",
             ),
             (
@@ -574,7 +577,10 @@ mod tests {
                         chain(
                             "MESHCAP_PREROUTING",
                             Some(Hook::Prerouting),
-                            vec![Rule::new(vec![tcp()], Target::Jump("MESHCAP_INBOUND".into()))],
+                            vec![Rule::new(
+                                vec![tcp()],
+                                Target::Jump("MESHCAP_INBOUND".into()),
+                            )],
                         ),
                         chain(
                             "MESHCAP_INBOUND",
@@ -656,7 +662,10 @@ delete table ip6 meshcap
                     chain(
                         "MESHCAP_PREROUTING",
                         Some(Hook::Prerouting),
-                        vec![Rule::new(vec![tcp()], Target::Jump("MESHCAP_INBOUND".into()))],
+                        vec![Rule::new(
+                            vec![tcp()],
+                            Target::Jump("MESHCAP_INBOUND".into()),
+                        )],
                     ),
                     chain(
                         "MESHCAP_INBOUND",

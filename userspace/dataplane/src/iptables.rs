@@ -1,0 +1,366 @@
+//! `iptables` mode: meshcap's chains installed with `iptables-restore --noflush`.
+//!
+//! The xtables flavour is chosen per namespace and family the way Istio does it: legacy only
+//! where legacy rules already exist (someone else in the pod uses legacy, and mixing flavours
+//! in one namespace would split the rules between two kernels' worth of tables), nft-backed
+//! otherwise. Everything runs inside the pod namespace: the children inherit the calling
+//! thread's namespace. Changes are computed by the model's renderer ([`transition`]), which
+//! only touches `MESHCAP_` chains and meshcap's jumps into them; each table is committed
+//! atomically by the kernel, and a failure in one family moves the other one back.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use meshcap_model::render::iptables::{drift, transition, Installed};
+use meshcap_model::rules::{Family, Ruleset, CHAIN_PREFIX};
+
+use crate::exec::{self, describe_search, find_program};
+use crate::DataplaneError;
+
+/// Which xtables implementation a namespace's rules live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// `iptables-legacy-*`: the setsockopt-based ip_tables kernel tables.
+    Legacy,
+    /// `iptables-nft-*`: xtables rules stored in nf_tables.
+    Nft,
+    /// Plain `iptables-*` names, used when neither suffixed program is installed (the
+    /// flavour is then whatever the distribution's alternative points at).
+    Unsuffixed,
+}
+
+impl Flavour {
+    fn suffix(self) -> &'static str {
+        match self {
+            Flavour::Legacy => "-legacy",
+            Flavour::Nft => "-nft",
+            Flavour::Unsuffixed => "",
+        }
+    }
+}
+
+impl fmt::Display for Flavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Flavour::Legacy => "legacy",
+            Flavour::Nft => "nft",
+            Flavour::Unsuffixed => "default",
+        })
+    }
+}
+
+/// `iptables-nft-save`, `ip6tables-legacy-restore`, ...
+pub fn program_name(family: Family, flavour: Flavour, op: &str) -> String {
+    let base = match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    };
+    format!("{base}{}-{op}", flavour.suffix())
+}
+
+/// The save/restore pair of one family and flavour.
+#[derive(Debug, Clone)]
+pub(crate) struct Tools {
+    pub family: Family,
+    pub flavour: Flavour,
+    pub save: PathBuf,
+    pub restore: PathBuf,
+}
+
+/// The xtables programs of one namespace operation. Methods that run programs must be
+/// called inside the namespace ([`crate::PodNetns::run`]).
+pub(crate) struct Xtables<'a> {
+    pub search: &'a [PathBuf],
+    /// Only labels errors.
+    pub netns: &'a Path,
+    /// `XTABLES_LOCKFILE` for legacy programs.
+    pub xt_lock: PathBuf,
+}
+
+/// Whether `iptables-save` output shows anything: a rule or a user-defined chain. The
+/// built-in chains appear with policy lines in any table the kernel instantiated, so they do
+/// not count.
+pub(crate) fn shows_rules(save: &str) -> bool {
+    const BUILTIN: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+    save.lines().any(|l| {
+        l.starts_with("-A ")
+            || l.strip_prefix(':')
+                .and_then(|c| c.split_whitespace().next())
+                .is_some_and(|chain| !BUILTIN.contains(&chain))
+    })
+}
+
+/// meshcap's lines of `iptables-save` output, per table, for people to read.
+pub(crate) fn meshcap_lines(save: &str) -> Vec<(String, Vec<String>)> {
+    let mut tables: Vec<(String, Vec<String>)> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in save.lines().map(str::trim_end) {
+        if let Some(table) = line.strip_prefix('*') {
+            current = Some(table.to_owned());
+            continue;
+        }
+        let ours = line.starts_with(&format!(":{CHAIN_PREFIX}"))
+            || line.starts_with(&format!("-A {CHAIN_PREFIX}"))
+            || (line.starts_with("-A ") && line.contains(&format!("-j {CHAIN_PREFIX}")));
+        if let (true, Some(table)) = (ours, &current) {
+            match tables.iter_mut().find(|(t, _)| t == table) {
+                Some((_, lines)) => lines.push(line.to_owned()),
+                None => tables.push((table.clone(), vec![line.to_owned()])),
+            }
+        }
+    }
+    tables
+}
+
+impl Xtables<'_> {
+    pub fn tools(&self, family: Family, flavour: Flavour) -> Option<Tools> {
+        Some(Tools {
+            family,
+            flavour,
+            save: find_program(self.search, &program_name(family, flavour, "save"))?,
+            restore: find_program(self.search, &program_name(family, flavour, "restore"))?,
+        })
+    }
+
+    /// The flavours whose programs are installed, legacy first.
+    pub fn available(&self, family: Family) -> Vec<Tools> {
+        let suffixed: Vec<Tools> = [Flavour::Legacy, Flavour::Nft]
+            .into_iter()
+            .filter_map(|f| self.tools(family, f))
+            .collect();
+        if suffixed.is_empty() {
+            self.tools(family, Flavour::Unsuffixed)
+                .into_iter()
+                .collect()
+        } else {
+            suffixed
+        }
+    }
+
+    /// Picks the flavour for `family` in the current namespace.
+    pub fn detect(&self, family: Family) -> Result<Tools, DataplaneError> {
+        if let Some(legacy) = self.tools(family, Flavour::Legacy) {
+            match self.save(&legacy) {
+                Ok(out) if shows_rules(&out) => return Ok(legacy),
+                Ok(_) => {}
+                // A kernel without ip_tables has no legacy rules to respect.
+                Err(e) => tracing::debug!(error = %e, "legacy save failed; not using legacy"),
+            }
+        }
+        self.tools(family, Flavour::Nft)
+            .or_else(|| self.tools(family, Flavour::Unsuffixed))
+            .ok_or_else(|| DataplaneError::BinaryMissing {
+                program: format!(
+                    "{} or {}",
+                    program_name(family, Flavour::Nft, "restore"),
+                    program_name(family, Flavour::Unsuffixed, "restore")
+                ),
+                searched: describe_search(self.search),
+            })
+    }
+
+    fn env(&self, tools: &Tools) -> Vec<(&'static str, OsString)> {
+        match tools.flavour {
+            Flavour::Legacy | Flavour::Unsuffixed => {
+                vec![("XTABLES_LOCKFILE", self.xt_lock.clone().into_os_string())]
+            }
+            Flavour::Nft => Vec::new(),
+        }
+    }
+
+    pub fn save(&self, tools: &Tools) -> Result<String, DataplaneError> {
+        exec::run(&tools.save, &[], &self.env(tools), None, self.netns)
+    }
+
+    pub fn installed(&self, tools: &Tools) -> Result<Installed, DataplaneError> {
+        Ok(Installed::parse_save(&self.save(tools)?))
+    }
+
+    pub fn restore(&self, tools: &Tools, input: &str) -> Result<(), DataplaneError> {
+        // --wait: legacy restores take the (per-namespace) xtables lock; someone else in the
+        // pod may briefly hold it. nft ignores the flag.
+        exec::run(
+            &tools.restore,
+            &["--noflush", "--wait"],
+            &self.env(tools),
+            Some(input),
+            self.netns,
+        )
+        .map(drop)
+    }
+
+    /// Moves `tools`' family from `from` to `to`; returns whether anything changed.
+    fn transition(
+        &self,
+        tools: &Tools,
+        from: &Installed,
+        to: &Installed,
+    ) -> Result<bool, DataplaneError> {
+        match transition(from, to) {
+            None => Ok(false),
+            Some(input) => {
+                tracing::debug!(family = %tools.family, flavour = %tools.flavour, "iptables-restore");
+                self.restore(tools, &input).map(|()| true)
+            }
+        }
+    }
+
+    /// Installs exactly `rulesets` (families without one end up with no meshcap state), all
+    /// or nothing: when a family fails, those already changed go back to their old state.
+    pub fn apply(&self, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
+        let mut changed: Vec<(Tools, Installed)> = Vec::new();
+        for family in Family::ALL {
+            let target = rulesets
+                .iter()
+                .find(|r| r.family == family)
+                .map(Installed::from_ruleset)
+                .unwrap_or_else(empty);
+            let step = self.detect(family).and_then(|tools| {
+                let current = self.installed(&tools)?;
+                Ok((self.transition(&tools, &current, &target)?, tools, current))
+            });
+            match step {
+                Ok((true, tools, previous)) => changed.push((tools, previous)),
+                Ok((false, ..)) => {}
+                Err(original) => {
+                    return Err(match self.roll_back(&changed) {
+                        Ok(()) => original,
+                        Err(rollback) => DataplaneError::RollbackFailed {
+                            original: Box::new(original),
+                            rollback: Box::new(rollback),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts each family of `changed` back into its recorded state, newest first.
+    pub fn roll_back(&self, changed: &[(Tools, Installed)]) -> Result<(), DataplaneError> {
+        for (tools, previous) in changed.iter().rev() {
+            let now = self.installed(tools)?;
+            self.transition(tools, &now, previous)?;
+        }
+        Ok(())
+    }
+
+    /// Removes meshcap's chains from every installed flavour of both families (a namespace
+    /// may have changed flavour since the ADD). When one fails, those already emptied get
+    /// their chains back, so that a retried DEL finds the namespace as it was.
+    pub fn remove(&self) -> Result<(), DataplaneError> {
+        let mut changed = Vec::new();
+        for family in Family::ALL {
+            for tools in self.available(family) {
+                let step = self.installed(&tools).and_then(|current| {
+                    Ok((self.transition(&tools, &current, &empty())?, current))
+                });
+                match step {
+                    Ok((true, previous)) => changed.push((tools, previous)),
+                    Ok((false, _)) => {}
+                    // DEL must not leave half the rules behind either.
+                    Err(original) => {
+                        return Err(match self.roll_back(&changed) {
+                            Ok(()) => original,
+                            Err(rollback) => DataplaneError::RollbackFailed {
+                                original: Box::new(original),
+                                rollback: Box::new(rollback),
+                            },
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Differences between `rulesets` and what the detected flavour holds.
+    pub fn check(&self, rulesets: &[Ruleset]) -> Result<Vec<String>, DataplaneError> {
+        let mut details = Vec::new();
+        for family in Family::ALL {
+            let expected = rulesets
+                .iter()
+                .find(|r| r.family == family)
+                .map(Installed::from_ruleset)
+                .unwrap_or_else(empty);
+            let tools = self.detect(family)?;
+            let actual = self.installed(&tools)?;
+            details.extend(
+                drift(&expected, &actual)
+                    .into_iter()
+                    .map(|d| format!("{family} iptables ({}): {d}", tools.flavour)),
+            );
+        }
+        Ok(details)
+    }
+}
+
+fn empty() -> Installed {
+    Installed::parse_save("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAVE: &str = "\
+# Generated by iptables-save v1.8.9 on Sun Nov 22 04:00:00 2026
+*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:MESHCAP_OUTPUT - [0:0]
+-A OUTPUT -j MESHCAP_OUTPUT
+-A OUTPUT -j DOCKER
+-A MESHCAP_OUTPUT -p tcp -j REDIRECT --to-ports 15001
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+COMMIT
+";
+
+    #[test]
+    fn builtin_policies_alone_are_not_rules() {
+        assert!(!shows_rules(
+            "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+        ));
+        assert!(shows_rules(
+            "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-X - [0:0]\nCOMMIT\n"
+        ));
+        assert!(shows_rules(
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n"
+        ));
+        assert!(!shows_rules(""));
+    }
+
+    #[test]
+    fn meshcap_lines_keep_only_meshcap() {
+        assert_eq!(
+            meshcap_lines(SAVE),
+            vec![(
+                "nat".to_string(),
+                vec![
+                    ":MESHCAP_OUTPUT - [0:0]".to_string(),
+                    "-A OUTPUT -j MESHCAP_OUTPUT".to_string(),
+                    "-A MESHCAP_OUTPUT -p tcp -j REDIRECT --to-ports 15001".to_string(),
+                ]
+            )]
+        );
+    }
+
+    #[test]
+    fn program_names() {
+        assert_eq!(
+            program_name(Family::V4, Flavour::Nft, "save"),
+            "iptables-nft-save"
+        );
+        assert_eq!(
+            program_name(Family::V6, Flavour::Legacy, "restore"),
+            "ip6tables-legacy-restore"
+        );
+        assert_eq!(
+            program_name(Family::V6, Flavour::Unsuffixed, "save"),
+            "ip6tables-save"
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! Applying meshcap rulesets inside a pod network namespace.
+//!
+//! All functions are synchronous: each enters the pod namespace by file descriptor only for
+//! the duration of a closure ([`PodNetns::run`]) and spawns `iptables-restore` from there
+//! (`iptables` mode) or talks netlink from there (`nftables` mode, policy routing). Every
+//! operation on one namespace holds that namespace's lock, and only that one: different pods
+//! never wait on each other.
+//!
+//! An apply is all-or-nothing: policy routing is synced first and undone if the rules fail;
+//! the iptables families are each atomic per table and moved back if a later one fails; the
+//! nftables backend commits all families in one transaction.
+#![deny(unsafe_code)]
+
+mod error;
+mod exec;
+pub mod inspect;
+pub mod iptables;
+mod lock;
+pub mod netns;
+mod nftables;
+pub mod routes;
+mod rtnl;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use meshcap_model::rules::{Family, Ruleset};
+
+pub use error::DataplaneError;
+pub use inspect::Inspection;
+pub use iptables::Flavour;
+pub use netns::{NetnsId, PodNetns};
+
+use iptables::Xtables;
+use rtnl::Rtnl;
+
+/// Which rule backend a pod uses (`mode` in the plugin config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Iptables,
+    Nftables,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        })
+    }
+}
+
+/// Default directory for meshcap's runtime files (the per-namespace locks).
+pub const DEFAULT_RUN_DIR: &str = "/run/meshcap";
+
+/// Where the dataplane finds its programs and keeps its lock files. The free functions use
+/// [`Dataplane::default`]; tests and the node tool may point it elsewhere.
+#[derive(Debug, Clone)]
+pub struct Dataplane {
+    search_path: Vec<PathBuf>,
+    run_dir: PathBuf,
+}
+
+impl Default for Dataplane {
+    /// `$PATH` plus `/usr/sbin`, `/sbin`, `/usr/bin`, `/bin`; run directory `/run/meshcap`.
+    fn default() -> Self {
+        Dataplane {
+            search_path: exec::default_search_path(),
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+        }
+    }
+}
+
+impl Dataplane {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Searches only `dirs` for the xtables programs.
+    pub fn with_search_path(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.search_path = dirs;
+        self
+    }
+
+    /// Keeps lock files under `dir/locks` instead of `/run/meshcap/locks`.
+    pub fn with_run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.run_dir = dir.into();
+        self
+    }
+
+    pub fn search_path(&self) -> &[PathBuf] {
+        &self.search_path
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn xtables<'a>(&'a self, ns: &'a PodNetns) -> Xtables<'a> {
+        Xtables {
+            search: &self.search_path,
+            netns: ns.path(),
+            xt_lock: lock::xtables_lock_path(&self.run_dir, ns.id()),
+        }
+    }
+
+    /// Install `rulesets` (at most one per family) and their policy routes; replaces any
+    /// earlier meshcap state of `backend` in the namespace; all-or-nothing.
+    pub fn apply(
+        &self,
+        ns: &PodNetns,
+        backend: Backend,
+        rulesets: &[Ruleset],
+    ) -> Result<(), DataplaneError> {
+        let _lock = lock::lock_netns(&self.run_dir, ns.id())?;
+        tracing::debug!(netns = %ns.path().display(), %backend, "applying rules");
+        ns.run(|| {
+            let mut rtnl = Rtnl::open(ns.path())?;
+            let route_changes = routes::sync(&mut rtnl, rulesets)?;
+            let rules = match backend {
+                Backend::Iptables => self.xtables(ns).apply(rulesets),
+                Backend::Nftables => nftables::apply(ns.path(), rulesets),
+            };
+            rules.map_err(|original| match routes::undo(&mut rtnl, &route_changes) {
+                Ok(()) => original,
+                Err(rollback) => DataplaneError::RollbackFailed {
+                    original: Box::new(original),
+                    rollback: Box::new(rollback),
+                },
+            })
+        })?
+    }
+
+    /// Remove everything meshcap installed with `backend`, and its policy routing; succeeds
+    /// when nothing is there.
+    pub fn remove(&self, ns: &PodNetns, backend: Backend) -> Result<(), DataplaneError> {
+        let lock = lock::lock_netns(&self.run_dir, ns.id())?;
+        tracing::debug!(netns = %ns.path().display(), %backend, "removing rules");
+        ns.run(|| {
+            match backend {
+                Backend::Iptables => self.xtables(ns).remove()?,
+                Backend::Nftables => nftables::remove(ns.path())?,
+            }
+            let mut rtnl = Rtnl::open(ns.path())?;
+            routes::sync(&mut rtnl, &[]).map(drop)
+        })??;
+        lock.unlink(&lock::xtables_lock_path(&self.run_dir, ns.id()));
+        Ok(())
+    }
+
+    /// Verify that exactly `rulesets` and their policy routes are installed;
+    /// [`DataplaneError::Drift`] otherwise.
+    pub fn check(
+        &self,
+        ns: &PodNetns,
+        backend: Backend,
+        rulesets: &[Ruleset],
+    ) -> Result<(), DataplaneError> {
+        let _lock = lock::lock_netns(&self.run_dir, ns.id())?;
+        let details = ns.run(|| {
+            let mut details = match backend {
+                Backend::Iptables => self.xtables(ns).check(rulesets)?,
+                Backend::Nftables => nftables::check(ns.path(), rulesets)?,
+            };
+            let mut rtnl = Rtnl::open(ns.path())?;
+            details.extend(routes::check(&mut rtnl, rulesets)?);
+            Ok::<_, DataplaneError>(details)
+        })??;
+        if details.is_empty() {
+            Ok(())
+        } else {
+            Err(DataplaneError::Drift { details })
+        }
+    }
+
+    /// Whether `backend` can do its job on this node: for iptables, the save/restore programs
+    /// of both families are installed (nft-suffixed or plain); for nftables, nf_tables answers
+    /// in the calling thread's namespace.
+    pub fn backend_ready(&self, backend: Backend) -> Result<(), DataplaneError> {
+        match backend {
+            Backend::Iptables => {
+                for family in Family::ALL {
+                    for op in ["save", "restore"] {
+                        let found = [Flavour::Nft, Flavour::Unsuffixed].into_iter().any(|fl| {
+                            exec::find_program(
+                                &self.search_path,
+                                &iptables::program_name(family, fl, op),
+                            )
+                            .is_some()
+                        });
+                        if !found {
+                            return Err(DataplaneError::BinaryMissing {
+                                program: format!(
+                                    "{} or {}",
+                                    iptables::program_name(family, Flavour::Nft, op),
+                                    iptables::program_name(family, Flavour::Unsuffixed, op)
+                                ),
+                                searched: exec::describe_search(&self.search_path),
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Backend::Nftables => nftables::probe(),
+        }
+    }
+
+    /// Everything meshcap has in the namespace, whichever backend put it there.
+    pub fn inspect(&self, ns: &PodNetns) -> Result<Inspection, DataplaneError> {
+        let _lock = lock::lock_netns(&self.run_dir, ns.id())?;
+        ns.run(|| {
+            let mut inspection = Inspection {
+                netns: ns.path().to_owned(),
+                id: ns.id(),
+                iptables: Vec::new(),
+                nftables: Vec::new(),
+                policy_routing: Vec::new(),
+                notes: Vec::new(),
+            };
+            let xt = self.xtables(ns);
+            for family in Family::ALL {
+                let selected = match xt.detect(family) {
+                    Ok(tools) => Some(tools.flavour),
+                    Err(e) => {
+                        inspection.notes.push(format!("{family} iptables: {e}"));
+                        None
+                    }
+                };
+                for tools in xt.available(family) {
+                    match xt.save(&tools) {
+                        Ok(out) => inspection.iptables.push(Inspection::xtables_state(
+                            family,
+                            tools.flavour,
+                            selected == Some(tools.flavour),
+                            &out,
+                        )),
+                        Err(e) => inspection.notes.push(e.to_string()),
+                    }
+                }
+                match nftables::describe(ns.path(), family) {
+                    Ok(table) => inspection
+                        .nftables
+                        .push(inspect::NftState { family, table }),
+                    Err(e) => inspection.notes.push(e.to_string()),
+                }
+            }
+            match Rtnl::open(ns.path()).and_then(|mut rtnl| routes::present(&mut rtnl, &[])) {
+                Ok(items) => inspection.policy_routing = Inspection::routing_lines(&items),
+                Err(e) => inspection.notes.push(e.to_string()),
+            }
+            inspection
+        })
+    }
+}
+
+/// [`Dataplane::apply`] with the default search path and run directory.
+pub fn apply(ns: &PodNetns, backend: Backend, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
+    Dataplane::default().apply(ns, backend, rulesets)
+}
+
+/// [`Dataplane::remove`] with the default search path and run directory.
+pub fn remove(ns: &PodNetns, backend: Backend) -> Result<(), DataplaneError> {
+    Dataplane::default().remove(ns, backend)
+}
+
+/// [`Dataplane::check`] with the default search path and run directory.
+pub fn check(ns: &PodNetns, backend: Backend, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
+    Dataplane::default().check(ns, backend, rulesets)
+}
+
+/// [`Dataplane::backend_ready`] with the default search path.
+pub fn backend_ready(backend: Backend) -> Result<(), DataplaneError> {
+    Dataplane::default().backend_ready(backend)
+}
+
+/// [`Dataplane::inspect`] with the default search path and run directory.
+pub fn inspect(ns: &PodNetns) -> Result<Inspection, DataplaneError> {
+    Dataplane::default().inspect(ns)
+}

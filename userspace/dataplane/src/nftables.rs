@@ -1,0 +1,101 @@
+//! `nftables` mode: meshcap's own `ip meshcap` / `ip6 meshcap` tables, written by
+//! `meshcap-nft` in one atomic netlink transaction. No process is spawned; every call works in
+//! the calling thread's namespace, so each runs inside [`crate::PodNetns::run`].
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use meshcap_model::rules::{Family, Ruleset, NFT_TABLE};
+use meshcap_nft::NftError;
+
+use crate::DataplaneError;
+
+fn err<'a>(op: &'static str, netns: &'a Path) -> impl FnOnce(NftError) -> DataplaneError + 'a {
+    move |source| DataplaneError::Nftables {
+        op,
+        netns: netns.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// One ruleset per family: the given one, or an empty one, which tells `meshcap-nft` that the
+/// family must have no meshcap table. So both families change in the same transaction.
+fn every_family(rulesets: &[Ruleset]) -> Vec<Ruleset> {
+    Family::ALL
+        .into_iter()
+        .map(|family| {
+            rulesets
+                .iter()
+                .find(|r| r.family == family)
+                .cloned()
+                .unwrap_or(Ruleset {
+                    family,
+                    tables: Vec::new(),
+                    policy_route: None,
+                })
+        })
+        .collect()
+}
+
+/// Replaces meshcap's tables with `rulesets` (families without a ruleset lose their table).
+pub(crate) fn apply(netns: &Path, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
+    meshcap_nft::replace(&every_family(rulesets)).map_err(err("replace", netns))
+}
+
+pub(crate) fn remove(netns: &Path) -> Result<(), DataplaneError> {
+    meshcap_nft::delete(&Family::ALL).map_err(err("delete", netns))
+}
+
+/// Differences between `rulesets` and meshcap's tables.
+pub(crate) fn check(netns: &Path, rulesets: &[Ruleset]) -> Result<Vec<String>, DataplaneError> {
+    match meshcap_nft::verify(&every_family(rulesets)) {
+        Ok(()) => Ok(Vec::new()),
+        Err(NftError::Drift { differences }) => Ok(differences
+            .into_iter()
+            .map(|d| format!("nftables: {d}"))
+            .collect()),
+        Err(e) => Err(err("verify", netns)(e)),
+    }
+}
+
+/// meshcap's table of `family`, in a form for people: chains with their hooks, and each
+/// rule's comment (which `meshcap-nft` stores as the rule's text).
+pub(crate) fn describe(netns: &Path, family: Family) -> Result<Option<String>, DataplaneError> {
+    let Some(table) = meshcap_nft::list(family).map_err(err("list", netns))? else {
+        return Ok(None);
+    };
+    let keyword = match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    };
+    let mut out = format!("table {keyword} {NFT_TABLE}\n");
+    for chain in &table.chains {
+        let _ = match &chain.hook {
+            Some(h) => writeln!(
+                out,
+                "  chain {} (type {} hook {} priority {})",
+                chain.name,
+                h.chain_type,
+                h.hook()
+                    .map(|k| k.builtin_chain().to_ascii_lowercase())
+                    .unwrap_or_else(|| h.hooknum.to_string()),
+                h.priority
+            ),
+            None => writeln!(out, "  chain {}", chain.name),
+        };
+        for rule in &chain.rules {
+            let _ = writeln!(
+                out,
+                "    {} # handle {}",
+                rule.comment.as_deref().unwrap_or("(rule without comment)"),
+                rule.handle
+            );
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Whether nf_tables answers in the calling thread's namespace.
+pub(crate) fn probe() -> Result<(), DataplaneError> {
+    meshcap_nft::probe().map_err(err("probe", Path::new("/proc/thread-self/ns/net")))
+}

@@ -1,0 +1,704 @@
+//! Privileged tests of the dataplane against real network namespaces, real xtables programs
+//! and real rtnetlink. Each test creates `dp-<test>-<pid>` with `ip netns add` and deletes it
+//! on drop, also when the test fails. Without root the tests say so by name and pass, except
+//! under `CI=true`, where they fail.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+use ipnet::IpNet;
+use meshcap_dataplane::{Backend, Dataplane, DataplaneError, Flavour, PodNetns};
+use meshcap_model::rules::{
+    Chain, Family, Hook, Match, PolicyRoute, Proto, Rule, Ruleset, Table, TableRules, Target,
+};
+
+// ---------------------------------------------------------------------------------------
+// Harness
+
+/// Whether the test can run; prints the skip reason with the test name, or panics under CI.
+fn privileged(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let ip = Command::new("ip").arg("-V").output().is_ok();
+    if root && ip {
+        return true;
+    }
+    let why = if root {
+        "the `ip` program is missing"
+    } else {
+        "it needs root"
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: cannot run under CI=true: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+/// A named network namespace, deleted on drop.
+struct TestNs {
+    name: String,
+    path: PathBuf,
+}
+
+impl TestNs {
+    fn new(test: &str) -> Result<TestNs> {
+        let name = format!("dp-{test}-{}", std::process::id());
+        // A leftover from an earlier run with the same pid would make `add` fail.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh("ip", &["netns", "add", &name])?;
+        let ns = TestNs {
+            path: PathBuf::from("/run/netns").join(&name),
+            name,
+        };
+        // The CNI loopback plugin brings lo up in real pods; IPv6 local routes need it up.
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn open(&self) -> Result<PodNetns> {
+        Ok(PodNetns::open(&self.path)?)
+    }
+
+    /// Runs `program args` inside the namespace (`ip netns exec`), returning stdout.
+    fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        // Operations that did not end in a remove leave the namespace's lock files behind.
+        if let Ok(ns) = PodNetns::open(&self.path) {
+            let locks = Dataplane::default().run_dir().join("locks");
+            let _ = fs::remove_file(locks.join(ns.id().to_string()));
+            let _ = fs::remove_file(locks.join(format!("xtables-{}", ns.id())));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn sh(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The inode of the calling thread's network namespace.
+fn thread_netns_ino() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.lines().filter(|l| l.contains(needle)).count()
+}
+
+// ---------------------------------------------------------------------------------------
+// Rulesets, built by hand from the IR
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+/// A small REDIRECT capture: outbound TCP except to loopback goes to 15001; with `tproxy`,
+/// inbound TCP to 8080 is TPROXYed to 15006 and policy routing is needed.
+fn ruleset(family: Family, outbound_port: u16, tproxy: bool) -> Ruleset {
+    let loopback = match family {
+        Family::V4 => net("127.0.0.1/32"),
+        Family::V6 => net("::1/128"),
+    };
+    let mut tables = Vec::new();
+    if tproxy {
+        tables.push(TableRules {
+            table: Table::Mangle,
+            chains: vec![Chain {
+                name: "MESHCAP_PREROUTING".into(),
+                hook: Some(Hook::Prerouting),
+                rules: vec![Rule::new(
+                    vec![
+                        Match::Protocol(Proto::Tcp),
+                        Match::DestPort {
+                            ports: vec![8080],
+                            negate: false,
+                        },
+                    ],
+                    Target::Tproxy {
+                        port: 15006,
+                        mark: 1337,
+                    },
+                )],
+            }],
+        });
+    }
+    tables.push(TableRules {
+        table: Table::Nat,
+        chains: vec![
+            Chain {
+                name: "MESHCAP_OUTPUT".into(),
+                hook: Some(Hook::Output),
+                rules: vec![
+                    Rule::new(
+                        vec![Match::Destination {
+                            net: loopback,
+                            negate: false,
+                        }],
+                        Target::Return,
+                    ),
+                    Rule::new(
+                        vec![Match::UidOwner {
+                            uid: 1337,
+                            negate: false,
+                        }],
+                        Target::Return,
+                    ),
+                    Rule::new(
+                        vec![Match::Protocol(Proto::Tcp)],
+                        Target::Jump("MESHCAP_REDIRECT".into()),
+                    ),
+                ],
+            },
+            Chain {
+                name: "MESHCAP_REDIRECT".into(),
+                hook: None,
+                rules: vec![Rule::new(
+                    vec![Match::Protocol(Proto::Tcp)],
+                    Target::Redirect {
+                        port: outbound_port,
+                    },
+                )],
+            },
+        ],
+    });
+    Ruleset {
+        family,
+        tables,
+        policy_route: tproxy.then_some(PolicyRoute {
+            family,
+            mark: 1337,
+            table: 133,
+        }),
+    }
+}
+
+fn both(outbound_port: u16, tproxy: bool) -> Vec<Ruleset> {
+    Family::ALL
+        .into_iter()
+        .map(|f| ruleset(f, outbound_port, tproxy))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// netns
+
+#[test]
+fn netns_run_enters_and_returns() -> Result<()> {
+    if !privileged("netns_run_enters_and_returns") {
+        return Ok(());
+    }
+    let t = TestNs::new("run")?;
+    let ns = t.open()?;
+    let home = thread_netns_ino();
+    ensure!(ns.ino() != home, "test namespace is the host's");
+    let inside = ns.run(thread_netns_ino)?;
+    ensure!(
+        inside == ns.ino(),
+        "closure did not run in the pod namespace"
+    );
+    ensure!(thread_netns_ino() == home, "thread did not return");
+
+    // A child spawned inside sees the pod namespace (it has only lo).
+    let links = ns.run(|| sh("ip", &["-o", "link"]))??;
+    ensure!(
+        links.lines().count() == 1 && links.contains("lo:"),
+        "{links}"
+    );
+
+    // A panic inside still switches back.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ns.run(|| panic!("boom")).unwrap();
+    }));
+    ensure!(caught.is_err());
+    ensure!(
+        thread_netns_ino() == home,
+        "thread did not return after a panic"
+    );
+
+    // The identity is the same through another path of the same namespace.
+    let again = ns.run(PodNetns::current_thread)??;
+    ensure!(again.id() == ns.id());
+    Ok(())
+}
+
+#[test]
+fn netns_open_errors() -> Result<()> {
+    if !privileged("netns_open_errors") {
+        return Ok(());
+    }
+    let missing = format!("/run/netns/dp-missing-{}", std::process::id());
+    match PodNetns::open(Path::new(&missing)) {
+        Err(DataplaneError::NetnsVanished { path }) => ensure!(path == Path::new(&missing)),
+        other => bail!("expected NetnsVanished, got {other:?}"),
+    }
+    match PodNetns::open(Path::new("/etc/hostname")) {
+        Err(DataplaneError::NotNetns { .. }) => {}
+        other => bail!("expected NotNetns, got {other:?}"),
+    }
+    // A mount namespace is nsfs but not a network namespace.
+    match PodNetns::open(Path::new("/proc/self/ns/mnt")) {
+        Err(DataplaneError::NotNetns { reason, .. }) => ensure!(reason.contains("CLONE_NEWNET")),
+        other => bail!("expected NotNetns, got {other:?}"),
+    }
+    // Once `ip netns del` ran, the path is gone.
+    let t = TestNs::new("vanish")?;
+    let path = t.path.clone();
+    drop(t);
+    ensure!(matches!(
+        PodNetns::open(&path),
+        Err(DataplaneError::NetnsVanished { .. })
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// iptables mode
+
+/// Apply, re-apply, check, drift, repair, remove, with whichever flavour `t` makes detection
+/// pick; `save` lists what that flavour holds.
+fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
+    let dp = Dataplane::default();
+    let ns = t.open()?;
+    let (save4, save6) = match flavour {
+        Flavour::Legacy => ("iptables-legacy-save", "ip6tables-legacy-save"),
+        _ => ("iptables-nft-save", "ip6tables-nft-save"),
+    };
+    let rules = both(15001, false);
+
+    dp.apply(&ns, Backend::Iptables, &rules)?;
+    dp.check(&ns, Backend::Iptables, &rules)?;
+    let v4 = t.exec(save4, &[])?;
+    ensure!(count(&v4, "-A OUTPUT -j MESHCAP_OUTPUT") == 1, "{v4}");
+    ensure!(count(&v4, "--to-ports 15001") == 1, "{v4}");
+    let v6 = t.exec(save6, &[])?;
+    ensure!(
+        count(&v6, "-A MESHCAP_OUTPUT -d ::1/128 -j RETURN") == 1,
+        "{v6}"
+    );
+
+    // A retried ADD leaves one copy of everything.
+    dp.apply(&ns, Backend::Iptables, &rules)?;
+    dp.apply(&ns, Backend::Iptables, &rules)?;
+    let v4 = t.exec(save4, &[])?;
+    ensure!(count(&v4, "-A OUTPUT -j MESHCAP_OUTPUT") == 1, "{v4}");
+    ensure!(count(&v4, "-A MESHCAP_") == 4, "{v4}");
+    dp.check(&ns, Backend::Iptables, &rules)?;
+
+    // A different ruleset replaces the old one.
+    let other = both(15111, false);
+    dp.apply(&ns, Backend::Iptables, &other)?;
+    let v4 = t.exec(save4, &[])?;
+    ensure!(
+        !v4.contains("15001") && count(&v4, "--to-ports 15111") == 1,
+        "{v4}"
+    );
+    match dp.check(&ns, Backend::Iptables, &rules) {
+        Err(DataplaneError::Drift { details }) => ensure!(!details.is_empty()),
+        other => bail!("expected drift against the old ruleset, got {other:?}"),
+    }
+    dp.apply(&ns, Backend::Iptables, &rules)?;
+
+    // Someone deletes a rule: CHECK reports it, ADD repairs it.
+    let del = match flavour {
+        Flavour::Legacy => "ip6tables-legacy",
+        _ => "ip6tables-nft",
+    };
+    t.exec(del, &["-t", "nat", "-D", "MESHCAP_OUTPUT", "1"])?;
+    match dp.check(&ns, Backend::Iptables, &rules) {
+        Err(DataplaneError::Drift { details }) => {
+            ensure!(details.iter().any(|d| d.contains("ipv6")), "{details:?}")
+        }
+        other => bail!("expected drift, got {other:?}"),
+    }
+    dp.apply(&ns, Backend::Iptables, &rules)?;
+    dp.check(&ns, Backend::Iptables, &rules)?;
+
+    // Only one family: the other one's chains go.
+    dp.apply(&ns, Backend::Iptables, &rules[..1])?;
+    ensure!(!t.exec(save6, &[])?.contains("MESHCAP"));
+    dp.check(&ns, Backend::Iptables, &rules[..1])?;
+
+    // Remove, twice; CHECK then expects nothing.
+    dp.remove(&ns, Backend::Iptables)?;
+    let lock = dp.run_dir().join("locks").join(ns.id().to_string());
+    ensure!(!lock.exists(), "{} left behind", lock.display());
+    dp.remove(&ns, Backend::Iptables)?;
+    ensure!(!t.exec(save4, &[])?.contains("MESHCAP"));
+    ensure!(!t.exec(save6, &[])?.contains("MESHCAP"));
+    dp.check(&ns, Backend::Iptables, &[])?;
+    ensure!(matches!(
+        dp.check(&ns, Backend::Iptables, &rules),
+        Err(DataplaneError::Drift { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn iptables_nft_flavour_lifecycle() -> Result<()> {
+    if !privileged("iptables_nft_flavour_lifecycle") {
+        return Ok(());
+    }
+    let t = TestNs::new("iptnft")?;
+    iptables_lifecycle(&t, Flavour::Nft)?;
+    // Nothing went to legacy.
+    ensure!(!t.exec("iptables-legacy-save", &[])?.contains("MESHCAP"));
+    Ok(())
+}
+
+#[test]
+fn iptables_legacy_flavour_lifecycle() -> Result<()> {
+    if !privileged("iptables_legacy_flavour_lifecycle") {
+        return Ok(());
+    }
+    let t = TestNs::new("iptleg")?;
+    // Someone else's legacy rules make the namespace a legacy one, per family.
+    t.exec(
+        "iptables-legacy",
+        &[
+            "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT",
+        ],
+    )?;
+    t.exec("ip6tables-legacy", &["-t", "filter", "-N", "SOMEONE_ELSE"])?;
+    iptables_lifecycle(&t, Flavour::Legacy)?;
+    ensure!(!t.exec("iptables-nft-save", &[])?.contains("MESHCAP"));
+    ensure!(!t.exec("ip6tables-nft-save", &[])?.contains("MESHCAP"));
+    // The other component's rules are untouched.
+    ensure!(t
+        .exec("iptables-legacy-save", &[])?
+        .contains("--dport 9 -j ACCEPT"));
+    ensure!(t
+        .exec("ip6tables-legacy-save", &[])?
+        .contains(":SOMEONE_ELSE"));
+    Ok(())
+}
+
+/// A search directory with the real xtables programs except `ip6tables-nft-restore`, which
+/// fails like a rejected ruleset.
+fn broken_v6_tools(test: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("dp-{test}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    for prog in [
+        "iptables-nft-save",
+        "iptables-nft-restore",
+        "ip6tables-nft-save",
+    ] {
+        std::os::unix::fs::symlink(format!("/usr/sbin/{prog}"), dir.join(prog))?;
+    }
+    let wrapper = dir.join("ip6tables-nft-restore");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\necho 'ip6tables-restore: line 2 failed (injected)' >&2\nexit 1\n",
+    )?;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
+#[test]
+fn iptables_v6_failure_rolls_back_v4() -> Result<()> {
+    if !privileged("iptables_v6_failure_rolls_back_v4") {
+        return Ok(());
+    }
+    let t = TestNs::new("rollback")?;
+    let ns = t.open()?;
+    let good = Dataplane::default();
+    let tools = broken_v6_tools("rollback")?;
+    let broken = Dataplane::default().with_search_path(vec![tools.clone()]);
+
+    // From nothing: a failed ADD leaves nothing, policy routing included.
+    let err = broken
+        .apply(&ns, Backend::Iptables, &both(15001, true))
+        .expect_err("v6 restore must fail");
+    match &err {
+        DataplaneError::Command { stderr, binary, .. } => {
+            ensure!(stderr.contains("injected"), "{err}");
+            ensure!(binary.ends_with("ip6tables-nft-restore"), "{err}");
+        }
+        other => bail!("expected the restore's error, got {other:?}"),
+    }
+    ensure!(!t.exec("iptables-nft-save", &[])?.contains("MESHCAP"));
+    ensure!(!t.exec("ip", &["rule"])?.contains("lookup 133"));
+    ensure!(t.exec("ip", &["route", "show", "table", "133"])?.is_empty());
+    ensure!(!t.exec("ip", &["-6", "addr"])?.contains("::6/128"));
+
+    // From an earlier ruleset: v4 goes back to it.
+    let before = both(15001, false);
+    good.apply(&ns, Backend::Iptables, &before[..1])?;
+    ensure!(broken
+        .apply(&ns, Backend::Iptables, &both(15222, false))
+        .is_err());
+    good.check(&ns, Backend::Iptables, &before[..1])?;
+    let v4 = t.exec("iptables-nft-save", &[])?;
+    ensure!(
+        !v4.contains("15222") && count(&v4, "--to-ports 15001") == 1,
+        "{v4}"
+    );
+
+    // Removing v4 only (v6 has nothing) needs no v6 restore, so it works.
+    broken.remove(&ns, Backend::Iptables)?;
+    ensure!(!t.exec("iptables-nft-save", &[])?.contains("MESHCAP"));
+    let _ = fs::remove_dir_all(&tools);
+    Ok(())
+}
+
+#[test]
+fn iptables_invalid_rule_is_reported_and_rolled_back() -> Result<()> {
+    if !privileged("iptables_invalid_rule_is_reported_and_rolled_back") {
+        return Ok(());
+    }
+    let t = TestNs::new("invalid")?;
+    let ns = t.open()?;
+    let dp = Dataplane::default();
+    let mut rules = both(15001, false);
+    // REDIRECT is only valid in nat: the kernel (xt_REDIRECT) rejects it in mangle, in v6.
+    rules[1].tables.push(TableRules {
+        table: Table::Mangle,
+        chains: vec![Chain {
+            name: "MESHCAP_BAD".into(),
+            hook: None,
+            rules: vec![Rule::new(
+                vec![Match::Protocol(Proto::Tcp)],
+                Target::Redirect { port: 1 },
+            )],
+        }],
+    });
+    let err = dp
+        .apply(&ns, Backend::Iptables, &rules)
+        .expect_err("invalid v6 rule must fail");
+    ensure!(
+        matches!(err, DataplaneError::Command { .. }),
+        "expected a restore error, got {err:?}"
+    );
+    ensure!(!t.exec("iptables-nft-save", &[])?.contains("MESHCAP"));
+    ensure!(!t.exec("ip6tables-nft-save", &[])?.contains("MESHCAP"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// policy routing
+
+#[test]
+fn policy_routes_follow_the_rulesets() -> Result<()> {
+    if !privileged("policy_routes_follow_the_rulesets") {
+        return Ok(());
+    }
+    let t = TestNs::new("routes")?;
+    let ns = t.open()?;
+    let dp = Dataplane::default();
+    let tproxy = both(15001, true);
+
+    dp.apply(&ns, Backend::Iptables, &tproxy)?;
+    dp.apply(&ns, Backend::Iptables, &tproxy)?;
+    for v in ["-4", "-6"] {
+        let rules = t.exec("ip", &[v, "rule"])?;
+        ensure!(count(&rules, "fwmark 0x539 lookup 133") == 1, "{rules}");
+        let routes = t.exec("ip", &[v, "route", "show", "table", "133"])?;
+        ensure!(count(&routes, "local default dev lo") == 1, "{routes}");
+    }
+    ensure!(
+        count(
+            &t.exec("ip", &["-6", "addr", "show", "dev", "lo"])?,
+            "inet6 ::6/128"
+        ) == 1
+    );
+    dp.check(&ns, Backend::Iptables, &tproxy)?;
+
+    // A vanished route is drift, and ADD puts it back.
+    t.exec(
+        "ip",
+        &[
+            "-6", "route", "del", "local", "default", "dev", "lo", "table", "133",
+        ],
+    )?;
+    match dp.check(&ns, Backend::Iptables, &tproxy) {
+        Err(DataplaneError::Drift { details }) => {
+            ensure!(details.iter().any(|d| d.contains("route")), "{details:?}")
+        }
+        other => bail!("expected drift, got {other:?}"),
+    }
+    dp.apply(&ns, Backend::Iptables, &tproxy)?;
+    dp.check(&ns, Backend::Iptables, &tproxy)?;
+
+    // Without TPROXY there is no policy routing; ::6 stays while there is a v6 ruleset.
+    let redirect = both(15001, false);
+    dp.apply(&ns, Backend::Iptables, &redirect)?;
+    ensure!(!t.exec("ip", &["rule"])?.contains("lookup 133"));
+    ensure!(!t.exec("ip", &["-6", "rule"])?.contains("lookup 133"));
+    ensure!(t.exec("ip", &["route", "show", "table", "133"])?.is_empty());
+    ensure!(t.exec("ip", &["-6", "addr"])?.contains("::6/128"));
+    dp.check(&ns, Backend::Iptables, &redirect)?;
+    ensure!(matches!(
+        dp.check(&ns, Backend::Iptables, &tproxy),
+        Err(DataplaneError::Drift { .. })
+    ));
+
+    // Remove takes everything.
+    dp.apply(&ns, Backend::Iptables, &tproxy)?;
+    dp.remove(&ns, Backend::Iptables)?;
+    ensure!(!t.exec("ip", &["rule"])?.contains("lookup 133"));
+    ensure!(!t.exec("ip", &["-6", "rule"])?.contains("lookup 133"));
+    ensure!(t
+        .exec("ip", &["-6", "route", "show", "table", "133"])?
+        .is_empty());
+    ensure!(!t.exec("ip", &["-6", "addr"])?.contains("::6/128"));
+    // The main table's rules are untouched.
+    ensure!(t.exec("ip", &["rule"])?.contains("lookup main"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// inspect, readiness, concurrency
+
+#[test]
+fn inspect_shows_what_is_installed() -> Result<()> {
+    if !privileged("inspect_shows_what_is_installed") {
+        return Ok(());
+    }
+    let t = TestNs::new("inspect")?;
+    let ns = t.open()?;
+    let dp = Dataplane::default();
+    let empty = dp.inspect(&ns)?;
+    ensure!(!empty.has_meshcap_state(), "{empty}");
+    ensure!(
+        empty.to_string().contains("no meshcap state found"),
+        "{empty}"
+    );
+
+    dp.apply(&ns, Backend::Iptables, &both(15001, true))?;
+    let full = dp.inspect(&ns)?;
+    let text = full.to_string();
+    eprintln!("{text}");
+    ensure!(full.has_meshcap_state(), "{text}");
+    ensure!(
+        text.contains("ipv4 (nft, used by iptables mode):"),
+        "{text}"
+    );
+    ensure!(text.contains("-A OUTPUT -j MESHCAP_OUTPUT"), "{text}");
+    ensure!(text.contains("*mangle"), "{text}");
+    ensure!(
+        text.contains("ip -6 rule fwmark 0x539 lookup 133"),
+        "{text}"
+    );
+    ensure!(text.contains("::6/128"), "{text}");
+    dp.remove(&ns, Backend::Iptables)?;
+    Ok(())
+}
+
+#[test]
+fn backend_ready_finds_xtables() -> Result<()> {
+    if !privileged("backend_ready_finds_xtables") {
+        return Ok(());
+    }
+    Dataplane::default().backend_ready(Backend::Iptables)?;
+    let nowhere = Dataplane::default().with_search_path(vec![PathBuf::from("/nonexistent")]);
+    match nowhere.backend_ready(Backend::Iptables) {
+        Err(DataplaneError::BinaryMissing { program, searched }) => {
+            ensure!(program.contains("iptables-nft-save") && searched == "/nonexistent")
+        }
+        other => bail!("expected BinaryMissing, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn parallel_pods_and_racing_add_del() -> Result<()> {
+    if !privileged("parallel_pods_and_racing_add_del") {
+        return Ok(());
+    }
+    let pods: Vec<TestNs> = (0..3)
+        .map(|i| TestNs::new(&format!("par{i}")))
+        .collect::<Result<_>>()?;
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = pods
+            .iter()
+            .flat_map(|t| {
+                // Per pod: an ADD, a retried ADD and a DEL racing each other.
+                (0..3).map(move |op| {
+                    s.spawn(move || -> Result<()> {
+                        let ns = t.open()?;
+                        let dp = Dataplane::default();
+                        match op {
+                            2 => dp.remove(&ns, Backend::Iptables)?,
+                            _ => dp.apply(&ns, Backend::Iptables, &both(15001, true))?,
+                        }
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread panicked")?;
+        }
+        Ok(())
+    })?;
+    // Whatever the order, each namespace holds either all of it or nothing.
+    for t in &pods {
+        let ns = t.open()?;
+        let dp = Dataplane::default();
+        let full = dp.check(&ns, Backend::Iptables, &both(15001, true));
+        let none = dp.check(&ns, Backend::Iptables, &[]);
+        ensure!(
+            full.is_ok() || none.is_ok(),
+            "{}: {full:?} / {none:?}",
+            t.name
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// nftables mode
+
+#[test]
+fn nftables_lifecycle() -> Result<()> {
+    if !privileged("nftables_lifecycle") {
+        return Ok(());
+    }
+    let t = TestNs::new("nft")?;
+    let ns = t.open()?;
+    let dp = Dataplane::default();
+    let rules = both(15001, true);
+    ns.run(|| dp.backend_ready(Backend::Nftables))??;
+    dp.apply(&ns, Backend::Nftables, &rules)?;
+    dp.apply(&ns, Backend::Nftables, &rules)?;
+    dp.check(&ns, Backend::Nftables, &rules)?;
+    let listed = t.exec("nft", &["list", "tables"])?;
+    ensure!(
+        listed.contains("ip meshcap") && listed.contains("ip6 meshcap"),
+        "{listed}"
+    );
+    ensure!(t.exec("ip", &["rule"])?.contains("lookup 133"));
+    let text = dp.inspect(&ns)?.to_string();
+    eprintln!("{text}");
+    ensure!(text.contains("nftables:\n  ipv4:"), "{text}");
+    dp.remove(&ns, Backend::Nftables)?;
+    dp.remove(&ns, Backend::Nftables)?;
+    ensure!(!t.exec("nft", &["list", "tables"])?.contains("meshcap"));
+    ensure!(!t.exec("ip", &["rule"])?.contains("lookup 133"));
+    dp.check(&ns, Backend::Nftables, &[])?;
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! `meshcap install` / `meshcap uninstall`: put `meshcap-cni` into the node's CNI chain.
+//!
+//! The primary network config is chosen as libcni (and so the kubelet's runtime) does: the
+//! first file in lexical order with a `.conf`, `.conflist` or `.json` extension that parses as a
+//! network config. meshcap appends its entry last in that file's `plugins` (a single-plugin
+//! `.conf` becomes a `.conflist`), writes atomically with the original permissions, and keeps
+//! the original bytes so `uninstall` can restore the file exactly.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Map, Value};
+
+pub const PLUGIN_TYPE: &str = "meshcap-cni";
+/// Where the original of an edited config is kept (a hidden directory libcni never reads).
+const BACKUP_DIR: &str = ".meshcap-backup";
+
+#[derive(Args, Clone)]
+pub struct InstallArgs {
+    /// Directory of the node's CNI network configs.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// Directory of the node's CNI plugin binaries.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    /// The meshcap-cni binary to install (default: next to this meshcap binary).
+    #[arg(long)]
+    pub plugin_binary: Option<PathBuf>,
+    /// Backend: iptables or nftables.
+    #[arg(long, default_value = "iptables")]
+    pub mode: String,
+    /// Pod selection: injected or all.
+    #[arg(long, default_value = "injected")]
+    pub selection: String,
+    /// Kubernetes namespaces never captured (repeatable).
+    #[arg(long = "exclude-namespace", default_values = ["kube-system"])]
+    pub exclude_namespaces: Vec<String>,
+    /// Kubeconfig the plugin uses to read pod annotations when the runtime passes none.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Register pods with the eBPF fast path.
+    #[arg(long)]
+    pub ebpf: bool,
+    #[arg(long, default_value = "/var/log/meshcap-cni.log")]
+    pub log_file: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub struct UninstallArgs {
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+}
+
+/// The meshcap entry appended to the chain.
+pub fn plugin_entry(args: &InstallArgs) -> Value {
+    let mut entry = json!({
+        "type": PLUGIN_TYPE,
+        "mode": args.mode,
+        "selection": args.selection,
+        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+        "exclude_namespaces": args.exclude_namespaces,
+        "ebpf": {"enabled": args.ebpf},
+        "log_file": args.log_file,
+        "log_level": "info",
+    });
+    if let Some(kc) = &args.kubeconfig {
+        entry["kubernetes"] = json!({"kubeconfig": kc});
+    }
+    entry
+}
+
+/// The primary config file: the first valid one in lexical order, as libcni picks it.
+pub fn primary_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("reading CNI config dir {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("conf" | "conflist" | "json")
+                )
+        })
+        .collect();
+    files.sort();
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        let Ok(Value::Object(conf)) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let valid = if is_list(&file) {
+            conf.get("plugins").is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()))
+        } else {
+            conf.get("type").is_some_and(Value::is_string)
+        };
+        if valid {
+            return Ok(file);
+        }
+    }
+    bail!("no valid CNI network config in {}", dir.display())
+}
+
+fn is_list(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("conflist")
+}
+
+fn is_meshcap(plugin: &Value) -> bool {
+    plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
+}
+
+/// The config with meshcap's entry last, as a conflist; `None` when it already is.
+pub fn with_entry(conf: &Map<String, Value>, list: bool, entry: &Value) -> Option<Value> {
+    let mut out;
+    if list {
+        out = conf.clone();
+        let plugins = out
+            .get_mut("plugins")
+            .and_then(Value::as_array_mut)
+            .expect("validated conflist");
+        if plugins.last().is_some_and(|p| p == entry) && plugins.iter().filter(|p| is_meshcap(p)).count() == 1 {
+            return None;
+        }
+        plugins.retain(|p| !is_meshcap(p));
+        plugins.push(entry.clone());
+    } else {
+        // A single plugin config becomes a one-element conflist plus meshcap; the network's
+        // name and version move up, as libcni's ConfListFromConf does.
+        let mut plugin = conf.clone();
+        out = Map::new();
+        for key in ["cniVersion", "name"] {
+            if let Some(v) = conf.get(key) {
+                out.insert(key.to_owned(), v.clone());
+            }
+        }
+        plugin.remove("name");
+        out.insert("plugins".into(), json!([plugin, entry]));
+    }
+    Some(Value::Object(out))
+}
+
+/// Write `bytes` to `path` atomically (temp file, fsync, rename) with `mode` permissions.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().context("path has no parent")?;
+    let tmp = dir.join(format!(
+        ".{}.meshcap-tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+fn mode_of(path: &Path) -> anyhow::Result<u32> {
+    Ok(fs::metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777)
+}
+
+fn default_plugin_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the meshcap binary")?;
+    Ok(exe.with_file_name(PLUGIN_TYPE))
+}
+
+/// Install the binary and the chain entry. Returns the config file it edited.
+pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
+    let source = match &args.plugin_binary {
+        Some(p) => p.clone(),
+        None => default_plugin_binary()?,
+    };
+    let bytes = fs::read(&source)
+        .with_context(|| format!("reading plugin binary {}", source.display()))?;
+    fs::create_dir_all(&args.cni_bin_dir)?;
+    let dest = args.cni_bin_dir.join(PLUGIN_TYPE);
+    if fs::read(&dest).ok().as_deref() != Some(&bytes[..]) {
+        write_atomic(&dest, &bytes, 0o755)?;
+    }
+
+    let primary = primary_config(&args.cni_conf_dir)?;
+    let original = fs::read(&primary)?;
+    let conf: Map<String, Value> = serde_json::from_slice(&original)?;
+    let list = is_list(&primary);
+    let Some(updated) = with_entry(&conf, list, &plugin_entry(args)) else {
+        return Ok(primary);
+    };
+    let target = if list {
+        primary.clone()
+    } else {
+        primary.with_extension("conflist")
+    };
+    // Keep the original (only the first time: a re-install must not overwrite it with an
+    // already edited file).
+    let backup_dir = args.cni_conf_dir.join(BACKUP_DIR);
+    let backup = backup_dir.join(primary.file_name().context("config has no file name")?);
+    if !backup.exists() && !conf_has_meshcap(&conf) {
+        fs::create_dir_all(&backup_dir)?;
+        write_atomic(&backup, &original, mode_of(&primary)?)?;
+    }
+    let mut text = serde_json::to_vec_pretty(&updated)?;
+    text.push(b'\n');
+    write_atomic(&target, &text, mode_of(&primary)?)?;
+    if target != primary {
+        fs::remove_file(&primary)?;
+    }
+    Ok(target)
+}
+
+fn conf_has_meshcap(conf: &Map<String, Value>) -> bool {
+    is_meshcap(&Value::Object(conf.clone()))
+        || conf
+            .get("plugins")
+            .and_then(Value::as_array)
+            .is_some_and(|p| p.iter().any(is_meshcap))
+}
+
+/// Remove meshcap's entry (restoring the original bytes when nothing else changed) and binary.
+pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
+    let mut restored = None;
+    let backup_dir = args.cni_conf_dir.join(BACKUP_DIR);
+    if let Ok(primary) = primary_config(&args.cni_conf_dir) {
+        let current: Map<String, Value> = serde_json::from_slice(&fs::read(&primary)?)?;
+        if conf_has_meshcap(&current) {
+            let mut without = current.clone();
+            if let Some(plugins) = without.get_mut("plugins").and_then(Value::as_array_mut) {
+                plugins.retain(|p| !is_meshcap(p));
+            }
+            // Which backup belongs to this file: same name, or the .conf it came from.
+            let candidates = [
+                primary.file_name().map(|n| backup_dir.join(n)),
+                primary
+                    .with_extension("conf")
+                    .file_name()
+                    .map(|n| backup_dir.join(n)),
+            ];
+            let backup = candidates.into_iter().flatten().find(|b| b.exists());
+            let mode = mode_of(&primary)?;
+            match backup {
+                Some(b) => {
+                    let original = fs::read(&b)?;
+                    let orig_conf: Map<String, Value> = serde_json::from_slice(&original)?;
+                    let orig_as_list = with_entry(&orig_conf, is_list(&b), &json!(null))
+                        .map(|mut v| {
+                            if let Some(p) = v.get_mut("plugins").and_then(Value::as_array_mut) {
+                                p.retain(|x| !x.is_null());
+                            }
+                            v
+                        });
+                    let same = Value::Object(without.clone()) == Value::Object(orig_conf.clone())
+                        || orig_as_list.as_ref() == Some(&Value::Object(without.clone()));
+                    let target = primary.with_file_name(b.file_name().context("backup name")?);
+                    if same {
+                        write_atomic(&target, &original, mode)?;
+                    } else {
+                        // Someone else changed the file since: keep their changes, drop ours.
+                        let mut text = serde_json::to_vec_pretty(&without)?;
+                        text.push(b'\n');
+                        write_atomic(&primary, &text, mode)?;
+                    }
+                    if target != primary && same {
+                        fs::remove_file(&primary)?;
+                    }
+                    fs::remove_file(&b)?;
+                    restored = Some(target);
+                }
+                None => {
+                    let mut text = serde_json::to_vec_pretty(&without)?;
+                    text.push(b'\n');
+                    write_atomic(&primary, &text, mode)?;
+                    restored = Some(primary);
+                }
+            }
+        }
+    }
+    let _ = fs::remove_dir(&backup_dir);
+    let bin = args.cni_bin_dir.join(PLUGIN_TYPE);
+    match fs::remove_file(&bin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", bin.display())),
+    }
+    Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("meshcap-install-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(p.join("net.d")).unwrap();
+            fs::create_dir_all(p.join("bin")).unwrap();
+            fs::write(p.join("meshcap-cni"), b"#!plugin").unwrap();
+            TempDir(p)
+        }
+        fn args(&self) -> InstallArgs {
+            InstallArgs {
+                cni_conf_dir: self.0.join("net.d"),
+                cni_bin_dir: self.0.join("bin"),
+                plugin_binary: Some(self.0.join("meshcap-cni")),
+                mode: "nftables".into(),
+                selection: "injected".into(),
+                exclude_namespaces: vec!["kube-system".into()],
+                kubeconfig: None,
+                ebpf: false,
+                log_file: "/var/log/meshcap-cni.log".into(),
+            }
+        }
+        fn uargs(&self) -> UninstallArgs {
+            UninstallArgs {
+                cni_conf_dir: self.0.join("net.d"),
+                cni_bin_dir: self.0.join("bin"),
+            }
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const FLANNEL: &str = r#"{
+  "name": "cbr0",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+"#;
+
+    #[test]
+    fn install_twice_gives_one_entry_last_and_uninstall_restores_bytes() {
+        let t = TempDir::new("twice");
+        let conf = t.0.join("net.d/10-flannel.conflist");
+        fs::write(&conf, FLANNEL).unwrap();
+        fs::set_permissions(&conf, fs::Permissions::from_mode(0o640)).unwrap();
+        // A later file in lexical order is not the primary.
+        fs::write(t.0.join("net.d/99-other.conflist"), FLANNEL).unwrap();
+        for _ in 0..2 {
+            assert_eq!(install(&t.args()).unwrap(), conf);
+        }
+        let v: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
+        let plugins = v["plugins"].as_array().unwrap();
+        assert_eq!(plugins.len(), 3);
+        assert_eq!(plugins[2]["type"], PLUGIN_TYPE);
+        assert_eq!(plugins[2]["mode"], "nftables");
+        assert_eq!(mode_of(&conf).unwrap(), 0o640);
+        assert_eq!(fs::read(t.0.join("bin/meshcap-cni")).unwrap(), b"#!plugin");
+        assert_eq!(fs::read_to_string(t.0.join("net.d/99-other.conflist")).unwrap(), FLANNEL);
+
+        uninstall(&t.uargs()).unwrap();
+        assert_eq!(fs::read_to_string(&conf).unwrap(), FLANNEL);
+        assert_eq!(mode_of(&conf).unwrap(), 0o640);
+        assert!(!t.0.join("bin/meshcap-cni").exists());
+        assert!(!t.0.join("net.d").join(BACKUP_DIR).exists());
+    }
+
+    #[test]
+    fn single_conf_becomes_a_conflist_and_comes_back() {
+        let t = TempDir::new("conf");
+        let original = r#"{"cniVersion":"1.0.0","name":"podnet","type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"10.88.0.0/16"}}"#;
+        let conf = t.0.join("net.d/10-bridge.conf");
+        fs::write(&conf, original).unwrap();
+        let written = install(&t.args()).unwrap();
+        assert_eq!(written, t.0.join("net.d/10-bridge.conflist"));
+        assert!(!conf.exists());
+        let v: Value = serde_json::from_str(&fs::read_to_string(&written).unwrap()).unwrap();
+        assert_eq!(v["name"], "podnet");
+        assert_eq!(v["plugins"][0]["type"], "bridge");
+        assert!(v["plugins"][0].get("name").is_none());
+        assert_eq!(v["plugins"][1]["type"], PLUGIN_TYPE);
+        uninstall(&t.uargs()).unwrap();
+        assert_eq!(fs::read_to_string(&conf).unwrap(), original);
+        assert!(!written.exists());
+    }
+
+    #[test]
+    fn uninstall_keeps_changes_made_by_others() {
+        let t = TempDir::new("others");
+        let conf = t.0.join("net.d/10-flannel.conflist");
+        fs::write(&conf, FLANNEL).unwrap();
+        install(&t.args()).unwrap();
+        let mut v: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
+        v["plugins"]
+            .as_array_mut()
+            .unwrap()
+            .insert(1, json!({"type": "bandwidth"}));
+        fs::write(&conf, serde_json::to_vec(&v).unwrap()).unwrap();
+        uninstall(&t.uargs()).unwrap();
+        let v: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
+        let types: Vec<_> = v["plugins"].as_array().unwrap().iter().map(|p| p["type"].clone()).collect();
+        assert_eq!(types, vec![json!("flannel"), json!("bandwidth"), json!("portmap")]);
+    }
+
+    #[test]
+    fn invalid_files_are_skipped_when_picking_the_primary() {
+        let t = TempDir::new("invalid");
+        fs::write(t.0.join("net.d/00-broken.conflist"), "{not json").unwrap();
+        fs::write(t.0.join("net.d/05-empty.conflist"), r#"{"name":"x","plugins":[]}"#).unwrap();
+        fs::write(t.0.join("net.d/10-flannel.conflist"), FLANNEL).unwrap();
+        assert_eq!(
+            primary_config(&t.0.join("net.d")).unwrap(),
+            t.0.join("net.d/10-flannel.conflist")
+        );
+        fs::remove_file(t.0.join("net.d/10-flannel.conflist")).unwrap();
+        assert!(primary_config(&t.0.join("net.d")).is_err());
+    }
+}

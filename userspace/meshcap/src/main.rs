@@ -1,0 +1,64 @@
+//! `meshcap`: the node tool. Renders the rules a pod would get, shows what is installed in a
+//! namespace, puts the plugin into the node's CNI configuration and runs the node agent.
+
+#![forbid(unsafe_code)]
+
+mod install;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "meshcap", version, about = "Sidecar traffic capture without NET_ADMIN in the pod")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the rules a pod would get (iptables-restore text or nftables), no root needed.
+    Render(render::RenderArgs),
+    /// Show what meshcap installed in a network namespace.
+    Inspect {
+        /// Path of the network namespace, e.g. /run/netns/NAME or /proc/PID/ns/net.
+        #[arg(long)]
+        netns: PathBuf,
+    },
+    /// Install meshcap-cni into the node's CNI configuration (appended to the primary chain).
+    Install(install::InstallArgs),
+    /// Remove meshcap-cni from the node's CNI configuration and plugin directory.
+    Uninstall(install::UninstallArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Render(args) => render::run(&args),
+        Command::Inspect { netns } => inspect(&netns),
+        Command::Install(args) => install::install(&args).map(|file| {
+            println!("meshcap-cni installed in {} and chained in {}", args.cni_bin_dir.display(), file.display());
+        }),
+        Command::Uninstall(args) => install::uninstall(&args).map(|file| match file {
+            Some(file) => println!("meshcap-cni removed from {}", file.display()),
+            None => println!("meshcap-cni was not in the CNI configuration; binary removed if present"),
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshcap: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inspect(netns: &std::path::Path) -> anyhow::Result<()> {
+    let ns = meshcap_dataplane::PodNetns::open(netns)?;
+    let inspection = meshcap_dataplane::inspect(&ns)?;
+    print!("{inspection}");
+    Ok(())
+}
