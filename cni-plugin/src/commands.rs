@@ -1,0 +1,512 @@
+//! The CNI commands: ADD, DEL, CHECK, STATUS and GC (VERSION needs no configuration and is
+//! answered by [`crate::boundary`]).
+//!
+//! Every command takes one [`Invocation`] (validated environment, parsed `CNI_ARGS`, decoded
+//! configuration, state directory) and returns a typed [`CommandError`]; the CNI error codes
+//! are assigned in one place, [`crate::boundary`].
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use meshcap_dataplane::{self as dataplane, DataplaneError, PodNetns};
+use meshcap_model::{AnnotationError, Annotations, RedirectModel, Ruleset};
+use serde_json::Value;
+
+use crate::args::CniArgs;
+use crate::config::{Config, Mode, POD_ANNOTATIONS_CAPABILITY};
+use crate::env::{Command, Env};
+use crate::fastpath;
+use crate::result::{self, ResultError};
+use crate::state::{self, AttachmentKey, AttachmentRecord, StateDir, StateError};
+use crate::version::CniVersion;
+
+/// Everything one command needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation<'a> {
+    pub env: &'a Env,
+    pub args: &'a CniArgs,
+    pub config: &'a Config,
+    pub state: &'a StateDir,
+}
+
+/// Why a command failed. Variants carry the operation and its inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{command} needs cniVersion {needs} or later; the configuration has {version}")]
+    VersionTooOld {
+        command: Command,
+        version: CniVersion,
+        needs: CniVersion,
+    },
+    #[error(
+        "pod annotations for {namespace}/{name} were not passed by the runtime (runtimeConfig \
+         capability \"{POD_ANNOTATIONS_CAPABILITY}\") and the Kubernetes API path is not \
+         available yet; refusing to start a possibly meshed pod without capture"
+    )]
+    AnnotationsUnavailable { namespace: String, name: String },
+    #[error("invalid pod annotation: {0}")]
+    Annotation(#[source] AnnotationError),
+    #[error(transparent)]
+    PrevResult(#[from] ResultError),
+    #[error(
+        "{command} needs prevResult in the network configuration (CNI spec) and none was given"
+    )]
+    PrevResultRequired { command: Command },
+    #[error("CNI_NETNS={path}: the network namespace does not exist (any more)")]
+    NetnsVanished { path: PathBuf },
+    #[error("{op} of meshcap rules ({mode}) in {netns} failed: {source}")]
+    Dataplane {
+        op: &'static str,
+        mode: &'static str,
+        netns: PathBuf,
+        #[source]
+        source: Box<DataplaneError>,
+    },
+    #[error("meshcap rules in {netns} differ from what ADD installed: {}", details.join("; "))]
+    Drift {
+        netns: PathBuf,
+        details: Vec<String>,
+    },
+    #[error("recording the attachment: {0}")]
+    State(#[from] StateError),
+    #[error("the {mode} backend is not ready: {source}")]
+    BackendNotReady {
+        mode: &'static str,
+        #[source]
+        source: Box<DataplaneError>,
+    },
+    #[error("GC input has no \"cni.dev/valid-attachments\" (CNI 1.1); refusing to guess which attachments are stale")]
+    MissingValidAttachments,
+    #[error("GC could not remove every stale record: {}", failures.join("; "))]
+    Gc { failures: Vec<String> },
+}
+
+/// Whether an attachment is captured, from the same inputs on ADD, CHECK and DEL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Leave the attachment alone; the reason is logged.
+    Skip(&'static str),
+    /// Capture with these annotations.
+    Capture(Annotations),
+}
+
+/// Decides selection: `exclude_namespaces`, then the annotations (runtimeConfig capability;
+/// a Kubernetes pod without them is an error: fail closed), then `selection`.
+pub fn decide(config: &Config, args: &CniArgs) -> Result<Decision, CommandError> {
+    if let Some(ns) = args.k8s_pod_namespace.as_deref() {
+        if config.excludes_namespace(ns) {
+            return Ok(Decision::Skip(
+                "the pod's namespace is in exclude_namespaces",
+            ));
+        }
+    }
+    let annotations = match (&config.pod_annotations, args.kubernetes_pod()) {
+        (Some(a), _) => a.clone(),
+        // LEAD: the Kubernetes API path (kubernetes.kubeconfig, bounded retries) goes here.
+        (None, Some((namespace, name))) => {
+            return Err(CommandError::AnnotationsUnavailable {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+        }
+        (None, None) => Annotations::new(),
+    };
+    if config.selection.wants_capture(&annotations) {
+        Ok(Decision::Capture(annotations))
+    } else {
+        Ok(Decision::Skip(
+            "selection is \"injected\" and the pod carries no injected sidecar",
+        ))
+    }
+}
+
+fn rulesets_for(annotations: &Annotations) -> Result<Vec<Ruleset>, CommandError> {
+    let model = RedirectModel::from_annotations(annotations).map_err(CommandError::Annotation)?;
+    Ok(model.rulesets())
+}
+
+fn open_netns(path: &Path, mode: Mode) -> Result<PodNetns, CommandError> {
+    PodNetns::open(path).map_err(|e| match e {
+        DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
+        source => CommandError::Dataplane {
+            op: "opening the namespace",
+            mode: mode.as_str(),
+            netns: path.to_owned(),
+            source: Box::new(source),
+        },
+    })
+}
+
+/// ADD and CHECK have a validated, non-empty `CNI_NETNS` ([`crate::env`]).
+fn required_netns(env: &Env) -> &Path {
+    env.netns.as_deref().unwrap_or(Path::new(""))
+}
+
+/// ADD: install the capture for a selected attachment and print the (converted) prevResult.
+/// Nothing is applied when the prevResult or an annotation is invalid; a failure after the
+/// rules went in removes them again.
+pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
+    let Invocation {
+        env,
+        args,
+        config,
+        state,
+    } = inv;
+    let output = result::add_output(config.prev_result.as_ref(), config.cni_version)?;
+
+    let annotations = match decide(config, args)? {
+        Decision::Skip(reason) => {
+            tracing::info!(reason, "not capturing; passing prevResult through");
+            return Ok(output);
+        }
+        Decision::Capture(a) => a,
+    };
+    let rulesets = rulesets_for(&annotations)?;
+
+    let netns = required_netns(env);
+    let mode = config.mode;
+    let ns = open_netns(netns, mode)?;
+    dataplane::apply(&ns, mode.backend(), &rulesets).map_err(|source| match source {
+        DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
+        source => CommandError::Dataplane {
+            op: "apply",
+            mode: mode.as_str(),
+            netns: netns.to_owned(),
+            source: Box::new(source),
+        },
+    })?;
+
+    let mut record = AttachmentRecord {
+        network: config.name.clone(),
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        netns: netns.to_owned(),
+        mode,
+        families: rulesets.iter().map(|r| r.family.to_string()).collect(),
+        pod_namespace: args.k8s_pod_namespace.clone(),
+        pod_name: args.k8s_pod_name.clone(),
+        pod_uid: args.k8s_pod_uid.clone(),
+        ebpf_registered: false,
+        added_at_unix: state::now_unix(),
+    };
+    if config.ebpf_enabled {
+        match fastpath::register_pod(&record) {
+            Ok(()) => record.ebpf_registered = true,
+            // SPEC.md: the fast path is optional; rules alone do the job.
+            Err(e) => tracing::warn!(error = %e, "continuing with rules only"),
+        }
+    }
+    if let Err(e) = state.write(&record) {
+        // An ADD that fails must leave the namespace as it found it.
+        if let Err(undo) = dataplane::remove(&ns, mode.backend()) {
+            tracing::error!(error = %undo, "removing the rules after a failed ADD also failed");
+        }
+        if record.ebpf_registered {
+            if let Err(undo) = fastpath::unregister_pod(&record) {
+                tracing::error!(error = %undo, "unregistering from the eBPF fast path after a failed ADD failed");
+            }
+        }
+        return Err(e.into());
+    }
+    tracing::info!(
+        mode = mode.as_str(),
+        families = ?record.families,
+        ebpf = record.ebpf_registered,
+        "capture installed"
+    );
+    Ok(output)
+}
+
+/// DEL: remove everything ADD installed. Succeeds when ADD never ran, when run twice, when
+/// the namespace is gone and when `CNI_NETNS` is empty (the rules died with the namespace).
+pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
+    let Invocation {
+        env,
+        args,
+        config,
+        state,
+    } = inv;
+    let record = match state.read(&config.name, &env.container_id, &env.ifname) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an unreadable attachment record");
+            None
+        }
+    };
+    // Without a record, remove whenever the pod may have been captured: a crash between the
+    // rules and the record must not leave rules behind. Skipped pods are left alone so that
+    // unmeshed pods never depend on the rule backend to terminate.
+    let may_be_captured =
+        record.is_some() || !matches!(decide(config, args), Ok(Decision::Skip(_)));
+    let mode = record.as_ref().map_or(config.mode, |r| r.mode);
+
+    match (&env.netns, may_be_captured) {
+        (_, false) => tracing::debug!("attachment was never captured; nothing to remove"),
+        (None, true) => {
+            tracing::info!("CNI_NETNS is empty: the namespace, and the rules in it, are gone")
+        }
+        (Some(path), true) => match PodNetns::open(path) {
+            Err(DataplaneError::NetnsVanished { .. }) => {
+                tracing::info!("network namespace is gone; nothing to remove inside it")
+            }
+            // A path that cannot be entered as a namespace holds no rules; failing here would
+            // wedge the pod's teardown for good.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the namespace; nothing to remove inside it")
+            }
+            Ok(ns) => match dataplane::remove(&ns, mode.backend()) {
+                Ok(()) => tracing::info!(mode = mode.as_str(), "capture removed"),
+                Err(DataplaneError::NetnsVanished { .. }) => {
+                    tracing::info!("network namespace vanished during DEL")
+                }
+                Err(source) => {
+                    return Err(CommandError::Dataplane {
+                        op: "remove",
+                        mode: mode.as_str(),
+                        netns: path.clone(),
+                        source: Box::new(source),
+                    })
+                }
+            },
+        },
+    }
+
+    if let Some(rec) = record.as_ref().filter(|r| r.ebpf_registered) {
+        if let Err(e) = fastpath::unregister_pod(rec) {
+            tracing::warn!(error = %e, "could not unregister from the eBPF fast path; GC will retry");
+            return Ok(());
+        }
+    }
+    state.remove(&config.name, &env.container_id, &env.ifname)?;
+    Ok(())
+}
+
+/// CHECK: recompute the model from the same inputs as ADD and verify the namespace holds
+/// exactly those rules.
+pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
+    let Invocation {
+        env,
+        args,
+        config,
+        state,
+    } = inv;
+    require_version(Command::Check, config.cni_version, CniVersion::V0_4_0)?;
+    let prev = config
+        .prev_result
+        .as_ref()
+        .ok_or(CommandError::PrevResultRequired {
+            command: Command::Check,
+        })?;
+    result::convert(prev, config.cni_version)?;
+
+    let annotations = match decide(config, args)? {
+        Decision::Skip(reason) => {
+            tracing::debug!(reason, "not captured; nothing to check");
+            return Ok(());
+        }
+        Decision::Capture(a) => a,
+    };
+    let rulesets = rulesets_for(&annotations)?;
+    let netns = required_netns(env);
+    let mode = config.mode;
+    let ns = open_netns(netns, mode)?;
+    dataplane::check(&ns, mode.backend(), &rulesets).map_err(|source| match source {
+        DataplaneError::Drift { details } => CommandError::Drift {
+            netns: netns.to_owned(),
+            details,
+        },
+        DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
+        source => CommandError::Dataplane {
+            op: "check",
+            mode: mode.as_str(),
+            netns: netns.to_owned(),
+            source: Box::new(source),
+        },
+    })?;
+    match state.read(&config.name, &env.container_id, &env.ifname) {
+        Ok(Some(_)) => {}
+        // The rules are what the pod needs; a lost record only costs GC its bookkeeping.
+        Ok(None) => tracing::warn!("rules are in place but the attachment record is missing"),
+        Err(e) => {
+            tracing::warn!(error = %e, "rules are in place but the attachment record is unreadable")
+        }
+    }
+    tracing::debug!("capture verified");
+    Ok(())
+}
+
+/// STATUS (CNI 1.1): ready when the configured backend can do its job. The optional eBPF
+/// agent is never a reason to fail: an error here marks the whole node's network NotReady.
+pub fn status(inv: Invocation<'_>) -> Result<(), CommandError> {
+    let config = inv.config;
+    require_version(Command::Status, config.cni_version, CniVersion::V1_1_0)?;
+    dataplane::backend_ready(config.mode.backend()).map_err(|source| {
+        CommandError::BackendNotReady {
+            mode: config.mode.as_str(),
+            source: Box::new(source),
+        }
+    })?;
+    if config.ebpf_enabled {
+        tracing::debug!("eBPF fast path availability is not part of STATUS");
+    }
+    Ok(())
+}
+
+/// GC (CNI 1.1): remove the records (and fast-path entries) of this network's attachments
+/// that are not in `cni.dev/valid-attachments`. Keeps going past failures and reports them
+/// all at the end.
+pub fn gc(inv: Invocation<'_>) -> Result<(), CommandError> {
+    let Invocation { config, state, .. } = inv;
+    require_version(Command::Gc, config.cni_version, CniVersion::V1_1_0)?;
+    let valid: BTreeSet<AttachmentKey> = config
+        .valid_attachments
+        .as_ref()
+        .ok_or(CommandError::MissingValidAttachments)?
+        .iter()
+        .map(|a| AttachmentKey {
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+        })
+        .collect();
+
+    let mut failures = Vec::new();
+    if let Err(e) = state.remove_stale_temps(&config.name) {
+        failures.push(e.to_string());
+    }
+    let mut removed = 0usize;
+    for entry in state.list(&config.name)? {
+        let Some(key) = entry.key else { continue };
+        if valid.contains(&key) {
+            continue;
+        }
+        match state::read_record(&entry.path) {
+            Ok(Some(rec)) if rec.ebpf_registered => {
+                if let Err(e) = fastpath::unregister_pod(&rec) {
+                    failures.push(format!("{}@{}: {e}", key.container_id, key.ifname));
+                    continue;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "removing an unreadable stale record"),
+        }
+        match state::remove_file(&entry.path) {
+            Ok(_) => {
+                removed += 1;
+                tracing::info!(
+                    container_id = %key.container_id,
+                    ifname = %key.ifname,
+                    "removed stale attachment record"
+                );
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    tracing::info!(removed, kept = valid.len(), "GC done");
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CommandError::Gc { failures })
+    }
+}
+
+fn require_version(
+    command: Command,
+    version: CniVersion,
+    needs: CniVersion,
+) -> Result<(), CommandError> {
+    if version >= needs {
+        Ok(())
+    } else {
+        Err(CommandError::VersionTooOld {
+            command,
+            version,
+            needs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(extra: Value) -> Config {
+        let mut v = json!({"cniVersion": "1.1.0", "name": "net", "type": "meshcap-cni"});
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        Config::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn k8s_args(ns: &str) -> CniArgs {
+        CniArgs::parse(&format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME=p"
+        ))
+        .unwrap()
+    }
+
+    fn annotated(pairs: Value) -> Value {
+        json!({"runtimeConfig": {"io.kubernetes.cri.pod-annotations": pairs}})
+    }
+
+    #[test]
+    fn excluded_namespace_wins_over_everything() {
+        let c = config(json!({"exclude_namespaces": ["kube-system"], "selection": "all"}));
+        // Even without annotations (which would otherwise fail closed).
+        assert!(matches!(
+            decide(&c, &k8s_args("kube-system")).unwrap(),
+            Decision::Skip(_)
+        ));
+    }
+
+    #[test]
+    fn kubernetes_pod_without_annotations_fails_closed() {
+        for sel in ["injected", "all"] {
+            let c = config(json!({"selection": sel}));
+            let err = decide(&c, &k8s_args("default")).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, CommandError::AnnotationsUnavailable { .. }));
+            assert!(msg.contains("not passed by the runtime"), "{msg}");
+            assert!(
+                msg.contains("Kubernetes API path is not available yet"),
+                "{msg}"
+            );
+            assert!(msg.contains("default/p"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn selection_injected_and_all() {
+        let none = CniArgs::default();
+        let c = config(json!({}));
+        assert!(matches!(decide(&c, &none).unwrap(), Decision::Skip(_)));
+        let c = config(annotated(json!({"sidecar.istio.io/status": "{}"})));
+        assert!(matches!(
+            decide(&c, &k8s_args("default")).unwrap(),
+            Decision::Capture(_)
+        ));
+        let c = config(annotated(
+            json!({"sidecar.istio.io/status": "{}", "sidecar.istio.io/inject": "false"}),
+        ));
+        assert!(matches!(
+            decide(&c, &k8s_args("default")).unwrap(),
+            Decision::Skip(_)
+        ));
+        // `all` captures a non-Kubernetes attachment with default (empty) annotations.
+        let c = config(json!({"selection": "all"}));
+        assert_eq!(
+            decide(&c, &none).unwrap(),
+            Decision::Capture(Annotations::new())
+        );
+    }
+
+    #[test]
+    fn version_gates() {
+        assert!(require_version(Command::Check, CniVersion::V0_4_0, CniVersion::V0_4_0).is_ok());
+        let err = require_version(Command::Gc, CniVersion::V1_0_0, CniVersion::V1_1_0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "GC needs cniVersion 1.1.0 or later; the configuration has 1.0.0"
+        );
+    }
+}

@@ -1,0 +1,491 @@
+//! The plugin configuration the runtime streams on stdin (one entry of a conflist, with the
+//! runtime's additions: `runtimeConfig`, `prevResult`, `cni.dev/valid-attachments`).
+//!
+//! Decoding is two-step on purpose: the bytes become a JSON object first (failure: code 6,
+//! "failed to decode content"), then `cniVersion` is checked (code 1), then each known key is
+//! deserialized on its own so an error names exactly the key that is wrong (code 7). Unknown
+//! top-level keys are accepted: runtimes add their own (`args`, `dns`, ...). A JSON `null`
+//! counts as absent, as it does for the Go structs of libcni.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use meshcap_dataplane::Backend;
+use meshcap_model::{Annotations, Selection};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::version::CniVersion;
+
+/// Key of the pod-annotations capability in `runtimeConfig` (containerd, CRI-O).
+pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+
+/// Key of the GC input (CNI 1.1 spec, GC).
+pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
+
+/// Why the configuration was refused. [`ConfigError::Decode`] is code 6,
+/// [`ConfigError::MissingVersion`] and [`ConfigError::UnsupportedVersion`] code 1, the rest
+/// code 7; every message names the key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot decode the network configuration as a JSON object: {reason}")]
+    Decode { reason: String },
+    #[error("the network configuration has no cniVersion (CNI reads that as 0.1.0, which meshcap does not support; supported: {})", CniVersion::supported_strings().join(", "))]
+    MissingVersion,
+    #[error("cniVersion {version:?} is not supported (supported: {})", CniVersion::supported_strings().join(", "))]
+    UnsupportedVersion { version: String },
+    #[error("invalid configuration: {key} is required")]
+    Missing { key: &'static str },
+    #[error("invalid configuration: {key}: {reason}")]
+    InvalidValue { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl ToString) -> ConfigError {
+        ConfigError::InvalidValue {
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// `mode`: which rule backend installs the capture.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Iptables,
+    Nftables,
+}
+
+impl Mode {
+    pub fn backend(self) -> Backend {
+        match self {
+            Mode::Iptables => Backend::Iptables,
+            Mode::Nftables => Backend::Nftables,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
+}
+
+/// `log_level`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> tracing_subscriber::filter::LevelFilter {
+        use tracing_subscriber::filter::LevelFilter;
+        match self {
+            LogLevel::Trace => LevelFilter::TRACE,
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Warn => LevelFilter::WARN,
+            LogLevel::Error => LevelFilter::ERROR,
+        }
+    }
+}
+
+/// One entry of `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The decoded configuration. Defaults are SPEC.md's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Network name; with the container id and interface it keys the attachment record.
+    pub name: String,
+    pub cni_version: CniVersion,
+    pub plugin_type: Option<String>,
+    pub mode: Mode,
+    pub selection: Selection,
+    pub capabilities: BTreeMap<String, bool>,
+    pub exclude_namespaces: Vec<String>,
+    /// `kubernetes.kubeconfig`: for the Kubernetes API path (not implemented yet).
+    pub kubeconfig: Option<PathBuf>,
+    /// `ebpf.enabled`.
+    pub ebpf_enabled: bool,
+    pub log_file: Option<PathBuf>,
+    pub log_level: LogLevel,
+    /// `runtimeConfig["io.kubernetes.cri.pod-annotations"]`; `None` when the runtime did not
+    /// pass the capability (an empty map means "passed, and the pod has none").
+    pub pod_annotations: Option<Annotations>,
+    /// The previous plugin's result, kept as JSON so nothing a later spec adds is lost.
+    pub prev_result: Option<Map<String, Value>>,
+    /// `cni.dev/valid-attachments` (GC only); `None` when absent.
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+impl Config {
+    /// Decodes stdin. See the module docs for the order of checks and the codes.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError::Decode {
+            reason: e.to_string(),
+        })?;
+        let Value::Object(obj) = value else {
+            return Err(ConfigError::Decode {
+                reason: format!("expected a JSON object, found {}", json_kind(&value)),
+            });
+        };
+
+        let cni_version = match obj.get("cniVersion") {
+            None | Some(Value::Null) => return Err(ConfigError::MissingVersion),
+            Some(Value::String(s)) if s.is_empty() => return Err(ConfigError::MissingVersion),
+            Some(Value::String(s)) => CniVersion::parse(s)
+                .ok_or_else(|| ConfigError::UnsupportedVersion { version: s.clone() })?,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "cniVersion",
+                    format!("expected a string, found {}", json_kind(other)),
+                ))
+            }
+        };
+
+        let name: String = field(&obj, "name")?.ok_or(ConfigError::Missing { key: "name" })?;
+        validate_network_name(&name)?;
+
+        let ebpf: Option<Map<String, Value>> = field(&obj, "ebpf")?;
+        let ebpf_enabled = match &ebpf {
+            Some(e) => field(e, "enabled").map_err(|e| prefix("ebpf", e))?,
+            None => None,
+        }
+        .unwrap_or(false);
+
+        let kubernetes: Option<Map<String, Value>> = field(&obj, "kubernetes")?;
+        let kubeconfig = match &kubernetes {
+            Some(k) => field(k, "kubeconfig").map_err(|e| prefix("kubernetes", e))?,
+            None => None,
+        };
+
+        let runtime_config: Option<Map<String, Value>> = field(&obj, "runtimeConfig")?;
+        let pod_annotations = match &runtime_config {
+            Some(rc) => {
+                field(rc, POD_ANNOTATIONS_CAPABILITY).map_err(|e| prefix("runtimeConfig", e))?
+            }
+            None => None,
+        };
+
+        let exclude_namespaces: Vec<String> =
+            field(&obj, "exclude_namespaces")?.unwrap_or_default();
+
+        Ok(Config {
+            name,
+            cni_version,
+            plugin_type: field(&obj, "type")?,
+            mode: field(&obj, "mode")?.unwrap_or_default(),
+            selection: field(&obj, "selection")?.unwrap_or_default(),
+            capabilities: field(&obj, "capabilities")?.unwrap_or_default(),
+            exclude_namespaces,
+            kubeconfig,
+            ebpf_enabled,
+            log_file: field::<String>(&obj, "log_file")?
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            log_level: field(&obj, "log_level")?.unwrap_or_default(),
+            pod_annotations,
+            prev_result: field(&obj, "prevResult")?,
+            valid_attachments: field(&obj, VALID_ATTACHMENTS_KEY)?,
+        })
+    }
+
+    /// Whether `namespace` is listed in `exclude_namespaces`.
+    pub fn excludes_namespace(&self, namespace: &str) -> bool {
+        self.exclude_namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+/// The `cniVersion` of a VERSION request or of an input whose decoding failed, for echoing
+/// back: the input's when it is one meshcap supports, else [`CniVersion::LATEST`].
+pub fn peek_version(bytes: &[u8]) -> CniVersion {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(rename = "cniVersion")]
+        cni_version: Option<String>,
+    }
+    serde_json::from_slice::<Peek>(bytes)
+        .ok()
+        .and_then(|p| p.cni_version)
+        .and_then(|v| CniVersion::parse(&v))
+        .unwrap_or(CniVersion::LATEST)
+}
+
+/// libcni's network-name rule (`utils.ValidateNetworkName`): `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+/// The name is a directory of the state dir, so this also keeps it a single path component.
+fn validate_network_name(name: &str) -> Result<(), ConfigError> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "name",
+            format!("{name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"),
+        ))
+    }
+}
+
+/// Deserializes `obj[key]` on its own so the error names the key; `null` is absent.
+fn field<T: DeserializeOwned>(
+    obj: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<T>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => T::deserialize(v)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(key, e)),
+    }
+}
+
+fn prefix(parent: &str, err: ConfigError) -> ConfigError {
+    match err {
+        ConfigError::InvalidValue { key, reason } => ConfigError::InvalidValue {
+            key: format!("{parent}.{key}"),
+            reason,
+        },
+        other => other,
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Config, ConfigError> {
+        Config::parse(v.to_string().as_bytes())
+    }
+
+    fn base() -> Value {
+        json!({"cniVersion": "1.0.0", "name": "meshnet", "type": "meshcap-cni"})
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut v = base();
+        v[key] = value;
+        v
+    }
+
+    fn invalid_key(err: ConfigError) -> String {
+        match err {
+            ConfigError::InvalidValue { key, .. } => key,
+            other => panic!("expected InvalidValue, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(base()).unwrap();
+        assert_eq!(c.name, "meshnet");
+        assert_eq!(c.cni_version, CniVersion::V1_0_0);
+        assert_eq!(c.plugin_type.as_deref(), Some("meshcap-cni"));
+        assert_eq!(c.mode, Mode::Iptables);
+        assert_eq!(c.selection, Selection::Injected);
+        assert!(!c.ebpf_enabled);
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.log_file, None);
+        assert_eq!(c.pod_annotations, None);
+        assert_eq!(c.prev_result, None);
+        assert_eq!(c.valid_attachments, None);
+        assert!(c.exclude_namespaces.is_empty());
+    }
+
+    #[test]
+    fn spec_example_and_runtime_additions() {
+        let c = parse(json!({
+            "cniVersion": "1.1.0",
+            "name": "k8s-pod-network",
+            "type": "meshcap-cni",
+            "mode": "nftables",
+            "selection": "all",
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+            "exclude_namespaces": ["kube-system"],
+            "kubernetes": {"kubeconfig": "/etc/cni/net.d/meshcap-kubeconfig"},
+            "ebpf": {"enabled": true},
+            "log_file": "/var/log/meshcap-cni.log",
+            "log_level": "debug",
+            "runtimeConfig": {
+                "io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"},
+                "portMappings": []
+            },
+            "prevResult": {"cniVersion": "1.1.0", "ips": []},
+            "cni.dev/valid-attachments": [{"containerID": "abc", "ifname": "eth0"}],
+            "args": {"cni": {}},
+            "someRuntimeKey": 3
+        }))
+        .unwrap();
+        assert_eq!(c.mode, Mode::Nftables);
+        assert_eq!(c.mode.backend(), Backend::Nftables);
+        assert_eq!(c.selection, Selection::All);
+        assert_eq!(c.capabilities.get(POD_ANNOTATIONS_CAPABILITY), Some(&true));
+        assert!(c.excludes_namespace("kube-system"));
+        assert!(!c.excludes_namespace("default"));
+        assert_eq!(
+            c.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/etc/cni/net.d/meshcap-kubeconfig"))
+        );
+        assert!(c.ebpf_enabled);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(
+            c.pod_annotations
+                .unwrap()
+                .get("sidecar.istio.io/status")
+                .map(String::as_str),
+            Some("{}")
+        );
+        assert!(c.prev_result.is_some());
+        assert_eq!(
+            c.valid_attachments.unwrap(),
+            vec![Attachment {
+                container_id: "abc".into(),
+                ifname: "eth0".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn undecodable_is_decode() {
+        for bad in [&b"{"[..], b"", b"not json", b"[1,2]", b"\"x\"", b"null"] {
+            assert!(
+                matches!(Config::parse(bad), Err(ConfigError::Decode { .. })),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn version_errors() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("cniVersion");
+        assert_eq!(parse(v).unwrap_err(), ConfigError::MissingVersion);
+        assert_eq!(
+            parse(with("cniVersion", json!("0.2.0"))).unwrap_err(),
+            ConfigError::UnsupportedVersion {
+                version: "0.2.0".into()
+            }
+        );
+        assert_eq!(
+            parse(with("cniVersion", json!("2.0.0"))).unwrap_err(),
+            ConfigError::UnsupportedVersion {
+                version: "2.0.0".into()
+            }
+        );
+        assert_eq!(
+            invalid_key(parse(with("cniVersion", json!(1))).unwrap_err()),
+            "cniVersion"
+        );
+        // The version is checked before other keys: a bad mode in an old config is code 1.
+        let mut v = with("cniVersion", json!("0.1.0"));
+        v["mode"] = json!("bogus");
+        assert!(matches!(
+            parse(v).unwrap_err(),
+            ConfigError::UnsupportedVersion { .. }
+        ));
+        for ok in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            parse(with("cniVersion", json!(ok))).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("mode", json!("ebpf"), "mode"),
+            ("mode", json!(1), "mode"),
+            ("selection", json!("some"), "selection"),
+            ("log_level", json!("verbose"), "log_level"),
+            ("log_file", json!(false), "log_file"),
+            (
+                "exclude_namespaces",
+                json!("kube-system"),
+                "exclude_namespaces",
+            ),
+            ("exclude_namespaces", json!([1]), "exclude_namespaces"),
+            ("capabilities", json!({"x": "yes"}), "capabilities"),
+            ("ebpf", json!(true), "ebpf"),
+            ("ebpf", json!({"enabled": "yes"}), "ebpf.enabled"),
+            (
+                "kubernetes",
+                json!({"kubeconfig": 5}),
+                "kubernetes.kubeconfig",
+            ),
+            ("runtimeConfig", json!([]), "runtimeConfig"),
+            (
+                "runtimeConfig",
+                json!({"io.kubernetes.cri.pod-annotations": {"a": 1}}),
+                "runtimeConfig.io.kubernetes.cri.pod-annotations",
+            ),
+            ("prevResult", json!("x"), "prevResult"),
+            (
+                "cni.dev/valid-attachments",
+                json!([{"containerID": "a"}]),
+                "cni.dev/valid-attachments",
+            ),
+            ("name", json!(7), "name"),
+            ("name", json!("bad/name"), "name"),
+            ("type", json!([]), "type"),
+        ];
+        for (key, value, named) in cases {
+            let err = parse(with(key, value.clone())).unwrap_err();
+            assert!(err.to_string().contains(named), "{key}={value}: {err}");
+            assert_eq!(invalid_key(err), named, "{key}={value}");
+        }
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("name");
+        assert_eq!(parse(v).unwrap_err(), ConfigError::Missing { key: "name" });
+    }
+
+    #[test]
+    fn nulls_are_absent() {
+        let c = parse(with("mode", Value::Null)).unwrap();
+        assert_eq!(c.mode, Mode::Iptables);
+        let c = parse(with("prevResult", Value::Null)).unwrap();
+        assert_eq!(c.prev_result, None);
+        let c = parse(with("log_file", json!(""))).unwrap();
+        assert_eq!(c.log_file, None);
+    }
+
+    #[test]
+    fn peek_version_falls_back_to_latest() {
+        assert_eq!(
+            peek_version(br#"{"cniVersion":"0.3.1"}"#),
+            CniVersion::V0_3_1
+        );
+        assert_eq!(
+            peek_version(br#"{"cniVersion":"0.2.0"}"#),
+            CniVersion::LATEST
+        );
+        assert_eq!(peek_version(b""), CniVersion::LATEST);
+        assert_eq!(peek_version(b"garbage"), CniVersion::LATEST);
+    }
+}

@@ -1,0 +1,397 @@
+//! Host-side attachment records: one small JSON file per attachment that ADD captured,
+//! at `<state dir>/<network name>/<container id>@<ifname>.json`.
+//!
+//! The records are what GC works from (CNI 1.1: remove host-side state of attachments not in
+//! `cni.dev/valid-attachments`) and what DEL uses to know which backend ADD used. The CNI
+//! spec keys plugin state by (network name, container id, ifname); the network is a
+//! directory so GC of one network never touches another's records. `@` cannot occur in a
+//! container id (CNI spec), so the file name splits unambiguously.
+//!
+//! Writes are atomic (a temp file in the same directory, then rename) so a concurrent
+//! reader or a crash never sees half a record; each attachment has its own file, so parallel
+//! ADDs of different pods never contend.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Mode;
+
+/// Temp files older than this are leftovers of a crashed writer; GC removes them. Writers
+/// finish in milliseconds, and the runtime runs no ADD or DEL during GC (CNI 1.1, section 3).
+const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+
+const RECORD_SUFFIX: &str = ".json";
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// A failed state-directory operation; carries the operation and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attachment record {path} is not valid JSON: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What ADD recorded about one captured attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRecord {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: PathBuf,
+    pub mode: Mode,
+    /// Address families with rules installed ("ipv4", "ipv6").
+    pub families: Vec<String>,
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_uid: Option<String>,
+    /// Whether the eBPF fast path accepted the pod (DEL and GC must then unregister it).
+    pub ebpf_registered: bool,
+    /// When ADD wrote the record, seconds since the Unix epoch.
+    pub added_at_unix: u64,
+}
+
+/// The (container id, ifname) pair that names an attachment (CNI 1.1, section 3).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// One file found in a network's state directory.
+#[derive(Debug)]
+pub struct StateEntry {
+    pub path: PathBuf,
+    /// `None` for files whose name is not a record's (they are left alone).
+    pub key: Option<AttachmentKey>,
+}
+
+/// The state directory root (all networks).
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of one network's records. `network` is validated by the config
+    /// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), so it is one path component.
+    pub fn network_dir(&self, network: &str) -> PathBuf {
+        self.root.join(network)
+    }
+
+    pub fn record_path(&self, network: &str, container_id: &str, ifname: &str) -> PathBuf {
+        self.network_dir(network)
+            .join(format!("{container_id}@{ifname}{RECORD_SUFFIX}"))
+    }
+
+    /// Writes `record` atomically, replacing any earlier one (a retried ADD).
+    pub fn write(&self, record: &AttachmentRecord) -> Result<PathBuf, StateError> {
+        let dir = self.network_dir(&record.network);
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let path = self.record_path(&record.network, &record.container_id, &record.ifname);
+        let temp = dir.join(temp_name());
+        let body = serde_json::to_vec_pretty(record).expect("a record always serializes");
+        let written = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .map_err(io_err("create", &temp))?;
+            f.write_all(&body).map_err(io_err("write", &temp))?;
+            f.sync_all().map_err(io_err("sync", &temp))?;
+            fs::rename(&temp, &path).map_err(io_err("rename into", &path))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        written.map(|()| path)
+    }
+
+    /// Reads one record; `Ok(None)` when there is none.
+    pub fn read(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<AttachmentRecord>, StateError> {
+        read_record(&self.record_path(network, container_id, ifname))
+    }
+
+    /// Removes one record; `Ok(false)` when there was none (DEL is idempotent).
+    pub fn remove(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<bool, StateError> {
+        remove_file(&self.record_path(network, container_id, ifname))
+    }
+
+    /// Every record file of `network` (an absent directory has none).
+    pub fn list(&self, network: &str) -> Result<Vec<StateEntry>, StateError> {
+        let dir = self.network_dir(network);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("list", &dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            out.push(StateEntry {
+                path: entry.path(),
+                key: parse_record_name(name),
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Removes temp files of `network` older than [`STALE_TEMP_AGE`]; returns how many.
+    pub fn remove_stale_temps(&self, network: &str) -> Result<usize, StateError> {
+        let dir = self.network_dir(network);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err("list", &dir)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let is_temp = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(TEMP_PREFIX));
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP_AGE);
+            if is_temp && old && remove_file(&entry.path())? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Reads a record file; `Ok(None)` when it does not exist.
+pub fn read_record(path: &Path) -> Result<Option<AttachmentRecord>, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| StateError::Corrupt {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Removes a file; `Ok(false)` when it was already gone.
+pub fn remove_file(path: &Path) -> Result<bool, StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `<container id>@<ifname>.json` -> key.
+fn parse_record_name(name: &str) -> Option<AttachmentKey> {
+    let stem = name.strip_suffix(RECORD_SUFFIX)?;
+    let (container_id, ifname) = stem.split_once('@')?;
+    if container_id.is_empty() || ifname.is_empty() {
+        return None;
+    }
+    Some(AttachmentKey {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+    })
+}
+
+/// Unique within the host: pid, a per-process counter and the clock's nanoseconds.
+fn temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{TEMP_PREFIX}{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop (even when a test fails).
+    pub(crate) struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(test: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!(
+                "meshcap-cni-{test}-{}-{}",
+                std::process::id(),
+                now_unix()
+            ));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) fn record(network: &str, cid: &str, ifname: &str) -> AttachmentRecord {
+        AttachmentRecord {
+            network: network.into(),
+            container_id: cid.into(),
+            ifname: ifname.into(),
+            netns: "/run/netns/x".into(),
+            mode: Mode::Nftables,
+            families: vec!["ipv4".into(), "ipv6".into()],
+            pod_namespace: Some("default".into()),
+            pod_name: Some("web-0".into()),
+            pod_uid: None,
+            ebpf_registered: false,
+            added_at_unix: now_unix(),
+        }
+    }
+
+    #[test]
+    fn write_read_replace_remove() {
+        let tmp = TempDir::new("state-rw");
+        let dir = StateDir::new(tmp.0.join("attachments"));
+        assert_eq!(dir.read("net", "c1", "eth0").unwrap(), None);
+        let mut rec = record("net", "c1", "eth0");
+        let path = dir.write(&rec).unwrap();
+        assert_eq!(path, tmp.0.join("attachments/net/c1@eth0.json"));
+        assert_eq!(dir.read("net", "c1", "eth0").unwrap(), Some(rec.clone()));
+        rec.mode = Mode::Iptables;
+        dir.write(&rec).unwrap();
+        assert_eq!(
+            dir.read("net", "c1", "eth0").unwrap().unwrap().mode,
+            Mode::Iptables
+        );
+        // No temp file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.network_dir("net"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["c1@eth0.json"]);
+        assert!(dir.remove("net", "c1", "eth0").unwrap());
+        assert!(!dir.remove("net", "c1", "eth0").unwrap());
+    }
+
+    #[test]
+    fn list_is_per_network_and_parses_names() {
+        let tmp = TempDir::new("state-list");
+        let dir = StateDir::new(&tmp.0);
+        assert!(dir.list("net").unwrap().is_empty());
+        dir.write(&record("net", "c1", "eth0")).unwrap();
+        dir.write(&record("net", "c2", "net1")).unwrap();
+        dir.write(&record("other", "c3", "eth0")).unwrap();
+        fs::write(dir.network_dir("net").join("README"), "x").unwrap();
+        fs::write(dir.network_dir("net").join(".tmp-1-2-3"), "x").unwrap();
+        let keys: Vec<_> = dir
+            .list("net")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                None,
+                Some(AttachmentKey {
+                    container_id: "c1".into(),
+                    ifname: "eth0".into()
+                }),
+                Some(AttachmentKey {
+                    container_id: "c2".into(),
+                    ifname: "net1".into()
+                }),
+            ]
+        );
+        // A fresh temp file is not stale.
+        assert_eq!(dir.remove_stale_temps("net").unwrap(), 0);
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error() {
+        let tmp = TempDir::new("state-corrupt");
+        let dir = StateDir::new(&tmp.0);
+        fs::create_dir_all(dir.network_dir("net")).unwrap();
+        fs::write(dir.record_path("net", "c", "eth0"), "{").unwrap();
+        assert!(matches!(
+            dir.read("net", "c", "eth0"),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn record_names() {
+        assert_eq!(
+            parse_record_name("a-b.c@eth0.json"),
+            Some(AttachmentKey {
+                container_id: "a-b.c".into(),
+                ifname: "eth0".into()
+            })
+        );
+        assert_eq!(parse_record_name("a@b@c.json").unwrap().ifname, "b@c");
+        assert_eq!(parse_record_name("ab.json"), None);
+        assert_eq!(parse_record_name("@eth0.json"), None);
+        assert_eq!(parse_record_name("a@eth0"), None);
+    }
+}

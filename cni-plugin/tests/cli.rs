@@ -1,0 +1,616 @@
+//! Runs the built `meshcap-cni` binary the way a runtime does: a cleared environment with the
+//! `CNI_*` variables, the network configuration on stdin, the result or error JSON read from
+//! stdout. The privileged round trip at the end needs root, `ip` and the rule backends; it
+//! says so by name when it cannot run, and fails instead under `CI=true`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshcap-cni");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// stdout parsed as the single JSON value it must be (or `None` when empty).
+    fn json(&self) -> Option<Value> {
+        if self.stdout.is_empty() {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON value ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        });
+        Some(v)
+    }
+
+    fn ok(&self) -> Option<Value> {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self.json()
+    }
+
+    /// Asserts a CNI error with `code` whose msg or details contain `needle`.
+    fn error(&self, code: u64, needle: &str) -> Value {
+        assert_ne!(self.code, 0, "expected failure; stdout: {}", self.stdout);
+        let v = self.json().expect("error JSON on stdout");
+        assert_eq!(v["code"], code, "{v}\nstderr: {}", self.stderr);
+        for key in ["cniVersion", "msg", "details"] {
+            assert!(v[key].is_string(), "{key} missing in {v}");
+        }
+        let text = format!("{} {}", v["msg"], v["details"]);
+        assert!(text.contains(needle), "{needle:?} not in {v}");
+        v
+    }
+}
+
+fn invoke(env: &[(&str, &str)], stdin: &str) -> Run {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn meshcap-cni");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A per-test state directory, removed on drop even when the test fails.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("meshcap-cni-it-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+
+    fn state(&self) -> String {
+        self.0.join("state").to_str().unwrap().to_string()
+    }
+
+    fn records(&self, network: &str) -> Vec<String> {
+        let mut names: Vec<String> = match fs::read_dir(self.0.join("state").join(network)) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+
+    fn write_record(&self, network: &str, cid: &str, ifname: &str) {
+        let dir = self.0.join("state").join(network);
+        fs::create_dir_all(&dir).unwrap();
+        let rec = json!({
+            "network": network, "container_id": cid, "ifname": ifname,
+            "netns": "/run/netns/gone", "mode": "iptables", "families": ["ipv4"],
+            "pod_namespace": null, "pod_name": null, "pod_uid": null,
+            "ebpf_registered": false, "added_at_unix": 0
+        });
+        fs::write(dir.join(format!("{cid}@{ifname}.json")), rec.to_string()).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn attach_env<'a>(command: &'a str, netns: &'a str, state: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", "4f3c2b1a"),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=u1",
+        ),
+        ("MESHCAP_STATE_DIR", state),
+    ]
+}
+
+fn prev_result_1x(netns: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "mac": "0a:58:0a:f4:00:05", "sandbox": netns}],
+        "ips": [
+            {"address": "10.244.0.5/24", "gateway": "10.244.0.1", "interface": 0},
+            {"address": "fd00:10:244::5/64", "gateway": "fd00:10:244::1", "interface": 0}
+        ],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dns": {}
+    })
+}
+
+fn conf(version: &str, extra: Value) -> String {
+    let mut v = json!({"cniVersion": version, "name": "meshnet", "type": "meshcap-cni"});
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v.to_string()
+}
+
+#[test]
+fn version_lists_supported_versions() {
+    let r = invoke(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+    assert_eq!(
+        r.ok().unwrap(),
+        json!({"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
+    );
+    let r = invoke(&[("CNI_COMMAND", "VERSION")], "");
+    assert_eq!(r.ok().unwrap()["cniVersion"], "1.1.0");
+}
+
+#[test]
+fn add_of_unselected_pod_passes_prev_result_through_converted() {
+    let s = Scratch::new("add-unselected");
+    let state = s.state();
+    let env = attach_env("ADD", "/run/netns/does-not-matter", &state);
+    let annotations =
+        json!({"runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"app": "web"}}});
+    for to in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let mut extra = annotations.clone();
+        extra["prevResult"] = prev_result_1x("/run/netns/x");
+        let out = invoke(&env, &conf(to, extra)).ok().unwrap();
+        let mut expected = prev_result_1x("/run/netns/x");
+        expected["cniVersion"] = json!(to);
+        if to.starts_with("0.") {
+            expected["ips"][0]["version"] = json!("4");
+            expected["ips"][1]["version"] = json!("6");
+        }
+        assert_eq!(out, expected, "to {to}");
+    }
+    assert!(
+        s.records("meshnet").is_empty(),
+        "nothing recorded for an unselected pod"
+    );
+}
+
+#[test]
+fn add_in_excluded_namespace_passes_through_without_annotations() {
+    let s = Scratch::new("add-excluded");
+    let state = s.state();
+    let mut env = attach_env("ADD", "/run/netns/x", &state);
+    env[5] = (
+        "CNI_ARGS",
+        "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns",
+    );
+    let out = invoke(
+        &env,
+        &conf(
+            "1.1.0",
+            json!({"exclude_namespaces": ["kube-system"], "selection": "all"}),
+        ),
+    )
+    .ok()
+    .unwrap();
+    assert_eq!(out, json!({"cniVersion": "1.1.0"}));
+}
+
+#[test]
+fn add_of_kubernetes_pod_without_annotations_fails_closed() {
+    let s = Scratch::new("add-no-annotations");
+    let state = s.state();
+    let env = attach_env("ADD", "/run/netns/x", &state);
+    invoke(&env, &conf("1.0.0", json!({}))).error(7, "not passed by the runtime");
+}
+
+#[test]
+fn bad_inputs_map_to_their_codes() {
+    let s = Scratch::new("bad-inputs");
+    let state = s.state();
+    let env = attach_env("ADD", "/run/netns/x", &state);
+    invoke(&env, "{\"cniVersion\": ").error(6, "decode");
+    invoke(&env, &conf("1.0.0", json!({"mode": "ebpf"}))).error(7, "mode");
+    invoke(&env, &conf("1.0.0", json!({"log_level": "loud"}))).error(7, "log_level");
+    let v = invoke(&env, &conf("0.2.0", json!({}))).error(1, "0.2.0");
+    assert_eq!(v["cniVersion"], "1.1.0");
+    invoke(&env[1..], &conf("1.0.0", json!({}))).error(4, "CNI_COMMAND");
+    invoke(&[("CNI_COMMAND", "CHECK")], &conf("1.0.0", json!({})))
+        .error(4, "CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME");
+    let mut bad_args = env.clone();
+    bad_args[5] = ("CNI_ARGS", "K8S_POD_NAME");
+    invoke(&bad_args, &conf("1.0.0", json!({}))).error(4, "CNI_ARGS");
+    // A bad prevResult is refused before anything is applied.
+    invoke(
+        &env,
+        &conf("1.0.0", json!({"prevResult": {"cniVersion": "0.1.0"}})),
+    )
+    .error(1, "prevResult");
+}
+
+#[test]
+fn bad_annotation_is_code_7_and_applies_nothing() {
+    let s = Scratch::new("bad-annotation");
+    let state = s.state();
+    let env = attach_env("ADD", "/run/netns/meshcap-cni-it-never-created", &state);
+    let extra = json!({
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {
+            "sidecar.istio.io/status": "{}",
+            "sidecar.istio.io/interceptionMode": "BOGUS"
+        }},
+        "prevResult": prev_result_1x("/run/netns/x")
+    });
+    invoke(&env, &conf("1.0.0", extra)).error(7, "sidecar.istio.io/interceptionMode");
+    let extra = json!({
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {
+            "sidecar.istio.io/status": "{}",
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/33"
+        }}
+    });
+    invoke(&env, &conf("1.0.0", extra))
+        .error(7, "traffic.sidecar.istio.io/excludeOutboundIPRanges");
+    assert!(s.records("meshnet").is_empty());
+}
+
+#[test]
+fn add_and_check_on_a_missing_netns_fail_clearly() {
+    let s = Scratch::new("add-missing-netns");
+    let state = s.state();
+    let gone = format!("/run/netns/meshcap-cni-it-missing-{}", std::process::id());
+    let extra = json!({
+        "selection": "all",
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}},
+        "prevResult": prev_result_1x(&gone)
+    });
+    invoke(
+        &attach_env("ADD", &gone, &state),
+        &conf("1.0.0", extra.clone()),
+    )
+    .error(4, "does not exist");
+    invoke(&attach_env("CHECK", &gone, &state), &conf("1.0.0", extra)).error(4, "does not exist");
+    assert!(s.records("meshnet").is_empty());
+    // CHECK of an unselected pod passes without touching anything.
+    let extra = json!({
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}},
+        "prevResult": prev_result_1x(&gone)
+    });
+    assert_eq!(
+        invoke(&attach_env("CHECK", &gone, &state), &conf("0.4.0", extra)).ok(),
+        None
+    );
+}
+
+#[test]
+fn status_is_a_1_1_command_and_succeeds_when_the_backend_is_installed() {
+    let env = [("CNI_COMMAND", "STATUS")];
+    // A missing eBPF agent never fails STATUS.
+    let config = conf(
+        "1.1.0",
+        json!({"mode": "iptables", "ebpf": {"enabled": true}}),
+    );
+    let r = invoke(&env, &config);
+    if r.code == 0 {
+        assert_eq!(r.ok(), None);
+    } else {
+        // Only when the node really lacks the iptables programs.
+        r.error(50, "not found");
+    }
+    invoke(&env, &conf("1.0.0", json!({}))).error(1, "STATUS needs cniVersion 1.1.0");
+}
+
+#[test]
+fn del_with_empty_netns_succeeds() {
+    let s = Scratch::new("del-empty-netns");
+    let state = s.state();
+    s.write_record("meshnet", "4f3c2b1a", "eth0");
+    let env = attach_env("DEL", "", &state);
+    for _ in 0..2 {
+        let r = invoke(&env, &conf("1.1.0", json!({"selection": "all"})));
+        assert_eq!(r.ok(), None, "DEL prints nothing");
+    }
+    assert!(s.records("meshnet").is_empty());
+    // Without CNI_NETNS at all, too.
+    let env: Vec<_> = env.into_iter().filter(|(k, _)| *k != "CNI_NETNS").collect();
+    assert_eq!(invoke(&env, &conf("0.3.1", json!({}))).ok(), None);
+}
+
+#[test]
+fn del_on_vanished_netns_succeeds() {
+    let s = Scratch::new("del-vanished");
+    let state = s.state();
+    s.write_record("meshnet", "4f3c2b1a", "eth0");
+    let gone = format!("/run/netns/meshcap-cni-it-gone-{}", std::process::id());
+    assert!(!Path::new(&gone).exists());
+    let env = attach_env("DEL", &gone, &state);
+    let extra = json!({"selection": "all", "prevResult": prev_result_1x(&gone)});
+    assert_eq!(invoke(&env, &conf("1.0.0", extra.clone())).ok(), None);
+    assert!(s.records("meshnet").is_empty());
+    // And again, with nothing recorded any more (and for a Kubernetes pod without annotations).
+    assert_eq!(invoke(&env, &conf("1.0.0", json!({}))).ok(), None);
+}
+
+#[test]
+fn gc_removes_stale_records_and_keeps_valid_ones() {
+    let s = Scratch::new("gc");
+    let state = s.state();
+    s.write_record("meshnet", "keep1", "eth0");
+    s.write_record("meshnet", "keep1", "net1");
+    s.write_record("meshnet", "stale1", "eth0");
+    s.write_record("meshnet", "stale2", "eth0");
+    s.write_record("othernet", "stale1", "eth0");
+    let env = [
+        ("CNI_COMMAND", "GC"),
+        ("CNI_PATH", "/opt/cni/bin"),
+        ("MESHCAP_STATE_DIR", state.as_str()),
+    ];
+    let valid = json!({"cni.dev/valid-attachments": [
+        {"containerID": "keep1", "ifname": "eth0"},
+        {"containerID": "keep1", "ifname": "net1"},
+        {"containerID": "never-added", "ifname": "eth0"}
+    ]});
+    assert_eq!(invoke(&env, &conf("1.1.0", valid.clone())).ok(), None);
+    assert_eq!(s.records("meshnet"), ["keep1@eth0.json", "keep1@net1.json"]);
+    assert_eq!(
+        s.records("othernet"),
+        ["stale1@eth0.json"],
+        "other networks untouched"
+    );
+    // Idempotent; an empty list removes everything of this network.
+    assert_eq!(invoke(&env, &conf("1.1.0", valid)).ok(), None);
+    assert_eq!(
+        invoke(
+            &env,
+            &conf("1.1.0", json!({"cni.dev/valid-attachments": []}))
+        )
+        .ok(),
+        None
+    );
+    assert!(s.records("meshnet").is_empty());
+    // GC is a 1.1 command and needs its input.
+    invoke(
+        &env,
+        &conf("1.0.0", json!({"cni.dev/valid-attachments": []})),
+    )
+    .error(1, "GC");
+    invoke(&env, &conf("1.1.0", json!({}))).error(7, "cni.dev/valid-attachments");
+}
+
+#[test]
+fn logs_go_to_stderr_and_the_log_file_never_stdout() {
+    let s = Scratch::new("logging");
+    let state = s.state();
+    let log = s.0.join("logs/sub/meshcap-cni.log");
+    let env = attach_env("ADD", "/run/netns/x", &state);
+    let extra = json!({
+        "log_file": log.to_str().unwrap(),
+        "log_level": "debug",
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}}
+    });
+    let r = invoke(&env, &conf("1.0.0", extra));
+    assert_eq!(r.ok().unwrap(), json!({"cniVersion": "1.0.0"}));
+    let text = fs::read_to_string(&log).unwrap();
+    for needle in ["4f3c2b1a", "default/web-0", "ADD", "not capturing"] {
+        assert!(text.contains(needle), "{needle:?} not in log file:\n{text}");
+        assert!(
+            r.stderr.contains(needle),
+            "{needle:?} not on stderr:\n{}",
+            r.stderr
+        );
+    }
+    // Failures are logged to the file too, with the invocation's fields.
+    let extra = json!({
+        "log_file": log.to_str().unwrap(),
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {
+            "sidecar.istio.io/status": "{}",
+            "traffic.sidecar.istio.io/includeInboundPorts": "http"
+        }}
+    });
+    invoke(&env, &conf("1.0.0", extra)).error(7, "includeInboundPorts");
+    let text = fs::read_to_string(&log).unwrap();
+    let failure = text
+        .lines()
+        .find(|l| l.contains("failed") && l.contains("code=7"))
+        .unwrap_or_else(|| panic!("no failure line in log file:\n{text}"));
+    assert!(
+        failure.contains("includeInboundPorts") && failure.contains("4f3c2b1a"),
+        "{failure}"
+    );
+
+    // An unopenable log file does not fail the command.
+    let extra = json!({"log_file": "/proc/meshcap/nope.log", "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}}});
+    let r = invoke(&env, &conf("1.0.0", extra));
+    assert_eq!(r.ok().unwrap(), json!({"cniVersion": "1.0.0"}));
+    assert!(r.stderr.contains("cannot open log_file"), "{}", r.stderr);
+}
+
+// ---- privileged: a real namespace and the real rule backends ----
+
+/// Why the privileged test cannot run here, if it cannot.
+fn privileged_unavailable() -> Option<String> {
+    if !nix_is_root() {
+        return Some("not running as root".into());
+    }
+    for tool in ["ip", "iptables-save", "nft"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|dir| dir.join(tool).exists());
+        if !found {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
+}
+
+fn nix_is_root() -> bool {
+    // The effective uid without unsafe code: /proc/self/status "Uid: real effective ...".
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn skip_or_fail(test: &str, reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} cannot run under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(test: &str) -> Netns {
+        let name = format!("{test}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let up = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .output()
+            .unwrap();
+        assert!(up.status.success());
+        Netns { name }
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Whether meshcap's rules are in `ns`, as the stock tools see them (not through meshcap).
+fn installed(ns: &Netns, mode: &str) -> bool {
+    let (tool, args, needle): (&str, &[&str], &str) = match mode {
+        "iptables" => ("iptables-save", &[], "MESHCAP_"),
+        _ => ("nft", &["list", "tables"], "meshcap"),
+    };
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, tool])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{tool}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).contains(needle)
+}
+
+#[test]
+fn privileged_add_check_del_round_trip() {
+    const TEST: &str = "privileged_add_check_del_round_trip";
+    if let Some(reason) = privileged_unavailable() {
+        return skip_or_fail(TEST, &reason);
+    }
+    for mode in ["iptables", "nftables"] {
+        let s = Scratch::new(&format!("roundtrip-{mode}"));
+        let state = s.state();
+        let ns = Netns::create(&format!("mcni-{mode}"));
+        let path = ns.path();
+        let prev = prev_result_1x(&path);
+        let extra = json!({
+            "mode": mode,
+            // The fast path is not wired yet: ADD must still succeed with rules alone.
+            "ebpf": {"enabled": mode == "nftables"},
+            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"}},
+            "prevResult": prev,
+        });
+        let config = conf("1.1.0", extra);
+
+        let mut expected = prev_result_1x(&path);
+        expected["cniVersion"] = json!("1.1.0");
+        let add = attach_env("ADD", &path, &state);
+        let r = invoke(&add, &config);
+        assert_eq!(r.ok().unwrap(), expected, "{mode}: ADD");
+        if mode == "nftables" {
+            assert!(
+                r.stderr.contains("eBPF fast path not available"),
+                "{}",
+                r.stderr
+            );
+        }
+        assert_eq!(s.records("meshnet"), ["4f3c2b1a@eth0.json"], "{mode}");
+        let record: Value = serde_json::from_str(
+            &fs::read_to_string(s.0.join("state/meshnet/4f3c2b1a@eth0.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(record["mode"], mode);
+        assert_eq!(record["pod_name"], "web-0");
+        assert_eq!(record["netns"], path.as_str());
+
+        assert!(installed(&ns, mode), "{mode}: rules visible after ADD");
+
+        // A retried ADD is fine, and CHECK passes right after ADD.
+        assert_eq!(
+            invoke(&add, &config).ok().unwrap(),
+            expected,
+            "{mode}: 2nd ADD"
+        );
+        let check = attach_env("CHECK", &path, &state);
+        assert_eq!(
+            invoke(&check, &config).ok(),
+            None,
+            "{mode}: CHECK after ADD"
+        );
+
+        // STATUS answers for the configured backend.
+        let status = [
+            ("CNI_COMMAND", "STATUS"),
+            ("MESHCAP_STATE_DIR", state.as_str()),
+        ];
+        assert_eq!(invoke(&status, &config).ok(), None, "{mode}: STATUS");
+
+        // DEL removes; CHECK then reports the missing rules as drift.
+        let del = attach_env("DEL", &path, &state);
+        assert_eq!(invoke(&del, &config).ok(), None, "{mode}: DEL");
+        assert!(s.records("meshnet").is_empty(), "{mode}");
+        assert!(!installed(&ns, mode), "{mode}: rules gone after DEL");
+        assert_eq!(invoke(&del, &config).ok(), None, "{mode}: 2nd DEL");
+        invoke(&check, &config).error(101, "differ from what ADD installed");
+    }
+}
