@@ -8,11 +8,11 @@
 //! | 4 | invalid or missing `CNI_*` environment variables, malformed `CNI_ARGS`; ADD/CHECK: `CNI_NETNS` names no network namespace (any more) |
 //! | 5 | reading stdin, or the attachment records, failed |
 //! | 6 | the configuration is not a JSON object (or is larger than [`MAX_STDIN`]) |
-//! | 7 | invalid configuration value, annotation, prevResult; annotations unavailable |
+//! | 7 | invalid configuration value, annotation, prevResult; annotations unavailable; the pod cannot be read from the API (bad kubeconfig, 401, 403, 404): fail closed |
 //! | 50 | STATUS: the rule backend is not ready |
 //! | 100 | a dataplane operation (apply, remove, check) failed |
 //! | 101 | CHECK: the installed rules drifted from the model |
-//! | 11 | a dataplane operation met a transient kernel condition (EAGAIN, EBUSY, EINTR, ENOBUFS): retry later |
+//! | 11 | a dataplane operation met a transient kernel condition (EAGAIN, EBUSY, EINTR, ENOBUFS), or the API server did not answer within `kubernetes.timeout_ms` (connection errors, timeouts, 429, 5xx): retry later |
 //!
 //! Nothing else is ever written to stdout: logs go to stderr and the log file.
 
@@ -72,7 +72,12 @@ pub fn code(err: &PluginError) -> u32 {
             | CommandError::PrevResultRequired { .. }
             | CommandError::Annotation(_)
             | CommandError::AnnotationsUnavailable { .. }
+            | CommandError::PodShape { .. }
             | CommandError::MissingValidAttachments => 7,
+            // The API server did not answer in time: the runtime retries the ADD.
+            CommandError::Kube(e) if e.is_transient() => 11,
+            // Unreadable kubeconfig, 401/403/404: fail closed, never start the pod unmeshed.
+            CommandError::Kube(_) => 7,
             CommandError::State(_) | CommandError::Gc { .. } => 5,
             CommandError::BackendNotReady { .. } => 50,
             CommandError::Dataplane { source, .. } if is_transient(source) => 11,
@@ -399,7 +404,35 @@ mod tests {
                 CommandError::AnnotationsUnavailable {
                     namespace: "ns".into(),
                     name: "p".into(),
+                    why: "no kubernetes.kubeconfig is configured for the API path",
                 },
+                7,
+            ),
+            (
+                CommandError::from(crate::kube::KubeError::Unavailable {
+                    target: Box::new(crate::kube::Target {
+                        namespace: "ns".into(),
+                        name: "p".into(),
+                        server: "https://10.96.0.1".into(),
+                        kubeconfig: "/k".into(),
+                    }),
+                    timeout: std::time::Duration::from_secs(5),
+                    attempts: 4,
+                    last: "HTTP 503".into(),
+                }),
+                11,
+            ),
+            (
+                CommandError::from(crate::kube::KubeError::Refused {
+                    target: Box::new(crate::kube::Target {
+                        namespace: "ns".into(),
+                        name: "p".into(),
+                        server: "https://10.96.0.1".into(),
+                        kubeconfig: "/k".into(),
+                    }),
+                    status: Some(404),
+                    reason: "HTTP 404".into(),
+                }),
                 7,
             ),
             (CommandError::MissingValidAttachments, 7),

@@ -9,13 +9,15 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use meshcap_dataplane::{self as dataplane, DataplaneError, PodNetns};
-use meshcap_model::{AnnotationError, Annotations, RedirectModel, Ruleset};
+use meshcap_model::pod::{PodError, PodSelection, PodView};
+use meshcap_model::{AnnotationError, Annotations, RedirectModel};
 use serde_json::Value;
 
 use crate::args::CniArgs;
 use crate::config::{Config, Mode, POD_ANNOTATIONS_CAPABILITY};
 use crate::env::{Command, Env};
 use crate::fastpath;
+use crate::kube;
 use crate::result::{self, ResultError};
 use crate::state::{self, AttachmentKey, AttachmentRecord, StateDir, StateError};
 use crate::version::CniVersion;
@@ -40,10 +42,24 @@ pub enum CommandError {
     },
     #[error(
         "pod annotations for {namespace}/{name} were not passed by the runtime (runtimeConfig \
-         capability \"{POD_ANNOTATIONS_CAPABILITY}\") and the Kubernetes API path is not \
-         available yet; refusing to start a possibly meshed pod without capture"
+         capability \"{POD_ANNOTATIONS_CAPABILITY}\") and {why}; refusing to start a possibly \
+         meshed pod without capture"
     )]
-    AnnotationsUnavailable { namespace: String, name: String },
+    AnnotationsUnavailable {
+        namespace: String,
+        name: String,
+        why: &'static str,
+    },
+    /// Boxed: the variant is large and every command returns this error type.
+    #[error(transparent)]
+    Kube(Box<kube::KubeError>),
+    #[error("pod {namespace}/{name} as read from the API: {source}")]
+    PodShape {
+        namespace: String,
+        name: String,
+        #[source]
+        source: PodError,
+    },
     #[error("invalid pod annotation: {0}")]
     Annotation(#[source] AnnotationError),
     #[error(transparent)]
@@ -81,48 +97,151 @@ pub enum CommandError {
     Gc { failures: Vec<String> },
 }
 
+impl From<kube::KubeError> for CommandError {
+    fn from(e: kube::KubeError) -> Self {
+        CommandError::Kube(Box::new(e))
+    }
+}
+
 /// Whether an attachment is captured, from the same inputs on ADD, CHECK and DEL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Leave the attachment alone; the reason is logged.
-    Skip(&'static str),
-    /// Capture with these annotations.
-    Capture(Annotations),
+    Skip(String),
+    /// Capture with this model input.
+    Capture(Capture),
 }
 
-/// Decides selection: `exclude_namespaces`, then the annotations (runtimeConfig capability;
-/// a Kubernetes pod without them is an error: fail closed), then `selection`.
+/// What a captured attachment's model is built from: the pod as meshcap sees it. For the
+/// runtime path only its annotations are known; the API path also knows its containers
+/// (proxy uid/gid). [`PodView::model`] builds the model either way, the same call
+/// `meshcap render -f` makes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Capture {
+    pub pod: PodView,
+    /// Where the pod came from, for the log.
+    pub source: &'static str,
+}
+
+impl Capture {
+    fn annotations_only(annotations: Annotations, source: &'static str) -> Capture {
+        Capture {
+            pod: PodView {
+                annotations,
+                ..PodView::default()
+            },
+            source,
+        }
+    }
+}
+
+/// Whether [`decide_with`] may ask the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiLookup {
+    /// ADD and CHECK: fetch the pod when the runtime passed no annotations.
+    Allowed,
+    /// DEL: never wait on the API to tear a pod down; an unknown pod counts as maybe captured.
+    Never,
+}
+
+/// [`decide_with`] for ADD and CHECK.
 pub fn decide(config: &Config, args: &CniArgs) -> Result<Decision, CommandError> {
+    decide_with(config, args, ApiLookup::Allowed)
+}
+
+/// Decides selection, cheapest input first: `exclude_namespaces` and `kubernetes.skip_pods`
+/// (before any API call, so meshcap's own pods and the control plane never wait on the API);
+/// then the runtime's pod annotations (capability); then, for a Kubernetes pod without them,
+/// the pod read from the API ([`crate::kube`]; unreadable: fail closed); then `selection`.
+pub fn decide_with(
+    config: &Config,
+    args: &CniArgs,
+    api: ApiLookup,
+) -> Result<Decision, CommandError> {
     if let Some(ns) = args.k8s_pod_namespace.as_deref() {
         if config.excludes_namespace(ns) {
             return Ok(Decision::Skip(
-                "the pod's namespace is in exclude_namespaces",
+                "the pod's namespace is in exclude_namespaces".into(),
             ));
         }
     }
-    let annotations = match (&config.pod_annotations, args.kubernetes_pod()) {
-        (Some(a), _) => a.clone(),
-        // LEAD: the Kubernetes API path (kubernetes.kubeconfig, bounded retries) goes here.
-        (None, Some((namespace, name))) => {
-            return Err(CommandError::AnnotationsUnavailable {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-            })
+    if let Some((namespace, name)) = args.kubernetes_pod() {
+        if let Some(pattern) = config.skip_pod_pattern(namespace, name) {
+            return Ok(Decision::Skip(format!(
+                "the pod matches kubernetes.skip_pods entry {pattern:?}"
+            )));
         }
-        (None, None) => Annotations::new(),
+    }
+    let capture = match (&config.pod_annotations, args.kubernetes_pod()) {
+        (Some(a), _) => Capture::annotations_only(a.clone(), "runtime"),
+        (None, Some((namespace, name))) => match (&config.kubeconfig, api) {
+            (Some(kubeconfig), ApiLookup::Allowed) => {
+                return decide_from_api(config, kubeconfig, namespace, name)
+            }
+            (kubeconfig, _) => {
+                return Err(CommandError::AnnotationsUnavailable {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    why: if kubeconfig.is_none() {
+                        "no kubernetes.kubeconfig is configured for the API path"
+                    } else {
+                        "DEL does not read the API"
+                    },
+                })
+            }
+        },
+        (None, None) => Capture::annotations_only(Annotations::new(), "none"),
     };
-    if config.selection.wants_capture(&annotations) {
-        Ok(Decision::Capture(annotations))
+    if config.selection.wants_capture(&capture.pod.annotations) {
+        Ok(Decision::Capture(capture))
     } else {
         Ok(Decision::Skip(
-            "selection is \"injected\" and the pod carries no injected sidecar",
+            "selection is \"injected\" and the pod carries no injected sidecar".into(),
         ))
     }
 }
 
-fn rulesets_for(annotations: &Annotations) -> Result<Vec<Ruleset>, CommandError> {
-    let model = RedirectModel::from_annotations(annotations).map_err(CommandError::Annotation)?;
-    Ok(model.rulesets())
+/// The API path: read the pod and decide from its annotations and its `istio-proxy`
+/// container ([`meshcap_model::pod`]), the same code `meshcap render -f` uses.
+fn decide_from_api(
+    config: &Config,
+    kubeconfig: &Path,
+    namespace: &str,
+    name: &str,
+) -> Result<Decision, CommandError> {
+    let client = kube::Client::from_kubeconfig(kubeconfig)?;
+    let started = std::time::Instant::now();
+    let pod = client.get_pod(namespace, name, config.kube_timeout)?;
+    let view = PodView::from_pod(&pod).map_err(|source| CommandError::PodShape {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        source,
+    })?;
+    tracing::info!(
+        server = %client.server_url(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        has_istio_proxy = view.has_istio_proxy,
+        native_sidecar = view.native_sidecar,
+        proxy_uid = ?view.proxy_uid,
+        proxy_gid = ?view.proxy_gid,
+        "read the pod from the Kubernetes API"
+    );
+    if view.has_istio_init {
+        tracing::warn!(
+            "the pod also has an istio-init init container; inject with Istio's CNI mode so it is not added"
+        );
+    }
+    match view.selection(config.selection) {
+        PodSelection::Skip(reason) => Ok(Decision::Skip(reason.to_string())),
+        PodSelection::Capture => Ok(Decision::Capture(Capture {
+            pod: view,
+            source: "kubernetes-api",
+        })),
+    }
+}
+
+fn model_for(capture: &Capture) -> Result<RedirectModel, CommandError> {
+    capture.pod.model().map_err(CommandError::Annotation)
 }
 
 fn open_netns(path: &Path, mode: Mode) -> Result<PodNetns, CommandError> {
@@ -154,14 +273,16 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     } = inv;
     let output = result::add_output(config.prev_result.as_ref(), config.cni_version)?;
 
-    let annotations = match decide(config, args)? {
+    let capture = match decide(config, args)? {
         Decision::Skip(reason) => {
-            tracing::info!(reason, "not capturing; passing prevResult through");
+            tracing::info!(%reason, "not capturing; passing prevResult through");
             return Ok(output);
         }
-        Decision::Capture(a) => a,
+        Decision::Capture(c) => c,
     };
-    let rulesets = rulesets_for(&annotations)?;
+    tracing::debug!(source = capture.source, "capturing");
+    let model = model_for(&capture)?;
+    let rulesets = model.rulesets();
 
     let netns = required_netns(env);
     let mode = config.mode;
@@ -190,7 +311,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         added_at_unix: state::now_unix(),
     };
     if config.ebpf_enabled {
-        match fastpath::register_pod(&record) {
+        match fastpath::register_pod(&record, model.proxy_uid, model.proxy_gid) {
             Ok(()) => record.ebpf_registered = true,
             // SPEC.md: the fast path is optional; rules alone do the job.
             Err(e) => tracing::warn!(error = %e, "continuing with rules only"),
@@ -236,8 +357,11 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
     // Without a record, remove whenever the pod may have been captured: a crash between the
     // rules and the record must not leave rules behind. Skipped pods are left alone so that
     // unmeshed pods never depend on the rule backend to terminate.
-    let may_be_captured =
-        record.is_some() || !matches!(decide(config, args), Ok(Decision::Skip(_)));
+    let may_be_captured = record.is_some()
+        || !matches!(
+            decide_with(config, args, ApiLookup::Never),
+            Ok(Decision::Skip(_))
+        );
     let mode = record.as_ref().map_or(config.mode, |r| r.mode);
 
     match (&env.netns, may_be_captured) {
@@ -299,14 +423,14 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
         })?;
     result::convert(prev, config.cni_version)?;
 
-    let annotations = match decide(config, args)? {
+    let capture = match decide(config, args)? {
         Decision::Skip(reason) => {
-            tracing::debug!(reason, "not captured; nothing to check");
+            tracing::debug!(%reason, "not captured; nothing to check");
             return Ok(());
         }
-        Decision::Capture(a) => a,
+        Decision::Capture(c) => c,
     };
-    let rulesets = rulesets_for(&annotations)?;
+    let rulesets = model_for(&capture)?.rulesets();
     let netns = required_netns(env);
     let mode = config.mode;
     let ns = open_netns(netns, mode)?;
@@ -401,6 +525,16 @@ pub fn gc(inv: Invocation<'_>) -> Result<(), CommandError> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    if config.ebpf_enabled {
+        let pairs = valid
+            .iter()
+            .map(|k| (k.container_id.as_str(), k.ifname.as_str()));
+        match fastpath::sweep(pairs) {
+            Ok(n) if n > 0 => tracing::info!(entries = n, "removed stale eBPF fast path entries"),
+            Ok(_) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
     tracing::info!(removed, kept = valid.len(), "GC done");
     if failures.is_empty() {
         Ok(())
@@ -468,7 +602,7 @@ mod tests {
             assert!(matches!(err, CommandError::AnnotationsUnavailable { .. }));
             assert!(msg.contains("not passed by the runtime"), "{msg}");
             assert!(
-                msg.contains("Kubernetes API path is not available yet"),
+                msg.contains("no kubernetes.kubeconfig is configured"),
                 "{msg}"
             );
             assert!(msg.contains("default/p"), "{msg}");
@@ -496,7 +630,7 @@ mod tests {
         let c = config(json!({"selection": "all"}));
         assert_eq!(
             decide(&c, &none).unwrap(),
-            Decision::Capture(Annotations::new())
+            Decision::Capture(Capture::annotations_only(Annotations::new(), "none"))
         );
     }
 

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use meshcap_dataplane::Backend;
 use meshcap_model::{Annotations, Selection};
@@ -119,8 +120,14 @@ pub struct Config {
     pub selection: Selection,
     pub capabilities: BTreeMap<String, bool>,
     pub exclude_namespaces: Vec<String>,
-    /// `kubernetes.kubeconfig`: for the Kubernetes API path (not implemented yet).
+    /// `kubernetes.kubeconfig`: for the Kubernetes API path ([`crate::kube`]).
     pub kubeconfig: Option<PathBuf>,
+    /// `kubernetes.skip_pods`: `NAMESPACE/NAME` or `NAMESPACE/PREFIX*` patterns of pods never
+    /// captured, checked before any API call (meshcap's own pods; see deploy/README.md).
+    pub skip_pods: Vec<String>,
+    /// `kubernetes.timeout_ms`: the overall deadline for reading a pod from the API,
+    /// retries included (default 5000, at most 60000).
+    pub kube_timeout: Duration,
     /// `ebpf.enabled`.
     pub ebpf_enabled: bool,
     pub log_file: Option<PathBuf>,
@@ -170,9 +177,44 @@ impl Config {
         .unwrap_or(false);
 
         let kubernetes: Option<Map<String, Value>> = field(&obj, "kubernetes")?;
-        let kubeconfig = match &kubernetes {
-            Some(k) => field(k, "kubeconfig").map_err(|e| prefix("kubernetes", e))?,
+        let kube_field = |key: &str| -> Result<Option<Value>, ConfigError> {
+            match &kubernetes {
+                Some(k) => field(k, key).map_err(|e| prefix("kubernetes", e)),
+                None => Ok(None),
+            }
+        };
+        let kubeconfig: Option<PathBuf> = match kube_field("kubeconfig")? {
+            Some(v) => Some(
+                PathBuf::deserialize(&v)
+                    .map_err(|e| ConfigError::invalid("kubernetes.kubeconfig", e))?,
+            ),
             None => None,
+        };
+        let skip_pods: Vec<String> = match kube_field("skip_pods")? {
+            Some(v) => Vec::<String>::deserialize(&v)
+                .map_err(|e| ConfigError::invalid("kubernetes.skip_pods", e))?,
+            None => Vec::new(),
+        };
+        for pattern in &skip_pods {
+            validate_skip_pattern(pattern)?;
+        }
+        let kube_timeout = match kube_field("timeout_ms")? {
+            Some(v) => {
+                let ms = u64::deserialize(&v)
+                    .map_err(|e| ConfigError::invalid("kubernetes.timeout_ms", e))?;
+                let d = Duration::from_millis(ms);
+                if ms == 0 || d > crate::kube::MAX_TIMEOUT {
+                    return Err(ConfigError::invalid(
+                        "kubernetes.timeout_ms",
+                        format!(
+                            "{ms} is not between 1 and {}",
+                            crate::kube::MAX_TIMEOUT.as_millis()
+                        ),
+                    ));
+                }
+                d
+            }
+            None => crate::kube::DEFAULT_TIMEOUT,
         };
 
         let runtime_config: Option<Map<String, Value>> = field(&obj, "runtimeConfig")?;
@@ -195,6 +237,8 @@ impl Config {
             capabilities: field(&obj, "capabilities")?.unwrap_or_default(),
             exclude_namespaces,
             kubeconfig,
+            skip_pods,
+            kube_timeout,
             ebpf_enabled,
             log_file: field::<String>(&obj, "log_file")?
                 .filter(|s| !s.is_empty())
@@ -209,6 +253,23 @@ impl Config {
     /// Whether `namespace` is listed in `exclude_namespaces`.
     pub fn excludes_namespace(&self, namespace: &str) -> bool {
         self.exclude_namespaces.iter().any(|n| n == namespace)
+    }
+
+    /// The `kubernetes.skip_pods` pattern that matches pod `namespace`/`name`, if any.
+    pub fn skip_pod_pattern(&self, namespace: &str, name: &str) -> Option<&str> {
+        self.skip_pods
+            .iter()
+            .find(|p| {
+                let Some((ns, pod)) = p.split_once('/') else {
+                    return false;
+                };
+                ns == namespace
+                    && match pod.strip_suffix('*') {
+                        Some(prefix) => name.starts_with(prefix),
+                        None => pod == name,
+                    }
+            })
+            .map(String::as_str)
     }
 }
 
@@ -225,6 +286,29 @@ pub fn peek_version(bytes: &[u8]) -> CniVersion {
         .and_then(|p| p.cni_version)
         .and_then(|v| CniVersion::parse(&v))
         .unwrap_or(CniVersion::LATEST)
+}
+
+/// `NAMESPACE/NAME` or `NAMESPACE/PREFIX*`: one `/`, a `*` only at the very end.
+fn validate_skip_pattern(p: &str) -> Result<(), ConfigError> {
+    let ok = match p.split_once('/') {
+        Some((ns, pod)) => {
+            !ns.is_empty()
+                && !pod.is_empty()
+                && !pod.contains('/')
+                && !ns.contains('*')
+                && !pod.trim_end_matches('*').contains('*')
+                && pod.matches('*').count() <= 1
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "kubernetes.skip_pods",
+            format!("{p:?} is not NAMESPACE/NAME or NAMESPACE/PREFIX*"),
+        ))
+    }
 }
 
 /// libcni's network-name rule (`utils.ValidateNetworkName`): `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -318,6 +402,40 @@ mod tests {
         assert_eq!(c.prev_result, None);
         assert_eq!(c.valid_attachments, None);
         assert!(c.exclude_namespaces.is_empty());
+        assert!(c.skip_pods.is_empty());
+        assert_eq!(c.kube_timeout, crate::kube::DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn kubernetes_section() {
+        let c = parse(with(
+            "kubernetes",
+            json!({"kubeconfig": "/k", "skip_pods": ["meshcap-system/meshcap-node-*", "infra/dns"], "timeout_ms": 1500}),
+        ))
+        .unwrap();
+        assert_eq!(c.kube_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            c.skip_pod_pattern("meshcap-system", "meshcap-node-x7k2p"),
+            Some("meshcap-system/meshcap-node-*")
+        );
+        assert_eq!(c.skip_pod_pattern("infra", "dns"), Some("infra/dns"));
+        assert_eq!(c.skip_pod_pattern("infra", "dns-1"), None);
+        assert_eq!(c.skip_pod_pattern("default", "meshcap-node-x"), None);
+        for (bad, key) in [
+            (json!({"skip_pods": ["nslash"]}), "kubernetes.skip_pods"),
+            (json!({"skip_pods": ["a/b/c"]}), "kubernetes.skip_pods"),
+            (json!({"skip_pods": ["a/*b"]}), "kubernetes.skip_pods"),
+            (json!({"skip_pods": "a/b"}), "kubernetes.skip_pods"),
+            (json!({"timeout_ms": 0}), "kubernetes.timeout_ms"),
+            (json!({"timeout_ms": 60001}), "kubernetes.timeout_ms"),
+            (json!({"timeout_ms": "5s"}), "kubernetes.timeout_ms"),
+        ] {
+            assert_eq!(
+                invalid_key(parse(with("kubernetes", bad.clone())).unwrap_err()),
+                key,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -1,42 +1,70 @@
-//! Hooks for the optional eBPF sockops/sk_msg fast path (`ebpf.enabled`).
+//! The plugin's side of the optional eBPF sockops/sk_msg fast path (`ebpf.enabled`).
 //!
-//! ADD calls [`register_pod`] after the rules are in place, DEL and GC call
-//! [`unregister_pod`] for records that say the pod was registered. The fast path is an
-//! optimisation on top of the rules, so SPEC.md requires that its absence never fails an ADD:
-//! callers log [`FastPathError`] and carry on.
-//!
-//! LEAD: wire the node agent here (it owns the eBPF maps); today both hooks report that the
-//! fast path is not available.
+//! The node agent (`meshcap agent`) owns the programs and pins their maps; the plugin only
+//! adds and removes its pod's entry in the pinned pod map (`meshcap_fastpath`). ADD calls
+//! [`register_pod`] after the rules are in place; DEL and GC call [`unregister_pod`] and
+//! [`sweep`]. The fast path is an optimisation on top of the rules, so SPEC.md requires that
+//! its absence never fails an ADD: callers log [`FastPathError`] and carry on.
+
+use meshcap_fastpath::PodFastPath;
 
 use crate::state::AttachmentRecord;
 
 /// Why the fast path could not take (or release) a pod.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum FastPathError {
-    #[error("eBPF fast path not available: {reason}")]
-    Unavailable { reason: String },
+    #[error("eBPF fast path not available: {0}")]
+    Unavailable(#[source] meshcap_fastpath::FastPathError),
+    #[error("eBPF fast path: {0}")]
+    Failed(#[source] meshcap_fastpath::FastPathError),
 }
 
-const NOT_WIRED: &str = "this build of meshcap-cni has no connection to the node agent yet";
-
-/// Registers the attachment's pod with the node's eBPF fast path.
-pub fn register_pod(record: &AttachmentRecord) -> Result<(), FastPathError> {
-    tracing::debug!(
-        container_id = %record.container_id,
-        netns = %record.netns.display(),
-        "eBPF fast path registration requested"
-    );
-    Err(FastPathError::Unavailable {
-        reason: NOT_WIRED.to_string(),
-    })
+impl From<meshcap_fastpath::FastPathError> for FastPathError {
+    fn from(e: meshcap_fastpath::FastPathError) -> Self {
+        if e.is_not_available() {
+            FastPathError::Unavailable(e)
+        } else {
+            FastPathError::Failed(e)
+        }
+    }
 }
 
-/// Removes the attachment's entries from the eBPF fast path's maps. Must succeed when there
-/// is nothing to remove (DEL and GC are idempotent).
-pub fn unregister_pod(record: &AttachmentRecord) -> Result<(), FastPathError> {
-    tracing::debug!(
-        container_id = %record.container_id,
-        "eBPF fast path unregistration requested"
-    );
+/// Registers the attachment's pod (by its netns cookie) with the node's fast path.
+pub fn register_pod(
+    record: &AttachmentRecord,
+    proxy_uid: u32,
+    proxy_gid: u32,
+) -> Result<(), FastPathError> {
+    // Fail fast, before touching the pod's namespace, when no agent has pinned its maps.
+    let cookie = meshcap_fastpath::netns_cookie_at(&record.netns)?;
+    let mut pod = PodFastPath::new(cookie).for_attachment(&record.container_id, &record.ifname);
+    pod.proxy_uid = proxy_uid;
+    pod.proxy_gid = proxy_gid;
+    meshcap_fastpath::register(&pod)?;
+    tracing::info!(netns_cookie = cookie, "registered with the eBPF fast path");
     Ok(())
+}
+
+/// Removes the attachment's entries from the fast path's maps. Works without the namespace
+/// (DEL after the sandbox is gone) and succeeds when there is nothing to remove, including when
+/// the agent was uninstalled (its maps, and every entry in them, are gone with it).
+pub fn unregister_pod(record: &AttachmentRecord) -> Result<(), FastPathError> {
+    match meshcap_fastpath::unregister_attachment(&record.container_id, &record.ifname) {
+        Ok(n) => {
+            tracing::debug!(entries = n, "unregistered from the eBPF fast path");
+            Ok(())
+        }
+        Err(e) if e.is_not_available() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// GC: drop fast-path entries of attachments the runtime no longer knows, including any whose
+/// record was lost. Returns how many were removed.
+pub fn sweep<'a>(valid: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<usize, FastPathError> {
+    match meshcap_fastpath::gc(valid) {
+        Ok(n) => Ok(n),
+        Err(e) if e.is_not_available() => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }

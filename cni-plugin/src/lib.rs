@@ -4,7 +4,8 @@
 //! The runtime calls the plugin after the primary CNI plugin. Flow of one invocation:
 //! [`env`] (the `CNI_*` variables) and [`config`] (stdin) are validated, [`args`] parses
 //! `CNI_ARGS`, [`commands`] runs ADD/DEL/CHECK/STATUS/GC on top of `meshcap-model` and
-//! `meshcap-dataplane`, [`state`] keeps one host-side record per captured attachment, and
+//! `meshcap-dataplane` (for a Kubernetes pod whose annotations the runtime did not pass,
+//! [`kube`] reads the pod from the API server), [`state`] keeps one host-side record per captured attachment, and
 //! [`boundary`] turns the outcome into the CNI result or error JSON on stdout. Logs go to
 //! stderr and the configured file ([`logging`]), never to stdout.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod env;
 pub mod fastpath;
+pub mod kube;
 pub mod logging;
 pub mod result;
 pub mod state;

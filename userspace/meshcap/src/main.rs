@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod install;
 mod render;
 
@@ -32,6 +33,8 @@ enum Command {
     Install(install::InstallArgs),
     /// Remove meshcap-cni from the node's CNI configuration and plugin directory.
     Uninstall(install::UninstallArgs),
+    /// Run the node agent (the eBPF fast path); `--uninstall` takes it down.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Install(args) => install::install(&args).map(|file| {
             println!("meshcap-cni installed in {} and chained in {}", args.cni_bin_dir.display(), file.display());
         }),
+        Command::Agent(args) => agent::run(&args),
         Command::Uninstall(args) => install::uninstall(&args).map(|file| match file {
             Some(file) => println!("meshcap-cni removed from {}", file.display()),
             None => println!("meshcap-cni was not in the CNI configuration; binary removed if present"),
@@ -60,5 +64,48 @@ fn inspect(netns: &std::path::Path) -> anyhow::Result<()> {
     let ns = meshcap_dataplane::PodNetns::open(netns)?;
     let inspection = meshcap_dataplane::inspect(&ns)?;
     print!("{inspection}");
+    print_fast_path(netns);
     Ok(())
+}
+
+/// Whether the pod is on the eBPF fast path, and the node's counters.
+fn print_fast_path(netns: &std::path::Path) {
+    println!("eBPF fast path:");
+    let cookie = match meshcap_fastpath::netns_cookie_at(netns) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("  unknown: {e}");
+            return;
+        }
+    };
+    match meshcap_fastpath::status(Some(cookie)) {
+        Err(e) => println!("  not available: {e}"),
+        Ok(status) => {
+            if let Err(reason) = &status.available {
+                println!("  not installed on this node: {reason}");
+                return;
+            }
+            match status.pod {
+                Some(pod) => println!(
+                    "  pod registered (netns cookie {cookie}, proxy uid {} gid {}, ports {}/{}), {} sockets paired now",
+                    pod.proxy_uid, pod.proxy_gid, pod.outbound_port, pod.inbound_port, status.pod_sockets
+                ),
+                None => println!("  pod not registered (netns cookie {cookie}): rules only"),
+            }
+            let c = status.counters;
+            println!(
+                "  node: {} pods registered; redirected {} msgs / {} bytes, passed {} msgs / {} bytes, \
+                 paired {} app + {} sidecar sockets, proxy connections skipped {}, map update errors {}",
+                status.registered_pods,
+                c.redirected_msgs,
+                c.redirected_bytes,
+                c.passed_msgs,
+                c.passed_bytes,
+                c.app_sockets,
+                c.sidecar_sockets,
+                c.proxy_skipped,
+                c.update_errors
+            );
+        }
+    }
 }

@@ -1,11 +1,20 @@
-//! `meshcap render`: the rules a pod would get, from annotations given as flags or a file.
+//! `meshcap render`: the rules a pod would get, from annotations given as flags or a file,
+//! or, with `-f FILE`, for every pod and pod template of a Kubernetes manifest
+//! ([`manifests`]), decided and modelled by the same [`PodView`] code as the CNI plugin's
+//! Kubernetes API path.
 
+use std::io::Read as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use meshcap_model::pod::{PodSelection, PodView};
 use meshcap_model::render::{iptables, nftables};
 use meshcap_model::{Annotations, Family, RedirectModel, Selection};
+
+// The module sits next to main.rs; it is declared here so `-f` stays within render's files.
+#[path = "manifests.rs"]
+mod manifests;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -38,9 +47,21 @@ pub struct RenderArgs {
     #[arg(long, value_name = "FILE")]
     annotations_file: Option<PathBuf>,
     /// Pod selection as the plugin would apply it: with `injected` a pod without
-    /// `sidecar.istio.io/status` is reported as not captured.
-    #[arg(long, value_enum, default_value = "all")]
-    selection: SelectionArg,
+    /// `sidecar.istio.io/status` (and, with `-f`, without an `istio-proxy` container) is
+    /// reported as not captured. Default: `all` for annotations, `injected` (the plugin's
+    /// default) with `-f`.
+    #[arg(long, value_enum)]
+    selection: Option<SelectionArg>,
+    /// A Kubernetes manifest (YAML or JSON, several documents allowed; `-` for stdin): print,
+    /// per Pod or pod template (Deployment, DaemonSet, StatefulSet, ReplicaSet, Job, CronJob,
+    /// ...), whether meshcap would capture it and the rules it would get.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        conflicts_with_all = ["annotations", "annotations_file"]
+    )]
+    filename: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,14 +70,29 @@ pub enum SelectionArg {
     All,
 }
 
+impl SelectionArg {
+    fn selection(self) -> Selection {
+        match self {
+            SelectionArg::Injected => Selection::Injected,
+            SelectionArg::All => Selection::All,
+        }
+    }
+}
+
 pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.filename {
+        return run_manifest(args, path);
+    }
     let mut annotations = Annotations::new();
     if let Some(path) = &args.annotations_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         // JSON is YAML, so one parser reads both.
         let map: Annotations = serde_yaml::from_str(&text).with_context(|| {
-            format!("{} is not a map of annotation names to strings", path.display())
+            format!(
+                "{} is not a map of annotation names to strings",
+                path.display()
+            )
         })?;
         annotations.extend(map);
     }
@@ -66,10 +102,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         };
         annotations.insert(key.to_owned(), value.to_owned());
     }
-    let selection = match args.selection {
-        SelectionArg::Injected => Selection::Injected,
-        SelectionArg::All => Selection::All,
-    };
+    let selection = args.selection.unwrap_or(SelectionArg::All).selection();
     if !selection.wants_capture(&annotations) {
         println!(
             "# not captured: selection \"injected\" needs sidecar.istio.io/status and no \
@@ -78,6 +111,99 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let model = RedirectModel::from_annotations(&annotations)?;
+    print_rules(args, &model);
+    Ok(())
+}
+
+/// `render -f`: one section per object, in file order. Objects without a pod are reported;
+/// a pod template whose annotations are invalid (an ADD of its pods would fail with code 7)
+/// is reported and makes the command fail after every object was printed.
+fn run_manifest(args: &RenderArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the manifest from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let objects = manifests::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if objects.is_empty() {
+        bail!("{} holds no Kubernetes object", path.display());
+    }
+    let selection = args.selection.unwrap_or(SelectionArg::Injected).selection();
+    let selection_name = match selection {
+        Selection::Injected => "injected",
+        Selection::All => "all",
+    };
+    let mut failed = Vec::new();
+    for (i, obj) in objects.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let title = obj.title();
+        match &obj.content {
+            manifests::Content::NoPod => {
+                println!("# {title}: carries no pod; nothing to capture");
+            }
+            manifests::Content::Invalid(reason) => {
+                println!("# {title}: cannot read its pod: {reason}");
+                failed.push(format!("{title}: {reason}"));
+            }
+            manifests::Content::Pod { from, pod } => {
+                println!("# {title} ({from})");
+                if let Err(e) = render_pod(args, pod, selection, selection_name) {
+                    println!("# error: {e}; an ADD of this pod fails (CNI code 7)");
+                    failed.push(format!("{title}: {e}"));
+                }
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} object(s) cannot be rendered: {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn render_pod(
+    args: &RenderArgs,
+    pod: &PodView,
+    selection: Selection,
+    selection_name: &str,
+) -> anyhow::Result<()> {
+    if let PodSelection::Skip(reason) = pod.selection(selection) {
+        println!("# not captured (selection \"{selection_name}\"): {reason}");
+        return Ok(());
+    }
+    let model = pod.model()?;
+    let sidecar = if pod.native_sidecar {
+        "istio-proxy native sidecar (init container, restartPolicy Always)"
+    } else if pod.has_istio_proxy {
+        "istio-proxy container"
+    } else {
+        "no istio-proxy container"
+    };
+    println!(
+        "# captured (selection \"{selection_name}\"): {sidecar}; proxy uid {} gid {}",
+        model.proxy_uid, model.proxy_gid
+    );
+    if pod.has_istio_init {
+        println!(
+            "# note: the template still has the privileged istio-init container; with meshcap, \
+             inject in Istio's CNI mode (values.istio_cni.enabled=true) so it is not added"
+        );
+    }
+    print_rules(args, &model);
+    Ok(())
+}
+
+/// The rules of `model` in the requested format and families, as `render` always printed them.
+fn print_rules(args: &RenderArgs, model: &RedirectModel) {
     let families: &[Family] = match args.family {
         FamilyArg::V4 => &[Family::V4],
         FamilyArg::V6 => &[Family::V6],
@@ -101,7 +227,6 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             rulesets.iter().for_each(print_policy_route);
         }
     }
-    Ok(())
 }
 
 /// TPROXY's routing is not a netfilter rule; show it as the equivalent `ip` commands.

@@ -8,6 +8,7 @@
 
 pub mod annotations;
 pub mod model;
+pub mod pod;
 pub mod render;
 pub mod rules;
 pub mod selection;

@@ -190,11 +190,6 @@ impl RedirectModel {
 
     fn nat_table(&self, family: Family) -> TableRules {
         let loopback = family.loopback();
-        let tcp = || Match::Protocol(Proto::Tcp);
-        let dport = |p: u16| Match::DestPort {
-            ports: vec![p],
-            negate: false,
-        };
         let mut chains = Vec::new();
 
         // Entry from PREROUTING: virtual interfaces are treated as outbound, excluded
@@ -222,20 +217,8 @@ impl RedirectModel {
                 }
             }
         }
-        for vif in &self.reroute_virtual_interfaces {
-            prerouting.push(Rule::new(
-                vec![Match::InInterface { name: vif.clone() }],
-                Target::Return,
-            ));
-        }
-        for iface in &self.exclude_interfaces {
-            prerouting.push(Rule::new(
-                vec![Match::InInterface {
-                    name: iface.clone(),
-                }],
-                Target::Return,
-            ));
-        }
+        prerouting.extend(interface_returns(&self.reroute_virtual_interfaces, true));
+        prerouting.extend(interface_returns(&self.exclude_interfaces, true));
         let redirect_inbound =
             self.interception == InterceptionMode::Redirect && self.captures_inbound();
         if redirect_inbound {
@@ -265,14 +248,7 @@ impl RedirectModel {
 
         // Entry from OUTPUT.
         let mut output = Vec::new();
-        for iface in &self.exclude_interfaces {
-            output.push(Rule::new(
-                vec![Match::OutInterface {
-                    name: iface.clone(),
-                }],
-                Target::Return,
-            ));
-        }
+        output.extend(interface_returns(&self.exclude_interfaces, false));
         output.push(Rule::new(vec![], jump(OUTBOUND)));
         chains.push(entry(OUTPUT, Hook::Output, output));
 
@@ -453,22 +429,10 @@ impl RedirectModel {
     /// ones on the local route, and carry the mark across the connection.
     fn mangle_table(&self, family: Family) -> TableRules {
         let loopback = family.loopback();
-        let tcp = || Match::Protocol(Proto::Tcp);
-        let dport = |p: u16| Match::DestPort {
-            ports: vec![p],
-            negate: false,
-        };
         let mut chains = Vec::new();
 
         let mut prerouting = Vec::new();
-        for iface in &self.exclude_interfaces {
-            prerouting.push(Rule::new(
-                vec![Match::InInterface {
-                    name: iface.clone(),
-                }],
-                Target::Return,
-            ));
-        }
+        prerouting.extend(interface_returns(&self.exclude_interfaces, true));
         if self.captures_inbound() {
             prerouting.push(Rule::new(vec![tcp()], jump(INBOUND)));
         }
@@ -485,14 +449,7 @@ impl RedirectModel {
         chains.push(entry(PREROUTING, Hook::Prerouting, prerouting));
 
         let mut output = Vec::new();
-        for iface in &self.exclude_interfaces {
-            output.push(Rule::new(
-                vec![Match::OutInterface {
-                    name: iface.clone(),
-                }],
-                Target::Return,
-            ));
-        }
+        output.extend(interface_returns(&self.exclude_interfaces, false));
         output.push(Rule::new(
             vec![
                 Match::OutInterface { name: LO.into() },
@@ -630,10 +587,6 @@ impl RedirectModel {
     /// queries to the proxy, so their UDP flows never collide.
     fn raw_table(&self) -> TableRules {
         let udp = || Match::Protocol(Proto::Udp);
-        let dport = |p: u16| Match::DestPort {
-            ports: vec![p],
-            negate: false,
-        };
         let mut dns = Vec::new();
         for owner in [
             Match::UidOwner {
@@ -703,6 +656,30 @@ pub const DNS: &str = "MESHCAP_DNS";
 pub const DIVERT: &str = "MESHCAP_DIVERT";
 /// ISTIO_TPROXY.
 pub const TPROXY: &str = "MESHCAP_TPROXY";
+
+fn tcp() -> Match {
+    Match::Protocol(Proto::Tcp)
+}
+
+fn dport(port: u16) -> Match {
+    Match::DestPort {
+        ports: vec![port],
+        negate: false,
+    }
+}
+
+/// `-i IFACE -j RETURN` (inbound) or `-o IFACE -j RETURN` (outbound) for each interface.
+fn interface_returns(ifaces: &[String], inbound: bool) -> impl Iterator<Item = Rule> + '_ {
+    ifaces.iter().map(move |name| {
+        let name = name.clone();
+        let m = if inbound {
+            Match::InInterface { name }
+        } else {
+            Match::OutInterface { name }
+        };
+        Rule::new(vec![m], Target::Return)
+    })
+}
 
 fn jump(chain: &str) -> Target {
     Target::Jump(chain.to_owned())

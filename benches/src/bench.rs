@@ -1,0 +1,586 @@
+//! The benchmark sections. Each creates its namespaces before its clock starts and deletes
+//! them after it stops; modes are interleaved so that drift of the machine (other builds,
+//! thermal, page cache) spreads over all of them instead of biasing one.
+//!
+//! A mode that fails is recorded with its error and skipped from then on, so a broken plugin
+//! still leaves the baseline's figures (and the run exits non-zero).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cni::{verify_installed, Driver, Mode};
+use crate::datapath::{self, Shape, Sidecar, SERVICE_ADDR, SIDECAR_PORT};
+use crate::netns::{self, PodNetns};
+use crate::stats::{children_cpu, ratio, summarize_ms, summarize_us, Summary};
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Timed ADDs per mode (and DELs per plugin mode).
+    pub runs: usize,
+    /// ADDs started at once per burst.
+    pub parallel: usize,
+    /// Bursts per mode.
+    pub parallel_rounds: usize,
+    /// Seconds per datapath run.
+    pub datapath_secs: f64,
+    /// Datapath runs per target and shape.
+    pub datapath_rounds: usize,
+    /// Pods in the scale section.
+    pub scale: usize,
+    /// Sections to run: add (with del), parallel, datapath, scale.
+    pub sections: Vec<String>,
+}
+
+/// Latency of one mode, or why it has none.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub mode: String,
+    pub how: String,
+    /// Wall time, spawn to exit.
+    pub ms: Option<Summary>,
+    /// CPU time (user + system) of the whole process tree, per invocation.
+    pub cpu_ms: Option<Summary>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AddSection {
+    pub runs: usize,
+    pub modes: Vec<Latency>,
+    /// Medians and p90s relative to the baseline's, from the same interleaved run.
+    pub ratios: BTreeMap<String, Option<f64>>,
+    /// Process floors: `meshcap-cni` VERSION (start, parse, exit) and `nsenter --net true`.
+    pub floors: Vec<Latency>,
+    pub del: Vec<Latency>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParallelMode {
+    pub mode: String,
+    /// Wall time of each burst, first spawn to last exit.
+    pub wall_ms: Vec<f64>,
+    pub wall_ms_median: Option<f64>,
+    /// Per-ADD latency over all bursts.
+    pub ms: Option<Summary>,
+    /// p99 of the per-ADD latency over the single-ADD median of the ADD section.
+    pub p99_over_single_median: Option<f64>,
+    /// CPU time of all the burst's processes over the cores, median over bursts: the wall
+    /// time the burst could not beat even if nothing waited on anything.
+    pub cpu_bound_ms_median: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParallelSection {
+    pub concurrency: usize,
+    pub rounds: usize,
+    pub modes: Vec<ParallelMode>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatapathTarget {
+    pub target: String,
+    pub transactions: u64,
+    pub rate_per_s: Option<f64>,
+    pub us: Option<Summary>,
+    pub rate_vs_direct: Option<f64>,
+    pub p99_vs_direct: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatapathShape {
+    pub shape: String,
+    pub targets: Vec<DatapathTarget>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatapathSection {
+    pub seconds_per_run: f64,
+    pub rounds: usize,
+    pub message_bytes: usize,
+    pub shapes: Vec<DatapathShape>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleSection {
+    pub pods: usize,
+    pub mode: String,
+    /// How many ADDs the first and last buckets hold.
+    pub bucket: usize,
+    pub first_ms: Option<Summary>,
+    pub last_ms: Option<Summary>,
+    pub all_ms: Option<Summary>,
+    pub p99_last_over_first: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// State shared by the sections.
+pub struct Bench {
+    pub driver: Driver,
+    pub settings: Settings,
+    /// This executable, started again as the stand-in sidecar.
+    pub exe: PathBuf,
+    /// Modes that failed, with the first error.
+    pub broken: BTreeMap<Mode, String>,
+}
+
+fn err_string(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+impl Bench {
+    fn usable(&self, mode: Mode) -> Result<(), String> {
+        match self.broken.get(&mode) {
+            Some(e) => Err(format!("skipped: {} failed earlier: {e}", mode.name())),
+            None => Ok(()),
+        }
+    }
+
+    fn mark_broken(&mut self, mode: Mode, e: &anyhow::Error) {
+        eprintln!("meshcap-bench: {} failed: {e:#}", mode.name());
+        self.broken.entry(mode).or_insert_with(|| err_string(e));
+    }
+
+    /// ADD latency per mode, interleaved on fresh namespaces, then DEL on them.
+    pub fn add_section(&mut self) -> Result<AddSection> {
+        let runs = self.settings.runs;
+        let count = Mode::ALL.len() * (runs + 1);
+        eprintln!("add: creating {count} namespaces");
+        let pool = PodNetns::pool(count)?;
+        let mut fresh = pool.iter();
+        let mut next = || fresh.next().context("namespace pool exhausted");
+
+        // Untimed warm-up (page cache, dynamic loader) that also proves each mode installs
+        // the capture for real.
+        for mode in Mode::ALL {
+            let ns = next()?;
+            if let Err(e) = self.driver.add(mode, ns).and_then(|_| verify_installed(ns)) {
+                self.mark_broken(mode, &e);
+            }
+        }
+
+        eprintln!("add: {runs} runs per mode, interleaved");
+        let mut samples: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
+        let mut cpu: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
+        let mut added: Vec<(Mode, &PodNetns)> = Vec::new();
+        let mut version = Vec::new();
+        let mut nsenter = Vec::new();
+        let mut floor_errors: [Option<String>; 2] = [None, None];
+        for _ in 0..runs {
+            for mode in Mode::ALL {
+                let ns = next()?;
+                if self.usable(mode).is_err() {
+                    continue;
+                }
+                let cpu_before = children_cpu();
+                match self.driver.add(mode, ns) {
+                    Ok(d) => {
+                        samples.entry(mode).or_default().push(d);
+                        cpu.entry(mode)
+                            .or_default()
+                            .push(children_cpu().saturating_sub(cpu_before));
+                        if mode != Mode::Baseline {
+                            added.push((mode, ns));
+                        }
+                    }
+                    Err(e) => self.mark_broken(mode, &e),
+                }
+            }
+            match self.driver.version() {
+                Ok(d) => version.push(d),
+                Err(e) => floor_errors[0] = Some(err_string(&e)),
+            }
+            match nsenter_true(&pool[0]) {
+                Ok(d) => nsenter.push(d),
+                Err(e) => floor_errors[1] = Some(err_string(&e)),
+            }
+        }
+
+        eprintln!("add: DEL on the {} plugin attachments", added.len());
+        let mut del_samples: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
+        let mut del_cpu: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
+        let mut del_errors: BTreeMap<Mode, String> = BTreeMap::new();
+        for (mode, ns) in &added {
+            if del_errors.contains_key(mode) {
+                continue;
+            }
+            let cpu_before = children_cpu();
+            match self.driver.del(*mode, ns) {
+                Ok(d) => {
+                    del_samples.entry(*mode).or_default().push(d);
+                    del_cpu
+                        .entry(*mode)
+                        .or_default()
+                        .push(children_cpu().saturating_sub(cpu_before));
+                }
+                Err(e) => {
+                    eprintln!("meshcap-bench: DEL {} failed: {e:#}", mode.name());
+                    del_errors.insert(*mode, err_string(&e));
+                }
+            }
+        }
+        drop(pool);
+        netns::settle();
+
+        let modes: Vec<Latency> = Mode::ALL
+            .iter()
+            .map(|m| latency(*m, samples.get(m), cpu.get(m), self.broken.get(m).cloned()))
+            .collect();
+        let del = Mode::PLUGIN
+            .iter()
+            .map(|m| {
+                let error = self.usable(*m).err().or(del_errors.get(m).cloned());
+                latency(*m, del_samples.get(m), del_cpu.get(m), error)
+            })
+            .collect();
+        let stat = |m: Mode, p: fn(&Summary) -> f64| {
+            modes
+                .iter()
+                .find(|l| l.mode == m.name())
+                .and_then(|l| l.ms.as_ref().map(p))
+        };
+        let mut ratios = BTreeMap::new();
+        for m in Mode::PLUGIN {
+            for (label, p) in [
+                ("median", (|s: &Summary| s.median) as fn(&Summary) -> f64),
+                ("p90", |s: &Summary| s.p90),
+            ] {
+                ratios.insert(
+                    format!("{}/baseline {label}", m.name()),
+                    ratio(stat(m, p), stat(Mode::Baseline, p)),
+                );
+            }
+        }
+        let floor = |name: &str, how: &str, v: &[Duration], e: &Option<String>| Latency {
+            mode: name.to_owned(),
+            how: how.to_owned(),
+            ms: (!v.is_empty()).then(|| summarize_ms(v)),
+            cpu_ms: None,
+            error: e.clone(),
+        };
+        let floors = vec![
+            floor(
+                "plugin VERSION",
+                "meshcap-cni CNI_COMMAND=VERSION",
+                &version,
+                &floor_errors[0],
+            ),
+            floor(
+                "nsenter true",
+                "nsenter --net=NETNS true",
+                &nsenter,
+                &floor_errors[1],
+            ),
+        ];
+        Ok(AddSection {
+            runs,
+            modes,
+            ratios,
+            floors,
+            del,
+        })
+    }
+
+    /// Bursts of `parallel` ADDs released at once, per mode, interleaved.
+    pub fn parallel_section(&mut self, single: &BTreeMap<String, f64>) -> Result<ParallelSection> {
+        let (p, rounds) = (self.settings.parallel, self.settings.parallel_rounds);
+        let count = p * rounds * Mode::ALL.len();
+        eprintln!("parallel: creating {count} namespaces");
+        // All up front: deleting namespaces queues kernel cleanup work that would run during
+        // the next burst.
+        let pool = PodNetns::pool(count)?;
+        let mut chunks = pool.chunks(p);
+        let mut walls: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
+        let mut lats: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
+        let mut cpu_bound: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        for round in 0..rounds {
+            for mode in Mode::ALL {
+                let nss = chunks.next().context("namespace pool exhausted")?;
+                if self.usable(mode).is_err() {
+                    continue;
+                }
+                eprintln!("parallel: round {round}, {p} x {}", mode.name());
+                let cpu_before = children_cpu();
+                match burst(&self.driver, mode, nss) {
+                    Ok((wall, each)) => {
+                        let cpu = children_cpu().saturating_sub(cpu_before);
+                        cpu_bound
+                            .entry(mode)
+                            .or_default()
+                            .push(cpu.as_secs_f64() * 1e3 / cores);
+                        walls.entry(mode).or_default().push(wall);
+                        lats.entry(mode).or_default().extend(each);
+                    }
+                    Err(e) => self.mark_broken(mode, &e),
+                }
+            }
+        }
+        drop(pool);
+        netns::settle();
+        let modes = Mode::ALL
+            .iter()
+            .map(|m| {
+                let wall: Vec<f64> = walls
+                    .get(m)
+                    .map(|w| w.iter().map(|d| d.as_secs_f64() * 1e3).collect())
+                    .unwrap_or_default();
+                let ms = lats.get(m).map(|v| summarize_ms(v));
+                let median = |v: &[f64]| {
+                    let mut sorted = v.to_vec();
+                    sorted.sort_by(f64::total_cmp);
+                    (!sorted.is_empty()).then(|| crate::stats::percentile(&sorted, 50.0))
+                };
+                ParallelMode {
+                    mode: m.name().to_owned(),
+                    wall_ms_median: median(&wall),
+                    cpu_bound_ms_median: cpu_bound.get(m).and_then(|v| median(v)),
+                    wall_ms: wall,
+                    p99_over_single_median: ratio(
+                        ms.as_ref().map(|s| s.p99),
+                        single.get(m.name()).copied(),
+                    ),
+                    ms,
+                    error: self.broken.get(m).cloned(),
+                }
+            })
+            .collect();
+        Ok(ParallelSection {
+            concurrency: p,
+            rounds,
+            modes,
+        })
+    }
+
+    /// The app talking to the sidecar through each capture, and direct.
+    pub fn datapath_section(&mut self) -> Result<DatapathSection> {
+        let duration = Duration::from_secs_f64(self.settings.datapath_secs);
+        let rounds = self.settings.datapath_rounds;
+        // None: the direct reference.
+        let targets: [Option<Mode>; 4] = [
+            None,
+            Some(Mode::Baseline),
+            Some(Mode::Iptables),
+            Some(Mode::Nftables),
+        ];
+        let name = |t: Option<Mode>| t.map_or("direct", Mode::name);
+        let mut acc: BTreeMap<(Shape, &str), datapath::Run> = BTreeMap::new();
+        let mut errors: BTreeMap<&str, String> = BTreeMap::new();
+        for round in 0..rounds {
+            // Each round starts with the next target, so no target always runs first.
+            for i in 0..targets.len() {
+                let target = targets[(i + round) % targets.len()];
+                let label = name(target);
+                if errors.contains_key(label) {
+                    continue;
+                }
+                if let Some(mode) = target {
+                    if let Err(e) = self.usable(mode) {
+                        errors.insert(label, e);
+                        continue;
+                    }
+                }
+                eprintln!("datapath: round {round}, {label}");
+                match self.datapath_run(target, duration) {
+                    Ok(runs) => {
+                        for (shape, run) in runs {
+                            let a = acc.entry((shape, label)).or_default();
+                            a.transactions += run.transactions;
+                            a.elapsed += run.elapsed;
+                            a.latencies.extend(run.latencies);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("meshcap-bench: datapath {label} failed: {e:#}");
+                        errors.insert(label, err_string(&e));
+                    }
+                }
+            }
+        }
+        let shapes = Shape::ALL
+            .iter()
+            .map(|shape| {
+                let row = |t: Option<Mode>| {
+                    let label = name(t);
+                    let run = acc.get(&(*shape, label));
+                    let rate = run.and_then(|r| {
+                        (r.elapsed > Duration::ZERO)
+                            .then(|| r.transactions as f64 / r.elapsed.as_secs_f64())
+                    });
+                    let us = run
+                        .filter(|r| !r.latencies.is_empty())
+                        .map(|r| summarize_us(&r.latencies));
+                    (label, run.map_or(0, |r| r.transactions), rate, us)
+                };
+                let direct = row(None);
+                let targets = targets
+                    .iter()
+                    .map(|t| {
+                        let (label, transactions, rate, us) = row(*t);
+                        DatapathTarget {
+                            target: label.to_owned(),
+                            transactions,
+                            rate_per_s: rate,
+                            rate_vs_direct: ratio(rate, direct.2),
+                            p99_vs_direct: ratio(
+                                us.as_ref().map(|s| s.p99),
+                                direct.3.as_ref().map(|s| s.p99),
+                            ),
+                            us,
+                            error: errors.get(label).cloned(),
+                        }
+                    })
+                    .collect();
+                DatapathShape {
+                    shape: shape.name().to_owned(),
+                    targets,
+                }
+            })
+            .collect();
+        Ok(DatapathSection {
+            seconds_per_run: self.settings.datapath_secs,
+            rounds,
+            message_bytes: datapath::MESSAGE_SIZE,
+            shapes,
+        })
+    }
+
+    /// One fresh pod: capture installed by `target` (none for direct), the sidecar, then each
+    /// shape for `duration`.
+    fn datapath_run(
+        &self,
+        target: Option<Mode>,
+        duration: Duration,
+    ) -> Result<Vec<(Shape, datapath::Run)>> {
+        netns::settle();
+        let ns = PodNetns::create()?;
+        let dial: SocketAddr = match target {
+            Some(mode) => {
+                self.driver.add(mode, &ns)?;
+                SERVICE_ADDR.into()
+            }
+            None => ([127, 0, 0, 1], SIDECAR_PORT).into(),
+        };
+        let _sidecar = Sidecar::start(&self.exe, ns.path())?;
+        Shape::ALL
+            .iter()
+            .map(|shape| Ok((*shape, datapath::app(ns.path(), dial, *shape, duration)?)))
+            .collect()
+    }
+
+    /// `scale` pods ADDed one after another in nftables mode, all kept until the end.
+    pub fn scale_section(&mut self) -> Result<ScaleSection> {
+        let pods = self.settings.scale;
+        let mode = Mode::Nftables;
+        let bucket = (pods / 2).clamp(1, 100);
+        let mut section = ScaleSection {
+            pods,
+            mode: mode.name().to_owned(),
+            bucket,
+            first_ms: None,
+            last_ms: None,
+            all_ms: None,
+            p99_last_over_first: None,
+            error: None,
+        };
+        if let Err(e) = self.usable(mode) {
+            section.error = Some(e);
+            return Ok(section);
+        }
+        eprintln!("scale: creating {pods} namespaces");
+        let pool = PodNetns::pool(pods)?;
+        eprintln!("scale: {pods} ADDs in {} mode", mode.name());
+        let mut lat = Vec::with_capacity(pods);
+        for ns in &pool {
+            match self.driver.add(mode, ns) {
+                Ok(d) => lat.push(d),
+                Err(e) => {
+                    section.error = Some(err_string(&e));
+                    self.mark_broken(mode, &e);
+                    break;
+                }
+            }
+        }
+        drop(pool);
+        netns::settle();
+        if lat.len() == pods && pods > 0 {
+            let first = summarize_ms(&lat[..bucket]);
+            let last = summarize_ms(&lat[pods - bucket..]);
+            section.p99_last_over_first = ratio(Some(last.p99), Some(first.p99));
+            section.first_ms = Some(first);
+            section.last_ms = Some(last);
+            section.all_ms = Some(summarize_ms(&lat));
+        }
+        Ok(section)
+    }
+}
+
+fn latency(
+    mode: Mode,
+    samples: Option<&Vec<Duration>>,
+    cpu: Option<&Vec<Duration>>,
+    error: Option<String>,
+) -> Latency {
+    Latency {
+        mode: mode.name().to_owned(),
+        how: mode.describe().to_owned(),
+        ms: samples.filter(|v| !v.is_empty()).map(|v| summarize_ms(v)),
+        cpu_ms: cpu.filter(|v| !v.is_empty()).map(|v| summarize_ms(v)),
+        error,
+    }
+}
+
+/// `nsenter --net=NETNS true`: one exec into the namespace, doing nothing.
+fn nsenter_true(ns: &PodNetns) -> Result<Duration> {
+    let start = Instant::now();
+    netns::run(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg("true"),
+        None,
+    )?;
+    Ok(start.elapsed())
+}
+
+/// Release one ADD per namespace at once; returns the burst's wall time (first start to last
+/// exit) and each ADD's own latency.
+fn burst(driver: &Driver, mode: Mode, nss: &[PodNetns]) -> Result<(Duration, Vec<Duration>)> {
+    let barrier = Barrier::new(nss.len());
+    let results: Vec<(Instant, Result<Duration>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = nss
+            .iter()
+            .map(|ns| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    (Instant::now(), driver.add(mode, ns))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an ADD thread panicked"))
+            .collect()
+    });
+    let first = results
+        .iter()
+        .map(|(start, _)| *start)
+        .min()
+        .context("empty burst")?;
+    let mut last = first;
+    let mut each = Vec::with_capacity(results.len());
+    for (start, r) in results {
+        let d = r?;
+        last = last.max(start + d);
+        each.push(d);
+    }
+    Ok((last - first, each))
+}

@@ -1,0 +1,257 @@
+//! Driving the plugin exactly as a container runtime does (libcni's exec invoker): spawn the
+//! binary with the `CNI_*` environment, stream the network configuration on stdin, read the
+//! result from stdout. And the exec-based baseline istio-init/istio-cni and linkerd's
+//! proxy-init stand for: `nsenter --net=NETNS iptables-restore --noflush` and the same with
+//! `ip6tables-restore`, of the same pod's rules as meshcap's model renders them.
+//!
+//! Only the work the runtime would wait for is timed: from spawn to exit. Building the
+//! configuration, checking the result and verifying the rules happen outside the clock.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use meshcap_model::render::iptables;
+use meshcap_model::{Family, RedirectModel};
+use serde_json::{json, Value};
+
+use crate::netns::{PodNetns, GATEWAY, PREFIX_LEN};
+
+/// Network name in the configuration (and in the plugin's attachment records).
+pub const NETWORK_NAME: &str = "meshcap-bench";
+
+/// What installs the capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// `nsenter … iptables-restore --noflush` + `nsenter … ip6tables-restore --noflush`.
+    Baseline,
+    /// `meshcap-cni` with `"mode": "iptables"`.
+    Iptables,
+    /// `meshcap-cni` with `"mode": "nftables"`.
+    Nftables,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Baseline, Mode::Iptables, Mode::Nftables];
+    pub const PLUGIN: [Mode; 2] = [Mode::Iptables, Mode::Nftables];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Baseline => "baseline",
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
+
+    /// A short description for the tables.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mode::Baseline => "nsenter + ip(6)tables-restore",
+            Mode::Iptables => "meshcap-cni mode=iptables",
+            Mode::Nftables => "meshcap-cni mode=nftables",
+        }
+    }
+}
+
+/// Runs ADD/DEL for every mode.
+#[derive(Debug)]
+pub struct Driver {
+    plugin: PathBuf,
+    state_dir: PathBuf,
+    cni_path: String,
+    rules_v4: String,
+    rules_v6: String,
+}
+
+impl Driver {
+    /// `plugin` is the `meshcap-cni` binary; `state_dir` becomes `MESHCAP_STATE_DIR`.
+    pub fn new(plugin: &Path, state_dir: &Path) -> Driver {
+        let model = RedirectModel::default();
+        let cni_path = match plugin.parent() {
+            Some(dir) => format!("{}:/usr/lib/cni:/opt/cni/bin", dir.display()),
+            None => "/usr/lib/cni:/opt/cni/bin".to_owned(),
+        };
+        Driver {
+            plugin: plugin.to_owned(),
+            state_dir: state_dir.to_owned(),
+            cni_path,
+            rules_v4: iptables::render(&model.ruleset(Family::V4)),
+            rules_v6: iptables::render(&model.ruleset(Family::V6)),
+        }
+    }
+
+    /// One ADD; returns the wall time the runtime would wait.
+    pub fn add(&self, mode: Mode, ns: &PodNetns) -> Result<Duration> {
+        match mode {
+            Mode::Baseline => {
+                let start = Instant::now();
+                let v4 = restore("iptables-restore", ns, &self.rules_v4);
+                let v6 = restore("ip6tables-restore", ns, &self.rules_v6);
+                let elapsed = start.elapsed();
+                check_exit(v4?)?;
+                check_exit(v6?)?;
+                Ok(elapsed)
+            }
+            Mode::Iptables | Mode::Nftables => {
+                let (elapsed, out) = self.invoke("ADD", mode, ns)?;
+                let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+                    format!(
+                        "ADD printed no JSON: {:?}",
+                        String::from_utf8_lossy(&out.stdout)
+                    )
+                })?;
+                if result.get("cniVersion").is_none() || result.get("code").is_some() {
+                    bail!("ADD printed no CNI result: {result}");
+                }
+                Ok(elapsed)
+            }
+        }
+    }
+
+    /// One DEL of an attachment that had an ADD. The baseline has none: istio-cni's and
+    /// linkerd-cni's DEL leave the rules to die with the namespace.
+    pub fn del(&self, mode: Mode, ns: &PodNetns) -> Result<Duration> {
+        match mode {
+            Mode::Baseline => bail!("the exec baseline has no DEL"),
+            Mode::Iptables | Mode::Nftables => {
+                let (elapsed, out) = self.invoke("DEL", mode, ns)?;
+                if !out.stdout.is_empty() {
+                    bail!(
+                        "DEL printed {:?} (a successful DEL prints nothing)",
+                        String::from_utf8_lossy(&out.stdout)
+                    );
+                }
+                Ok(elapsed)
+            }
+        }
+    }
+
+    /// `CNI_COMMAND=VERSION`: process start, config parse and exit, nothing else. The floor
+    /// under every plugin ADD.
+    pub fn version(&self) -> Result<Duration> {
+        let conf = json!({"cniVersion": "1.0.0"}).to_string();
+        let mut cmd = Command::new(&self.plugin);
+        cmd.env("CNI_COMMAND", "VERSION");
+        let (elapsed, out) = timed(&mut cmd, &conf)?;
+        check_exit(out)?;
+        Ok(elapsed)
+    }
+
+    /// Spawn the plugin for `command` on `ns` and wait for it; fails unless it exits 0.
+    fn invoke(&self, command: &str, mode: Mode, ns: &PodNetns) -> Result<(Duration, Output)> {
+        let conf = self.config(mode, ns).to_string();
+        let container_id = format!("{}-{}", NETWORK_NAME, ns.name());
+        // What containerd puts into CNI_ARGS for a pod sandbox.
+        let cni_args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={};\
+             K8S_POD_INFRA_CONTAINER_ID={container_id}",
+            ns.name()
+        );
+        let mut cmd = Command::new(&self.plugin);
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &container_id)
+            .env("CNI_NETNS", ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.cni_path)
+            .env("CNI_ARGS", cni_args)
+            .env("MESHCAP_STATE_DIR", &self.state_dir);
+        let (elapsed, out) = timed(&mut cmd, &conf)?;
+        let out = check_exit(out).with_context(|| format!("{command} in {} mode", mode.name()))?;
+        Ok((elapsed, out))
+    }
+
+    /// The configuration a runtime streams for a default sidecar pod chained after `bridge`.
+    pub fn config(&self, mode: Mode, ns: &PodNetns) -> Value {
+        let plugin_mode = match mode {
+            Mode::Nftables => "nftables",
+            Mode::Iptables | Mode::Baseline => "iptables",
+        };
+        json!({
+            "cniVersion": "1.0.0",
+            "name": NETWORK_NAME,
+            "type": "meshcap-cni",
+            "mode": plugin_mode,
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+            "runtimeConfig": {
+                "io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"}
+            },
+            "prevResult": {
+                "cniVersion": "1.0.0",
+                "interfaces": [
+                    {"name": "cni0", "mac": "0a:58:0a:f4:00:01"},
+                    {"name": "veth0bench", "mac": "5e:2b:6c:11:22:33"},
+                    {"name": "eth0", "mac": "0a:58:0a:f4:00:05", "sandbox": ns.path()}
+                ],
+                "ips": [{
+                    "address": format!("{}/{PREFIX_LEN}", ns.ip()),
+                    "gateway": GATEWAY.to_string(),
+                    "interface": 2
+                }],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dns": {}
+            }
+        })
+    }
+}
+
+/// `nsenter --net=NETNS <program> --noflush` with `rules` on stdin.
+fn restore(program: &str, ns: &PodNetns, rules: &str) -> Result<Output> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path().display()))
+        .arg(program)
+        .arg("--noflush");
+    Ok(timed(&mut cmd, rules)?.1)
+}
+
+/// Spawn, write `stdin`, wait; the duration covers all three.
+fn timed(cmd: &mut Command, stdin: &str) -> Result<(Duration, Output)> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    {
+        // A configuration is far below the pipe buffer, and the program reads all of stdin
+        // before it writes: no deadlock. Dropping the pipe is the EOF.
+        let mut pipe = child.stdin.take().context("stdin pipe")?;
+        pipe.write_all(stdin.as_bytes())
+            .with_context(|| format!("writing stdin of {cmd:?}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {cmd:?}"))?;
+    Ok((start.elapsed(), out))
+}
+
+fn check_exit(out: Output) -> Result<Output> {
+    if !out.status.success() {
+        bail!(
+            "exit {}: stdout {:?} stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Untimed: prove the capture is really installed in `ns` (the redirect to 15001 is in the
+/// namespace's netfilter state, seen through `iptables-save` or `nft list ruleset`).
+pub fn verify_installed(ns: &PodNetns) -> Result<()> {
+    let net = format!("--net={}", ns.path().display());
+    let mut seen = String::new();
+    for program in [&["iptables-save"][..], &["nft", "list", "ruleset"][..]] {
+        if let Ok(out) = Command::new("nsenter").arg(&net).args(program).output() {
+            seen.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    if !seen.contains("15001") {
+        bail!(
+            "no redirect to 15001 in {} after ADD:\n{seen}",
+            ns.path().display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Smoke test: the whole benchmark in a tiny configuration, so CI proves every section runs
+//! end to end (real namespaces, the real plugin, the exec baseline, the datapath) and that the
+//! JSON report has its shape. No timing assertions: figures come from `scripts/bench.sh`.
+//!
+//! Privileged: without root the test says it is skipped, by name; with `CI=true` it fails
+//! instead. It needs the `meshcap-cni` binary next to `meshcap-bench` (same profile), which
+//! `cargo build --workspace` (scripts/test.sh) produces.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Whether the test can run; skips by name, or panics under `CI=true`.
+fn can_run(test: &str, why_not: Option<String>) -> bool {
+    let Some(why) = why_not else { return true };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: cannot run under CI=true: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+#[test]
+fn bench_smoke_tiny_configuration() {
+    const TEST: &str = "bench_smoke_tiny_configuration";
+    let bench = Path::new(env!("CARGO_BIN_EXE_meshcap-bench"));
+    let plugin = bench.with_file_name("meshcap-cni");
+    let why_not = if !nix::unistd::geteuid().is_root() {
+        Some("needs root (network namespaces, netfilter)".to_owned())
+    } else if !plugin.is_file() {
+        Some(format!(
+            "{} is missing: cargo build -p meshcap-cni first",
+            plugin.display()
+        ))
+    } else {
+        None
+    };
+    if !can_run(TEST, why_not) {
+        return;
+    }
+
+    let json =
+        std::env::temp_dir().join(format!("meshcap-bench-smoke-{}.json", std::process::id()));
+    let out = Command::new(bench)
+        .arg("--plugin")
+        .arg(&plugin)
+        .arg("--json")
+        .arg(&json)
+        .args(["--runs", "2", "--parallel", "3", "--parallel-rounds", "1"])
+        .args([
+            "--datapath-secs",
+            "0.1",
+            "--datapath-rounds",
+            "1",
+            "--scale",
+            "4",
+        ])
+        .output()
+        .expect("running meshcap-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = std::fs::read_to_string(&json);
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "meshcap-bench failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for heading in [
+        "ADD latency",
+        "DEL latency",
+        "Parallel pod starts",
+        "Datapath",
+        "Scale",
+    ] {
+        assert!(
+            stdout.contains(heading),
+            "no {heading:?} table in:\n{stdout}"
+        );
+    }
+
+    let r: Value = serde_json::from_str(&report.expect("reading the JSON report")).unwrap();
+    assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
+    assert!(r["machine"]["kernel"]
+        .as_str()
+        .is_some_and(|k| !k.is_empty()));
+    assert!(r["machine"]["cores"].as_u64().is_some_and(|c| c > 0));
+    assert!(r["command"].as_str().unwrap().contains("--runs 2"));
+
+    let modes = r["add"]["modes"].as_array().unwrap();
+    let names: Vec<&str> = modes.iter().map(|m| m["mode"].as_str().unwrap()).collect();
+    assert_eq!(names, ["baseline", "iptables", "nftables"]);
+    for m in modes {
+        assert_eq!(m["ms"]["n"], 2, "{m}");
+    }
+    for k in ["nftables/baseline median", "iptables/baseline median"] {
+        assert!(r["add"]["ratios"][k].as_f64().is_some(), "{k}: {r:#}");
+    }
+    for m in r["add"]["del"].as_array().unwrap() {
+        assert_eq!(m["ms"]["n"], 2, "{m}");
+    }
+    for m in r["parallel"]["modes"].as_array().unwrap() {
+        assert_eq!(m["ms"]["n"], 3, "{m}");
+        assert_eq!(m["wall_ms"].as_array().unwrap().len(), 1, "{m}");
+        assert!(m["p99_over_single_median"].as_f64().is_some(), "{m}");
+    }
+    for shape in r["datapath"]["shapes"].as_array().unwrap() {
+        let targets: Vec<&str> = shape["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(targets, ["direct", "baseline", "iptables", "nftables"]);
+        for t in shape["targets"].as_array().unwrap() {
+            assert!(t["transactions"].as_u64().is_some_and(|n| n > 0), "{t}");
+        }
+    }
+    assert_eq!(r["scale"]["pods"], 4);
+    assert_eq!(r["scale"]["bucket"], 2);
+    assert!(
+        r["scale"]["p99_last_over_first"].as_f64().is_some(),
+        "{r:#}"
+    );
+}

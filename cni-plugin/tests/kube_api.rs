@@ -1,0 +1,1233 @@
+//! The Kubernetes API path, end to end: the built `meshcap-cni` runs like a runtime runs it
+//! (cleared environment, `CNI_ARGS` naming a pod, no pod annotations in `runtimeConfig`) and
+//! reads the pod from a local HTTP server that answers like the API server
+//! (`GET /api/v1/namespaces/NS/pods/NAME`, `Status` bodies on errors, chunked 200s). No
+//! real API server installs here.
+//!
+//! Covered: selected / skipped / fail-closed outcomes and their CNI codes; pods skipped before
+//! any request; retry with backoff (500 then 200); the deadline (a server that never answers,
+//! one that always answers 503, a closed port); and, as root, that an ADD through the API path
+//! installs exactly the rules an ADD with the annotations passed installs, in both backends,
+//! with the proxy uid from the pod honoured.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshcap-cni");
+const TOKEN: &str = "test-token-5e1f";
+
+// ---- a local server that answers like the API server ----
+
+#[derive(Clone)]
+enum Reply {
+    /// Status and JSON body with Content-Length.
+    Json(u16, Value),
+    /// Status and JSON body, chunked (what the API server sends for larger objects).
+    Chunked(u16, Value),
+    /// Accept, read the request, never answer.
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    authorization: Option<String>,
+}
+
+struct FakeApi {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeApi {
+    /// `routes`: path -> replies in order; the last one repeats. Unknown paths get 404.
+    fn start(routes: Vec<(String, Vec<Reply>)>) -> FakeApi {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let routes: Arc<Mutex<HashMap<String, Vec<Reply>>>> =
+            Arc::new(Mutex::new(routes.into_iter().collect()));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (seen, routes, stop) = (seen2.clone(), routes.clone(), stop2.clone());
+                std::thread::spawn(move || serve(conn, &seen, &routes, &stop));
+            }
+        });
+        FakeApi { addr, seen, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Unblock accept().
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(
+    mut conn: TcpStream,
+    seen: &Mutex<Vec<Seen>>,
+    routes: &Mutex<HashMap<String, Vec<Reply>>>,
+    stop: &AtomicBool,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = head.split("\r\n");
+    let path = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("")
+        .to_string();
+    let authorization = lines
+        .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+        .map(|l| l.split_once(':').unwrap().1.trim().to_string());
+    seen.lock().unwrap().push(Seen {
+        path: path.clone(),
+        authorization,
+    });
+    let reply = {
+        let mut routes = routes.lock().unwrap();
+        match routes.get_mut(&path) {
+            Some(list) if list.len() > 1 => list.remove(0),
+            Some(list) => list[0].clone(),
+            None => Reply::Json(
+                404,
+                status_body(404, "NotFound", &format!("{path} not found")),
+            ),
+        }
+    };
+    let (code, body, chunked) = match reply {
+        Reply::Json(c, b) => (c, b.to_string(), false),
+        Reply::Chunked(c, b) => (c, b.to_string(), true),
+        Reply::Hang => {
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
+    };
+    let mut out = format!(
+        "HTTP/1.1 {code} Whatever\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    );
+    if chunked {
+        out.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        // Uneven chunks, to exercise the decoder.
+        for piece in body.as_bytes().chunks(97) {
+            out.push_str(&format!("{:x}\r\n", piece.len()));
+            out.push_str(std::str::from_utf8(piece).unwrap());
+            out.push_str("\r\n");
+        }
+        out.push_str("0\r\n\r\n");
+    } else {
+        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    }
+    let _ = conn.write_all(out.as_bytes());
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn pod_path(ns: &str, name: &str) -> String {
+    format!("/api/v1/namespaces/{ns}/pods/{name}")
+}
+
+// ---- pods, as the API server returns them ----
+
+/// The traffic annotations of an injected pod; the privileged test passes the same map via
+/// runtimeConfig and compares the rules.
+fn injected_annotations() -> Value {
+    json!({
+        "sidecar.istio.io/status": "{\"initContainers\":[\"istio-validation\"],\"containers\":[\"istio-proxy\"],\"revision\":\"default\"}",
+        "traffic.sidecar.istio.io/includeInboundPorts": "8080,9090",
+        "traffic.sidecar.istio.io/excludeOutboundPorts": "9000",
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.10.0.0/16",
+        "kubectl.kubernetes.io/default-container": "app"
+    })
+}
+
+fn proxy_container(uid: u32) -> Value {
+    json!({
+        "name": "istio-proxy",
+        "image": "docker.io/istio/proxyv2:1.24.0",
+        "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"],
+        "securityContext": {"runAsUser": uid, "runAsGroup": uid, "runAsNonRoot": true}
+    })
+}
+
+fn pod(ns: &str, name: &str, annotations: Value, containers: Value, init: Value) -> Value {
+    json!({
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": ns, "uid": "0c7a0e3e-1", "annotations": annotations,
+                     "labels": {"app": "web"}},
+        "spec": {"containers": containers, "initContainers": init},
+        "status": {"phase": "Pending"}
+    })
+}
+
+fn injected_pod(ns: &str, name: &str) -> Value {
+    pod(
+        ns,
+        name,
+        injected_annotations(),
+        json!([{"name": "app", "image": "nginx"}, proxy_container(1337)]),
+        json!([{"name": "istio-validation", "image": "docker.io/istio/proxyv2:1.24.0"}]),
+    )
+}
+
+// ---- running the plugin ----
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout not JSON ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    fn ok(&self) -> Value {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self.json()
+    }
+
+    fn error(&self, code: u64, needles: &[&str]) -> Value {
+        assert_ne!(self.code, 0, "expected failure; stdout: {}", self.stdout);
+        let v = self.json();
+        assert_eq!(v["code"], code, "{v}\nstderr: {}", self.stderr);
+        let text = format!("{} {}", v["msg"], v["details"]);
+        for n in needles {
+            assert!(text.contains(n), "{n:?} not in {v}");
+        }
+        v
+    }
+}
+
+/// Scratch directory (state, kubeconfig), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("meshcap-kube-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+
+    fn state(&self) -> String {
+        self.0.join("state").to_str().unwrap().to_string()
+    }
+
+    /// A kubeconfig for `server` with a tokenFile (relative, as kubectl resolves it).
+    fn kubeconfig(&self, server: &str) -> String {
+        fs::write(self.0.join("token"), format!("{TOKEN}\n")).unwrap();
+        let path = self.0.join("kubeconfig");
+        fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: meshcap\nclusters:\n- name: local\n  cluster:\n    server: {server}\ncontexts:\n- name: meshcap\n  context:\n    cluster: local\n    user: meshcap-cni\nusers:\n- name: meshcap-cni\n  user:\n    tokenFile: token\n"
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    fn records(&self) -> usize {
+        fs::read_dir(self.0.join("state").join("meshnet"))
+            .map(|rd| rd.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn invoke(command: &str, netns: &str, state: &str, cni_args: &str, config: &Value) -> Run {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        // One attachment per namespace: the record key is network + container id + ifname.
+        .env("CNI_CONTAINERID", container_id(netns))
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CNI_ARGS", cni_args)
+        .env("MESHCAP_STATE_DIR", state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn container_id(netns: &str) -> String {
+    let h = netns.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+fn k8s_args(ns: &str, name: &str) -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID=0c7a0e3e-1")
+}
+
+fn prev_result(netns: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "mac": "0a:58:0a:f4:00:05", "sandbox": netns}],
+        "ips": [{"address": "10.244.0.5/24", "gateway": "10.244.0.1", "interface": 0}]
+    })
+}
+
+/// The plugin configuration of the API path: a kubeconfig, no runtimeConfig annotations.
+fn api_config(kubeconfig: &str, netns: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "cniVersion": "1.0.0", "name": "meshnet", "type": "meshcap-cni",
+        "exclude_namespaces": ["kube-system"],
+        "kubernetes": {"kubeconfig": kubeconfig},
+        "prevResult": prev_result(netns),
+    });
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v
+}
+
+fn passthrough(netns: &str) -> Value {
+    prev_result(netns)
+}
+
+/// A namespace path that does not exist: reaching it proves the pod was selected.
+fn missing_netns(test: &str) -> String {
+    format!(
+        "/run/netns/meshcap-kube-missing-{test}-{}",
+        std::process::id()
+    )
+}
+
+// ---- selection, skipping and failing closed (no root needed) ----
+
+#[test]
+fn opted_out_and_sidecarless_pods_are_skipped_after_one_get() {
+    let mut opted_out = injected_pod("shop", "opted-out");
+    opted_out["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false");
+    let no_sidecar = pod(
+        "shop",
+        "plain",
+        json!({"app.kubernetes.io/name": "plain"}),
+        json!([{"name": "app"}]),
+        json!([]),
+    );
+    // Status annotation but no istio-proxy container: istio-cni skips these too.
+    let status_only = pod(
+        "shop",
+        "status-only",
+        injected_annotations(),
+        json!([{"name": "app"}]),
+        json!([]),
+    );
+    let api = FakeApi::start(vec![
+        (
+            pod_path("shop", "opted-out"),
+            vec![Reply::Json(200, opted_out)],
+        ),
+        (
+            pod_path("shop", "plain"),
+            vec![Reply::Chunked(200, no_sidecar)],
+        ),
+        (
+            pod_path("shop", "status-only"),
+            vec![Reply::Json(200, status_only)],
+        ),
+    ]);
+    let s = Scratch::new("skipped");
+    let kc = s.kubeconfig(&api.url());
+    let netns = missing_netns("skipped");
+    for name in ["opted-out", "plain", "status-only"] {
+        let r = invoke(
+            "ADD",
+            &netns,
+            &s.state(),
+            &k8s_args("shop", name),
+            &api_config(&kc, &netns, json!({})),
+        );
+        assert_eq!(r.ok(), passthrough(&netns), "{name}");
+        assert!(r.stderr.contains("not capturing"), "{name}: {}", r.stderr);
+    }
+    assert_eq!(s.records(), 0);
+    let seen = api.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for req in &seen {
+        assert_eq!(
+            req.authorization.as_deref(),
+            Some(&*format!("Bearer {TOKEN}"))
+        );
+    }
+}
+
+#[test]
+fn injected_pods_are_selected() {
+    let mut native = injected_pod("shop", "native");
+    let mut proxy = proxy_container(1337);
+    proxy["restartPolicy"] = json!("Always");
+    native["spec"]["containers"] = json!([{"name": "app"}]);
+    native["spec"]["initContainers"] = json!([{"name": "istio-validation"}, proxy]);
+    let api = FakeApi::start(vec![
+        (
+            pod_path("shop", "web-0"),
+            vec![Reply::Chunked(200, injected_pod("shop", "web-0"))],
+        ),
+        (pod_path("shop", "native"), vec![Reply::Json(200, native)]),
+    ]);
+    let s = Scratch::new("selected");
+    let kc = s.kubeconfig(&api.url());
+    let netns = missing_netns("selected");
+    for name in ["web-0", "native"] {
+        // Selected: the plugin goes on to enter the namespace, which does not exist (code 4).
+        let r = invoke(
+            "ADD",
+            &netns,
+            &s.state(),
+            &k8s_args("shop", name),
+            &api_config(&kc, &netns, json!({})),
+        );
+        r.error(4, &["does not exist"]);
+        assert!(
+            r.stderr.contains("read the pod from the Kubernetes API"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(api.seen().len(), 2);
+}
+
+#[test]
+fn own_pods_and_excluded_namespaces_are_skipped_before_any_api_call() {
+    // The server would fail everything: a skip must not depend on it.
+    let api = FakeApi::start(vec![]);
+    let s = Scratch::new("own-pods");
+    let kc = s.kubeconfig(&api.url());
+    let netns = missing_netns("own-pods");
+    let config = api_config(
+        &kc,
+        &netns,
+        json!({
+            "exclude_namespaces": ["kube-system", "meshcap-system"],
+            "kubernetes": {"kubeconfig": kc, "skip_pods": ["infra/meshcap-node-*"]},
+        }),
+    );
+    for (ns, name) in [
+        ("meshcap-system", "meshcap-node-abcde"),
+        ("kube-system", "coredns-5d78c9869d-x"),
+        ("infra", "meshcap-node-x7k2p"),
+    ] {
+        let r = invoke("ADD", &netns, &s.state(), &k8s_args(ns, name), &config);
+        assert_eq!(r.ok(), passthrough(&netns), "{ns}/{name}");
+    }
+    assert!(api.seen().is_empty(), "{:?}", api.seen());
+}
+
+#[test]
+fn unreadable_pods_fail_closed() {
+    let api = FakeApi::start(vec![
+        (
+            pod_path("shop", "forbidden"),
+            vec![Reply::Json(
+                403,
+                status_body(403, "Forbidden", "pods \"forbidden\" is forbidden: User \"system:serviceaccount:meshcap-system:meshcap\" cannot get resource \"pods\""),
+            )],
+        ),
+        (pod_path("shop", "garbage"), vec![Reply::Json(200, json!("not a pod"))]),
+    ]);
+    let s = Scratch::new("fail-closed");
+    let kc = s.kubeconfig(&api.url());
+    let netns = missing_netns("fail-closed");
+    let config = api_config(&kc, &netns, json!({}));
+
+    // 404 (the default route): final at once, no retry, names the pod and the kubeconfig.
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "gone"),
+        &config,
+    );
+    r.error(
+        7,
+        &[
+            "shop/gone",
+            &kc,
+            "HTTP 404",
+            "does not exist",
+            "refusing to start",
+        ],
+    );
+    assert_eq!(api.seen().len(), 1, "404 is not retried");
+
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "forbidden"),
+        &config,
+    );
+    r.error(
+        7,
+        &["shop/forbidden", &kc, "HTTP 403", "cannot get resource"],
+    );
+
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "garbage"),
+        &config,
+    );
+    r.error(7, &["shop/garbage", "expected an object"]);
+
+    // An unreadable kubeconfig fails closed too, naming it.
+    let mut missing = config.clone();
+    missing["kubernetes"]["kubeconfig"] = json!("/nonexistent/meshcap-kubeconfig");
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "web-0"),
+        &missing,
+    );
+    r.error(7, &["/nonexistent/meshcap-kubeconfig", "cannot read"]);
+
+    // No kubeconfig at all: the capability was not passed and there is no API path.
+    let mut none = config.clone();
+    none.as_object_mut().unwrap().remove("kubernetes");
+    let r = invoke("ADD", &netns, &s.state(), &k8s_args("shop", "web-0"), &none);
+    r.error(7, &["no kubernetes.kubeconfig is configured"]);
+    assert_eq!(s.records(), 0);
+}
+
+#[test]
+fn server_errors_are_retried_with_backoff() {
+    let api = FakeApi::start(vec![(
+        pod_path("shop", "flaky"),
+        vec![
+            Reply::Json(
+                500,
+                status_body(500, "InternalError", "etcdserver: leader changed"),
+            ),
+            Reply::Json(503, status_body(503, "ServiceUnavailable", "try later")),
+            Reply::Chunked(200, {
+                let mut p = injected_pod("shop", "flaky");
+                p["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false");
+                p
+            }),
+        ],
+    )]);
+    let s = Scratch::new("retry");
+    let kc = s.kubeconfig(&api.url());
+    let netns = missing_netns("retry");
+    let started = Instant::now();
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "flaky"),
+        &api_config(&kc, &netns, json!({})),
+    );
+    assert_eq!(r.ok(), passthrough(&netns));
+    assert_eq!(api.seen().len(), 3);
+    // Backoff 100 ms then 200 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_server_that_never_answers_is_try_again_later_within_the_deadline() {
+    let api = FakeApi::start(vec![
+        (pod_path("shop", "hang"), vec![Reply::Hang]),
+        (
+            pod_path("shop", "down"),
+            vec![Reply::Json(
+                503,
+                status_body(503, "ServiceUnavailable", "apiserver is shutting down"),
+            )],
+        ),
+    ]);
+    let s = Scratch::new("deadline");
+    let kc = s.kubeconfig(&api.url());
+    let netns = missing_netns("deadline");
+    let config = api_config(
+        &kc,
+        &netns,
+        json!({"kubernetes": {"kubeconfig": kc, "timeout_ms": 1200}}),
+    );
+
+    let started = Instant::now();
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "hang"),
+        &config,
+    );
+    let took = started.elapsed();
+    r.error(11, &["shop/hang", &kc, "try again later"]);
+    assert!(
+        took >= Duration::from_millis(1100) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+
+    let started = Instant::now();
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "down"),
+        &config,
+    );
+    let took = started.elapsed();
+    r.error(11, &["shop/down", "HTTP 503", "apiserver is shutting down"]);
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let down = api
+        .seen()
+        .iter()
+        .filter(|r| r.path.ends_with("/down"))
+        .count();
+    assert!(down >= 3, "retried until the deadline: {down} attempts");
+
+    // Nothing listens: connection refused is transient too.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let kc2 = s.kubeconfig(&format!("http://{closed}"));
+    let config = api_config(
+        &kc2,
+        &netns,
+        json!({"kubernetes": {"kubeconfig": kc2, "timeout_ms": 500}}),
+    );
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "web-0"),
+        &config,
+    );
+    r.error(11, &["shop/web-0", "connecting to"]);
+    assert_eq!(s.records(), 0);
+}
+
+#[test]
+fn del_never_waits_on_the_api() {
+    let api = FakeApi::start(vec![(pod_path("shop", "web-0"), vec![Reply::Hang])]);
+    let s = Scratch::new("del");
+    let kc = s.kubeconfig(&api.url());
+    let netns = missing_netns("del");
+    let started = Instant::now();
+    let r = invoke(
+        "DEL",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "web-0"),
+        &api_config(&kc, &netns, json!({})),
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(api.seen().is_empty());
+}
+
+// ---- privileged: the API path installs exactly what the annotation path installs ----
+
+fn privileged_unavailable() -> Option<String> {
+    let root = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return Some("not running as root".into());
+    }
+    for tool in ["ip", "iptables-save", "ip6tables-save", "nft"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|dir| dir.join(tool).exists());
+        if !found {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
+}
+
+fn skip_or_fail(test: &str, reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} cannot run under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(tag: &str) -> Netns {
+        let name = format!("{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Netns { name }
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// What the stock tools show, with counters and generated-by comments removed.
+    fn rules(&self, mode: &str) -> String {
+        let cmds: &[&[&str]] = match mode {
+            "iptables" => &[&["iptables-save"], &["ip6tables-save"]],
+            _ => &[&["nft", "list", "ruleset"]],
+        };
+        let mut out = String::new();
+        for cmd in cmds {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(*cmd)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                if line.starts_with('#') {
+                    continue;
+                }
+                // ":CHAIN POLICY [packets:bytes]" -> without the counters.
+                let line = match line.rfind(" [") {
+                    Some(i) if line.starts_with(':') => &line[..i],
+                    _ => line,
+                };
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
+    const TEST: &str = "privileged_api_path_installs_the_same_rules_as_passed_annotations";
+    if let Some(reason) = privileged_unavailable() {
+        return skip_or_fail(TEST, &reason);
+    }
+    let mut custom = injected_pod("shop", "custom-uid");
+    custom["spec"]["containers"][1] = proxy_container(2345);
+    let api = FakeApi::start(vec![
+        (
+            pod_path("shop", "web-0"),
+            vec![Reply::Chunked(200, injected_pod("shop", "web-0"))],
+        ),
+        (
+            pod_path("shop", "custom-uid"),
+            vec![Reply::Json(200, custom)],
+        ),
+    ]);
+    let s = Scratch::new("same-rules");
+    let kc = s.kubeconfig(&api.url());
+    for mode in ["iptables", "nftables"] {
+        let passed = Netns::create(&format!("mk-passed-{}", &mode[..3]));
+        let fetched = Netns::create(&format!("mk-api-{}", &mode[..3]));
+        let custom_ns = Netns::create(&format!("mk-uid-{}", &mode[..3]));
+
+        // ADD with the annotations passed by the runtime (the API must not be asked).
+        let mut with_annotations = api_config(&kc, &passed.path(), json!({"mode": mode}));
+        with_annotations["runtimeConfig"] =
+            json!({"io.kubernetes.cri.pod-annotations": injected_annotations()});
+        let before = api.seen().len();
+        let r = invoke(
+            "ADD",
+            &passed.path(),
+            &s.state(),
+            &k8s_args("shop", "web-0"),
+            &with_annotations,
+        );
+        assert_eq!(r.ok(), passthrough(&passed.path()), "{mode}");
+        assert_eq!(
+            api.seen().len(),
+            before,
+            "{mode}: annotations passed, no API call"
+        );
+
+        // ADD of the same pod without them: the API path.
+        let cfg = api_config(&kc, &fetched.path(), json!({"mode": mode}));
+        let r = invoke(
+            "ADD",
+            &fetched.path(),
+            &s.state(),
+            &k8s_args("shop", "web-0"),
+            &cfg,
+        );
+        assert_eq!(r.ok(), passthrough(&fetched.path()), "{mode}");
+        assert_eq!(api.seen().len(), before + 1, "{mode}");
+
+        let a = passed.rules(mode);
+        let b = fetched.rules(mode);
+        assert!(
+            a.contains("MESHCAP") || a.contains("meshcap"),
+            "{mode}: no rules:\n{a}"
+        );
+        assert!(
+            a.contains("9000") && a.contains("8080"),
+            "{mode}: annotations not applied:\n{a}"
+        );
+        assert_eq!(a, b, "{mode}: API path and annotation path differ");
+
+        // CHECK through the API path passes right after ADD.
+        let r = invoke(
+            "CHECK",
+            &fetched.path(),
+            &s.state(),
+            &k8s_args("shop", "web-0"),
+            &cfg,
+        );
+        assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);
+
+        // The proxy uid from istio-proxy's securityContext reaches the rules.
+        let cfg = api_config(&kc, &custom_ns.path(), json!({"mode": mode}));
+        let r = invoke(
+            "ADD",
+            &custom_ns.path(),
+            &s.state(),
+            &k8s_args("shop", "custom-uid"),
+            &cfg,
+        );
+        assert_eq!(r.ok(), passthrough(&custom_ns.path()), "{mode}");
+        let c = custom_ns.rules(mode);
+        assert!(c.contains("2345"), "{mode}: custom proxy uid missing:\n{c}");
+        assert!(!a.contains("2345"), "{mode}");
+        assert_ne!(a, c, "{mode}");
+
+        for (ns, name) in [
+            (&passed, "web-0"),
+            (&fetched, "web-0"),
+            (&custom_ns, "custom-uid"),
+        ] {
+            let r = invoke(
+                "DEL",
+                &ns.path(),
+                &s.state(),
+                &k8s_args("shop", name),
+                &api_config(&kc, &ns.path(), json!({"mode": mode})),
+            );
+            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+        }
+    }
+}
+
+/// The seed's `istioctl kube-inject` Deployment (the fixture `meshcap render -f` is tested
+/// with): a pod of it, read through the API path, gets exactly the rules `render -f` prints
+/// for its template (the same renderers, loaded with the stock restore tools).
+#[test]
+fn privileged_kube_inject_pod_via_api_matches_render_f() {
+    const TEST: &str = "privileged_kube_inject_pod_via_api_matches_render_f";
+    if let Some(reason) = privileged_unavailable() {
+        return skip_or_fail(TEST, &reason);
+    }
+    use meshcap_model::pod::PodView;
+    use meshcap_model::render::{iptables, nftables};
+
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../userspace/meshcap/tests/fixtures/kube-inject-deployment.yaml");
+    let text = fs::read_to_string(&fixture).unwrap();
+    let deployment: Value = serde_yaml::from_str(text.split("\n---\n").next().unwrap()).unwrap();
+    let template = &deployment["spec"]["template"];
+    let mut metadata = template["metadata"].clone();
+    metadata["name"] = json!("inject-8565f4c47-srwzd");
+    metadata["namespace"] = json!("default");
+    let pod =
+        json!({"kind": "Pod", "apiVersion": "v1", "metadata": metadata, "spec": template["spec"]});
+    let model = PodView::from_parts(Some(&template["metadata"]), Some(&template["spec"]), "")
+        .unwrap()
+        .model()
+        .unwrap();
+
+    let api = FakeApi::start(vec![(
+        pod_path("default", "inject-8565f4c47-srwzd"),
+        vec![Reply::Chunked(200, pod)],
+    )]);
+    let s = Scratch::new("kube-inject");
+    let kc = s.kubeconfig(&api.url());
+    for mode in ["iptables", "nftables"] {
+        let added = Netns::create(&format!("mk-inj-add-{}", &mode[..3]));
+        let printed = Netns::create(&format!("mk-inj-prn-{}", &mode[..3]));
+        let cfg = api_config(&kc, &added.path(), json!({"mode": mode}));
+        let args = k8s_args("default", "inject-8565f4c47-srwzd");
+        let r = invoke("ADD", &added.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.ok(), passthrough(&added.path()), "{mode}");
+
+        let rulesets = model.rulesets();
+        if mode == "iptables" {
+            for (tool, rs) in ["iptables-restore", "ip6tables-restore"]
+                .iter()
+                .zip(&rulesets)
+            {
+                let mut child = Command::new("ip")
+                    .args(["netns", "exec", &printed.name, tool, "--noflush"])
+                    .stdin(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(iptables::render(rs).as_bytes())
+                    .unwrap();
+                assert!(child.wait().unwrap().success(), "{tool}");
+            }
+        } else {
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &printed.name, "nft", "-f", "-"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(nftables::render(&rulesets).as_bytes())
+                .unwrap();
+            assert!(child.wait().unwrap().success(), "nft -f");
+        }
+        let a = added.rules(mode);
+        assert!(
+            a.contains("MESHCAP") || a.contains("meshcap"),
+            "{mode}: {a}"
+        );
+        assert_eq!(
+            a,
+            printed.rules(mode),
+            "{mode}: ADD via the API and render -f differ"
+        );
+        let r = invoke("DEL", &added.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+    }
+}
+
+// ---- TLS, with the kubeconfig the DaemonSet's script writes ----
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI; `None` without it.
+fn make_certs(dir: &std::path::Path) -> Option<()> {
+    let run = |args: &[&str]| -> bool {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for (ca, key) in [("ca.crt", "ca.key"), ("other-ca.crt", "other-ca.key")] {
+        let mut a = vec!["req", "-x509"];
+        a.extend(ec);
+        a.extend([
+            "-keyout",
+            key,
+            "-out",
+            ca,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=meshcap-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+        if !run(&a) {
+            return None;
+        }
+    }
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=kube-apiserver",
+    ]);
+    let ok = run(&a)
+        && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+    ok.then_some(())
+}
+
+/// An HTTPS server answering every request with `pod` (200, Content-Length).
+fn tls_server(dir: &std::path::Path, pod: Value) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("srv.crt"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("srv.key")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            if buf.is_empty() {
+                continue; // handshake refused by the client
+            }
+            let head = String::from_utf8_lossy(&buf).into_owned();
+            seen2.lock().unwrap().push(Seen {
+                path: head.split(' ').nth(1).unwrap_or("").to_string(),
+                authorization: head
+                    .split("\r\n")
+                    .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                    .map(|l| l.split_once(':').unwrap().1.trim().to_string()),
+            });
+            let body = pod.to_string();
+            let _ = tls.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn tls_api_server_with_the_deploy_scripts_kubeconfig() {
+    const TEST: &str = "tls_api_server_with_the_deploy_scripts_kubeconfig";
+    let s = Scratch::new("tls");
+    if make_certs(&s.0).is_none() {
+        return skip_or_fail(
+            TEST,
+            "the openssl CLI is not available to make test certificates",
+        );
+    }
+    let mut opted_out = injected_pod("shop", "web-0");
+    opted_out["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false");
+    let (addr, seen) = tls_server(&s.0, opted_out);
+
+    // The DaemonSet's script writes the kubeconfig from a service-account mount.
+    let sa = s.0.join("sa");
+    fs::create_dir_all(&sa).unwrap();
+    fs::write(sa.join("token"), format!("{TOKEN}\n")).unwrap();
+    fs::copy(s.0.join("ca.crt"), sa.join("ca.crt")).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/meshcap-node.sh");
+    let host = s.0.join("host");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg("kubeconfig")
+        .env("HOST_ROOT", &host)
+        .env("SA_DIR", &sa)
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", addr.port().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kc = host.join("etc/cni/net.d/meshcap-kubeconfig");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&kc).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the kubeconfig holds a token");
+    let leftovers: Vec<_> = fs::read_dir(kc.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+    let kc = kc.to_str().unwrap().to_string();
+
+    let netns = missing_netns("tls");
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "web-0"),
+        &api_config(&kc, &netns, json!({})),
+    );
+    assert_eq!(r.ok(), passthrough(&netns), "opted-out pod read over TLS");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, pod_path("shop", "web-0"));
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+
+    // A kubeconfig that trusts another CA fails closed at once: no retry can fix it.
+    let other = s.0.join("other-kubeconfig");
+    let text = fs::read_to_string(&kc).unwrap();
+    let ca_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("certificate-authority-data:"))
+        .unwrap();
+    let other_ca = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(fs::read(s.0.join("other-ca.crt")).unwrap())
+    };
+    fs::write(
+        &other,
+        text.replace(
+            ca_line,
+            &format!("    certificate-authority-data: {other_ca}"),
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "web-0"),
+        &api_config(other.to_str().unwrap(), &netns, json!({})),
+    );
+    r.error(7, &["shop/web-0", "TLS", "other-kubeconfig"]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The one test command: sets the machine up, builds the whole workspace including the real eBPF
+# object, and runs every test. Run as root (the tests use real namespaces, nftables and BPF).
+#
+# With CI=true (set by CI) privileged tests that cannot run fail instead of skipping.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+start=$SECONDS
+
+"$REPO/scripts/setup.sh"
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+
+# userspace/fastpath/build.rs builds the real eBPF object (instead of an empty stub) when set.
+export MESHCAP_BUILD_EBPF=1
+export CI=${CI:-}
+# Two cores: keep the build from starving the tests' own processes of memory and CPU.
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+
+echo "test.sh: building the workspace (MESHCAP_BUILD_EBPF=1, CI=${CI:-unset})"
+if ! cargo build --workspace --all-targets; then
+    echo "test.sh: the build failed ($(( SECONDS - start ))s)"
+    echo "summary: 0 passed, 1 failed"
+    exit 1
+fi
+
+out=$(mktemp /tmp/meshcap-test.XXXXXX)
+trap 'rm -f "$out"' EXIT
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+
+# Add up libtest's "test result:" lines; "ignored" are the tests that said why they skipped.
+read -r passed failed ignored < <(awk '
+    /^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i) ~ /^passed;?$/) p += $(i - 1)
+            if ($(i) ~ /^failed;?$/) f += $(i - 1)
+            if ($(i) ~ /^ignored;?$/) s += $(i - 1)
+        }
+    }
+    END { printf "%d %d %d\n", p, f, s }' "$out")
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+    # A build error or a crashed test binary leaves no "failed" count: still a failure.
+    failed=1
+fi
+echo "test.sh: $(( SECONDS - start ))s, exit $status"
+echo "summary: $passed passed, $failed failed, $ignored skipped"
+exit "$status"

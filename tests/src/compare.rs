@@ -1,0 +1,445 @@
+//! Runs the flow matrix per mode and compares the modes.
+//!
+//! Every mode gets its own node (so modes run in parallel and never see each other's rules),
+//! one pod per [`PodSpec`] through a `bridge` -> `meshcap-cni` chain configured for the mode,
+//! and every flow of the matrix. Each observed outcome is checked against the flow's
+//! expectation, and every mode's outcomes against `iptables` mode's: SPEC.md promises they are
+//! identical. [`Comparison::render_failures`] prints a table naming flow, mode and outcomes.
+//!
+//! Modes are data ([`Mode`]): adding `iptables+ebpf` is one more entry in [`all_modes`].
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::flows::{run_flow, Flow, Outcome, PodSpec};
+use crate::node::{Node, Pod};
+
+/// A plugin configuration under test.
+#[derive(Debug, Clone)]
+pub struct Mode {
+    /// Name in tables and namespace names (`iptables`, `nftables`, `iptables+ebpf`).
+    pub name: String,
+    /// Keys merged into meshcap's conflist entry.
+    pub meshcap: Value,
+}
+
+/// The mode every other mode is compared with.
+pub const REFERENCE_MODE: &str = "iptables";
+
+/// Every known mode.
+pub fn all_modes() -> Vec<Mode> {
+    vec![
+        Mode {
+            name: "iptables".into(),
+            meshcap: json!({"mode": "iptables"}),
+        },
+        Mode {
+            name: "nftables".into(),
+            meshcap: json!({"mode": "nftables"}),
+        },
+        Mode {
+            name: "iptables+ebpf".into(),
+            meshcap: json!({"mode": "iptables", "ebpf": {"enabled": true}}),
+        },
+        Mode {
+            name: "nftables+ebpf".into(),
+            meshcap: json!({"mode": "nftables", "ebpf": {"enabled": true}}),
+        },
+    ]
+}
+
+/// The modes to run: env `MESHCAP_E2E_MODES` (comma-separated names), default
+/// `iptables,nftables`.
+pub fn selected_modes() -> Vec<Mode> {
+    let wanted = std::env::var("MESHCAP_E2E_MODES").unwrap_or_else(|_| "iptables,nftables".into());
+    let all = all_modes();
+    wanted
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .filter_map(|n| all.iter().find(|m| m.name == n).cloned())
+        .collect()
+}
+
+/// One flow's result in one mode.
+#[derive(Debug, Clone)]
+pub struct FlowResult {
+    pub flow: Flow,
+    pub expected: Outcome,
+    pub observed: Outcome,
+}
+
+/// One mode's run of the matrix.
+#[derive(Debug, Clone)]
+pub struct ModeRun {
+    pub mode: String,
+    pub results: Vec<FlowResult>,
+}
+
+/// How many flows run at once within a mode.
+const FLOW_PARALLELISM: usize = 6;
+
+/// Build a node for `mode`, ADD every pod, run every flow, tear it all down. A pod whose ADD
+/// fails makes its flows `Failed("ADD failed: ...")` rather than aborting the run.
+pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> Result<ModeRun> {
+    let tag: String = mode
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let node = Node::new(&format!("{prefix}-{tag}"))?;
+    let chain = node.chain(&mode.meshcap);
+    let mut up: BTreeMap<&str, std::result::Result<Pod, String>> = BTreeMap::new();
+    for spec in pods {
+        let pod = node
+            .pod(spec.name, &chain, spec.annotations())
+            .map_err(|e| format!("ADD failed: {e:#}"));
+        up.insert(spec.name, pod);
+    }
+    let results = Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..FLOW_PARALLELISM {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(flow) = flows.get(i) else { break };
+                let observed = match up.get(flow.pod) {
+                    Some(Ok(pod)) => run_flow(&node, pod, flow, &tag)
+                        .unwrap_or_else(|e| Outcome::Failed(format!("harness: {e:#}"))),
+                    Some(Err(e)) => Outcome::Failed(e.clone()),
+                    None => Outcome::Failed(format!("no pod spec {}", flow.pod)),
+                };
+                results.lock().unwrap().push((
+                    i,
+                    FlowResult {
+                        flow: flow.clone(),
+                        expected: flow.expected(),
+                        observed,
+                    },
+                ));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    drop(up);
+    Ok(ModeRun {
+        mode: mode.name.clone(),
+        results: results.into_iter().map(|(_, r)| r).collect(),
+    })
+}
+
+/// Run every mode in parallel (each on its own node).
+pub fn run_modes(
+    prefix: &str,
+    modes: &[Mode],
+    pods: &[PodSpec],
+    flows: &[Flow],
+) -> Result<Comparison> {
+    let runs: Vec<Result<ModeRun>> = std::thread::scope(|s| {
+        let handles: Vec<_> = modes
+            .iter()
+            .map(|m| s.spawn(move || run_mode(prefix, m, pods, flows)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("mode thread panicked")))
+            })
+            .collect()
+    });
+    Ok(Comparison {
+        runs: runs.into_iter().collect::<Result<Vec<_>>>()?,
+    })
+}
+
+/// The runs of several modes over the same flows.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub runs: Vec<ModeRun>,
+}
+
+/// A flow whose outcome is wrong somewhere.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub flow: String,
+    pub mode: String,
+    pub expected: String,
+    pub observed: String,
+    /// The reference mode's outcome, when the failure is a difference between modes.
+    pub reference: Option<String>,
+}
+
+impl Comparison {
+    fn reference(&self) -> Option<&ModeRun> {
+        self.runs.iter().find(|r| r.mode == REFERENCE_MODE)
+    }
+
+    /// Flows whose outcome differs from the expectation, per mode.
+    pub fn expectation_failures(&self) -> Vec<Failure> {
+        let mut out = Vec::new();
+        for run in &self.runs {
+            for r in &run.results {
+                if r.observed != r.expected {
+                    out.push(Failure {
+                        flow: r.flow.name.into(),
+                        mode: run.mode.clone(),
+                        expected: r.expected.to_string(),
+                        observed: r.observed.to_string(),
+                        reference: None,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Flows whose outcome in some mode differs from the reference (`iptables`) mode's.
+    pub fn mode_differences(&self) -> Vec<Failure> {
+        let Some(reference) = self.reference() else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for run in self.runs.iter().filter(|r| r.mode != REFERENCE_MODE) {
+            for (r, base) in run.results.iter().zip(&reference.results) {
+                if r.observed != base.observed {
+                    out.push(Failure {
+                        flow: r.flow.name.into(),
+                        mode: run.mode.clone(),
+                        expected: r.expected.to_string(),
+                        observed: r.observed.to_string(),
+                        reference: Some(base.observed.to_string()),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether every flow met its expectation and every mode matched the reference.
+    pub fn ok(&self) -> bool {
+        self.expectation_failures().is_empty() && self.mode_differences().is_empty()
+    }
+
+    /// Per mode, a table: flow, from, to, outcome, and a mark where it misses the expectation.
+    pub fn render_outcomes(&self) -> String {
+        let mut out = String::new();
+        for run in &self.runs {
+            out.push_str(&format!("\n== mode {} ==\n", run.mode));
+            let rows: Vec<Vec<String>> = run
+                .results
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.flow.name.to_string(),
+                        format!("{}/{}", r.flow.pod, r.flow.from.label()),
+                        r.flow.describe_to(),
+                        r.observed.to_string(),
+                        if r.observed == r.expected {
+                            "ok".into()
+                        } else {
+                            format!("MISMATCH, expected {}", r.expected)
+                        },
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &["flow", "pod/from", "to", "outcome", "check"],
+                &rows,
+            ));
+        }
+        out
+    }
+
+    /// Every mode side by side, one row per flow.
+    pub fn render_side_by_side(&self) -> String {
+        let mut header = vec!["flow".to_string(), "expected".to_string()];
+        header.extend(self.runs.iter().map(|r| r.mode.clone()));
+        let n = self.runs.first().map(|r| r.results.len()).unwrap_or(0);
+        let rows: Vec<Vec<String>> = (0..n)
+            .map(|i| {
+                let first = &self.runs[0].results[i];
+                let mut row = vec![first.flow.name.to_string(), first.expected.to_string()];
+                for run in &self.runs {
+                    let r = &run.results[i];
+                    row.push(if r.observed == r.expected {
+                        "ok".into()
+                    } else {
+                        r.observed.to_string()
+                    });
+                }
+                row
+            })
+            .collect();
+        let h: Vec<&str> = header.iter().map(String::as_str).collect();
+        table(&h, &rows)
+    }
+
+    /// The failure tables: expectations missed, and differences from the reference mode.
+    pub fn render_failures(&self) -> String {
+        let mut out = String::new();
+        let e = self.expectation_failures();
+        if !e.is_empty() {
+            out.push_str(&format!(
+                "\n{} flow(s) missed their expectation:\n",
+                e.len()
+            ));
+            let rows: Vec<Vec<String>> = e
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.flow.clone(),
+                        f.mode.clone(),
+                        f.expected.clone(),
+                        f.observed.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["flow", "mode", "expected", "observed"], &rows));
+        }
+        let d = self.mode_differences();
+        if !d.is_empty() {
+            out.push_str(&format!(
+                "\n{} flow(s) differ from {REFERENCE_MODE} mode:\n",
+                d.len()
+            ));
+            let rows: Vec<Vec<String>> = d
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.flow.clone(),
+                        f.mode.clone(),
+                        f.observed.clone(),
+                        f.reference.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            let refcol = format!("in {REFERENCE_MODE}");
+            out.push_str(&table(&["flow", "mode", "observed", &refcol], &rows));
+        }
+        out
+    }
+}
+
+/// A plain-text table with aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.len());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            s.push_str(&format!("{c:<w$}  "));
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::flows;
+
+    fn run(mode: &str, observe: impl Fn(&Flow) -> Outcome) -> ModeRun {
+        ModeRun {
+            mode: mode.into(),
+            results: flows()
+                .into_iter()
+                .take(3)
+                .map(|f| FlowResult {
+                    expected: f.expected(),
+                    observed: observe(&f),
+                    flow: f,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn identical_modes_meeting_expectations_pass() {
+        let cmp = Comparison {
+            runs: vec![
+                run("iptables", Flow::expected),
+                run("nftables", Flow::expected),
+            ],
+        };
+        assert!(cmp.ok());
+        assert!(cmp.render_failures().is_empty());
+    }
+
+    #[test]
+    fn a_mode_differing_from_iptables_is_named_in_the_table() {
+        let odd = |f: &Flow| {
+            if f.name == "out-v6" {
+                Outcome::Failed("timeout".into())
+            } else {
+                f.expected()
+            }
+        };
+        let cmp = Comparison {
+            runs: vec![run("iptables", Flow::expected), run("nftables", odd)],
+        };
+        assert!(!cmp.ok());
+        let d = cmp.mode_differences();
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (d[0].flow.as_str(), d[0].mode.as_str()),
+            ("out-v6", "nftables")
+        );
+        let text = cmp.render_failures();
+        assert!(text.contains("differ from iptables mode"), "{text}");
+        assert!(
+            text.contains("out-v6")
+                && text.contains("failed: timeout")
+                && text.contains("captured@15001 orig=R6:80"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_mode_missing_an_expectation_is_reported_even_when_modes_agree() {
+        let wrong = |f: &Flow| Outcome::Direct {
+            server: "remote".into(),
+            at: format!("{}:{}", f.to.label(), f.port),
+        };
+        let cmp = Comparison {
+            runs: vec![run("iptables", wrong), run("nftables", wrong)],
+        };
+        assert!(cmp.mode_differences().is_empty());
+        assert_eq!(cmp.expectation_failures().len(), 6);
+        assert!(!cmp.ok());
+    }
+
+    #[test]
+    fn modes_are_selected_by_name() {
+        let names: Vec<String> = all_modes().into_iter().map(|m| m.name).collect();
+        assert!(
+            names.contains(&"iptables".to_string()) && names.contains(&"iptables+ebpf".to_string())
+        );
+        assert_eq!(all_modes()[0].name, REFERENCE_MODE);
+    }
+}

@@ -1,0 +1,572 @@
+//! The flow matrix: named flows with the pod annotations they need and the outcome SPEC.md's
+//! "Observable behaviour" promises for them.
+//!
+//! Flows are grouped by pod ([`PodSpec`]): one pod per annotation set serves all of its flows.
+//! Destinations are symbolic ([`Host`]) so expectations and observations read the same in every
+//! mode: `P4`/`P6` the pod's own addresses, `R4`/`R6` the remote host on the pod subnet,
+//! `IN4`/`IN6` and `EX4`/`EX6` remote addresses beyond it (used as included and excluded
+//! CIDRs), `LO4`/`LO6` loopback.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::node::{self, Node, Pod};
+use crate::standin::{ClientReport, PROXY_ID, SIDECAR_TCP_PORTS};
+
+pub const STATUS: &str = "sidecar.istio.io/status";
+pub const INJECT: &str = "sidecar.istio.io/inject";
+pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
+pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
+pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
+pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
+/// A value of `sidecar.istio.io/status` like the injector writes.
+pub const STATUS_VALUE: &str =
+    r#"{"initContainers":null,"containers":["istio-proxy"],"volumes":["istio-envoy"]}"#;
+/// `proxy.istio.io/config` turning DNS capture on.
+pub const DNS_CAPTURE_CONFIG: &str = r#"{"proxyMetadata":{"ISTIO_META_DNS_CAPTURE":"true"}}"#;
+
+/// Connect timeout of a flow's client: refused or black-holed flows must not stall the suite.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// A symbolic address (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    P4,
+    P6,
+    R4,
+    R6,
+    In4,
+    Ex4,
+    In6,
+    Ex6,
+    Lo4,
+    Lo6,
+}
+
+impl Host {
+    pub fn label(self) -> &'static str {
+        match self {
+            Host::P4 => "P4",
+            Host::P6 => "P6",
+            Host::R4 => "R4",
+            Host::R6 => "R6",
+            Host::In4 => "IN4",
+            Host::Ex4 => "EX4",
+            Host::In6 => "IN6",
+            Host::Ex6 => "EX6",
+            Host::Lo4 => "LO4",
+            Host::Lo6 => "LO6",
+        }
+    }
+
+    /// The concrete address on `node` as seen from `pod`.
+    pub fn resolve(self, node: &Node, pod: &Pod) -> Option<IpAddr> {
+        Some(match self {
+            Host::P4 => pod.v4?.into(),
+            Host::P6 => pod.v6?.into(),
+            Host::R4 => node.remote.v4.into(),
+            Host::R6 => node.remote.v6.into(),
+            Host::In4 => node::INCLUDED4.into(),
+            Host::Ex4 => node::EXCLUDED4.into(),
+            Host::In6 => node::INCLUDED6.into(),
+            Host::Ex6 => node::EXCLUDED6.into(),
+            Host::Lo4 => std::net::Ipv4Addr::LOCALHOST.into(),
+            Host::Lo6 => std::net::Ipv6Addr::LOCALHOST.into(),
+        })
+    }
+
+    /// Which server answers on this host when nothing captures the flow.
+    pub fn server(self, port: u16) -> &'static str {
+        match self {
+            Host::P4 | Host::P6 | Host::Lo4 | Host::Lo6 if SIDECAR_TCP_PORTS.contains(&port) => {
+                "sidecar"
+            }
+            Host::P4 | Host::P6 | Host::Lo4 | Host::Lo6 => "app",
+            _ => "remote",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// Who originates a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// An app process in the pod as root.
+    App,
+    /// An app process in the pod as uid/gid 1000.
+    User,
+    /// The proxy: uid 1337, gid 1337.
+    Proxy,
+    /// uid 1337 with gid 1000.
+    ProxyUid,
+    /// gid 1337 with uid 1000.
+    ProxyGid,
+    /// The remote host (inbound flows).
+    Remote,
+}
+
+impl From {
+    pub fn label(self) -> &'static str {
+        match self {
+            From::App => "app(0)",
+            From::User => "app(1000)",
+            From::Proxy => "proxy(1337:1337)",
+            From::ProxyUid => "proxy(1337:1000)",
+            From::ProxyGid => "proxy(1000:1337)",
+            From::Remote => "remote",
+        }
+    }
+
+    fn ids(self) -> Option<(u32, u32)> {
+        match self {
+            From::App | From::Remote => None,
+            From::User => Some((1000, 1000)),
+            From::Proxy => Some((PROXY_ID, PROXY_ID)),
+            From::ProxyUid => Some((PROXY_ID, 1000)),
+            From::ProxyGid => Some((1000, PROXY_ID)),
+        }
+    }
+}
+
+/// What should happen to a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Outbound capture: arrives at 15001 with the dialled address as original destination.
+    Out,
+    /// Inbound capture: arrives at 15006 with the dialled address as original destination.
+    In,
+    /// DNS capture: arrives at 15053 (TCP with its original destination).
+    Dns,
+    /// Not captured: the server at the dialled address gets it.
+    Direct,
+}
+
+/// One flow of the matrix.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub name: &'static str,
+    /// The [`PodSpec`] whose pod the flow starts from (or is addressed to, for inbound).
+    pub pod: &'static str,
+    pub from: From,
+    pub proto: Proto,
+    pub to: Host,
+    pub port: u16,
+    /// Source address the client binds (the sidecar's 127.0.0.6 passthrough).
+    pub bind: Option<&'static str>,
+    pub expect: Expect,
+}
+
+impl Flow {
+    /// The outcome [`Flow::expect`] stands for.
+    pub fn expected(&self) -> Outcome {
+        let dialled = format!("{}:{}", self.to.label(), self.port);
+        match self.expect {
+            Expect::Out => Outcome::Captured {
+                port: 15001,
+                orig: Some(dialled),
+            },
+            Expect::In => Outcome::Captured {
+                port: 15006,
+                orig: Some(dialled),
+            },
+            Expect::Dns => Outcome::Captured {
+                port: 15053,
+                orig: (self.proto == Proto::Tcp).then_some(dialled),
+            },
+            Expect::Direct => Outcome::Direct {
+                server: self.to.server(self.port).into(),
+                at: match self.proto {
+                    Proto::Tcp => dialled,
+                    Proto::Udp => format!("*:{}", self.port),
+                },
+            },
+        }
+    }
+
+    pub fn describe_to(&self) -> String {
+        let p = if self.proto == Proto::Udp { "udp " } else { "" };
+        match self.bind {
+            Some(b) => format!("{p}{}:{} (src {b})", self.to.label(), self.port),
+            None => format!("{p}{}:{}", self.to.label(), self.port),
+        }
+    }
+}
+
+/// What was observed for one flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sidecar's capture listener `port` got it; `orig` is its original destination.
+    Captured { port: u16, orig: Option<String> },
+    /// `server` got it, unredirected, at `at`.
+    Direct { server: String, at: String },
+    /// The client failed (`refused`, `timeout`, `unreachable`, ...) and no server saw it.
+    Failed(String),
+    /// The client got an answer but no record names its token (something else answered).
+    Unrecorded,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Captured {
+                port,
+                orig: Some(o),
+            } => write!(f, "captured@{port} orig={o}"),
+            Outcome::Captured { port, orig: None } => write!(f, "captured@{port}"),
+            Outcome::Direct { server, at } => write!(f, "direct {server}@{at}"),
+            Outcome::Failed(why) => write!(f, "failed: {why}"),
+            Outcome::Unrecorded => write!(f, "answered, unrecorded"),
+        }
+    }
+}
+
+/// A pod of the matrix: its name and annotations.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: &'static str,
+    pub annotations: Vec<(&'static str, String)>,
+}
+
+impl PodSpec {
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        self.annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+}
+
+fn meshed(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut v = vec![(STATUS, STATUS_VALUE.to_string())];
+    v.extend(extra.iter().map(|(k, val)| (*k, val.to_string())));
+    v
+}
+
+/// The pods of the full matrix.
+pub fn pods() -> Vec<PodSpec> {
+    let inc = format!("{},{}", node::INCLUDED4_NET, node::INCLUDED6_NET);
+    let exc = format!("{},{}", node::EXCLUDED4_NET, node::EXCLUDED6_NET);
+    vec![
+        PodSpec {
+            name: "default",
+            annotations: meshed(&[]),
+        },
+        PodSpec {
+            name: "dns",
+            annotations: meshed(&[(PROXY_CONFIG, DNS_CAPTURE_CONFIG)]),
+        },
+        PodSpec {
+            name: "include",
+            annotations: meshed(&[
+                (INCLUDE_OUTBOUND_IP_RANGES, &inc),
+                (INCLUDE_OUTBOUND_PORTS, "9090"),
+            ]),
+        },
+        PodSpec {
+            name: "exclude",
+            annotations: meshed(&[
+                (EXCLUDE_OUTBOUND_IP_RANGES, &exc),
+                (EXCLUDE_OUTBOUND_PORTS, "8443"),
+                (EXCLUDE_INBOUND_PORTS, "8081"),
+            ]),
+        },
+        PodSpec {
+            name: "inlist",
+            annotations: meshed(&[
+                (INCLUDE_INBOUND_PORTS, "8080"),
+                (INCLUDE_OUTBOUND_IP_RANGES, ""),
+            ]),
+        },
+        PodSpec {
+            name: "exclif",
+            annotations: meshed(&[(EXCLUDE_INTERFACES, "eth0")]),
+        },
+        PodSpec {
+            name: "reroute",
+            annotations: meshed(&[(REROUTE_VIRTUAL_INTERFACES, "eth0")]),
+        },
+        PodSpec {
+            name: "tproxy",
+            annotations: meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
+        },
+        PodSpec {
+            name: "unmeshed",
+            annotations: vec![],
+        },
+        PodSpec {
+            name: "optout",
+            annotations: meshed(&[(INJECT, "false")]),
+        },
+    ]
+}
+
+macro_rules! flow {
+    ($name:literal, $pod:literal, $from:ident, $proto:ident, $to:ident : $port:literal, $expect:ident) => {
+        Flow {
+            name: $name,
+            pod: $pod,
+            from: From::$from,
+            proto: Proto::$proto,
+            to: Host::$to,
+            port: $port,
+            bind: None,
+            expect: Expect::$expect,
+        }
+    };
+    ($name:literal, $pod:literal, $from:ident, $proto:ident, $to:ident : $port:literal, bind $bind:literal, $expect:ident) => {
+        Flow {
+            name: $name,
+            pod: $pod,
+            from: From::$from,
+            proto: Proto::$proto,
+            to: Host::$to,
+            port: $port,
+            bind: Some($bind),
+            expect: Expect::$expect,
+        }
+    };
+}
+
+/// The full flow matrix.
+pub fn flows() -> Vec<Flow> {
+    vec![
+        // Default annotations: everything outbound and inbound captured, the usual exceptions.
+        flow!("out-v4", "default", App, Tcp, R4:80, Out),
+        flow!("out-v6", "default", App, Tcp, R6:80, Out),
+        flow!("out-v4-uid1000", "default", User, Tcp, R4:80, Out),
+        flow!("out-v4-routed", "default", App, Tcp, In4:80, Out),
+        flow!("out-v6-routed", "default", App, Tcp, In6:80, Out),
+        flow!("out-v4-tcp53-nodns", "default", App, Tcp, R4:53, Out),
+        flow!("out-v4-15020-excluded", "default", App, Tcp, R4:15020, Direct),
+        flow!("out-v4-udp", "default", App, Udp, R4:5353, Direct),
+        flow!("out-v6-udp", "default", App, Udp, R6:5353, Direct),
+        flow!("out-v4-udp53-nodns", "default", App, Udp, R4:53, Direct),
+        flow!("in-v4", "default", Remote, Tcp, P4:8080, In),
+        flow!("in-v6", "default", Remote, Tcp, P6:8080, In),
+        flow!("in-v4-closed-port", "default", Remote, Tcp, P4:9999, In),
+        flow!("in-v4-15008", "default", Remote, Tcp, P4:15008, Direct),
+        flow!("in-v4-15020", "default", Remote, Tcp, P4:15020, Direct),
+        flow!("in-v4-15021", "default", Remote, Tcp, P4:15021, Direct),
+        flow!("in-v4-15090", "default", Remote, Tcp, P4:15090, Direct),
+        flow!("in-v6-15021", "default", Remote, Tcp, P6:15021, Direct),
+        flow!("in-v4-udp", "default", Remote, Udp, P4:5353, Direct),
+        flow!("lo-v4", "default", App, Tcp, Lo4:8080, Direct),
+        flow!("lo-v6", "default", App, Tcp, Lo6:8080, Direct),
+        flow!("app-self-v4", "default", App, Tcp, P4:8080, Direct),
+        flow!("app-self-v6", "default", App, Tcp, P6:8080, Direct),
+        flow!("proxy-out-v4", "default", Proxy, Tcp, R4:80, Direct),
+        flow!("proxy-out-v6", "default", Proxy, Tcp, R6:80, Direct),
+        flow!("proxy-uid-out-v4", "default", ProxyUid, Tcp, R4:80, Direct),
+        flow!("proxy-gid-out-v4", "default", ProxyGid, Tcp, R4:80, Direct),
+        flow!("proxy-self-v4", "default", Proxy, Tcp, P4:8080, In),
+        flow!("proxy-self-v6", "default", Proxy, Tcp, P6:8080, In),
+        flow!("proxy-lo-v4", "default", Proxy, Tcp, Lo4:8080, Direct),
+        flow!("passthrough-127.0.0.6", "default", Proxy, Tcp, P4:8080, bind "127.0.0.6", Direct),
+        // DNS capture.
+        flow!("dns-udp-v4", "dns", App, Udp, R4:53, Dns),
+        flow!("dns-tcp-v4", "dns", App, Tcp, R4:53, Dns),
+        flow!("dns-udp-v6", "dns", App, Udp, R6:53, Dns),
+        flow!("dns-tcp-v6", "dns", App, Tcp, R6:53, Dns),
+        flow!("dns-udp-uid1000", "dns", User, Udp, R4:53, Dns),
+        flow!("dns-proxy-udp-v4", "dns", Proxy, Udp, R4:53, Direct),
+        flow!("dns-proxy-tcp-v4", "dns", Proxy, Tcp, R4:53, Direct),
+        flow!("dns-udp-other-port", "dns", App, Udp, R4:5353, Direct),
+        flow!("dns-out-v4", "dns", App, Tcp, R4:80, Out),
+        // includeOutboundIPRanges + includeOutboundPorts.
+        flow!("inc-range-v4", "include", App, Tcp, In4:80, Out),
+        flow!("inc-range-v6", "include", App, Tcp, In6:80, Out),
+        flow!("inc-outside-v4", "include", App, Tcp, Ex4:80, Direct),
+        flow!("inc-outside-v6", "include", App, Tcp, Ex6:80, Direct),
+        flow!("inc-outside-subnet-v4", "include", App, Tcp, R4:80, Direct),
+        flow!("inc-port-v4", "include", App, Tcp, R4:9090, Out),
+        flow!("inc-port-v6", "include", App, Tcp, R6:9090, Out),
+        flow!("inc-inbound-v4", "include", Remote, Tcp, P4:8080, In),
+        // excludeOutboundIPRanges, excludeOutboundPorts, excludeInboundPorts.
+        flow!("exc-range-v4", "exclude", App, Tcp, Ex4:80, Direct),
+        flow!("exc-range-v6", "exclude", App, Tcp, Ex6:80, Direct),
+        flow!("exc-other-v4", "exclude", App, Tcp, In4:80, Out),
+        flow!("exc-other-v6", "exclude", App, Tcp, In6:80, Out),
+        flow!("exc-port-v4", "exclude", App, Tcp, R4:8443, Direct),
+        flow!("exc-port-v6", "exclude", App, Tcp, R6:8443, Direct),
+        flow!("exc-inport-v4", "exclude", Remote, Tcp, P4:8081, Direct),
+        flow!("exc-inport-v6", "exclude", Remote, Tcp, P6:8081, Direct),
+        flow!("exc-in-other-v4", "exclude", Remote, Tcp, P4:8080, In),
+        // includeInboundPorts, and includeOutboundIPRanges empty.
+        flow!("inlist-listed-v4", "inlist", Remote, Tcp, P4:8080, In),
+        flow!("inlist-listed-v6", "inlist", Remote, Tcp, P6:8080, In),
+        flow!("inlist-unlisted-v4", "inlist", Remote, Tcp, P4:8082, Direct),
+        flow!("inlist-unlisted-v6", "inlist", Remote, Tcp, P6:8082, Direct),
+        flow!("inlist-no-outbound-v4", "inlist", App, Tcp, R4:80, Direct),
+        flow!("inlist-no-outbound-v6", "inlist", App, Tcp, R6:80, Direct),
+        // excludeInterfaces eth0: nothing through eth0 is captured, loopback still is.
+        flow!("exclif-in-v4", "exclif", Remote, Tcp, P4:8080, Direct),
+        flow!("exclif-in-v6", "exclif", Remote, Tcp, P6:8080, Direct),
+        flow!("exclif-out-v4", "exclif", App, Tcp, R4:80, Direct),
+        flow!("exclif-out-v6", "exclif", App, Tcp, R6:80, Direct),
+        flow!("exclif-proxy-self-v4", "exclif", Proxy, Tcp, P4:8080, In),
+        // reroute-virtual-interfaces eth0: inbound on it is treated as outbound.
+        flow!("reroute-in-v4", "reroute", Remote, Tcp, P4:8080, Out),
+        flow!("reroute-in-v6", "reroute", Remote, Tcp, P6:8080, Out),
+        flow!("reroute-out-v4", "reroute", App, Tcp, R4:80, Out),
+        // TPROXY inbound.
+        flow!("tproxy-in-v4", "tproxy", Remote, Tcp, P4:8080, In),
+        flow!("tproxy-in-v6", "tproxy", Remote, Tcp, P6:8080, In),
+        flow!("tproxy-in-closed-port", "tproxy", Remote, Tcp, P4:9999, In),
+        flow!("tproxy-in-15020", "tproxy", Remote, Tcp, P4:15020, Direct),
+        flow!("tproxy-in-15008", "tproxy", Remote, Tcp, P4:15008, Direct),
+        flow!("tproxy-in-udp", "tproxy", Remote, Udp, P4:5353, Direct),
+        flow!("tproxy-out-v4", "tproxy", App, Tcp, R4:80, Out),
+        flow!("tproxy-out-v6", "tproxy", App, Tcp, R6:80, Out),
+        flow!("tproxy-proxy-out-v4", "tproxy", Proxy, Tcp, R4:80, Direct),
+        flow!("tproxy-app-self-v4", "tproxy", App, Tcp, P4:8080, Direct),
+        flow!("tproxy-proxy-self-v4", "tproxy", Proxy, Tcp, P4:8080, In),
+        // Pods meshcap must leave alone.
+        flow!("unmeshed-out-v4", "unmeshed", App, Tcp, R4:80, Direct),
+        flow!("unmeshed-out-v6", "unmeshed", App, Tcp, R6:80, Direct),
+        flow!("unmeshed-in-v4", "unmeshed", Remote, Tcp, P4:8080, Direct),
+        flow!("unmeshed-udp53", "unmeshed", App, Udp, R4:53, Direct),
+        flow!("optout-out-v4", "optout", App, Tcp, R4:80, Direct),
+        flow!("optout-in-v4", "optout", Remote, Tcp, P4:8080, Direct),
+    ]
+}
+
+/// A short, representative subset (the demo's).
+pub fn representative() -> (Vec<PodSpec>, Vec<Flow>) {
+    const NAMES: &[&str] = &[
+        "out-v4",
+        "out-v6",
+        "out-v4-15020-excluded",
+        "out-v4-udp",
+        "in-v4",
+        "in-v6",
+        "in-v4-15021",
+        "lo-v4",
+        "app-self-v4",
+        "proxy-out-v4",
+        "proxy-self-v4",
+        "passthrough-127.0.0.6",
+        "dns-udp-v4",
+        "dns-tcp-v6",
+        "dns-proxy-udp-v4",
+        "tproxy-in-v4",
+        "tproxy-in-v6",
+        "unmeshed-out-v4",
+    ];
+    let flows: Vec<Flow> = flows()
+        .into_iter()
+        .filter(|f| NAMES.contains(&f.name))
+        .collect();
+    let pods = pods()
+        .into_iter()
+        .filter(|p| flows.iter().any(|f| f.pod == p.name))
+        .collect();
+    (pods, flows)
+}
+
+static TOKEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Run `flow` once on `node` (from or to `pod`) and observe where it landed. `tag` goes into
+/// the token (the mode's name) so records of concurrent runs never mix.
+pub fn run_flow(node: &Node, pod: &Pod, flow: &Flow, tag: &str) -> Result<Outcome> {
+    let Some(ip) = flow.to.resolve(node, pod) else {
+        return Ok(Outcome::Failed(format!(
+            "pod has no {} address",
+            flow.to.label()
+        )));
+    };
+    let addr = SocketAddr::new(ip, flow.port);
+    let token = format!(
+        "{tag}/{}/{}/{}",
+        pod.name,
+        flow.name,
+        TOKEN.fetch_add(1, Ordering::Relaxed)
+    );
+    let ns = if flow.from == From::Remote {
+        &node.remote.ns
+    } else {
+        &pod.ns
+    };
+    let standin = crate::bins::standin()?;
+    let mut cmd = match flow.from.ids() {
+        Some((uid, gid)) => ns.command_as(standin, uid, gid)?,
+        None => ns.command(standin)?,
+    };
+    cmd.args(["client", "--addr", &addr.to_string(), "--token", &token])
+        .args([
+            "--proto",
+            if flow.proto == Proto::Udp {
+                "udp"
+            } else {
+                "tcp"
+            },
+        ])
+        .args(["--timeout-ms", &CLIENT_TIMEOUT.as_millis().to_string()]);
+    if let Some(b) = flow.bind {
+        cmd.args(["--bind", b]);
+    }
+    let out = cmd.output().context("run standin client")?;
+    let report: ClientReport = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "client output {:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    // The server writes its record before answering, but an unanswered datagram may still be
+    // in flight: look again briefly before calling it lost.
+    let mut record = node.find(&token);
+    for _ in 0..5 {
+        if record.is_some() || report.result == "ok" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        record = node.find(&token);
+    }
+    let names = node.names(pod);
+    Ok(match record {
+        Some(r) => observed(&r, &names),
+        None if report.result == "ok" => Outcome::Unrecorded,
+        None => Outcome::Failed(report.result),
+    })
+}
+
+fn symbolic(addr: &str, names: &[(IpAddr, &'static str)]) -> String {
+    match addr.parse::<SocketAddr>() {
+        Ok(sa) => match names.iter().find(|(ip, _)| *ip == sa.ip()) {
+            Some((_, label)) => format!("{label}:{}", sa.port()),
+            None => sa.to_string(),
+        },
+        Err(_) => addr.to_string(),
+    }
+}
+
+/// The outcome a server's record stands for.
+pub fn observed(r: &crate::standin::Record, names: &[(IpAddr, &'static str)]) -> Outcome {
+    if r.server == "sidecar" && [15001, 15006, 15053].contains(&r.port) {
+        Outcome::Captured {
+            port: r.port,
+            orig: r.orig.as_deref().map(|o| symbolic(o, names)),
+        }
+    } else {
+        Outcome::Direct {
+            server: r.server.clone(),
+            at: symbolic(&r.local, names),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The lifecycle as a runtime drives it: retried ADD, DEL twice / without ADD / with the
+//! namespace gone / with empty CNI_NETNS, CHECK after ADD and after drift, STATUS, GC.
+
+use std::path::PathBuf;
+
+use meshcap_tests::chain::Attachment;
+use meshcap_tests::flows::{run_flow, INTERCEPTION_MODE};
+use meshcap_tests::node::Node;
+
+#[test]
+fn retried_add_leaves_one_copy_of_each_rule() {
+    privileged!("retried_add_leaves_one_copy_of_each_rule");
+    for mode in crate::modes() {
+        let node = Node::new(&format!("idem-{}", crate::tag(&mode))).expect("node");
+        let chain = node.chain(&mode.meshcap);
+        for (name, ann) in [
+            ("default", crate::meshed(&[])),
+            ("tproxy", crate::meshed(&[(INTERCEPTION_MODE, "TPROXY")])),
+        ] {
+            let pod = node.pod(name, &chain, ann).expect("ADD");
+            let first = pod.state().unwrap();
+            assert!(first.has_meshcap(), "{}: nothing installed", mode.name);
+            for _ in 0..2 {
+                pod.meshcap("ADD")
+                    .unwrap_or_else(|e| panic!("{}: retried ADD: {e}", mode.name));
+            }
+            let after = pod.state().unwrap();
+            assert!(
+                first == after,
+                "{} {name}: retried ADD changed the rules:\n{}",
+                mode.name,
+                first.diff(&after)
+            );
+            let dups = after.duplicate_rules();
+            assert!(
+                dups.is_empty(),
+                "{} {name}: duplicated rules:\n{}",
+                mode.name,
+                dups.join("\n")
+            );
+            let f = crate::flow(if name == "tproxy" {
+                "tproxy-in-v4"
+            } else {
+                "out-v4"
+            });
+            assert_eq!(
+                run_flow(&node, &pod, &f, "idem").unwrap(),
+                f.expected(),
+                "{}: {}",
+                mode.name,
+                f.name
+            );
+        }
+    }
+}
+
+#[test]
+fn del_twice_without_add_and_after_netns_gone() {
+    privileged!("del_twice_without_add_and_after_netns_gone");
+    for mode in crate::modes() {
+        let node = Node::new(&format!("del-{}", crate::tag(&mode))).expect("node");
+        let chain = node.chain(&mode.meshcap);
+        let m = &mode.name;
+
+        // DEL twice.
+        let mut pod = node.pod("twice", &chain, crate::meshed(&[])).expect("ADD");
+        pod.del().unwrap_or_else(|e| panic!("{m}: first DEL: {e}"));
+        pod.del().unwrap_or_else(|e| panic!("{m}: second DEL: {e}"));
+        assert!(
+            pod.state().unwrap().meshcap_leftovers().is_empty(),
+            "{m}: state left after DEL"
+        );
+
+        // DEL without ADD (meshcap alone and the whole chain).
+        let mut fresh = node
+            .unattached_pod("noadd", &chain, crate::meshed(&[]))
+            .unwrap();
+        fresh
+            .meshcap("DEL")
+            .unwrap_or_else(|e| panic!("{m}: meshcap DEL without ADD: {e}"));
+        fresh
+            .del()
+            .unwrap_or_else(|e| panic!("{m}: chain DEL without ADD: {e}"));
+
+        // DEL with the namespace gone.
+        let mut gone = node
+            .pod(
+                "gone",
+                &chain,
+                crate::meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
+            )
+            .expect("ADD");
+        gone.stop_servers();
+        meshcap_tests::netns::run_checked(std::process::Command::new("ip").args([
+            "netns",
+            "delete",
+            gone.ns.name(),
+        ]))
+        .unwrap();
+        assert!(!gone.ns.path().exists());
+        gone.meshcap("DEL")
+            .unwrap_or_else(|e| panic!("{m}: meshcap DEL with netns gone: {e}"));
+        gone.del()
+            .unwrap_or_else(|e| panic!("{m}: chain DEL with netns gone: {e}"));
+
+        // DEL with empty CNI_NETNS (containerd, once the sandbox is gone).
+        let empty = node.pod("empty", &chain, crate::meshed(&[])).expect("ADD");
+        let mut att: Attachment = empty.att.clone();
+        att.netns = PathBuf::new();
+        let prev = chain.cached_result(&empty.att);
+        chain
+            .invoke(empty.meshcap_index(), "DEL", &att, prev.as_ref())
+            .unwrap_or_else(|e| panic!("{m}: meshcap DEL with empty CNI_NETNS: {e}"));
+        chain
+            .invoke(empty.meshcap_index(), "DEL", &att, None)
+            .unwrap_or_else(|e| {
+                panic!("{m}: meshcap DEL with empty CNI_NETNS, no prevResult: {e}")
+            });
+    }
+}
+
+#[test]
+fn check_passes_after_add_and_fails_after_drift() {
+    privileged!("check_passes_after_add_and_fails_after_drift");
+    for mode in crate::modes() {
+        let node = Node::new(&format!("check-{}", crate::tag(&mode))).expect("node");
+        let chain = node.chain(&mode.meshcap);
+        let m = &mode.name;
+        for (name, ann) in [
+            ("default", crate::meshed(&[])),
+            ("tproxy", crate::meshed(&[(INTERCEPTION_MODE, "TPROXY")])),
+        ] {
+            let pod = node.pod(name, &chain, ann).expect("ADD");
+            pod.meshcap("CHECK")
+                .unwrap_or_else(|e| panic!("{m} {name}: meshcap CHECK right after ADD: {e}"));
+            pod.check()
+                .unwrap_or_else(|e| panic!("{m} {name}: chain CHECK right after ADD: {e}"));
+            // Drift: everything netfilter holds in the pod vanishes.
+            let _ = pod.ns.exec("nft", &["flush", "ruleset"]);
+            for bin in ["iptables-legacy", "ip6tables-legacy"] {
+                for table in ["nat", "mangle", "raw"] {
+                    let _ = pod.ns.exec(bin, &["-t", table, "-F"]);
+                }
+            }
+            let err = pod.meshcap("CHECK").expect_err(&format!(
+                "{m} {name}: CHECK passed after rules were flushed"
+            ));
+            assert!(
+                err.code().is_some(),
+                "{m} {name}: CHECK failure is not CNI error JSON: {err}"
+            );
+        }
+        // Non-meshed pods: CHECK has nothing to verify and passes.
+        let pod = node
+            .pod("unmeshed", &chain, Default::default())
+            .expect("ADD");
+        pod.meshcap("CHECK")
+            .unwrap_or_else(|e| panic!("{m}: CHECK of an unmeshed pod: {e}"));
+    }
+}
+
+#[test]
+fn status_and_gc_succeed() {
+    privileged!("status_and_gc_succeed");
+    for mode in crate::modes() {
+        let node = Node::new(&format!("status-{}", crate::tag(&mode))).expect("node");
+        let chain = node.chain(&mode.meshcap);
+        let m = &mode.name;
+        let i = chain.index_of("meshcap-cni").unwrap();
+        chain
+            .status(i)
+            .unwrap_or_else(|e| panic!("{m}: STATUS: {e}"));
+        let keep = node.pod("keep", &chain, crate::meshed(&[])).expect("ADD");
+        let drop_me = node.pod("drop", &chain, crate::meshed(&[])).expect("ADD");
+        chain
+            .gc(i, std::slice::from_ref(&keep.att))
+            .unwrap_or_else(|e| panic!("{m}: GC: {e}"));
+        chain
+            .gc(i, &[])
+            .unwrap_or_else(|e| panic!("{m}: GC with nothing valid: {e}"));
+        // GC removes host-side state only; the pods' rules stay and still check out.
+        keep.meshcap("CHECK")
+            .unwrap_or_else(|e| panic!("{m}: CHECK after GC: {e}"));
+        drop(drop_me);
+        chain
+            .status(i)
+            .unwrap_or_else(|e| panic!("{m}: STATUS after GC: {e}"));
+    }
+}

@@ -1,0 +1,380 @@
+//! `meshcap render -f` on the `istioctl kube-inject` output of tests/fixtures: golden output
+//! per format, and, as root, proof that the printed rules are the rules an ADD of that pod
+//! installs: the printed iptables-restore text is loaded into one namespace, the pod's
+//! annotations (what the runtime passes to the plugin) go through the plugin's installer
+//! (`meshcap_dataplane::apply`) into another, and the stock tools must show the same rules.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use meshcap_dataplane::{Backend, PodNetns};
+use meshcap_model::{Annotations, RedirectModel};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshcap");
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn render(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).arg("render").args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Compares with a golden file; `MESHCAP_BLESS=1` rewrites it.
+fn golden(name: &str, actual: &str) {
+    let path = fixture(name);
+    if std::env::var_os("MESHCAP_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with MESHCAP_BLESS=1)", path.display()));
+    assert_eq!(actual, expected, "{} differs", path.display());
+}
+
+const INJECTED: &str = "kube-inject-deployment.yaml";
+
+#[test]
+fn injected_deployment_golden_iptables_and_nftables() {
+    let f = fixture(INJECTED);
+    let f = f.to_str().unwrap();
+    let (code, out, err) = render(&["-f", f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("# Deployment inject (spec.template)\n# captured (selection \"injected\"): istio-proxy container; proxy uid 1337 gid 1337\n"), "{out}");
+    assert!(
+        out.contains("# Service inject: carries no pod; nothing to capture"),
+        "{out}"
+    );
+    golden("kube-inject-deployment.iptables.golden", &out);
+
+    let (code, out, err) = render(&["-f", f, "--format", "nftables"]);
+    assert_eq!(code, 0, "{err}");
+    golden("kube-inject-deployment.nftables.golden", &out);
+
+    // stdin works the same.
+    let mut child = Command::new(BIN)
+        .args(["render", "-f", "-", "--family", "v4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        std::fs::read(fixture(INJECTED)).unwrap().as_slice(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("# iptables-restore --noflush") && !text.contains("ip6tables"));
+}
+
+#[test]
+fn selection_and_errors() {
+    let dir = std::env::temp_dir().join(format!("meshcap-render-f-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: s}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: plain, namespace: shop}
+spec: {template: {spec: {containers: [{name: app}]}}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: bad}
+spec:
+  template:
+    metadata:
+      annotations: {sidecar.istio.io/status: "{}", sidecar.istio.io/interceptionMode: BOGUS}
+    spec: {containers: [{name: istio-proxy}]}
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.contains("# ConfigMap cfg: carries no pod"), "{out}");
+    assert!(out.contains("# Secret s: carries no pod"), "{out}");
+    assert!(
+        out.contains("# Deployment shop/plain (spec.template)\n# not captured (selection \"injected\"): no istio-proxy container"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# error: invalid annotation sidecar.istio.io/interceptionMode"),
+        "{out}"
+    );
+    // An invalid template fails the command (its pods' ADD would fail), after all was printed.
+    assert_ne!(code, 0);
+    assert!(err.contains("Job bad"), "{err}");
+
+    // --selection all captures the sidecar-less Deployment.
+    let (code, out, _) = render(&[
+        "-f",
+        fixture(INJECTED).to_str().unwrap(),
+        "--selection",
+        "all",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("# captured (selection \"all\")"), "{out}");
+    // -f and annotations do not mix.
+    let (code, _, err) = render(&["-f", "x.yaml", "-a", "a=b"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot be used with"), "{err}");
+}
+
+// ---- privileged: the printed rules are what an ADD installs ----
+
+fn privileged_unavailable() -> Option<String> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return Some("not running as root".into());
+    }
+    for tool in ["ip", "iptables-restore", "iptables-save", "ip6tables-save"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|dir| dir.join(tool).exists());
+        if !found {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
+}
+
+struct Netns(String);
+
+impl Netns {
+    fn create(tag: &str) -> Netns {
+        let name = format!("{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Netns(name)
+    }
+
+    fn exec(&self, cmd: &[&str], stdin: Option<&str>) -> String {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(s) = stdin {
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), s.as_bytes()).unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// iptables-save and ip6tables-save without comments and counters.
+    fn rules(&self) -> String {
+        let mut out = String::new();
+        for tool in ["iptables-save", "ip6tables-save"] {
+            for line in self.exec(&[tool], None).lines() {
+                if line.starts_with('#') {
+                    continue;
+                }
+                let line = match line.rfind(" [") {
+                    Some(i) if line.starts_with(':') => &line[..i],
+                    _ => line,
+                };
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn privileged_render_f_prints_what_an_add_installs() {
+    const TEST: &str = "privileged_render_f_prints_what_an_add_installs";
+    if let Some(reason) = privileged_unavailable() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{TEST} cannot run under CI=true: {reason}");
+        }
+        eprintln!("SKIPPED {TEST}: {reason}");
+        return;
+    }
+    let (code, out, err) = render(&["-f", fixture(INJECTED).to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+
+    // Split the printed text into its iptables-restore and ip6tables-restore inputs.
+    let mut inputs: Vec<(&str, String)> = Vec::new();
+    for line in out.lines() {
+        if let Some(tool) = line
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" --noflush"))
+        {
+            inputs.push((
+                if tool == "iptables-restore" {
+                    "iptables-restore"
+                } else {
+                    "ip6tables-restore"
+                },
+                String::new(),
+            ));
+        } else if line.starts_with('#') || line.is_empty() {
+            continue;
+        } else if let Some((_, text)) = inputs.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    assert_eq!(inputs.len(), 2, "{out}");
+
+    let printed = Netns::create("mcap-render-f");
+    for (tool, text) in &inputs {
+        printed.exec(&[tool, "--noflush"], Some(text));
+    }
+
+    // The ADD path: the template's annotations as the runtime passes them, installed by the
+    // plugin's installer.
+    let yaml: serde_json::Value = serde_yaml::from_str(
+        std::fs::read_to_string(fixture(INJECTED))
+            .unwrap()
+            .split("\n---\n")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let annotations: Annotations =
+        serde_json::from_value(yaml["spec"]["template"]["metadata"]["annotations"].clone())
+            .unwrap();
+    let added = Netns::create("mcap-render-add");
+    let ns = PodNetns::open(Path::new(&format!("/run/netns/{}", added.0))).unwrap();
+    let model = RedirectModel::from_annotations(&annotations).unwrap();
+    meshcap_dataplane::apply(&ns, Backend::Iptables, &model.rulesets()).unwrap();
+
+    let a = printed.rules();
+    let b = added.rules();
+    assert!(a.contains("MESHCAP_OUTPUT"), "{a}");
+    assert_eq!(a, b, "render -f output and the ADD's rules differ");
+}
+
+/// deploy/: every file parses, the kustomize base lists every manifest, RBAC only reads pods
+/// and namespaces, and meshcap's own node pod is never captured (render -f says why).
+#[test]
+fn deploy_manifests() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(deploy.join(name)).unwrap();
+        text.split("\n---\n")
+            .map(|doc| serde_yaml::from_str::<serde_json::Value>(doc).unwrap())
+            .filter(|v| !v.is_null())
+            .collect()
+    };
+    let kustomization = &read("kustomization.yaml")[0];
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut files: Vec<String> = std::fs::read_dir(&deploy)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    files.sort();
+    let mut listed: Vec<String> = resources.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(files, listed, "kustomization.yaml must list every manifest");
+    for f in &kustomization["configMapGenerator"][0]["files"]
+        .as_array()
+        .unwrap()
+        .clone()
+    {
+        assert!(deploy.join(f.as_str().unwrap()).is_file(), "{f}");
+    }
+
+    let rbac = read("rbac.yaml");
+    let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(rule["apiGroups"], serde_json::json!([""]));
+        for r in rule["resources"].as_array().unwrap() {
+            assert!(["pods", "namespaces"].contains(&r.as_str().unwrap()), "{r}");
+        }
+        for v in rule["verbs"].as_array().unwrap() {
+            assert!(
+                ["get", "list", "watch"].contains(&v.as_str().unwrap()),
+                "{v}"
+            );
+        }
+    }
+    let ds = &read("daemonset.yaml")[0];
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["serviceAccountName"], "meshcap");
+    assert_eq!(spec["hostNetwork"], true);
+    // The excluded namespaces include the DaemonSet's own.
+    for c in spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["containers"].as_array().unwrap())
+    {
+        let env = c["env"].as_array().unwrap();
+        let excluded = env
+            .iter()
+            .find(|e| e["name"] == "MESHCAP_EXCLUDE_NAMESPACES")
+            .unwrap()["value"]
+            .as_str()
+            .unwrap();
+        assert!(
+            excluded
+                .split_whitespace()
+                .any(|n| n == ds["metadata"]["namespace"]),
+            "{}: {excluded}",
+            c["name"]
+        );
+    }
+    let (code, out, err) = render(&["-f", deploy.join("daemonset.yaml").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("not captured (selection \"injected\"): hostNetwork pod"),
+        "{out}"
+    );
+}
