@@ -106,6 +106,8 @@ pub struct DatapathSection {
     pub seconds_per_run: f64,
     pub rounds: usize,
     pub message_bytes: usize,
+    /// The CPU the app and the sidecar are both pinned to.
+    pub pinned_cpu: usize,
     pub shapes: Vec<DatapathShape>,
 }
 
@@ -449,6 +451,7 @@ impl Bench {
             seconds_per_run: self.settings.datapath_secs,
             rounds,
             message_bytes: datapath::MESSAGE_SIZE,
+            pinned_cpu: datapath::shared_cpu(),
             shapes,
         })
     }
@@ -469,10 +472,14 @@ impl Bench {
             }
             None => ([127, 0, 0, 1], SIDECAR_PORT).into(),
         };
-        let _sidecar = Sidecar::start(&self.exe, ns.path())?;
+        let cpu = datapath::shared_cpu();
+        let _sidecar = Sidecar::start(&self.exe, ns.path(), cpu)?;
         Shape::ALL
             .iter()
-            .map(|shape| Ok((*shape, datapath::app(ns.path(), dial, *shape, duration)?)))
+            .map(|shape| {
+                let run = datapath::app(ns.path(), dial, *shape, duration, cpu)?;
+                Ok((*shape, run))
+            })
             .collect()
     }
 

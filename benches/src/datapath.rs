@@ -10,6 +10,11 @@
 //! the same app dialling 127.0.0.1:15001 in a namespace without rules, so without conntrack or
 //! NAT at all.
 //!
+//! The app and the sidecar are pinned to the same CPU (the last one), as netperf's `-T` would:
+//! unpinned, the scheduler sometimes puts them on one core (a wakeup is cheap) and sometimes on
+//! two (on a VM a cross-CPU wakeup is an IPI and a VM exit), which moves latency by tens of
+//! microseconds for reasons that have nothing to do with the capture.
+//!
 //! Two shapes, like netperf's: `rr` (one connection, back-to-back request/response) and `crr`
 //! (a new connection per request/response, which is where NAT and the rule walk cost most).
 //! Every run is bounded by a duration.
@@ -21,7 +26,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::sched::{setns, CloneFlags};
+use nix::sched::{sched_setaffinity, setns, CloneFlags, CpuSet};
+use nix::unistd::Pid;
 
 use meshcap_model::model::PROXY_UID;
 
@@ -63,7 +69,10 @@ pub struct Run {
 
 /// The echo loop of the `sidecar` subcommand: serves one connection at a time (the app never
 /// opens two at once), so the sidecar adds no thread churn to what is measured.
-pub fn sidecar_main(port: u16) -> Result<()> {
+pub fn sidecar_main(port: u16, cpu: Option<usize>) -> Result<()> {
+    if let Some(cpu) = cpu {
+        pin(cpu)?;
+    }
     let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
         .with_context(|| format!("sidecar: bind 0.0.0.0:{port}"))?;
     println!("ready");
@@ -87,14 +96,16 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Start `exe sidecar` in `netns` as uid/gid 1337 and wait until it listens.
-    pub fn start(exe: &Path, netns: &Path) -> Result<Sidecar> {
+    /// Start `exe sidecar` in `netns` as uid/gid 1337, pinned to `cpu`, and wait until it
+    /// listens.
+    pub fn start(exe: &Path, netns: &Path, cpu: usize) -> Result<Sidecar> {
         let id = PROXY_UID.to_string();
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns.display()))
             .args(["--setuid", &id, "--setgid", &id])
             .arg(exe)
             .args(["sidecar", "--port", &SIDECAR_PORT.to_string()])
+            .args(["--cpu", &cpu.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -121,13 +132,32 @@ impl Drop for Sidecar {
     }
 }
 
+/// The CPU the app and the sidecar share: the last one.
+pub fn shared_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin(cpu: usize) -> Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu).with_context(|| format!("cpu {cpu}"))?;
+    sched_setaffinity(Pid::from_raw(0), &set).with_context(|| format!("pinning to cpu {cpu}"))
+}
+
 /// Run the app in `netns` on a thread of its own (it enters the namespace and never leaves;
-/// the thread ends with the run) dialling `target` for `duration`.
-pub fn app(netns: &Path, target: SocketAddr, shape: Shape, duration: Duration) -> Result<Run> {
+/// the thread ends with the run), pinned to `cpu`, dialling `target` for `duration`.
+pub fn app(
+    netns: &Path,
+    target: SocketAddr,
+    shape: Shape,
+    duration: Duration,
+    cpu: usize,
+) -> Result<Run> {
     let file = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
     std::thread::scope(|s| {
         s.spawn(move || {
             setns(&file, CloneFlags::CLONE_NEWNET).context("setns into the pod")?;
+            pin(cpu)?;
             // One probe first, so a broken capture is an error, not a zero rate.
             let mut probe = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
                 .with_context(|| format!("app: connect {target}"))?;

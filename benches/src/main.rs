@@ -82,13 +82,16 @@ enum Cmd {
     Sidecar {
         #[arg(long)]
         port: u16,
+        /// Pin to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Cmd::Sidecar { port }) = cli.command {
-        return match datapath::sidecar_main(port) {
+    if let Some(Cmd::Sidecar { port, cpu }) = cli.command {
+        return match datapath::sidecar_main(port, cpu) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("meshcap-bench sidecar: {e:#}");

@@ -136,8 +136,8 @@ impl Report {
         if let Some(d) = &self.datapath {
             let _ = writeln!(
                 out,
-                "\nDatapath: app -> captured 10.96.0.10:80 -> sidecar (uid 1337) on 15001, {} B messages, {} x {:.1} s per target (us)",
-                d.message_bytes, d.rounds, d.seconds_per_run
+                "\nDatapath: app -> captured 10.96.0.10:80 -> sidecar (uid 1337) on 15001, {} B messages, {} x {:.1} s per target, both on cpu {} (us)",
+                d.message_bytes, d.rounds, d.seconds_per_run, d.pinned_cpu
             );
             for shape in &d.shapes {
                 let _ = writeln!(

@@ -14,7 +14,9 @@
 //! | 101 | CHECK: the installed rules drifted from the model |
 //! | 11 | a dataplane operation met a transient kernel condition (EAGAIN, EBUSY, EINTR, ENOBUFS), or the API server did not answer within `kubernetes.timeout_ms` (connection errors, timeouts, 429, 5xx): retry later |
 //!
-//! Nothing else is ever written to stdout: logs go to stderr and the log file.
+//! Nothing else is ever written to stdout: logs go to stderr and the log file. Each invocation
+//! with a valid environment appends its command and code to the state directory's outcome
+//! log ([`crate::state::count_outcome`]), which `meshcap agent` serves as metrics.
 
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -80,6 +82,12 @@ pub fn code(err: &PluginError) -> u32 {
             CommandError::Kube(_) => 7,
             CommandError::State(_) | CommandError::Gc { .. } => 5,
             CommandError::BackendNotReady { .. } => 50,
+            // CNI_NETNS names a file that is not a network namespace (e.g. an unmounted one).
+            CommandError::Dataplane { source, .. }
+                if matches!(**source, meshcap_dataplane::DataplaneError::NotNetns { .. }) =>
+            {
+                4
+            }
             CommandError::Dataplane { source, .. } if is_transient(source) => 11,
             CommandError::Dataplane { .. } => CODE_DATAPLANE,
             CommandError::Drift { .. } => CODE_DRIFT,
@@ -193,12 +201,19 @@ fn execute(
     if env.command == Command::Version {
         return Ok(Some(result::version_output(config::peek_version(bytes))));
     }
-    let config = Config::parse(bytes).map_err(Failure::early)?;
-    let _logging = logging::init(config.log_file.as_deref(), config.log_level);
-    dispatch(&env, &config).map_err(|error| Failure {
-        version: Some(config.cni_version),
-        error,
-    })
+    let outcome = Config::parse(bytes)
+        .map_err(Failure::early)
+        .and_then(|config| {
+            let _logging = logging::init(config.log_file.as_deref(), config.log_level);
+            dispatch(&env, &config).map_err(|error| Failure {
+                version: Some(config.cni_version),
+                error,
+            })
+        });
+    // For `meshcap agent`'s metrics (ADDs, failures by code); best effort, see the function.
+    let code = outcome.as_ref().err().map_or(0, |f| code(&f.error));
+    crate::state::count_outcome(&env.state_dir, env.command.as_str(), code);
+    outcome
 }
 
 /// Runs the command inside a span carrying the invocation's identity; logs its failure.
@@ -470,7 +485,7 @@ mod tests {
                         reason: "not nsfs".into(),
                     }),
                 },
-                CODE_DATAPLANE,
+                4,
             ),
             (
                 CommandError::Drift {

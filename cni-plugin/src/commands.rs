@@ -309,9 +309,20 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         pod_uid: args.k8s_pod_uid.clone(),
         ebpf_registered: false,
         added_at_unix: state::now_unix(),
+        // What `meshcap agent` needs to recompute these rules when it repairs drift.
+        annotations: Some(capture.pod.annotations.clone()),
+        proxy_uid: capture.pod.proxy_uid,
+        proxy_gid: capture.pod.proxy_gid,
+        netns_dev: Some(ns.dev()),
+        netns_ino: Some(ns.ino()),
     };
     if config.ebpf_enabled {
-        match fastpath::register_pod(&record, model.proxy_uid, model.proxy_gid) {
+        match fastpath::register_pod(
+            &config.ebpf_pin_dir,
+            &record,
+            model.proxy_uid,
+            model.proxy_gid,
+        ) {
             Ok(()) => record.ebpf_registered = true,
             // SPEC.md: the fast path is optional; rules alone do the job.
             Err(e) => tracing::warn!(error = %e, "continuing with rules only"),
@@ -323,7 +334,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
             tracing::error!(error = %undo, "removing the rules after a failed ADD also failed");
         }
         if record.ebpf_registered {
-            if let Err(undo) = fastpath::unregister_pod(&record) {
+            if let Err(undo) = fastpath::unregister_pod(&config.ebpf_pin_dir, &record) {
                 tracing::error!(error = %undo, "unregistering from the eBPF fast path after a failed ADD failed");
             }
         }
@@ -364,18 +375,22 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
         );
     let mode = record.as_ref().map_or(config.mode, |r| r.mode);
 
+    let mut namespace_gone = false;
     match (&env.netns, may_be_captured) {
         (_, false) => tracing::debug!("attachment was never captured; nothing to remove"),
         (None, true) => {
+            namespace_gone = true;
             tracing::info!("CNI_NETNS is empty: the namespace, and the rules in it, are gone")
         }
         (Some(path), true) => match PodNetns::open(path) {
             Err(DataplaneError::NetnsVanished { .. }) => {
+                namespace_gone = true;
                 tracing::info!("network namespace is gone; nothing to remove inside it")
             }
             // A path that cannot be entered as a namespace holds no rules; failing here would
             // wedge the pod's teardown for good.
             Err(e) => {
+                namespace_gone = true;
                 tracing::warn!(error = %e, "cannot open the namespace; nothing to remove inside it")
             }
             Ok(ns) => match dataplane::remove(&ns, mode.backend()) {
@@ -395,8 +410,18 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
         },
     }
 
+    // The namespace's lock files outlive it unless DEL drops them (by the identity ADD saw).
+    if let Some((dev, ino)) = record
+        .as_ref()
+        .filter(|_| namespace_gone)
+        .and_then(|r| r.netns_dev.zip(r.netns_ino))
+    {
+        if let Err(e) = dataplane::forget(meshcap_dataplane::NetnsId { dev, ino }) {
+            tracing::warn!(error = %e, "could not remove the namespace's lock files");
+        }
+    }
     if let Some(rec) = record.as_ref().filter(|r| r.ebpf_registered) {
-        if let Err(e) = fastpath::unregister_pod(rec) {
+        if let Err(e) = fastpath::unregister_pod(&config.ebpf_pin_dir, rec) {
             tracing::warn!(error = %e, "could not unregister from the eBPF fast path; GC will retry");
             return Ok(());
         }
@@ -505,7 +530,7 @@ pub fn gc(inv: Invocation<'_>) -> Result<(), CommandError> {
         }
         match state::read_record(&entry.path) {
             Ok(Some(rec)) if rec.ebpf_registered => {
-                if let Err(e) = fastpath::unregister_pod(&rec) {
+                if let Err(e) = fastpath::unregister_pod(&config.ebpf_pin_dir, &rec) {
                     failures.push(format!("{}@{}: {e}", key.container_id, key.ifname));
                     continue;
                 }
@@ -529,7 +554,7 @@ pub fn gc(inv: Invocation<'_>) -> Result<(), CommandError> {
         let pairs = valid
             .iter()
             .map(|k| (k.container_id.as_str(), k.ifname.as_str()));
-        match fastpath::sweep(pairs) {
+        match fastpath::sweep(&config.ebpf_pin_dir, pairs) {
             Ok(n) if n > 0 => tracing::info!(entries = n, "removed stale eBPF fast path entries"),
             Ok(_) => {}
             Err(e) => failures.push(e.to_string()),

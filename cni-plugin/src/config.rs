@@ -130,6 +130,9 @@ pub struct Config {
     pub kube_timeout: Duration,
     /// `ebpf.enabled`.
     pub ebpf_enabled: bool,
+    /// `ebpf.pin_dir`: where the node agent pinned the fast path's maps (default
+    /// `/sys/fs/bpf/meshcap`, the agent's default). Must match the agent's `--pin-dir`.
+    pub ebpf_pin_dir: PathBuf,
     pub log_file: Option<PathBuf>,
     pub log_level: LogLevel,
     /// `runtimeConfig["io.kubernetes.cri.pod-annotations"]`; `None` when the runtime did not
@@ -175,6 +178,13 @@ impl Config {
             None => None,
         }
         .unwrap_or(false);
+        let ebpf_pin_dir: PathBuf = match &ebpf {
+            Some(e) => field::<String>(e, "pin_dir").map_err(|e| prefix("ebpf", e))?,
+            None => None,
+        }
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(meshcap_fastpath::DEFAULT_PIN_DIR));
 
         let kubernetes: Option<Map<String, Value>> = field(&obj, "kubernetes")?;
         let kube_field = |key: &str| -> Result<Option<Value>, ConfigError> {
@@ -240,6 +250,7 @@ impl Config {
             skip_pods,
             kube_timeout,
             ebpf_enabled,
+            ebpf_pin_dir,
             log_file: field::<String>(&obj, "log_file")?
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
@@ -396,6 +407,10 @@ mod tests {
         assert_eq!(c.mode, Mode::Iptables);
         assert_eq!(c.selection, Selection::Injected);
         assert!(!c.ebpf_enabled);
+        assert_eq!(
+            c.ebpf_pin_dir,
+            PathBuf::from(meshcap_fastpath::DEFAULT_PIN_DIR)
+        );
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.log_file, None);
         assert_eq!(c.pod_annotations, None);
@@ -473,6 +488,10 @@ mod tests {
             Some(std::path::Path::new("/etc/cni/net.d/meshcap-kubeconfig"))
         );
         assert!(c.ebpf_enabled);
+        assert_eq!(
+            c.ebpf_pin_dir,
+            PathBuf::from(meshcap_fastpath::DEFAULT_PIN_DIR)
+        );
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(
             c.pod_annotations
@@ -536,6 +555,15 @@ mod tests {
     }
 
     #[test]
+    fn ebpf_pin_dir_names_the_agents_pin_directory() {
+        let mut v = base();
+        v["ebpf"] = json!({"enabled": true, "pin_dir": "/sys/fs/bpf/meshcap-test"});
+        let c = parse(v).unwrap();
+        assert!(c.ebpf_enabled);
+        assert_eq!(c.ebpf_pin_dir, PathBuf::from("/sys/fs/bpf/meshcap-test"));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("mode", json!("ebpf"), "mode"),
@@ -552,6 +580,7 @@ mod tests {
             ("capabilities", json!({"x": "yes"}), "capabilities"),
             ("ebpf", json!(true), "ebpf"),
             ("ebpf", json!({"enabled": "yes"}), "ebpf.enabled"),
+            ("ebpf", json!({"pin_dir": 5}), "ebpf.pin_dir"),
             (
                 "kubernetes",
                 json!({"kubeconfig": 5}),

@@ -3,10 +3,13 @@
 //! The node agent (`meshcap agent`) owns the programs and pins their maps; the plugin only
 //! adds and removes its pod's entry in the pinned pod map (`meshcap_fastpath`). ADD calls
 //! [`register_pod`] after the rules are in place; DEL and GC call [`unregister_pod`] and
-//! [`sweep`]. The fast path is an optimisation on top of the rules, so SPEC.md requires that
-//! its absence never fails an ADD: callers log [`FastPathError`] and carry on.
+//! [`sweep`], all against the configuration's `ebpf.pin_dir` (default: the agent's default,
+//! `/sys/fs/bpf/meshcap`). The fast path is an optimisation on top of the rules, so SPEC.md
+//! requires that its absence never fails an ADD: callers log [`FastPathError`] and carry on.
 
-use meshcap_fastpath::PodFastPath;
+use std::path::Path;
+
+use meshcap_fastpath::{PinDir, PodFastPath};
 
 use crate::state::AttachmentRecord;
 
@@ -29,8 +32,10 @@ impl From<meshcap_fastpath::FastPathError> for FastPathError {
     }
 }
 
-/// Registers the attachment's pod (by its netns cookie) with the node's fast path.
+/// Registers the attachment's pod (by its netns cookie) with the node's fast path, whose agent
+/// pinned its maps under `pin_dir`.
 pub fn register_pod(
+    pin_dir: &Path,
     record: &AttachmentRecord,
     proxy_uid: u32,
     proxy_gid: u32,
@@ -40,7 +45,7 @@ pub fn register_pod(
     let mut pod = PodFastPath::new(cookie).for_attachment(&record.container_id, &record.ifname);
     pod.proxy_uid = proxy_uid;
     pod.proxy_gid = proxy_gid;
-    meshcap_fastpath::register(&pod)?;
+    PinDir::new(pin_dir).register(&pod)?;
     tracing::info!(netns_cookie = cookie, "registered with the eBPF fast path");
     Ok(())
 }
@@ -48,8 +53,8 @@ pub fn register_pod(
 /// Removes the attachment's entries from the fast path's maps. Works without the namespace
 /// (DEL after the sandbox is gone) and succeeds when there is nothing to remove, including when
 /// the agent was uninstalled (its maps, and every entry in them, are gone with it).
-pub fn unregister_pod(record: &AttachmentRecord) -> Result<(), FastPathError> {
-    match meshcap_fastpath::unregister_attachment(&record.container_id, &record.ifname) {
+pub fn unregister_pod(pin_dir: &Path, record: &AttachmentRecord) -> Result<(), FastPathError> {
+    match PinDir::new(pin_dir).unregister_attachment(&record.container_id, &record.ifname) {
         Ok(n) => {
             tracing::debug!(entries = n, "unregistered from the eBPF fast path");
             Ok(())
@@ -61,8 +66,11 @@ pub fn unregister_pod(record: &AttachmentRecord) -> Result<(), FastPathError> {
 
 /// GC: drop fast-path entries of attachments the runtime no longer knows, including any whose
 /// record was lost. Returns how many were removed.
-pub fn sweep<'a>(valid: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<usize, FastPathError> {
-    match meshcap_fastpath::gc(valid) {
+pub fn sweep<'a>(
+    pin_dir: &Path,
+    valid: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<usize, FastPathError> {
+    match PinDir::new(pin_dir).gc(valid) {
         Ok(n) => Ok(n),
         Err(e) if e.is_not_available() => Ok(0),
         Err(e) => Err(e.into()),

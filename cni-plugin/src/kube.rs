@@ -741,7 +741,11 @@ fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, String> {
             // Trailers are ignored; the body is complete.
             return Ok(Some(out));
         }
-        if rest.len() < size + 2 {
+        // A hostile size such as ffffffffffffffff must not overflow (found by fuzz/kube_response).
+        let Some(need) = size.checked_add(2) else {
+            return Err(format!("bad chunk size {size_hex:?}"));
+        };
+        if rest.len() < need {
             return Ok(None);
         }
         out.extend_from_slice(&rest[..size]);
@@ -902,6 +906,16 @@ mod tests {
             Some((500, b"boom".to_vec()))
         );
         assert!(parse_response(b"SMTP hi\r\n\r\n", true).is_err());
+    }
+
+    #[test]
+    fn chunk_sizes_near_usize_max_are_errors_not_panics() {
+        // Regression for a fuzz/kube_response crash: `size + 2` overflowed.
+        for size in ["ffffffffffffffff", "fffffffffffffffe"] {
+            let r = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nabc");
+            assert!(parse_response(r.as_bytes(), false).is_err(), "{size}");
+            assert!(parse_response(r.as_bytes(), true).is_err(), "{size}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! reader or a crash never sees half a record; each attachment has its own file, so parallel
 //! ADDs of different pods never contend.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -71,6 +72,23 @@ pub struct AttachmentRecord {
     pub ebpf_registered: bool,
     /// When ADD wrote the record, seconds since the Unix epoch.
     pub added_at_unix: u64,
+    /// The model inputs ADD used, so `meshcap agent` can recompute the rules and repair
+    /// drift: the pod's effective annotations (from the runtime or the API)...
+    /// `None` in records written before this field existed: those cannot be repaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// ...and the proxy's uid/gid as the pod states them (`istio-proxy`'s securityContext,
+    /// API path only; `None` keeps the model's value from the annotations or its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_gid: Option<u32>,
+    /// Identity (st_dev, st_ino) of the namespace ADD captured, so a repair never touches
+    /// another namespace that reuses the path (a recycled `/proc/PID/ns/net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_dev: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_ino: Option<u64>,
 }
 
 /// The (container id, ifname) pair that names an attachment (CNI 1.1, section 3).
@@ -241,6 +259,40 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The per-node outcome log in the state root: one line `<COMMAND> <code>` per invocation
+/// (code 0 is success), appended by the plugin and aggregated into metrics by `meshcap
+/// agent`, which also rotates it. The leading dot keeps it apart from the network
+/// directories (a network name never starts with one).
+pub const OUTCOMES_FILE: &str = ".outcomes";
+
+/// Appends one invocation's outcome to `<root>/`[`OUTCOMES_FILE`]. Best effort and cheap on
+/// the plugin's hot path: one `open(O_APPEND)` and one write of a few bytes, which the kernel
+/// appends whole for a regular file, so concurrent plugins never interleave lines and no lock
+/// is taken. Never fails: metrics must not fail an ADD.
+pub fn count_outcome(root: &Path, command: &str, code: u32) {
+    let path = root.join(OUTCOMES_FILE);
+    let open = || fs::OpenOptions::new().append(true).create(true).open(&path);
+    let file = match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(root).and_then(|()| open())
+        }
+        other => other,
+    };
+    let written = file.and_then(|mut f| f.write_all(format!("{command} {code}\n").as_bytes()));
+    if let Err(e) = written {
+        tracing::debug!(error = %e, path = %path.display(), "could not count the outcome");
+    }
+}
+
+/// One line of the outcome log: (command, code). `None` for anything else.
+pub fn parse_outcome(line: &str) -> Option<(&str, u32)> {
+    let (command, code) = line.trim_end().split_once(' ')?;
+    if command.is_empty() || !command.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    Some((command, code.parse().ok()?))
+}
+
 /// `<container id>@<ifname>.json` -> key.
 fn parse_record_name(name: &str) -> Option<AttachmentKey> {
     let stem = name.strip_suffix(RECORD_SUFFIX)?;
@@ -306,6 +358,11 @@ pub(crate) mod tests {
             pod_uid: None,
             ebpf_registered: false,
             added_at_unix: now_unix(),
+            annotations: None,
+            proxy_uid: None,
+            proxy_gid: None,
+            netns_dev: None,
+            netns_ino: None,
         }
     }
 
@@ -378,6 +435,28 @@ pub(crate) mod tests {
             dir.read("net", "c", "eth0"),
             Err(StateError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn outcomes_are_appended_and_parsed() {
+        let tmp = TempDir::new("state-outcomes");
+        let root = tmp.0.join("attachments");
+        count_outcome(&root, "ADD", 0);
+        count_outcome(&root, "ADD", 100);
+        let text = fs::read_to_string(root.join(OUTCOMES_FILE)).unwrap();
+        assert_eq!(text, "ADD 0\nADD 100\n");
+        let parsed: Vec<_> = text.lines().filter_map(parse_outcome).collect();
+        assert_eq!(parsed, [("ADD", 0), ("ADD", 100)]);
+        assert_eq!(parse_outcome("ADD"), None);
+        assert_eq!(parse_outcome("add 0"), None);
+        assert_eq!(parse_outcome("ADD x"), None);
+        // An old record (no model inputs) still reads.
+        let old = r#"{"network":"n","container_id":"c","ifname":"eth0","netns":"/x","mode":"iptables",
+            "families":["ipv4"],"pod_namespace":null,"pod_name":null,"pod_uid":null,
+            "ebpf_registered":false,"added_at_unix":0}"#;
+        let rec: AttachmentRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.annotations, None);
+        assert_eq!(rec.netns_ino, None);
     }
 
     #[test]

@@ -555,8 +555,12 @@ fn privileged_add_check_del_round_trip() {
         let prev = prev_result_1x(&path);
         let extra = json!({
             "mode": mode,
-            // The fast path is not wired yet: ADD must still succeed with rules alone.
-            "ebpf": {"enabled": mode == "nftables"},
+            // No agent behind this pin directory (one may well run at the default one): ADD
+            // must still succeed with rules alone.
+            "ebpf": {
+                "enabled": mode == "nftables",
+                "pin_dir": format!("/sys/fs/bpf/meshcap-cli-absent-{}", std::process::id()),
+            },
             "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"}},
             "prevResult": prev,
         });

@@ -89,7 +89,14 @@ install)
     install_plugin
     ;;
 agent)
-    meshcap agent &
+    # The agent repairs pods from the plugin's records, keeps meshcap last in the node's CNI
+    # chain and serves metrics; the fast path only when asked for.
+    set -- --cni-conf-dir "$HOST_ROOT/etc/cni/net.d" --cni-bin-dir "$HOST_ROOT/opt/cni/bin" \
+        --state-dir /var/run/meshcap/attachments --metrics-addr "${MESHCAP_METRICS_ADDR:-0.0.0.0:15099}"
+    if [ "${MESHCAP_EBPF:-false}" != "true" ]; then
+        set -- "$@" --no-fast-path
+    fi
+    meshcap agent "$@" &
     agent=$!
     trap 'kill -TERM "$agent" 2>/dev/null' TERM INT
     last=$(cat "$SA_DIR/token")

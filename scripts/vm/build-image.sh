@@ -33,13 +33,18 @@ die() { log "FAILED: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot)"
 if [ "${1:-}" = "--rebuild" ]; then
     log "removing the cached image in $VM_DIR"
-    rm -rf "${VM_DIR:?}/rootfs" "$VM_DIR/rootfs.img" "$VM_DIR/vmlinuz" "$VM_DIR/initrd" "$VM_DIR/stamp"
+    rm -rf "${VM_DIR:?}/rootfs" "$VM_DIR/rootfs.img" "$VM_DIR/vmlinuz" "$VM_DIR/initrd" \
+        "$VM_DIR/stamp" "$VM_DIR/base-stamp"
 fi
 
-# The stamp names everything the image depends on; the guest init is part of it.
+# The stamps name everything the image depends on: the base (suite, mirror, packages) needs a
+# new debootstrap; the guest init only a new ext4 image.
+base_stamp() {
+    printf 'suite=%s\nmirror=%s\npackages=%s\n' "$SUITE" "$MIRROR" "${GUEST_PACKAGES[*]}"
+}
 stamp_text() {
-    printf 'suite=%s\nmirror=%s\npackages=%s\nsize=%s\n' \
-        "$SUITE" "$MIRROR" "${GUEST_PACKAGES[*]}" "$IMAGE_SIZE"
+    base_stamp
+    printf 'size=%s\n' "$IMAGE_SIZE"
     sha256sum "$HERE/guest-init.sh" | cut -d' ' -f1
 }
 
@@ -52,34 +57,40 @@ fi
 command -v debootstrap >/dev/null || die "debootstrap missing (apt-get install debootstrap)"
 command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 missing (apt-get install e2fsprogs)"
 mkdir -p "$VM_DIR"
-rm -rf "$VM_DIR/rootfs" "$VM_DIR/rootfs.img" "$VM_DIR/stamp"
 ROOT=$VM_DIR/rootfs
-
 start=$SECONDS
-log "debootstrap $SUITE into $ROOT (log: $VM_DIR/debootstrap.log)"
-include=$(IFS=,; echo "${GUEST_PACKAGES[*]}")
-# A chroot's postinst scripts must not try to start services on the host.
-if ! debootstrap --variant=minbase --include="$include" "$SUITE" "$ROOT" "$MIRROR" \
-    >"$VM_DIR/debootstrap.log" 2>&1; then
-    tail -n 30 "$VM_DIR/debootstrap.log" >&2
-    die "debootstrap (see $VM_DIR/debootstrap.log)"
-fi
-log "debootstrap took $(( SECONDS - start ))s"
 
-# The guest's filesystem table, hostname and the 9p modules it mounts the workspace with.
-printf '/dev/vda / ext4 rw,relatime 0 1\n' >"$ROOT/etc/fstab"
-echo meshcap-vm >"$ROOT/etc/hostname"
-printf '9p\n9pnet\n9pnet_virtio\n' >>"$ROOT/etc/initramfs-tools/modules"
-# Rebuild the initramfs with the 9p modules in it (harmless when they also load from the root).
-kver=$(find "$ROOT/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
-[ -n "$kver" ] || die "no kernel modules in $ROOT/lib/modules: was linux-image-amd64 installed?"
-chroot "$ROOT" update-initramfs -u -k "$kver" >>"$VM_DIR/debootstrap.log" 2>&1 ||
-    die "update-initramfs in the guest root"
+if [ -f "$VM_DIR/base-stamp" ] && [ "$(cat "$VM_DIR/base-stamp")" = "$(base_stamp)" ] &&
+    [ -x "$ROOT/usr/sbin/nft" ] && [ -f "$VM_DIR/vmlinuz" ] && [ -f "$VM_DIR/initrd" ]; then
+    log "the root filesystem is current; refreshing the guest init and the image only"
+else
+    rm -rf "$ROOT" "$VM_DIR/base-stamp"
+    log "debootstrap $SUITE into $ROOT (log: $VM_DIR/debootstrap.log)"
+    include=$(IFS=,; echo "${GUEST_PACKAGES[*]}")
+    if ! debootstrap --variant=minbase --include="$include" "$SUITE" "$ROOT" "$MIRROR" \
+        >"$VM_DIR/debootstrap.log" 2>&1; then
+        tail -n 30 "$VM_DIR/debootstrap.log" >&2
+        die "debootstrap (see $VM_DIR/debootstrap.log)"
+    fi
+    log "debootstrap took $(( SECONDS - start ))s"
+
+    # The guest's filesystem table and hostname, and the 9p modules it mounts the workspace
+    # with in the initramfs (harmless when they also load from the root).
+    printf '/dev/vda / ext4 rw,relatime 0 1\n' >"$ROOT/etc/fstab"
+    echo meshcap-vm >"$ROOT/etc/hostname"
+    printf '9p\n9pnet\n9pnet_virtio\n' >>"$ROOT/etc/initramfs-tools/modules"
+    kver=$(find "$ROOT/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+    [ -n "$kver" ] || die "no kernel modules in $ROOT/lib/modules: was linux-image-amd64 installed?"
+    chroot "$ROOT" update-initramfs -u -k "$kver" >>"$VM_DIR/debootstrap.log" 2>&1 ||
+        die "update-initramfs in the guest root"
+    cp "$ROOT/boot/vmlinuz-$kver" "$VM_DIR/vmlinuz"
+    cp "$ROOT/boot/initrd.img-$kver" "$VM_DIR/initrd"
+    # Apt's downloads are not needed inside the image.
+    rm -rf "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*
+    base_stamp >"$VM_DIR/base-stamp"
+fi
 install -m 0755 "$HERE/guest-init.sh" "$ROOT/usr/local/sbin/meshcap-vm-init"
-cp "$ROOT/boot/vmlinuz-$kver" "$VM_DIR/vmlinuz"
-cp "$ROOT/boot/initrd.img-$kver" "$VM_DIR/initrd"
-# Apt's downloads are not needed inside the image.
-rm -rf "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*
+kver=$(find "$ROOT/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
 
 log "making the ext4 image ($IMAGE_SIZE)"
 truncate -s "$IMAGE_SIZE" "$VM_DIR/rootfs.img"

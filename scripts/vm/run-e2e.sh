@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs meshcap's privileged test suites on a second kernel: Debian 12's own kernel
-# (linux-image-amd64, 6.1) booted under qemu/KVM, whatever kernel the host runs.
+# (linux-image-amd64, 6.1) booted under qemu (KVM, or TCG where KVM cannot run it at speed),
+# whatever kernel the host runs.
 #
 #   scripts/vm/run-e2e.sh            # build what is missing, boot, run the suites, report
 #   scripts/vm/run-e2e.sh --rebuild  # also rebuild the cached guest image
 #
-# Run as root on Debian 12 with /dev/kvm. The binaries are built on the host (same glibc as
+# Run as root on Debian 12. The binaries are built on the host (same glibc as
 # the guest), so the guest needs no Rust toolchain: the workspace is shared into the guest
 # read-only over 9p at the same path, the test executables run there, and the guest powers
 # off. The guest image (scripts/vm/build-image.sh) is cached in $MESHCAP_VM_DIR
@@ -14,7 +15,10 @@
 # Environment:
 #   MESHCAP_VM_PACKAGES   cargo packages whose tests run in the guest
 #                         (default: meshcap-tests meshcap-dataplane meshcap-nft meshcap-cni)
+#   MESHCAP_VM_ONLY       regex on "<package>::<test target>" labels to run only those
 #   MESHCAP_VM_TEST_ARGS  arguments for every test executable (e.g. a name filter)
+#   MESHCAP_VM_ACCEL      kvm, tcg or auto (default: kvm unless the host's KVM is PVM)
+#   MESHCAP_VM_NO_BUILD   1: reuse the test executables of the last run instead of building
 #   MESHCAP_VM_TIMEOUT    seconds before the VM is killed (default 2400)
 #   MESHCAP_VM_MEMORY     guest memory in MiB (default 4096)
 #   CI, MESHCAP_E2E_MODES, RUST_LOG  passed to the tests in the guest
@@ -83,22 +87,45 @@ fi
 command -v cargo >/dev/null || die "cargo not found (scripts/setup.sh installs the toolchain)"
 pkg_args=()
 for p in $PACKAGES; do pkg_args+=(-p "$p"); done
-build_start=$SECONDS
-log "building on the host into $CARGO_TARGET_DIR: meshcap-cni, meshcap, the harness binaries"
-(cd "$REPO" && cargo build -q -p meshcap-cni -p meshcap -p meshcap-tests --bins) ||
-    die "cargo build"
-log "building the test executables of: $PACKAGES"
 run_dir=$VM_DIR/runs/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$run_dir"
-(cd "$REPO" && cargo test -q --no-run --message-format=json "${pkg_args[@]}") \
-    >"$run_dir/cargo-test.json" || die "cargo test --no-run"
-# Every test executable with the directory cargo would run it from (its package's root).
-jq -r 'select(.reason == "compiler-artifact" and .profile.test == true and .executable != null)
-       | [(.manifest_path | sub("/Cargo.toml$"; "")), .executable,
-          ((.package_id | capture("(?<n>[A-Za-z0-9_-]+)[#@ ]") | .n) + "::" + .target.name)]
-       | @tsv' "$run_dir/cargo-test.json" | sort -u >"$run_dir/tests.list"
-[ -s "$run_dir/tests.list" ] || die "no test executables were built for: $PACKAGES"
-log "host build took $((SECONDS - build_start))s; $(wc -l <"$run_dir/tests.list") test executables"
+if [ "${MESHCAP_VM_NO_BUILD:-}" = 1 ]; then
+    # Reuse the executables of the last run that built some (for a tree that does not build
+    # right now, or to rerun the guest alone).
+    last=$(find "$VM_DIR/runs" -mindepth 2 -maxdepth 2 -name tests.list -size +0 -printf '%T@ %p\n' |
+        sort -n | tail -n 1 | cut -d' ' -f2-)
+    [ -n "$last" ] || die "MESHCAP_VM_NO_BUILD=1 but no earlier run built test executables"
+    log "MESHCAP_VM_NO_BUILD=1: reusing the executables listed in $last"
+    cp "$last" "$run_dir/tests.list"
+else
+    build_start=$SECONDS
+    log "building on the host into $CARGO_TARGET_DIR: meshcap-cni, meshcap, the harness binaries"
+    (cd "$REPO" && cargo build -q -p meshcap-cni -p meshcap -p meshcap-tests --bins) ||
+        die "cargo build"
+    log "building the test executables of: $PACKAGES"
+    if ! (cd "$REPO" && cargo test -q --no-run --message-format=json "${pkg_args[@]}") \
+        >"$run_dir/cargo-test.json"; then
+        jq -r 'select(.reason == "compiler-message") | .message.rendered' \
+            "$run_dir/cargo-test.json" >&2 || true
+        die "cargo test --no-run"
+    fi
+    # Every test executable with the directory cargo would run it from (its package's root).
+    jq -r 'select(.reason == "compiler-artifact" and .profile.test == true and .executable != null)
+           | [(.manifest_path | sub("/Cargo.toml$"; "")), .executable,
+              (((.package_id | split("#")[1] // "" | select(test("@")) | split("@")[0])
+                // (.manifest_path | split("/")[-2])) + "::" + .target.name)]
+           | @tsv' "$run_dir/cargo-test.json" | sort -u >"$run_dir/tests.list"
+    [ -s "$run_dir/tests.list" ] || die "no test executables were built for: $PACKAGES"
+    log "host build took $((SECONDS - build_start))s"
+fi
+# The end-to-end suite first (it is what this runner is for), then the other privileged suites,
+# then the rest; MESHCAP_VM_ONLY (a regex on the labels) narrows the list.
+awk -F'\t' '{ r = 3 } $3 ~ /::e2e$/ { r = 0 } $3 ~ /::podman$/ { r = 1 }
+    $3 ~ /::(privileged|netns)$/ { r = 2 } { print r "\t" $0 }' "$run_dir/tests.list" |
+    sort -s -n -k1,1 | cut -f2- | grep -E -- "${MESHCAP_VM_ONLY:-.}" >"$run_dir/tests.sorted" ||
+    die "MESHCAP_VM_ONLY=${MESHCAP_VM_ONLY:-} matches no test executable"
+mv "$run_dir/tests.sorted" "$run_dir/tests.list"
+log "$(wc -l <"$run_dir/tests.list") test executables: $(cut -f3 "$run_dir/tests.list" | tr '\n' ' ')"
 
 # --- Boot ----------------------------------------------------------------------------------------
 {
@@ -120,7 +147,7 @@ if [ "$accel" = auto ]; then
 fi
 case $accel in
     kvm) accel_args=(-enable-kvm -cpu host) ;;
-    tcg) accel_args=(-accel tcg,thread=multi -cpu max) ;;
+    tcg) accel_args=(-accel "tcg,thread=multi" -cpu "${MESHCAP_VM_CPU:-max}") ;;
     *) die "MESHCAP_VM_ACCEL must be auto, kvm or tcg (got $accel)" ;;
 esac
 log "booting the guest ($accel; host kernel $host_kernel); console: $run_dir/console.log"
@@ -130,7 +157,7 @@ timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 \
     "${accel_args[@]}" -smp "$(nproc)" -m "$MEMORY" \
     -nographic -no-reboot -nic none \
     -kernel "$VM_DIR/vmlinuz" -initrd "$VM_DIR/initrd" \
-    -append "root=/dev/vda rw console=ttyS0 init=/usr/local/sbin/meshcap-vm-init panic=-1 quiet" \
+    -append "root=/dev/vda rw console=ttyS0 init=/usr/local/sbin/meshcap-vm-init panic=-1 quiet ${MESHCAP_VM_APPEND:-}" \
     -drive "file=$VM_DIR/rootfs.img,format=raw,if=virtio,snapshot=on" \
     -virtfs "local,path=$run_dir,mount_tag=out,security_model=none" \
     -virtfs "local,path=$REPO,mount_tag=ws,security_model=none,readonly=on" \

@@ -1,5 +1,6 @@
-//! Where the binaries under test are: `meshcap-cni` (built by `cargo build -p meshcap-cni` into
-//! the same target dir), the harness's own `standin`, and the reference CNI plugins.
+//! Where the binaries under test are: `meshcap-cni` and `meshcap` (built by `cargo build -p
+//! meshcap-cni -p meshcap` into the same target dir), the harness's own `standin`, and the
+//! reference CNI plugins.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,16 @@ pub fn meshcap_cni() -> Result<PathBuf> {
         "meshcap-cni",
         "MESHCAP_CNI_BIN",
         "cargo build -p meshcap-cni",
+    )
+}
+
+/// The `meshcap` node tool (its `agent` runs the eBPF fast path): env `MESHCAP_BIN`, else next
+/// to the running executable (or one level up). Build it with `MESHCAP_BUILD_EBPF=1`.
+pub fn meshcap() -> Result<PathBuf> {
+    locate(
+        "meshcap",
+        "MESHCAP_BIN",
+        "MESHCAP_BUILD_EBPF=1 cargo build -p meshcap",
     )
 }
 

@@ -7,6 +7,11 @@
 //! identical. [`Comparison::render_failures`] prints a table naming flow, mode and outcomes.
 //!
 //! Modes are data ([`Mode`]): adding `iptables+ebpf` is one more entry in [`all_modes`].
+//!
+//! A `+ebpf` mode runs with the process's shared node agent ([`crate::fastpath::shared`]) and
+//! also checks the fast path itself ([`FastPathRun`]): every capturing pod was registered by
+//! ADD, the node's redirected-bytes counter grew while the app-to-sidecar flows ran, and DEL
+//! left no map entry naming a pod.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -14,7 +19,8 @@ use std::sync::Mutex;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::flows::{run_flow, Flow, Outcome, PodSpec};
+use crate::fastpath::{Counters, PinDir};
+use crate::flows::{run_flow, Expect, Flow, From, Outcome, PodSpec, Proto};
 use crate::node::{Node, Pod};
 
 /// A plugin configuration under test.
@@ -24,6 +30,21 @@ pub struct Mode {
     pub name: String,
     /// Keys merged into meshcap's conflist entry.
     pub meshcap: Value,
+}
+
+impl Mode {
+    /// Whether the mode turns the eBPF fast path on (`ebpf.enabled`).
+    pub fn ebpf(&self) -> bool {
+        self.meshcap["ebpf"]["enabled"] == Value::Bool(true)
+    }
+
+    /// The agent's pin directory the plugin uses in this mode (`ebpf.pin_dir`, else default).
+    pub fn pin_dir(&self) -> PinDir {
+        match self.meshcap["ebpf"]["pin_dir"].as_str() {
+            Some(d) => PinDir::new(d),
+            None => PinDir::default(),
+        }
+    }
 }
 
 /// The mode every other mode is compared with.
@@ -54,7 +75,17 @@ pub fn all_modes() -> Vec<Mode> {
 /// The modes to run: env `MESHCAP_E2E_MODES` (comma-separated names), default
 /// `iptables,nftables`.
 pub fn selected_modes() -> Vec<Mode> {
-    let wanted = std::env::var("MESHCAP_E2E_MODES").unwrap_or_else(|_| "iptables,nftables".into());
+    modes_from_env("iptables,nftables")
+}
+
+/// The modes of the flow matrix and the demo: env `MESHCAP_E2E_MODES`, default
+/// `iptables,nftables,iptables+ebpf`.
+pub fn matrix_modes() -> Vec<Mode> {
+    modes_from_env("iptables,nftables,iptables+ebpf")
+}
+
+fn modes_from_env(default: &str) -> Vec<Mode> {
+    let wanted = std::env::var("MESHCAP_E2E_MODES").unwrap_or_else(|_| default.into());
     let all = all_modes();
     wanted
         .split(',')
@@ -77,6 +108,96 @@ pub struct FlowResult {
 pub struct ModeRun {
     pub mode: String,
     pub results: Vec<FlowResult>,
+    /// What the fast path did, in a `+ebpf` mode.
+    pub fastpath: Option<FastPathRun>,
+}
+
+/// The fast path's side of a `+ebpf` mode's run.
+#[derive(Debug, Clone)]
+pub struct FastPathRun {
+    pub pods: Vec<PodFastPath>,
+    /// Node-wide counters before the first and after the last flow (other tests' traffic may
+    /// add to them; they only ever grow).
+    pub before: Counters,
+    pub after: Counters,
+    /// Flows from an app process captured to the sidecar's 15001 (TCP), as expected.
+    pub app_to_sidecar_flows: usize,
+}
+
+/// One pod's registration with the fast path.
+#[derive(Debug, Clone)]
+pub struct PodFastPath {
+    pub pod: String,
+    /// The netns cookie of the pod's namespace, when its ADD succeeded.
+    pub cookie: Option<u64>,
+    /// Whether some flow of the pod expects capture (then ADD must have registered it).
+    pub capturing: bool,
+    /// Registered after ADD (looked up by netns cookie in the pinned pod map).
+    pub registered: bool,
+    /// Map entries naming the pod (pods, sockets, pending apps, connects) after DEL.
+    pub entries_after_del: [usize; 4],
+}
+
+impl FastPathRun {
+    /// What is wrong with the fast path in this run.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.pods {
+            if p.capturing != p.registered {
+                out.push(format!(
+                    "pod {}: {} after ADD",
+                    p.pod,
+                    if p.registered {
+                        "registered with the fast path but captures nothing"
+                    } else {
+                        "captures but was not registered with the fast path"
+                    }
+                ));
+            }
+            if p.entries_after_del != [0; 4] {
+                out.push(format!(
+                    "pod {}: DEL left map entries (pods, socks, apps, connects) {:?}",
+                    p.pod, p.entries_after_del
+                ));
+            }
+        }
+        if self.app_to_sidecar_flows > 0 && self.redirected_bytes() == 0 {
+            out.push(format!(
+                "{} app->sidecar flows ran but sk_msg redirected no bytes ({:?} -> {:?})",
+                self.app_to_sidecar_flows, self.before, self.after
+            ));
+        }
+        out
+    }
+
+    /// Growth of the node's redirected-bytes counter during the run.
+    pub fn redirected_bytes(&self) -> u64 {
+        self.after
+            .redirected_bytes
+            .saturating_sub(self.before.redirected_bytes)
+    }
+
+    /// One line for the test log.
+    pub fn summary(&self) -> String {
+        let capturing = self.pods.iter().filter(|p| p.capturing).count();
+        let registered = self.pods.iter().filter(|p| p.registered).count();
+        let clean = self
+            .pods
+            .iter()
+            .filter(|p| p.entries_after_del == [0; 4])
+            .count();
+        format!(
+            "{registered}/{capturing} capturing pods registered; {} app->sidecar flows; node counters: +{} bytes in +{} msgs redirected, +{} app / +{} sidecar sockets paired, +{} proxy connections skipped, +{} bytes passed; DEL left no entries for {clean}/{} pods",
+            self.app_to_sidecar_flows,
+            self.redirected_bytes(),
+            self.after.redirected_msgs.saturating_sub(self.before.redirected_msgs),
+            self.after.app_sockets.saturating_sub(self.before.app_sockets),
+            self.after.sidecar_sockets.saturating_sub(self.before.sidecar_sockets),
+            self.after.proxy_skipped.saturating_sub(self.before.proxy_skipped),
+            self.after.passed_bytes.saturating_sub(self.before.passed_bytes),
+            self.pods.len(),
+        )
+    }
 }
 
 /// How many flows run at once within a mode.
@@ -90,6 +211,10 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
+    let pin_dir = mode.pin_dir();
+    if mode.ebpf() && pin_dir.path() == std::path::Path::new(crate::fastpath::DEFAULT_PIN_DIR) {
+        crate::fastpath::shared().map_err(|e| anyhow::anyhow!("mode {}: {e}", mode.name))?;
+    }
     let node = Node::new(&format!("{prefix}-{tag}"))?;
     let chain = node.chain(&mode.meshcap);
     let mut up: BTreeMap<&str, std::result::Result<Pod, String>> = BTreeMap::new();
@@ -98,6 +223,37 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
             .pod(spec.name, &chain, spec.annotations())
             .map_err(|e| format!("ADD failed: {e:#}"));
         up.insert(spec.name, pod);
+    }
+    // The fast path: who got registered, and the counters around the flows.
+    let mut fastpath = None;
+    if mode.ebpf() {
+        let mut checks = Vec::new();
+        for spec in pods {
+            let capturing = flows.iter().any(|f| {
+                f.pod == spec.name && matches!(f.expect, Expect::Out | Expect::In | Expect::Dns)
+            });
+            let cookie = match up.get(spec.name) {
+                Some(Ok(pod)) => Some(crate::fastpath::cookie(&pod.ns)?),
+                _ => None,
+            };
+            let registered = match cookie {
+                Some(c) => pin_dir.lookup(c)?.is_some(),
+                None => false,
+            };
+            checks.push(PodFastPath {
+                pod: spec.name.to_string(),
+                cookie,
+                capturing,
+                registered,
+                entries_after_del: [0; 4],
+            });
+        }
+        fastpath = Some(FastPathRun {
+            pods: checks,
+            before: pin_dir.counters()?,
+            after: Counters::default(),
+            app_to_sidecar_flows: 0,
+        });
     }
     let results = Mutex::new(Vec::new());
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -125,10 +281,31 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
     });
     let mut results = results.into_inner().unwrap();
     results.sort_by_key(|(i, _)| *i);
+    if let Some(fp) = fastpath.as_mut() {
+        fp.after = pin_dir.counters()?;
+        fp.app_to_sidecar_flows = results
+            .iter()
+            .filter(|(_, r)| {
+                r.flow.expect == Expect::Out
+                    && r.flow.proto == Proto::Tcp
+                    && matches!(r.flow.from, From::App | From::User)
+                    && r.observed == r.expected
+            })
+            .count();
+    }
+    // Dropping the pods DELs them.
     drop(up);
+    if let Some(fp) = fastpath.as_mut() {
+        for check in &mut fp.pods {
+            if let Some(c) = check.cookie {
+                check.entries_after_del = pin_dir.entries_for(c)?;
+            }
+        }
+    }
     Ok(ModeRun {
         mode: mode.name.clone(),
         results: results.into_iter().map(|(_, r)| r).collect(),
+        fastpath,
     })
 }
 
@@ -220,9 +397,33 @@ impl Comparison {
         out
     }
 
-    /// Whether every flow met its expectation and every mode matched the reference.
+    /// What is wrong with the fast path, per `+ebpf` mode.
+    pub fn fastpath_failures(&self) -> Vec<(String, String)> {
+        self.runs
+            .iter()
+            .filter_map(|r| r.fastpath.as_ref().map(|f| (r, f)))
+            .flat_map(|(r, f)| f.failures().into_iter().map(|e| (r.mode.clone(), e)))
+            .collect()
+    }
+
+    /// Whether every flow met its expectation, every mode matched the reference and the fast
+    /// path did its part in the `+ebpf` modes.
     pub fn ok(&self) -> bool {
-        self.expectation_failures().is_empty() && self.mode_differences().is_empty()
+        self.expectation_failures().is_empty()
+            && self.mode_differences().is_empty()
+            && self.fastpath_failures().is_empty()
+    }
+
+    /// One line per `+ebpf` mode: registrations, counters, entries after DEL.
+    pub fn render_fastpath(&self) -> String {
+        self.runs
+            .iter()
+            .filter_map(|r| {
+                r.fastpath
+                    .as_ref()
+                    .map(|f| format!("fast path in {}: {}\n", r.mode, f.summary()))
+            })
+            .collect()
     }
 
     /// Per mode, a table: flow, from, to, outcome, and a mark where it misses the expectation.
@@ -321,6 +522,13 @@ impl Comparison {
             let refcol = format!("in {REFERENCE_MODE}");
             out.push_str(&table(&["flow", "mode", "observed", &refcol], &rows));
         }
+        let f = self.fastpath_failures();
+        if !f.is_empty() {
+            out.push_str(&format!("\n{} eBPF fast path failure(s):\n", f.len()));
+            for (mode, why) in f {
+                out.push_str(&format!("{mode}: {why}\n"));
+            }
+        }
         out
     }
 }
@@ -367,6 +575,7 @@ mod tests {
     fn run(mode: &str, observe: impl Fn(&Flow) -> Outcome) -> ModeRun {
         ModeRun {
             mode: mode.into(),
+            fastpath: None,
             results: flows()
                 .into_iter()
                 .take(3)
@@ -435,11 +644,55 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_failures_name_the_pod_and_the_counters() {
+        let pod = |name: &str, capturing, registered, left| PodFastPath {
+            pod: name.into(),
+            cookie: Some(1),
+            capturing,
+            registered,
+            entries_after_del: left,
+        };
+        let mut run = FastPathRun {
+            pods: vec![
+                pod("default", true, true, [0; 4]),
+                pod("plain", false, false, [0; 4]),
+            ],
+            before: Counters::default(),
+            after: Counters {
+                redirected_bytes: 10,
+                ..Counters::default()
+            },
+            app_to_sidecar_flows: 3,
+        };
+        assert!(run.failures().is_empty(), "{:?}", run.failures());
+        run.pods.push(pod("dns", true, false, [0, 1, 0, 0]));
+        run.after.redirected_bytes = 0;
+        let f = run.failures().join("\n");
+        assert!(
+            f.contains("pod dns: captures but was not registered"),
+            "{f}"
+        );
+        assert!(f.contains("pod dns: DEL left map entries"), "{f}");
+        assert!(f.contains("redirected no bytes"), "{f}");
+        let cmp = Comparison {
+            runs: vec![ModeRun {
+                mode: "iptables+ebpf".into(),
+                results: vec![],
+                fastpath: Some(run),
+            }],
+        };
+        assert!(!cmp.ok());
+        assert!(cmp.render_failures().contains("iptables+ebpf: pod dns"));
+    }
+
+    #[test]
     fn modes_are_selected_by_name() {
         let names: Vec<String> = all_modes().into_iter().map(|m| m.name).collect();
         assert!(
             names.contains(&"iptables".to_string()) && names.contains(&"iptables+ebpf".to_string())
         );
         assert_eq!(all_modes()[0].name, REFERENCE_MODE);
+        let ebpf: Vec<bool> = all_modes().iter().map(Mode::ebpf).collect();
+        assert_eq!(ebpf, [false, false, true, true]);
     }
 }

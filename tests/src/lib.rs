@@ -14,16 +14,21 @@
 //! - [`flows`]: the flow matrix: named flows, grouped by pod annotation set, with expectations.
 //! - [`compare`]: runs the matrix per mode and compares every mode against `iptables`.
 //! - [`state`]: snapshots of a namespace's netfilter and policy-routing state.
+//! - [`fastpath`]: the eBPF fast path's node agent for the `+ebpf` modes (one shared agent per
+//!   test process on the default pin directory, or a test's own), and a live app-to-sidecar
+//!   connection to observe it with.
 //! - [`bins`]: where the binaries under test are.
 //!
 //! Every privileged test starts with [`privileged`], which skips (by name) when the test cannot
 //! run and fails instead under `CI=true`.
 //!
 //! Environment:
-//! - `MESHCAP_E2E_MODES`: modes to run, comma-separated (default `iptables,nftables`; also
-//!   `iptables+ebpf`, `nftables+ebpf`), see [`compare::all_modes`].
-//! - `MESHCAP_CNI_BIN`, `MESHCAP_STANDIN_BIN`: binaries under test (default: next to the
-//!   running executable in the cargo target dir).
+//! - `MESHCAP_E2E_MODES`: modes to run, comma-separated (default `iptables,nftables`, and for
+//!   the flow matrix and the demo `iptables,nftables,iptables+ebpf`; also `nftables+ebpf`), see
+//!   [`compare::all_modes`].
+//! - `MESHCAP_CNI_BIN`, `MESHCAP_STANDIN_BIN`, `MESHCAP_BIN`: binaries under test (default: next
+//!   to the running executable in the cargo target dir). `meshcap` (the agent) must be built
+//!   with `MESHCAP_BUILD_EBPF=1` for the `+ebpf` modes.
 //! - `MESHCAP_CNI_PLUGIN_DIR`: the reference CNI plugins (default `/usr/lib/cni`).
 //! - `MESHCAP_E2E_KEEP`: keep scratch dirs (`/tmp/meshcap-e2e/...`: plugin log, IPAM data,
 //!   records) for debugging.
@@ -32,6 +37,7 @@
 pub mod bins;
 pub mod chain;
 pub mod compare;
+pub mod fastpath;
 pub mod flows;
 pub mod netns;
 pub mod node;
@@ -46,15 +52,20 @@ pub fn privileged(name: &str) -> bool {
     match missing_prerequisite() {
         None => true,
         Some(why) => {
-            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-                panic!("{name}: cannot run under CI=true: {why}");
-            }
-            // Straight to fd 2: the test harness captures `eprintln!`, and a skip must show.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+            skip_or_fail(name, &why);
             false
         }
     }
+}
+
+/// Says that `name` is skipped and why; under `CI=true` panics instead.
+pub fn skip_or_fail(name: &str, why: &str) {
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!("{name}: cannot run under CI=true: {why}");
+    }
+    // Straight to fd 2: the test harness captures `eprintln!`, and a skip must show.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
 }
 
 /// The first reason the privileged tests cannot run here, if any.

@@ -138,3 +138,19 @@ pub fn original_dst(fd: RawFd, v6: bool) -> io::Result<SocketAddr> {
         )))
     }
 }
+
+/// Make `cmd`'s child get SIGTERM when the thread that spawned it exits (prctl(2),
+/// `PR_SET_PDEATHSIG`). Spawn from a thread that lives as long as the process, so the child
+/// stops exactly when the process ends, however it ends.
+pub fn term_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

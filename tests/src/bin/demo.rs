@@ -3,8 +3,10 @@
 //! of flows (or the whole matrix with `--full`), and prints per mode where each flow landed,
 //! then the comparison against iptables mode. Everything is cleaned up, also on Ctrl-C.
 //!
-//! Modes: env `MESHCAP_E2E_MODES` (default `iptables,nftables`). Exit status 1 when a flow
-//! missed its expectation or a mode differs from iptables mode.
+//! Modes: env `MESHCAP_E2E_MODES` (default `iptables,nftables,iptables+ebpf`; the `+ebpf`
+//! modes start the node agent, `meshcap agent`, and are left out with a note when the fast
+//! path cannot run here). Exit status 1 when a flow missed its expectation, a mode differs from
+//! iptables mode, or the fast path did not do its part.
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Result};
@@ -62,7 +64,23 @@ fn main() -> Result<()> {
     } else {
         flows::representative()
     };
-    let modes = compare::selected_modes();
+    let modes: Vec<compare::Mode> = compare::matrix_modes()
+        .into_iter()
+        .filter(|m| {
+            if !m.ebpf() {
+                return true;
+            }
+            let why = meshcap_tests::fastpath::missing_prerequisite()
+                .or_else(|| meshcap_tests::fastpath::shared().err());
+            match why {
+                None => true,
+                Some(why) => {
+                    println!("leaving out mode {}: {why}", m.name);
+                    false
+                }
+            }
+        })
+        .collect();
     println!(
         "meshcap demo: {} pods, {} flows, modes {}",
         pods.len(),
@@ -101,6 +119,11 @@ fn main() -> Result<()> {
     print!("{}", cmp.render_outcomes());
     println!("\n== all modes side by side (ok = as expected) ==");
     print!("{}", cmp.render_side_by_side());
+    let fastpath = cmp.render_fastpath();
+    if !fastpath.is_empty() {
+        println!("\n== eBPF fast path ==");
+        print!("{fastpath}");
+    }
     let failures = cmp.render_failures();
     println!("\nran in {:.1}s", started.elapsed().as_secs_f64());
     if cmp.ok() {

@@ -3,7 +3,9 @@
 //! `meshcap-cni` (build it first: `cargo build -p meshcap-cni`), and skips by name when it
 //! cannot run (fails instead under `CI=true`).
 //!
-//! Modes: env `MESHCAP_E2E_MODES` (default `iptables,nftables`).
+//! Modes: env `MESHCAP_E2E_MODES` (default `iptables,nftables`; the flow matrix adds
+//! `iptables+ebpf`). `+ebpf` modes and the `fastpath` tests run the node agent (`meshcap
+//! agent`, build it with `MESHCAP_BUILD_EBPF=1 cargo build -p meshcap`).
 
 /// Return early (skipping by name) when the test cannot run; panics under `CI=true`.
 macro_rules! privileged {
@@ -17,6 +19,7 @@ macro_rules! privileged {
 mod config;
 mod cycles;
 mod errors;
+mod fastpath;
 mod lifecycle;
 mod matrix;
 mod parallel;
@@ -28,9 +31,36 @@ use meshcap_tests::flows::{self, Expect, Flow};
 
 /// The modes under test.
 pub fn modes() -> Vec<Mode> {
-    let m = meshcap_tests::compare::selected_modes();
-    assert!(!m.is_empty(), "MESHCAP_E2E_MODES selects no known mode");
-    m
+    runnable(meshcap_tests::compare::selected_modes())
+}
+
+/// The modes of the flow matrix (`iptables+ebpf` too unless `MESHCAP_E2E_MODES` says
+/// otherwise).
+pub fn matrix_modes() -> Vec<Mode> {
+    runnable(meshcap_tests::compare::matrix_modes())
+}
+
+/// `modes` without the `+ebpf` ones when the fast path cannot run here (said by name; under
+/// `CI=true` that fails instead).
+fn runnable(modes: Vec<Mode>) -> Vec<Mode> {
+    assert!(!modes.is_empty(), "MESHCAP_E2E_MODES selects no known mode");
+    modes
+        .into_iter()
+        .filter(|m| {
+            if !m.ebpf() {
+                return true;
+            }
+            let why = meshcap_tests::fastpath::missing_prerequisite()
+                .or_else(|| meshcap_tests::fastpath::shared().err());
+            match why {
+                None => true,
+                Some(why) => {
+                    meshcap_tests::skip_or_fail(&format!("mode {}", m.name), &why);
+                    false
+                }
+            }
+        })
+        .collect()
 }
 
 /// Namespace-safe form of a mode name.

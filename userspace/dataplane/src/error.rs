@@ -97,6 +97,7 @@ impl DataplaneError {
             | DataplaneError::Spawn { source, .. }
             | DataplaneError::Netlink { source, .. } => source.raw_os_error(),
             DataplaneError::RollbackFailed { original, .. } => original.errno(),
+            DataplaneError::Nftables { source, .. } => source.errno(),
             _ => None,
         }
     }

@@ -216,14 +216,24 @@ impl Xtables<'_> {
                 .find(|r| r.family == family)
                 .map(Installed::from_ruleset)
                 .unwrap_or_else(empty);
+            // A restore that fails may still have committed some of its tables (xtables-restore
+            // commits each at its COMMIT line), so the failing family is rolled back as well.
+            let mut failing = None;
             let step = self.detect(family).and_then(|tools| {
                 let current = self.installed(&tools)?;
-                Ok((self.transition(&tools, &current, &target)?, tools, current))
+                match self.transition(&tools, &current, &target) {
+                    Ok(did) => Ok((did, tools, current)),
+                    Err(e) => {
+                        failing = Some((tools, current));
+                        Err(e)
+                    }
+                }
             });
             match step {
                 Ok((true, tools, previous)) => changed.push((tools, previous)),
                 Ok((false, ..)) => {}
                 Err(original) => {
+                    changed.extend(failing);
                     return Err(match self.roll_back(&changed) {
                         Ok(()) => original,
                         Err(rollback) => DataplaneError::RollbackFailed {
@@ -253,21 +263,30 @@ impl Xtables<'_> {
         let mut changed = Vec::new();
         for family in Family::ALL {
             for tools in self.available(family) {
+                // As in `apply`: a failed restore may have committed part of its input.
+                let mut failing = None;
                 let step = self.installed(&tools).and_then(|current| {
-                    Ok((self.transition(&tools, &current, &empty())?, current))
+                    match self.transition(&tools, &current, &empty()) {
+                        Ok(did) => Ok((did, current)),
+                        Err(e) => {
+                            failing = Some(current);
+                            Err(e)
+                        }
+                    }
                 });
                 match step {
                     Ok((true, previous)) => changed.push((tools, previous)),
                     Ok((false, _)) => {}
                     // DEL must not leave half the rules behind either.
                     Err(original) => {
+                        changed.extend(failing.map(|previous| (tools, previous)));
                         return Err(match self.roll_back(&changed) {
                             Ok(()) => original,
                             Err(rollback) => DataplaneError::RollbackFailed {
                                 original: Box::new(original),
                                 rollback: Box::new(rollback),
                             },
-                        })
+                        });
                     }
                 }
             }

@@ -150,6 +150,15 @@ impl Dataplane {
 
     /// Verify that exactly `rulesets` and their policy routes are installed;
     /// [`DataplaneError::Drift`] otherwise.
+    /// Drops the per-namespace lock files of a namespace that no longer exists (DEL after the
+    /// sandbox is gone), so they do not pile up for every pod a node ever ran. Takes the lock
+    /// first, so a namespace that reuses the same inode is never left without one.
+    pub fn forget(&self, id: NetnsId) -> Result<(), DataplaneError> {
+        let lock = lock::lock_netns(&self.run_dir, id)?;
+        lock.unlink(&lock::xtables_lock_path(&self.run_dir, id));
+        Ok(())
+    }
+
     pub fn check(
         &self,
         ns: &PodNetns,
@@ -270,6 +279,10 @@ pub fn check(ns: &PodNetns, backend: Backend, rulesets: &[Ruleset]) -> Result<()
 }
 
 /// [`Dataplane::backend_ready`] with the default search path.
+pub fn forget(id: NetnsId) -> Result<(), DataplaneError> {
+    Dataplane::default().forget(id)
+}
+
 pub fn backend_ready(backend: Backend) -> Result<(), DataplaneError> {
     Dataplane::default().backend_ready(backend)
 }

@@ -1,12 +1,39 @@
-//! `meshcap agent`: the long-running node agent. Today it owns the eBPF fast path: it loads,
-//! attaches and pins the programs and maps the CNI plugin registers pods in, and serves until
-//! SIGTERM (the data path stays in place for the next agent unless `--detach-on-exit`).
+//! `meshcap agent`: the long-running node agent (one per node, e.g. a DaemonSet). It runs four
+//! independent duties, so that one failing never stops the others:
+//!
+//! - **eBPF fast path**: loads, attaches and pins the programs and maps the CNI plugin
+//!   registers pods in (`meshcap_fastpath::agent`). Optional: when it cannot be installed
+//!   (kernel, cgroup layout, a build without the eBPF object) the agent logs why and runs the
+//!   rest; `--no-fast-path` skips it. The data path stays pinned for the next agent unless
+//!   `--detach-on-exit`; `--uninstall` takes it down and exits.
+//! - **Repair** ([`repair`]): every `--repair-interval-ms` (default 5 s) it reads the
+//!   plugin's attachment records, recomputes each pod's rules from the model inputs ADD stored
+//!   in the record and re-applies them where they drifted (e.g. flushed), in place.
+//! - **Config watch** ([`watch`]): every `--watch-interval-ms` (default 1 s) it checks that
+//!   meshcap's entry is still last in the node's primary CNI config and puts it back when
+//!   another component rewrote the file.
+//! - **Metrics** ([`metrics`]): Prometheus text on `GET /metrics` at `--metrics-addr` (default
+//!   `127.0.0.1:15099`, node-local; bind a routable address to scrape it from outside).
+//!
+//! SIGTERM and SIGINT stop the agent cleanly: they are blocked in every thread and taken by
+//! the main thread with `sigwait`, which then stops and joins the workers.
 
+mod metrics;
+mod repair;
+mod watch;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use meshcap_fastpath::{agent, AgentOptions};
+use nix::sys::signal::{SigSet, Signal};
+
+use metrics::Metrics;
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -23,20 +50,181 @@ pub struct AgentArgs {
     /// established connections and registered pods survive an agent restart).
     #[arg(long)]
     detach_on_exit: bool,
+    /// Do not install the eBPF fast path (repair, config watch and metrics still run).
+    #[arg(long)]
+    no_fast_path: bool,
+    /// The plugin's attachment records (the plugin's MESHCAP_STATE_DIR).
+    #[arg(long, default_value = meshcap_cni::env::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// How often to check every recorded pod's rules and repair drift, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..))]
+    repair_interval_ms: u64,
+    /// Directory of the node's CNI network configs, watched for rewrites.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Directory of the node's CNI plugin binaries: without meshcap-cni there (`meshcap
+    /// uninstall` removed it) the agent never puts the entry back.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// How often to check the CNI config, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+    watch_interval_ms: u64,
+    /// Do not watch the CNI config.
+    #[arg(long)]
+    no_config_watch: bool,
+    /// Address of the Prometheus endpoint (GET /metrics).
+    #[arg(long, default_value = "127.0.0.1:15099")]
+    metrics_addr: SocketAddr,
+}
+
+/// A stop flag the workers sleep on, so a signal ends their sleeps at once.
+#[derive(Default)]
+pub(crate) struct Stop {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Stop {
+    fn set(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps for `d` or until stopped; returns whether stopped.
+    pub(crate) fn sleep(&self, d: Duration) -> bool {
+        let guard = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .wake
+            .wait_timeout_while(guard, d, |stopped| !*stopped)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
 }
 
 pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
+    init_logging();
     let opts = AgentOptions {
         pin_dir: args.pin_dir.clone(),
         cgroup: args.cgroup.clone(),
         uninstall: args.uninstall,
         detach_on_exit: args.detach_on_exit,
     };
-    agent::run(&opts).with_context(|| {
-        if args.uninstall {
-            "uninstalling the eBPF fast path".to_owned()
-        } else {
-            format!("running the eBPF fast path agent (pins in {})", args.pin_dir.display())
+    if args.uninstall {
+        return agent::run(&opts).context("uninstalling the eBPF fast path");
+    }
+
+    // Block the stop signals before any thread exists: threads inherit the mask, so the
+    // signals stay pending for the main thread's sigwait instead of killing the process.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+        .thread_block()
+        .context("blocking SIGTERM and SIGINT")?;
+
+    let fast_path = if args.no_fast_path {
+        tracing::info!("eBPF fast path disabled (--no-fast-path)");
+        None
+    } else {
+        match agent::install(&opts) {
+            Ok(installed) => {
+                tracing::info!(
+                    pin_dir = %installed.pin_dir().display(),
+                    cgroup = %installed.cgroup().display(),
+                    "eBPF fast path installed"
+                );
+                Some(installed)
+            }
+            // SPEC.md: the fast path is optional; the rules alone capture traffic.
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF fast path not installed; running repair, config watch and metrics without it");
+                None
+            }
         }
-    })
+    };
+
+    let metrics = Arc::new(Metrics::new(&args.state_dir, &args.pin_dir));
+    let listener = TcpListener::bind(args.metrics_addr)
+        .with_context(|| format!("binding the metrics endpoint {}", args.metrics_addr))?;
+    let metrics_addr = listener.local_addr()?;
+    tracing::info!(addr = %metrics_addr, "serving Prometheus metrics on /metrics");
+
+    let stop = Arc::new(Stop::default());
+    let mut workers = Vec::new();
+    {
+        let (metrics, stop) = (metrics.clone(), stop.clone());
+        workers.push(
+            thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || {
+                    metrics::serve(&listener, &metrics, &stop);
+                })?,
+        );
+    }
+    {
+        let (metrics, stop) = (metrics.clone(), stop.clone());
+        let mut repairer = repair::Repairer::new(&args.state_dir);
+        let interval = Duration::from_millis(args.repair_interval_ms);
+        tracing::info!(state_dir = %args.state_dir.display(), interval_ms = args.repair_interval_ms, "repairing drifted pod rules");
+        workers.push(
+            thread::Builder::new()
+                .name("repair".into())
+                .spawn(move || loop {
+                    repairer.scan(&metrics);
+                    if stop.sleep(interval) {
+                        break;
+                    }
+                })?,
+        );
+    }
+    if args.no_config_watch {
+        tracing::info!("CNI config watch disabled (--no-config-watch)");
+    } else {
+        let (metrics, stop) = (metrics.clone(), stop.clone());
+        let mut watcher = watch::Watcher::new(&args.cni_conf_dir, &args.cni_bin_dir);
+        let interval = Duration::from_millis(args.watch_interval_ms);
+        tracing::info!(cni_conf_dir = %args.cni_conf_dir.display(), interval_ms = args.watch_interval_ms, "watching the CNI config");
+        workers.push(
+            thread::Builder::new()
+                .name("watch".into())
+                .spawn(move || loop {
+                    watcher.tick(&metrics);
+                    if stop.sleep(interval) {
+                        break;
+                    }
+                })?,
+        );
+    }
+
+    let signal = signals.wait().context("waiting for SIGTERM or SIGINT")?;
+    tracing::info!(?signal, "agent stopping");
+    stop.set();
+    // Wake the metrics thread out of accept(); it sees the stop flag and returns.
+    let _ = TcpStream::connect_timeout(&metrics_addr, Duration::from_secs(1));
+    for worker in workers {
+        let _ = worker.join();
+    }
+    if let Some(installed) = fast_path {
+        if args.detach_on_exit {
+            installed
+                .uninstall()
+                .context("detaching the eBPF fast path")?;
+            tracing::info!("eBPF fast path detached and unpinned");
+        }
+    }
+    tracing::info!("agent stopped");
+    Ok(())
 }

@@ -97,7 +97,8 @@ pub fn primary_config(dir: &Path) -> anyhow::Result<PathBuf> {
             continue;
         };
         let valid = if is_list(&file) {
-            conf.get("plugins").is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()))
+            conf.get("plugins")
+                .is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()))
         } else {
             conf.get("type").is_some_and(Value::is_string)
         };
@@ -108,11 +109,11 @@ pub fn primary_config(dir: &Path) -> anyhow::Result<PathBuf> {
     bail!("no valid CNI network config in {}", dir.display())
 }
 
-fn is_list(path: &Path) -> bool {
+pub fn is_list(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()) == Some("conflist")
 }
 
-fn is_meshcap(plugin: &Value) -> bool {
+pub fn is_meshcap(plugin: &Value) -> bool {
     plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
 }
 
@@ -125,7 +126,9 @@ pub fn with_entry(conf: &Map<String, Value>, list: bool, entry: &Value) -> Optio
             .get_mut("plugins")
             .and_then(Value::as_array_mut)
             .expect("validated conflist");
-        if plugins.last().is_some_and(|p| p == entry) && plugins.iter().filter(|p| is_meshcap(p)).count() == 1 {
+        if plugins.last().is_some_and(|p| p == entry)
+            && plugins.iter().filter(|p| is_meshcap(p)).count() == 1
+        {
             return None;
         }
         plugins.retain(|p| !is_meshcap(p));
@@ -186,20 +189,27 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
         Some(p) => p.clone(),
         None => default_plugin_binary()?,
     };
-    let bytes = fs::read(&source)
-        .with_context(|| format!("reading plugin binary {}", source.display()))?;
+    let bytes =
+        fs::read(&source).with_context(|| format!("reading plugin binary {}", source.display()))?;
     fs::create_dir_all(&args.cni_bin_dir)?;
     let dest = args.cni_bin_dir.join(PLUGIN_TYPE);
     if fs::read(&dest).ok().as_deref() != Some(&bytes[..]) {
         write_atomic(&dest, &bytes, 0o755)?;
     }
 
-    let primary = primary_config(&args.cni_conf_dir)?;
+    ensure_entry(&args.cni_conf_dir, &plugin_entry(args)).map(|(file, _)| file)
+}
+
+/// Puts `entry` last in the primary config's chain (the chain step of `install`, also what
+/// `meshcap agent` does when another component rewrote the file). Returns the file and
+/// whether it had to be written.
+pub fn ensure_entry(conf_dir: &Path, entry: &Value) -> anyhow::Result<(PathBuf, bool)> {
+    let primary = primary_config(conf_dir)?;
     let original = fs::read(&primary)?;
     let conf: Map<String, Value> = serde_json::from_slice(&original)?;
     let list = is_list(&primary);
-    let Some(updated) = with_entry(&conf, list, &plugin_entry(args)) else {
-        return Ok(primary);
+    let Some(updated) = with_entry(&conf, list, entry) else {
+        return Ok((primary, false));
     };
     let target = if list {
         primary.clone()
@@ -208,7 +218,7 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
     };
     // Keep the original (only the first time: a re-install must not overwrite it with an
     // already edited file).
-    let backup_dir = args.cni_conf_dir.join(BACKUP_DIR);
+    let backup_dir = conf_dir.join(BACKUP_DIR);
     let backup = backup_dir.join(primary.file_name().context("config has no file name")?);
     if !backup.exists() && !conf_has_meshcap(&conf) {
         fs::create_dir_all(&backup_dir)?;
@@ -220,7 +230,7 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
     if target != primary {
         fs::remove_file(&primary)?;
     }
-    Ok(target)
+    Ok((target, true))
 }
 
 fn conf_has_meshcap(conf: &Map<String, Value>) -> bool {
@@ -256,8 +266,8 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
                 Some(b) => {
                     let original = fs::read(&b)?;
                     let orig_conf: Map<String, Value> = serde_json::from_slice(&original)?;
-                    let orig_as_list = with_entry(&orig_conf, is_list(&b), &json!(null))
-                        .map(|mut v| {
+                    let orig_as_list =
+                        with_entry(&orig_conf, is_list(&b), &json!(null)).map(|mut v| {
                             if let Some(p) = v.get_mut("plugins").and_then(Value::as_array_mut) {
                                 p.retain(|x| !x.is_null());
                             }
@@ -306,7 +316,8 @@ mod tests {
     struct TempDir(PathBuf);
     impl TempDir {
         fn new(name: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("meshcap-install-{name}-{}", std::process::id()));
+            let p =
+                std::env::temp_dir().join(format!("meshcap-install-{name}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&p);
             fs::create_dir_all(p.join("net.d")).unwrap();
             fs::create_dir_all(p.join("bin")).unwrap();
@@ -367,7 +378,10 @@ mod tests {
         assert_eq!(plugins[2]["mode"], "nftables");
         assert_eq!(mode_of(&conf).unwrap(), 0o640);
         assert_eq!(fs::read(t.0.join("bin/meshcap-cni")).unwrap(), b"#!plugin");
-        assert_eq!(fs::read_to_string(t.0.join("net.d/99-other.conflist")).unwrap(), FLANNEL);
+        assert_eq!(
+            fs::read_to_string(t.0.join("net.d/99-other.conflist")).unwrap(),
+            FLANNEL
+        );
 
         uninstall(&t.uargs()).unwrap();
         assert_eq!(fs::read_to_string(&conf).unwrap(), FLANNEL);
@@ -409,15 +423,27 @@ mod tests {
         fs::write(&conf, serde_json::to_vec(&v).unwrap()).unwrap();
         uninstall(&t.uargs()).unwrap();
         let v: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
-        let types: Vec<_> = v["plugins"].as_array().unwrap().iter().map(|p| p["type"].clone()).collect();
-        assert_eq!(types, vec![json!("flannel"), json!("bandwidth"), json!("portmap")]);
+        let types: Vec<_> = v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["type"].clone())
+            .collect();
+        assert_eq!(
+            types,
+            vec![json!("flannel"), json!("bandwidth"), json!("portmap")]
+        );
     }
 
     #[test]
     fn invalid_files_are_skipped_when_picking_the_primary() {
         let t = TempDir::new("invalid");
         fs::write(t.0.join("net.d/00-broken.conflist"), "{not json").unwrap();
-        fs::write(t.0.join("net.d/05-empty.conflist"), r#"{"name":"x","plugins":[]}"#).unwrap();
+        fs::write(
+            t.0.join("net.d/05-empty.conflist"),
+            r#"{"name":"x","plugins":[]}"#,
+        )
+        .unwrap();
         fs::write(t.0.join("net.d/10-flannel.conflist"), FLANNEL).unwrap();
         assert_eq!(
             primary_config(&t.0.join("net.d")).unwrap(),

@@ -33,7 +33,8 @@ enum Command {
     Install(install::InstallArgs),
     /// Remove meshcap-cni from the node's CNI configuration and plugin directory.
     Uninstall(install::UninstallArgs),
-    /// Run the node agent (the eBPF fast path); `--uninstall` takes it down.
+    /// Run the node agent: eBPF fast path, repair of drifted pod rules, CNI config watch and
+    /// Prometheus metrics; `--uninstall` takes the fast path down.
     Agent(agent::AgentArgs),
 }
 

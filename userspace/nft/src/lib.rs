@@ -76,6 +76,16 @@ pub enum NftError {
     Drift { differences: Vec<String> },
 }
 
+impl NftError {
+    /// The kernel's errno, when the kernel refused something.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NftError::Rejected { errno, .. } | NftError::Kernel { errno, .. } => Some(*errno as i32),
+            _ => None,
+        }
+    }
+}
+
 /// meshcap's table of one family as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledTable {

@@ -1,0 +1,23 @@
+//! `meshcap render -f`'s manifest reader (YAML/JSON documents, `kind: List`, workload
+//! templates). The `meshcap` crate is a binary only, so its module is compiled in here.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../../userspace/meshcap/src/manifests.rs"]
+mod manifests;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|text: &str| {
+    let Ok(objects) = manifests::parse(text) else {
+        return;
+    };
+    for o in objects {
+        let _ = o.title();
+        if let manifests::Content::Pod { pod, .. } = o.content {
+            if let Ok(model) = pod.model() {
+                meshcap_fuzz::check_model(&model);
+            }
+        }
+    }
+});

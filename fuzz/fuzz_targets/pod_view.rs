@@ -1,0 +1,24 @@
+//! A Pod's JSON (from the API server, or a manifest's pod template) -> `PodView::from_pod`,
+//! selection, and the model with the sidecar's uid/gid, rendered.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use meshcap_model::pod::PodView;
+use meshcap_model::Selection;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let Ok(view) = PodView::from_pod(&value) else {
+        return;
+    };
+    let _ = view.display_name();
+    let _ = view.selection(Selection::All);
+    let _ = view.selection(Selection::Injected);
+    if let Ok(model) = view.model() {
+        assert_ne!(model.proxy_uid, u32::MAX);
+        assert_ne!(model.proxy_gid, u32::MAX);
+        meshcap_fuzz::check_model(&model);
+    }
+});

@@ -1,0 +1,474 @@
+//! Shared pieces of meshcap's fuzz targets: structured inputs that build well-formed (or
+//! nearly well-formed) annotations, and the injection invariants every rendering must hold.
+//!
+//! The invariants need no root: they read the rendered text. `scripts/fuzz.sh --validate`
+//! additionally feeds a corpus sample to `iptables-restore --test` and `nft -c -f` in a scratch
+//! network namespace (see the `render_corpus` binary).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use arbitrary::Arbitrary;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use meshcap_model::annotations::{self as ann, Annotations, MAX_LIST_LEN};
+use meshcap_model::render::{iptables, nftables};
+use meshcap_model::{RedirectModel, Ruleset};
+
+/// Annotation names the annotation fuzzers pick from, so most keys hit a real parser.
+pub const KNOWN_NAMES: &[&str] = &[
+    ann::INTERCEPTION_MODE,
+    ann::INCLUDE_OUTBOUND_IP_RANGES,
+    ann::EXCLUDE_OUTBOUND_IP_RANGES,
+    ann::INCLUDE_INBOUND_PORTS,
+    ann::EXCLUDE_INBOUND_PORTS,
+    ann::INCLUDE_OUTBOUND_PORTS,
+    ann::EXCLUDE_OUTBOUND_PORTS,
+    ann::EXCLUDE_INTERFACES,
+    ann::REROUTE_VIRTUAL_INTERFACES,
+    ann::KUBEVIRT_INTERFACES,
+    ann::PROXY_CONFIG,
+    ann::SIDECAR_STATUS,
+    ann::SIDECAR_INJECT,
+];
+
+/// An annotation key: usually a real one, sometimes anything.
+#[derive(Arbitrary, Debug)]
+pub enum Key {
+    Known(u8),
+    Other(String),
+}
+
+impl Key {
+    pub fn name(&self) -> String {
+        match self {
+            Key::Known(i) => KNOWN_NAMES[*i as usize % KNOWN_NAMES.len()].to_owned(),
+            Key::Other(s) => s.clone(),
+        }
+    }
+}
+
+/// One piece of a list value; mostly plausible items, so the parsers get past the first
+/// comma, with hostile text mixed in.
+#[derive(Arbitrary, Debug)]
+pub enum Piece {
+    Port(u32),
+    V4([u8; 4], u8),
+    V6([u8; 16], u8),
+    Star,
+    Iface(Vec<u8>),
+    Text(String),
+}
+
+impl Piece {
+    fn text(&self) -> String {
+        match self {
+            Piece::Port(p) => p.to_string(),
+            Piece::V4(a, len) => format!("{}/{}", Ipv4Addr::from(*a), len),
+            Piece::V6(a, len) => format!("{}/{}", Ipv6Addr::from(*a), len),
+            Piece::Star => "*".to_owned(),
+            Piece::Iface(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Piece::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// An annotation value: raw text, or pieces joined by a separator.
+#[derive(Arbitrary, Debug)]
+pub enum Value {
+    Raw(String),
+    List { pieces: Vec<Piece>, sep: u8 },
+}
+
+impl Value {
+    pub fn text(&self) -> String {
+        match self {
+            Value::Raw(s) => s.clone(),
+            Value::List { pieces, sep } => {
+                let sep = [",", ", ", " ,", ",,", ";", "\n,"][*sep as usize % 6];
+                pieces.iter().map(Piece::text).collect::<Vec<_>>().join(sep)
+            }
+        }
+    }
+}
+
+/// Arbitrary annotations biased to the real names.
+#[derive(Arbitrary, Debug)]
+pub struct AnnotationsInput(pub Vec<(Key, Value)>);
+
+impl AnnotationsInput {
+    pub fn annotations(&self) -> Annotations {
+        self.0.iter().map(|(k, v)| (k.name(), v.text())).collect()
+    }
+}
+
+// ---- well-formed models ----
+
+/// A typed network, normalised to a valid CIDR (prefix in range, host bits cleared).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Net {
+    V4([u8; 4], u8),
+    V6([u8; 16], u8),
+}
+
+impl Net {
+    pub fn net(self) -> IpNet {
+        match self {
+            Net::V4(a, len) => IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::from(a), len % 33)
+                    .expect("prefix <= 32")
+                    .trunc(),
+            ),
+            Net::V6(a, len) => IpNet::V6(
+                Ipv6Net::new(Ipv6Addr::from(a), len % 129)
+                    .expect("prefix <= 128")
+                    .trunc(),
+            ),
+        }
+    }
+}
+
+/// A port, mapped into 1-65535.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub struct Port(pub u16);
+
+impl Port {
+    pub fn get(self) -> u16 {
+        self.0.max(1)
+    }
+}
+
+/// An interface name, mapped into what [`ann::is_valid_interface_name`] accepts (so including
+/// `$`, `;`, `*`, `+`, backticks and other shell and nft metacharacters).
+#[derive(Arbitrary, Debug, Clone)]
+pub struct Iface(pub Vec<u8>);
+
+impl Iface {
+    pub fn name(&self) -> String {
+        const ALPHABET: &[u8] =
+            b"abcdefghijklmnopqrstuvwxyz0123456789-_.@+*$;`&|<>(){}[]#!?%=,~^ABCXYZ";
+        let mut name: String = self
+            .0
+            .iter()
+            .take(15)
+            .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+            .collect();
+        // `,` separates list items and a lone `.`/`..` is refused: keep the name one valid item.
+        name = name.replace(',', "c");
+        if name.is_empty() || name == "." || name == ".." {
+            name.push('x');
+            name = name.replace('.', "d");
+        }
+        debug_assert!(ann::is_valid_interface_name(&name), "{name:?}");
+        name
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+pub enum Ranges {
+    All,
+    Only(Vec<Net>),
+}
+
+#[derive(Arbitrary, Debug)]
+pub enum Ports {
+    All,
+    Only(Vec<Port>),
+}
+
+/// A model described by typed, valid values. Rendered into annotation text, it must always be
+/// accepted: the parsers may refuse garbage, never a well-formed value.
+#[derive(Arbitrary, Debug)]
+pub struct ModelInput {
+    pub tproxy: Option<bool>,
+    pub include_ranges: Option<Ranges>,
+    pub exclude_ranges: Option<Vec<Net>>,
+    pub include_inbound: Option<Ports>,
+    pub exclude_inbound: Option<Vec<Port>>,
+    pub include_outbound: Option<Vec<Port>>,
+    pub exclude_outbound: Option<Vec<Port>>,
+    pub exclude_ifaces: Option<Vec<Iface>>,
+    pub reroute: Option<Vec<Iface>>,
+    pub kubevirt: Option<Vec<Iface>>,
+    pub dns: Option<bool>,
+    pub json_proxy_config: bool,
+    pub spaced: bool,
+    /// `securityContext.runAsUser`/`runAsGroup` of the sidecar, as a pod may state them.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+fn join<T>(items: &[T], spaced: bool, f: impl Fn(&T) -> String) -> String {
+    let sep = if spaced { ", " } else { "," };
+    items
+        .iter()
+        .take(MAX_LIST_LEN)
+        .map(f)
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+fn dedup<T: Ord + Clone>(v: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut seen = BTreeSet::new();
+    v.into_iter().filter(|x| seen.insert(x.clone())).collect()
+}
+
+impl ModelInput {
+    /// The annotations that describe this model.
+    pub fn annotations(&self) -> Annotations {
+        let s = self.spaced;
+        let mut a = Annotations::new();
+        let mut put = |k: &str, v: String| {
+            a.insert(k.to_owned(), v);
+        };
+        if let Some(t) = self.tproxy {
+            put(ann::INTERCEPTION_MODE, if t { "TPROXY" } else { "REDIRECT" }.into());
+        }
+        match &self.include_ranges {
+            Some(Ranges::All) => put(ann::INCLUDE_OUTBOUND_IP_RANGES, "*".into()),
+            Some(Ranges::Only(n)) => {
+                put(ann::INCLUDE_OUTBOUND_IP_RANGES, join(n, s, |n| n.net().to_string()))
+            }
+            None => {}
+        }
+        if let Some(n) = &self.exclude_ranges {
+            put(ann::EXCLUDE_OUTBOUND_IP_RANGES, join(n, s, |n| n.net().to_string()));
+        }
+        match &self.include_inbound {
+            Some(Ports::All) => put(ann::INCLUDE_INBOUND_PORTS, "*".into()),
+            Some(Ports::Only(p)) => {
+                put(ann::INCLUDE_INBOUND_PORTS, join(p, s, |p| p.get().to_string()))
+            }
+            None => {}
+        }
+        for (name, ports) in [
+            (ann::EXCLUDE_INBOUND_PORTS, &self.exclude_inbound),
+            (ann::INCLUDE_OUTBOUND_PORTS, &self.include_outbound),
+            (ann::EXCLUDE_OUTBOUND_PORTS, &self.exclude_outbound),
+        ] {
+            if let Some(p) = ports {
+                put(name, join(p, s, |p| p.get().to_string()));
+            }
+        }
+        for (name, ifaces) in [
+            (ann::EXCLUDE_INTERFACES, &self.exclude_ifaces),
+            (ann::REROUTE_VIRTUAL_INTERFACES, &self.reroute),
+            (ann::KUBEVIRT_INTERFACES, &self.kubevirt),
+        ] {
+            if let Some(i) = ifaces {
+                put(name, join(i, s, Iface::name));
+            }
+        }
+        if let Some(dns) = self.dns {
+            let v = if self.json_proxy_config {
+                format!(r#"{{"proxyMetadata":{{"ISTIO_META_DNS_CAPTURE":"{dns}"}}}}"#)
+            } else {
+                format!("proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"{dns}\"\n")
+            };
+            put(ann::PROXY_CONFIG, v);
+        }
+        a
+    }
+
+    /// Parses [`Self::annotations`], which must succeed, checks the parsed model states what
+    /// the input said, and applies the pod's uid/gid as the plugin does.
+    pub fn model(&self) -> RedirectModel {
+        let annotations = self.annotations();
+        let mut model = RedirectModel::from_annotations(&annotations).unwrap_or_else(|e| {
+            panic!("well-formed annotations refused: {e}\n{annotations:#?}")
+        });
+        let cap = |v: &[Port]| dedup(v.iter().take(MAX_LIST_LEN).map(|p| p.get()));
+        if let Some(p) = &self.include_outbound {
+            assert_eq!(model.include_outbound_ports, cap(p));
+        }
+        if let Some(p) = &self.exclude_outbound {
+            assert_eq!(model.exclude_outbound_ports, cap(p));
+        }
+        if let Some(n) = &self.exclude_ranges {
+            let want = dedup(n.iter().take(MAX_LIST_LEN).map(|n| n.net()));
+            assert_eq!(model.exclude_outbound_ranges, want);
+        }
+        let names = |v: &[Iface]| dedup(v.iter().take(MAX_LIST_LEN).map(Iface::name));
+        if let Some(i) = &self.exclude_ifaces {
+            assert_eq!(model.exclude_interfaces, names(i));
+        }
+        if let Some(i) = self.reroute.as_ref().or(self.kubevirt.as_ref()) {
+            assert_eq!(model.reroute_virtual_interfaces, names(i));
+        }
+        assert_eq!(model.dns_capture, self.dns == Some(true));
+        // PodView::id accepts 0..=4294967294 (u32::MAX is the kernel's "no id").
+        if let Some(uid) = self.uid {
+            model.proxy_uid = uid.min(u32::MAX - 1);
+        }
+        if let Some(gid) = self.gid {
+            model.proxy_gid = gid.min(u32::MAX - 1);
+        }
+        model
+    }
+}
+
+// ---- invariants ----
+
+/// Checks what any parsed model must satisfy, then renders it both ways and checks the text.
+pub fn check_model(model: &RedirectModel) {
+    for port in meshcap_model::model::ALWAYS_EXCLUDED_INBOUND_PORTS {
+        assert!(model.exclude_inbound_ports.contains(&port), "{port} not excluded");
+    }
+    for name in model
+        .exclude_interfaces
+        .iter()
+        .chain(&model.reroute_virtual_interfaces)
+    {
+        assert!(ann::is_valid_interface_name(name), "{name:?}");
+    }
+    // Lists stay bounded: a pod cannot make meshcap install an unbounded number of rules.
+    assert!(model.exclude_interfaces.len() <= MAX_LIST_LEN);
+    assert!(model.reroute_virtual_interfaces.len() <= MAX_LIST_LEN);
+    assert!(model.exclude_outbound_ranges.len() <= MAX_LIST_LEN);
+    assert!(model.include_outbound_ports.len() <= MAX_LIST_LEN);
+    assert!(model.exclude_outbound_ports.len() <= MAX_LIST_LEN);
+    assert!(model.exclude_inbound_ports.len() <= MAX_LIST_LEN + 3);
+
+    // Every list entry costs a few rules, except that each rerouted virtual interface gets one
+    // rule per included outbound range (as in istio-iptables): a product of two bounded lists.
+    let ranges = match &model.include_outbound_ranges {
+        ann::Selector::All => 1,
+        ann::Selector::Only(nets) => nets.len(),
+    };
+    let bound = 16 * MAX_LIST_LEN + 64 + model.reroute_virtual_interfaces.len() * ranges;
+    let rulesets = model.rulesets();
+    for rs in &rulesets {
+        assert!(rs.rule_count() <= bound, "{} rules > {bound}", rs.rule_count());
+        check_ruleset(rs);
+    }
+    check_nft(&nftables::render(&rulesets));
+}
+
+/// The iptables rendering of one ruleset: line grammar, and it reads back as itself.
+pub fn check_ruleset(rs: &Ruleset) {
+    let text = iptables::render(rs);
+    check_iptables(&text);
+    assert_eq!(
+        iptables::Installed::parse_save(&text),
+        iptables::Installed::from_ruleset(rs),
+        "rendered text does not read back as its ruleset:\n{text}"
+    );
+}
+
+/// Every line of `iptables-restore` input meshcap writes is one of its own statements: no
+/// value can start a new line, a quoted string or a comment.
+pub fn check_iptables(text: &str) {
+    for line in text.lines() {
+        assert!(
+            ["-A ", "-D ", "-X ", ":", "*", "COMMIT", "#"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "unexpected line {line:?}"
+        );
+        assert!(
+            line.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
+            "non-printable byte in {line:?}"
+        );
+        assert!(!line.contains(['"', '\'', '\\']), "quote in {line:?}");
+        if line == "COMMIT" || line.starts_with('*') {
+            continue;
+        }
+        let words: Vec<&str> = line.split(' ').collect();
+        assert!(words.iter().all(|w| !w.is_empty()), "empty word in {line:?}");
+        for pair in words.windows(2) {
+            if pair[0] == "-i" || pair[0] == "-o" {
+                assert!(ann::is_valid_interface_name(pair[1]), "{line:?}");
+            }
+            if pair[0] == "-A" || pair[0] == "-D" || pair[0] == "-X" || pair[0] == "-j" {
+                assert!(
+                    pair[1]
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit()),
+                    "chain or target {:?} in {line:?}",
+                    pair[1]
+                );
+            }
+        }
+    }
+}
+
+/// The nft script: quotes balance on every line, and outside quotes only the characters of
+/// meshcap's own statements appear (no `;`, `#`, `$`, `@` or braces a value could smuggle in).
+pub fn check_nft(text: &str) {
+    for line in text.lines() {
+        let t = line.trim_start_matches('\t');
+        if t.is_empty() || t == "}" {
+            continue;
+        }
+        if t.starts_with("table ") || t.starts_with("delete table ") {
+            assert!(
+                t.bytes().all(|b| b.is_ascii_alphanumeric() || b" {".contains(&b)),
+                "{line:?}"
+            );
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix("chain ") {
+            let name = rest.strip_suffix(" {").expect("chain line ends with {");
+            assert!(
+                name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "{line:?}"
+            );
+            continue;
+        }
+        if t.starts_with("type ") {
+            assert!(
+                t.bytes().all(|b| b.is_ascii_alphanumeric() || b" -;".contains(&b)),
+                "{line:?}"
+            );
+            continue;
+        }
+        // A rule: `<rule text> comment "<comment>"`.
+        let (rule, comment) = t
+            .split_once(" comment \"")
+            .unwrap_or_else(|| panic!("rule without comment: {line:?}"));
+        let comment = comment
+            .strip_suffix('"')
+            .unwrap_or_else(|| panic!("unterminated comment: {line:?}"));
+        assert!(!comment.contains('"'), "quote inside comment: {line:?}");
+        assert!(
+            comment.len() <= nftables::COMMENT_MAX_LEN,
+            "comment of {} bytes: {line:?}",
+            comment.len()
+        );
+        let mut quoted = false;
+        let mut word = String::new();
+        let mut prev_words: Vec<String> = Vec::new();
+        for c in rule.chars() {
+            if c == '"' {
+                if quoted {
+                    // The only strings are interface names after iifname/oifname.
+                    let kw = prev_words.last().map(String::as_str);
+                    assert!(
+                        matches!(kw, Some("iifname" | "oifname")),
+                        "string after {kw:?}: {line:?}"
+                    );
+                    assert!(ann::is_valid_interface_name(&word), "{word:?} in {line:?}");
+                    word.clear();
+                }
+                quoted = !quoted;
+                continue;
+            }
+            if quoted {
+                word.push(c);
+                continue;
+            }
+            assert!(
+                c.is_ascii_alphanumeric() || " _.:/!=,-".contains(c),
+                "{c:?} outside quotes: {line:?}"
+            );
+            if c == ' ' {
+                if !word.is_empty() {
+                    prev_words.push(std::mem::take(&mut word));
+                }
+            } else {
+                word.push(c);
+            }
+        }
+        assert!(!quoted, "unbalanced quote: {line:?}");
+    }
+}

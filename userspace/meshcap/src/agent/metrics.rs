@@ -1,0 +1,378 @@
+//! The agent's Prometheus metrics, served as text format 0.0.4 on `GET /metrics`.
+//!
+//! | metric | type | what |
+//! |---|---|---|
+//! | `meshcap_repairs_total` | counter | pods whose drifted rules the agent re-applied |
+//! | `meshcap_repair_failures_total` | counter | repair attempts that failed (retried next scan) |
+//! | `meshcap_repair_scans_total` | counter | passes over the attachment records |
+//! | `meshcap_attachments` | gauge | attachment records seen by the last scan |
+//! | `meshcap_config_rewrites_total` | counter | times another component dropped or moved meshcap's CNI entry and the agent put it back |
+//! | `meshcap_config_restore_failures_total` | counter | failed attempts to put the entry back |
+//! | `meshcap_cni_invocations_total{command,code}` | counter | plugin invocations by command and CNI code (0: success) |
+//! | `meshcap_cni_adds_total` | counter | plugin ADDs |
+//! | `meshcap_cni_failures_total{command,code}` | counter | failed plugin invocations by CNI code |
+//! | `meshcap_fastpath_available` | gauge | 1 when the eBPF fast path is installed on the node |
+//! | `meshcap_fastpath_pods` | gauge | pods registered with the fast path |
+//! | `meshcap_fastpath_redirected_bytes_total` | counter | bytes sk_msg delivered socket to socket |
+//!
+//! The plugin is a short-lived process, so it cannot hold counters: each invocation appends
+//! one line to the outcome log in its state directory (`meshcap_cni::state::count_outcome`)
+//! and the agent tails that file on every scan and scrape. The agent rotates it past
+//! [`ROTATE_AT`] bytes; a plugin that opened the file just before a rotation and writes just
+//! after the agent's final read of it loses its one line (a window of microseconds).
+//! Counters start from the log's contents when the agent starts, as Prometheus expects of a
+//! restarted target.
+//!
+//! The HTTP side is deliberately tiny: one connection at a time, a bounded request head, a
+//! 2 s socket timeout, only `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use meshcap_cni::state::{parse_outcome, OUTCOMES_FILE};
+use meshcap_fastpath::PinDir;
+
+use super::Stop;
+
+/// Rotate the outcome log past this size (about 100 000 invocations).
+const ROTATE_AT: u64 = 1 << 20;
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Counters {
+    repairs: u64,
+    repair_failures: u64,
+    scans: u64,
+    attachments: u64,
+    config_rewrites: u64,
+    config_restore_failures: u64,
+    /// (command, code) -> count.
+    cni: BTreeMap<(String, u32), u64>,
+}
+
+/// Where the agent is in the outcome log.
+struct Tail {
+    path: PathBuf,
+    /// Inode of the file `offset` belongs to.
+    ino: Option<u64>,
+    offset: u64,
+}
+
+pub struct Metrics {
+    counters: Mutex<Counters>,
+    tail: Mutex<Tail>,
+    pin_dir: PathBuf,
+}
+
+impl Metrics {
+    pub fn new(state_root: &Path, pin_dir: &Path) -> Metrics {
+        Metrics {
+            counters: Mutex::default(),
+            tail: Mutex::new(Tail {
+                path: state_root.join(OUTCOMES_FILE),
+                ino: None,
+                offset: 0,
+            }),
+            pin_dir: pin_dir.to_owned(),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Counters) -> T) -> T {
+        f(&mut self.counters.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn repaired(&self) {
+        self.with(|c| c.repairs += 1);
+    }
+
+    pub fn repair_failed(&self) {
+        self.with(|c| c.repair_failures += 1);
+    }
+
+    /// A scan finished having seen `attachments` records.
+    pub fn scanned(&self, attachments: u64) {
+        self.with(|c| {
+            c.scans += 1;
+            c.attachments = attachments;
+        });
+        self.read_outcomes();
+    }
+
+    pub fn config_rewrite_seen(&self) {
+        self.with(|c| c.config_rewrites += 1);
+    }
+
+    pub fn config_restore_failed(&self) {
+        self.with(|c| c.config_restore_failures += 1);
+    }
+
+    /// Reads the outcome log's new lines (and rotates it when it grew large).
+    fn read_outcomes(&self) {
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(mut file) = fs::File::open(&tail.path) else {
+            return;
+        };
+        let Ok(meta) = file.metadata() else { return };
+        if tail.ino != Some(meta.ino()) || meta.len() < tail.offset {
+            // A new (or truncated) log: start at its beginning.
+            tail.ino = Some(meta.ino());
+            tail.offset = 0;
+        }
+        let consumed = self.consume(&mut file, tail.offset);
+        if tail.offset + consumed >= ROTATE_AT {
+            // Move it aside first so new lines go to a fresh file, then drain the old one.
+            let aside = tail.path.with_extension("rotating");
+            if fs::rename(&tail.path, &aside).is_ok() {
+                self.consume(&mut file, tail.offset + consumed);
+                let _ = fs::remove_file(&aside);
+                tail.ino = None;
+                tail.offset = 0;
+                return;
+            }
+        }
+        tail.offset += consumed;
+    }
+
+    /// Counts the complete lines from `offset`; returns the bytes consumed.
+    fn consume(&self, file: &mut fs::File, offset: u64) -> u64 {
+        let mut buf = Vec::new();
+        if file.seek(SeekFrom::Start(offset)).is_err() || file.read_to_end(&mut buf).is_err() {
+            return 0;
+        }
+        // A line still being written (never in practice: each is one write) waits.
+        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let text = String::from_utf8_lossy(&buf[..complete]);
+        self.with(|c| {
+            for (command, code) in text.lines().filter_map(parse_outcome) {
+                *c.cni.entry((command.to_owned(), code)).or_default() += 1;
+            }
+        });
+        complete as u64
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.read_outcomes();
+        let c = self.with(|c| {
+            (
+                c.repairs,
+                c.repair_failures,
+                c.scans,
+                c.attachments,
+                c.config_rewrites,
+                c.config_restore_failures,
+                c.cni.clone(),
+            )
+        });
+        let (repairs, repair_failures, scans, attachments, rewrites, restore_failures, cni) = c;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let one = |v: u64| [(String::new(), v)];
+        metric(
+            "meshcap_repairs_total",
+            "counter",
+            "Pods whose drifted capture rules the agent re-applied.",
+            &one(repairs),
+        );
+        metric(
+            "meshcap_repair_failures_total",
+            "counter",
+            "Repair attempts that failed (retried on the next scan).",
+            &one(repair_failures),
+        );
+        metric(
+            "meshcap_repair_scans_total",
+            "counter",
+            "Passes over the attachment records.",
+            &one(scans),
+        );
+        metric(
+            "meshcap_attachments",
+            "gauge",
+            "Attachment records seen by the last scan.",
+            &one(attachments),
+        );
+        metric("meshcap_config_rewrites_total", "counter", "Rewrites of the primary CNI config that dropped or moved meshcap's entry, undone by the agent.", &one(rewrites));
+        metric(
+            "meshcap_config_restore_failures_total",
+            "counter",
+            "Failed attempts to put meshcap's CNI entry back.",
+            &one(restore_failures),
+        );
+        let label =
+            |(command, code): &(String, u32)| format!("{{command=\"{command}\",code=\"{code}\"}}");
+        let invocations: Vec<_> = cni.iter().map(|(k, v)| (label(k), *v)).collect();
+        metric(
+            "meshcap_cni_invocations_total",
+            "counter",
+            "meshcap-cni invocations by command and CNI result code (0: success).",
+            &invocations,
+        );
+        let adds = cni
+            .iter()
+            .filter(|((cmd, _), _)| cmd == "ADD")
+            .map(|(_, v)| v)
+            .sum();
+        metric(
+            "meshcap_cni_adds_total",
+            "counter",
+            "meshcap-cni ADD invocations.",
+            &one(adds),
+        );
+        let failures: Vec<_> = cni
+            .iter()
+            .filter(|((_, code), _)| *code != 0)
+            .map(|(k, v)| (label(k), *v))
+            .collect();
+        metric(
+            "meshcap_cni_failures_total",
+            "counter",
+            "Failed meshcap-cni invocations by command and CNI error code.",
+            &failures,
+        );
+
+        let status = PinDir::new(&self.pin_dir).status(None).ok();
+        let available = status.as_ref().is_some_and(|s| s.available.is_ok());
+        let (pods, bytes) = status.filter(|_| available).map_or((0, 0), |s| {
+            (s.registered_pods as u64, s.counters.redirected_bytes)
+        });
+        metric(
+            "meshcap_fastpath_available",
+            "gauge",
+            "1 when the eBPF fast path is installed on this node.",
+            &one(u64::from(available)),
+        );
+        metric(
+            "meshcap_fastpath_pods",
+            "gauge",
+            "Pods registered with the eBPF fast path.",
+            &one(pods),
+        );
+        metric(
+            "meshcap_fastpath_redirected_bytes_total",
+            "counter",
+            "Bytes the fast path delivered socket to socket.",
+            &one(bytes),
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` until `stop` is set (the caller then connects once to wake accept).
+pub fn serve(listener: &TcpListener, metrics: &Metrics, stop: &Stop) {
+    for conn in listener.incoming() {
+        if stop.is_set() {
+            return;
+        }
+        match conn {
+            Ok(stream) => {
+                if let Err(e) = respond(stream, metrics) {
+                    tracing::debug!(error = %e, "metrics request failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a metrics connection failed");
+                stop.sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_REQUEST_HEAD {
+            return reply(&mut stream, "431 Request Header Fields Too Large", "");
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut words = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/metrics") => reply(&mut stream, "200 OK", &metrics.render()),
+        ("GET", _) => reply(&mut stream, "404 Not Found", "only /metrics is served\n"),
+        _ => reply(&mut stream, "405 Method Not Allowed", ""),
+    }
+}
+
+fn reply(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_tailed_and_rendered() {
+        let dir =
+            std::env::temp_dir().join(format!("meshcap-agent-metrics-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let m = Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins"));
+        meshcap_cni::state::count_outcome(&dir, "ADD", 0);
+        meshcap_cni::state::count_outcome(&dir, "ADD", 100);
+        let text = m.render();
+        meshcap_cni::state::count_outcome(&dir, "DEL", 0);
+        let text2 = m.render();
+        let _ = fs::remove_dir_all(&dir);
+        assert!(text.contains("meshcap_cni_adds_total 2\n"), "{text}");
+        assert!(
+            text.contains("meshcap_cni_failures_total{command=\"ADD\",code=\"100\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("meshcap_fastpath_available 0\n"), "{text}");
+        assert!(
+            text2.contains("meshcap_cni_invocations_total{command=\"DEL\",code=\"0\"} 1\n"),
+            "{text2}"
+        );
+        assert!(text2.contains("meshcap_cni_adds_total 2\n"), "{text2}");
+        assert!(text2.contains("meshcap_repairs_total 0\n"), "{text2}");
+    }
+
+    #[test]
+    fn a_large_outcome_log_is_rotated_without_losing_counts() {
+        let dir = std::env::temp_dir().join(format!("meshcap-agent-rotate-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let lines = (ROTATE_AT / 6 + 10) as usize;
+        fs::write(dir.join(OUTCOMES_FILE), "ADD 0\n".repeat(lines)).unwrap();
+        let m = Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins"));
+        let first = m.render();
+        let rotated = !dir.join(OUTCOMES_FILE).exists();
+        meshcap_cni::state::count_outcome(&dir, "ADD", 0);
+        let second = m.render();
+        let _ = fs::remove_dir_all(&dir);
+        assert!(first.contains(&format!("meshcap_cni_adds_total {lines}\n")));
+        assert!(rotated, "the log was moved aside and drained");
+        assert!(second.contains(&format!("meshcap_cni_adds_total {}\n", lines + 1)));
+    }
+}

@@ -1,0 +1,200 @@
+//! Repair: put a meshed pod's rules back when they drifted (flushed by someone, a tool that
+//! rewrote the tables, rules lost some other way).
+//!
+//! The source of truth is the plugin's attachment records (`meshcap_cni::state`): ADD stores
+//! the model inputs it used (effective annotations, proxy uid/gid) and the namespace's
+//! identity. Each scan recomputes the rulesets exactly as ADD did (`PodView::model`), runs the
+//! dataplane's `check` and, on drift, its `apply` (atomic and idempotent). Every repair is
+//! logged with the pod and what had drifted, and counted.
+//!
+//! Safety:
+//! - a record whose namespace is gone, or whose path now names another namespace (a recycled
+//!   `/proc/PID/ns/net`; dev/ino differ from what ADD recorded), is left alone: GC and DEL own
+//!   stale records;
+//! - DEL removes the rules before the record: when the record is gone after a repair applied
+//!   rules, the repair takes them out again, so it never resurrects a pod DEL tore down;
+//! - the dataplane's per-namespace lock serialises each check and apply with the plugin.
+//!
+//! Limits (documented, not hidden): records written before the model inputs were stored
+//! cannot be recomputed and are skipped (logged once). Pods started before the plugin was
+//! installed have no record at all: finding them needs the pod's network namespace, which the
+//! Kubernetes API does not expose; it takes the CRI (`crictl inspectp` gives the sandbox's
+//! netns path), a later step. The eBPF fast path registration is not repaired here.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use meshcap_cni::state::{self, AttachmentRecord, StateDir};
+use meshcap_dataplane::{Dataplane, DataplaneError, PodNetns};
+use meshcap_model::pod::PodView;
+
+use super::metrics::Metrics;
+
+/// What one record's check came to.
+#[derive(Debug)]
+enum Verdict {
+    InSync,
+    Repaired(Vec<String>),
+    /// The namespace is gone or is another one now; nothing to do.
+    Gone(&'static str),
+    Unrepairable(String),
+    Failed(String),
+}
+
+pub struct Repairer {
+    state: StateDir,
+    dataplane: Dataplane,
+    /// Records already reported as unrepairable (logged once, not every scan).
+    reported: HashSet<PathBuf>,
+}
+
+impl Repairer {
+    pub fn new(state_root: &Path) -> Repairer {
+        Repairer {
+            state: StateDir::new(state_root),
+            // The plugin's defaults: the same lock files, so the two never interleave.
+            dataplane: Dataplane::default(),
+            reported: HashSet::new(),
+        }
+    }
+
+    /// One pass over every network's records.
+    pub fn scan(&mut self, metrics: &Metrics) {
+        let mut attachments = 0u64;
+        let mut seen = HashSet::new();
+        for network in self.networks() {
+            let entries = match self.state.list(&network) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, %network, "cannot list attachment records");
+                    continue;
+                }
+            };
+            for entry in entries.into_iter().filter(|e| e.key.is_some()) {
+                let record = match state::read_record(&entry.path) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        if self.reported.insert(entry.path.clone()) {
+                            tracing::warn!(error = %e, "skipping an unreadable attachment record");
+                        }
+                        seen.insert(entry.path);
+                        continue;
+                    }
+                };
+                attachments += 1;
+                let verdict = self.check_one(&entry.path, &record);
+                self.report(&entry.path, &record, verdict, metrics);
+                seen.insert(entry.path);
+            }
+        }
+        self.reported.retain(|p| seen.contains(p));
+        metrics.scanned(attachments);
+    }
+
+    /// Network directories under the state root (the outcome log and temp files are not).
+    fn networks(&self) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(self.state.root()) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = dir
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn check_one(&self, path: &Path, rec: &AttachmentRecord) -> Verdict {
+        let Some(annotations) = rec.annotations.clone() else {
+            return Verdict::Unrepairable(
+                "the record predates stored model inputs (written by an older plugin)".into(),
+            );
+        };
+        let pod = PodView {
+            annotations,
+            proxy_uid: rec.proxy_uid,
+            proxy_gid: rec.proxy_gid,
+            ..PodView::default()
+        };
+        let rulesets = match pod.model() {
+            Ok(m) => m.rulesets(),
+            Err(e) => return Verdict::Unrepairable(format!("recomputing the model: {e}")),
+        };
+        let ns = match PodNetns::open(&rec.netns) {
+            Ok(ns) => ns,
+            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
+            Err(e) => return Verdict::Failed(format!("opening the namespace: {e}")),
+        };
+        if let (Some(dev), Some(ino)) = (rec.netns_dev, rec.netns_ino) {
+            if (ns.dev(), ns.ino()) != (dev, ino) {
+                return Verdict::Gone("the path names another namespace than ADD captured");
+            }
+        }
+        let backend = rec.mode.backend();
+        let details = match self.dataplane.check(&ns, backend, &rulesets) {
+            Ok(()) => return Verdict::InSync,
+            Err(DataplaneError::Drift { details }) => details,
+            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
+            Err(e) => return Verdict::Failed(format!("check: {e}")),
+        };
+        // DEL may have run since the check (it removes the rules, then the record).
+        if !matches!(state::read_record(path), Ok(Some(_))) {
+            return Verdict::Gone("DEL removed the attachment");
+        }
+        if let Err(e) = self.dataplane.apply(&ns, backend, &rulesets) {
+            return match e {
+                DataplaneError::NetnsVanished { .. } => Verdict::Gone("namespace is gone"),
+                e => Verdict::Failed(format!("apply: {e}")),
+            };
+        }
+        if !matches!(state::read_record(path), Ok(Some(_))) {
+            // DEL ran during the apply: take back what the repair put in.
+            if let Err(e) = self.dataplane.remove(&ns, backend) {
+                tracing::warn!(error = %e, netns = %rec.netns.display(), "removing rules of a pod DEL tore down during a repair failed");
+            }
+            return Verdict::Gone("DEL removed the attachment");
+        }
+        Verdict::Repaired(details)
+    }
+
+    fn report(&mut self, path: &Path, rec: &AttachmentRecord, verdict: Verdict, metrics: &Metrics) {
+        let pod = format!(
+            "{}/{}",
+            rec.pod_namespace.as_deref().unwrap_or("-"),
+            rec.pod_name.as_deref().unwrap_or("-")
+        );
+        match verdict {
+            Verdict::InSync => {
+                tracing::debug!(%pod, netns = %rec.netns.display(), "rules in place");
+            }
+            Verdict::Repaired(details) => {
+                metrics.repaired();
+                tracing::warn!(
+                    %pod,
+                    container_id = %rec.container_id,
+                    ifname = %rec.ifname,
+                    netns = %rec.netns.display(),
+                    mode = rec.mode.as_str(),
+                    drift = %details.join("; "),
+                    "repaired the pod's capture rules in place"
+                );
+            }
+            Verdict::Gone(why) => {
+                tracing::debug!(%pod, netns = %rec.netns.display(), why, "not repairing");
+            }
+            Verdict::Unrepairable(why) => {
+                if self.reported.insert(path.to_owned()) {
+                    tracing::warn!(%pod, record = %path.display(), %why, "cannot repair this attachment");
+                }
+            }
+            Verdict::Failed(error) => {
+                metrics.repair_failed();
+                tracing::warn!(%pod, netns = %rec.netns.display(), %error, "repair failed; retrying next scan");
+            }
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! `meshcap agent` as a process: the config watch undoes another component's rewrite of the
+//! primary conflist (and respects `meshcap uninstall`), the repair puts flushed rules back in
+//! a real namespace so that capture works again, and the metrics endpoint counts both plus
+//! the plugin's ADDs.
+//!
+//! The config-watch test needs no privileges. The repair test needs root, `ip`, the rule
+//! backends and the `meshcap-cni` binary (built by `cargo test -p meshcap-cni -p meshcap`, or
+//! `cargo build -p meshcap-cni`, or named by `MESHCAP_CNI_BIN`); when it cannot run it says
+//! so by name, and under `CI=true` it fails instead.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
+
+/// A scratch directory, removed on drop even when the test fails.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("meshcap-agent-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        for sub in ["net.d", "bin", "state"] {
+            fs::create_dir_all(p.join(sub)).unwrap();
+        }
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free local port (bound and released; the agent binds it right after).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A running agent; SIGTERM on drop (SIGKILL if it does not stop).
+struct Agent {
+    child: Option<Child>,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(s: &Scratch, extra: &[&str]) -> Agent {
+        let addr = free_addr();
+        let log = s.0.join("agent.log");
+        let mut cmd = Command::new(MESHCAP);
+        cmd.arg("agent")
+            .arg("--no-fast-path")
+            .arg("--cni-conf-dir")
+            .arg(s.0.join("net.d"))
+            .arg("--cni-bin-dir")
+            .arg(s.0.join("bin"))
+            .arg("--state-dir")
+            .arg(s.0.join("state"))
+            .arg("--metrics-addr")
+            .arg(addr.to_string())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("spawn meshcap agent");
+        let agent = Agent {
+            child: Some(child),
+            addr,
+            log,
+        };
+        agent.wait_for("the metrics endpoint", Duration::from_secs(10), || {
+            agent.try_metrics().is_some()
+        });
+        agent
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET /metrics` parsed as `name{labels}` -> value.
+    fn try_metrics(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        let mut conn = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Some(
+            body.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .filter_map(|l| l.rsplit_once(' '))
+                .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+                .collect(),
+        )
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let m = self.try_metrics().expect("metrics endpoint answers");
+        *m.get(name).unwrap_or_else(|| panic!("{name} not in {m:?}"))
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !ok() {
+            assert!(
+                start.elapsed() < limit,
+                "{what}: not within {limit:?}\nagent log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully within 10 s.
+    fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const FLANNEL: &str = r#"{
+  "name": "cbr0",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+"#;
+
+fn plugin_types(file: &Path) -> Vec<String> {
+    let v: Value = serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap();
+    v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Another component rewrites its conflist in place (atomically, as daemons do).
+fn rewrite_as_other_component(file: &Path, text: &str) {
+    let tmp = file.with_extension("other-tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, file).unwrap();
+}
+
+#[test]
+fn config_rewrite_by_another_component_is_undone_and_counted() {
+    let s = Scratch::new("watch");
+    let conf = s.0.join("net.d/10-flannel.conflist");
+    fs::write(&conf, FLANNEL).unwrap();
+    fs::write(s.0.join("fake-plugin"), b"#!plugin").unwrap();
+    let install = Command::new(MESHCAP)
+        .arg("install")
+        .arg("--cni-conf-dir")
+        .arg(s.0.join("net.d"))
+        .arg("--cni-bin-dir")
+        .arg(s.0.join("bin"))
+        .arg("--plugin-binary")
+        .arg(s.0.join("fake-plugin"))
+        .args(["--mode", "nftables", "--exclude-namespace", "infra"])
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let installed: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
+    let entry = installed["plugins"][2].clone();
+    assert_eq!(entry["type"], "meshcap-cni");
+
+    let mut agent = Agent::start(
+        &s,
+        &["--watch-interval-ms", "100", "--repair-interval-ms", "200"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        agent.metric("meshcap_config_rewrites_total"),
+        0.0,
+        "nothing to undo yet"
+    );
+
+    // The primary CNI's daemon restarts and writes its own conflist back.
+    rewrite_as_other_component(&conf, FLANNEL);
+    agent.wait_for("meshcap's entry back last", Duration::from_secs(5), || {
+        plugin_types(&conf) == ["flannel", "portmap", "meshcap-cni"]
+    });
+    let v: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
+    assert_eq!(v["plugins"][2], entry, "the same settings install wrote");
+    assert_eq!(agent.metric("meshcap_config_rewrites_total"), 1.0);
+    assert!(
+        agent.log().contains("put meshcap's entry back"),
+        "{}",
+        agent.log()
+    );
+
+    // A rewrite that moves meshcap out of last place is undone too.
+    let mut moved: Value = serde_json::from_str(FLANNEL).unwrap();
+    moved["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, entry.clone());
+    rewrite_as_other_component(&conf, &moved.to_string());
+    agent.wait_for("meshcap's entry last again", Duration::from_secs(5), || {
+        plugin_types(&conf) == ["flannel", "portmap", "meshcap-cni"]
+    });
+    assert_eq!(agent.metric("meshcap_config_rewrites_total"), 2.0);
+
+    // `meshcap uninstall` is not undone: it removes the binary too.
+    let uninstall = Command::new(MESHCAP)
+        .arg("uninstall")
+        .arg("--cni-conf-dir")
+        .arg(s.0.join("net.d"))
+        .arg("--cni-bin-dir")
+        .arg(s.0.join("bin"))
+        .output()
+        .unwrap();
+    assert!(
+        uninstall.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        fs::read_to_string(&conf).unwrap(),
+        FLANNEL,
+        "uninstall wins"
+    );
+    assert_eq!(agent.metric("meshcap_config_rewrites_total"), 2.0);
+
+    assert!(
+        agent.stop(),
+        "SIGTERM stops the agent cleanly\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("agent stopped"), "{}", agent.log());
+}
+
+// ---- privileged: a real namespace, the real plugin and rule backends ----
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn skip_or_fail(test: &str, reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} cannot run under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.exists())
+}
+
+/// The plugin binary: `MESHCAP_CNI_BIN`, else next to the `meshcap` binary.
+fn plugin_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHCAP_CNI_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let p = Path::new(MESHCAP).with_file_name("meshcap-cni");
+    p.exists().then_some(p)
+}
+
+/// A named network namespace with a pod-like interface (10.244.0.5/24 on a veth whose peer
+/// stays inside and answers nothing), deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(test: &str) -> Netns {
+        let name = format!("{test}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ns = Netns { name };
+        ns.ip(&["netns", "add", &ns.name]);
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+            ],
+            &["link", "set", "peer0", "up"],
+            &["addr", "add", "10.244.0.5/24", "dev", "eth0"],
+            &["link", "set", "eth0", "up"],
+        ] {
+            let mut full = vec!["-n", &ns.name];
+            full.extend_from_slice(args);
+            ns.ip(&full);
+        }
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    fn exec(&self, argv: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .output()
+            .unwrap()
+    }
+
+    /// Whether an app's outbound connection is captured: a TCP connect to an address off the
+    /// pod reaches a listener on the outbound capture port 15001 (nothing else could accept
+    /// it: the veth leads nowhere).
+    fn outbound_captured(&self) -> bool {
+        let script = r#"
+import socket
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 15001)); srv.listen(1); srv.settimeout(2)
+cli = socket.socket(); cli.settimeout(2)
+try:
+    cli.connect(("10.244.0.99", 80)); srv.accept(); print("captured")
+except OSError as e:
+    print("not captured:", e)
+"#;
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("python3");
+        let out = self.exec(&[python, "-c", script]);
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if said != "captured" {
+            // Shown when an assertion on it fails.
+            eprintln!(
+                "{}: {said} {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        said == "captured"
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Runs the plugin as a runtime does.
+fn invoke_plugin(
+    bin: &Path,
+    command: &str,
+    cid: &str,
+    netns: &str,
+    state: &Path,
+    conf: &str,
+) -> (bool, String) {
+    let mut child = Command::new(bin)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={cid}"),
+        )
+        .env("MESHCAP_STATE_DIR", state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn plugin_conf(mode: &str, netns: &str) -> String {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "agentnet",
+        "type": "meshcap-cni",
+        "mode": mode,
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"}},
+        "prevResult": {
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "eth0", "sandbox": netns}],
+            "ips": [{"address": "10.244.0.5/24", "gateway": "10.244.0.1", "interface": 0}]
+        }
+    })
+    .to_string()
+}
+
+#[test]
+fn privileged_flushed_rules_are_repaired_and_capture_works_again() {
+    const TEST: &str = "privileged_flushed_rules_are_repaired_and_capture_works_again";
+    if !is_root() {
+        return skip_or_fail(TEST, "not running as root");
+    }
+    for tool in ["ip", "iptables", "nft"] {
+        if which(tool).is_none() {
+            return skip_or_fail(TEST, &format!("`{tool}` is not installed"));
+        }
+    }
+    let Some(plugin) = plugin_binary() else {
+        return skip_or_fail(
+            TEST,
+            "meshcap-cni binary not found next to meshcap (run `cargo build -p meshcap-cni` with the same CARGO_TARGET_DIR, or set MESHCAP_CNI_BIN)",
+        );
+    };
+    let s = Scratch::new("repair");
+    let state = s.0.join("state");
+    // (mode, container id, namespace, how another component wipes the rules)
+    let pods = [
+        (
+            "iptables",
+            "podipt",
+            Netns::create("mcagent-ipt"),
+            &["iptables", "-t", "nat", "-F"][..],
+        ),
+        (
+            "nftables",
+            "podnft",
+            Netns::create("mcagent-nft"),
+            &["nft", "flush", "ruleset"][..],
+        ),
+    ];
+    for (mode, cid, ns, _) in &pods {
+        assert!(!ns.outbound_captured(), "{mode}: no capture before ADD");
+        let (ok, out) = invoke_plugin(
+            &plugin,
+            "ADD",
+            cid,
+            &ns.path(),
+            &state,
+            &plugin_conf(mode, &ns.path()),
+        );
+        assert!(ok, "{mode}: ADD: {out}");
+        assert!(ns.outbound_captured(), "{mode}: capture after ADD");
+    }
+
+    let agent = Agent::start(&s, &["--no-config-watch", "--repair-interval-ms", "300"]);
+    agent.wait_for("a first scan", Duration::from_secs(5), || {
+        agent.metric("meshcap_repair_scans_total") >= 1.0
+    });
+    assert_eq!(agent.metric("meshcap_attachments"), 2.0);
+    assert_eq!(
+        agent.metric("meshcap_repairs_total"),
+        0.0,
+        "rules in place: nothing to repair"
+    );
+    assert_eq!(
+        agent.metric("meshcap_cni_adds_total"),
+        2.0,
+        "ADDs reported by the plugin"
+    );
+    assert_eq!(
+        agent.metric("meshcap_cni_invocations_total{command=\"ADD\",code=\"0\"}"),
+        2.0
+    );
+
+    for (n, (mode, cid, ns, flush)) in pods.iter().enumerate() {
+        let out = ns.exec(flush);
+        assert!(
+            out.status.success(),
+            "{mode}: {flush:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = plugin_conf(mode, &ns.path());
+        let (ok, _) = invoke_plugin(&plugin, "CHECK", cid, &ns.path(), &state, &conf);
+        assert!(!ok, "{mode}: CHECK sees the flushed rules as drift");
+        let started = Instant::now();
+        agent.wait_for(
+            &format!("{mode}: rules repaired"),
+            Duration::from_secs(5),
+            || invoke_plugin(&plugin, "CHECK", cid, &ns.path(), &state, &conf).0,
+        );
+        eprintln!("{mode}: repaired {:?} after the flush", started.elapsed());
+        assert!(
+            ns.outbound_captured(),
+            "{mode}: capture works again after the repair"
+        );
+        agent.wait_for("the repair counted", Duration::from_secs(2), || {
+            agent.metric("meshcap_repairs_total") == (n + 1) as f64
+        });
+    }
+    let log = agent.log();
+    assert_eq!(
+        log.matches("repaired the pod's capture rules in place")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        log.contains("pod=default/podipt") && log.contains("pod=default/podnft"),
+        "{log}"
+    );
+    // The failed CHECKs above (at least one per pod, more while polling for the repair) were
+    // reported by the plugin, by code (101: drift).
+    agent.wait_for("CHECK failures counted", Duration::from_secs(2), || {
+        agent.metric("meshcap_cni_failures_total{command=\"CHECK\",code=\"101\"}") >= 2.0
+    });
+
+    // DEL: the agent leaves a torn-down pod alone.
+    for (mode, cid, ns, _) in &pods {
+        let (ok, out) = invoke_plugin(
+            &plugin,
+            "DEL",
+            cid,
+            &ns.path(),
+            &state,
+            &plugin_conf(mode, &ns.path()),
+        );
+        assert!(ok, "{mode}: DEL: {out}");
+    }
+    std::thread::sleep(Duration::from_millis(900));
+    for (mode, _, ns, _) in &pods {
+        assert!(
+            !ns.outbound_captured(),
+            "{mode}: no capture after DEL, not resurrected"
+        );
+    }
+    assert_eq!(agent.metric("meshcap_repairs_total"), 2.0);
+    assert_eq!(agent.metric("meshcap_attachments"), 0.0);
+}
