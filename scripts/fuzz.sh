@@ -69,8 +69,7 @@ export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 status=0
 if $run; then
     echo "fuzz.sh: building ${#chosen[@]} target(s) with $NIGHTLY (ASan, debug assertions)"
-    cargo "+$NIGHTLY" fuzz build -a "${chosen[@]:0:1}" >/dev/null
-    [ ${#chosen[@]} -eq 1 ] || cargo "+$NIGHTLY" fuzz build -a
+    cargo "+$NIGHTLY" fuzz build -a
     summary=()
     for t in "${chosen[@]}"; do
         mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
@@ -106,12 +105,15 @@ if $validate; then
     echo "fuzz.sh: --validate: rendering up to $sample models of the render corpus"
     out=$(mktemp -d /tmp/meshcap-fuzz-validate.XXXXXX)
     ns="meshcap-fuzz-validate-$$"
+    # shellcheck disable=SC2317 # called by the trap
     cleanup() { ip netns del "$ns" 2>/dev/null || true; rm -rf "$out"; }
     trap cleanup EXIT
     corpus_dir=fuzz/corpus/render
     [ -n "$(ls -A "$corpus_dir" 2>/dev/null)" ] || corpus_dir=fuzz/seeds/render
     mkdir -p "$corpus_dir"
-    cargo "+$NIGHTLY" run -q --release --manifest-path fuzz/Cargo.toml --bin render_corpus -- \
+    # A plain (uninstrumented) build, in its own directory so it never waits on a fuzz build.
+    CARGO_TARGET_DIR="$CARGO_TARGET_DIR/validate" cargo "+$NIGHTLY" run -q --release \
+        --manifest-path fuzz/Cargo.toml --bin render_corpus -- \
         "$corpus_dir" "$out" "$sample"
     if [ "$(id -u)" != 0 ] || ! command -v iptables-restore >/dev/null || ! command -v nft >/dev/null; then
         msg="fuzz.sh: --validate needs root, iptables-restore and nft; the check did not run"

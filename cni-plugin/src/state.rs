@@ -146,7 +146,9 @@ impl StateDir {
                 .open(&temp)
                 .map_err(io_err("create", &temp))?;
             f.write_all(&body).map_err(io_err("write", &temp))?;
-            f.sync_all().map_err(io_err("sync", &temp))?;
+            // No fsync: records live under /run, which a reboot empties anyway (and is tmpfs
+            // on real nodes); the rename alone keeps readers from seeing a partial record.
+            // An fsync on a disk-backed /run costs milliseconds on every pod start.
             fs::rename(&temp, &path).map_err(io_err("rename into", &path))
         })();
         if written.is_err() {

@@ -27,14 +27,20 @@ fuzz_target!(|raw: &str| {
     for (k, v) in [
         ("K8S_POD_NAME", &args.k8s_pod_name),
         ("K8S_POD_NAMESPACE", &args.k8s_pod_namespace),
-        ("K8S_POD_INFRA_CONTAINER_ID", &args.k8s_pod_infra_container_id),
+        (
+            "K8S_POD_INFRA_CONTAINER_ID",
+            &args.k8s_pod_infra_container_id,
+        ),
         ("K8S_POD_UID", &args.k8s_pod_uid),
     ] {
         if let Some(v) = v {
             pairs.push(format!("{k}={v}"));
         }
     }
-    if raw.split(';').any(|p| p.split_once('=').is_some_and(|(k, _)| k == "IgnoreUnknown")) {
+    if raw
+        .split(';')
+        .any(|p| p.split_once('=').is_some_and(|(k, _)| k == "IgnoreUnknown"))
+    {
         pairs.push(format!("IgnoreUnknown={}", args.ignore_unknown));
     }
     for (k, v) in &args.other {

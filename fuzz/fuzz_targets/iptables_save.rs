@@ -13,14 +13,19 @@ fuzz_target!(|text: &str| {
         let want = Installed::from_ruleset(&RedirectModel::default().ruleset(family));
         let _ = drift(&want, &found);
         let _ = drift(&found, &want);
-        for out in [transition(&found, &want), transition(&found, &Installed::default())]
-            .into_iter()
-            .flatten()
+        for out in [
+            transition(&found, &want),
+            transition(&found, &Installed::default()),
+        ]
+        .into_iter()
+        .flatten()
         {
             // Lines read back are echoed as `-D ...`: each stays one line of one statement.
             for line in out.lines() {
                 assert!(
-                    ["-A ", "-D", "-X ", ":", "*", "COMMIT"].iter().any(|p| line.starts_with(p)),
+                    ["-A ", "-D", "-X ", ":", "*", "COMMIT"]
+                        .iter()
+                        .any(|p| line.starts_with(p)),
                     "{line:?}"
                 );
             }

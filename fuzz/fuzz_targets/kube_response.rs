@@ -61,5 +61,7 @@ fuzz_target!(|data: &[u8]| {
     *f.response.lock().expect("lock") = data.to_vec();
     // Below the client's minimum attempt time, so a transient answer is not retried (no
     // backoff sleeps): one request per input.
-    let _ = f.client.get_pod("default", "pod", Duration::from_millis(19));
+    let _ = f
+        .client
+        .get_pod("default", "pod", Duration::from_millis(19));
 });

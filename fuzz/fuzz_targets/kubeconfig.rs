@@ -12,7 +12,8 @@ use meshcap_cni::kube::Client;
 fn path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("meshcap-fuzz-kubeconfig-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("meshcap-fuzz-kubeconfig-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         dir.join("kubeconfig")
     })
@@ -22,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
     // File references are followed (that is the feature); keep the fuzzer off endless or
     // special files, which only the trusted writer of the kubeconfig could name.
     let text = String::from_utf8_lossy(data);
-    if ["dev", "proc", "sys", "run", ".."].iter().any(|d| text.contains(d)) {
+    if ["dev", "proc", "sys", "run", ".."]
+        .iter()
+        .any(|d| text.contains(d))
+    {
         return;
     }
     std::fs::write(path(), data).expect("write scratch kubeconfig");
@@ -30,6 +34,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = client.server_url();
         // Debug never shows the token.
         let shown = format!("{client:?}");
-        assert!(!shown.contains("token: Some(\"") , "{shown}");
+        assert!(!shown.contains("token: Some(\""), "{shown}");
     }
 });

@@ -222,23 +222,31 @@ impl ModelInput {
             a.insert(k.to_owned(), v);
         };
         if let Some(t) = self.tproxy {
-            put(ann::INTERCEPTION_MODE, if t { "TPROXY" } else { "REDIRECT" }.into());
+            put(
+                ann::INTERCEPTION_MODE,
+                if t { "TPROXY" } else { "REDIRECT" }.into(),
+            );
         }
         match &self.include_ranges {
             Some(Ranges::All) => put(ann::INCLUDE_OUTBOUND_IP_RANGES, "*".into()),
-            Some(Ranges::Only(n)) => {
-                put(ann::INCLUDE_OUTBOUND_IP_RANGES, join(n, s, |n| n.net().to_string()))
-            }
+            Some(Ranges::Only(n)) => put(
+                ann::INCLUDE_OUTBOUND_IP_RANGES,
+                join(n, s, |n| n.net().to_string()),
+            ),
             None => {}
         }
         if let Some(n) = &self.exclude_ranges {
-            put(ann::EXCLUDE_OUTBOUND_IP_RANGES, join(n, s, |n| n.net().to_string()));
+            put(
+                ann::EXCLUDE_OUTBOUND_IP_RANGES,
+                join(n, s, |n| n.net().to_string()),
+            );
         }
         match &self.include_inbound {
             Some(Ports::All) => put(ann::INCLUDE_INBOUND_PORTS, "*".into()),
-            Some(Ports::Only(p)) => {
-                put(ann::INCLUDE_INBOUND_PORTS, join(p, s, |p| p.get().to_string()))
-            }
+            Some(Ports::Only(p)) => put(
+                ann::INCLUDE_INBOUND_PORTS,
+                join(p, s, |p| p.get().to_string()),
+            ),
             None => {}
         }
         for (name, ports) in [
@@ -274,9 +282,8 @@ impl ModelInput {
     /// the input said, and applies the pod's uid/gid as the plugin does.
     pub fn model(&self) -> RedirectModel {
         let annotations = self.annotations();
-        let mut model = RedirectModel::from_annotations(&annotations).unwrap_or_else(|e| {
-            panic!("well-formed annotations refused: {e}\n{annotations:#?}")
-        });
+        let mut model = RedirectModel::from_annotations(&annotations)
+            .unwrap_or_else(|e| panic!("well-formed annotations refused: {e}\n{annotations:#?}"));
         let cap = |v: &[Port]| dedup(v.iter().take(MAX_LIST_LEN).map(|p| p.get()));
         if let Some(p) = &self.include_outbound {
             assert_eq!(model.include_outbound_ports, cap(p));
@@ -312,7 +319,10 @@ impl ModelInput {
 /// Checks what any parsed model must satisfy, then renders it both ways and checks the text.
 pub fn check_model(model: &RedirectModel) {
     for port in meshcap_model::model::ALWAYS_EXCLUDED_INBOUND_PORTS {
-        assert!(model.exclude_inbound_ports.contains(&port), "{port} not excluded");
+        assert!(
+            model.exclude_inbound_ports.contains(&port),
+            "{port} not excluded"
+        );
     }
     for name in model
         .exclude_interfaces
@@ -338,7 +348,11 @@ pub fn check_model(model: &RedirectModel) {
     let bound = 16 * MAX_LIST_LEN + 64 + model.reroute_virtual_interfaces.len() * ranges;
     let rulesets = model.rulesets();
     for rs in &rulesets {
-        assert!(rs.rule_count() <= bound, "{} rules > {bound}", rs.rule_count());
+        assert!(
+            rs.rule_count() <= bound,
+            "{} rules > {bound}",
+            rs.rule_count()
+        );
         check_ruleset(rs);
     }
     check_nft(&nftables::render(&rulesets));
@@ -374,20 +388,29 @@ pub fn check_iptables(text: &str) {
             continue;
         }
         let words: Vec<&str> = line.split(' ').collect();
-        assert!(words.iter().all(|w| !w.is_empty()), "empty word in {line:?}");
-        for pair in words.windows(2) {
-            if pair[0] == "-i" || pair[0] == "-o" {
-                assert!(ann::is_valid_interface_name(pair[1]), "{line:?}");
+        assert!(
+            words.iter().all(|w| !w.is_empty()),
+            "empty word in {line:?}"
+        );
+        // An interface name is one argv word after -i/-o, whatever it looks like: xtables
+        // takes the next word as the option's argument even when it is `-j` or `!` (checked
+        // with iptables-restore 1.8.9), so skip it when looking at the other options.
+        let mut i = 0;
+        while i + 1 < words.len() {
+            let (opt, arg) = (words[i], words[i + 1]);
+            if opt == "-i" || opt == "-o" {
+                assert!(ann::is_valid_interface_name(arg), "{line:?}");
+                i += 2;
+                continue;
             }
-            if pair[0] == "-A" || pair[0] == "-D" || pair[0] == "-X" || pair[0] == "-j" {
+            if opt == "-A" || opt == "-D" || opt == "-X" || opt == "-j" {
                 assert!(
-                    pair[1]
-                        .bytes()
+                    arg.bytes()
                         .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit()),
-                    "chain or target {:?} in {line:?}",
-                    pair[1]
+                    "chain or target {arg:?} in {line:?}"
                 );
             }
+            i += 1;
         }
     }
 }
@@ -402,7 +425,8 @@ pub fn check_nft(text: &str) {
         }
         if t.starts_with("table ") || t.starts_with("delete table ") {
             assert!(
-                t.bytes().all(|b| b.is_ascii_alphanumeric() || b" {".contains(&b)),
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b" {".contains(&b)),
                 "{line:?}"
             );
             continue;
@@ -417,7 +441,8 @@ pub fn check_nft(text: &str) {
         }
         if t.starts_with("type ") {
             assert!(
-                t.bytes().all(|b| b.is_ascii_alphanumeric() || b" -;".contains(&b)),
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b" -;".contains(&b)),
                 "{line:?}"
             );
             continue;

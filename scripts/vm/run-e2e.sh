@@ -85,6 +85,12 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     . "$HOME/.cargo/env"
 fi
 command -v cargo >/dev/null || die "cargo not found (scripts/setup.sh installs the toolchain)"
+# The real eBPF object (instead of an empty stub) when the toolchain for it is here, so the
+# fast-path tests run on the guest kernel too (scripts/setup.sh installs bpf-linker).
+if [ -z "${MESHCAP_BUILD_EBPF+set}" ] && command -v bpf-linker >/dev/null 2>&1; then
+    export MESHCAP_BUILD_EBPF=1
+fi
+log "MESHCAP_BUILD_EBPF=${MESHCAP_BUILD_EBPF:-unset}"
 pkg_args=()
 for p in $PACKAGES; do pkg_args+=(-p "$p"); done
 run_dir=$VM_DIR/runs/$(date -u +%Y%m%dT%H%M%SZ)
@@ -128,14 +134,6 @@ mv "$run_dir/tests.sorted" "$run_dir/tests.list"
 log "$(wc -l <"$run_dir/tests.list") test executables: $(cut -f3 "$run_dir/tests.list" | tr '\n' ' ')"
 
 # --- Boot ----------------------------------------------------------------------------------------
-{
-    printf 'MESHCAP_VM_WS=%q\n' "$REPO"
-    printf 'MESHCAP_VM_TARGET=%q\n' "$CARGO_TARGET_DIR"
-    printf 'export RUST_BACKTRACE=1\n'
-    for v in CI MESHCAP_E2E_MODES RUST_LOG MESHCAP_VM_TEST_ARGS MESHCAP_VM_TEST_TIMEOUT; do
-        [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
-    done
-} >"$run_dir/run.env"
 host_kernel=$(uname -r)
 # KVM when it can run Debian's stock kernel at speed. A host whose KVM is PVM (kvm_pvm:
 # pagetable-based nested virtualization without hardware support) runs only PVM-built guest
@@ -147,9 +145,23 @@ if [ "$accel" = auto ]; then
 fi
 case $accel in
     kvm) accel_args=(-enable-kvm -cpu host) ;;
-    tcg) accel_args=(-accel "tcg,thread=multi" -cpu "${MESHCAP_VM_CPU:-max}") ;;
+    tcg)
+        # Emulated, the soak's defaults (64 pods, 5 rounds, every mode) take most of an hour:
+        # keep its shape, shrink its size, unless asked otherwise.
+        export MESHCAP_SOAK_PODS=${MESHCAP_SOAK_PODS:-16} MESHCAP_SOAK_ROUNDS=${MESHCAP_SOAK_ROUNDS:-1}
+        accel_args=(-accel "tcg,thread=multi" -cpu "${MESHCAP_VM_CPU:-max}")
+        ;;
     *) die "MESHCAP_VM_ACCEL must be auto, kvm or tcg (got $accel)" ;;
 esac
+{
+    printf 'MESHCAP_VM_WS=%q\n' "$REPO"
+    printf 'MESHCAP_VM_TARGET=%q\n' "$CARGO_TARGET_DIR"
+    printf 'export RUST_BACKTRACE=1\n'
+    for v in CI MESHCAP_E2E_MODES RUST_LOG MESHCAP_VM_TEST_ARGS MESHCAP_VM_TEST_TIMEOUT \
+        MESHCAP_SOAK_ROUNDS MESHCAP_SOAK_PODS MESHCAP_SOAK_MODES; do
+        [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
+    done
+} >"$run_dir/run.env"
 log "booting the guest ($accel; host kernel $host_kernel); console: $run_dir/console.log"
 boot_start=$SECONDS
 set +e

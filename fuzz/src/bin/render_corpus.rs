@@ -20,7 +20,10 @@ fn write(out: &std::path::Path, stem: &str, model: &RedirectModel) -> Result<()>
             meshcap_model::Family::V4 => "v4",
             meshcap_model::Family::V6 => "v6",
         };
-        std::fs::write(out.join(format!("{stem}.{fam}.rules")), iptables::render(rs))?;
+        std::fs::write(
+            out.join(format!("{stem}.{fam}.rules")),
+            iptables::render(rs),
+        )?;
     }
     std::fs::write(out.join(format!("{stem}.nft")), nftables::render(&rulesets))?;
     Ok(())
@@ -35,16 +38,28 @@ fn main() -> Result<()> {
 
     // Fixed hostile-but-valid models first.
     let fixed: &[&[(&str, &str)]] = &[
-        &[(ann::EXCLUDE_INTERFACES, "a$(id)b,`x`;y,{}#!,eth+,eth*,@x&|<>")],
+        &[(
+            ann::EXCLUDE_INTERFACES,
+            "a$(id)b,`x`;y,{}#!,eth+,eth*,@x&|<>",
+        )],
         &[
             (ann::INTERCEPTION_MODE, "TPROXY"),
             (ann::REROUTE_VIRTUAL_INTERFACES, "net1;rm,%s%n,~^=?[]"),
-            (ann::INCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/8,fd00::/8,127.0.0.1"),
-            (ann::PROXY_CONFIG, "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}"),
+            (
+                ann::INCLUDE_OUTBOUND_IP_RANGES,
+                "10.0.0.0/8,fd00::/8,127.0.0.1",
+            ),
+            (
+                ann::PROXY_CONFIG,
+                "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}",
+            ),
         ],
     ];
     for (i, pairs) in fixed.iter().enumerate() {
-        let a: Annotations = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let a: Annotations = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let model = RedirectModel::from_annotations(&a).with_context(|| format!("fixed {i}"))?;
         write(&out, &format!("fixed-{i}"), &model)?;
     }
@@ -66,6 +81,10 @@ fn main() -> Result<()> {
         write(&out, &format!("c{i:05}"), &input.model())?;
         n += 1;
     }
-    println!("{} fixed + {n} corpus models rendered into {}", fixed.len(), out.display());
+    println!(
+        "{} fixed + {n} corpus models rendered into {}",
+        fixed.len(),
+        out.display()
+    );
     Ok(())
 }

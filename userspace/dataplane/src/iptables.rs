@@ -50,6 +50,25 @@ impl fmt::Display for Flavour {
     }
 }
 
+/// Whether any legacy (setsockopt) xtables table exists in the calling thread's namespace.
+///
+/// The kernel lists them in `/proc/<tid>/net/ip_tables_names` (`ip6_tables_names`); the file
+/// is absent without the module and empty while no table was ever used in the namespace. That
+/// is all `iptables-legacy-save` would find, without spawning it: in the common case (no
+/// legacy rules) an ADD spawns only the nft-flavour save and restore. Anything unreadable
+/// counts as "maybe", which falls back to asking `*-legacy-save`.
+fn legacy_tables_present(family: Family) -> bool {
+    let file = match family {
+        Family::V4 => "/proc/thread-self/net/ip_tables_names",
+        Family::V6 => "/proc/thread-self/net/ip6_tables_names",
+    };
+    match std::fs::read_to_string(file) {
+        Ok(names) => !names.trim().is_empty(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => true,
+    }
+}
+
 /// `iptables-nft-save`, `ip6tables-legacy-restore`, ...
 pub fn program_name(family: Family, flavour: Flavour, op: &str) -> String {
     let base = match family {
@@ -123,10 +142,11 @@ impl Xtables<'_> {
         })
     }
 
-    /// The flavours whose programs are installed, legacy first.
+    /// The flavours that may hold rules here and whose programs are installed, legacy first.
     pub fn available(&self, family: Family) -> Vec<Tools> {
         let suffixed: Vec<Tools> = [Flavour::Legacy, Flavour::Nft]
             .into_iter()
+            .filter(|f| *f != Flavour::Legacy || legacy_tables_present(family))
             .filter_map(|f| self.tools(family, f))
             .collect();
         if suffixed.is_empty() {
@@ -140,7 +160,12 @@ impl Xtables<'_> {
 
     /// Picks the flavour for `family` in the current namespace.
     pub fn detect(&self, family: Family) -> Result<Tools, DataplaneError> {
-        if let Some(legacy) = self.tools(family, Flavour::Legacy) {
+        let legacy = if legacy_tables_present(family) {
+            self.tools(family, Flavour::Legacy)
+        } else {
+            None
+        };
+        if let Some(legacy) = legacy {
             match self.save(&legacy) {
                 Ok(out) if shows_rules(&out) => return Ok(legacy),
                 Ok(_) => {}

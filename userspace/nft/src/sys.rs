@@ -19,6 +19,8 @@ pub const NLM_F_DUMP_INTR: u16 = 0x10;
 /// `NLM_F_ROOT | NLM_F_MATCH`.
 pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLM_F_CREATE: u16 = 0x400;
+/// With NEWTABLE: fail with EEXIST instead of reusing an existing table.
+pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_APPEND: u16 = 0x800;
 /// Marks a nested attribute (the kernel accepts nf_tables nests without it; libnftnl sets it).
 pub const NLA_F_NESTED: u16 = 0x8000;
