@@ -14,7 +14,7 @@
 # assertions (overflow checks on). The corpus grows in fuzz/corpus/<target> (git-ignored),
 # seeded from fuzz/seeds/<target>; a crash leaves its input in fuzz/artifacts/<target>/ and
 # makes the script exit 1: turn it into a unit test next to the code it concerns (see
-# docs/SECURITY.md), and reproduce it with `cargo +<nightly> fuzz run <target> <artifact>`.
+# docs/SECURITY.md), and reproduce it with `cargo +<nightly> fuzz run -a <target> <artifact>`.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -123,24 +123,34 @@ if $validate; then
     fi
     ip netns add "$ns"
     ip netns exec "$ns" ip link set lo up
+    # The default flavour (iptables-nft on Debian 12), and legacy too when installed: meshcap
+    # uses legacy in namespaces that already hold legacy rules.
+    v4=(iptables-restore) v6=(ip6tables-restore)
+    if command -v iptables-legacy-restore >/dev/null && command -v ip6tables-legacy-restore >/dev/null; then
+        v4+=(iptables-legacy-restore) v6+=(ip6tables-legacy-restore)
+    fi
     ok=0 bad=0
     for f in "$out"/*.rules "$out"/*.nft; do
         case "$f" in
-            *.v4.rules) cmd=(iptables-restore --test --noflush) ;;
-            *.v6.rules) cmd=(ip6tables-restore --test --noflush) ;;
-            *.nft) cmd=(nft -c -f -) ;;
+            *.v4.rules) cmds=("${v4[@]}") ;;
+            *.v6.rules) cmds=("${v6[@]}") ;;
+            *.nft) cmds=(nft) ;;
         esac
         [ -s "$f" ] || { ok=$((ok + 1)); continue; }
-        if err=$(ip netns exec "$ns" "${cmd[@]}" <"$f" 2>&1); then
-            ok=$((ok + 1))
-        else
-            bad=$((bad + 1))
-            echo "  REJECTED by ${cmd[*]}: $(basename "$f")"
-            echo "$err" | head -5 | sed 's/^/    /'
-            cp "$f" "/tmp/meshcap-fuzz-rejected-$(basename "$f")"
-        fi
+        for prog in "${cmds[@]}"; do
+            if [ "$prog" = nft ]; then cmd=(nft -c -f -); else cmd=("$prog" --test --noflush); fi
+            if err=$(ip netns exec "$ns" "${cmd[@]}" <"$f" 2>&1); then
+                ok=$((ok + 1))
+            else
+                bad=$((bad + 1))
+                echo "  REJECTED by ${cmd[*]}: $(basename "$f")"
+                echo "$err" | head -5 | sed 's/^/    /'
+                cp "$f" "/tmp/meshcap-fuzz-rejected-$(basename "$f")"
+            fi
+        done
     done
-    echo "fuzz.sh: --validate: $ok accepted, $bad rejected ($(iptables --version), $(nft --version))"
+    echo "fuzz.sh: --validate: $ok checks passed, $bad rejected (${v4[*]} ${v6[*]} --test, nft -c;" \
+        "$(iptables --version), $(nft --version))"
     [ $bad -eq 0 ] || status=1
 fi
 exit $status

@@ -42,9 +42,19 @@ pub fn init(log_file: Option<&Path>, level: LogLevel) -> DefaultGuard {
 
 fn open_log_file(path: &Path) -> std::io::Result<File> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)?;
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)?;
+        }
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    // 0640: logs name pods and namespaces; explicit so a permissive umask cannot widen it.
+    std::os::unix::fs::OpenOptionsExt::mode(&mut OpenOptions::new(), 0o640)
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 fn install(level: LevelFilter, file: Option<File>) -> DefaultGuard {

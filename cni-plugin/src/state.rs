@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -135,12 +136,13 @@ impl StateDir {
     /// Writes `record` atomically, replacing any earlier one (a retried ADD).
     pub fn write(&self, record: &AttachmentRecord) -> Result<PathBuf, StateError> {
         let dir = self.network_dir(&record.network);
-        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        private_dirs(&dir).map_err(io_err("create directory", &dir))?;
         let path = self.record_path(&record.network, &record.container_id, &record.ifname);
         let temp = dir.join(temp_name());
         let body = serde_json::to_vec_pretty(record).expect("a record always serializes");
         let written = (|| {
             let mut f = fs::OpenOptions::new()
+                .mode(0o644)
                 .write(true)
                 .create_new(true)
                 .open(&temp)
@@ -273,11 +275,15 @@ pub const OUTCOMES_FILE: &str = ".outcomes";
 /// is taken. Never fails: metrics must not fail an ADD.
 pub fn count_outcome(root: &Path, command: &str, code: u32) {
     let path = root.join(OUTCOMES_FILE);
-    let open = || fs::OpenOptions::new().append(true).create(true).open(&path);
+    let open = || {
+        fs::OpenOptions::new()
+            .mode(0o644)
+            .append(true)
+            .create(true)
+            .open(&path)
+    };
     let file = match open() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(root).and_then(|()| open())
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => private_dirs(root).and_then(|()| open()),
         other => other,
     };
     let written = file.and_then(|mut f| f.write_all(format!("{command} {code}\n").as_bytes()));
@@ -319,6 +325,16 @@ fn temp_name() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Creates `dir` and its missing parents as root-owned 0755: the modes are explicit, so a
+/// permissive umask of the runtime can never make meshcap's state world-writable.
+fn private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
 }
 
 #[cfg(test)]

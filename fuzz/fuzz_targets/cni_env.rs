@@ -25,7 +25,7 @@ const COMMANDS: &[&str] = &["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"];
 
 fuzz_target!(|input: Input| {
     let command = match &input.command {
-        Some(c) if input.command_pick % 4 == 0 => Some(c.clone()),
+        Some(c) if input.command_pick.is_multiple_of(4) => Some(c.clone()),
         Some(_) => Some(COMMANDS[input.command_pick as usize % COMMANDS.len()].into()),
         None => None,
     };

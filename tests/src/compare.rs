@@ -92,7 +92,27 @@ fn modes_from_env(default: &str) -> Vec<Mode> {
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .filter_map(|n| all.iter().find(|m| m.name == n).cloned())
+        .filter(|m| crate::kernel_features::require(&format!("mode {}", m.name), &m.features()))
         .collect()
+}
+
+impl Mode {
+    /// The kernel features a mode relies on (the flow matrix includes TPROXY pods). A kernel
+    /// without one drops the mode by name (and fails under CI=true).
+    pub fn features(&self) -> Vec<crate::kernel_features::Feature> {
+        use crate::kernel_features::Feature;
+        // iptables mode uses the nft-backed flavour unless legacy rules exist.
+        let mut needs = vec![Feature::Nftables];
+        needs.push(if self.meshcap["mode"] == "nftables" {
+            Feature::NftTproxy
+        } else {
+            Feature::XtTproxy
+        });
+        if self.ebpf() {
+            needs.extend([Feature::Sockmap, Feature::CgroupV2]);
+        }
+        needs
+    }
 }
 
 /// One flow's result in one mode.

@@ -39,6 +39,7 @@ pub mod chain;
 pub mod compare;
 pub mod fastpath;
 pub mod flows;
+pub mod kernel_features;
 pub mod netns;
 pub mod node;
 pub mod standin;
@@ -50,7 +51,12 @@ mod sys;
 /// name and returns `false`; under `CI=true` it panics instead, so CI never passes by skipping.
 pub fn privileged(name: &str) -> bool {
     match missing_prerequisite() {
-        None => true,
+        None => {
+            // Once per test process: which kernel features the suite found (issue 6).
+            static REPORT: std::sync::Once = std::sync::Once::new();
+            REPORT.call_once(kernel_features::print_report);
+            true
+        }
         Some(why) => {
             skip_or_fail(name, &why);
             false

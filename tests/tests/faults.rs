@@ -539,13 +539,21 @@ fn del_after_the_namespace_is_gone_drops_its_lock_files() {
         let lock = PathBuf::from(format!("/run/meshcap/locks/{}-{}", meta.dev(), meta.ino()));
         let out = f.run("ADD", ns.path(), &config, &default_path(), &[]);
         expect_success(out, &format!("{mode}: ADD"));
-        assert!(lock.exists(), "{mode}: ADD took no lock at {}", lock.display());
+        assert!(
+            lock.exists(),
+            "{mode}: ADD took no lock at {}",
+            lock.display()
+        );
         // The sandbox goes away first; containerd then sends DEL with an empty CNI_NETNS.
         ns.delete().unwrap();
         let out = f.run("DEL", Path::new(""), &config, &default_path(), &[]);
         expect_success(out, &format!("{mode}: DEL with empty CNI_NETNS"));
         assert!(!lock.exists(), "{mode}: DEL left {}", lock.display());
-        assert!(f.records().is_empty(), "{mode}: records left: {:?}", f.records());
+        assert!(
+            f.records().is_empty(),
+            "{mode}: records left: {:?}",
+            f.records()
+        );
     }
 }
 

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "meshcap", version, about = "Sidecar traffic capture without NET_ADMIN in the pod")]
+#[command(
+    name = "meshcap",
+    version,
+    about = "Sidecar traffic capture without NET_ADMIN in the pod"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,12 +48,18 @@ fn main() -> ExitCode {
         Command::Render(args) => render::run(&args),
         Command::Inspect { netns } => inspect(&netns),
         Command::Install(args) => install::install(&args).map(|file| {
-            println!("meshcap-cni installed in {} and chained in {}", args.cni_bin_dir.display(), file.display());
+            println!(
+                "meshcap-cni installed in {} and chained in {}",
+                args.cni_bin_dir.display(),
+                file.display()
+            );
         }),
         Command::Agent(args) => agent::run(&args),
         Command::Uninstall(args) => install::uninstall(&args).map(|file| match file {
             Some(file) => println!("meshcap-cni removed from {}", file.display()),
-            None => println!("meshcap-cni was not in the CNI configuration; binary removed if present"),
+            None => {
+                println!("meshcap-cni was not in the CNI configuration; binary removed if present")
+            }
         }),
     };
     match result {

@@ -193,9 +193,8 @@ pub fn cidrs(
     let mut nets = Vec::new();
     for item in items(name, value)? {
         let net = if item.contains('/') {
-            item.parse::<IpNet>().map_err(|_| {
-                AnnotationError::new(name, value, format!("{item:?} is not a CIDR"))
-            })?
+            item.parse::<IpNet>()
+                .map_err(|_| AnnotationError::new(name, value, format!("{item:?} is not a CIDR")))?
         } else {
             let addr = item.parse::<std::net::IpAddr>().map_err(|_| {
                 AnnotationError::new(name, value, format!("{item:?} is not a CIDR or address"))
@@ -216,12 +215,15 @@ pub fn cidrs(
 
 /// An interface name as the kernel accepts it (`dev_valid_name`): 1-15 bytes, not `.` or `..`,
 /// no `/`, `:` or whitespace. meshcap is stricter and also refuses control characters and
-/// quotes, which no real interface needs and which would only make rules hard to read.
+/// quotes, which no real interface needs and which would only make rules hard to read, and a
+/// trailing `+` or `*`: iptables reads `eth+` as a wildcard and nftables text `eth*`, while the
+/// netlink backend matches exactly, so such a name would mean different things per backend.
 pub fn is_valid_interface_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < 16
         && name != "."
         && name != ".."
+        && !name.ends_with(['+', '*'])
         && name
             .bytes()
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b':' | b'"' | b'\'' | b'\\'))
@@ -286,7 +288,11 @@ pub fn dns_capture(annotations: &Annotations) -> Result<bool, AnnotationError> {
         return Ok(false);
     }
     let config: ProxyConfigSubset = serde_yaml::from_str(value).map_err(|e| {
-        AnnotationError::new(PROXY_CONFIG, value, format!("not a ProxyConfig document: {e}"))
+        AnnotationError::new(
+            PROXY_CONFIG,
+            value,
+            format!("not a ProxyConfig document: {e}"),
+        )
     })?;
     let Some(flag) = config.proxy_metadata.get("ISTIO_META_DNS_CAPTURE") else {
         return Ok(false);
@@ -328,22 +334,45 @@ mod tests {
             ports(&one(n, "80, 443,80"), n, false).unwrap(),
             Some(Selector::Only(vec![80, 443]))
         );
-        assert_eq!(ports(&one(n, ""), n, false).unwrap(), Some(Selector::Only(vec![])));
+        assert_eq!(
+            ports(&one(n, ""), n, false).unwrap(),
+            Some(Selector::Only(vec![]))
+        );
         assert_eq!(ports(&Annotations::new(), n, false).unwrap(), None);
-        for bad in ["0", "65536", "-1", "+80", "80;rm -rf /", "http", "80,", "8 0", "*", "0x50"] {
+        for bad in [
+            "0",
+            "65536",
+            "-1",
+            "+80",
+            "80;rm -rf /",
+            "http",
+            "80,",
+            "8 0",
+            "*",
+            "0x50",
+        ] {
             let err = ports(&one(n, bad), n, false).unwrap_err();
             assert_eq!(err.annotation, n, "{bad}");
         }
         assert_eq!(
-            ports(&one(INCLUDE_INBOUND_PORTS, " * "), INCLUDE_INBOUND_PORTS, true).unwrap(),
+            ports(
+                &one(INCLUDE_INBOUND_PORTS, " * "),
+                INCLUDE_INBOUND_PORTS,
+                true
+            )
+            .unwrap(),
             Some(Selector::All)
         );
     }
 
     #[test]
     fn error_names_annotation_and_value() {
-        let err = ports(&one(EXCLUDE_INBOUND_PORTS, "99999"), EXCLUDE_INBOUND_PORTS, false)
-            .unwrap_err();
+        let err = ports(
+            &one(EXCLUDE_INBOUND_PORTS, "99999"),
+            EXCLUDE_INBOUND_PORTS,
+            false,
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(text.contains(EXCLUDE_INBOUND_PORTS), "{text}");
         assert!(text.contains("99999"), "{text}");
@@ -361,12 +390,22 @@ mod tests {
                 "192.168.1.1/32".parse().unwrap(),
             ]))
         );
-        for bad in ["10.0.0.1/8", "10.0.0.0/33", "not-a-cidr", "*", "10.0.0.0/8,,"] {
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "not-a-cidr",
+            "*",
+            "10.0.0.0/8,,",
+        ] {
             assert!(cidrs(&one(n, bad), n, false).is_err(), "{bad}");
         }
         assert_eq!(
-            cidrs(&one(INCLUDE_OUTBOUND_IP_RANGES, "*"), INCLUDE_OUTBOUND_IP_RANGES, true)
-                .unwrap(),
+            cidrs(
+                &one(INCLUDE_OUTBOUND_IP_RANGES, "*"),
+                INCLUDE_OUTBOUND_IP_RANGES,
+                true
+            )
+            .unwrap(),
             Some(Selector::All)
         );
     }
@@ -376,7 +415,20 @@ mod tests {
         for good in ["eth0", "net1", "veth-a.b_c@x", "abcdefghijklmno"] {
             assert!(is_valid_interface_name(good), "{good}");
         }
-        for bad in ["", ".", "..", "abcdefghijklmnop", "a/b", "a:b", "a b", "a\"b", "$(x)x\n"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "abcdefghijklmnop",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\"b",
+            "$(x)x\n",
+            "+",
+            "eth+",
+            "eth*",
+        ] {
             assert!(!is_valid_interface_name(bad), "{bad:?}");
         }
     }
@@ -385,12 +437,18 @@ mod tests {
     fn over_long_values_and_lists_are_refused() {
         let n = EXCLUDE_INBOUND_PORTS;
         let long = "1,".repeat(MAX_VALUE_LEN);
-        assert!(ports(&one(n, &long), n, false).unwrap_err().reason.contains("longer"));
+        assert!(ports(&one(n, &long), n, false)
+            .unwrap_err()
+            .reason
+            .contains("longer"));
         let many = (1..=(MAX_LIST_LEN as u32 + 1))
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        assert!(ports(&one(n, &many), n, false).unwrap_err().reason.contains("entries"));
+        assert!(ports(&one(n, &many), n, false)
+            .unwrap_err()
+            .reason
+            .contains("entries"));
     }
 
     #[test]

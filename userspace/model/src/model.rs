@@ -33,6 +33,8 @@ pub const TPROXY_MARK: u32 = 1337;
 /// Mark the proxy's own loopback connections to the pod address carry in TPROXY mode, so that
 /// they are still captured inbound (Istio's OutboundMark).
 pub const PROXY_LOOPBACK_MARK: u32 = 1338;
+/// Most rules the virtual-interface x included-range product may produce.
+pub const MAX_REROUTE_RULES: usize = 1024;
 /// Policy routing table that delivers TPROXY-marked packets locally.
 pub const TPROXY_ROUTE_TABLE: u32 = 133;
 /// conntrack zones that keep the proxy's DNS flows apart from the app's (Istio's fix for UDP
@@ -141,6 +143,28 @@ impl RedirectModel {
         let new = ann::interfaces(annotations, ann::REROUTE_VIRTUAL_INTERFACES)?;
         if let Some(names) = new.or(old) {
             model.reroute_virtual_interfaces = names;
+        }
+        // Each virtual interface gets one rule per included range: bound the product so a few
+        // KiB of annotations cannot make every pod start load tens of thousands of rules.
+        if let Selector::Only(nets) = &model.include_outbound_ranges {
+            let rules = model.reroute_virtual_interfaces.len() * nets.len();
+            if rules > MAX_REROUTE_RULES {
+                let name = if annotations.contains_key(ann::REROUTE_VIRTUAL_INTERFACES) {
+                    ann::REROUTE_VIRTUAL_INTERFACES
+                } else {
+                    ann::KUBEVIRT_INTERFACES
+                };
+                return Err(AnnotationError {
+                    annotation: name.to_owned(),
+                    value: model.reroute_virtual_interfaces.join(","),
+                    reason: format!(
+                        "{} interfaces x {} includeOutboundIPRanges entries need {rules} rules; \
+                         at most {MAX_REROUTE_RULES}",
+                        model.reroute_virtual_interfaces.len(),
+                        nets.len()
+                    ),
+                });
+            }
         }
         model.dns_capture = ann::dns_capture(annotations)?;
         Ok(model)
@@ -620,7 +644,11 @@ impl RedirectModel {
         TableRules {
             table: Table::Raw,
             chains: vec![
-                entry(PREROUTING, Hook::Prerouting, vec![Rule::new(vec![], jump(INBOUND))]),
+                entry(
+                    PREROUTING,
+                    Hook::Prerouting,
+                    vec![Rule::new(vec![], jump(INBOUND))],
+                ),
                 entry(OUTPUT, Hook::Output, vec![Rule::new(vec![], jump(DNS))]),
                 own(
                     INBOUND,
@@ -722,11 +750,9 @@ mod tests {
 
     #[test]
     fn always_excluded_inbound_ports_stay() {
-        let m = RedirectModel::from_annotations(&ann(&[(
-            ann::EXCLUDE_INBOUND_PORTS,
-            "8080,15021",
-        )]))
-        .unwrap();
+        let m =
+            RedirectModel::from_annotations(&ann(&[(ann::EXCLUDE_INBOUND_PORTS, "8080,15021")]))
+                .unwrap();
         assert_eq!(m.exclude_inbound_ports, vec![15090, 15021, 15020, 8080]);
     }
 
@@ -748,8 +774,8 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(m.reroute_virtual_interfaces, vec!["net1".to_string()]);
-        let m = RedirectModel::from_annotations(&ann(&[(ann::KUBEVIRT_INTERFACES, "net2")]))
-            .unwrap();
+        let m =
+            RedirectModel::from_annotations(&ann(&[(ann::KUBEVIRT_INTERFACES, "net2")])).unwrap();
         assert_eq!(m.reroute_virtual_interfaces, vec!["net2".to_string()]);
         let err = RedirectModel::from_annotations(&ann(&[
             (ann::REROUTE_VIRTUAL_INTERFACES, "net1"),
@@ -760,16 +786,34 @@ mod tests {
     }
 
     #[test]
+    fn reroute_rules_are_bounded() {
+        let ifaces: Vec<String> = (0..64).map(|i| format!("tap{i}")).collect();
+        let nets: Vec<String> = (0..32).map(|i| format!("10.{i}.0.0/16")).collect();
+        let err = RedirectModel::from_annotations(&ann(&[
+            (ann::REROUTE_VIRTUAL_INTERFACES, &ifaces.join(",")),
+            (ann::INCLUDE_OUTBOUND_IP_RANGES, &nets.join(",")),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.annotation, ann::REROUTE_VIRTUAL_INTERFACES);
+        assert!(err.reason.contains("2048 rules"), "{}", err.reason);
+        let ok = RedirectModel::from_annotations(&ann(&[
+            (ann::REROUTE_VIRTUAL_INTERFACES, &ifaces[..32].join(",")),
+            (ann::INCLUDE_OUTBOUND_IP_RANGES, &nets.join(",")),
+        ]));
+        assert!(ok.is_ok());
+    }
+
+    #[test]
     fn bad_mode_is_an_error_naming_the_annotation() {
-        let err = RedirectModel::from_annotations(&ann(&[(ann::INTERCEPTION_MODE, "NONE")]))
-            .unwrap_err();
+        let err =
+            RedirectModel::from_annotations(&ann(&[(ann::INTERCEPTION_MODE, "NONE")])).unwrap_err();
         assert_eq!(err.annotation, ann::INTERCEPTION_MODE);
     }
 
     #[test]
     fn tproxy_brings_policy_routing_only_with_inbound_capture() {
-        let m = RedirectModel::from_annotations(&ann(&[(ann::INTERCEPTION_MODE, "TPROXY")]))
-            .unwrap();
+        let m =
+            RedirectModel::from_annotations(&ann(&[(ann::INTERCEPTION_MODE, "TPROXY")])).unwrap();
         let rs = m.ruleset(Family::V6);
         assert_eq!(
             rs.policy_route,

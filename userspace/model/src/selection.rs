@@ -22,7 +22,9 @@ impl Selection {
             Selection::All => true,
             Selection::Injected => {
                 annotations.contains_key(annotations::SIDECAR_STATUS)
-                    && annotations.get(annotations::SIDECAR_INJECT).map(String::as_str)
+                    && annotations
+                        .get(annotations::SIDECAR_INJECT)
+                        .map(String::as_str)
                         != Some("false")
             }
         }

@@ -80,7 +80,9 @@ impl NftError {
     /// The kernel's errno, when the kernel refused something.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            NftError::Rejected { errno, .. } | NftError::Kernel { errno, .. } => Some(*errno as i32),
+            NftError::Rejected { errno, .. } | NftError::Kernel { errno, .. } => {
+                Some(*errno as i32)
+            }
             _ => None,
         }
     }

@@ -150,7 +150,12 @@ pub fn transition(from: &Installed, to: &Installed) -> Option<String> {
         return None;
     }
     let empty = InstalledTable::default();
-    let tables: BTreeSet<Table> = from.tables.keys().chain(to.tables.keys()).copied().collect();
+    let tables: BTreeSet<Table> = from
+        .tables
+        .keys()
+        .chain(to.tables.keys())
+        .copied()
+        .collect();
     let mut out = String::new();
     for table in tables {
         let old = from.tables.get(&table).unwrap_or(&empty);
@@ -411,14 +416,20 @@ COMMIT
     fn rendered_text_reads_back_as_the_ruleset() {
         let rs = default_v4();
         let text = render(&rs);
-        assert_eq!(Installed::parse_save(&as_save(&text)), Installed::from_ruleset(&rs));
+        assert_eq!(
+            Installed::parse_save(&as_save(&text)),
+            Installed::from_ruleset(&rs)
+        );
     }
 
     #[test]
     fn transition_to_the_same_state_is_nothing() {
         let want = Installed::from_ruleset(&default_v4());
         assert_eq!(transition(&want, &want), None);
-        assert_eq!(transition(&Installed::default(), &Installed::default()), None);
+        assert_eq!(
+            transition(&Installed::default(), &Installed::default()),
+            None
+        );
     }
 
     #[test]
@@ -429,19 +440,27 @@ COMMIT
         )]
         .into_iter()
         .collect();
-        let with_dns =
-            Installed::from_ruleset(&RedirectModel::from_annotations(&dns).unwrap().ruleset(Family::V4));
+        let with_dns = Installed::from_ruleset(
+            &RedirectModel::from_annotations(&dns)
+                .unwrap()
+                .ruleset(Family::V4),
+        );
         let plain = Installed::from_ruleset(&default_v4());
         let text = transition(&with_dns, &plain).unwrap();
         // The old jumps are deleted by spec before the new ones are added: one copy each.
         assert!(
-            text.contains("-D PREROUTING -j MESHCAP_PREROUTING\n-D OUTPUT -j MESHCAP_OUTPUT\n-A PREROUTING"),
+            text.contains(
+                "-D PREROUTING -j MESHCAP_PREROUTING\n-D OUTPUT -j MESHCAP_OUTPUT\n-A PREROUTING"
+            ),
             "{text}"
         );
         assert!(text.contains("-X MESHCAP_DNS"), "{text}");
         // raw only held DNS capture: it is emptied and its chains deleted.
         assert!(text.contains("*raw\n:MESHCAP_DNS - [0:0]"), "{text}");
-        assert!(text.contains("-D OUTPUT -j MESHCAP_OUTPUT\n-X MESHCAP_DNS\n-X MESHCAP_INBOUND"), "{text}");
+        assert!(
+            text.contains("-D OUTPUT -j MESHCAP_OUTPUT\n-X MESHCAP_DNS\n-X MESHCAP_INBOUND"),
+            "{text}"
+        );
         let removal = transition(&plain, &Installed::default()).unwrap();
         assert!(!removal.contains("-A "), "{removal}");
         assert!(removal.contains("-X MESHCAP_OUTBOUND"), "{removal}");
@@ -457,8 +476,15 @@ COMMIT
         nat.jumps.push("-A OUTPUT -j MESHCAP_OUTPUT".into());
         let d = drift(&want, &have);
         assert!(d.iter().any(|l| l.contains("present 2 times")), "{d:?}");
-        assert!(d.iter().any(|l| l.contains("MESHCAP_OUTBOUND has")), "{d:?}");
+        assert!(
+            d.iter().any(|l| l.contains("MESHCAP_OUTBOUND has")),
+            "{d:?}"
+        );
         let gone = drift(&want, &Installed::default());
-        assert!(gone.iter().any(|l| l.contains("chain MESHCAP_REDIRECT is missing")), "{gone:?}");
+        assert!(
+            gone.iter()
+                .any(|l| l.contains("chain MESHCAP_REDIRECT is missing")),
+            "{gone:?}"
+        );
     }
 }

@@ -107,8 +107,12 @@ pub fn check_golden(path: &std::path::Path, rendered: &str) -> Result<(), String
         std::fs::write(path, rendered).unwrap();
         return Ok(());
     }
-    let want = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: {e} (run with MESHCAP_UPDATE_GOLDEN=1 to create)", path.display()))?;
+    let want = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "{}: {e} (run with MESHCAP_UPDATE_GOLDEN=1 to create)",
+            path.display()
+        )
+    })?;
     if want == rendered {
         return Ok(());
     }
@@ -125,5 +129,8 @@ pub fn check_golden(path: &std::path::Path, rendered: &str) -> Result<(), String
             )
         })
         .unwrap_or_else(|| "one is a prefix of the other".to_owned());
-    Err(format!("{} differs from the rendering; {first}", path.display()))
+    Err(format!(
+        "{} differs from the rendering; {first}",
+        path.display()
+    ))
 }
