@@ -79,6 +79,9 @@ pub fn shared() -> std::result::Result<(), String> {
                 return Err(why);
             }
             remove_stale_agent_state();
+            if !Path::new(DEFAULT_PIN_DIR).exists() {
+                INSTALLED_HERE.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             let (tx, rx) = mpsc::channel();
             std::thread::Builder::new()
                 .name("meshcap-agent".into())
@@ -104,6 +107,28 @@ pub fn shared() -> std::result::Result<(), String> {
                 .map_err(|e| format!("cannot start the shared meshcap agent: {e}"))
         })
         .clone()
+}
+
+/// Whether [`shared`] found no fast path on the node and installed it.
+static INSTALLED_HERE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Takes the node's fast path down again when [`shared`] installed it (the demo cleans up
+/// after itself); leaves one that was there before alone. Test binaries do not call this:
+/// other test processes may be using the shared data path at the same time.
+pub fn uninstall_if_installed_here() {
+    if !INSTALLED_HERE.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let Ok(bin) = crate::bins::meshcap() else {
+        return;
+    };
+    let status = std::process::Command::new(bin)
+        .args(["agent", "--uninstall", "--pin-dir", DEFAULT_PIN_DIR])
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("could not uninstall the eBPF fast path from {DEFAULT_PIN_DIR}: {status:?}");
+    }
 }
 
 /// The shared agent's scratch state dir outlives its process: remove those of processes gone.

@@ -34,6 +34,8 @@ fn cleanup() {
         }
     }
     netns::delete_all_of_this_process();
+    // The agent (a child) is gone: unpin the fast path too, if this demo installed it.
+    meshcap_tests::fastpath::uninstall_if_installed_here();
     let tag = format!("-{}-", std::process::id());
     if let Ok(dirs) = std::fs::read_dir("/tmp/meshcap-e2e") {
         for d in dirs.flatten() {
