@@ -162,6 +162,121 @@ fn strip_nft_counters(line: &str) -> String {
     out.join(" ")
 }
 
+/// `text` of snapshot section `cmd` without inert tables: iptables-nft creates a table and its
+/// built-in chains the first time a rule goes into it and never deletes them, so a rolled-back
+/// ADD (like any ADD+DEL) leaves `*nat`/`*mangle` with empty built-in chains of policy ACCEPT.
+/// They match no packet and change no verdict; everything else must be identical.
+pub fn without_inert_tables(cmd: &str, text: &str) -> String {
+    const BUILTIN: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+    let mut out = Vec::new();
+    let mut block: Vec<&str> = Vec::new();
+    let nft = cmd.starts_with("nft");
+    let inert = |block: &[&str]| -> bool {
+        if nft {
+            let head = block[0];
+            let builtin_table = ["table ip ", "table ip6 "]
+                .iter()
+                .any(|p| head.starts_with(p))
+                && ["nat", "mangle", "filter", "raw", "security"]
+                    .iter()
+                    .any(|t| head.trim_end_matches(" {").ends_with(&format!(" {t}")));
+            builtin_table
+                && block[1..].iter().all(|l| {
+                    let l = l.trim();
+                    l.is_empty()
+                        || l == "}"
+                        || (l.starts_with("chain ")
+                            && BUILTIN.iter().any(|b| l == format!("chain {b} {{")))
+                        || (l.starts_with("type ") && l.ends_with("policy accept;"))
+                })
+        } else {
+            block[1..]
+                .iter()
+                .all(|l| *l == "COMMIT" || BUILTIN.iter().any(|b| *l == format!(":{b} ACCEPT")))
+        }
+    };
+    for line in text.lines() {
+        let opens = if nft {
+            line.starts_with("table ")
+        } else {
+            line.starts_with('*')
+        };
+        if opens {
+            block = vec![line];
+            continue;
+        }
+        if block.is_empty() {
+            out.push(line);
+            continue;
+        }
+        block.push(line);
+        let closes = if nft { line == "}" } else { line == "COMMIT" };
+        if closes {
+            if !inert(&block) {
+                out.extend(block.iter().copied());
+            }
+            block.clear();
+        }
+    }
+    out.extend(block);
+    let text = out.join("\n");
+    if nft {
+        sorted_nft_blocks(&text)
+    } else {
+        text.trim().to_string()
+    }
+}
+
+/// `nft list ruleset` with each table's chains, and the tables, in name order: the kernel lists
+/// chains in creation order, which a rollback that recreates chains changes without changing
+/// any verdict. The order of rules inside a chain is kept.
+pub fn sorted_nft_blocks(text: &str) -> String {
+    let mut loose = Vec::new();
+    let mut tables: Vec<String> = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if !line.starts_with("table ") {
+            if !line.trim().is_empty() {
+                loose.push(line.to_string());
+            }
+            continue;
+        }
+        let mut other = Vec::new();
+        let mut chains: Vec<String> = Vec::new();
+        let mut chain: Option<Vec<&str>> = None;
+        for l in lines.by_ref() {
+            if l == "}" {
+                break;
+            }
+            if l.trim().is_empty() {
+                continue;
+            }
+            match chain.as_mut() {
+                Some(c) => {
+                    c.push(l);
+                    if l == "\t}" {
+                        chains.push(chain.take().unwrap_or_default().join("\n"));
+                    }
+                }
+                None if l.starts_with("\tchain ") => chain = Some(vec![l]),
+                None => other.push(l),
+            }
+        }
+        if let Some(c) = chain {
+            chains.push(c.join("\n"));
+        }
+        chains.sort();
+        tables.push(format!(
+            "{line}\n{}\n{}\n}}",
+            other.join("\n"),
+            chains.join("\n")
+        ));
+    }
+    tables.sort();
+    loose.extend(tables);
+    loose.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
