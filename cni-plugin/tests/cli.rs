@@ -10,6 +10,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
+mod common;
+use common::{skip_or_fail, Netns};
+
 const BIN: &str = env!("CARGO_BIN_EXE_meshcap-cni");
 
 struct Run {
@@ -474,52 +477,6 @@ fn nix_is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
-}
-
-fn skip_or_fail(test: &str, reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} cannot run under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED {test}: {reason}");
-}
-
-/// A named network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(test: &str) -> Netns {
-        let name = format!("{test}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let up = Command::new("ip")
-            .args(["-n", &name, "link", "set", "lo", "up"])
-            .output()
-            .unwrap();
-        assert!(up.status.success());
-        Netns { name }
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 /// Whether meshcap's rules are in `ns`, as the stock tools see them (not through meshcap).

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod common;
+use common::{skip_or_fail, Netns};
+
 const BIN: &str = env!("CARGO_BIN_EXE_meshcap-cni");
 const TOKEN: &str = "test-token-5e1f";
 
@@ -722,80 +725,6 @@ fn privileged_unavailable() -> Option<String> {
         }
     }
     None
-}
-
-fn skip_or_fail(test: &str, reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} cannot run under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED {test}: {reason}");
-}
-
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(tag: &str) -> Netns {
-        let name = format!("{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Netns { name }
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// What the stock tools show, with counters and generated-by comments removed.
-    fn rules(&self, mode: &str) -> String {
-        let cmds: &[&[&str]] = match mode {
-            "iptables" => &[&["iptables-save"], &["ip6tables-save"]],
-            _ => &[&["nft", "list", "ruleset"]],
-        };
-        let mut out = String::new();
-        for cmd in cmds {
-            let o = Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .args(*cmd)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            for line in String::from_utf8_lossy(&o.stdout).lines() {
-                if line.starts_with('#') {
-                    continue;
-                }
-                // ":CHAIN POLICY [packets:bytes]" -> without the counters.
-                let line = match line.rfind(" [") {
-                    Some(i) if line.starts_with(':') => &line[..i],
-                    _ => line,
-                };
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 #[test]

@@ -47,6 +47,11 @@ pub fn set_transparent(fd: RawFd, v6: bool) -> io::Result<()> {
     } else {
         (libc::SOL_IP, libc::IP_TRANSPARENT)
     };
+    enable(fd, level, opt)
+}
+
+/// Sets the integer socket option `level`/`opt` to 1.
+fn enable(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: passes a valid pointer to a c_int and its size.
     let rc = unsafe {
@@ -72,21 +77,7 @@ pub fn set_freebind(fd: RawFd, v6: bool) -> io::Result<()> {
     } else {
         (libc::SOL_IP, libc::IP_FREEBIND)
     };
-    let one: libc::c_int = 1;
-    // SAFETY: passes a valid pointer to a c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            &one as *const libc::c_int as *const libc::c_void,
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    enable(fd, level, opt)
 }
 
 /// `SO_ORIGINAL_DST` (v4) / `IP6T_SO_ORIGINAL_DST` (v6, same value 80): the destination of

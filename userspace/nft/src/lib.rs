@@ -287,13 +287,6 @@ fn build_replace(
     Ok(batch.finish())
 }
 
-fn run(
-    op: &'static str,
-    build: impl FnOnce(u32) -> Result<(Vec<u8>, wire::BatchInfo), NftError>,
-) -> Result<(), NftError> {
-    run_on(Conn::open(op)?, op, build)
-}
-
 fn run_on(
     mut conn: Conn,
     op: &'static str,
@@ -352,9 +345,22 @@ fn table_exists(conn: &mut Conn, op: &'static str, family: Family) -> Result<boo
 
 /// Removes meshcap's tables of `families` in one batch; succeeds when they are absent.
 pub fn delete(families: &[Family]) -> Result<(), NftError> {
-    run("delete", |seq| {
+    let op = "delete";
+    let mut conn = Conn::open(op)?;
+    // As in `replace`: touch only tables that exist, so a DEL with nothing to remove sends no
+    // transaction and leaves nothing on the kernel's destroy list.
+    let mut present = Vec::new();
+    for family in families {
+        if table_exists(&mut conn, op, *family)? {
+            present.push(*family);
+        }
+    }
+    if present.is_empty() {
+        return Ok(());
+    }
+    run_on(conn, op, |seq| {
         let mut batch = Batch::new(seq);
-        for family in families {
+        for family in &present {
             push_remove_table(&mut batch, *family);
         }
         Ok(batch.finish())
