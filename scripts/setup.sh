@@ -20,7 +20,7 @@ APT_PACKAGES=(
     iptables nftables iproute2 bpftool
     containernetworking-plugins podman runc busybox-static
     "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev
-    gcc pkg-config ca-certificates
+    gcc libc6-dev musl-tools pkg-config ca-certificates
 )
 
 fail() {
@@ -68,6 +68,12 @@ fi
 nightly_llvm=$(rustup run "$NIGHTLY" rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [ "$nightly_llvm" = "$LLVM_MAJOR" ] ||
     fail "$NIGHTLY uses LLVM $nightly_llvm but bpf-linker is built against LLVM $LLVM_MAJOR"
+
+# --- the musl target: meshcap-cni ships as a static musl binary (scripts/build-static.sh) ---
+musl_target="$(uname -m)-unknown-linux-musl"
+if ! rustup target list --installed 2>/dev/null | grep -qx "$musl_target"; then
+    step "rustup target add $musl_target" rustup target add "$musl_target"
+fi
 
 # --- bpf-linker ----------------------------------------------------------------------------
 if ! bpf-linker --version >/dev/null 2>&1; then

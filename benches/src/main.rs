@@ -71,6 +71,10 @@ struct Cli {
         default_value = "add,parallel,datapath,scale"
     )]
     sections: Vec<String>,
+    /// Keep the plugin's MESHCAP_STATE_DIR in the scratch directory on disk instead of a
+    /// private tmpfs. A node keeps it under /run, which is a tmpfs on Kubernetes nodes.
+    #[arg(long)]
+    state_dir_on_disk: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -176,6 +180,20 @@ fn run(cli: Cli) -> Result<bool> {
     let state_dir = scratch.join("state");
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
+    // The plugin writes one attachment record per ADD. On a node that is /run (tmpfs); the
+    // scratch directory may be on a disk file system, whose inode creation would then be
+    // measured instead of the plugin.
+    let state_tmpfs = !cli.state_dir_on_disk;
+    if state_tmpfs {
+        nix::mount::mount(
+            Some("tmpfs"),
+            &state_dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("size=64m,mode=0755"),
+        )
+        .with_context(|| format!("mounting a tmpfs on {}", state_dir.display()))?;
+    }
     std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o755))?;
     let sidecar_exe = scratch.join("meshcap-bench");
     std::fs::copy(&exe, &sidecar_exe)
@@ -214,7 +232,7 @@ fn run(cli: Cli) -> Result<bool> {
             command: command_line(),
             started_unix,
             duration_s: clock.elapsed().as_secs_f64(),
-            machine: machine::probe(&plugin, load_start.clone()),
+            machine: machine::probe(&plugin, &state_dir, load_start.clone()),
             settings: settings.clone(),
             add,
             parallel,
@@ -225,6 +243,9 @@ fn run(cli: Cli) -> Result<bool> {
         report.errors = collect_errors(&report);
         Ok(report)
     })();
+    if state_tmpfs {
+        let _ = nix::mount::umount2(&state_dir, nix::mount::MntFlags::MNT_DETACH);
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     let report = outcome?;
 

@@ -81,10 +81,16 @@ impl Report {
         let _ = writeln!(out, "baseline: {}", m.iptables);
         let _ = writeln!(
             out,
-            "plugin:   {} ({} bytes), revision {}",
+            "plugin:   {} ({} bytes, {}), revision {}",
             m.plugin,
             m.plugin_bytes.map_or("?".to_owned(), |b| b.to_string()),
+            m.plugin_linkage,
             m.revision.as_deref().unwrap_or("?")
+        );
+        let _ = writeln!(
+            out,
+            "state:    the plugin's MESHCAP_STATE_DIR on {} (a node's /run is tmpfs)",
+            m.state_dir_fs
         );
 
         if let Some(add) = &self.add {

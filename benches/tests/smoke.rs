@@ -124,3 +124,54 @@ fn bench_smoke_tiny_configuration() {
         "{r:#}"
     );
 }
+
+/// The plugin as it ships (`scripts/build-static.sh`: static musl, non-PIE, with its own
+/// allocator) installs the capture in both modes and the report says it is static.
+/// `scripts/test.sh` builds it and names it in `MESHCAP_STATIC_PLUGIN`.
+#[test]
+fn bench_add_with_the_shipped_static_plugin() {
+    const TEST: &str = "bench_add_with_the_shipped_static_plugin";
+    let bench = Path::new(env!("CARGO_BIN_EXE_meshcap-bench"));
+    let plugin = std::env::var_os("MESHCAP_STATIC_PLUGIN").map(std::path::PathBuf::from);
+    let why_not = if !nix::unistd::geteuid().is_root() {
+        Some("needs root (network namespaces, netfilter)".to_owned())
+    } else {
+        match &plugin {
+            None => Some(
+                "MESHCAP_STATIC_PLUGIN is not set (scripts/test.sh sets it after scripts/build-static.sh)"
+                    .to_owned(),
+            ),
+            Some(p) if !p.is_file() => Some(format!("{} is missing", p.display())),
+            Some(_) => None,
+        }
+    };
+    if !can_run(TEST, why_not) {
+        return;
+    }
+    let json =
+        std::env::temp_dir().join(format!("meshcap-bench-static-{}.json", std::process::id()));
+    let out = Command::new(bench)
+        .arg("--plugin")
+        .arg(plugin.as_ref().unwrap())
+        .arg("--json")
+        .arg(&json)
+        .args(["--sections", "add", "--runs", "3"])
+        .output()
+        .expect("running meshcap-bench");
+    let report = std::fs::read_to_string(&json);
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "meshcap-bench failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&report.expect("reading the JSON report")).unwrap();
+    assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
+    assert_eq!(r["machine"]["plugin_linkage"], "static", "{r:#}");
+    assert_eq!(r["machine"]["state_dir_fs"], "tmpfs", "{r:#}");
+    for m in r["add"]["modes"].as_array().unwrap() {
+        assert_eq!(m["ms"]["n"], 3, "{m}");
+    }
+}

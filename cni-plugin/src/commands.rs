@@ -410,14 +410,15 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
         },
     }
 
-    // The namespace's lock files outlive it unless DEL drops them (by the identity ADD saw).
+    // A legacy xtables lock file outlives the namespace unless DEL drops it (by the identity
+    // ADD saw).
     if let Some((dev, ino)) = record
         .as_ref()
         .filter(|_| namespace_gone)
         .and_then(|r| r.netns_dev.zip(r.netns_ino))
     {
         if let Err(e) = dataplane::forget(meshcap_dataplane::NetnsId { dev, ino }) {
-            tracing::warn!(error = %e, "could not remove the namespace's lock files");
+            tracing::warn!(error = %e, "could not remove the namespace's xtables lock file");
         }
     }
     if let Some(rec) = record.as_ref().filter(|r| r.ebpf_registered) {

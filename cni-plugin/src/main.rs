@@ -1,7 +1,13 @@
 //! The `meshcap-cni` executable: the runtime runs it with the `CNI_*` environment and the
 //! network configuration on stdin; it prints the CNI result or error JSON on stdout and
 //! nothing else. Everything else lives in the library ([`meshcap_cni::boundary`]).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)] // the allocator's contract is unsafe by nature; see the module
+mod arena;
+
+#[global_allocator]
+static ALLOCATOR: arena::Arena<{ arena::PLUGIN_ARENA_BYTES }> = arena::Arena::new();
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;

@@ -3,8 +3,10 @@
 #
 #   meshcap-node.sh install   write the plugin's kubeconfig (mode 0600), then chain meshcap-cni
 #                             into the node's CNI config (`meshcap install`); the init container
-#   meshcap-node.sh agent     run `meshcap agent` and, every REPAIR_INTERVAL seconds, refresh the
-#                             kubeconfig when the service-account token rotates and re-run the
+#   meshcap-node.sh agent     run `meshcap agent` (fast path, repair, adoption of pods set up
+#                             before the install, config watch) and, every REPAIR_INTERVAL
+#                             seconds, refresh the kubeconfig when the service-account token
+#                             rotates and re-run the
 #                             (idempotent) install, in case the primary CNI rewrote its config
 #   meshcap-node.sh kubeconfig   only write the kubeconfig (used by the tests)
 #
@@ -13,6 +15,7 @@
 #   SA_DIR           the pod's service-account mount  (/var/run/secrets/kubernetes.io/serviceaccount)
 #   CNI_CONF_DIR     the node's CNI config dir, as the node sees it       (/etc/cni/net.d)
 #   CNI_BIN_DIR      the node's CNI binary dir, as the node sees it       (/opt/cni/bin)
+#   CNI_CACHE_DIR    the runtime's libcni cache dir, as the node sees it  (/var/lib/cni)
 #   KUBECONFIG_NAME  the kubeconfig's file name in CNI_CONF_DIR           (meshcap-kubeconfig)
 #   KUBERNETES_SERVICE_HOST / _PORT   the API server (set by the kubelet in every pod)
 #   MESHCAP_MODE, MESHCAP_SELECTION, MESHCAP_EBPF, MESHCAP_EXCLUDE_NAMESPACES (space-separated;
@@ -23,6 +26,7 @@ HOST_ROOT=${HOST_ROOT:-/host}
 SA_DIR=${SA_DIR:-/var/run/secrets/kubernetes.io/serviceaccount}
 CNI_CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
 CNI_BIN_DIR=${CNI_BIN_DIR:-/opt/cni/bin}
+CNI_CACHE_DIR=${CNI_CACHE_DIR:-/var/lib/cni}
 KUBECONFIG_NAME=${KUBECONFIG_NAME:-meshcap-kubeconfig}
 REPAIR_INTERVAL=${REPAIR_INTERVAL:-30}
 
@@ -89,9 +93,11 @@ install)
     install_plugin
     ;;
 agent)
-    # The agent repairs pods from the plugin's records, keeps meshcap last in the node's CNI
-    # chain and serves metrics; the fast path only when asked for.
+    # The agent repairs pods from the plugin's records, adopts pods the runtime set up before
+    # the install (from its libcni cache), keeps meshcap last in the node's CNI chain and
+    # serves metrics; the fast path only when asked for.
     set -- --cni-conf-dir "$HOST_ROOT/etc/cni/net.d" --cni-bin-dir "$HOST_ROOT/opt/cni/bin" \
+        --cni-cache-dir "$HOST_ROOT$CNI_CACHE_DIR" \
         --state-dir /var/run/meshcap/attachments --metrics-addr "${MESHCAP_METRICS_ADDR:-0.0.0.0:15099}"
     if [ "${MESHCAP_EBPF:-false}" != "true" ]; then
         set -- "$@" --no-fast-path

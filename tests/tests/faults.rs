@@ -254,9 +254,7 @@ impl Fixture {
 }
 
 impl Drop for Fixture {
-    /// DEL as a runtime does after any ADD, failed or not: besides rules, it removes the
-    /// namespace's lock file under /run/meshcap/locks, which a failed ADD leaves (documented:
-    /// DEL unlinks it).
+    /// DEL as a runtime does after any ADD, failed or not.
     fn drop(&mut self) {
         let config = self.config();
         let _ = self.run_plain("DEL", &config);
@@ -422,19 +420,31 @@ fn del_after_the_namespace_is_gone_drops_its_lock_files() {
         let config = f.config();
         let ns = Netns::new(&format!("locks-{mode}-x")).unwrap();
         let meta = std::fs::metadata(ns.path()).unwrap();
-        let lock = PathBuf::from(format!("/run/meshcap/locks/{}-{}", meta.dev(), meta.ino()));
+        let id = format!("{}-{}", meta.dev(), meta.ino());
+        let lock = PathBuf::from(format!("/run/meshcap/locks/{id}"));
+        let xtables_lock = PathBuf::from(format!("/run/meshcap/locks/xtables-{id}"));
+        // Older plugins made `<dev>-<ino>` lock files; one may name a recycled inode.
+        let _ = std::fs::remove_file(&lock);
         let out = f.run("ADD", ns.path(), &config, &default_path(), &[]);
         expect_success(out, &format!("{mode}: ADD"));
+        // The per-namespace lock is a flock on the namespace itself: no file per pod.
         assert!(
-            lock.exists(),
-            "{mode}: ADD took no lock at {}",
-            lock.display()
+            !lock.exists() && !xtables_lock.exists(),
+            "{mode}: ADD left a lock file for the namespace"
         );
+        // What a legacy iptables-restore leaves (XTABLES_LOCKFILE); DEL must drop it even when
+        // the namespace is gone.
+        std::fs::create_dir_all(xtables_lock.parent().unwrap()).unwrap();
+        std::fs::write(&xtables_lock, b"").unwrap();
         // The sandbox goes away first; containerd then sends DEL with an empty CNI_NETNS.
         ns.delete().unwrap();
         let out = f.run("DEL", Path::new(""), &config, &default_path(), &[]);
         expect_success(out, &format!("{mode}: DEL with empty CNI_NETNS"));
-        assert!(!lock.exists(), "{mode}: DEL left {}", lock.display());
+        assert!(
+            !xtables_lock.exists(),
+            "{mode}: DEL left {}",
+            xtables_lock.display()
+        );
         assert!(
             f.records().is_empty(),
             "{mode}: records left: {:?}",

@@ -188,6 +188,11 @@ impl Xtables<'_> {
     fn env(&self, tools: &Tools) -> Vec<(&'static str, OsString)> {
         match tools.flavour {
             Flavour::Legacy | Flavour::Unsuffixed => {
+                // xtables creates the file but not its directory; if this fails the program
+                // reports the lock it could not open.
+                if let Some(dir) = self.xt_lock.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
                 vec![("XTABLES_LOCKFILE", self.xt_lock.clone().into_os_string())]
             }
             Flavour::Nft => Vec::new(),

@@ -82,7 +82,7 @@ impl Dataplane {
         self
     }
 
-    /// Keeps lock files under `dir/locks` instead of `/run/meshcap/locks`.
+    /// Keeps the legacy xtables lock files under `dir/locks` instead of `/run/meshcap/locks`.
     pub fn with_run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.run_dir = dir.into();
         self
@@ -112,7 +112,7 @@ impl Dataplane {
         backend: Backend,
         rulesets: &[Ruleset],
     ) -> Result<(), DataplaneError> {
-        let _lock = lock::lock_netns(&self.run_dir, ns.id())?;
+        let _lock = lock::lock_netns(ns)?;
         tracing::debug!(netns = %ns.path().display(), %backend, "applying rules");
         ns.run(|| {
             let mut rtnl = Rtnl::open(ns.path())?;
@@ -134,7 +134,7 @@ impl Dataplane {
     /// Remove everything meshcap installed with `backend`, and its policy routing; succeeds
     /// when nothing is there.
     pub fn remove(&self, ns: &PodNetns, backend: Backend) -> Result<(), DataplaneError> {
-        let lock = lock::lock_netns(&self.run_dir, ns.id())?;
+        let _lock = lock::lock_netns(ns)?;
         tracing::debug!(netns = %ns.path().display(), %backend, "removing rules");
         ns.run(|| {
             match backend {
@@ -144,19 +144,26 @@ impl Dataplane {
             let mut rtnl = Rtnl::open(ns.path())?;
             routes::sync(&mut rtnl, &[]).map(drop)
         })??;
-        lock.unlink(&lock::xtables_lock_path(&self.run_dir, ns.id()));
+        // Nothing of meshcap's is left: the legacy xtables lock file (if a legacy restore
+        // made one) goes too, so files do not pile up for every pod a node ever ran.
+        let _ = std::fs::remove_file(lock::xtables_lock_path(&self.run_dir, ns.id()));
         Ok(())
     }
 
     /// Verify that exactly `rulesets` and their policy routes are installed;
     /// [`DataplaneError::Drift`] otherwise.
-    /// Drops the per-namespace lock files of a namespace that no longer exists (DEL after the
-    /// sandbox is gone), so they do not pile up for every pod a node ever ran. Takes the lock
-    /// first, so a namespace that reuses the same inode is never left without one.
+    /// Drops the legacy xtables lock file of a namespace that no longer exists (DEL after the
+    /// sandbox is gone), so such files do not pile up for every pod a node ever ran. A new
+    /// namespace that reuses the inode number is unaffected: meshcap's own operations on it
+    /// are serialised by the lock on the namespace, not by this file.
     pub fn forget(&self, id: NetnsId) -> Result<(), DataplaneError> {
-        let lock = lock::lock_netns(&self.run_dir, id)?;
-        lock.unlink(&lock::xtables_lock_path(&self.run_dir, id));
-        Ok(())
+        match std::fs::remove_file(lock::xtables_lock_path(&self.run_dir, id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataplaneError::Lock {
+                path: lock::xtables_lock_path(&self.run_dir, id),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn check(
@@ -165,7 +172,7 @@ impl Dataplane {
         backend: Backend,
         rulesets: &[Ruleset],
     ) -> Result<(), DataplaneError> {
-        let _lock = lock::lock_netns(&self.run_dir, ns.id())?;
+        let _lock = lock::lock_netns(ns)?;
         let details = ns.run(|| {
             let mut details = match backend {
                 Backend::Iptables => self.xtables(ns).check(rulesets)?,
@@ -217,7 +224,7 @@ impl Dataplane {
 
     /// Everything meshcap has in the namespace, whichever backend put it there.
     pub fn inspect(&self, ns: &PodNetns) -> Result<Inspection, DataplaneError> {
-        let _lock = lock::lock_netns(&self.run_dir, ns.id())?;
+        let _lock = lock::lock_netns(ns)?;
         ns.run(|| {
             let mut inspection = Inspection {
                 netns: ns.path().to_owned(),

@@ -1,131 +1,86 @@
 //! Per-namespace serialisation. There is deliberately no node-wide lock: the kubelet starts
 //! pods in parallel and none may wait for another. What must not interleave is two operations
-//! on the same namespace (a retried ADD racing the DEL of the same sandbox), so each takes an
-//! exclusive `flock(2)` on a file named after the namespace's device and inode.
+//! on the same namespace (a retried ADD racing the DEL of the same sandbox, the agent's repair
+//! racing either), so each takes an exclusive `flock(2)` on the namespace itself.
+//!
+//! `/run/netns/<name>`, `/proc/<pid>/ns/net` and any other handle of one network namespace
+//! open the same nsfs inode, and flock locks belong to the inode: every meshcap process that
+//! opened the namespace, under whatever path, contends on the same lock. So there are no lock
+//! files: nothing to create on the pod-start path, nothing to clean up when the namespace goes.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::netns::NetnsId;
+use crate::netns::{NetnsId, PodNetns};
 use crate::DataplaneError;
 
-/// Directory, under the run directory, that holds the lock files.
-const LOCK_SUBDIR: &str = "locks";
-
-/// Held for the duration of one apply/remove/check of one namespace; unlocks on drop.
+/// Held for the duration of one apply/remove/check/inspect of one namespace; unlocks on drop.
 #[derive(Debug)]
 pub(crate) struct NetnsLock {
     _lock: Flock<File>,
-    path: PathBuf,
-}
-
-impl NetnsLock {
-    /// Deletes the lock file (and `extra`, e.g. the xtables lock) while still holding the
-    /// lock, once a namespace has nothing of meshcap's left, so that lock files do not pile up
-    /// for every pod a node ever ran. Waiters notice the unlink and retry on a fresh file.
-    pub fn unlink(self, extra: &Path) {
-        let _ = fs::remove_file(extra);
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-pub(crate) fn lock_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join(LOCK_SUBDIR)
-}
-
-/// `<run_dir>/locks/<dev>-<ino>`.
-pub(crate) fn lock_path(run_dir: &Path, id: NetnsId) -> PathBuf {
-    lock_dir(run_dir).join(id.to_string())
 }
 
 /// The file `iptables-legacy` locks instead of the node-wide `/run/xtables.lock`
 /// (`XTABLES_LOCKFILE`, read by xtables' `xtables_lock()`), so legacy restores in different
-/// pods never wait on each other.
+/// pods never wait on each other. Only legacy programs create it; DEL removes it.
 pub(crate) fn xtables_lock_path(run_dir: &Path, id: NetnsId) -> PathBuf {
-    lock_dir(run_dir).join(format!("xtables-{id}"))
+    run_dir.join("locks").join(format!("xtables-{id}"))
 }
 
 /// Blocks until this process holds the namespace's lock.
-pub(crate) fn lock_netns(run_dir: &Path, id: NetnsId) -> Result<NetnsLock, DataplaneError> {
-    let dir = lock_dir(run_dir);
-    let path = lock_path(run_dir, id);
-    let err = |path: &Path, source: io::Error| DataplaneError::Lock {
-        path: path.to_owned(),
+pub(crate) fn lock_netns(ns: &PodNetns) -> Result<NetnsLock, DataplaneError> {
+    let err = |source: std::io::Error| DataplaneError::Lock {
+        path: ns.path().to_owned(),
         source,
     };
-    fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
-    let mut file = open(&path).map_err(|e| err(&path, e))?;
+    // A duplicate of the namespace handle (same open file description): the lock is released
+    // when the guard drops, while the `PodNetns` stays usable.
+    let mut file = ns.file().try_clone().map_err(err)?;
     loop {
-        let lock = match Flock::lock(file, FlockArg::LockExclusive) {
-            Ok(lock) => lock,
-            Err((f, Errno::EINTR)) => {
-                file = f;
-                continue;
-            }
-            Err((_, errno)) => return Err(err(&path, errno.into())),
-        };
-        // The holder we waited for may have unlinked the file (see `unlink`): a lock on an
-        // unlinked inode excludes nobody, so only a lock on what the path names now counts.
-        let locked = lock.metadata().map_err(|e| err(&path, e))?;
-        match fs::metadata(&path) {
-            Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => {
-                return Ok(NetnsLock { _lock: lock, path });
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(&path, e)),
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(lock) => return Ok(NetnsLock { _lock: lock }),
+            Err((f, Errno::EINTR)) => file = f,
+            Err((_, errno)) => return Err(err(errno.into())),
         }
-        drop(lock);
-        file = open(&path).map_err(|e| err(&path, e))?;
     }
-}
-
-fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
 
+    /// Two handles of the same namespace opened by different paths exclude each other.
     #[test]
-    fn lock_survives_unlink_by_previous_holder() {
-        let dir = std::env::temp_dir().join(format!("dp-lock-{}", std::process::id()));
-        let id = NetnsId { dev: 1, ino: 2 };
-        let first = lock_netns(&dir, id).unwrap();
-        assert!(lock_path(&dir, id).exists());
-        first.unlink(&xtables_lock_path(&dir, id));
-        assert!(!lock_path(&dir, id).exists());
-        // A new lock recreates the file.
-        let second = lock_netns(&dir, id).unwrap();
-        assert!(lock_path(&dir, id).exists());
-        drop(second);
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn waiter_gets_the_lock_after_unlink() {
-        let dir = std::env::temp_dir().join(format!("dp-lock-wait-{}", std::process::id()));
-        let id = NetnsId { dev: 3, ino: 4 };
-        let first = lock_netns(&dir, id).unwrap();
-        let waiter = {
-            let dir = dir.clone();
-            std::thread::spawn(move || lock_netns(&dir, id).map(drop))
+    fn handles_of_one_namespace_share_the_lock() {
+        let (Ok(a), Ok(b)) = (
+            PodNetns::open(Path::new("/proc/self/ns/net")),
+            PodNetns::open(Path::new("/proc/thread-self/ns/net")),
+        ) else {
+            eprintln!(
+                "SKIPPED handles_of_one_namespace_share_the_lock: /proc/*/ns/net not readable"
+            );
+            return;
         };
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        first.unlink(Path::new("/nonexistent"));
+        assert_eq!(a.id(), b.id());
+        let held = lock_netns(&a).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let lock = lock_netns(&b).map(drop);
+            tx.send(()).unwrap();
+            lock
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a second handle of the namespace got the lock while the first held it"
+        );
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the waiter got the lock once it was released");
         waiter.join().unwrap().unwrap();
-        let _ = fs::remove_dir_all(&dir);
     }
 }

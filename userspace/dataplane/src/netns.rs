@@ -118,6 +118,11 @@ impl PodNetns {
         self.id.ino
     }
 
+    /// The open namespace handle (the per-namespace lock is taken on it).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Runs `f` on the calling thread inside this namespace, then switches the thread back to
     /// the namespace it was in, also when `f` panics. Processes spawned by `f` start in this
     /// namespace (a child inherits the namespaces of the thread that forks it); threads must

@@ -72,10 +72,9 @@ impl TestNs {
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        // Operations that did not end in a remove leave the namespace's lock files behind.
+        // Legacy operations that did not end in a remove leave the xtables lock file behind.
         if let Ok(ns) = PodNetns::open(&self.path) {
             let locks = Dataplane::default().run_dir().join("locks");
-            let _ = fs::remove_file(locks.join(ns.id().to_string()));
             let _ = fs::remove_file(locks.join(format!("xtables-{}", ns.id())));
         }
         let _ = Command::new("ip")
@@ -344,7 +343,11 @@ fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
 
     // Remove, twice; CHECK then expects nothing.
     dp.remove(&ns, Backend::Iptables)?;
-    let lock = dp.run_dir().join("locks").join(ns.id().to_string());
+    // The legacy programs' lock file (XTABLES_LOCKFILE) goes with the rules.
+    let lock = dp
+        .run_dir()
+        .join("locks")
+        .join(format!("xtables-{}", ns.id()));
     ensure!(!lock.exists(), "{} left behind", lock.display());
     dp.remove(&ns, Backend::Iptables)?;
     ensure!(!t.exec(save4, &[])?.contains("MESHCAP"));

@@ -1,4 +1,4 @@
-//! `meshcap agent`: the long-running node agent (one per node, e.g. a DaemonSet). It runs four
+//! `meshcap agent`: the long-running node agent (one per node, e.g. a DaemonSet). It runs five
 //! independent duties, so that one failing never stops the others:
 //!
 //! - **eBPF fast path**: loads, attaches and pins the programs and maps the CNI plugin
@@ -9,6 +9,11 @@
 //! - **Repair** ([`repair`]): every `--repair-interval-ms` (default 5 s) it reads the
 //!   plugin's attachment records, recomputes each pod's rules from the model inputs ADD stored
 //!   in the record and re-applies them where they drifted (e.g. flushed), in place.
+//! - **Adoption** ([`adopt`]): right before each repair scan, it finds pods whose sandbox was
+//!   set up before meshcap was chained into their network (no record, so repair cannot see
+//!   them) in the runtimes' libcni cache (`--cni-cache-dir`, default `/var/lib/cni`) and
+//!   installs their capture in place by running the installed plugin's ADD as the runtime
+//!   would have; `--no-adopt` turns it off.
 //! - **Config watch** ([`watch`]): every `--watch-interval-ms` (default 1 s) it checks that
 //!   meshcap's entry is still last in the node's primary CNI config and puts it back when
 //!   another component rewrote the file.
@@ -18,6 +23,7 @@
 //! SIGTERM and SIGINT stop the agent cleanly: they are blocked in every thread and taken by
 //! the main thread with `sigwait`, which then stops and joins the workers.
 
+mod adopt;
 mod metrics;
 mod repair;
 mod watch;
@@ -59,13 +65,22 @@ pub struct AgentArgs {
     /// How often to check every recorded pod's rules and repair drift, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..))]
     repair_interval_ms: u64,
-    /// Directory of the node's CNI network configs, watched for rewrites.
+    /// Directory of the node's CNI network configs, watched for rewrites; adoption reads the
+    /// networks' current meshcap entries from it.
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
     /// Directory of the node's CNI plugin binaries: without meshcap-cni there (`meshcap
-    /// uninstall` removed it) the agent never puts the entry back.
+    /// uninstall` removed it) the agent never puts the entry back. Adoption runs the
+    /// meshcap-cni found here.
     #[arg(long, default_value = "/opt/cni/bin")]
     cni_bin_dir: PathBuf,
+    /// libcni's cache dir of the node's container runtime (containerd, CRI-O and podman use
+    /// the default): its `results/` tell which pods were set up before meshcap was chained.
+    #[arg(long, default_value = "/var/lib/cni")]
+    cni_cache_dir: PathBuf,
+    /// Do not adopt pods that were set up before meshcap was installed.
+    #[arg(long)]
+    no_adopt: bool,
     /// How often to check the CNI config, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     watch_interval_ms: u64,
@@ -179,10 +194,28 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
         let mut repairer = repair::Repairer::new(&args.state_dir);
         let interval = Duration::from_millis(args.repair_interval_ms);
         tracing::info!(state_dir = %args.state_dir.display(), interval_ms = args.repair_interval_ms, "repairing drifted pod rules");
+        let mut adopter = if args.no_adopt {
+            tracing::info!(
+                "adoption of pods set up before meshcap was installed disabled (--no-adopt)"
+            );
+            None
+        } else {
+            tracing::info!(cni_cache_dir = %args.cni_cache_dir.display(), "adopting pods set up before meshcap was installed");
+            Some(adopt::Adopter::new(
+                &args.cni_cache_dir,
+                &args.cni_conf_dir,
+                &args.cni_bin_dir,
+                &args.state_dir,
+            ))
+        };
         workers.push(
             thread::Builder::new()
                 .name("repair".into())
                 .spawn(move || loop {
+                    // Adoption first: what it adopts has a record this very repair scan counts.
+                    if let Some(adopter) = adopter.as_mut() {
+                        adopter.scan(&metrics);
+                    }
                     repairer.scan(&metrics);
                     if stop.sleep(interval) {
                         break;

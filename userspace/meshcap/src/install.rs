@@ -233,7 +233,8 @@ pub fn ensure_entry(conf_dir: &Path, entry: &Value) -> anyhow::Result<(PathBuf, 
     Ok((target, true))
 }
 
-fn conf_has_meshcap(conf: &Map<String, Value>) -> bool {
+/// Whether a network config (a conflist, or a single plugin) chains meshcap-cni.
+pub fn conf_has_meshcap(conf: &Map<String, Value>) -> bool {
     is_meshcap(&Value::Object(conf.clone()))
         || conf
             .get("plugins")

@@ -37,8 +37,9 @@ enum Command {
     Install(install::InstallArgs),
     /// Remove meshcap-cni from the node's CNI configuration and plugin directory.
     Uninstall(install::UninstallArgs),
-    /// Run the node agent: eBPF fast path, repair of drifted pod rules, CNI config watch and
-    /// Prometheus metrics; `--uninstall` takes the fast path down.
+    /// Run the node agent: eBPF fast path, repair of drifted pod rules, adoption of pods set up
+    /// before meshcap was installed, CNI config watch and Prometheus metrics; `--uninstall`
+    /// takes the fast path down.
     Agent(agent::AgentArgs),
 }
 

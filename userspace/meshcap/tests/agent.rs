@@ -1,9 +1,11 @@
 //! `meshcap agent` as a process: the config watch undoes another component's rewrite of the
 //! primary conflist (and respects `meshcap uninstall`), the repair puts flushed rules back in
-//! a real namespace so that capture works again, and the metrics endpoint counts both plus
-//! the plugin's ADDs.
+//! a real namespace so that capture works again, adoption installs the capture of pods that
+//! a runtime set up before meshcap was chained (found in a libcni results cache written here
+//! the way libcni 1.2 writes it), and the metrics endpoint counts all of it plus the plugin's
+//! ADDs. The podman test in `tests/tests/podman.rs` adopts a container of a real runtime.
 //!
-//! The config-watch test needs no privileges. The repair test needs root, `ip`, the rule
+//! The config-watch test needs no privileges. The repair and adoption tests need root, `ip`, the rule
 //! backends and the `meshcap-cni` binary (built by `cargo test -p meshcap-cni -p meshcap`, or
 //! `cargo build -p meshcap-cni`, or named by `MESHCAP_CNI_BIN`); when it cannot run it says
 //! so by name, and under `CI=true` it fails instead.
@@ -28,7 +30,7 @@ impl Scratch {
     fn new(test: &str) -> Scratch {
         let p = std::env::temp_dir().join(format!("meshcap-agent-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
-        for sub in ["net.d", "bin", "state"] {
+        for sub in ["net.d", "bin", "state", "cache/results"] {
             fs::create_dir_all(p.join(sub)).unwrap();
         }
         Scratch(p)
@@ -69,6 +71,9 @@ impl Agent {
             .arg(s.0.join("bin"))
             .arg("--state-dir")
             .arg(s.0.join("state"))
+            // Never the node's own libcni cache: only what a test writes.
+            .arg("--cni-cache-dir")
+            .arg(s.0.join("cache"))
             .arg("--metrics-addr")
             .arg(addr.to_string())
             .args(extra)
@@ -581,4 +586,144 @@ fn privileged_flushed_rules_are_repaired_and_capture_works_again() {
     }
     assert_eq!(agent.metric("meshcap_repairs_total"), 2.0);
     assert_eq!(agent.metric("meshcap_attachments"), 0.0);
+}
+
+/// A libcni results-cache entry as Go libcni 1.2's `cacheAdd` writes it after the ADD of
+/// network list `conflist` (`config` is the base64 of the conflist bytes).
+fn write_cache_entry(s: &Scratch, cid: &str, netns: &str, conflist: &Value, annotations: Value) {
+    use base64::Engine as _;
+    let entry = json!({
+        "kind": "cniCacheV1",
+        "containerId": cid,
+        "config": base64::engine::general_purpose::STANDARD
+            .encode(serde_json::to_vec(conflist).unwrap()),
+        "ifName": "eth0",
+        "networkName": conflist["name"],
+        "netns": netns,
+        "cniArgs": [
+            ["IgnoreUnknown", "1"],
+            ["K8S_POD_NAMESPACE", "default"],
+            ["K8S_POD_NAME", cid],
+            ["K8S_POD_INFRA_CONTAINER_ID", cid]
+        ],
+        "capabilityArgs": {"io.kubernetes.cri.pod-annotations": annotations},
+        "result": {
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": netns}],
+            "ips": [{"address": "10.244.0.5/24", "gateway": "10.244.0.1", "interface": 0}]
+        }
+    });
+    let path = s.0.join(format!("cache/results/agentnet-{cid}-eth0"));
+    fs::write(path, serde_json::to_vec(&entry).unwrap()).unwrap();
+}
+
+#[test]
+fn privileged_pods_set_up_before_install_are_adopted_once_and_released() {
+    const TEST: &str = "privileged_pods_set_up_before_install_are_adopted_once_and_released";
+    if !is_root() {
+        return skip_or_fail(TEST, "not running as root");
+    }
+    for tool in ["ip", "nft"] {
+        if which(tool).is_none() {
+            return skip_or_fail(TEST, &format!("`{tool}` is not installed"));
+        }
+    }
+    let Some(plugin) = plugin_binary() else {
+        return skip_or_fail(
+            TEST,
+            "meshcap-cni binary not found next to meshcap (run `cargo build -p meshcap-cni` with the same CARGO_TARGET_DIR, or set MESHCAP_CNI_BIN)",
+        );
+    };
+    let s = Scratch::new("adopt");
+    fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
+    let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
+    let meshcap = json!({
+        "type": "meshcap-cni",
+        "mode": "nftables",
+        "selection": "injected",
+        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+        "log_file": s.0.join("plugin.log")
+    });
+    let before = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});
+    let after = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary, meshcap]});
+    // The node's config as `meshcap install` left it.
+    fs::write(s.0.join("net.d/10-agentnet.conflist"), after.to_string()).unwrap();
+
+    // Set up before the install: one meshed pod (adopted) and one without a sidecar (the
+    // plugin's selection skips it). Set up after: one pod whose ADD ran meshcap (never adopted).
+    let injected = json!({"sidecar.istio.io/status": "{}"});
+    let (old, plain, new) = (
+        Netns::create("mcadopt-old"),
+        Netns::create("mcadopt-plain"),
+        Netns::create("mcadopt-new"),
+    );
+    write_cache_entry(&s, "podold", &old.path(), &before, injected.clone());
+    write_cache_entry(&s, "podplain", &plain.path(), &before, json!({}));
+    write_cache_entry(&s, "podnew", &new.path(), &after, injected);
+    for ns in [&old, &plain, &new] {
+        assert!(!ns.outbound_captured(), "{}: nothing captured yet", ns.name);
+    }
+
+    let agent = Agent::start(&s, &["--no-config-watch", "--repair-interval-ms", "200"]);
+    let record = |cid: &str| s.0.join(format!("state/agentnet/{cid}@eth0.json"));
+    agent.wait_for("podold adopted", Duration::from_secs(5), || {
+        record("podold").exists()
+    });
+    assert!(
+        old.outbound_captured(),
+        "the adopted pod's traffic is captured"
+    );
+    let rec: Value = serde_json::from_str(&fs::read_to_string(record("podold")).unwrap()).unwrap();
+    assert_eq!(rec["mode"], "nftables");
+    assert_eq!(rec["netns"], old.path(), "the cache's netns");
+    assert_eq!(
+        rec["annotations"]["sidecar.istio.io/status"], "{}",
+        "annotations from the cached capability args, as runtimeConfig: {rec}"
+    );
+    // Several scans later: one ADD each for the two pods set up before the install (the
+    // skipped one is not run again), none for the pod set up with meshcap.
+    let scans = agent.metric("meshcap_repair_scans_total");
+    agent.wait_for("five more scans", Duration::from_secs(5), || {
+        agent.metric("meshcap_repair_scans_total") >= scans + 5.0
+    });
+    assert_eq!(agent.metric("meshcap_adoptions_total"), 1.0);
+    assert_eq!(agent.metric("meshcap_adoption_failures_total"), 0.0);
+    assert_eq!(
+        agent.metric("meshcap_cni_invocations_total{command=\"ADD\",code=\"0\"}"),
+        2.0
+    );
+    assert!(!record("podplain").exists() && !plain.outbound_captured());
+    assert!(!record("podnew").exists() && !new.outbound_captured());
+    let log = agent.log();
+    assert_eq!(log.matches("adopted a pod").count(), 1, "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("adopted a pod") && l.contains("pod=default/podold")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("not selected for capture") && l.contains("default/podplain")),
+        "{log}"
+    );
+
+    // The runtime tears podold down with the config it cached (no meshcap: podman, CRI-O) and
+    // libcni removes the cache entry; the namespace is still there. The agent runs meshcap's
+    // DEL: the record and the rules go.
+    fs::remove_file(s.0.join("cache/results/agentnet-podold-eth0")).unwrap();
+    // The plugin removes the record before the agent sees it exit and logs: wait for both.
+    agent.wait_for("podold released", Duration::from_secs(5), || {
+        !record("podold").exists() && agent.log().contains("ran meshcap-cni DEL")
+    });
+    assert!(
+        !old.outbound_captured(),
+        "DEL removed the adopted pod's rules"
+    );
+    agent.wait_for("the DEL counted", Duration::from_secs(2), || {
+        agent.try_metrics().and_then(|m| {
+            m.get("meshcap_cni_invocations_total{command=\"DEL\",code=\"0\"}")
+                .copied()
+        }) == Some(1.0)
+    });
+    assert_eq!(agent.metric("meshcap_adoptions_total"), 1.0);
 }

@@ -6,6 +6,8 @@
 //! | `meshcap_repair_failures_total` | counter | repair attempts that failed (retried next scan) |
 //! | `meshcap_repair_scans_total` | counter | passes over the attachment records |
 //! | `meshcap_attachments` | gauge | attachment records seen by the last scan |
+//! | `meshcap_adoptions_total` | counter | pods set up before meshcap was installed whose capture the agent installed in place |
+//! | `meshcap_adoption_failures_total` | counter | adoption attempts that failed (retried next scan) |
 //! | `meshcap_config_rewrites_total` | counter | times another component dropped or moved meshcap's CNI entry and the agent put it back |
 //! | `meshcap_config_restore_failures_total` | counter | failed attempts to put the entry back |
 //! | `meshcap_cni_invocations_total{command,code}` | counter | plugin invocations by command and CNI code (0: success) |
@@ -52,6 +54,8 @@ struct Counters {
     repair_failures: u64,
     scans: u64,
     attachments: u64,
+    adoptions: u64,
+    adoption_failures: u64,
     config_rewrites: u64,
     config_restore_failures: u64,
     /// (command, code) -> count.
@@ -104,6 +108,14 @@ impl Metrics {
             c.attachments = attachments;
         });
         self.read_outcomes();
+    }
+
+    pub fn adopted(&self) {
+        self.with(|c| c.adoptions += 1);
+    }
+
+    pub fn adoption_failed(&self) {
+        self.with(|c| c.adoption_failures += 1);
     }
 
     pub fn config_rewrite_seen(&self) {
@@ -167,12 +179,22 @@ impl Metrics {
                 c.repair_failures,
                 c.scans,
                 c.attachments,
+                (c.adoptions, c.adoption_failures),
                 c.config_rewrites,
                 c.config_restore_failures,
                 c.cni.clone(),
             )
         });
-        let (repairs, repair_failures, scans, attachments, rewrites, restore_failures, cni) = c;
+        let (
+            repairs,
+            repair_failures,
+            scans,
+            attachments,
+            (adoptions, adoption_failures),
+            rewrites,
+            restore_failures,
+            cni,
+        ) = c;
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -204,6 +226,18 @@ impl Metrics {
             "gauge",
             "Attachment records seen by the last scan.",
             &one(attachments),
+        );
+        metric(
+            "meshcap_adoptions_total",
+            "counter",
+            "Pods set up before meshcap was installed whose capture rules the agent installed in place.",
+            &one(adoptions),
+        );
+        metric(
+            "meshcap_adoption_failures_total",
+            "counter",
+            "Adoption attempts that failed (retried on the next scan).",
+            &one(adoption_failures),
         );
         metric("meshcap_config_rewrites_total", "counter", "Rewrites of the primary CNI config that dropped or moved meshcap's entry, undone by the agent.", &one(rewrites));
         metric(
@@ -356,6 +390,15 @@ mod tests {
         );
         assert!(text2.contains("meshcap_cni_adds_total 2\n"), "{text2}");
         assert!(text2.contains("meshcap_repairs_total 0\n"), "{text2}");
+        m.adopted();
+        m.adoption_failed();
+        m.adoption_failed();
+        let text3 = m.render();
+        assert!(text3.contains("meshcap_adoptions_total 1\n"), "{text3}");
+        assert!(
+            text3.contains("meshcap_adoption_failures_total 2\n"),
+            "{text3}"
+        );
     }
 
     #[test]

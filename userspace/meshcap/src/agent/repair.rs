@@ -17,9 +17,9 @@
 //!
 //! Limits (documented, not hidden): records written before the model inputs were stored
 //! cannot be recomputed and are skipped (logged once). Pods started before the plugin was
-//! installed have no record at all: finding them needs the pod's network namespace, which the
-//! Kubernetes API does not expose; it takes the CRI (`crictl inspectp` gives the sandbox's
-//! netns path), a later step. The eBPF fast path registration is not repaired here.
+//! installed have no record at all; [`super::adopt`] finds them in the runtime's libcni cache
+//! and runs the plugin's ADD for them, after which they have a record and are repaired here
+//! like any other. The eBPF fast path registration is not repaired here.
 
 use std::collections::HashSet;
 use std::fs;
@@ -53,7 +53,8 @@ impl Repairer {
     pub fn new(state_root: &Path) -> Repairer {
         Repairer {
             state: StateDir::new(state_root),
-            // The plugin's defaults: the same lock files, so the two never interleave.
+            // The plugin's defaults; the per-namespace lock (a flock on the namespace) keeps each
+            // check and apply from interleaving with the plugin's.
             dataplane: Dataplane::default(),
             reported: HashSet::new(),
         }
