@@ -6,39 +6,46 @@
 //! instead. It needs the `meshcap-cni` binary next to `meshcap-bench` (same profile), which
 //! `cargo build --workspace` (scripts/test.sh) produces.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-/// Whether the test can run; skips by name, or panics under `CI=true`.
-fn can_run(test: &str, why_not: Option<String>) -> bool {
-    let Some(why) = why_not else { return true };
+/// The plugin to benchmark when the test can run here (root, the plugin binary, which
+/// `plugin` names or says how to get); else skips by name, or panics under `CI=true`.
+fn runnable(test: &str, plugin: Result<PathBuf, String>) -> Option<PathBuf> {
+    let why = if !nix::unistd::geteuid().is_root() {
+        "needs root (network namespaces, netfilter)".to_owned()
+    } else {
+        match plugin {
+            Ok(p) if p.is_file() => return Some(p),
+            Ok(p) => format!("{} is missing", p.display()),
+            Err(why) => why,
+        }
+    };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: cannot run under CI=true: {why}");
     }
     eprintln!("SKIPPED {test}: {why}");
-    false
+    None
 }
 
 #[test]
 fn bench_smoke_tiny_configuration() {
     const TEST: &str = "bench_smoke_tiny_configuration";
     let bench = Path::new(env!("CARGO_BIN_EXE_meshcap-bench"));
-    let plugin = bench.with_file_name("meshcap-cni");
-    let why_not = if !nix::unistd::geteuid().is_root() {
-        Some("needs root (network namespaces, netfilter)".to_owned())
-    } else if !plugin.is_file() {
-        Some(format!(
-            "{} is missing: cargo build -p meshcap-cni first",
-            plugin.display()
-        ))
+    let same_profile = bench.with_file_name("meshcap-cni");
+    let plugin = if same_profile.is_file() {
+        Ok(same_profile)
     } else {
-        None
+        Err(format!(
+            "{} is missing: cargo build -p meshcap-cni first",
+            same_profile.display()
+        ))
     };
-    if !can_run(TEST, why_not) {
+    let Some(plugin) = runnable(TEST, plugin) else {
         return;
-    }
+    };
 
     let json =
         std::env::temp_dir().join(format!("meshcap-bench-smoke-{}.json", std::process::id()));
@@ -132,27 +139,20 @@ fn bench_smoke_tiny_configuration() {
 fn bench_add_with_the_shipped_static_plugin() {
     const TEST: &str = "bench_add_with_the_shipped_static_plugin";
     let bench = Path::new(env!("CARGO_BIN_EXE_meshcap-bench"));
-    let plugin = std::env::var_os("MESHCAP_STATIC_PLUGIN").map(std::path::PathBuf::from);
-    let why_not = if !nix::unistd::geteuid().is_root() {
-        Some("needs root (network namespaces, netfilter)".to_owned())
-    } else {
-        match &plugin {
-            None => Some(
-                "MESHCAP_STATIC_PLUGIN is not set (scripts/test.sh sets it after scripts/build-static.sh)"
-                    .to_owned(),
-            ),
-            Some(p) if !p.is_file() => Some(format!("{} is missing", p.display())),
-            Some(_) => None,
-        }
-    };
-    if !can_run(TEST, why_not) {
+    let plugin = std::env::var_os("MESHCAP_STATIC_PLUGIN")
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            "MESHCAP_STATIC_PLUGIN is not set (scripts/test.sh sets it after scripts/build-static.sh)"
+                .to_owned()
+        });
+    let Some(plugin) = runnable(TEST, plugin) else {
         return;
-    }
+    };
     let json =
         std::env::temp_dir().join(format!("meshcap-bench-static-{}.json", std::process::id()));
     let out = Command::new(bench)
         .arg("--plugin")
-        .arg(plugin.as_ref().unwrap())
+        .arg(&plugin)
         .arg("--json")
         .arg(&json)
         .args(["--sections", "add", "--runs", "3"])

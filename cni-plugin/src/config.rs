@@ -324,7 +324,7 @@ fn validate_skip_pattern(p: &str) -> Result<(), ConfigError> {
 
 /// libcni's network-name rule (`utils.ValidateNetworkName`): `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
 /// The name is a directory of the state dir, so this also keeps it a single path component.
-fn validate_network_name(name: &str) -> Result<(), ConfigError> {
+pub fn validate_network_name(name: &str) -> Result<(), ConfigError> {
     let mut chars = name.chars();
     let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));

@@ -4,22 +4,13 @@
 //! says so by name when it cannot run, and fails instead under `CI=true`.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::{json, Value};
 
 mod common;
-use common::{skip_or_fail, Netns};
-
-const BIN: &str = env!("CARGO_BIN_EXE_meshcap-cni");
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use common::{missing_root_or_tools, run_plugin, skip_or_fail, Netns, Run, Scratch};
 
 impl Run {
     /// stdout parsed as the single JSON value it must be (or `None` when empty).
@@ -59,46 +50,11 @@ impl Run {
     }
 }
 
-fn invoke(env: &[(&str, &str)], stdin: &str) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn meshcap-cni");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+fn scratch(test: &str) -> Scratch {
+    Scratch::new("meshcap-cni-it", test)
 }
 
-/// A per-test state directory, removed on drop even when the test fails.
-struct Scratch(PathBuf);
-
 impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("meshcap-cni-it-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-
-    fn state(&self) -> String {
-        self.0.join("state").to_str().unwrap().to_string()
-    }
-
     fn records(&self, network: &str) -> Vec<String> {
         let mut names: Vec<String> = match fs::read_dir(self.0.join("state").join(network)) {
             Ok(rd) => rd
@@ -120,12 +76,6 @@ impl Scratch {
             "ebpf_registered": false, "added_at_unix": 0
         });
         fs::write(dir.join(format!("{cid}@{ifname}.json")), rec.to_string()).unwrap();
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -167,18 +117,18 @@ fn conf(version: &str, extra: Value) -> String {
 
 #[test]
 fn version_lists_supported_versions() {
-    let r = invoke(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+    let r = run_plugin(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
     assert_eq!(
         r.ok().unwrap(),
         json!({"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
     );
-    let r = invoke(&[("CNI_COMMAND", "VERSION")], "");
+    let r = run_plugin(&[("CNI_COMMAND", "VERSION")], "");
     assert_eq!(r.ok().unwrap()["cniVersion"], "1.1.0");
 }
 
 #[test]
 fn add_of_unselected_pod_passes_prev_result_through_converted() {
-    let s = Scratch::new("add-unselected");
+    let s = scratch("add-unselected");
     let state = s.state();
     let env = attach_env("ADD", "/run/netns/does-not-matter", &state);
     let annotations =
@@ -186,7 +136,7 @@ fn add_of_unselected_pod_passes_prev_result_through_converted() {
     for to in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         let mut extra = annotations.clone();
         extra["prevResult"] = prev_result_1x("/run/netns/x");
-        let out = invoke(&env, &conf(to, extra)).ok().unwrap();
+        let out = run_plugin(&env, &conf(to, extra)).ok().unwrap();
         let mut expected = prev_result_1x("/run/netns/x");
         expected["cniVersion"] = json!(to);
         if to.starts_with("0.") {
@@ -203,14 +153,14 @@ fn add_of_unselected_pod_passes_prev_result_through_converted() {
 
 #[test]
 fn add_in_excluded_namespace_passes_through_without_annotations() {
-    let s = Scratch::new("add-excluded");
+    let s = scratch("add-excluded");
     let state = s.state();
     let mut env = attach_env("ADD", "/run/netns/x", &state);
     env[5] = (
         "CNI_ARGS",
         "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns",
     );
-    let out = invoke(
+    let out = run_plugin(
         &env,
         &conf(
             "1.1.0",
@@ -224,30 +174,30 @@ fn add_in_excluded_namespace_passes_through_without_annotations() {
 
 #[test]
 fn add_of_kubernetes_pod_without_annotations_fails_closed() {
-    let s = Scratch::new("add-no-annotations");
+    let s = scratch("add-no-annotations");
     let state = s.state();
     let env = attach_env("ADD", "/run/netns/x", &state);
-    invoke(&env, &conf("1.0.0", json!({}))).error(7, "not passed by the runtime");
+    run_plugin(&env, &conf("1.0.0", json!({}))).error(7, "not passed by the runtime");
 }
 
 #[test]
 fn bad_inputs_map_to_their_codes() {
-    let s = Scratch::new("bad-inputs");
+    let s = scratch("bad-inputs");
     let state = s.state();
     let env = attach_env("ADD", "/run/netns/x", &state);
-    invoke(&env, "{\"cniVersion\": ").error(6, "decode");
-    invoke(&env, &conf("1.0.0", json!({"mode": "ebpf"}))).error(7, "mode");
-    invoke(&env, &conf("1.0.0", json!({"log_level": "loud"}))).error(7, "log_level");
-    let v = invoke(&env, &conf("0.2.0", json!({}))).error(1, "0.2.0");
+    run_plugin(&env, "{\"cniVersion\": ").error(6, "decode");
+    run_plugin(&env, &conf("1.0.0", json!({"mode": "ebpf"}))).error(7, "mode");
+    run_plugin(&env, &conf("1.0.0", json!({"log_level": "loud"}))).error(7, "log_level");
+    let v = run_plugin(&env, &conf("0.2.0", json!({}))).error(1, "0.2.0");
     assert_eq!(v["cniVersion"], "1.1.0");
-    invoke(&env[1..], &conf("1.0.0", json!({}))).error(4, "CNI_COMMAND");
-    invoke(&[("CNI_COMMAND", "CHECK")], &conf("1.0.0", json!({})))
+    run_plugin(&env[1..], &conf("1.0.0", json!({}))).error(4, "CNI_COMMAND");
+    run_plugin(&[("CNI_COMMAND", "CHECK")], &conf("1.0.0", json!({})))
         .error(4, "CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME");
     let mut bad_args = env.clone();
     bad_args[5] = ("CNI_ARGS", "K8S_POD_NAME");
-    invoke(&bad_args, &conf("1.0.0", json!({}))).error(4, "CNI_ARGS");
+    run_plugin(&bad_args, &conf("1.0.0", json!({}))).error(4, "CNI_ARGS");
     // A bad prevResult is refused before anything is applied.
-    invoke(
+    run_plugin(
         &env,
         &conf("1.0.0", json!({"prevResult": {"cniVersion": "0.1.0"}})),
     )
@@ -256,7 +206,7 @@ fn bad_inputs_map_to_their_codes() {
 
 #[test]
 fn bad_annotation_is_code_7_and_applies_nothing() {
-    let s = Scratch::new("bad-annotation");
+    let s = scratch("bad-annotation");
     let state = s.state();
     let env = attach_env("ADD", "/run/netns/meshcap-cni-it-never-created", &state);
     let extra = json!({
@@ -266,21 +216,21 @@ fn bad_annotation_is_code_7_and_applies_nothing() {
         }},
         "prevResult": prev_result_1x("/run/netns/x")
     });
-    invoke(&env, &conf("1.0.0", extra)).error(7, "sidecar.istio.io/interceptionMode");
+    run_plugin(&env, &conf("1.0.0", extra)).error(7, "sidecar.istio.io/interceptionMode");
     let extra = json!({
         "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {
             "sidecar.istio.io/status": "{}",
             "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/33"
         }}
     });
-    invoke(&env, &conf("1.0.0", extra))
+    run_plugin(&env, &conf("1.0.0", extra))
         .error(7, "traffic.sidecar.istio.io/excludeOutboundIPRanges");
     assert!(s.records("meshnet").is_empty());
 }
 
 #[test]
 fn add_and_check_on_a_missing_netns_fail_clearly() {
-    let s = Scratch::new("add-missing-netns");
+    let s = scratch("add-missing-netns");
     let state = s.state();
     let gone = format!("/run/netns/meshcap-cni-it-missing-{}", std::process::id());
     let extra = json!({
@@ -288,12 +238,13 @@ fn add_and_check_on_a_missing_netns_fail_clearly() {
         "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}},
         "prevResult": prev_result_1x(&gone)
     });
-    invoke(
+    run_plugin(
         &attach_env("ADD", &gone, &state),
         &conf("1.0.0", extra.clone()),
     )
     .error(4, "does not exist");
-    invoke(&attach_env("CHECK", &gone, &state), &conf("1.0.0", extra)).error(4, "does not exist");
+    run_plugin(&attach_env("CHECK", &gone, &state), &conf("1.0.0", extra))
+        .error(4, "does not exist");
     assert!(s.records("meshnet").is_empty());
     // CHECK of an unselected pod passes without touching anything.
     let extra = json!({
@@ -301,7 +252,7 @@ fn add_and_check_on_a_missing_netns_fail_clearly() {
         "prevResult": prev_result_1x(&gone)
     });
     assert_eq!(
-        invoke(&attach_env("CHECK", &gone, &state), &conf("0.4.0", extra)).ok(),
+        run_plugin(&attach_env("CHECK", &gone, &state), &conf("0.4.0", extra)).ok(),
         None
     );
 }
@@ -314,50 +265,50 @@ fn status_is_a_1_1_command_and_succeeds_when_the_backend_is_installed() {
         "1.1.0",
         json!({"mode": "iptables", "ebpf": {"enabled": true}}),
     );
-    let r = invoke(&env, &config);
+    let r = run_plugin(&env, &config);
     if r.code == 0 {
         assert_eq!(r.ok(), None);
     } else {
         // Only when the node really lacks the iptables programs.
         r.error(50, "not found");
     }
-    invoke(&env, &conf("1.0.0", json!({}))).error(1, "STATUS needs cniVersion 1.1.0");
+    run_plugin(&env, &conf("1.0.0", json!({}))).error(1, "STATUS needs cniVersion 1.1.0");
 }
 
 #[test]
 fn del_with_empty_netns_succeeds() {
-    let s = Scratch::new("del-empty-netns");
+    let s = scratch("del-empty-netns");
     let state = s.state();
     s.write_record("meshnet", "4f3c2b1a", "eth0");
     let env = attach_env("DEL", "", &state);
     for _ in 0..2 {
-        let r = invoke(&env, &conf("1.1.0", json!({"selection": "all"})));
+        let r = run_plugin(&env, &conf("1.1.0", json!({"selection": "all"})));
         assert_eq!(r.ok(), None, "DEL prints nothing");
     }
     assert!(s.records("meshnet").is_empty());
     // Without CNI_NETNS at all, too.
     let env: Vec<_> = env.into_iter().filter(|(k, _)| *k != "CNI_NETNS").collect();
-    assert_eq!(invoke(&env, &conf("0.3.1", json!({}))).ok(), None);
+    assert_eq!(run_plugin(&env, &conf("0.3.1", json!({}))).ok(), None);
 }
 
 #[test]
 fn del_on_vanished_netns_succeeds() {
-    let s = Scratch::new("del-vanished");
+    let s = scratch("del-vanished");
     let state = s.state();
     s.write_record("meshnet", "4f3c2b1a", "eth0");
     let gone = format!("/run/netns/meshcap-cni-it-gone-{}", std::process::id());
     assert!(!Path::new(&gone).exists());
     let env = attach_env("DEL", &gone, &state);
     let extra = json!({"selection": "all", "prevResult": prev_result_1x(&gone)});
-    assert_eq!(invoke(&env, &conf("1.0.0", extra.clone())).ok(), None);
+    assert_eq!(run_plugin(&env, &conf("1.0.0", extra.clone())).ok(), None);
     assert!(s.records("meshnet").is_empty());
     // And again, with nothing recorded any more (and for a Kubernetes pod without annotations).
-    assert_eq!(invoke(&env, &conf("1.0.0", json!({}))).ok(), None);
+    assert_eq!(run_plugin(&env, &conf("1.0.0", json!({}))).ok(), None);
 }
 
 #[test]
 fn gc_removes_stale_records_and_keeps_valid_ones() {
-    let s = Scratch::new("gc");
+    let s = scratch("gc");
     let state = s.state();
     s.write_record("meshnet", "keep1", "eth0");
     s.write_record("meshnet", "keep1", "net1");
@@ -374,7 +325,7 @@ fn gc_removes_stale_records_and_keeps_valid_ones() {
         {"containerID": "keep1", "ifname": "net1"},
         {"containerID": "never-added", "ifname": "eth0"}
     ]});
-    assert_eq!(invoke(&env, &conf("1.1.0", valid.clone())).ok(), None);
+    assert_eq!(run_plugin(&env, &conf("1.1.0", valid.clone())).ok(), None);
     assert_eq!(s.records("meshnet"), ["keep1@eth0.json", "keep1@net1.json"]);
     assert_eq!(
         s.records("othernet"),
@@ -382,9 +333,9 @@ fn gc_removes_stale_records_and_keeps_valid_ones() {
         "other networks untouched"
     );
     // Idempotent; an empty list removes everything of this network.
-    assert_eq!(invoke(&env, &conf("1.1.0", valid)).ok(), None);
+    assert_eq!(run_plugin(&env, &conf("1.1.0", valid)).ok(), None);
     assert_eq!(
-        invoke(
+        run_plugin(
             &env,
             &conf("1.1.0", json!({"cni.dev/valid-attachments": []}))
         )
@@ -393,17 +344,17 @@ fn gc_removes_stale_records_and_keeps_valid_ones() {
     );
     assert!(s.records("meshnet").is_empty());
     // GC is a 1.1 command and needs its input.
-    invoke(
+    run_plugin(
         &env,
         &conf("1.0.0", json!({"cni.dev/valid-attachments": []})),
     )
     .error(1, "GC");
-    invoke(&env, &conf("1.1.0", json!({}))).error(7, "cni.dev/valid-attachments");
+    run_plugin(&env, &conf("1.1.0", json!({}))).error(7, "cni.dev/valid-attachments");
 }
 
 #[test]
 fn logs_go_to_stderr_and_the_log_file_never_stdout() {
-    let s = Scratch::new("logging");
+    let s = scratch("logging");
     let state = s.state();
     let log = s.0.join("logs/sub/meshcap-cni.log");
     let env = attach_env("ADD", "/run/netns/x", &state);
@@ -412,7 +363,7 @@ fn logs_go_to_stderr_and_the_log_file_never_stdout() {
         "log_level": "debug",
         "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}}
     });
-    let r = invoke(&env, &conf("1.0.0", extra));
+    let r = run_plugin(&env, &conf("1.0.0", extra));
     assert_eq!(r.ok().unwrap(), json!({"cniVersion": "1.0.0"}));
     let text = fs::read_to_string(&log).unwrap();
     for needle in ["4f3c2b1a", "default/web-0", "ADD", "not capturing"] {
@@ -431,7 +382,7 @@ fn logs_go_to_stderr_and_the_log_file_never_stdout() {
             "traffic.sidecar.istio.io/includeInboundPorts": "http"
         }}
     });
-    invoke(&env, &conf("1.0.0", extra)).error(7, "includeInboundPorts");
+    run_plugin(&env, &conf("1.0.0", extra)).error(7, "includeInboundPorts");
     let text = fs::read_to_string(&log).unwrap();
     let failure = text
         .lines()
@@ -444,40 +395,12 @@ fn logs_go_to_stderr_and_the_log_file_never_stdout() {
 
     // An unopenable log file does not fail the command.
     let extra = json!({"log_file": "/proc/meshcap/nope.log", "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}}});
-    let r = invoke(&env, &conf("1.0.0", extra));
+    let r = run_plugin(&env, &conf("1.0.0", extra));
     assert_eq!(r.ok().unwrap(), json!({"cniVersion": "1.0.0"}));
     assert!(r.stderr.contains("cannot open log_file"), "{}", r.stderr);
 }
 
 // ---- privileged: a real namespace and the real rule backends ----
-
-/// Why the privileged test cannot run here, if it cannot.
-fn privileged_unavailable() -> Option<String> {
-    if !nix_is_root() {
-        return Some("not running as root".into());
-    }
-    for tool in ["ip", "iptables-save", "nft"] {
-        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .any(|dir| dir.join(tool).exists());
-        if !found {
-            return Some(format!("`{tool}` is not installed"));
-        }
-    }
-    None
-}
-
-fn nix_is_root() -> bool {
-    // The effective uid without unsafe code: /proc/self/status "Uid: real effective ...".
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
 
 /// Whether meshcap's rules are in `ns`, as the stock tools see them (not through meshcap).
 fn installed(ns: &Netns, mode: &str) -> bool {
@@ -501,11 +424,11 @@ fn installed(ns: &Netns, mode: &str) -> bool {
 #[test]
 fn privileged_add_check_del_round_trip() {
     const TEST: &str = "privileged_add_check_del_round_trip";
-    if let Some(reason) = privileged_unavailable() {
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "nft"]) {
         return skip_or_fail(TEST, &reason);
     }
     for mode in ["iptables", "nftables"] {
-        let s = Scratch::new(&format!("roundtrip-{mode}"));
+        let s = scratch(&format!("roundtrip-{mode}"));
         let state = s.state();
         let ns = Netns::create(&format!("mcni-{mode}"));
         let path = ns.path();
@@ -526,7 +449,7 @@ fn privileged_add_check_del_round_trip() {
         let mut expected = prev_result_1x(&path);
         expected["cniVersion"] = json!("1.1.0");
         let add = attach_env("ADD", &path, &state);
-        let r = invoke(&add, &config);
+        let r = run_plugin(&add, &config);
         assert_eq!(r.ok().unwrap(), expected, "{mode}: ADD");
         if mode == "nftables" {
             assert!(
@@ -548,13 +471,13 @@ fn privileged_add_check_del_round_trip() {
 
         // A retried ADD is fine, and CHECK passes right after ADD.
         assert_eq!(
-            invoke(&add, &config).ok().unwrap(),
+            run_plugin(&add, &config).ok().unwrap(),
             expected,
             "{mode}: 2nd ADD"
         );
         let check = attach_env("CHECK", &path, &state);
         assert_eq!(
-            invoke(&check, &config).ok(),
+            run_plugin(&check, &config).ok(),
             None,
             "{mode}: CHECK after ADD"
         );
@@ -564,14 +487,14 @@ fn privileged_add_check_del_round_trip() {
             ("CNI_COMMAND", "STATUS"),
             ("MESHCAP_STATE_DIR", state.as_str()),
         ];
-        assert_eq!(invoke(&status, &config).ok(), None, "{mode}: STATUS");
+        assert_eq!(run_plugin(&status, &config).ok(), None, "{mode}: STATUS");
 
         // DEL removes; CHECK then reports the missing rules as drift.
         let del = attach_env("DEL", &path, &state);
-        assert_eq!(invoke(&del, &config).ok(), None, "{mode}: DEL");
+        assert_eq!(run_plugin(&del, &config).ok(), None, "{mode}: DEL");
         assert!(s.records("meshnet").is_empty(), "{mode}");
         assert!(!installed(&ns, mode), "{mode}: rules gone after DEL");
-        assert_eq!(invoke(&del, &config).ok(), None, "{mode}: 2nd DEL");
-        invoke(&check, &config).error(101, "differ from what ADD installed");
+        assert_eq!(run_plugin(&del, &config).ok(), None, "{mode}: 2nd DEL");
+        run_plugin(&check, &config).error(101, "differ from what ADD installed");
     }
 }

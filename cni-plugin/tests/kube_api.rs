@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,9 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod common;
-use common::{skip_or_fail, Netns};
+use common::{missing_root_or_tools, run_plugin, skip_or_fail, Netns, Run, Scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshcap-cni");
 const TOKEN: &str = "test-token-5e1f";
 
 // ---- a local server that answers like the API server ----
@@ -214,12 +212,6 @@ fn injected_pod(ns: &str, name: &str) -> Value {
 
 // ---- running the plugin ----
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 impl Run {
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
@@ -252,20 +244,11 @@ impl Run {
 }
 
 /// Scratch directory (state, kubeconfig), removed on drop.
-struct Scratch(PathBuf);
+fn scratch(test: &str) -> Scratch {
+    Scratch::new("meshcap-kube", test)
+}
 
 impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("meshcap-kube-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-
-    fn state(&self) -> String {
-        self.0.join("state").to_str().unwrap().to_string()
-    }
-
     /// A kubeconfig for `server` with a tokenFile (relative, as kubectl resolves it).
     fn kubeconfig(&self, server: &str) -> String {
         fs::write(self.0.join("token"), format!("{TOKEN}\n")).unwrap();
@@ -287,41 +270,21 @@ impl Scratch {
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn invoke(command: &str, netns: &str, state: &str, cni_args: &str, config: &Value) -> Run {
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        // One attachment per namespace: the record key is network + container id + ifname.
-        .env("CNI_CONTAINERID", container_id(netns))
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_ARGS", cni_args)
-        .env("MESHCAP_STATE_DIR", state)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    // One attachment per namespace: the record key is network + container id + ifname.
+    let container_id = container_id(netns);
+    run_plugin(
+        &[
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", &container_id),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("CNI_ARGS", cni_args),
+            ("MESHCAP_STATE_DIR", state),
+        ],
+        &config.to_string(),
+    )
 }
 
 fn container_id(netns: &str) -> String {
@@ -404,7 +367,7 @@ fn opted_out_and_sidecarless_pods_are_skipped_after_one_get() {
             vec![Reply::Json(200, status_only)],
         ),
     ]);
-    let s = Scratch::new("skipped");
+    let s = scratch("skipped");
     let kc = s.kubeconfig(&api.url());
     let netns = missing_netns("skipped");
     for name in ["opted-out", "plain", "status-only"] {
@@ -443,7 +406,7 @@ fn injected_pods_are_selected() {
         ),
         (pod_path("shop", "native"), vec![Reply::Json(200, native)]),
     ]);
-    let s = Scratch::new("selected");
+    let s = scratch("selected");
     let kc = s.kubeconfig(&api.url());
     let netns = missing_netns("selected");
     for name in ["web-0", "native"] {
@@ -469,7 +432,7 @@ fn injected_pods_are_selected() {
 fn own_pods_and_excluded_namespaces_are_skipped_before_any_api_call() {
     // The server would fail everything: a skip must not depend on it.
     let api = FakeApi::start(vec![]);
-    let s = Scratch::new("own-pods");
+    let s = scratch("own-pods");
     let kc = s.kubeconfig(&api.url());
     let netns = missing_netns("own-pods");
     let config = api_config(
@@ -503,7 +466,7 @@ fn unreadable_pods_fail_closed() {
         ),
         (pod_path("shop", "garbage"), vec![Reply::Json(200, json!("not a pod"))]),
     ]);
-    let s = Scratch::new("fail-closed");
+    let s = scratch("fail-closed");
     let kc = s.kubeconfig(&api.url());
     let netns = missing_netns("fail-closed");
     let config = api_config(&kc, &netns, json!({}));
@@ -586,7 +549,7 @@ fn server_errors_are_retried_with_backoff() {
             }),
         ],
     )]);
-    let s = Scratch::new("retry");
+    let s = scratch("retry");
     let kc = s.kubeconfig(&api.url());
     let netns = missing_netns("retry");
     let started = Instant::now();
@@ -619,7 +582,7 @@ fn a_server_that_never_answers_is_try_again_later_within_the_deadline() {
             )],
         ),
     ]);
-    let s = Scratch::new("deadline");
+    let s = scratch("deadline");
     let kc = s.kubeconfig(&api.url());
     let netns = missing_netns("deadline");
     let config = api_config(
@@ -686,7 +649,7 @@ fn a_server_that_never_answers_is_try_again_later_within_the_deadline() {
 #[test]
 fn del_never_waits_on_the_api() {
     let api = FakeApi::start(vec![(pod_path("shop", "web-0"), vec![Reply::Hang])]);
-    let s = Scratch::new("del");
+    let s = scratch("del");
     let kc = s.kubeconfig(&api.url());
     let netns = missing_netns("del");
     let started = Instant::now();
@@ -704,33 +667,10 @@ fn del_never_waits_on_the_api() {
 
 // ---- privileged: the API path installs exactly what the annotation path installs ----
 
-fn privileged_unavailable() -> Option<String> {
-    let root = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        return Some("not running as root".into());
-    }
-    for tool in ["ip", "iptables-save", "ip6tables-save", "nft"] {
-        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .any(|dir| dir.join(tool).exists());
-        if !found {
-            return Some(format!("`{tool}` is not installed"));
-        }
-    }
-    None
-}
-
 #[test]
 fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
     const TEST: &str = "privileged_api_path_installs_the_same_rules_as_passed_annotations";
-    if let Some(reason) = privileged_unavailable() {
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
         return skip_or_fail(TEST, &reason);
     }
     let mut custom = injected_pod("shop", "custom-uid");
@@ -745,7 +685,7 @@ fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
             vec![Reply::Json(200, custom)],
         ),
     ]);
-    let s = Scratch::new("same-rules");
+    let s = scratch("same-rules");
     let kc = s.kubeconfig(&api.url());
     for mode in ["iptables", "nftables"] {
         let passed = Netns::create(&format!("mk-passed-{}", &mode[..3]));
@@ -843,7 +783,7 @@ fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
 #[test]
 fn privileged_kube_inject_pod_via_api_matches_render_f() {
     const TEST: &str = "privileged_kube_inject_pod_via_api_matches_render_f";
-    if let Some(reason) = privileged_unavailable() {
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
         return skip_or_fail(TEST, &reason);
     }
     use meshcap_model::pod::PodView;
@@ -868,7 +808,7 @@ fn privileged_kube_inject_pod_via_api_matches_render_f() {
         pod_path("default", "inject-8565f4c47-srwzd"),
         vec![Reply::Chunked(200, pod)],
     )]);
-    let s = Scratch::new("kube-inject");
+    let s = scratch("kube-inject");
     let kc = s.kubeconfig(&api.url());
     for mode in ["iptables", "nftables"] {
         let added = Netns::create(&format!("mk-inj-add-{}", &mode[..3]));
@@ -1068,7 +1008,7 @@ fn tls_server(dir: &std::path::Path, pod: Value) -> (SocketAddr, Arc<Mutex<Vec<S
 #[test]
 fn tls_api_server_with_the_deploy_scripts_kubeconfig() {
     const TEST: &str = "tls_api_server_with_the_deploy_scripts_kubeconfig";
-    let s = Scratch::new("tls");
+    let s = scratch("tls");
     if make_certs(&s.0).is_none() {
         return skip_or_fail(
             TEST,

@@ -24,8 +24,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 pub use meshcap_fastpath::{Counters, PinDir, DEFAULT_PIN_DIR};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 use crate::netns::Netns;
 use crate::standin::PROXY_ID;
@@ -274,39 +272,15 @@ impl Agent {
     /// SIGTERM (the agent's normal stop: the data path stays pinned) and wait for it to exit.
     pub fn stop(mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().expect("agent child");
-        if let Err(e) = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM) {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("SIGTERM the agent: {e}");
-        }
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("meshcap agent ignored SIGTERM for 10s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::sys::terminate(&mut child, Duration::from_secs(10))
+            .ok_or_else(|| anyhow!("meshcap agent ignored SIGTERM for 10s"))
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::sys::terminate(&mut child, Duration::from_secs(5));
         }
     }
 }

@@ -34,6 +34,7 @@
 //!   records) for debugging.
 #![deny(unsafe_code)]
 
+pub mod agent_process;
 pub mod bins;
 pub mod chain;
 pub mod compare;
@@ -72,6 +73,22 @@ pub fn skip_or_fail(name: &str, why: &str) {
     // Straight to fd 2: the test harness captures `eprintln!`, and a skip must show.
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+}
+
+/// Why a privileged test that needs root and `tools` (found in `$PATH`, `/usr/sbin`, `/sbin`
+/// or `/usr/bin`) cannot run here, if it cannot.
+pub fn missing_root_or_tools(tools: &[&str]) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not running as root".into());
+    }
+    let dirs: Vec<std::path::PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+            .collect();
+    tools
+        .iter()
+        .find(|tool| !dirs.iter().any(|d| d.join(tool).exists()))
+        .map(|tool| format!("`{tool}` is not installed"))
 }
 
 /// The first reason the privileged tests cannot run here, if any.

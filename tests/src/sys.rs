@@ -130,6 +130,29 @@ pub fn original_dst(fd: RawFd, v6: bool) -> io::Result<SocketAddr> {
     }
 }
 
+/// SIGTERM `child` and reap it; SIGKILL when it has not exited within `grace`. Its status
+/// when it exited by itself, `None` when it had to be killed.
+pub fn terminate(
+    child: &mut std::process::Child,
+    grace: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    use nix::sys::signal::{kill, Signal};
+    let _ = kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    );
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// Make `cmd`'s child get SIGTERM when the thread that spawned it exits (prctl(2),
 /// `PR_SET_PDEATHSIG`). Spawn from a thread that lives as long as the process, so the child
 /// stops exactly when the process ends, however it ends.

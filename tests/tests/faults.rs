@@ -251,6 +251,12 @@ impl Fixture {
             .filter(|p| p.file_name().is_none_or(|n| n != OUTCOMES_FILE))
             .collect()
     }
+
+    /// No attachment record (or temp file) is left; `what` names the case in the failure.
+    fn assert_no_records(&self, what: &str) {
+        let left = self.records();
+        assert!(left.is_empty(), "{what}records left: {left:?}");
+    }
 }
 
 impl Drop for Fixture {
@@ -402,11 +408,7 @@ fn netns_gone_before_add_is_code_4_and_del_succeeds() {
         );
 
         assert_unchanged(&before, &snapshot(&f.pod.ns), &format!("{mode}: all"));
-        assert!(
-            f.records().is_empty(),
-            "{mode}: records left: {:?}",
-            f.records()
-        );
+        f.assert_no_records(&format!("{mode}: "));
     }
 }
 
@@ -445,11 +447,7 @@ fn del_after_the_namespace_is_gone_drops_its_lock_files() {
             "{mode}: DEL left {}",
             xtables_lock.display()
         );
-        assert!(
-            f.records().is_empty(),
-            "{mode}: records left: {:?}",
-            f.records()
-        );
+        f.assert_no_records(&format!("{mode}: "));
     }
 }
 
@@ -510,7 +508,7 @@ fn iptables_programs_absent_everywhere_is_code_100_and_status_50() {
         &snapshot(&f.pod.ns),
         "ADD with no iptables programs",
     );
-    assert!(f.records().is_empty(), "records left: {:?}", f.records());
+    f.assert_no_records("");
 
     // STATUS reports the backend not ready (code 50) naming what is missing.
     let mut status = f.config();
@@ -566,7 +564,7 @@ fn ip6tables_restore_failure_rolls_back_v4() {
         &snapshot(&f.pod.ns),
         "ADD with a failing ip6tables-restore",
     );
-    assert!(f.records().is_empty(), "records left: {:?}", f.records());
+    f.assert_no_records("");
 }
 
 #[test]
@@ -595,7 +593,7 @@ fn iptables_restore_dying_after_first_table_leaves_namespace_as_before() {
         &snapshot(&f.pod.ns),
         "ADD with iptables-restore dying mid-restore",
     );
-    assert!(f.records().is_empty(), "records left: {:?}", f.records());
+    f.assert_no_records("");
 }
 
 /// `iptables-nft-restore` in a fresh wrapper dir that, the first time only, commits the first
@@ -648,7 +646,7 @@ fn iptables_restore_dying_during_del_keeps_rules_and_retry_cleans() {
     assert_eq!(f.records().len(), 1, "the record must stay for the retry");
     expect_success(f.run_plain("DEL", &f.config()), "retried DEL");
     assert_unchanged(&before, &snapshot(&f.pod.ns), "after the retried DEL");
-    assert!(f.records().is_empty(), "records left: {:?}", f.records());
+    f.assert_no_records("");
 }
 
 // ---- nf_tables rejects the transaction ----
@@ -718,7 +716,7 @@ fn nftables_transaction_rejected_by_kernel_changes_nothing() {
         &snapshot(&f.pod.ns),
         "rejected nftables transaction",
     );
-    assert!(f.records().is_empty(), "records left: {:?}", f.records());
+    f.assert_no_records("");
     // DEL (the runtime's cleanup of the failed ADD) meets the same refusal while the owner
     // lives: a clear error the runtime retries, not a silent success over rules it cannot
     // see. Reported to the lead: SPEC.md wants DEL to succeed "when ADD never ran".
@@ -769,11 +767,7 @@ fn unwritable_log_file_falls_back_to_stderr() {
             let left = snapshot(&f.pod.ns).netfilter.meshcap_leftovers();
             assert!(left.is_empty(), "{what}: DEL left {left:?}");
         }
-        assert!(
-            f.records().is_empty(),
-            "{mode}: records left: {:?}",
-            f.records()
-        );
+        f.assert_no_records(&format!("{mode}: "));
     }
 }
 
@@ -868,11 +862,7 @@ fn kubernetes_api_timeout_is_code_11_and_applies_nothing() {
             &snapshot(&f.pod.ns),
             &format!("{mode}: API timeout"),
         );
-        assert!(
-            f.records().is_empty(),
-            "{mode}: records left: {:?}",
-            f.records()
-        );
+        f.assert_no_records(&format!("{mode}: "));
         // DEL never waits on the API (and finds nothing to remove).
         let started = Instant::now();
         expect_success(f.run_plain("DEL", &config), &format!("{mode}: DEL"));
@@ -920,11 +910,7 @@ fn ebpf_enabled_without_agent_adds_rules_only() {
         expect_success(f.run_plain("DEL", &f.config()), &format!("{mode}: DEL"));
         let left = snapshot(&f.pod.ns).netfilter.meshcap_leftovers();
         assert!(left.is_empty(), "{mode}: DEL left {left:?}");
-        assert!(
-            f.records().is_empty(),
-            "{mode}: records left: {:?}",
-            f.records()
-        );
+        f.assert_no_records(&format!("{mode}: "));
     }
 }
 
@@ -987,7 +973,7 @@ fn ebpf_agent_stopped_or_uninstalled_around_add_and_del() {
         !snapshot(&f.pod.ns).netfilter.has_meshcap(),
         "rules left after DEL"
     );
-    assert!(f.records().is_empty(), "records left: {:?}", f.records());
+    f.assert_no_records("");
 
     // 4. ADD with no agent at all: rules alone, and the warning says why.
     let stderr = expect_success(f.run_plain("ADD", &f.config()), "ADD after uninstall");
@@ -1001,5 +987,5 @@ fn ebpf_agent_stopped_or_uninstalled_around_add_and_del() {
     );
     assert!(snapshot(&f.pod.ns).netfilter.has_meshcap());
     expect_success(f.run_plain("DEL", &f.config()), "final DEL");
-    assert!(f.records().is_empty(), "records left: {:?}", f.records());
+    f.assert_no_records("");
 }

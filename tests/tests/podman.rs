@@ -47,8 +47,8 @@
 //! prerequisite fails.
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
+use meshcap_tests::agent_process::AgentProcess;
 use meshcap_tests::chain::Scratch;
 use meshcap_tests::netns::{run_checked, Netns};
 use meshcap_tests::node::{start_server, Proc};
@@ -699,6 +700,17 @@ impl World {
         Ok(record)
     }
 
+    /// A dial of `target` from the container as uid `id` that must succeed; what the server
+    /// that took it recorded.
+    fn dial(&self, netns: &Path, id: u32, target: SocketAddr, token: &str) -> Result<Record> {
+        let report = self.client(netns, id, target, token)?;
+        ensure!(
+            report.result == "ok",
+            "dial of {target} as uid {id}: {report:?}"
+        );
+        self.record(token)
+    }
+
     /// Proves capture in the container as the sidecar sees it: an app dial of the remote (v4,
     /// and v6 when the container has an address) lands on 15001 with the original destination,
     /// the proxy's own dial reaches the remote, and a `podman exec` dial is captured. Starts
@@ -727,13 +739,7 @@ impl World {
 
             // An app process (not the proxy's uid) is captured: 15001 with the original
             // destination.
-            let t = token(&format!("app-{fam}"));
-            let report = self.client(&c.sandbox, APP_ID, *target, &t)?;
-            ensure!(
-                report.result == "ok",
-                "app dial of {target} as uid {APP_ID}: {report:?}"
-            );
-            let rec = self.record(&t)?;
+            let rec = self.dial(&c.sandbox, APP_ID, *target, &token(&format!("app-{fam}")))?;
             ensure!(
                 rec.server == "sidecar"
                     && rec.port == 15001
@@ -742,13 +748,12 @@ impl World {
             );
 
             // The proxy's own connection leaves uncaptured and reaches the remote itself.
-            let t = token(&format!("proxy-{fam}"));
-            let report = self.client(&c.sandbox, PROXY_ID, *target, &t)?;
-            ensure!(
-                report.result == "ok",
-                "proxy dial of {target} as uid {PROXY_ID}: {report:?}"
-            );
-            let rec = self.record(&t)?;
+            let rec = self.dial(
+                &c.sandbox,
+                PROXY_ID,
+                *target,
+                &token(&format!("proxy-{fam}")),
+            )?;
             ensure!(
                 rec.server == "remote" && rec.port == REMOTE_PORT,
                 "proxy dial of {target} did not reach the remote: {rec:?}"
@@ -832,113 +837,22 @@ fn run(name: &str, mode: &str, index: u16) -> Result<()> {
     Ok(())
 }
 
-/// `meshcap agent` as the test runs it; SIGTERM on drop (SIGKILL if it does not stop).
-struct AgentProc {
-    child: Option<std::process::Child>,
-    log: PathBuf,
-    addr: SocketAddr,
-}
-
-impl AgentProc {
-    /// Starts the agent with adoption on and the fast path and config watch off, scanning
-    /// every 200 ms, and waits for its metrics endpoint.
-    fn start(world: &World) -> Result<AgentProc> {
-        let log = world.dir().join("agent.log");
-        let mut cmd = Command::new(meshcap_tests::bins::meshcap()?);
-        cmd.arg("agent")
-            .args(["--no-fast-path", "--no-config-watch"])
-            .arg("--cni-conf-dir")
-            .arg(&world.net_d)
-            .arg("--cni-bin-dir")
-            .arg(&world.plugins)
-            .args(["--cni-cache-dir", CNI_CACHE_DIR])
-            // The plugin's default, which every DEL podman runs uses too (module docs).
-            .args(["--state-dir", DEFAULT_STATE_DIR])
-            .args(["--repair-interval-ms", "200"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .env_remove("MESHCAP_STATE_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        let child = cmd.spawn().context("spawn meshcap agent")?;
-        let mut agent = AgentProc {
-            child: Some(child),
-            log,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        // Port 0: the agent logs the address it bound.
-        let start = Instant::now();
-        loop {
-            let log = agent.log();
-            if let Some(addr) = log
-                .lines()
-                .find(|l| l.contains("serving Prometheus metrics"))
-                .and_then(|l| l.split("addr=").nth(1))
-                .and_then(|a| a.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-            {
-                agent.addr = addr;
-                break;
-            }
-            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok()?) {
-                bail!("meshcap agent exited ({status}):\n{log}");
-            }
-            ensure!(
-                start.elapsed() < READY_TIMEOUT,
-                "meshcap agent serves no metrics after {READY_TIMEOUT:?}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(agent)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// One sample of `GET /metrics` (a metric without labels).
-    fn metric(&self, name: &str) -> Result<f64> {
-        let mut conn = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\n\r\n")?;
-        let mut text = String::new();
-        conn.read_to_string(&mut text)?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .ok_or_else(|| anyhow!("not an HTTP response: {text:?}"))?;
-        body.lines()
-            .filter_map(|l| l.split_once(' '))
-            .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .ok_or_else(|| anyhow!("{name} not in the agent's metrics:\n{body}"))
-    }
-
-    /// SIGTERM; whether it exited successfully within 10 s.
-    fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Starts the agent with adoption on and the fast path and config watch off, scanning every
+/// 200 ms, and waits for its metrics endpoint.
+fn start_agent(world: &World) -> Result<AgentProcess> {
+    let mut cmd = Command::new(meshcap_tests::bins::meshcap()?);
+    cmd.arg("agent")
+        .args(["--no-fast-path", "--no-config-watch"])
+        .arg("--cni-conf-dir")
+        .arg(&world.net_d)
+        .arg("--cni-bin-dir")
+        .arg(&world.plugins)
+        .args(["--cni-cache-dir", CNI_CACHE_DIR])
+        // The plugin's default, which every DEL podman runs uses too (module docs).
+        .args(["--state-dir", DEFAULT_STATE_DIR])
+        .args(["--repair-interval-ms", "200"])
+        .env_remove("MESHCAP_STATE_DIR");
+    AgentProcess::start(cmd, &world.dir().join("agent.log"))
 }
 
 /// Polls `ok` every 50 ms until it holds or `limit` passes.
@@ -1019,7 +933,7 @@ fn adopt(name: &str, mode: &str, index: u16) -> Result<()> {
         "install did not chain meshcap-cni: {conflist}"
     );
 
-    let mut agent = AgentProc::start(&world)?;
+    let mut agent = start_agent(&world)?;
     let started = Instant::now();
     let adopted = wait_until(Duration::from_secs(10), || {
         Ok(world.record_path(&before.id).exists()

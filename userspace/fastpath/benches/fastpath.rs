@@ -180,30 +180,10 @@ fn main() -> Result<()> {
     sh(&["ip", "netns", "add", &env.netns])?;
     sh(&["ip", "-n", &env.netns, "link", "set", "lo", "up"])?;
     sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &env.netns,
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "!",
-        "-d",
-        "127.0.0.1",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        "1337",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ])?;
+        &["ip", "netns", "exec", &env.netns][..],
+        testing::SIDECAR_REDIRECT,
+    ]
+    .concat())?;
     let ns_path = PathBuf::from("/run/netns").join(&env.netns);
     let _installed = agent::install(&AgentOptions {
         pin_dir: env.pins.clone(),

@@ -188,6 +188,30 @@ pub mod testing {
     pub fn current_netns_cookie() -> std::io::Result<u64> {
         crate::sys::current_netns_cookie()
     }
+
+    /// The capture the fast path accelerates, reduced to one rule (an `iptables` argv): every
+    /// TCP connection not to 127.0.0.1 and not from the sidecar's uid 1337 goes to 15001.
+    pub const SIDECAR_REDIRECT: &[&str] = &[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "!",
+        "-d",
+        "127.0.0.1",
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        "1337",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ];
 }
 
 #[cfg(test)]

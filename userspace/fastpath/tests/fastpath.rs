@@ -355,27 +355,7 @@ fn sk_msg_redirect_carries_app_sidecar_traffic() -> Result<()> {
         return Ok(());
     }
     let netns = Netns::new("redir")?;
-    netns.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "!",
-        "-d",
-        "127.0.0.1",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        "1337",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ])?;
+    netns.exec(testing::SIDECAR_REDIRECT)?;
     let pins = Pins::new("redir");
     let _installed = agent::install(&pins.options())?;
     let pin_dir = PinDir::new(&pins.dir);
@@ -497,27 +477,7 @@ fn sk_msg_redirect_pairs_v6_app_socket_with_v4_sidecar() -> Result<()> {
         return Ok(());
     }
     let netns = Netns::new("mapped")?;
-    netns.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "!",
-        "-d",
-        "127.0.0.1",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        "1337",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ])?;
+    netns.exec(testing::SIDECAR_REDIRECT)?;
     let pins = Pins::new("mapped");
     let _installed = agent::install(&pins.options())?;
     let pin_dir = PinDir::new(&pins.dir);

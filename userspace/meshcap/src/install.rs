@@ -75,10 +75,10 @@ pub fn plugin_entry(args: &InstallArgs) -> Value {
     entry
 }
 
-/// The primary config file: the first valid one in lexical order, as libcni picks it.
-pub fn primary_config(dir: &Path) -> anyhow::Result<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .with_context(|| format!("reading CNI config dir {}", dir.display()))?
+/// The network config files of `dir` that parse as JSON objects, in lexical order (`.conf`,
+/// `.conflist`, `.json`), as libcni reads them.
+pub fn config_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, Map<String, Value>)>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
@@ -89,13 +89,22 @@ pub fn primary_config(dir: &Path) -> anyhow::Result<PathBuf> {
         })
         .collect();
     files.sort();
-    for file in files {
-        let Ok(text) = fs::read_to_string(&file) else {
-            continue;
-        };
-        let Ok(Value::Object(conf)) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
+    Ok(files
+        .into_iter()
+        .filter_map(
+            |file| match serde_json::from_slice(&fs::read(&file).ok()?) {
+                Ok(Value::Object(conf)) => Some((file, conf)),
+                _ => None,
+            },
+        )
+        .collect())
+}
+
+/// The primary config file: the first valid one in lexical order, as libcni picks it.
+pub fn primary_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    let files =
+        config_files(dir).with_context(|| format!("reading CNI config dir {}", dir.display()))?;
+    for (file, conf) in files {
         let valid = if is_list(&file) {
             conf.get("plugins")
                 .is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()))

@@ -11,14 +11,13 @@
 //! so by name, and under `CI=true` it fails instead.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use meshcap_tests::agent_process::AgentProcess;
+use meshcap_tests::skip_or_fail;
 use serde_json::{json, Value};
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
@@ -43,25 +42,12 @@ impl Drop for Scratch {
     }
 }
 
-/// A free local port (bound and released; the agent binds it right after).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A running agent; SIGTERM on drop (SIGKILL if it does not stop).
-struct Agent {
-    child: Option<Child>,
-    addr: SocketAddr,
-    log: PathBuf,
-}
+/// A running agent ([`AgentProcess`]) over the scratch dir's config, bin, state and cache dirs;
+/// SIGTERM on drop.
+struct Agent(AgentProcess);
 
 impl Agent {
     fn start(s: &Scratch, extra: &[&str]) -> Agent {
-        let addr = free_addr();
-        let log = s.0.join("agent.log");
         let mut cmd = Command::new(MESHCAP);
         cmd.arg("agent")
             .arg("--no-fast-path")
@@ -74,50 +60,16 @@ impl Agent {
             // Never the node's own libcni cache: only what a test writes.
             .arg("--cni-cache-dir")
             .arg(s.0.join("cache"))
-            .arg("--metrics-addr")
-            .arg(addr.to_string())
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap());
-        let child = cmd.spawn().expect("spawn meshcap agent");
-        let agent = Agent {
-            child: Some(child),
-            addr,
-            log,
-        };
-        agent.wait_for("the metrics endpoint", Duration::from_secs(10), || {
-            agent.try_metrics().is_some()
-        });
-        agent
+            .args(extra);
+        Agent(AgentProcess::start(cmd, &s.0.join("agent.log")).unwrap_or_else(|e| panic!("{e:#}")))
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `GET /metrics` parsed as `name{labels}` -> value.
-    fn try_metrics(&self) -> Option<std::collections::BTreeMap<String, f64>> {
-        let mut conn = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        conn.read_to_string(&mut text).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        Some(
-            body.lines()
-                .filter(|l| !l.starts_with('#') && !l.is_empty())
-                .filter_map(|l| l.rsplit_once(' '))
-                .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-                .collect(),
-        )
+        self.0.log()
     }
 
     fn metric(&self, name: &str) -> f64 {
-        let m = self.try_metrics().expect("metrics endpoint answers");
-        *m.get(name).unwrap_or_else(|| panic!("{name} not in {m:?}"))
+        self.0.metric(name).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn wait_for(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
@@ -134,26 +86,7 @@ impl Agent {
 
     /// SIGTERM and wait; returns whether it exited successfully within 10 s.
     fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
+        self.0.stop()
     }
 }
 
@@ -279,22 +212,21 @@ fn config_rewrite_by_another_component_is_undone_and_counted() {
 
 // ---- privileged: a real namespace, the real plugin and rule backends ----
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn skip_or_fail(test: &str, reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} cannot run under CI=true: {reason}");
+/// What the privileged tests need: root, `tools`, and the plugin binary (returned). When
+/// something is missing the test is skipped by name (failed under `CI=true`): `None`.
+fn privileged_prerequisites(test: &str, tools: &[&str]) -> Option<PathBuf> {
+    if let Some(why) = meshcap_tests::missing_root_or_tools(tools) {
+        skip_or_fail(test, &why);
+        return None;
     }
-    eprintln!("SKIPPED {test}: {reason}");
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.exists())
+    let plugin = plugin_binary();
+    if plugin.is_none() {
+        skip_or_fail(
+            test,
+            "meshcap-cni binary not found next to meshcap (run `cargo build -p meshcap-cni` with the same CARGO_TARGET_DIR, or set MESHCAP_CNI_BIN)",
+        );
+    }
+    plugin
 }
 
 /// The plugin binary: `MESHCAP_CNI_BIN`, else next to the `meshcap` binary.
@@ -458,19 +390,8 @@ fn plugin_conf(mode: &str, netns: &str) -> String {
 #[test]
 fn privileged_flushed_rules_are_repaired_and_capture_works_again() {
     const TEST: &str = "privileged_flushed_rules_are_repaired_and_capture_works_again";
-    if !is_root() {
-        return skip_or_fail(TEST, "not running as root");
-    }
-    for tool in ["ip", "iptables", "nft"] {
-        if which(tool).is_none() {
-            return skip_or_fail(TEST, &format!("`{tool}` is not installed"));
-        }
-    }
-    let Some(plugin) = plugin_binary() else {
-        return skip_or_fail(
-            TEST,
-            "meshcap-cni binary not found next to meshcap (run `cargo build -p meshcap-cni` with the same CARGO_TARGET_DIR, or set MESHCAP_CNI_BIN)",
-        );
+    let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
+        return;
     };
     let s = Scratch::new("repair");
     let state = s.0.join("state");
@@ -620,19 +541,8 @@ fn write_cache_entry(s: &Scratch, cid: &str, netns: &str, conflist: &Value, anno
 #[test]
 fn privileged_pods_set_up_before_install_are_adopted_once_and_released() {
     const TEST: &str = "privileged_pods_set_up_before_install_are_adopted_once_and_released";
-    if !is_root() {
-        return skip_or_fail(TEST, "not running as root");
-    }
-    for tool in ["ip", "nft"] {
-        if which(tool).is_none() {
-            return skip_or_fail(TEST, &format!("`{tool}` is not installed"));
-        }
-    }
-    let Some(plugin) = plugin_binary() else {
-        return skip_or_fail(
-            TEST,
-            "meshcap-cni binary not found next to meshcap (run `cargo build -p meshcap-cni` with the same CARGO_TARGET_DIR, or set MESHCAP_CNI_BIN)",
-        );
+    let Some(plugin) = privileged_prerequisites(TEST, &["ip", "nft"]) else {
+        return;
     };
     let s = Scratch::new("adopt");
     fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
@@ -720,10 +630,11 @@ fn privileged_pods_set_up_before_install_are_adopted_once_and_released() {
         "DEL removed the adopted pod's rules"
     );
     agent.wait_for("the DEL counted", Duration::from_secs(2), || {
-        agent.try_metrics().and_then(|m| {
-            m.get("meshcap_cni_invocations_total{command=\"DEL\",code=\"0\"}")
-                .copied()
-        }) == Some(1.0)
+        agent
+            .0
+            .metric("meshcap_cni_invocations_total{command=\"DEL\",code=\"0\"}")
+            .ok()
+            == Some(1.0)
     });
     assert_eq!(agent.metric("meshcap_adoptions_total"), 1.0);
 }

@@ -139,29 +139,6 @@ spec:
 
 // ---- privileged: the printed rules are what an ADD installs ----
 
-fn privileged_unavailable() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        return Some("not running as root".into());
-    }
-    for tool in ["ip", "iptables-restore", "iptables-save", "ip6tables-save"] {
-        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .any(|dir| dir.join(tool).exists());
-        if !found {
-            return Some(format!("`{tool}` is not installed"));
-        }
-    }
-    None
-}
-
 struct Netns(String);
 
 impl Netns {
@@ -232,12 +209,13 @@ impl Drop for Netns {
 #[test]
 fn privileged_render_f_prints_what_an_add_installs() {
     const TEST: &str = "privileged_render_f_prints_what_an_add_installs";
-    if let Some(reason) = privileged_unavailable() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{TEST} cannot run under CI=true: {reason}");
-        }
-        eprintln!("SKIPPED {TEST}: {reason}");
-        return;
+    if let Some(reason) = meshcap_tests::missing_root_or_tools(&[
+        "ip",
+        "iptables-restore",
+        "iptables-save",
+        "ip6tables-save",
+    ]) {
+        return meshcap_tests::skip_or_fail(TEST, &reason);
     }
     let (code, out, err) = render(&["-f", fixture(INJECTED).to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");

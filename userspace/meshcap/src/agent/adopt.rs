@@ -190,12 +190,7 @@ impl CacheEntry {
     fn validate(&self) -> anyhow::Result<()> {
         meshcap_cni::env::validate_container_id(&self.container_id)?;
         meshcap_cni::env::validate_ifname(&self.if_name)?;
-        let mut chars = self.network.chars();
-        let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !ok {
-            bail!("network name {:?} is not a CNI network name", self.network);
-        }
+        meshcap_cni::config::validate_network_name(&self.network)?;
         Ok(())
     }
 }
@@ -213,24 +208,8 @@ pub struct Network {
 /// order (`.conf`, `.conflist`, `.json`) that defines a name wins; a single-plugin `.conf`
 /// defines a network without meshcap (`meshcap install` turns it into a `.conflist`).
 pub fn load_networks(dir: &Path) -> io::Result<BTreeMap<String, Network>> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("conf" | "conflist" | "json")
-            ) && p.is_file()
-        })
-        .collect();
-    files.sort();
     let mut networks = BTreeMap::new();
-    for file in files {
-        let Ok(Value::Object(conf)) = fs::read(&file)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
-        else {
-            continue;
-        };
+    for (_, conf) in install::config_files(dir)? {
         let Some(name) = conf.get("name").and_then(Value::as_str) else {
             continue;
         };
@@ -253,6 +232,15 @@ pub fn load_networks(dir: &Path) -> io::Result<BTreeMap<String, Network>> {
         );
     }
     Ok(networks)
+}
+
+/// The network named `name` and meshcap's entry in its chain, when it chains meshcap.
+fn chained<'a>(
+    networks: &'a BTreeMap<String, Network>,
+    name: &str,
+) -> Option<(&'a Network, &'a Map<String, Value>)> {
+    let network = networks.get(name)?;
+    Some((network, network.entry.as_ref()?))
 }
 
 /// The plugin's stdin, as libcni's `buildOneConfig` makes it for the last plugin of the list:
@@ -566,10 +554,7 @@ impl Adopter {
             Seen::Waiting { entry, why }
         };
         let networks: &BTreeMap<String, Network> = networks.get_or_insert_with(|| self.networks());
-        let Some((network, plugin_entry)) = networks
-            .get(&entry.network)
-            .and_then(|n| n.entry.as_ref().map(|e| (n, e)))
-        else {
+        let Some((network, plugin_entry)) = chained(networks, &entry.network) else {
             let why = format!(
                 "network {:?} has no meshcap-cni entry in {}",
                 entry.network,
@@ -693,10 +678,7 @@ impl Adopter {
                 return true;
             }
         };
-        let Some((network, plugin_entry)) = networks
-            .get(&entry.network)
-            .and_then(|n| n.entry.as_ref().map(|e| (n, e)))
-        else {
+        let Some((network, plugin_entry)) = chained(networks, &entry.network) else {
             tracing::warn!(network = %entry.network, container_id = %entry.container_id, "a torn-down pod still has its record, and its network no longer chains meshcap-cni to remove it");
             return true;
         };
