@@ -429,7 +429,7 @@ pub fn flows() -> Vec<Flow> {
         flow!("tproxy-in-v6", "tproxy", Remote, Tcp, P6:8080, In),
         flow!("tproxy-in-closed-port", "tproxy", Remote, Tcp, P4:9999, In),
         flow!("tproxy-in-15020", "tproxy", Remote, Tcp, P4:15020, Direct),
-        flow!("tproxy-in-15008", "tproxy", Remote, Tcp, P4:15008, Direct),
+        flow!("tproxy-in-15008", "tproxy", Remote, Tcp, P4:15008, In),
         flow!("tproxy-in-udp", "tproxy", Remote, Udp, P4:5353, Direct),
         flow!("tproxy-out-v4", "tproxy", App, Tcp, R4:80, Out),
         flow!("tproxy-out-v6", "tproxy", App, Tcp, R6:80, Out),

@@ -356,3 +356,46 @@ fn deploy_manifests() {
         "{out}"
     );
 }
+
+/// Istio's injector writes `runAsUser: 0` with `runAsGroup: 1337` on `istio-proxy` for TPROXY
+/// pods; istio-cni reads uid 0 as unset and exempts 1337. Exempting uid 0 would let every root
+/// process of the app bypass outbound capture.
+#[test]
+fn tproxy_pod_with_run_as_user_zero_exempts_1337_not_root() {
+    let dir = std::env::temp_dir().join(format!("meshcap-render-uid0-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("pod.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: tproxy-root
+  namespace: default
+  annotations:
+    sidecar.istio.io/status: '{"containers":["istio-proxy"]}'
+    sidecar.istio.io/interceptionMode: TPROXY
+spec:
+  containers:
+  - name: app
+    image: app
+  - name: istio-proxy
+    image: proxyv2
+    args: ["proxy", "sidecar"]
+    securityContext:
+      runAsUser: 0
+      runAsGroup: 1337
+"#,
+    )
+    .unwrap();
+    for format in ["iptables", "nftables"] {
+        let (code, out, err) = render(&["-f", manifest.to_str().unwrap(), "--format", format]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("proxy uid 1337 gid 1337"), "{format}: {out}");
+        let exempts_root = out
+            .lines()
+            .any(|l| l.contains("--uid-owner 0 ") || l.contains("skuid 0 "));
+        assert!(!exempts_root, "{format} exempts uid 0:\n{out}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -559,8 +559,9 @@ impl RedirectModel {
                     ],
                     Target::Return,
                 ),
-                // The tunnel port always passes (in REDIRECT mode the nat chain says the same).
-                Rule::new(vec![tcp(), dport(TUNNEL_PORT)], Target::Return),
+                // No tunnel-port RETURN here: Istio puts it only in the nat inbound chain, so
+                // in TPROXY mode inbound 15008 is captured like any other port
+                // (istio/istio cni/pkg/plugin/testdata/tproxy.txt.golden).
             ];
             match &self.include_inbound_ports {
                 Selector::All => {

@@ -250,11 +250,15 @@ impl PodView {
     }
 
     /// Sets the model's proxy uid/gid from the pod where it states them.
+    ///
+    /// 0 counts as unset, as istio-cni reads it (`cni/pkg/plugin/sidecar_redirect.go`,
+    /// NewRedirect): Istio's injector writes `runAsUser: 0` with `runAsGroup: 1337` for TPROXY
+    /// pods, and exempting uid 0 would let every root process of the app bypass capture.
     pub fn apply_proxy_ids(&self, model: &mut RedirectModel) {
-        if let Some(uid) = self.proxy_uid {
+        if let Some(uid) = self.proxy_uid.filter(|uid| *uid != 0) {
             model.proxy_uid = uid;
         }
-        if let Some(gid) = self.proxy_gid {
+        if let Some(gid) = self.proxy_gid.filter(|gid| *gid != 0) {
             model.proxy_gid = gid;
         }
     }
@@ -372,6 +376,18 @@ mod tests {
         v["spec"]["containers"][1]["securityContext"] = Value::Null;
         v["spec"]["securityContext"] = json!({"runAsUser": 5});
         assert_eq!(view(&v).model().unwrap().proxy_uid, 1337);
+    }
+
+    #[test]
+    fn uid_and_gid_zero_count_as_unset() {
+        // Istio's injector writes this for TPROXY pods; istio-cni then exempts 1337, not root.
+        let mut v = injected();
+        v["spec"]["containers"][1]["securityContext"] = json!({"runAsUser": 0, "runAsGroup": 1337});
+        let m = view(&v).model().unwrap();
+        assert_eq!((m.proxy_uid, m.proxy_gid), (1337, 1337));
+        v["spec"]["containers"][1]["securityContext"] = json!({"runAsUser": 0, "runAsGroup": 0});
+        let m = view(&v).model().unwrap();
+        assert_eq!((m.proxy_uid, m.proxy_gid), (1337, 1337));
     }
 
     #[test]
