@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use meshcap_dataplane::{self as dataplane, DataplaneError, PodNetns};
+use meshcap_dataplane::{self as dataplane, Dataplane, DataplaneError, PodNetns};
 use meshcap_model::pod::{PodError, PodSelection, PodView};
 use meshcap_model::{AnnotationError, Annotations, RedirectModel};
 use serde_json::Value;
@@ -287,17 +287,32 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     let netns = required_netns(env);
     let mode = config.mode;
     let ns = open_netns(netns, mode)?;
-    dataplane::apply(&ns, mode.backend(), &rulesets).map_err(|source| match source {
-        DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
-        source => CommandError::Dataplane {
-            op: "apply",
-            mode: mode.as_str(),
-            netns: netns.to_owned(),
-            source: Box::new(source),
-        },
-    })?;
+    let dp = Dataplane::default();
+    let dataplane_err = |op: &'static str| {
+        move |source| match source {
+            DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
+            source => CommandError::Dataplane {
+                op,
+                mode: mode.as_str(),
+                netns: netns.to_owned(),
+                source: Box::new(source),
+            },
+        }
+    };
+    // The rules and the record change under the namespace's lock, so the agent's repair sees
+    // both or neither.
+    let locked = dp.lock(&ns).map_err(dataplane_err("apply"))?;
+    // A retried ADD: what the first one created is still to be removed by DEL.
+    let earlier = match state.read(&config.name, &env.container_id, &env.ifname) {
+        Ok(Some(r)) if r.netns_dev == Some(ns.dev()) && r.netns_ino == Some(ns.ino()) => r.created,
+        _ => Vec::new(),
+    };
+    let created = locked
+        .apply(mode.backend(), &rulesets)
+        .map_err(dataplane_err("apply"))?;
 
     let mut record = AttachmentRecord {
+        format: state::RECORD_FORMAT,
         network: config.name.clone(),
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
@@ -315,7 +330,9 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         proxy_gid: capture.pod.proxy_gid,
         netns_dev: Some(ns.dev()),
         netns_ino: Some(ns.ino()),
+        created: earlier,
     };
+    record.add_created(created);
     if config.ebpf_enabled {
         match fastpath::register_pod(
             &config.ebpf_pin_dir,
@@ -330,7 +347,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     }
     if let Err(e) = state.write(&record) {
         // An ADD that fails must leave the namespace as it found it.
-        if let Err(undo) = dataplane::remove(&ns, mode.backend()) {
+        if let Err(undo) = locked.remove(mode.backend(), &record.created_tables()) {
             tracing::error!(error = %undo, "removing the rules after a failed ADD also failed");
         }
         if record.ebpf_registered {
@@ -340,6 +357,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         }
         return Err(e.into());
     }
+    drop(locked);
     tracing::info!(
         mode = mode.as_str(),
         families = ?record.families,
@@ -358,6 +376,40 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
         config,
         state,
     } = inv;
+    // The namespace, when there still is one, locked before the record is read: the rules and
+    // the record go under the lock, so a repair running at the same time either finishes
+    // first (and DEL removes what it put back) or finds no record (and leaves the pod alone).
+    let dp = Dataplane::default();
+    let mut namespace_gone = false;
+    let ns = match &env.netns {
+        None => {
+            namespace_gone = true;
+            None
+        }
+        Some(path) => match PodNetns::open(path) {
+            Ok(ns) => Some(ns),
+            Err(DataplaneError::NetnsVanished { .. }) => {
+                namespace_gone = true;
+                None
+            }
+            // A path that cannot be entered as a namespace holds no rules; failing here would
+            // wedge the pod's teardown for good.
+            Err(e) => {
+                namespace_gone = true;
+                tracing::warn!(error = %e, "cannot open the namespace; nothing to remove inside it");
+                None
+            }
+        },
+    };
+    let locked = match &ns {
+        Some(ns) => Some(dp.lock(ns).map_err(|source| CommandError::Dataplane {
+            op: "remove",
+            mode: config.mode.as_str(),
+            netns: ns.path().to_owned(),
+            source: Box::new(source),
+        })?),
+        None => None,
+    };
     let record = match state.read(&config.name, &env.container_id, &env.ifname) {
         Ok(r) => r,
         Err(e) => {
@@ -374,26 +426,33 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
             Ok(Decision::Skip(_))
         );
     let mode = record.as_ref().map_or(config.mode, |r| r.mode);
+    // The path may name another namespace than ADD captured (a recycled /proc/PID/ns/net):
+    // that one holds none of this pod's rules.
+    let recycled = match (&ns, &record) {
+        (Some(ns), Some(r)) => r
+            .netns_dev
+            .zip(r.netns_ino)
+            .is_some_and(|id| id != (ns.dev(), ns.ino())),
+        _ => false,
+    };
 
-    let mut namespace_gone = false;
-    match (&env.netns, may_be_captured) {
+    match (&locked, may_be_captured) {
         (_, false) => tracing::debug!("attachment was never captured; nothing to remove"),
         (None, true) => {
-            namespace_gone = true;
-            tracing::info!("CNI_NETNS is empty: the namespace, and the rules in it, are gone")
+            tracing::info!("the namespace, and the rules in it, are gone")
         }
-        (Some(path), true) => match PodNetns::open(path) {
-            Err(DataplaneError::NetnsVanished { .. }) => {
-                namespace_gone = true;
-                tracing::info!("network namespace is gone; nothing to remove inside it")
-            }
-            // A path that cannot be entered as a namespace holds no rules; failing here would
-            // wedge the pod's teardown for good.
-            Err(e) => {
-                namespace_gone = true;
-                tracing::warn!(error = %e, "cannot open the namespace; nothing to remove inside it")
-            }
-            Ok(ns) => match dataplane::remove(&ns, mode.backend()) {
+        (Some(_), true) if recycled => {
+            namespace_gone = true;
+            tracing::info!(
+                "CNI_NETNS names another namespace than ADD captured; nothing to remove inside it"
+            )
+        }
+        (Some(locked), true) => {
+            let created = record
+                .as_ref()
+                .map(AttachmentRecord::created_tables)
+                .unwrap_or_default();
+            match locked.remove(mode.backend(), &created) {
                 Ok(()) => tracing::info!(mode = mode.as_str(), "capture removed"),
                 Err(DataplaneError::NetnsVanished { .. }) => {
                     tracing::info!("network namespace vanished during DEL")
@@ -402,12 +461,12 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
                     return Err(CommandError::Dataplane {
                         op: "remove",
                         mode: mode.as_str(),
-                        netns: path.clone(),
+                        netns: env.netns.clone().unwrap_or_default(),
                         source: Box::new(source),
                     })
                 }
-            },
-        },
+            }
+        }
     }
 
     // A legacy xtables lock file outlives the namespace unless DEL drops it (by the identity

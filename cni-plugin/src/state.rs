@@ -21,6 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use meshcap_dataplane::CreatedTable;
+use meshcap_model::rules::Family;
+
 use crate::config::Mode;
 
 /// Temp files older than this are leftovers of a crashed writer; GC removes them. Writers
@@ -56,9 +59,57 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sta
     }
 }
 
+/// The format of the records this build writes. 1: the first release (no `format` key);
+/// 2: adds `format` and `created`. Readers take every format up to this one; fields a later
+/// format adds are optional, so an older record reads with their defaults.
+pub const RECORD_FORMAT: u32 = 2;
+
+fn first_format() -> u32 {
+    1
+}
+
+/// A table, or built-in chains of it, that ADD's (or a repair's) `iptables-restore` brought
+/// into being ([`meshcap_dataplane::CreatedTable`]); DEL removes it again once nothing else
+/// uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedRecord {
+    /// "ipv4" or "ipv6".
+    pub family: String,
+    pub table: String,
+    pub whole_table: bool,
+    pub chains: Vec<String>,
+}
+
+impl CreatedRecord {
+    pub fn from_dataplane(c: &CreatedTable) -> CreatedRecord {
+        CreatedRecord {
+            family: c.family.to_string(),
+            table: c.table.clone(),
+            whole_table: c.whole_table,
+            chains: c.chains.clone(),
+        }
+    }
+
+    /// `None` for a family this build does not know (then there is nothing to remove).
+    pub fn to_dataplane(&self) -> Option<CreatedTable> {
+        let family = Family::ALL
+            .into_iter()
+            .find(|f| f.to_string() == self.family)?;
+        Some(CreatedTable {
+            family,
+            table: self.table.clone(),
+            whole_table: self.whole_table,
+            chains: self.chains.clone(),
+        })
+    }
+}
+
 /// What ADD recorded about one captured attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentRecord {
+    /// [`RECORD_FORMAT`] when written by this build; 1 for the first release's records.
+    #[serde(default = "first_format")]
+    pub format: u32,
     pub network: String,
     pub container_id: String,
     pub ifname: String,
@@ -90,6 +141,26 @@ pub struct AttachmentRecord {
     pub netns_dev: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_ino: Option<u64>,
+    /// What ADD and repairs brought into being besides meshcap's own chains (iptables mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created: Vec<CreatedRecord>,
+}
+
+impl AttachmentRecord {
+    /// [`AttachmentRecord::created`] for the dataplane.
+    pub fn created_tables(&self) -> Vec<CreatedTable> {
+        self.created
+            .iter()
+            .filter_map(CreatedRecord::to_dataplane)
+            .collect()
+    }
+
+    /// Adds what an apply created to the record.
+    pub fn add_created(&mut self, new: Vec<CreatedTable>) {
+        let mut all = self.created_tables();
+        meshcap_dataplane::merge_created(&mut all, new);
+        self.created = all.iter().map(CreatedRecord::from_dataplane).collect();
+    }
 }
 
 /// The (container id, ifname) pair that names an attachment (CNI 1.1, section 3).
@@ -365,6 +436,7 @@ pub(crate) mod tests {
 
     pub(crate) fn record(network: &str, cid: &str, ifname: &str) -> AttachmentRecord {
         AttachmentRecord {
+            format: RECORD_FORMAT,
             network: network.into(),
             container_id: cid.into(),
             ifname: ifname.into(),
@@ -381,6 +453,7 @@ pub(crate) mod tests {
             proxy_gid: None,
             netns_dev: None,
             netns_ino: None,
+            created: Vec::new(),
         }
     }
 

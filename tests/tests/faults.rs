@@ -36,10 +36,11 @@
 //! wins over the real program, and hiding a program needs the mount namespace.
 //!
 //! "As it was" compares `iptables-save`/`ip6tables-save` (nft and legacy), `nft list ruleset`,
-//! ip rules, route table 133, lo's addresses and every route table, before and after, with two
-//! allowances that change no packet's fate: iptables-nft creates a table's built-in chains the
-//! first time a rule goes in and never deletes them (empty, policy ACCEPT), and the kernel
-//! lists nft chains in creation order, which a rollback that recreates chains changes.
+//! ip rules, route table 133, lo's addresses and every route table, before and after, as text
+//! (without packet counters and timestamps): a table or built-in chain that a failed ADD's
+//! restore created and its rollback left behind is a difference. The one allowance: the kernel
+//! lists nft chains in creation order, which a rollback that recreates chains changes, so nft
+//! listings compare with each table's chains in name order ([`sorted_nft_blocks`]).
 //!
 //! Every test is privileged and skips by name when it cannot run (fails under `CI=true`).
 
@@ -59,8 +60,7 @@ use meshcap_tests::chain::{parse_output, run_with_timeout, Chain, PluginError, R
 use meshcap_tests::flows::{INTERCEPTION_MODE, STATUS, STATUS_VALUE};
 use meshcap_tests::netns::Netns;
 use meshcap_tests::node::{Node, Pod};
-use meshcap_tests::state::without_inert_tables;
-use meshcap_tests::state::NetfilterState;
+use meshcap_tests::state::{sorted_nft_blocks, NetfilterState};
 use serde_json::{json, Value};
 
 /// cni-plugin/src/state.rs `OUTCOMES_FILE`.
@@ -134,7 +134,12 @@ fn assert_unchanged(before: &Snapshot, after: &Snapshot, what: &str) {
         .iter()
         .zip(&after.netfilter.sections)
     {
-        if without_inert_tables(cmd, a) != without_inert_tables(cmd, b) {
+        let differs = if cmd.starts_with("nft") {
+            sorted_nft_blocks(a) != sorted_nft_blocks(b)
+        } else {
+            a != b
+        };
+        if differs {
             diff.push_str(&format!(
                 "--- {cmd} (before)\n{a}\n+++ {cmd} (after)\n{b}\n"
             ));

@@ -7,13 +7,22 @@
 //! thread's namespace. Changes are computed by the model's renderer ([`transition`]), which
 //! only touches `MESHCAP_` chains and meshcap's jumps into them; each table is committed
 //! atomically by the kernel, and a failure in one family moves the other one back.
+//!
+//! `iptables-nft` creates a table and each built-in chain in it the first time a rule goes
+//! there, and never deletes them. So an apply notes which of those its restore brought into
+//! being ([`CreatedTable`]; the caller keeps the list with the pod) and a remove given that
+//! list deletes them again once nothing but meshcap's rules ever sat in them, leaving the
+//! namespace as the first apply found it. Legacy tables cannot be removed at all (the kernel
+//! keeps an `ip_tables` table until the namespace goes); meshcap only writes legacy where
+//! legacy rules already exist.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use meshcap_model::render::iptables::{drift, transition, Installed};
-use meshcap_model::rules::{Family, Ruleset, CHAIN_PREFIX};
+use meshcap_model::rules::{Family, Ruleset, Table, CHAIN_PREFIX};
+use meshcap_nft::xtables::{self as nft_xtables, TableShape};
 
 use crate::exec::{self, describe_search, find_program};
 use crate::DataplaneError;
@@ -47,6 +56,77 @@ impl fmt::Display for Flavour {
             Flavour::Nft => "nft",
             Flavour::Unsuffixed => "default",
         })
+    }
+}
+
+/// A table, or built-in chains of an existing table, that an apply's `iptables-restore`
+/// brought into being in nf_tables (the nft flavour creates them on first use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedTable {
+    pub family: Family,
+    /// `nat`, `mangle`, `raw`.
+    pub table: String,
+    /// The table itself did not exist before.
+    pub whole_table: bool,
+    /// Built-in chains that did not exist before (all of the table's when `whole_table`).
+    pub chains: Vec<String>,
+}
+
+/// The xtables tables meshcap may write to.
+const XTABLES_TABLES: [Table; 3] = [Table::Raw, Table::Mangle, Table::Nat];
+
+fn xtables_shapes(netns: &Path, family: Family) -> Result<Vec<TableShape>, DataplaneError> {
+    let names = XTABLES_TABLES.map(Table::name);
+    nft_xtables::shapes(family, &names).map_err(|source| DataplaneError::Nftables {
+        op: "list the xtables tables",
+        netns: netns.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// What exists in `after` and did not in `before`.
+fn created_between(
+    family: Family,
+    before: &[TableShape],
+    after: &[TableShape],
+) -> Vec<CreatedTable> {
+    let mut out = Vec::new();
+    for table in after {
+        let old = before.iter().find(|t| t.name == table.name);
+        let chains: Vec<String> = table
+            .base_chains()
+            .filter(|c| old.is_none_or(|o| o.chain(c).is_none()))
+            .map(str::to_string)
+            .collect();
+        if old.is_none() || !chains.is_empty() {
+            out.push(CreatedTable {
+                family,
+                table: table.name.clone(),
+                whole_table: old.is_none(),
+                chains,
+            });
+        }
+    }
+    out
+}
+
+/// Adds `new` to `into`, one entry per (family, table).
+pub fn merge_created(into: &mut Vec<CreatedTable>, new: Vec<CreatedTable>) {
+    for n in new {
+        match into
+            .iter_mut()
+            .find(|c| c.family == n.family && c.table == n.table)
+        {
+            Some(c) => {
+                c.whole_table |= n.whole_table;
+                for chain in n.chains {
+                    if !c.chains.contains(&chain) {
+                        c.chains.push(chain);
+                    }
+                }
+            }
+            None => into.push(n),
+        }
     }
 }
 
@@ -237,9 +317,14 @@ impl Xtables<'_> {
     }
 
     /// Installs exactly `rulesets` (families without one end up with no meshcap state), all
-    /// or nothing: when a family fails, those already changed go back to their old state.
-    pub fn apply(&self, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
+    /// or nothing: when a family fails, those already changed go back to their old state, and
+    /// tables the attempt created go again. Returns the tables and built-in chains this apply
+    /// brought into being, for [`Xtables::remove`].
+    pub fn apply(&self, rulesets: &[Ruleset]) -> Result<Vec<CreatedTable>, DataplaneError> {
         let mut changed: Vec<(Tools, Installed)> = Vec::new();
+        // Per touched family, the xtables tables before its restore.
+        let mut touched: Vec<(Family, Vec<TableShape>)> = Vec::new();
+        let mut created = Vec::new();
         for family in Family::ALL {
             let target = rulesets
                 .iter()
@@ -251,30 +336,52 @@ impl Xtables<'_> {
             let mut failing = None;
             let step = self.detect(family).and_then(|tools| {
                 let current = self.installed(&tools)?;
+                if current == target {
+                    return Ok(None);
+                }
+                let before = xtables_shapes(self.netns, family)?;
                 match self.transition(&tools, &current, &target) {
-                    Ok(did) => Ok((did, tools, current)),
+                    Ok(_) => Ok(Some((tools, current, before))),
                     Err(e) => {
-                        failing = Some((tools, current));
+                        failing = Some((tools, current, before));
                         Err(e)
                     }
                 }
             });
-            match step {
-                Ok((true, tools, previous)) => changed.push((tools, previous)),
-                Ok((false, ..)) => {}
-                Err(original) => {
-                    changed.extend(failing);
-                    return Err(match self.roll_back(&changed) {
-                        Ok(()) => original,
-                        Err(rollback) => DataplaneError::RollbackFailed {
-                            original: Box::new(original),
-                            rollback: Box::new(rollback),
-                        },
-                    });
+            let step = step.and_then(|done| match done {
+                None => Ok(()),
+                Some((tools, previous, before)) => {
+                    changed.push((tools, previous));
+                    let after = xtables_shapes(self.netns, family);
+                    if let Ok(after) = &after {
+                        created.extend(created_between(family, &before, after));
+                    }
+                    touched.push((family, before));
+                    after.map(drop)
                 }
+            });
+            if let Err(original) = step {
+                if let Some((tools, previous, before)) = failing {
+                    changed.push((tools, previous));
+                    touched.push((family, before));
+                }
+                let undone = self.roll_back(&changed).and_then(|()| {
+                    for (family, before) in &touched {
+                        let now = xtables_shapes(self.netns, *family)?;
+                        remove_created(self.netns, &created_between(*family, before, &now))?;
+                    }
+                    Ok(())
+                });
+                return Err(match undone {
+                    Ok(()) => original,
+                    Err(rollback) => DataplaneError::RollbackFailed {
+                        original: Box::new(original),
+                        rollback: Box::new(rollback),
+                    },
+                });
             }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Puts each family of `changed` back into its recorded state, newest first.
@@ -287,9 +394,11 @@ impl Xtables<'_> {
     }
 
     /// Removes meshcap's chains from every installed flavour of both families (a namespace
-    /// may have changed flavour since the ADD). When one fails, those already emptied get
-    /// their chains back, so that a retried DEL finds the namespace as it was.
-    pub fn remove(&self) -> Result<(), DataplaneError> {
+    /// may have changed flavour since the ADD), then those of `created` (what the applies
+    /// brought into being) that hold nothing any more. When removing the chains fails, those
+    /// already emptied get their chains back, so that a retried DEL finds the namespace as it
+    /// was.
+    pub fn remove(&self, created: &[CreatedTable]) -> Result<(), DataplaneError> {
         let mut changed = Vec::new();
         for family in Family::ALL {
             for tools in self.available(family) {
@@ -321,7 +430,7 @@ impl Xtables<'_> {
                 }
             }
         }
-        Ok(())
+        remove_created(self.netns, created)
     }
 
     /// Differences between `rulesets` and what the detected flavour holds.
@@ -343,6 +452,23 @@ impl Xtables<'_> {
         }
         Ok(details)
     }
+}
+
+/// Deletes what `created` lists once nothing is left in it (another component's rule keeps a
+/// chain, its chain or set keeps the table; the kernel checks, atomically).
+fn remove_created(netns: &Path, created: &[CreatedTable]) -> Result<(), DataplaneError> {
+    for c in created {
+        let removed = nft_xtables::remove_if_unused(c.family, &c.table, &c.chains, c.whole_table)
+            .map_err(|source| DataplaneError::Nftables {
+            op: "remove the xtables tables meshcap created",
+            netns: netns.to_owned(),
+            source: Box::new(source),
+        })?;
+        if !removed.kept.is_empty() {
+            tracing::info!(family = %c.family, table = %c.table, kept = ?removed.kept, "left in place: in use by another component");
+        }
+    }
+    Ok(())
 }
 
 fn empty() -> Installed {

@@ -28,7 +28,7 @@ use meshcap_model::rules::{Family, Ruleset};
 
 pub use error::DataplaneError;
 pub use inspect::Inspection;
-pub use iptables::Flavour;
+pub use iptables::{merge_created, CreatedTable, Flavour};
 pub use netns::{NetnsId, PodNetns};
 
 use iptables::Xtables;
@@ -104,54 +104,47 @@ impl Dataplane {
         }
     }
 
-    /// Install `rulesets` (at most one per family) and their policy routes; replaces any
-    /// earlier meshcap state of `backend` in the namespace; all-or-nothing.
+    /// Takes `ns`'s lock (blocks while another meshcap process holds it). What one caller
+    /// does to a pod under one lock (the plugin: apply and write the record, or remove and
+    /// drop it; the agent: read the record, check and repair) never interleaves with another.
+    pub fn lock<'a>(&'a self, ns: &'a PodNetns) -> Result<LockedNetns<'a>, DataplaneError> {
+        Ok(LockedNetns {
+            dataplane: self,
+            ns,
+            _lock: lock::lock_netns(ns)?,
+        })
+    }
+
+    /// [`LockedNetns::apply`] under the namespace's lock.
     pub fn apply(
         &self,
         ns: &PodNetns,
         backend: Backend,
         rulesets: &[Ruleset],
+    ) -> Result<Vec<CreatedTable>, DataplaneError> {
+        self.lock(ns)?.apply(backend, rulesets)
+    }
+
+    /// [`LockedNetns::remove`] under the namespace's lock.
+    pub fn remove(
+        &self,
+        ns: &PodNetns,
+        backend: Backend,
+        created: &[CreatedTable],
     ) -> Result<(), DataplaneError> {
-        let _lock = lock::lock_netns(ns)?;
-        tracing::debug!(netns = %ns.path().display(), %backend, "applying rules");
-        ns.run(|| {
-            let mut rtnl = Rtnl::open(ns.path())?;
-            let route_changes = routes::sync(&mut rtnl, rulesets)?;
-            let rules = match backend {
-                Backend::Iptables => self.xtables(ns).apply(rulesets),
-                Backend::Nftables => nftables::apply(ns.path(), rulesets),
-            };
-            rules.map_err(|original| match routes::undo(&mut rtnl, &route_changes) {
-                Ok(()) => original,
-                Err(rollback) => DataplaneError::RollbackFailed {
-                    original: Box::new(original),
-                    rollback: Box::new(rollback),
-                },
-            })
-        })?
+        self.lock(ns)?.remove(backend, created)
     }
 
-    /// Remove everything meshcap installed with `backend`, and its policy routing; succeeds
-    /// when nothing is there.
-    pub fn remove(&self, ns: &PodNetns, backend: Backend) -> Result<(), DataplaneError> {
-        let _lock = lock::lock_netns(ns)?;
-        tracing::debug!(netns = %ns.path().display(), %backend, "removing rules");
-        ns.run(|| {
-            match backend {
-                Backend::Iptables => self.xtables(ns).remove()?,
-                Backend::Nftables => nftables::remove(ns.path())?,
-            }
-            let mut rtnl = Rtnl::open(ns.path())?;
-            routes::sync(&mut rtnl, &[]).map(drop)
-        })??;
-        // Nothing of meshcap's is left: the legacy xtables lock file (if a legacy restore
-        // made one) goes too, so files do not pile up for every pod a node ever ran.
-        let _ = std::fs::remove_file(lock::xtables_lock_path(&self.run_dir, ns.id()));
-        Ok(())
+    /// [`LockedNetns::check`] under the namespace's lock.
+    pub fn check(
+        &self,
+        ns: &PodNetns,
+        backend: Backend,
+        rulesets: &[Ruleset],
+    ) -> Result<(), DataplaneError> {
+        self.lock(ns)?.check(backend, rulesets)
     }
 
-    /// Verify that exactly `rulesets` and their policy routes are installed;
-    /// [`DataplaneError::Drift`] otherwise.
     /// Drops the legacy xtables lock file of a namespace that no longer exists (DEL after the
     /// sandbox is gone), so such files do not pile up for every pod a node ever ran. A new
     /// namespace that reuses the inode number is unaffected: meshcap's own operations on it
@@ -163,29 +156,6 @@ impl Dataplane {
                 source: e,
             }),
             _ => Ok(()),
-        }
-    }
-
-    pub fn check(
-        &self,
-        ns: &PodNetns,
-        backend: Backend,
-        rulesets: &[Ruleset],
-    ) -> Result<(), DataplaneError> {
-        let _lock = lock::lock_netns(ns)?;
-        let details = ns.run(|| {
-            let mut details = match backend {
-                Backend::Iptables => self.xtables(ns).check(rulesets)?,
-                Backend::Nftables => nftables::check(ns.path(), rulesets)?,
-            };
-            let mut rtnl = Rtnl::open(ns.path())?;
-            details.extend(routes::check(&mut rtnl, rulesets)?);
-            Ok::<_, DataplaneError>(details)
-        })??;
-        if details.is_empty() {
-            Ok(())
-        } else {
-            Err(DataplaneError::Drift { details })
         }
     }
 
@@ -270,14 +240,100 @@ impl Dataplane {
     }
 }
 
+/// A namespace whose lock this process holds ([`Dataplane::lock`]); unlocks on drop.
+pub struct LockedNetns<'a> {
+    dataplane: &'a Dataplane,
+    ns: &'a PodNetns,
+    _lock: lock::NetnsLock,
+}
+
+impl LockedNetns<'_> {
+    /// Install `rulesets` (at most one per family) and their policy routes; replaces any
+    /// earlier meshcap state of `backend` in the namespace; all-or-nothing. Returns what the
+    /// apply brought into being besides meshcap's own chains (iptables mode: tables and
+    /// built-in chains iptables-nft created), which [`LockedNetns::remove`] needs to leave the
+    /// namespace as it was: keep it with the pod.
+    pub fn apply(
+        &self,
+        backend: Backend,
+        rulesets: &[Ruleset],
+    ) -> Result<Vec<CreatedTable>, DataplaneError> {
+        let ns = self.ns;
+        tracing::debug!(netns = %ns.path().display(), %backend, "applying rules");
+        ns.run(|| {
+            let mut rtnl = Rtnl::open(ns.path())?;
+            let route_changes = routes::sync(&mut rtnl, rulesets)?;
+            let rules = match backend {
+                Backend::Iptables => self.dataplane.xtables(ns).apply(rulesets),
+                Backend::Nftables => nftables::apply(ns.path(), rulesets).map(|()| Vec::new()),
+            };
+            rules.map_err(|original| match routes::undo(&mut rtnl, &route_changes) {
+                Ok(()) => original,
+                Err(rollback) => DataplaneError::RollbackFailed {
+                    original: Box::new(original),
+                    rollback: Box::new(rollback),
+                },
+            })
+        })?
+    }
+
+    /// Remove everything meshcap installed with `backend`, and its policy routing, and what
+    /// the applies brought into being (`created`, as they returned it) when nothing else uses
+    /// it; succeeds when nothing is there.
+    pub fn remove(&self, backend: Backend, created: &[CreatedTable]) -> Result<(), DataplaneError> {
+        let ns = self.ns;
+        tracing::debug!(netns = %ns.path().display(), %backend, "removing rules");
+        ns.run(|| {
+            match backend {
+                Backend::Iptables => self.dataplane.xtables(ns).remove(created)?,
+                Backend::Nftables => nftables::remove(ns.path())?,
+            }
+            let mut rtnl = Rtnl::open(ns.path())?;
+            routes::sync(&mut rtnl, &[]).map(drop)
+        })??;
+        // Nothing of meshcap's is left: the legacy xtables lock file (if a legacy restore
+        // made one) goes too, so files do not pile up for every pod a node ever ran.
+        let _ = std::fs::remove_file(lock::xtables_lock_path(&self.dataplane.run_dir, ns.id()));
+        Ok(())
+    }
+
+    /// Verify that exactly `rulesets` and their policy routes are installed;
+    /// [`DataplaneError::Drift`] otherwise.
+    pub fn check(&self, backend: Backend, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
+        let ns = self.ns;
+        let details = ns.run(|| {
+            let mut details = match backend {
+                Backend::Iptables => self.dataplane.xtables(ns).check(rulesets)?,
+                Backend::Nftables => nftables::check(ns.path(), rulesets)?,
+            };
+            let mut rtnl = Rtnl::open(ns.path())?;
+            details.extend(routes::check(&mut rtnl, rulesets)?);
+            Ok::<_, DataplaneError>(details)
+        })??;
+        if details.is_empty() {
+            Ok(())
+        } else {
+            Err(DataplaneError::Drift { details })
+        }
+    }
+}
+
 /// [`Dataplane::apply`] with the default search path and run directory.
-pub fn apply(ns: &PodNetns, backend: Backend, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
+pub fn apply(
+    ns: &PodNetns,
+    backend: Backend,
+    rulesets: &[Ruleset],
+) -> Result<Vec<CreatedTable>, DataplaneError> {
     Dataplane::default().apply(ns, backend, rulesets)
 }
 
 /// [`Dataplane::remove`] with the default search path and run directory.
-pub fn remove(ns: &PodNetns, backend: Backend) -> Result<(), DataplaneError> {
-    Dataplane::default().remove(ns, backend)
+pub fn remove(
+    ns: &PodNetns,
+    backend: Backend,
+    created: &[CreatedTable],
+) -> Result<(), DataplaneError> {
+    Dataplane::default().remove(ns, backend, created)
 }
 
 /// [`Dataplane::check`] with the default search path and run directory.

@@ -19,7 +19,7 @@ use crate::DataplaneError;
 
 /// Held for the duration of one apply/remove/check/inspect of one namespace; unlocks on drop.
 #[derive(Debug)]
-pub(crate) struct NetnsLock {
+pub struct NetnsLock {
     _lock: Flock<File>,
 }
 

@@ -10,7 +10,9 @@ use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 use ipnet::IpNet;
-use meshcap_dataplane::{Backend, Dataplane, DataplaneError, Flavour, PodNetns};
+use meshcap_dataplane::{
+    merge_created, Backend, CreatedTable, Dataplane, DataplaneError, Flavour, PodNetns,
+};
 use meshcap_model::rules::{
     Chain, Family, Hook, Match, PolicyRoute, Proto, Rule, Ruleset, Table, TableRules, Target,
 };
@@ -102,6 +104,32 @@ fn sh(program: &str, args: &[&str]) -> Result<String> {
 fn thread_netns_ino() -> u64 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+}
+
+/// The namespace's netfilter state as text to compare: both xtables flavours' save output of
+/// both families and `nft list ruleset`, without comments (timestamps) and packet counters.
+fn netfilter(t: &TestNs) -> Result<String> {
+    let mut out = String::new();
+    for prog in [
+        "iptables-nft-save",
+        "ip6tables-nft-save",
+        "iptables-legacy-save",
+        "ip6tables-legacy-save",
+    ] {
+        out.push_str(&format!("## {prog}\n"));
+        for line in t.exec(prog, &[])?.lines().filter(|l| !l.starts_with('#')) {
+            // `:CHAIN POLICY [packets:bytes]`
+            let line = match (line.starts_with(':'), line.find(" [")) {
+                (true, Some(i)) => &line[..i],
+                _ => line,
+            };
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str("## nft list ruleset\n");
+    out.push_str(&t.exec("nft", &["list", "ruleset"])?);
+    Ok(out)
 }
 
 fn count(haystack: &str, needle: &str) -> usize {
@@ -287,8 +315,15 @@ fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
         _ => ("iptables-nft-save", "ip6tables-nft-save"),
     };
     let rules = both(15001, false);
+    let before = netfilter(t)?;
+    // What the applies created, as the plugin keeps it in the pod's record.
+    let mut created: Vec<CreatedTable> = Vec::new();
+    let mut apply = |rulesets: &[Ruleset]| -> Result<()> {
+        merge_created(&mut created, dp.apply(&ns, Backend::Iptables, rulesets)?);
+        Ok(())
+    };
 
-    dp.apply(&ns, Backend::Iptables, &rules)?;
+    apply(&rules)?;
     dp.check(&ns, Backend::Iptables, &rules)?;
     let v4 = t.exec(save4, &[])?;
     ensure!(count(&v4, "-A OUTPUT -j MESHCAP_OUTPUT") == 1, "{v4}");
@@ -300,8 +335,8 @@ fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
     );
 
     // A retried ADD leaves one copy of everything.
-    dp.apply(&ns, Backend::Iptables, &rules)?;
-    dp.apply(&ns, Backend::Iptables, &rules)?;
+    apply(&rules)?;
+    apply(&rules)?;
     let v4 = t.exec(save4, &[])?;
     ensure!(count(&v4, "-A OUTPUT -j MESHCAP_OUTPUT") == 1, "{v4}");
     ensure!(count(&v4, "-A MESHCAP_") == 4, "{v4}");
@@ -309,7 +344,7 @@ fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
 
     // A different ruleset replaces the old one.
     let other = both(15111, false);
-    dp.apply(&ns, Backend::Iptables, &other)?;
+    apply(&other)?;
     let v4 = t.exec(save4, &[])?;
     ensure!(
         !v4.contains("15001") && count(&v4, "--to-ports 15111") == 1,
@@ -319,7 +354,7 @@ fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
         Err(DataplaneError::Drift { details }) => ensure!(!details.is_empty()),
         other => bail!("expected drift against the old ruleset, got {other:?}"),
     }
-    dp.apply(&ns, Backend::Iptables, &rules)?;
+    apply(&rules)?;
 
     // Someone deletes a rule: CHECK reports it, ADD repairs it.
     let del = match flavour {
@@ -333,23 +368,23 @@ fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
         }
         other => bail!("expected drift, got {other:?}"),
     }
-    dp.apply(&ns, Backend::Iptables, &rules)?;
+    apply(&rules)?;
     dp.check(&ns, Backend::Iptables, &rules)?;
 
     // Only one family: the other one's chains go.
-    dp.apply(&ns, Backend::Iptables, &rules[..1])?;
+    apply(&rules[..1])?;
     ensure!(!t.exec(save6, &[])?.contains("MESHCAP"));
     dp.check(&ns, Backend::Iptables, &rules[..1])?;
 
     // Remove, twice; CHECK then expects nothing.
-    dp.remove(&ns, Backend::Iptables)?;
+    dp.remove(&ns, Backend::Iptables, &created)?;
     // The legacy programs' lock file (XTABLES_LOCKFILE) goes with the rules.
     let lock = dp
         .run_dir()
         .join("locks")
         .join(format!("xtables-{}", ns.id()));
     ensure!(!lock.exists(), "{} left behind", lock.display());
-    dp.remove(&ns, Backend::Iptables)?;
+    dp.remove(&ns, Backend::Iptables, &created)?;
     ensure!(!t.exec(save4, &[])?.contains("MESHCAP"));
     ensure!(!t.exec(save6, &[])?.contains("MESHCAP"));
     dp.check(&ns, Backend::Iptables, &[])?;
@@ -357,6 +392,9 @@ fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
         dp.check(&ns, Backend::Iptables, &rules),
         Err(DataplaneError::Drift { .. })
     ));
+    // And the namespace is exactly as the first apply found it.
+    let after = netfilter(t)?;
+    ensure!(before == after, "before:\n{before}\nafter:\n{after}");
     Ok(())
 }
 
@@ -378,14 +416,21 @@ fn iptables_legacy_flavour_lifecycle() -> Result<()> {
         return Ok(());
     }
     let t = TestNs::new("iptleg")?;
-    // Someone else's legacy rules make the namespace a legacy one, per family.
+    // Someone else's legacy rules make the namespace a legacy one, per family; they use nat
+    // too, so every table meshcap writes exists before (the kernel cannot remove a legacy
+    // table: see `iptables_legacy_table_meshcap_instantiated_stays_inert`).
     t.exec(
         "iptables-legacy",
         &[
             "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT",
         ],
     )?;
+    t.exec(
+        "iptables-legacy",
+        &["-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "RETURN"],
+    )?;
     t.exec("ip6tables-legacy", &["-t", "filter", "-N", "SOMEONE_ELSE"])?;
+    t.exec("ip6tables-legacy", &["-t", "nat", "-N", "SOMEONE_ELSE_NAT"])?;
     iptables_lifecycle(&t, Flavour::Legacy)?;
     ensure!(!t.exec("iptables-nft-save", &[])?.contains("MESHCAP"));
     ensure!(!t.exec("ip6tables-nft-save", &[])?.contains("MESHCAP"));
@@ -396,6 +441,162 @@ fn iptables_legacy_flavour_lifecycle() -> Result<()> {
     ensure!(t
         .exec("ip6tables-legacy-save", &[])?
         .contains(":SOMEONE_ELSE"));
+    Ok(())
+}
+
+/// A fresh namespace (nft flavour): ADD's restore creates `ip nat`, `ip6 nat`, `ip mangle`
+/// and `ip6 mangle` with their built-in chains; DEL given what ADD created leaves the
+/// namespace exactly as it was, to the last table.
+#[test]
+fn iptables_del_removes_the_tables_add_created() -> Result<()> {
+    if !privileged("iptables_del_removes_the_tables_add_created") {
+        return Ok(());
+    }
+    let t = TestNs::new("created")?;
+    let ns = t.open()?;
+    let dp = Dataplane::default();
+    let before = netfilter(&t)?;
+    let rules = both(15001, true);
+    let created = dp.apply(&ns, Backend::Iptables, &rules)?;
+    let tables: Vec<(Family, &str, bool)> = created
+        .iter()
+        .map(|c| (c.family, c.table.as_str(), c.whole_table))
+        .collect();
+    ensure!(
+        tables.contains(&(Family::V4, "nat", true))
+            && tables.contains(&(Family::V6, "mangle", true)),
+        "{created:?}"
+    );
+    ensure!(t.exec("nft", &["list", "tables"])?.contains("table ip nat"));
+    // A retried ADD creates nothing more.
+    ensure!(dp.apply(&ns, Backend::Iptables, &rules)?.is_empty());
+    dp.remove(&ns, Backend::Iptables, &created)?;
+    let after = netfilter(&t)?;
+    ensure!(before == after, "before:\n{before}\nafter:\n{after}");
+    ensure!(t.exec("nft", &["list", "tables"])?.trim().is_empty());
+    // A retried DEL is fine with nothing there.
+    dp.remove(&ns, Backend::Iptables, &created)?;
+    Ok(())
+}
+
+/// Another component's tables and chains stay, in the nft flavour: a table that existed before
+/// ADD keeps its own chains (meshcap removes only the built-in chains it created), a built-in
+/// chain meshcap created but another component put a rule into after ADD stays with that
+/// rule, and a table meshcap created but another component added a chain to stays.
+#[test]
+fn iptables_del_keeps_what_another_component_uses() -> Result<()> {
+    if !privileged("iptables_del_keeps_what_another_component_uses") {
+        return Ok(());
+    }
+    let t = TestNs::new("shared")?;
+    let ns = t.open()?;
+    let dp = Dataplane::default();
+    // Before ADD: another component's NAT rule (ip nat exists with POSTROUTING only).
+    t.exec(
+        "iptables-nft",
+        &["-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "RETURN"],
+    )?;
+    let rules = both(15001, true);
+    let created = dp.apply(&ns, Backend::Iptables, &rules)?;
+    let nat4 = created
+        .iter()
+        .find(|c| c.family == Family::V4 && c.table == "nat")
+        .context("ip nat chains created")?;
+    ensure!(!nat4.whole_table, "{created:?}");
+    ensure!(nat4.chains == ["OUTPUT"], "{created:?}");
+    // After ADD, the component uses a chain and a table meshcap created.
+    t.exec(
+        "iptables-nft",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            "192.0.2.1",
+            "-j",
+            "RETURN",
+        ],
+    )?;
+    t.exec("ip6tables-nft", &["-t", "mangle", "-N", "THEIRS"])?;
+    dp.remove(&ns, Backend::Iptables, &created)?;
+
+    let nat = t.exec("iptables-nft-save", &["-t", "nat"])?;
+    ensure!(nat.contains("-A POSTROUTING -o lo -j RETURN"), "{nat}");
+    ensure!(nat.contains("-A OUTPUT -d 192.0.2.1/32 -j RETURN"), "{nat}");
+    ensure!(!nat.contains("MESHCAP"), "{nat}");
+    // (iptables-nft-save shows built-in chains even where they do not exist: ask nft.)
+    let mangle6 = t.exec("nft", &["list", "table", "ip6", "mangle"])?;
+    ensure!(mangle6.contains("chain THEIRS"), "{mangle6}");
+    ensure!(
+        !mangle6.contains("chain PREROUTING"),
+        "meshcap's empty PREROUTING stays:\n{mangle6}"
+    );
+    // ip mangle and ip6 nat were meshcap's alone: gone.
+    let tables = t.exec("nft", &["list", "tables"])?;
+    ensure!(
+        !tables.contains("table ip mangle") && !tables.contains("table ip6 nat"),
+        "{tables}"
+    );
+    ensure!(
+        tables.contains("table ip nat") && tables.contains("table ip6 mangle"),
+        "{tables}"
+    );
+    Ok(())
+}
+
+/// The legacy flavour: DEL leaves every legacy table another component uses as it was (see
+/// `iptables_legacy_flavour_lifecycle`, which compares the whole namespace). A legacy table
+/// meshcap's restore instantiated cannot be removed (the kernel keeps an ip_tables table until
+/// the namespace goes; there is no call to drop it), so what stays is the table with its
+/// built-in chains empty and accepting: nothing of meshcap's, nothing that matches a packet.
+#[test]
+fn iptables_legacy_table_meshcap_instantiated_stays_inert() -> Result<()> {
+    if !privileged("iptables_legacy_table_meshcap_instantiated_stays_inert") {
+        return Ok(());
+    }
+    let t = TestNs::new("legnat")?;
+    let ns = t.open()?;
+    let dp = Dataplane::default();
+    t.exec(
+        "iptables-legacy",
+        &[
+            "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT",
+        ],
+    )?;
+    let filter_before = t.exec("iptables-legacy-save", &["-t", "filter"])?;
+    let created = dp.apply(&ns, Backend::Iptables, &both(15001, false)[..1])?;
+    ensure!(
+        created.is_empty(),
+        "legacy creates nothing in nf_tables: {created:?}"
+    );
+    ensure!(t.exec("iptables-legacy-save", &[])?.contains("MESHCAP"));
+    dp.remove(&ns, Backend::Iptables, &created)?;
+    let after = t.exec("iptables-legacy-save", &[])?;
+    let nat: Vec<&str> = after
+        .lines()
+        .skip_while(|l| *l != "*nat")
+        .take_while(|l| *l != "COMMIT")
+        .skip(1)
+        .collect();
+    ensure!(
+        !nat.is_empty(),
+        "the kernel dropped a legacy table?\n{after}"
+    );
+    ensure!(
+        nat.iter()
+            .all(|l| l.starts_with(':') && l.contains(" ACCEPT ")),
+        "legacy nat after DEL holds more than empty accepting built-in chains:\n{after}"
+    );
+    let strip = |s: &str| -> String {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    ensure!(strip(&t.exec("iptables-legacy-save", &["-t", "filter"])?) == strip(&filter_before));
+    ensure!(!t.exec("nft", &["list", "ruleset"])?.contains("table"));
     Ok(())
 }
 
@@ -447,6 +648,9 @@ fn iptables_v6_failure_rolls_back_v4() -> Result<()> {
     ensure!(!t.exec("ip", &["rule"])?.contains("lookup 133"));
     ensure!(t.exec("ip", &["route", "show", "table", "133"])?.is_empty());
     ensure!(!t.exec("ip", &["-6", "addr"])?.contains("::6/128"));
+    // Nor the tables its restore created.
+    let ruleset = t.exec("nft", &["list", "ruleset"])?;
+    ensure!(ruleset.trim().is_empty(), "{ruleset}");
 
     // From an earlier ruleset: v4 goes back to it.
     let before = both(15001, false);
@@ -462,7 +666,7 @@ fn iptables_v6_failure_rolls_back_v4() -> Result<()> {
     );
 
     // Removing v4 only (v6 has nothing) needs no v6 restore, so it works.
-    broken.remove(&ns, Backend::Iptables)?;
+    broken.remove(&ns, Backend::Iptables, &[])?;
     ensure!(!t.exec("iptables-nft-save", &[])?.contains("MESHCAP"));
     let _ = fs::remove_dir_all(&tools);
     Ok(())
@@ -498,6 +702,8 @@ fn iptables_invalid_rule_is_reported_and_rolled_back() -> Result<()> {
     );
     ensure!(!t.exec("iptables-nft-save", &[])?.contains("MESHCAP"));
     ensure!(!t.exec("ip6tables-nft-save", &[])?.contains("MESHCAP"));
+    let ruleset = t.exec("nft", &["list", "ruleset"])?;
+    ensure!(ruleset.trim().is_empty(), "{ruleset}");
     Ok(())
 }
 
@@ -561,7 +767,7 @@ fn policy_routes_follow_the_rulesets() -> Result<()> {
 
     // Remove takes everything.
     dp.apply(&ns, Backend::Iptables, &tproxy)?;
-    dp.remove(&ns, Backend::Iptables)?;
+    dp.remove(&ns, Backend::Iptables, &[])?;
     ensure!(!t.exec("ip", &["rule"])?.contains("lookup 133"));
     ensure!(!t.exec("ip", &["-6", "rule"])?.contains("lookup 133"));
     ensure!(t
@@ -607,7 +813,7 @@ fn inspect_shows_what_is_installed() -> Result<()> {
         "{text}"
     );
     ensure!(text.contains("::6/128"), "{text}");
-    dp.remove(&ns, Backend::Iptables)?;
+    dp.remove(&ns, Backend::Iptables, &[])?;
     Ok(())
 }
 
@@ -645,8 +851,8 @@ fn parallel_pods_and_racing_add_del() -> Result<()> {
                         let ns = t.open()?;
                         let dp = Dataplane::default();
                         match op {
-                            2 => dp.remove(&ns, Backend::Iptables)?,
-                            _ => dp.apply(&ns, Backend::Iptables, &both(15001, true))?,
+                            2 => dp.remove(&ns, Backend::Iptables, &[])?,
+                            _ => drop(dp.apply(&ns, Backend::Iptables, &both(15001, true))?),
                         }
                         Ok(())
                     })
@@ -698,8 +904,8 @@ fn nftables_lifecycle() -> Result<()> {
     let text = dp.inspect(&ns)?.to_string();
     eprintln!("{text}");
     ensure!(text.contains("nftables:\n  ipv4:"), "{text}");
-    dp.remove(&ns, Backend::Nftables)?;
-    dp.remove(&ns, Backend::Nftables)?;
+    dp.remove(&ns, Backend::Nftables, &[])?;
+    dp.remove(&ns, Backend::Nftables, &[])?;
     ensure!(!t.exec("nft", &["list", "tables"])?.contains("meshcap"));
     ensure!(!t.exec("ip", &["rule"])?.contains("lookup 133"));
     dp.check(&ns, Backend::Nftables, &[])?;

@@ -20,6 +20,7 @@ mod conn;
 pub mod expr;
 pub mod sys;
 pub mod wire;
+pub mod xtables;
 
 use std::time::Duration;
 

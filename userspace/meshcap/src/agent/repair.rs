@@ -11,9 +11,9 @@
 //! - a record whose namespace is gone, or whose path now names another namespace (a recycled
 //!   `/proc/PID/ns/net`; dev/ino differ from what ADD recorded), is left alone: GC and DEL own
 //!   stale records;
-//! - DEL removes the rules before the record: when the record is gone after a repair applied
-//!   rules, the repair takes them out again, so it never resurrects a pod DEL tore down;
-//! - the dataplane's per-namespace lock serialises each check and apply with the plugin.
+//! - the record is read again, and the rules checked and re-applied, under the namespace's
+//!   lock (a flock on the namespace), which the plugin's ADD and DEL hold while they change a
+//!   pod's rules and its record: a repair never puts back rules of a pod DEL tore down.
 //!
 //! Limits (documented, not hidden): records written before the model inputs were stored
 //! cannot be recomputed and are skipped (logged once). Pods started before the plugin was
@@ -110,6 +110,30 @@ impl Repairer {
     }
 
     fn check_one(&self, path: &Path, rec: &AttachmentRecord) -> Verdict {
+        let ns = match PodNetns::open(&rec.netns) {
+            Ok(ns) => ns,
+            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
+            Err(e) => return Verdict::Failed(format!("opening the namespace: {e}")),
+        };
+        if let (Some(dev), Some(ino)) = (rec.netns_dev, rec.netns_ino) {
+            if (ns.dev(), ns.ino()) != (dev, ino) {
+                return Verdict::Gone("the path names another namespace than ADD captured");
+            }
+        }
+        // The record is read again, and the rules checked, repaired and recorded, under the
+        // namespace's lock, which ADD and DEL hold while they change rules and record: a DEL
+        // either ran before (no record: nothing to repair) or waits until the repair is done
+        // (and removes what it put back).
+        let locked = match self.dataplane.lock(&ns) {
+            Ok(l) => l,
+            Err(e) => return Verdict::Failed(format!("locking the namespace: {e}")),
+        };
+        let mut rec = match state::read_record(path) {
+            Ok(Some(now)) if same_attachment(&now, rec) => now,
+            Ok(Some(_)) => return Verdict::Gone("the attachment was set up again meanwhile"),
+            Ok(None) => return Verdict::Gone("DEL removed the attachment"),
+            Err(e) => return Verdict::Failed(format!("reading the record again: {e}")),
+        };
         let Some(annotations) = rec.annotations.clone() else {
             return Verdict::Unrepairable(
                 "the record predates stored model inputs (written by an older plugin)".into(),
@@ -125,39 +149,26 @@ impl Repairer {
             Ok(m) => m.rulesets(),
             Err(e) => return Verdict::Unrepairable(format!("recomputing the model: {e}")),
         };
-        let ns = match PodNetns::open(&rec.netns) {
-            Ok(ns) => ns,
-            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
-            Err(e) => return Verdict::Failed(format!("opening the namespace: {e}")),
-        };
-        if let (Some(dev), Some(ino)) = (rec.netns_dev, rec.netns_ino) {
-            if (ns.dev(), ns.ino()) != (dev, ino) {
-                return Verdict::Gone("the path names another namespace than ADD captured");
-            }
-        }
         let backend = rec.mode.backend();
-        let details = match self.dataplane.check(&ns, backend, &rulesets) {
+        let details = match locked.check(backend, &rulesets) {
             Ok(()) => return Verdict::InSync,
             Err(DataplaneError::Drift { details }) => details,
             Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
             Err(e) => return Verdict::Failed(format!("check: {e}")),
         };
-        // DEL may have run since the check (it removes the rules, then the record).
-        if !matches!(state::read_record(path), Ok(Some(_))) {
-            return Verdict::Gone("DEL removed the attachment");
-        }
-        if let Err(e) = self.dataplane.apply(&ns, backend, &rulesets) {
-            return match e {
-                DataplaneError::NetnsVanished { .. } => Verdict::Gone("namespace is gone"),
-                e => Verdict::Failed(format!("apply: {e}")),
-            };
-        }
-        if !matches!(state::read_record(path), Ok(Some(_))) {
-            // DEL ran during the apply: take back what the repair put in.
-            if let Err(e) = self.dataplane.remove(&ns, backend) {
-                tracing::warn!(error = %e, netns = %rec.netns.display(), "removing rules of a pod DEL tore down during a repair failed");
+        let created = match locked.apply(backend, &rulesets) {
+            Ok(c) => c,
+            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
+            Err(e) => return Verdict::Failed(format!("apply: {e}")),
+        };
+        // What the repair created (a table someone deleted with meshcap's rules in it) is
+        // DEL's to remove as well.
+        let before = rec.created.clone();
+        rec.add_created(created);
+        if rec.created != before {
+            if let Err(e) = self.state.write(&rec) {
+                return Verdict::Failed(format!("recording what the repair created: {e}"));
             }
-            return Verdict::Gone("DEL removed the attachment");
         }
         Verdict::Repaired(details)
     }
@@ -198,4 +209,9 @@ impl Repairer {
             }
         }
     }
+}
+
+/// Whether `now` (the record read under the lock) is still the attachment `seen` was.
+fn same_attachment(now: &AttachmentRecord, seen: &AttachmentRecord) -> bool {
+    now.netns == seen.netns && (now.netns_dev, now.netns_ino) == (seen.netns_dev, seen.netns_ino)
 }
