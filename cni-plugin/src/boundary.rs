@@ -205,6 +205,9 @@ fn execute(
         .map_err(Failure::early)
         .and_then(|config| {
             let _logging = logging::init(config.log_file.as_deref(), config.log_level);
+            if !config.unknown_keys.is_empty() {
+                tracing::warn!(keys = ?config.unknown_keys, "ignoring unknown config keys");
+            }
             dispatch(&env, &config).map_err(|error| Failure {
                 version: Some(config.cni_version),
                 error,

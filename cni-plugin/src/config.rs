@@ -142,7 +142,36 @@ pub struct Config {
     pub prev_result: Option<Map<String, Value>>,
     /// `cni.dev/valid-attachments` (GC only); `None` when absent.
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Keys this plugin does not know (`section.key` inside `kubernetes` and `ebpf`): logged
+    /// as a warning, never an error, so a typo is visible without failing pod starts.
+    pub unknown_keys: Vec<String>,
 }
+
+/// Top-level keys the plugin reads, plus those the CNI spec lets a runtime insert.
+const KNOWN_KEYS: &[&str] = &[
+    "cniVersion",
+    "name",
+    "type",
+    "args",
+    "runtimeConfig",
+    "prevResult",
+    "capabilities",
+    VALID_ATTACHMENTS_KEY,
+    "mode",
+    "selection",
+    "exclude_namespaces",
+    "kubernetes",
+    "ebpf",
+    "log_file",
+    "log_level",
+];
+const KNOWN_KUBERNETES_KEYS: &[&str] = &[
+    "kubeconfig",
+    "skip_pods",
+    "timeout_ms",
+    "exclude_namespaces",
+];
+const KNOWN_EBPF_KEYS: &[&str] = &["enabled", "pin_dir"];
 
 impl Config {
     /// Decodes stdin. See the module docs for the order of checks and the codes.
@@ -235,8 +264,36 @@ impl Config {
             None => None,
         };
 
-        let exclude_namespaces: Vec<String> =
+        // Both spellings: meshcap's top-level key and `kubernetes.exclude_namespaces`, the key
+        // istio-cni, linkerd-cni and kuma-cni use.
+        let mut exclude_namespaces: Vec<String> =
             field(&obj, "exclude_namespaces")?.unwrap_or_default();
+        if let Some(v) = kube_field("exclude_namespaces")? {
+            let more = Vec::<String>::deserialize(&v)
+                .map_err(|e| ConfigError::invalid("kubernetes.exclude_namespaces", e))?;
+            for ns in more {
+                if !exclude_namespaces.contains(&ns) {
+                    exclude_namespaces.push(ns);
+                }
+            }
+        }
+        let mut unknown_keys: Vec<String> = obj
+            .keys()
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for (section, map, known) in [
+            ("kubernetes", &kubernetes, KNOWN_KUBERNETES_KEYS),
+            ("ebpf", &ebpf, KNOWN_EBPF_KEYS),
+        ] {
+            if let Some(map) = map {
+                unknown_keys.extend(
+                    map.keys()
+                        .filter(|k| !known.contains(&k.as_str()))
+                        .map(|k| format!("{section}.{k}")),
+                );
+            }
+        }
 
         Ok(Config {
             name,
@@ -258,6 +315,7 @@ impl Config {
             pod_annotations,
             prev_result: field(&obj, "prevResult")?,
             valid_attachments: field(&obj, VALID_ATTACHMENTS_KEY)?,
+            unknown_keys,
         })
     }
 
@@ -444,6 +502,10 @@ mod tests {
             (json!({"timeout_ms": 0}), "kubernetes.timeout_ms"),
             (json!({"timeout_ms": 60001}), "kubernetes.timeout_ms"),
             (json!({"timeout_ms": "5s"}), "kubernetes.timeout_ms"),
+            (
+                json!({"exclude_namespaces": "kube-system"}),
+                "kubernetes.exclude_namespaces",
+            ),
         ] {
             assert_eq!(
                 invalid_key(parse(with("kubernetes", bad.clone())).unwrap_err()),
@@ -451,6 +513,24 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn exclude_namespaces_in_either_place_and_unknown_keys_are_listed() {
+        let mut v = with(
+            "kubernetes",
+            json!({"exclude_namespaces": ["istio-system", "kube-system"], "kubeconfg": "/k"}),
+        );
+        v["exclude_namespaces"] = json!(["kube-system"]);
+        v["selecton"] = json!("all");
+        v["ebpf"] = json!({"enabled": false, "pin": "/x"});
+        let c = parse(v).unwrap();
+        assert_eq!(c.exclude_namespaces, ["kube-system", "istio-system"]);
+        assert!(c.excludes_namespace("istio-system"));
+        assert_eq!(
+            c.unknown_keys,
+            ["selecton", "kubernetes.kubeconfg", "ebpf.pin"]
+        );
     }
 
     #[test]

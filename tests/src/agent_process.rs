@@ -62,6 +62,11 @@ impl AgentProcess {
         }
     }
 
+    /// Where the agent serves metrics and probes.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// What the agent logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -17,8 +17,10 @@
 //! - **Config watch** ([`watch`]): every `--watch-interval-ms` (default 1 s) it checks that
 //!   meshcap's entry is still last in the node's primary CNI config and puts it back when
 //!   another component rewrote the file.
-//! - **Metrics** ([`metrics`]): Prometheus text on `GET /metrics` at `--metrics-addr` (default
-//!   `127.0.0.1:15099`, node-local; bind a routable address to scrape it from outside).
+//! - **Metrics and probes** ([`metrics`]): Prometheus text on `GET /metrics`, `GET /healthz`
+//!   and `GET /readyz` (ready once meshcap-cni is installed and last in the chain) at
+//!   `--metrics-addr` (default `127.0.0.1:15099`, node-local; bind a routable address to
+//!   scrape it from outside).
 //!
 //! SIGTERM and SIGINT stop the agent cleanly: they are blocked in every thread and taken by
 //! the main thread with `sigwait`, which then stops and joins the workers.
@@ -67,12 +69,12 @@ pub struct AgentArgs {
     repair_interval_ms: u64,
     /// Directory of the node's CNI network configs, watched for rewrites; adoption reads the
     /// networks' current meshcap entries from it.
-    #[arg(long, default_value = "/etc/cni/net.d")]
+    #[arg(long, env = "CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
     /// Directory of the node's CNI plugin binaries: without meshcap-cni there (`meshcap
     /// uninstall` removed it) the agent never puts the entry back. Adoption runs the
     /// meshcap-cni found here.
-    #[arg(long, default_value = "/opt/cni/bin")]
+    #[arg(long, env = "CNI_BIN_DIR", default_value = "/opt/cni/bin")]
     cni_bin_dir: PathBuf,
     /// libcni's cache dir of the node's container runtime (containerd, CRI-O and podman use
     /// the default): its `results/` tell which pods were set up before meshcap was chained.
@@ -181,11 +183,14 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     {
         let (metrics, stop) = (metrics.clone(), stop.clone());
+        let (conf_dir, bin_dir) = (args.cni_conf_dir.clone(), args.cni_bin_dir.clone());
+        let ready: Arc<metrics::Readiness> =
+            Arc::new(move || watch::readiness(&conf_dir, &bin_dir));
         workers.push(
             thread::Builder::new()
                 .name("metrics".into())
                 .spawn(move || {
-                    metrics::serve(&listener, &metrics, &stop);
+                    metrics::serve(&listener, &metrics, &ready, &stop);
                 })?,
         );
     }

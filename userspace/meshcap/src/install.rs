@@ -22,19 +22,19 @@ const BACKUP_DIR: &str = ".meshcap-backup";
 #[derive(Args, Clone)]
 pub struct InstallArgs {
     /// Directory of the node's CNI network configs.
-    #[arg(long, default_value = "/etc/cni/net.d")]
+    #[arg(long, env = "CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
     /// Directory of the node's CNI plugin binaries.
-    #[arg(long, default_value = "/opt/cni/bin")]
+    #[arg(long, env = "CNI_BIN_DIR", default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,
     /// The meshcap-cni binary to install (default: next to this meshcap binary).
     #[arg(long)]
     pub plugin_binary: Option<PathBuf>,
-    /// Backend: iptables or nftables.
-    #[arg(long, default_value = "iptables")]
+    /// Backend: iptables or nftables (checked before anything is written).
+    #[arg(long, default_value = "iptables", value_parser = ["iptables", "nftables"])]
     pub mode: String,
-    /// Pod selection: injected or all.
-    #[arg(long, default_value = "injected")]
+    /// Pod selection: injected or all (checked before anything is written).
+    #[arg(long, default_value = "injected", value_parser = ["injected", "all"])]
     pub selection: String,
     /// Kubernetes namespaces never captured (repeatable).
     #[arg(long = "exclude-namespace", default_values = ["kube-system"])]
@@ -49,12 +49,28 @@ pub struct InstallArgs {
     pub log_file: PathBuf,
 }
 
+/// Present in the CNI config dir while `uninstall` runs: the agent's config watch must not put
+/// the entry back in the grace period while the binary is still there.
+pub const UNINSTALLING_MARKER: &str = ".meshcap-uninstalling";
+
+/// The plugin's kubeconfig, in the CNI config dir (written by `meshcap kubeconfig`).
+pub const KUBECONFIG_NAME: &str = "meshcap-kubeconfig";
+
 #[derive(Args, Clone)]
 pub struct UninstallArgs {
-    #[arg(long, default_value = "/etc/cni/net.d")]
+    #[arg(long, env = "CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
-    #[arg(long, default_value = "/opt/cni/bin")]
+    #[arg(long, env = "CNI_BIN_DIR", default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,
+    /// The plugin's attachment records (its MESHCAP_STATE_DIR), removed: pods the runtime
+    /// tears down after the uninstall no longer run meshcap's DEL.
+    #[arg(long, default_value = meshcap_cni::env::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// How long to leave the plugin binary in place after taking meshcap out of the chain, in
+    /// milliseconds: the runtime reloads the config on the change, and a pod start or stop
+    /// already under way with the old chain still finds the plugin.
+    #[arg(long, default_value_t = 1000)]
+    pub grace_ms: u64,
 }
 
 /// The meshcap entry appended to the chain.
@@ -253,6 +269,16 @@ pub fn conf_has_meshcap(conf: &Map<String, Value>) -> bool {
 
 /// Remove meshcap's entry (restoring the original bytes when nothing else changed) and binary.
 pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
+    let marker = args.cni_conf_dir.join(UNINSTALLING_MARKER);
+    if args.cni_conf_dir.is_dir() {
+        write_atomic(&marker, b"", 0o644)?;
+    }
+    let result = uninstall_marked(args);
+    let _ = fs::remove_file(&marker);
+    result
+}
+
+fn uninstall_marked(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
     let mut restored = None;
     let backup_dir = args.cni_conf_dir.join(BACKUP_DIR);
     if let Ok(primary) = primary_config(&args.cni_conf_dir) {
@@ -310,13 +336,30 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
         }
     }
     let _ = fs::remove_dir(&backup_dir);
-    let bin = args.cni_bin_dir.join(PLUGIN_TYPE);
-    match fs::remove_file(&bin) {
+    remove_if_present(&args.cni_conf_dir.join(KUBECONFIG_NAME))?;
+    if restored.is_some() {
+        std::thread::sleep(std::time::Duration::from_millis(args.grace_ms));
+    }
+    match fs::remove_dir_all(&args.state_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", bin.display())),
+        Err(e) => return Err(e).with_context(|| format!("removing {}", args.state_dir.display())),
     }
+    // The records' parent (`/var/run/meshcap`) holds only meshcap's run state.
+    if let Some(parent) = args.state_dir.parent() {
+        let _ = fs::remove_dir(parent.join("locks"));
+        let _ = fs::remove_dir(parent);
+    }
+    remove_if_present(&args.cni_bin_dir.join(PLUGIN_TYPE))?;
     Ok(restored)
+}
+
+fn remove_if_present(file: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(file) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", file.display())),
+    }
 }
 
 #[cfg(test)]
@@ -351,6 +394,8 @@ mod tests {
             UninstallArgs {
                 cni_conf_dir: self.0.join("net.d"),
                 cni_bin_dir: self.0.join("bin"),
+                state_dir: self.0.join("run/attachments"),
+                grace_ms: 0,
             }
         }
     }
@@ -393,9 +438,18 @@ mod tests {
             FLANNEL
         );
 
+        let records = t.0.join("run/attachments/cbr0");
+        fs::create_dir_all(&records).unwrap();
+        fs::write(records.join("c1@eth0.json"), "{}").unwrap();
+        fs::write(t.0.join("net.d").join(KUBECONFIG_NAME), "token").unwrap();
         uninstall(&t.uargs()).unwrap();
         assert_eq!(fs::read_to_string(&conf).unwrap(), FLANNEL);
         assert_eq!(mode_of(&conf).unwrap(), 0o640);
+        assert!(
+            !t.0.join("run").exists(),
+            "records and their run dir removed"
+        );
+        assert!(!t.0.join("net.d").join(KUBECONFIG_NAME).exists());
         assert!(!t.0.join("bin/meshcap-cni").exists());
         assert!(!t.0.join("net.d").join(BACKUP_DIR).exists());
     }

@@ -1,7 +1,7 @@
 //! `meshcap`: the node tool. Renders the rules a pod would get, shows what is installed in a
 //! namespace, puts the plugin into the node's CNI configuration and runs the node agent.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod agent;
 mod install;
@@ -45,6 +45,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent(_)) {
+        quiet_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Render(args) => render::run(&args),
         Command::Inspect { netns } => inspect(&netns),
@@ -70,6 +73,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `meshcap inspect ... | head`: once the reader is gone, end quietly as other command-line
+/// tools do (killed by SIGPIPE) instead of panicking in `println!`. Not for the agent, whose
+/// sockets must never kill it.
+#[allow(unsafe_code)]
+fn quiet_on_closed_stdout() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: restores the default disposition before any thread exists; no handler runs.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 fn inspect(netns: &std::path::Path) -> anyhow::Result<()> {

@@ -187,6 +187,8 @@ fn config_rewrite_by_another_component_is_undone_and_counted() {
         .arg(s.0.join("net.d"))
         .arg("--cni-bin-dir")
         .arg(s.0.join("bin"))
+        .arg("--state-dir")
+        .arg(s.0.join("state"))
         .output()
         .unwrap();
     assert!(
@@ -208,6 +210,85 @@ fn config_rewrite_by_another_component_is_undone_and_counted() {
         agent.log()
     );
     assert!(agent.log().contains("agent stopped"), "{}", agent.log());
+}
+
+/// One `GET path` of the agent's endpoint: (status code, body).
+fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((code, body.to_owned()))
+}
+
+#[test]
+fn probes_follow_the_install_and_idle_clients_never_block_a_scrape() {
+    let s = Scratch::new("probes");
+    let conf = s.0.join("net.d/10-flannel.conflist");
+    fs::write(&conf, FLANNEL).unwrap();
+    fs::write(s.0.join("fake-plugin"), b"#!plugin").unwrap();
+    let agent = Agent::start(&s, &["--watch-interval-ms", "100"]);
+    let addr = agent.0.addr();
+
+    assert_eq!(get(addr, "/healthz").unwrap().0, 200);
+    let (code, body) = get(addr, "/readyz").unwrap();
+    assert_eq!(code, 503, "not installed yet: {body}");
+    assert!(body.contains("meshcap-cni"), "{body}");
+
+    // Clients that connect and send nothing, or half a request, then sit there.
+    let mut idle = Vec::new();
+    for i in 0..20 {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        if i % 2 == 0 {
+            c.write_all(b"GET /metr").unwrap();
+        }
+        idle.push(c);
+    }
+    for _ in 0..3 {
+        let start = Instant::now();
+        let (code, body) = get(addr, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        assert!(body.contains("meshcap_repairs_total"), "{body}");
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "a scrape behind 20 idle clients took {:?}",
+            start.elapsed()
+        );
+    }
+
+    let install = Command::new(MESHCAP)
+        .arg("install")
+        .arg("--cni-conf-dir")
+        .arg(s.0.join("net.d"))
+        .arg("--cni-bin-dir")
+        .arg(s.0.join("bin"))
+        .arg("--plugin-binary")
+        .arg(s.0.join("fake-plugin"))
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "{install:?}");
+    assert_eq!(get(addr, "/readyz").unwrap(), (200, "ready\n".to_owned()));
+
+    // The idle clients were cut off by the request deadline, not left holding threads.
+    std::thread::sleep(Duration::from_millis(2500));
+    for mut c in idle {
+        use std::io::Read;
+        c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = Vec::new();
+        // Closed by the agent: EOF (or a reset), never a timeout.
+        match c.read_to_end(&mut buf) {
+            Ok(_) => {}
+            Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "still open"),
+        }
+    }
 }
 
 // ---- privileged: a real namespace, the real plugin and rule backends ----

@@ -25,8 +25,10 @@
 //! Counters start from the log's contents when the agent starts, as Prometheus expects of a
 //! restarted target.
 //!
-//! The HTTP side is deliberately tiny: one connection at a time, a bounded request head, a
-//! 2 s socket timeout, only `GET /metrics`.
+//! The HTTP side is deliberately small: `GET /metrics`, `/healthz` (the agent runs) and
+//! `/readyz` (the plugin is installed and chained last), a thread per connection (at most
+//! [`MAX_CONNECTIONS`]), a bounded request head and a deadline for the whole request, so idle
+//! or slow clients never hold up a scrape or a probe.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,8 +37,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use meshcap_cni::state::{parse_outcome, OUTCOMES_FILE};
 use meshcap_fastpath::PinDir;
@@ -46,7 +50,10 @@ use super::Stop;
 /// Rotate the outcome log past this size (about 100 000 invocations).
 const ROTATE_AT: u64 = 1 << 20;
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// The whole request (head read and reply write) must be done within this.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed without a reply.
+const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Default)]
 struct Counters {
@@ -305,16 +312,40 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` until `stop` is set (the caller then connects once to wake accept).
-pub fn serve(listener: &TcpListener, metrics: &Metrics, stop: &Stop) {
+/// Whether the node is ready for pods: the plugin is in the bin dir and chained last in the
+/// primary CNI config. `Err` says what is missing (the body of a failing `/readyz`).
+pub type Readiness = dyn Fn() -> Result<(), String> + Send + Sync;
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` until `stop` is set (the caller then
+/// connects once to wake accept). Each connection gets its own thread and a deadline for the
+/// whole request, so an idle or slow client costs one thread for at most [`REQUEST_DEADLINE`]
+/// and never delays another scrape; past [`MAX_CONNECTIONS`] in flight, new connections are
+/// closed at once.
+pub fn serve(listener: &TcpListener, metrics: &Arc<Metrics>, ready: &Arc<Readiness>, stop: &Stop) {
+    let in_flight = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.is_set() {
             return;
         }
         match conn {
             Ok(stream) => {
-                if let Err(e) = respond(stream, metrics) {
-                    tracing::debug!(error = %e, "metrics request failed");
+                if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    tracing::debug!("metrics endpoint busy; closing a connection");
+                    continue;
+                }
+                let (metrics, ready, count) = (metrics.clone(), ready.clone(), in_flight.clone());
+                let spawned = thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = respond(stream, &metrics, &*ready) {
+                            tracing::debug!(error = %e, "metrics request failed");
+                        }
+                        count.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "no thread for a metrics connection");
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
                 }
             }
             Err(e) => {
@@ -325,28 +356,51 @@ pub fn serve(listener: &TcpListener, metrics: &Metrics, stop: &Stop) {
     }
 }
 
-fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+/// Reads the request head within the deadline: a client that sends a byte a second never
+/// gets more than [`REQUEST_DEADLINE`] in total.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
         }
         head.extend_from_slice(&buf[..n]);
         if head.len() > MAX_REQUEST_HEAD {
-            return reply(&mut stream, "431 Request Header Fields Too Large", "");
+            return Ok(None);
         }
     }
+    Ok(Some(head))
+}
+
+fn respond(mut stream: TcpStream, metrics: &Metrics, ready: &Readiness) -> std::io::Result<()> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let Some(head) = read_head(&mut stream, deadline)? else {
+        return reply(&mut stream, "431 Request Header Fields Too Large", "");
+    };
     let head = String::from_utf8_lossy(&head);
     let mut words = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET", "/metrics") => reply(&mut stream, "200 OK", &metrics.render()),
-        ("GET", _) => reply(&mut stream, "404 Not Found", "only /metrics is served\n"),
+        ("GET", "/healthz") => reply(&mut stream, "200 OK", "ok\n"),
+        ("GET", "/readyz") => match ready() {
+            Ok(()) => reply(&mut stream, "200 OK", "ready\n"),
+            Err(why) => reply(&mut stream, "503 Service Unavailable", &format!("{why}\n")),
+        },
+        ("GET", _) => reply(
+            &mut stream,
+            "404 Not Found",
+            "served: /metrics, /healthz, /readyz\n",
+        ),
         _ => reply(&mut stream, "405 Method Not Allowed", ""),
     }
 }

@@ -13,9 +13,10 @@
 //! `.conf` -> `.conflist` conversion, same permissions, atomic rename.
 //!
 //! Intent: `meshcap uninstall` removes the entry and then the plugin binary, and the agent
-//! must not undo it. It restores only while `<cni-bin-dir>/meshcap-cni` exists, and only after
-//! the entry was missing on two consecutive polls (uninstall's two steps are milliseconds
-//! apart). An agent started when the entry is already missing has nothing to restore: it
+//! must not undo it. It restores only while `<cni-bin-dir>/meshcap-cni` exists and no
+//! uninstall is under way (`uninstall` keeps a marker file in the config dir while it waits
+//! for the runtime to drop the plugin before removing the binary), and only after the entry
+//! was missing on two consecutive polls. An agent started when the entry is already missing has nothing to restore: it
 //! says so once, and guards the entry from the next `meshcap install` on.
 
 use std::fs;
@@ -104,9 +105,10 @@ impl Watcher {
                 primary.display()
             ));
         };
-        if !self.plugin_binary.exists() {
+        if !self.plugin_binary.exists() || self.conf_dir.join(install::UNINSTALLING_MARKER).exists()
+        {
             return self.note(format!(
-                "meshcap's entry is not in {} and {} is absent (uninstalled): not restoring",
+                "meshcap's entry is not in {} and meshcap is uninstalled ({} absent) or being uninstalled: not restoring",
                 primary.display(),
                 self.plugin_binary.display()
             ));
@@ -130,6 +132,27 @@ impl Watcher {
                 );
             }
         }
+    }
+}
+
+/// Readiness (`/readyz`): the plugin binary is in `bin_dir` and meshcap is last in the
+/// chain of the primary config of `conf_dir`. `Err` names what is missing.
+pub fn readiness(conf_dir: &Path, bin_dir: &Path) -> Result<(), String> {
+    let binary = bin_dir.join(PLUGIN_TYPE);
+    if !binary.is_file() {
+        return Err(format!("{} is not installed", binary.display()));
+    }
+    let primary = install::primary_config(conf_dir).map_err(|e| format!("{e:#}"))?;
+    let conf: Map<String, Value> = fs::read(&primary)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
+        .map_err(|e| format!("reading {}: {e:#}", primary.display()))?;
+    match inspect(&conf, install::is_list(&primary)) {
+        (_, Placement::InPlace) => Ok(()),
+        _ => Err(format!(
+            "meshcap-cni is not last in the chain of {}",
+            primary.display()
+        )),
     }
 }
 
