@@ -15,6 +15,8 @@ NIGHTLY=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$REPO/ebpf/meshcap-ebpf/rust-to
 # bpf-linker links with this LLVM; its major must equal the pinned nightly's (22).
 LLVM_MAJOR=22
 BPF_LINKER_VERSION=0.13.0
+# The licence check of scripts/test.sh (deny.toml).
+CARGO_DENY_VERSION=0.20.2
 
 APT_PACKAGES=(
     iptables nftables iproute2 bpftool
@@ -84,6 +86,17 @@ if ! bpf-linker --version >/dev/null 2>&1; then
         --version "$BPF_LINKER_VERSION" --no-default-features --features "llvm-$LLVM_MAJOR"
     bpf-linker --version >/dev/null 2>&1 || fail "bpf-linker installed but not on PATH ($HOME/.cargo/bin)"
 fi
+
+# --- cargo-deny, and every crate the licence check reads ----------------------------------
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+    step "cargo install cargo-deny $CARGO_DENY_VERSION" \
+        cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked
+fi
+# cargo-deny reads the whole dependency graph, including crates no Linux build downloads
+# (Windows-only ones); fetch them once here so the check itself runs offline.
+for manifest in Cargo.toml fuzz/Cargo.toml ebpf/meshcap-ebpf/Cargo.toml; do
+    step "cargo fetch ($manifest)" cargo fetch --locked --manifest-path "$REPO/$manifest"
+done
 
 # --- bpffs, where the agent pins its programs' maps and links ------------------------------
 if ! mountpoint -q /sys/fs/bpf; then

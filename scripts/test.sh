@@ -40,6 +40,19 @@ export MESHCAP_STATIC_PLUGIN="$static_dir/meshcap-cni"
 
 out=$(mktemp /tmp/meshcap-test.XXXXXX)
 trap 'rm -f "$out"' EXIT
+
+# Licences (deny.toml): every dependency of the workspace, the fuzz crate and the eBPF crate
+# must allow shipping meshcap as MIT OR Apache-2.0. Counted as one test.
+licences_failed=0
+for manifest in Cargo.toml fuzz/Cargo.toml ebpf/meshcap-ebpf/Cargo.toml; do
+    if ! cargo deny --offline --manifest-path "$manifest" --config deny.toml \
+        --log-level error check licenses; then
+        echo "test.sh: licence check FAILED for $manifest (see deny.toml)"
+        licences_failed=1
+    fi
+done
+[ $licences_failed -eq 0 ] && echo "test.sh: licence check ok (workspace, fuzz, eBPF; deny.toml)"
+
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
@@ -59,6 +72,12 @@ read -r passed failed ignored < <(awk '
 # runtime skip, so it counts them as passed): report them as skipped. Under CI=true they fail.
 skipped_at_runtime=$(grep -c '^SKIPPED ' "$out" || true)
 passed=$(( passed - skipped_at_runtime ))
+if [ $licences_failed -eq 0 ]; then
+    passed=$(( passed + 1 ))
+else
+    failed=$(( failed + 1 ))
+    status=1
+fi
 ignored=$(( ignored + skipped_at_runtime ))
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
     # A build error or a crashed test binary leaves no "failed" count: still a failure.
