@@ -334,15 +334,20 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     };
     record.add_created(created);
     if config.ebpf_enabled {
-        match fastpath::register_pod(
-            &config.ebpf_pin_dir,
-            &record,
-            model.proxy_uid,
-            model.proxy_gid,
-        ) {
-            Ok(()) => record.ebpf_registered = true,
-            // SPEC.md: the fast path is optional; rules alone do the job.
-            Err(e) => tracing::warn!(error = %e, "continuing with rules only"),
+        // The fast path exempts one proxy uid and gid; a pod with id lists keeps to the rules.
+        match model.single_proxy_ids() {
+            Some((uid, gid)) => {
+                match fastpath::register_pod(&config.ebpf_pin_dir, &record, uid, gid) {
+                    Ok(()) => record.ebpf_registered = true,
+                    // SPEC.md: the fast path is optional; rules alone do the job.
+                    Err(e) => tracing::warn!(error = %e, "continuing with rules only"),
+                }
+            }
+            None => tracing::info!(
+                uids = ?model.proxy_uids,
+                gids = ?model.proxy_gids,
+                "several proxy ids; the fast path takes one, continuing with rules only"
+            ),
         }
     }
     if let Err(e) = state.write(&record) {

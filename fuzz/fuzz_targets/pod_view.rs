@@ -17,8 +17,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = view.selection(Selection::All);
     let _ = view.selection(Selection::Injected);
     if let Ok(model) = view.model() {
-        assert_ne!(model.proxy_uid, u32::MAX);
-        assert_ne!(model.proxy_gid, u32::MAX);
+        assert!(!model.proxy_uids.contains(&u32::MAX));
+        assert!(!model.proxy_gids.contains(&u32::MAX));
         meshcap_fuzz::check_model(&model);
     }
 });

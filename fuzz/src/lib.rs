@@ -305,10 +305,10 @@ impl ModelInput {
         assert_eq!(model.dns_capture, self.dns == Some(true));
         // PodView::id accepts 0..=4294967294 (u32::MAX is the kernel's "no id").
         if let Some(uid) = self.uid {
-            model.proxy_uid = uid.min(u32::MAX - 1);
+            model.proxy_uids = vec![uid.min(u32::MAX - 1)];
         }
         if let Some(gid) = self.gid {
-            model.proxy_gid = gid.min(u32::MAX - 1);
+            model.proxy_gids = vec![gid.min(u32::MAX - 1)];
         }
         model
     }

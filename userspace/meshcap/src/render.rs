@@ -190,7 +190,8 @@ fn render_pod(
     };
     println!(
         "# captured (selection \"{selection_name}\"): {sidecar}; proxy uid {} gid {}",
-        model.proxy_uid, model.proxy_gid
+        join_ids(&model.proxy_uids),
+        join_ids(&model.proxy_gids)
     );
     if pod.has_istio_init {
         println!(
@@ -242,4 +243,9 @@ fn print_policy_route(rs: &meshcap_model::Ruleset) {
             route.mark, route.table, route.table
         );
     }
+}
+
+/// `1337` or `1337,1338`, as istio-iptables takes its id lists.
+fn join_ids(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }

@@ -49,18 +49,53 @@ pub const MAX_VALUE_LEN: usize = 16 * 1024;
 /// Most entries a list annotation may hold; every entry becomes at least one rule.
 pub const MAX_LIST_LEN: usize = 256;
 
-/// An annotation value meshcap refuses. `Display` names the annotation, the offending value
-/// (truncated) and why, so the CNI error tells the pod author what to fix.
+/// Where a refused value came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InputKind {
+    /// A pod annotation.
+    #[default]
+    Annotation,
+    /// An environment variable of the proxy container (Istio reads several from there).
+    ProxyEnv,
+    /// A setting of meshcap's plugin configuration (node-wide).
+    PluginSetting,
+    /// A model field set by a front end (a bug in the front end, or an input it passed on
+    /// without checking).
+    ModelField,
+}
+
+impl std::fmt::Display for InputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InputKind::Annotation => "annotation",
+            InputKind::ProxyEnv => "proxy environment variable",
+            InputKind::PluginSetting => "plugin setting",
+            InputKind::ModelField => "model setting",
+        })
+    }
+}
+
+/// An input value meshcap refuses. `Display` names the input (annotation, environment
+/// variable, setting), the offending value (truncated) and why, so the CNI error tells the pod
+/// author what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid annotation {annotation}={value:?}: {reason}")]
+#[error("invalid {kind} {annotation}={value:?}: {reason}")]
 pub struct AnnotationError {
+    /// The input's name: the annotation, environment variable or setting.
     pub annotation: String,
     pub value: String,
     pub reason: String,
+    pub kind: InputKind,
 }
 
 impl AnnotationError {
-    fn new(annotation: &str, value: &str, reason: impl Into<String>) -> Self {
+    /// The same error, for an input of another kind.
+    pub fn of_kind(mut self, kind: InputKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    pub fn new(annotation: &str, value: &str, reason: impl Into<String>) -> Self {
         const SHOWN: usize = 120;
         let value = if value.len() > SHOWN {
             let mut end = SHOWN;
@@ -75,6 +110,7 @@ impl AnnotationError {
             annotation: annotation.to_owned(),
             value,
             reason: reason.into(),
+            kind: InputKind::Annotation,
         }
     }
 }
@@ -319,6 +355,129 @@ pub fn dns_capture(annotations: &Annotations) -> Result<bool, AnnotationError> {
     }
 }
 
+// Parsers of single values, for front ends that read a setting from an annotation, an
+// environment variable or a plugin setting. `name` is that source (set the error's kind with
+// [`AnnotationError::of_kind`]); the syntax is Istio's for the same setting.
+
+/// Go's `strconv.ParseBool`, as Istio reads its boolean settings.
+pub fn go_bool(name: &str, value: &str) -> Result<bool, AnnotationError> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(AnnotationError::new(
+            name,
+            value,
+            "not a boolean (true or false)",
+        )),
+    }
+}
+
+/// One port (1-65535).
+pub fn port(name: &str, value: &str) -> Result<u16, AnnotationError> {
+    parse_port(name, value, value.trim())
+}
+
+/// A uid or gid: decimal 0-4294967294 (4294967295 is the kernel's "no id").
+fn id(name: &str, value: &str, item: &str) -> Result<u32, AnnotationError> {
+    match item.parse::<u32>() {
+        Ok(id) if id != u32::MAX && item.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
+        _ => Err(AnnotationError::new(
+            name,
+            value,
+            format!("{item:?} is not a numeric id (0-4294967294)"),
+        )),
+    }
+}
+
+/// A comma-separated list of numeric uids or gids (istio-iptables `-u`/`-g`), 1 to
+/// [`crate::model::MAX_PROXY_IDS`] entries.
+pub fn id_list(name: &str, value: &str) -> Result<Vec<u32>, AnnotationError> {
+    let ids = items(name, value)?
+        .into_iter()
+        .map(|item| id(name, value, item))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() || ids.len() > crate::model::MAX_PROXY_IDS {
+        return Err(AnnotationError::new(
+            name,
+            value,
+            format!("must list 1 to {} ids", crate::model::MAX_PROXY_IDS),
+        ));
+    }
+    Ok(dedup(ids))
+}
+
+/// Istio's outbound owner-group filter (`tools/common/config/types.go`
+/// `ParseInterceptFilter`): an include value of `*` captures every group but the excluded
+/// ones; any other include value (even empty) captures only the listed groups and ignores the
+/// exclude list. Groups must be numeric gids: meshcap resolves no names (the node's group
+/// database is not the pod's).
+pub fn owner_groups(
+    include: (&str, &str),
+    exclude: (&str, &str),
+) -> Result<crate::model::OwnerGroups, AnnotationError> {
+    use crate::model::{OwnerGroups, MAX_OWNER_GROUPS_INCLUDE};
+    let gids = |(name, value): (&str, &str)| -> Result<Vec<u32>, AnnotationError> {
+        let ids = items(name, value)?
+            .into_iter()
+            .map(|item| id(name, value, item))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(dedup(ids))
+    };
+    if include.1.trim() == "*" {
+        let groups = gids(exclude)?;
+        return Ok(if groups.is_empty() {
+            OwnerGroups::All
+        } else {
+            OwnerGroups::AllExcept(groups)
+        });
+    }
+    let groups = gids(include)?;
+    if groups.len() > MAX_OWNER_GROUPS_INCLUDE {
+        return Err(AnnotationError::new(
+            include.0,
+            include.1,
+            format!("at most {MAX_OWNER_GROUPS_INCLUDE} groups may be included"),
+        ));
+    }
+    Ok(OwnerGroups::Only(groups))
+}
+
+/// Why `net` cannot be the IPv4 loopback range, if it cannot (Istio's
+/// `ValidateIPv4LoopbackCidr`: an IPv4 loopback address with a /8 to /32 mask).
+pub fn check_ipv4_loopback(net: &IpNet) -> Result<(), String> {
+    match net {
+        IpNet::V4(n) if n.addr().is_loopback() && (8..=32).contains(&n.prefix_len()) => Ok(()),
+        IpNet::V4(n) if n.addr().is_loopback() => {
+            Err(format!("mask /{} is outside /8 to /32", n.prefix_len()))
+        }
+        _ => Err(format!("{net} is not an IPv4 loopback range")),
+    }
+}
+
+/// The IPv4 loopback range (`ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`). Host bits are cleared, as
+/// iptables does when it stores the rule.
+pub fn ipv4_loopback(name: &str, value: &str) -> Result<IpNet, AnnotationError> {
+    let net: IpNet = value
+        .trim()
+        .parse()
+        .map_err(|_| AnnotationError::new(name, value, "not a CIDR"))?;
+    check_ipv4_loopback(&net).map_err(|reason| AnnotationError::new(name, value, reason))?;
+    Ok(net.trunc())
+}
+
+/// Resolver addresses (the nameservers of a resolv.conf), either family.
+pub fn addresses(name: &str, value: &str) -> Result<Vec<std::net::IpAddr>, AnnotationError> {
+    let addrs = items(name, value)?
+        .into_iter()
+        .map(|item| {
+            item.parse::<std::net::IpAddr>().map_err(|_| {
+                AnnotationError::new(name, value, format!("{item:?} is not an address"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(dedup(addrs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,5 +622,55 @@ mod tests {
         let not_bool = "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"yes please\"\n";
         assert!(dns_capture(&one(PROXY_CONFIG, not_bool)).is_err());
         assert!(!dns_capture(&Annotations::new()).unwrap());
+    }
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::*;
+    use crate::model::OwnerGroups;
+
+    #[test]
+    fn id_lists_are_numeric_and_bounded() {
+        assert_eq!(id_list("u", "1337, 0,1337").unwrap(), vec![1337, 0]);
+        for bad in ["", "root", "-1", "4294967295", "1,,2", "+5"] {
+            let err = id_list("ISTIO_X", bad).unwrap_err();
+            assert_eq!(err.annotation, "ISTIO_X", "{bad}");
+        }
+    }
+
+    #[test]
+    fn owner_groups_follow_istios_filter() {
+        let inc = |v| ("ISTIO_OUTBOUND_OWNER_GROUPS", v);
+        let exc = |v| ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", v);
+        assert_eq!(owner_groups(inc("*"), exc("")).unwrap(), OwnerGroups::All);
+        assert_eq!(
+            owner_groups(inc("*"), exc("20,30")).unwrap(),
+            OwnerGroups::AllExcept(vec![20, 30])
+        );
+        assert_eq!(
+            owner_groups(inc("10"), exc("20")).unwrap(),
+            OwnerGroups::Only(vec![10])
+        );
+        let err = owner_groups(inc("*"), exc("wheel")).unwrap_err();
+        assert_eq!(err.annotation, "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE");
+        let many = (0..65).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        assert!(owner_groups(inc(&many), exc("")).is_err());
+    }
+
+    #[test]
+    fn loopback_cidr_is_istios() {
+        assert_eq!(
+            ipv4_loopback("L", "127.0.0.1/8").unwrap(),
+            "127.0.0.0/8".parse::<IpNet>().unwrap()
+        );
+        for bad in ["10.0.0.1/32", "127.0.0.1/7", "::1/128", "127.0.0.1", "x"] {
+            let err = ipv4_loopback("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", bad).unwrap_err();
+            let text = err.of_kind(InputKind::ProxyEnv).to_string();
+            assert!(
+                text.starts_with("invalid proxy environment variable ISTIO_OUTBOUND_IPV4"),
+                "{text}"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod annotations;
+mod layout;
 pub mod model;
 pub mod pod;
 pub mod render;
@@ -14,6 +15,6 @@ pub mod rules;
 pub mod selection;
 
 pub use annotations::{AnnotationError, Annotations};
-pub use model::{InterceptionMode, RedirectModel};
+pub use model::{Families, InterceptionMode, OwnerGroups, ProxyPorts, RedirectModel};
 pub use rules::{Family, Ruleset};
 pub use selection::Selection;

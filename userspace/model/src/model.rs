@@ -1,21 +1,23 @@
 //! The redirect model: what one pod's capture looks like, validated, for both families.
 //!
-//! [`RedirectModel::from_annotations`] applies Istio's defaults and the pod's annotations;
-//! [`RedirectModel::ruleset`] lays the model out as rules in the order Istio's
-//! `istio-iptables` uses (tools/istio-iptables/pkg/capture), with one difference of layout:
-//! meshcap never appends to a built-in chain beyond one jump into its own entry chain
-//! (see [`crate::rules::Chain`]).
+//! [`RedirectModel::from_annotations`] applies Istio's defaults and the pod's annotations; the
+//! other fields (proxy ids and ports, owner groups, invalid drop, the loopback range, the
+//! pod's address families, the DNS servers) are set by a front end from wherever its mesh
+//! keeps them. [`RedirectModel::ruleset`] (in [`crate::layout`]) lays the model out as rules in
+//! the order Istio's `istio-iptables` uses (tools/istio-iptables/pkg/capture/run.go), with one
+//! difference of layout: meshcap never appends to a built-in chain beyond one jump into its
+//! own entry chain (see [`crate::rules::Chain`]).
+
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use crate::annotations::{self as ann, AnnotationError, Annotations, Selector};
-use crate::rules::{
-    Chain, Family, Hook, Match, PolicyRoute, Proto, Rule, Ruleset, Table, TableRules, Target,
-};
+use crate::rules::{Family, Ruleset};
 
-/// Outbound capture port (Envoy's virtual outbound listener).
+/// Outbound capture port (Envoy's virtual outbound listener; mesh config `proxyListenPort`).
 pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
-/// Inbound capture port (Envoy's virtual inbound listener).
+/// Inbound capture port (Envoy's virtual inbound listener; `proxyInboundListenPort`).
 pub const INBOUND_CAPTURE_PORT: u16 = 15006;
 /// HBONE tunnel port: never captured inbound, never redirected back by the proxy.
 pub const TUNNEL_PORT: u16 = 15008;
@@ -41,6 +43,13 @@ pub const TPROXY_ROUTE_TABLE: u32 = 133;
 /// conntrack races when both sides of the DNS proxy share a 5-tuple).
 pub const DNS_ZONE_UPSTREAM: u16 = 1;
 pub const DNS_ZONE_CLIENT: u16 = 2;
+/// Istio's `HostIPv4LoopbackCidr` default (`ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`).
+pub const DEFAULT_IPV4_LOOPBACK: &str = "127.0.0.1/32";
+/// Most proxy uids or gids a model may list (each repeats a handful of rules).
+pub const MAX_PROXY_IDS: usize = 16;
+/// Most owner groups an include list may hold: all of them go into one rule
+/// (Istio's `maxOwnerGroupsInclude`, tools/common/config/validation.go).
+pub const MAX_OWNER_GROUPS_INCLUDE: usize = 64;
 
 /// How inbound connections reach the sidecar.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,6 +60,71 @@ pub enum InterceptionMode {
     /// TPROXY to 15006 with mark 1337 and policy routing; the original destination stays the
     /// socket's local address.
     Tproxy,
+}
+
+/// The ports the proxy listens on for captured traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyPorts {
+    /// Where outbound TCP is redirected (Istio: mesh config `proxyListenPort`, 15001).
+    pub outbound: u16,
+    /// Where inbound TCP is redirected or TPROXYed (`proxyInboundListenPort`, 15006).
+    pub inbound: u16,
+    /// Where DNS is redirected when DNS capture is on (the istio-agent's 15053).
+    pub dns: u16,
+    /// A port the proxy listens on directly and that is never captured, inbound in REDIRECT
+    /// mode nor as the proxy's own hairpin (Istio's HBONE tunnel port 15008); `None` for a mesh
+    /// without one.
+    pub tunnel: Option<u16>,
+}
+
+impl Default for ProxyPorts {
+    fn default() -> Self {
+        ProxyPorts {
+            outbound: OUTBOUND_CAPTURE_PORT,
+            inbound: INBOUND_CAPTURE_PORT,
+            dns: DNS_CAPTURE_PORT,
+            tunnel: Some(TUNNEL_PORT),
+        }
+    }
+}
+
+/// Whose outbound traffic is captured, by the sending socket's group
+/// (`ISTIO_OUTBOUND_OWNER_GROUPS` / `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OwnerGroups {
+    /// Every group (Istio's default `*`).
+    #[default]
+    All,
+    /// Only sockets of these gids; everything else bypasses capture.
+    Only(Vec<u32>),
+    /// Every group except these.
+    AllExcept(Vec<u32>),
+}
+
+/// The address families of the pod: only these get rules. Istio writes ip6tables rules only
+/// for a pod with an IPv6 address; a v4-only pod gets no ip6 rules or tables at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Families {
+    pub const BOTH: Families = Families { v4: true, v6: true };
+
+    pub fn has(self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.v4,
+            Family::V6 => self.v6,
+        }
+    }
+}
+
+impl Default for Families {
+    /// Both, which is what meshcap did before it knew the pod's addresses.
+    fn default() -> Self {
+        Families::BOTH
+    }
 }
 
 /// The capture of one pod, validated. Built from annotations; renders to rules per family.
@@ -69,8 +143,24 @@ pub struct RedirectModel {
     pub exclude_interfaces: Vec<String>,
     pub reroute_virtual_interfaces: Vec<String>,
     pub dns_capture: bool,
-    pub proxy_uid: u32,
-    pub proxy_gid: u32,
+    /// With DNS capture: `None` captures DNS to any address (istio-cni, `captureAllDNS`);
+    /// `Some` only DNS to these resolvers (istio-init reading the pod's resolv.conf). A family
+    /// without a listed resolver gets no DNS redirect; an empty list turns DNS capture off, as
+    /// Istio does.
+    pub dns_servers: Option<Vec<IpAddr>>,
+    /// The proxy's uids and gids (istio-iptables `-u`/`-g` lists): their traffic bypasses
+    /// capture. The per-id rules repeat for each, in order. Never empty.
+    pub proxy_uids: Vec<u32>,
+    pub proxy_gids: Vec<u32>,
+    pub outbound_owner_groups: OwnerGroups,
+    /// Drop packets conntrack finds invalid (out-of-window segments) instead of letting them
+    /// reach the app and reset the connection (`INVALID_DROP`).
+    pub drop_invalid: bool,
+    /// What counts as "explicitly local" for IPv4 (`ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`); IPv6
+    /// always uses `::1/128`.
+    pub ipv4_loopback: IpNet,
+    pub ports: ProxyPorts,
+    pub families: Families,
 }
 
 impl Default for RedirectModel {
@@ -87,8 +177,14 @@ impl Default for RedirectModel {
             exclude_interfaces: Vec::new(),
             reroute_virtual_interfaces: Vec::new(),
             dns_capture: false,
-            proxy_uid: PROXY_UID,
-            proxy_gid: PROXY_GID,
+            dns_servers: None,
+            proxy_uids: vec![PROXY_UID],
+            proxy_gids: vec![PROXY_GID],
+            outbound_owner_groups: OwnerGroups::All,
+            drop_invalid: false,
+            ipv4_loopback: DEFAULT_IPV4_LOOPBACK.parse().expect("valid literal"),
+            ports: ProxyPorts::default(),
+            families: Families::BOTH,
         }
     }
 }
@@ -97,11 +193,7 @@ fn only<T>(sel: Selector<T>, name: &str) -> Result<Vec<T>, AnnotationError> {
     match sel {
         Selector::Only(v) => Ok(v),
         // The parsers refuse `*` where it is not allowed; keep the invariant explicit.
-        Selector::All => Err(AnnotationError {
-            annotation: name.to_owned(),
-            value: "*".to_owned(),
-            reason: "`*` is not allowed here".to_owned(),
-        }),
+        Selector::All => Err(AnnotationError::new(name, "*", "`*` is not allowed here")),
     }
 }
 
@@ -154,517 +246,129 @@ impl RedirectModel {
                 } else {
                     ann::KUBEVIRT_INTERFACES
                 };
-                return Err(AnnotationError {
-                    annotation: name.to_owned(),
-                    value: model.reroute_virtual_interfaces.join(","),
-                    reason: format!(
+                return Err(AnnotationError::new(
+                    name,
+                    &model.reroute_virtual_interfaces.join(","),
+                    format!(
                         "{} interfaces x {} includeOutboundIPRanges entries need {rules} rules; \
                          at most {MAX_REROUTE_RULES}",
                         model.reroute_virtual_interfaces.len(),
                         nets.len()
                     ),
-                });
+                ));
             }
         }
         model.dns_capture = ann::dns_capture(annotations)?;
         Ok(model)
     }
 
-    /// The rules for both families, IPv4 first.
+    /// The rules for the pod's families, IPv4 first.
     pub fn rulesets(&self) -> Vec<Ruleset> {
-        Family::ALL.iter().map(|f| self.ruleset(*f)).collect()
+        Family::ALL
+            .iter()
+            .filter(|f| self.families.has(**f))
+            .map(|f| self.ruleset(*f))
+            .collect()
     }
 
-    fn captures_inbound(&self) -> bool {
+    /// The proxy's uid and gid when it has exactly one of each: the eBPF fast path exempts a
+    /// single pair, so a pod with id lists keeps to the rules.
+    pub fn single_proxy_ids(&self) -> Option<(u32, u32)> {
+        match (self.proxy_uids.as_slice(), self.proxy_gids.as_slice()) {
+            ([uid], [gid]) => Some((*uid, *gid)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn captures_inbound(&self) -> bool {
         !self.include_inbound_ports.is_empty()
     }
 
     /// Istio skips the "app talking to itself over lo" bypass when loopback is explicitly
     /// included outbound (in either family).
-    fn includes_loopback(&self) -> bool {
+    pub(crate) fn includes_loopback(&self) -> bool {
         match &self.include_outbound_ranges {
             Selector::All => false,
             Selector::Only(nets) => nets.iter().any(|n| n.addr().is_loopback()),
         }
     }
 
-    /// Lay the model out as rules for one family.
-    pub fn ruleset(&self, family: Family) -> Ruleset {
-        let mut tables = Vec::new();
-        if self.dns_capture {
-            tables.push(self.raw_table());
-        }
-        if self.interception == InterceptionMode::Tproxy {
-            tables.push(self.mangle_table(family));
-        }
-        tables.push(self.nat_table(family));
-        let policy_route = (self.interception == InterceptionMode::Tproxy
-            && self.captures_inbound())
-        .then_some(PolicyRoute {
-            family,
-            mark: TPROXY_MARK,
-            table: TPROXY_ROUTE_TABLE,
-        });
-        Ruleset {
-            family,
-            tables,
-            policy_route,
+    /// The "explicitly local" destination range of `family`.
+    pub(crate) fn loopback(&self, family: Family) -> IpNet {
+        match family {
+            Family::V4 => self.ipv4_loopback,
+            Family::V6 => Family::V6.loopback(),
         }
     }
 
-    fn nat_table(&self, family: Family) -> TableRules {
-        let loopback = family.loopback();
-        let mut chains = Vec::new();
+    /// With DNS capture, the resolvers of `family` whose queries are captured: `None` for all.
+    pub(crate) fn dns_servers_of(&self, family: Family) -> Option<Vec<IpNet>> {
+        self.dns_servers.as_ref().map(|servers| {
+            servers
+                .iter()
+                .map(|a| IpNet::from(*a))
+                .filter(|n| family.contains(n))
+                .collect()
+        })
+    }
 
-        // Entry from PREROUTING: virtual interfaces are treated as outbound, excluded
-        // interfaces bypass capture, then inbound capture (REDIRECT mode only).
-        let mut prerouting = Vec::new();
-        for vif in &self.reroute_virtual_interfaces {
-            match &self.include_outbound_ranges {
-                Selector::All => prerouting.push(Rule::new(
-                    vec![Match::InInterface { name: vif.clone() }],
-                    jump(REDIRECT),
-                )),
-                Selector::Only(nets) => {
-                    for net in nets.iter().filter(|n| family.contains(n)) {
-                        prerouting.push(Rule::new(
-                            vec![
-                                Match::Destination {
-                                    net: *net,
-                                    negate: false,
-                                },
-                                Match::InInterface { name: vif.clone() },
-                            ],
-                            jump(REDIRECT),
-                        ));
-                    }
-                }
-            }
-        }
-        prerouting.extend(interface_returns(&self.reroute_virtual_interfaces, true));
-        prerouting.extend(interface_returns(&self.exclude_interfaces, true));
-        let redirect_inbound =
-            self.interception == InterceptionMode::Redirect && self.captures_inbound();
-        if redirect_inbound {
-            prerouting.push(Rule::new(vec![tcp()], jump(INBOUND)));
-        }
-        if !prerouting.is_empty() {
-            chains.push(entry(PREROUTING, Hook::Prerouting, prerouting));
-        }
+    /// Whether DNS is captured at all: Istio turns it off when only listed resolvers are to be
+    /// captured and there are none.
+    pub(crate) fn captures_dns(&self) -> bool {
+        self.dns_capture && self.dns_servers.as_ref().is_none_or(|s| !s.is_empty())
+    }
 
-        if redirect_inbound {
-            let mut inbound = vec![Rule::new(vec![tcp(), dport(TUNNEL_PORT)], Target::Return)];
-            match &self.include_inbound_ports {
-                Selector::All => {
-                    for port in &self.exclude_inbound_ports {
-                        inbound.push(Rule::new(vec![tcp(), dport(*port)], Target::Return));
-                    }
-                    inbound.push(Rule::new(vec![tcp()], jump(IN_REDIRECT)));
-                }
-                Selector::Only(ports) => {
-                    for port in ports {
-                        inbound.push(Rule::new(vec![tcp(), dport(*port)], jump(IN_REDIRECT)));
-                    }
-                }
-            }
-            chains.push(own(INBOUND, inbound));
-        }
-
-        // Entry from OUTPUT.
-        let mut output = Vec::new();
-        output.extend(interface_returns(&self.exclude_interfaces, false));
-        output.push(Rule::new(vec![], jump(OUTBOUND)));
-        chains.push(entry(OUTPUT, Hook::Output, output));
-
-        let mut outbound = Vec::new();
-        for port in &self.exclude_outbound_ports {
-            for proto in [Proto::Tcp, Proto::Udp] {
-                outbound.push(Rule::new(
-                    vec![Match::Protocol(proto), dport(*port)],
-                    Target::Return,
-                ));
-            }
-        }
-        outbound.push(Rule::new(
-            vec![
-                Match::Source {
-                    net: family.inbound_passthrough_source(),
-                    negate: false,
-                },
-                Match::OutInterface { name: LO.into() },
-            ],
-            Target::Return,
-        ));
-        let not_to_loopback = || Match::Destination {
-            net: loopback,
-            negate: true,
+    /// Check the fields a front end sets directly (everything `from_annotations` does not
+    /// already validate). The error names the model field; front ends that read a value from
+    /// an annotation or environment variable use the parsers in [`crate::annotations`], whose
+    /// errors name that source.
+    pub fn validate(&self) -> Result<(), AnnotationError> {
+        let field = |name: &str, value: String, reason: &str| {
+            Err(AnnotationError::new(name, &value, reason).of_kind(ann::InputKind::ModelField))
         };
-        let lo_out = || Match::OutInterface { name: LO.into() };
-        // The proxy dialling the pod's own address over lo is treated as inbound; apps talking
-        // to themselves over lo, and everything else the proxy sends, bypass capture.
-        let owners = [
-            (
-                Match::UidOwner {
-                    uid: self.proxy_uid,
-                    negate: false,
-                },
-                Match::UidOwner {
-                    uid: self.proxy_uid,
-                    negate: true,
-                },
-                true,
-            ),
-            (
-                Match::GidOwner {
-                    gid: self.proxy_gid,
-                    negate: false,
-                },
-                Match::GidOwner {
-                    gid: self.proxy_gid,
-                    negate: true,
-                },
-                false,
-            ),
-        ];
-        for (is_proxy, is_not_proxy, is_uid) in owners {
-            // Istio skips port 53 here only in the uid rule; the gid rule keeps 15008 alone.
-            let skipped_ports = if self.dns_capture && is_uid {
-                vec![DNS_PORT, TUNNEL_PORT]
-            } else {
-                vec![TUNNEL_PORT]
-            };
-            outbound.push(Rule::new(
-                vec![
-                    not_to_loopback(),
-                    lo_out(),
-                    tcp(),
-                    Match::DestPort {
-                        ports: skipped_ports,
-                        negate: true,
-                    },
-                    is_proxy.clone(),
-                ],
-                jump(IN_REDIRECT),
-            ));
-            if !self.includes_loopback() {
-                if self.dns_capture {
-                    // Keep TCP DNS to a resolver on lo capturable.
-                    outbound.push(Rule::new(
-                        vec![
-                            lo_out(),
-                            tcp(),
-                            Match::DestPort {
-                                ports: vec![DNS_PORT],
-                                negate: true,
-                            },
-                            is_not_proxy,
-                        ],
-                        Target::Return,
-                    ));
-                } else {
-                    outbound.push(Rule::new(vec![lo_out(), is_not_proxy], Target::Return));
-                }
-            }
-            outbound.push(Rule::new(vec![is_proxy], Target::Return));
-        }
-        if self.dns_capture {
-            outbound.push(Rule::new(vec![], jump(DNS)));
-        }
-        outbound.push(Rule::new(
-            vec![Match::Destination {
-                net: loopback,
-                negate: false,
-            }],
-            Target::Return,
-        ));
-        for net in self
-            .exclude_outbound_ranges
-            .iter()
-            .filter(|n| family.contains(n))
-        {
-            outbound.push(Rule::new(
-                vec![Match::Destination {
-                    net: *net,
-                    negate: false,
-                }],
-                Target::Return,
-            ));
-        }
-        for port in &self.include_outbound_ports {
-            outbound.push(Rule::new(vec![tcp(), dport(*port)], jump(REDIRECT)));
-        }
-        match &self.include_outbound_ranges {
-            Selector::All => outbound.push(Rule::new(vec![], jump(REDIRECT))),
-            Selector::Only(nets) => {
-                for net in nets.iter().filter(|n| family.contains(n)) {
-                    outbound.push(Rule::new(
-                        vec![Match::Destination {
-                            net: *net,
-                            negate: false,
-                        }],
-                        jump(REDIRECT),
-                    ));
-                }
-            }
-        }
-        chains.push(own(OUTBOUND, outbound));
-
-        if self.dns_capture {
-            chains.push(own(
-                DNS,
-                [Proto::Tcp, Proto::Udp]
-                    .into_iter()
-                    .map(|proto| {
-                        Rule::new(
-                            vec![Match::Protocol(proto), dport(DNS_PORT)],
-                            Target::Redirect {
-                                port: DNS_CAPTURE_PORT,
-                            },
-                        )
-                    })
-                    .collect(),
-            ));
-        }
-        chains.push(own(
-            REDIRECT,
-            vec![Rule::new(
-                vec![tcp()],
-                Target::Redirect {
-                    port: OUTBOUND_CAPTURE_PORT,
-                },
-            )],
-        ));
-        chains.push(own(
-            IN_REDIRECT,
-            vec![Rule::new(
-                vec![tcp()],
-                Target::Redirect {
-                    port: INBOUND_CAPTURE_PORT,
-                },
-            )],
-        ));
-        TableRules {
-            table: Table::Nat,
-            chains,
-        }
-    }
-
-    /// TPROXY inbound: divert new connections to the transparent listener, keep established
-    /// ones on the local route, and carry the mark across the connection.
-    fn mangle_table(&self, family: Family) -> TableRules {
-        let loopback = family.loopback();
-        let mut chains = Vec::new();
-
-        let mut prerouting = Vec::new();
-        prerouting.extend(interface_returns(&self.exclude_interfaces, true));
-        if self.captures_inbound() {
-            prerouting.push(Rule::new(vec![tcp()], jump(INBOUND)));
-        }
-        prerouting.push(Rule::new(
-            vec![
-                tcp(),
-                Match::Mark {
-                    value: TPROXY_MARK,
-                    negate: false,
-                },
-            ],
-            Target::SaveMark,
-        ));
-        chains.push(entry(PREROUTING, Hook::Prerouting, prerouting));
-
-        let mut output = Vec::new();
-        output.extend(interface_returns(&self.exclude_interfaces, false));
-        output.push(Rule::new(
-            vec![
-                Match::OutInterface { name: LO.into() },
-                tcp(),
-                Match::Mark {
-                    value: TPROXY_MARK,
-                    negate: false,
-                },
-            ],
-            Target::Return,
-        ));
-        for owner in [
-            Match::UidOwner {
-                uid: self.proxy_uid,
-                negate: false,
-            },
-            Match::GidOwner {
-                gid: self.proxy_gid,
-                negate: false,
-            },
+        for (name, ids) in [
+            ("proxy_uids", &self.proxy_uids),
+            ("proxy_gids", &self.proxy_gids),
         ] {
-            output.push(Rule::new(
-                vec![
-                    Match::Destination {
-                        net: loopback,
-                        negate: true,
-                    },
-                    Match::OutInterface { name: LO.into() },
-                    tcp(),
-                    owner,
-                ],
-                Target::SetMark(PROXY_LOOPBACK_MARK),
-            ));
-        }
-        output.push(Rule::new(
-            vec![tcp(), Match::ConnMark { value: TPROXY_MARK }],
-            Target::RestoreMark,
-        ));
-        chains.push(entry(OUTPUT, Hook::Output, output));
-
-        if self.captures_inbound() {
-            chains.push(own(
-                DIVERT,
-                vec![
-                    Rule::new(vec![], Target::SetMark(TPROXY_MARK)),
-                    Rule::new(vec![], Target::Accept),
-                ],
-            ));
-            let mut inbound = vec![
-                // Already diverted: don't loop.
-                Rule::new(
-                    vec![
-                        tcp(),
-                        Match::Mark {
-                            value: TPROXY_MARK,
-                            negate: false,
-                        },
-                    ],
-                    Target::Return,
-                ),
-                // The proxy's inbound passthrough to the app.
-                Rule::new(
-                    vec![
-                        Match::Source {
-                            net: family.inbound_passthrough_source(),
-                            negate: false,
-                        },
-                        Match::InInterface { name: LO.into() },
-                        tcp(),
-                    ],
-                    Target::Return,
-                ),
-                // An app talking to its own pod address over lo (only the proxy's own such
-                // connections carry the loopback mark and are captured).
-                Rule::new(
-                    vec![
-                        Match::InInterface { name: LO.into() },
-                        tcp(),
-                        Match::Mark {
-                            value: PROXY_LOOPBACK_MARK,
-                            negate: true,
-                        },
-                    ],
-                    Target::Return,
-                ),
-                // No tunnel-port RETURN here: Istio puts it only in the nat inbound chain, so
-                // in TPROXY mode inbound 15008 is captured like any other port
-                // (istio/istio cni/pkg/plugin/testdata/tproxy.txt.golden).
-            ];
-            match &self.include_inbound_ports {
-                Selector::All => {
-                    for port in &self.exclude_inbound_ports {
-                        inbound.push(Rule::new(vec![tcp(), dport(*port)], Target::Return));
-                    }
-                    inbound.push(Rule::new(
-                        vec![tcp(), Match::CtStateRelatedEstablished],
-                        jump(DIVERT),
-                    ));
-                    inbound.push(Rule::new(vec![tcp()], jump(TPROXY)));
-                }
-                Selector::Only(ports) => {
-                    for port in ports {
-                        inbound.push(Rule::new(
-                            vec![tcp(), dport(*port), Match::CtStateRelatedEstablished],
-                            jump(DIVERT),
-                        ));
-                        inbound.push(Rule::new(vec![tcp(), dport(*port)], jump(TPROXY)));
-                    }
-                }
+            let shown = format!("{ids:?}");
+            if ids.is_empty() || ids.len() > MAX_PROXY_IDS {
+                return field(name, shown, "must list 1 to 16 ids");
             }
-            chains.push(own(INBOUND, inbound));
-            chains.push(own(
-                TPROXY,
-                vec![Rule::new(
-                    vec![
-                        Match::Destination {
-                            net: loopback,
-                            negate: true,
-                        },
-                        tcp(),
-                    ],
-                    Target::Tproxy {
-                        port: INBOUND_CAPTURE_PORT,
-                        mark: TPROXY_MARK,
-                    },
-                )],
-            ));
+            if ids.contains(&u32::MAX) {
+                return field(name, shown, "4294967295 is the kernel's \"no id\"");
+            }
         }
-        TableRules {
-            table: Table::Mangle,
-            chains,
+        if let OwnerGroups::Only(groups) = &self.outbound_owner_groups {
+            if groups.len() > MAX_OWNER_GROUPS_INCLUDE {
+                return field(
+                    "outbound_owner_groups",
+                    format!("{groups:?}"),
+                    "at most 64 groups may be included",
+                );
+            }
         }
-    }
-
-    /// DNS capture: separate conntrack zones for the proxy's upstream queries and the app's
-    /// queries to the proxy, so their UDP flows never collide.
-    fn raw_table(&self) -> TableRules {
-        let udp = || Match::Protocol(Proto::Udp);
-        let mut dns = Vec::new();
-        for owner in [
-            Match::UidOwner {
-                uid: self.proxy_uid,
-                negate: false,
-            },
-            Match::GidOwner {
-                gid: self.proxy_gid,
-                negate: false,
-            },
-        ] {
-            dns.push(Rule::new(
-                vec![udp(), dport(DNS_PORT), owner.clone()],
-                Target::CtZone(DNS_ZONE_UPSTREAM),
-            ));
-            dns.push(Rule::new(
-                vec![
-                    udp(),
-                    Match::SourcePort {
-                        port: DNS_CAPTURE_PORT,
-                    },
-                    owner,
-                ],
-                Target::CtZone(DNS_ZONE_CLIENT),
-            ));
+        if let Err(reason) = ann::check_ipv4_loopback(&self.ipv4_loopback) {
+            return field("ipv4_loopback", self.ipv4_loopback.to_string(), &reason);
         }
-        dns.push(Rule::new(
-            vec![udp(), dport(DNS_PORT)],
-            Target::CtZone(DNS_ZONE_CLIENT),
-        ));
-        TableRules {
-            table: Table::Raw,
-            chains: vec![
-                entry(
-                    PREROUTING,
-                    Hook::Prerouting,
-                    vec![Rule::new(vec![], jump(INBOUND))],
-                ),
-                entry(OUTPUT, Hook::Output, vec![Rule::new(vec![], jump(DNS))]),
-                own(
-                    INBOUND,
-                    vec![Rule::new(
-                        vec![udp(), Match::SourcePort { port: DNS_PORT }],
-                        Target::CtZone(DNS_ZONE_UPSTREAM),
-                    )],
-                ),
-                own(DNS, dns),
-            ],
+        let p = &self.ports;
+        if [p.outbound, p.inbound, p.dns, p.tunnel.unwrap_or(1)].contains(&0) {
+            return field("ports", format!("{p:?}"), "port 0 cannot be listened on");
         }
+        if !self.families.v4 && !self.families.v6 {
+            return field(
+                "families",
+                format!("{:?}", self.families),
+                "no address family",
+            );
+        }
+        if let Some(servers) = &self.dns_servers {
+            if servers.len() > ann::MAX_LIST_LEN {
+                return field("dns_servers", format!("{servers:?}"), "too many resolvers");
+            }
+        }
+        Ok(())
     }
 }
-
-const LO: &str = "lo";
 
 // meshcap's chain names (Istio's equivalents in comments).
 /// Entry chain jumped to from the built-in PREROUTING.
@@ -685,54 +389,13 @@ pub const DNS: &str = "MESHCAP_DNS";
 pub const DIVERT: &str = "MESHCAP_DIVERT";
 /// ISTIO_TPROXY.
 pub const TPROXY: &str = "MESHCAP_TPROXY";
-
-fn tcp() -> Match {
-    Match::Protocol(Proto::Tcp)
-}
-
-fn dport(port: u16) -> Match {
-    Match::DestPort {
-        ports: vec![port],
-        negate: false,
-    }
-}
-
-/// `-i IFACE -j RETURN` (inbound) or `-o IFACE -j RETURN` (outbound) for each interface.
-fn interface_returns(ifaces: &[String], inbound: bool) -> impl Iterator<Item = Rule> + '_ {
-    ifaces.iter().map(move |name| {
-        let name = name.clone();
-        let m = if inbound {
-            Match::InInterface { name }
-        } else {
-            Match::OutInterface { name }
-        };
-        Rule::new(vec![m], Target::Return)
-    })
-}
-
-fn jump(chain: &str) -> Target {
-    Target::Jump(chain.to_owned())
-}
-
-fn entry(name: &str, hook: Hook, rules: Vec<Rule>) -> Chain {
-    Chain {
-        name: name.to_owned(),
-        hook: Some(hook),
-        rules,
-    }
-}
-
-fn own(name: &str, rules: Vec<Rule>) -> Chain {
-    Chain {
-        name: name.to_owned(),
-        hook: None,
-        rules,
-    }
-}
+/// ISTIO_DROP.
+pub const DROP: &str = "MESHCAP_DROP";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::{PolicyRoute, Table, Target};
 
     fn ann(pairs: &[(&str, &str)]) -> Annotations {
         pairs

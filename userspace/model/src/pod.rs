@@ -256,10 +256,10 @@ impl PodView {
     /// pods, and exempting uid 0 would let every root process of the app bypass capture.
     pub fn apply_proxy_ids(&self, model: &mut RedirectModel) {
         if let Some(uid) = self.proxy_uid.filter(|uid| *uid != 0) {
-            model.proxy_uid = uid;
+            model.proxy_uids = vec![uid];
         }
         if let Some(gid) = self.proxy_gid.filter(|gid| *gid != 0) {
-            model.proxy_gid = gid;
+            model.proxy_gids = vec![gid];
         }
     }
 }
@@ -367,15 +367,15 @@ mod tests {
         v["spec"]["containers"][1]["securityContext"] =
             json!({"runAsUser": 2000, "runAsGroup": 3000});
         let m = view(&v).model().unwrap();
-        assert_eq!((m.proxy_uid, m.proxy_gid), (2000, 3000));
+        assert_eq!((m.proxy_uids[0], m.proxy_gids[0]), (2000, 3000));
         // Only the uid stated: the gid stays Istio's default.
         v["spec"]["containers"][1]["securityContext"] = json!({"runAsUser": 2000});
         let m = view(&v).model().unwrap();
-        assert_eq!((m.proxy_uid, m.proxy_gid), (2000, 1337));
+        assert_eq!((m.proxy_uids[0], m.proxy_gids[0]), (2000, 1337));
         // The pod-level securityContext is not the proxy's (istio-cni reads the container's).
         v["spec"]["containers"][1]["securityContext"] = Value::Null;
         v["spec"]["securityContext"] = json!({"runAsUser": 5});
-        assert_eq!(view(&v).model().unwrap().proxy_uid, 1337);
+        assert_eq!(view(&v).model().unwrap().proxy_uids[0], 1337);
     }
 
     #[test]
@@ -384,10 +384,10 @@ mod tests {
         let mut v = injected();
         v["spec"]["containers"][1]["securityContext"] = json!({"runAsUser": 0, "runAsGroup": 1337});
         let m = view(&v).model().unwrap();
-        assert_eq!((m.proxy_uid, m.proxy_gid), (1337, 1337));
+        assert_eq!((m.proxy_uids[0], m.proxy_gids[0]), (1337, 1337));
         v["spec"]["containers"][1]["securityContext"] = json!({"runAsUser": 0, "runAsGroup": 0});
         let m = view(&v).model().unwrap();
-        assert_eq!((m.proxy_uid, m.proxy_gid), (1337, 1337));
+        assert_eq!((m.proxy_uids[0], m.proxy_gids[0]), (1337, 1337));
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub enum Match {
     ConnMark { value: u32 },
     /// `-m conntrack --ctstate RELATED,ESTABLISHED` / `ct state established,related`.
     CtStateRelatedEstablished,
+    /// `-m conntrack --ctstate INVALID` / `ct state invalid`.
+    CtStateInvalid,
 }
 
 /// What a matching rule does.
@@ -176,16 +178,44 @@ pub enum Target {
 }
 
 /// One rule: all `matches` hold, then `target` applies.
+///
+/// `purpose` says why the rule exists (which mesh behaviour or setting it implements), in a
+/// few words; the backends store it with the rule (`-m comment`, the nft rule comment) so a
+/// node answers "why is this rule here". It is ASCII without quotes or backslashes and at
+/// most [`PURPOSE_MAX_LEN`] bytes, so every backend stores it verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub matches: Vec<Match>,
     pub target: Target,
+    pub purpose: &'static str,
 }
 
+/// Longest [`Rule::purpose`]: well inside nft's 128-byte comment limit and iptables' 255.
+pub const PURPOSE_MAX_LEN: usize = 96;
+
 impl Rule {
+    /// A rule without a stated purpose (tests and ad-hoc rules; the model always states one).
     pub fn new(matches: Vec<Match>, target: Target) -> Self {
-        Rule { matches, target }
+        Rule {
+            matches,
+            target,
+            purpose: "",
+        }
     }
+
+    /// The same rule, saying why it exists.
+    pub fn because(mut self, purpose: &'static str) -> Self {
+        self.purpose = purpose;
+        self
+    }
+}
+
+/// Whether `purpose` can be stored verbatim by every backend (see [`Rule::purpose`]).
+pub fn is_valid_purpose(purpose: &str) -> bool {
+    purpose.len() <= PURPOSE_MAX_LEN
+        && purpose
+            .bytes()
+            .all(|b| (b.is_ascii_graphic() || b == b' ') && !matches!(b, b'"' | b'\\' | b'\''))
 }
 
 /// A chain meshcap owns; every name starts with `MESHCAP_`.

@@ -230,6 +230,11 @@ fn encode_matches(list: &mut Attrs, matches: &[Match], family: Family) -> Result
                 bitwise(list, &CT_STATE_ESTABLISHED_RELATED.to_ne_bytes());
                 cmp(list, true, &0u32.to_ne_bytes());
             }
+            Match::CtStateInvalid => {
+                ct_load(list, NFT_CT_STATE);
+                bitwise(list, &CT_STATE_INVALID.to_ne_bytes());
+                cmp(list, true, &0u32.to_ne_bytes());
+            }
         }
     }
     Ok(())

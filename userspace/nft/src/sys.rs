@@ -157,6 +157,8 @@ pub const NFT_CT_MARK: u32 = 3;
 /// u16, host order.
 pub const NFT_CT_ZONE: u32 = 17;
 pub const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
+/// NF_CT_STATE_INVALID_BIT.
+pub const CT_STATE_INVALID: u32 = 0x1;
 
 // enum nft_redir_attributes
 pub const NFTA_REDIR_REG_PROTO_MIN: u16 = 1;

@@ -243,6 +243,7 @@ fn fixture(family: Family) -> Ruleset {
                 "MESHCAP_PREROUTING",
                 Some(Hook::Prerouting),
                 vec![
+                    rule(vec![Match::CtStateInvalid], Target::Drop),
                     rule(
                         vec![
                             tcp(),
@@ -465,6 +466,7 @@ fn fixture_covers_every_variant() {
                     Match::Mark { negate: true, .. } => "Mark!",
                     Match::ConnMark { .. } => "ConnMark",
                     Match::CtStateRelatedEstablished => "CtState",
+                    Match::CtStateInvalid => "CtStateInvalid",
                 });
             }
             seen.insert(match r.target {
@@ -481,7 +483,7 @@ fn fixture_covers_every_variant() {
             });
         }
     }
-    assert_eq!(seen.len(), 18 + 10, "{seen:?}");
+    assert_eq!(seen.len(), 19 + 10, "{seen:?}");
 }
 
 // The netlink batch installs what `nft -f` of the rendered script installs, rule for rule and

@@ -258,7 +258,30 @@ fn bang(negate: bool) -> &'static str {
     }
 }
 
-/// One rule as `iptables-save` prints it: `-A CHAIN [-s][-d][-i][-o][-p] [-m ...] -j TARGET`.
+/// A string argument as `iptables-save` prints it (`xtables_save_string` in libxtables): bare
+/// when it is only letters, digits, `_` and `-`, otherwise in double quotes with `"`, `\` and
+/// `'` escaped by a backslash.
+fn push_saved_string(line: &mut String, value: &str) {
+    let bare = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        line.push_str(value);
+        return;
+    }
+    line.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\' | '\'') {
+            line.push('\\');
+        }
+        line.push(c);
+    }
+    line.push('"');
+}
+
+/// One rule as `iptables-save` prints it: `-A CHAIN [-s][-d][-i][-o][-p] [-m ...]
+/// [-m comment --comment PURPOSE] -j TARGET`.
 pub fn rule_line(chain: &str, rule: &Rule, family: Family) -> String {
     let mut line = format!("-A {chain}");
     // iptables-save prints the "ipt_entry" fields first, in this order, whatever order they
@@ -325,12 +348,18 @@ pub fn rule_line(chain: &str, rule: &Rule, family: Family) -> String {
             Match::CtStateRelatedEstablished => {
                 line.push_str(" -m conntrack --ctstate RELATED,ESTABLISHED");
             }
+            Match::CtStateInvalid => line.push_str(" -m conntrack --ctstate INVALID"),
             Match::Protocol(_)
             | Match::Source { .. }
             | Match::Destination { .. }
             | Match::InInterface { .. }
             | Match::OutInterface { .. } => {}
         }
+    }
+    if !rule.purpose.is_empty() {
+        // Last of the matches, where iptables-save prints it when it was given last.
+        line.push_str(" -m comment --comment ");
+        push_saved_string(&mut line, rule.purpose);
     }
     line.push_str(" -j ");
     match &rule.target {

@@ -241,6 +241,7 @@ fn matches_text(matches: &[Match]) -> String {
             Match::Mark { value, negate } => format!("meta mark {}{value:#x}", neq(*negate)),
             Match::ConnMark { value } => format!("ct mark {value:#x}"),
             Match::CtStateRelatedEstablished => "ct state established,related".to_string(),
+            Match::CtStateInvalid => "ct state invalid".to_string(),
         };
         push_word(&mut text, &word);
     }
