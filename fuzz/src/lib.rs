@@ -370,9 +370,12 @@ pub fn check_ruleset(rs: &Ruleset) {
 }
 
 /// Every line of `iptables-restore` input meshcap writes is one of its own statements: no
-/// value can start a new line, a quoted string or a comment.
+/// value can start a new line, a quoted string or a comment. The only quoted string is the
+/// rule's purpose (`-m comment --comment "..."`, a constant of the model without quotes or
+/// backslashes), right before `-j`.
 pub fn check_iptables(text: &str) {
-    for line in text.lines() {
+    for full_line in text.lines() {
+        let line = &strip_purpose(full_line);
         assert!(
             ["-A ", "-D ", "-X ", ":", "*", "COMMIT", "#"]
                 .iter()
@@ -413,6 +416,24 @@ pub fn check_iptables(text: &str) {
             i += 1;
         }
     }
+}
+
+/// `line` without its `-m comment --comment "PURPOSE"` (checked to be a valid purpose).
+fn strip_purpose(line: &str) -> String {
+    const OPEN: &str = " -m comment --comment \"";
+    let Some(start) = line.find(OPEN) else {
+        return line.to_owned();
+    };
+    let rest = &line[start + OPEN.len()..];
+    let end = rest
+        .find("\" -j ")
+        .unwrap_or_else(|| panic!("comment not closed before -j in {line:?}"));
+    assert!(
+        meshcap_model::rules::is_valid_purpose(&rest[..end]),
+        "purpose {:?} in {line:?}",
+        &rest[..end]
+    );
+    format!("{}{}", &line[..start], &rest[end + 1..])
 }
 
 /// The nft script: quotes balance on every line, and outside quotes only the characters of
