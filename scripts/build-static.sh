@@ -8,7 +8,7 @@
 # - glibc, even static, probes the CPU with dozens of `cpuid` instructions at startup, each a
 #   hypervisor exit in a VM; musl does not;
 # - musl's allocator would return memory with munmap as soon as it can, which is why the
-#   plugin brings its own bump allocator (cni-plugin/src/arena.rs).
+#   plugin brings its own bump allocator (crates/meshcap-cni/src/arena.rs).
 # musl resolves host names from /etc/hosts and DNS itself (no NSS), so a kubeconfig naming
 # the API server by host name still works.
 #

@@ -16,7 +16,7 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     . "$HOME/.cargo/env"
 fi
 
-# userspace/fastpath/build.rs builds the real eBPF object (instead of an empty stub) when set.
+# crates/meshcap-fastpath/build.rs builds the real eBPF object (instead of an empty stub) when set.
 export MESHCAP_BUILD_EBPF=1
 export CI=${CI:-}
 # Two cores: keep the build from starving the tests' own processes of memory and CPU.

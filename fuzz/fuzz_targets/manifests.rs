@@ -3,7 +3,7 @@
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../userspace/meshcap/src/manifests.rs"]
+#[path = "../../crates/meshcap/src/manifests.rs"]
 mod manifests;
 
 use libfuzzer_sys::fuzz_target;

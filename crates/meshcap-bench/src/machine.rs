@@ -111,7 +111,7 @@ pub fn probe(plugin: &Path, state_dir: &Path, loadavg_start: String) -> Machine 
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_owned())
         .unwrap_or_default();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     Machine {
         kernel: first_line(
             &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),

@@ -790,7 +790,7 @@ fn privileged_kube_inject_pod_via_api_matches_render_f() {
     use meshcap_model::render::{iptables, nftables};
 
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../userspace/meshcap/tests/fixtures/kube-inject-deployment.yaml");
+        .join("../meshcap/tests/fixtures/kube-inject-deployment.yaml");
     let text = fs::read_to_string(&fixture).unwrap();
     let deployment: Value = serde_yaml::from_str(text.split("\n---\n").next().unwrap()).unwrap();
     let template = &deployment["spec"]["template"];
@@ -1024,8 +1024,8 @@ fn tls_api_server_with_the_deploy_scripts_kubeconfig() {
     fs::create_dir_all(&sa).unwrap();
     fs::write(sa.join("token"), format!("{TOKEN}\n")).unwrap();
     fs::copy(s.0.join("ca.crt"), sa.join("ca.crt")).unwrap();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/meshcap-node.sh");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/scripts/meshcap-node.sh");
     let host = s.0.join("host");
     let out = Command::new("sh")
         .arg(&script)

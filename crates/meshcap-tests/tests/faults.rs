@@ -32,7 +32,7 @@
 //! gives the pod its interface and addresses (the prevResult), then `meshcap-cni` alone runs with
 //! the injected environment (a `PATH` whose first entry holds failing wrappers, a private mount
 //! namespace, a kubeconfig for a silent server). The plugin searches `PATH` before
-//! `/usr/sbin:/sbin:/usr/bin:/bin` (userspace/dataplane/src/exec.rs), so a wrapper in `PATH`
+//! `/usr/sbin:/sbin:/usr/bin:/bin` (crates/meshcap-dataplane/src/exec.rs), so a wrapper in `PATH`
 //! wins over the real program, and hiding a program needs the mount namespace.
 //!
 //! "As it was" compares `iptables-save`/`ip6tables-save` (nft and legacy), `nft list ruleset`,
@@ -63,7 +63,7 @@ use meshcap_tests::node::{Node, Pod};
 use meshcap_tests::state::{sorted_nft_blocks, NetfilterState};
 use serde_json::{json, Value};
 
-/// cni-plugin/src/state.rs `OUTCOMES_FILE`.
+/// crates/meshcap-cni/src/state.rs `OUTCOMES_FILE`.
 const OUTCOMES_FILE: &str = ".outcomes";
 
 /// Return early (skipping by name) when the test cannot run; panics under `CI=true`.
@@ -249,7 +249,7 @@ impl Fixture {
     }
 
     /// Attachment records and temp files in the state dir. The outcome log (`.outcomes`, one
-    /// line per invocation, rotated by the agent: cni-plugin/src/state.rs) is documented to stay.
+    /// line per invocation, rotated by the agent: crates/meshcap-cni/src/state.rs) is documented to stay.
     fn records(&self) -> Vec<PathBuf> {
         files_below(&self.node.env.state_dir)
             .into_iter()

@@ -64,7 +64,7 @@ use meshcap_tests::standin::{read_records, ClientReport, Record, PROXY_ID, SIDEC
 use meshcap_tests::state::{NetfilterState, COMMANDS};
 
 /// Where `meshcap-cni` keeps attachment records when `MESHCAP_STATE_DIR` is unset (SPEC:
-/// host-side state; `cni-plugin/src/env.rs`).
+/// host-side state; `crates/meshcap-cni/src/env.rs`).
 const DEFAULT_STATE_DIR: &str = "/var/run/meshcap/attachments";
 /// libcni's result cache as podman's CNI backend writes it (libcni's default cache dir).
 const CNI_CACHE_DIR: &str = "/var/lib/cni";
@@ -367,7 +367,7 @@ impl World {
                 .join(", ")
         };
         let conf = format!(
-            "# Written by tests/tests/podman.rs for {name}; podman reads only this file.\n\
+            "# Written by crates/meshcap-tests/tests/podman.rs for {name}; podman reads only this file.\n\
              [network]\n\
              network_backend = \"cni\"\n\
              cni_plugin_dirs = [{plugin_dirs}]\n\

@@ -51,7 +51,7 @@ const DEFAULT_PODS: usize = 64;
 const RSS_TOLERANCE_KB: u64 = 4096;
 /// Where the plugin keeps its per-namespace locks (meshcap-dataplane `DEFAULT_RUN_DIR`).
 const LOCK_DIR: &str = "/run/meshcap/locks";
-/// cni-plugin/src/state.rs `OUTCOMES_FILE`.
+/// crates/meshcap-cni/src/state.rs `OUTCOMES_FILE`.
 const OUTCOMES_FILE: &str = ".outcomes";
 
 fn env_usize(name: &str, default: usize) -> usize {

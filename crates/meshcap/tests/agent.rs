@@ -3,7 +3,7 @@
 //! a real namespace so that capture works again, adoption installs the capture of pods that
 //! a runtime set up before meshcap was chained (found in a libcni results cache written here
 //! the way libcni 1.2 writes it), and the metrics endpoint counts all of it plus the plugin's
-//! ADDs. The podman test in `tests/tests/podman.rs` adopts a container of a real runtime.
+//! ADDs. The podman test in `crates/meshcap-tests/tests/podman.rs` adopts a container of a real runtime.
 //!
 //! The config-watch test needs no privileges. The repair and adoption tests need root, `ip`, the rule
 //! backends and the `meshcap-cni` binary (built by `cargo test -p meshcap-cni -p meshcap`, or
