@@ -16,7 +16,7 @@
 //!
 //! Nothing else is ever written to stdout: logs go to stderr and the log file. Each invocation
 //! with a valid environment appends its command and code to the state directory's outcome
-//! log ([`crate::state::count_outcome`]), which `meshcap agent` serves as metrics.
+//! log ([`meshcap_records::count_outcome`]), which `meshcap agent` serves as metrics.
 
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -29,8 +29,8 @@ use crate::config::{self, Config, ConfigError};
 use crate::env::{Command, Env, EnvError};
 use crate::logging;
 use crate::result::{self, ResultError};
-use crate::state::StateDir;
 use crate::version::CniVersion;
+use meshcap_records::StateDir;
 
 /// The most stdin the plugin reads; real configurations (with prevResult) are a few KiB.
 pub const MAX_STDIN: usize = 1 << 20;
@@ -215,7 +215,7 @@ fn execute(
         });
     // For `meshcap agent`'s metrics (ADDs, failures by code); best effort, see the function.
     let code = outcome.as_ref().err().map_or(0, |f| code(&f.error));
-    crate::state::count_outcome(&env.state_dir, env.command.as_str(), code);
+    meshcap_records::count_outcome(&env.state_dir, env.command.as_str(), code);
     outcome
 }
 
@@ -291,7 +291,7 @@ fn read_bounded(stdin: impl Read) -> Result<Vec<u8>, PluginErrorSlot> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests::TempDir;
+    use meshcap_testkit::ScratchDir as TempDir;
     use std::collections::HashMap;
 
     fn run_with(env: &[(&str, &str)], stdin: &str) -> (Outcome, Option<Value>) {
@@ -455,7 +455,7 @@ mod tests {
             ),
             (CommandError::MissingValidAttachments, 7),
             (
-                CommandError::State(crate::state::StateError::Io {
+                CommandError::State(meshcap_records::StateError::Io {
                     op: "write",
                     path: "/x".into(),
                     source: io(),
@@ -525,7 +525,7 @@ mod tests {
         );
         assert!(v["msg"].as_str().unwrap().contains("BOGUS"), "{v}");
         // Causes go to details, without repeating what msg already says.
-        let err = PluginError::from(CommandError::State(crate::state::StateError::Io {
+        let err = PluginError::from(CommandError::State(meshcap_records::StateError::Io {
             op: "write",
             path: "/x".into(),
             source: io(),

@@ -19,8 +19,8 @@ use crate::env::{Command, Env};
 use crate::fastpath;
 use crate::kube;
 use crate::result::{self, ResultError};
-use crate::state::{self, AttachmentKey, AttachmentRecord, StateDir, StateError};
 use crate::version::CniVersion;
+use meshcap_records::{self as state, AttachmentKey, AttachmentRecord, StateDir, StateError};
 
 /// Everything one command needs.
 #[derive(Debug, Clone, Copy)]

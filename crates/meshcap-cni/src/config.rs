@@ -11,10 +11,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use meshcap_dataplane::Backend;
 use meshcap_model::{Annotations, Selection};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::version::CniVersion;
@@ -51,30 +50,7 @@ impl ConfigError {
     }
 }
 
-/// `mode`: which rule backend installs the capture.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Iptables,
-    Nftables,
-}
-
-impl Mode {
-    pub fn backend(self) -> Backend {
-        match self {
-            Mode::Iptables => Backend::Iptables,
-            Mode::Nftables => Backend::Nftables,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Iptables => "iptables",
-            Mode::Nftables => "nftables",
-        }
-    }
-}
+pub use meshcap_records::Mode;
 
 /// `log_level`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -380,13 +356,9 @@ fn validate_skip_pattern(p: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// libcni's network-name rule (`utils.ValidateNetworkName`): `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-/// The name is a directory of the state dir, so this also keeps it a single path component.
+/// [`meshcap_records::names::is_valid_network_name`] as a config error naming `name`.
 pub fn validate_network_name(name: &str) -> Result<(), ConfigError> {
-    let mut chars = name.chars();
-    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
+    if meshcap_records::names::is_valid_network_name(name) {
         Ok(())
     } else {
         Err(ConfigError::invalid(
@@ -558,7 +530,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(c.mode, Mode::Nftables);
-        assert_eq!(c.mode.backend(), Backend::Nftables);
+        assert_eq!(c.mode.backend(), meshcap_dataplane::Backend::Nftables);
         assert_eq!(c.selection, Selection::All);
         assert_eq!(c.capabilities.get(POD_ANNOTATIONS_CAPABILITY), Some(&true));
         assert!(c.excludes_namespace("kube-system"));

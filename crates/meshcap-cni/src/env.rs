@@ -10,17 +10,10 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
-/// Where attachment records live unless `MESHCAP_STATE_DIR` says otherwise.
-pub const DEFAULT_STATE_DIR: &str = "/var/run/meshcap/attachments";
-
-/// Environment variable that overrides [`DEFAULT_STATE_DIR`] (tests, non-standard nodes).
-pub const STATE_DIR_VAR: &str = "MESHCAP_STATE_DIR";
+pub use meshcap_records::{DEFAULT_STATE_DIR, STATE_DIR_VAR};
 
 /// Upper bound for any one variable; real values are paths and ids far below this.
 const MAX_VALUE_LEN: usize = 4096;
-
-/// Linux `IFNAMSIZ` is 16 including the terminating NUL.
-const MAX_IFNAME_LEN: usize = 15;
 
 /// The CNI operation requested by `CNI_COMMAND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +82,16 @@ pub enum EnvError {
         value: String,
         reason: &'static str,
     },
+}
+
+impl From<meshcap_records::names::InvalidName> for EnvError {
+    fn from(e: meshcap_records::names::InvalidName) -> EnvError {
+        EnvError::Invalid {
+            name: e.name,
+            value: e.value,
+            reason: e.reason,
+        }
+    }
 }
 
 /// The validated protocol parameters of one invocation.
@@ -195,51 +198,14 @@ impl Env {
     }
 }
 
-/// CNI spec: "Must start with an alphanumeric character, optionally followed by any
-/// combination of one or more alphanumeric characters, underscore, dot or hyphen." The
-/// attachment record's file name relies on this (no `/`, no `@`).
+/// [`meshcap_records::names::validate_container_id`] as a `CNI_CONTAINERID` error.
 pub fn validate_container_id(id: &str) -> Result<(), EnvError> {
-    let invalid = |reason| EnvError::Invalid {
-        name: "CNI_CONTAINERID",
-        value: id.to_string(),
-        reason,
-    };
-    let mut chars = id.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphanumeric() => {}
-        _ => return Err(invalid("must start with an ASCII letter or digit")),
-    }
-    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
-        return Err(invalid(
-            "only ASCII letters, digits, '_', '.' and '-' are allowed",
-        ));
-    }
-    Ok(())
+    Ok(meshcap_records::names::validate_container_id(id)?)
 }
 
-/// CNI spec: Linux interface-name rules: not empty, not `.` or `..`, shorter than 16 bytes,
-/// no `/`, `:` or whitespace.
+/// [`meshcap_records::names::validate_ifname`] as a `CNI_IFNAME` error.
 pub fn validate_ifname(name: &str) -> Result<(), EnvError> {
-    let invalid = |reason| EnvError::Invalid {
-        name: "CNI_IFNAME",
-        value: name.to_string(),
-        reason,
-    };
-    if name == "." || name == ".." {
-        return Err(invalid("'.' and '..' are not interface names"));
-    }
-    if name.len() > MAX_IFNAME_LEN {
-        return Err(invalid("longer than 15 bytes (IFNAMSIZ)"));
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(invalid(
-            "contains '/', ':', whitespace or a control character",
-        ));
-    }
-    Ok(())
+    Ok(meshcap_records::names::validate_ifname(name)?)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use meshcap_fastpath::{PinDir, PodFastPath};
 
-use crate::state::AttachmentRecord;
+use meshcap_records::AttachmentRecord;
 
 /// Why the fast path could not take (or release) a pod.
 #[derive(Debug, thiserror::Error)]

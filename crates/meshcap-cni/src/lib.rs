@@ -5,7 +5,7 @@
 //! [`env`] (the `CNI_*` variables) and [`config`] (stdin) are validated, [`args`] parses
 //! `CNI_ARGS`, [`commands`] runs ADD/DEL/CHECK/STATUS/GC on top of `meshcap-model` and
 //! `meshcap-dataplane` (for a Kubernetes pod whose annotations the runtime did not pass,
-//! [`kube`] reads the pod from the API server), [`state`] keeps one host-side record per captured attachment, and
+//! [`kube`] reads the pod from the API server), `meshcap-records` keeps one host-side record per captured attachment, and
 //! [`boundary`] turns the outcome into the CNI result or error JSON on stdout. Logs go to
 //! stderr and the configured file ([`logging`]), never to stdout.
 #![forbid(unsafe_code)]
@@ -19,7 +19,6 @@ pub mod fastpath;
 pub mod kube;
 pub mod logging;
 pub mod result;
-pub mod state;
 pub mod version;
 
 pub use boundary::{run, Outcome};

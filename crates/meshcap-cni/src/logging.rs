@@ -75,7 +75,7 @@ fn install(level: LevelFilter, file: Option<File>) -> DefaultGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests::TempDir;
+    use meshcap_testkit::ScratchDir as TempDir;
 
     #[test]
     fn writes_to_the_file_and_creates_its_directory() {

@@ -21,10 +21,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use meshcap_dataplane::CreatedTable;
+use meshcap_dataplane::{Backend, CreatedTable};
 use meshcap_model::rules::Family;
 
-use crate::config::Mode;
+pub mod names;
+
+/// Where attachment records live unless [`STATE_DIR_VAR`] says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/run/meshcap/attachments";
+
+/// Environment variable that overrides [`DEFAULT_STATE_DIR`] (tests, non-standard nodes).
+pub const STATE_DIR_VAR: &str = "MESHCAP_STATE_DIR";
 
 /// Temp files older than this are leftovers of a crashed writer; GC removes them. Writers
 /// finish in milliseconds, and the runtime runs no ADD or DEL during GC (CNI 1.1, section 3).
@@ -66,6 +72,32 @@ pub const RECORD_FORMAT: u32 = 2;
 
 fn first_format() -> u32 {
     1
+}
+
+/// The plugin config's `mode`: which rule backend installs the capture (recorded so DEL and
+/// repair use the backend ADD used).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Iptables,
+    Nftables,
+}
+
+impl Mode {
+    pub fn backend(self) -> Backend {
+        match self {
+            Mode::Iptables => Backend::Iptables,
+            Mode::Nftables => Backend::Nftables,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
 }
 
 /// A table, or built-in chains of it, that ADD's (or a repair's) `iptables-restore` brought
@@ -409,30 +441,10 @@ fn private_dirs(dir: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// A fresh directory under the system temp dir, removed on drop (even when a test fails).
-    pub(crate) struct TempDir(pub PathBuf);
-
-    impl TempDir {
-        pub(crate) fn new(test: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!(
-                "meshcap-cni-{test}-{}-{}",
-                std::process::id(),
-                now_unix()
-            ));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use meshcap_testkit::ScratchDir as TempDir;
 
     pub(crate) fn record(network: &str, cid: &str, ifname: &str) -> AttachmentRecord {
         AttachmentRecord {

@@ -62,7 +62,7 @@ pub struct AgentArgs {
     #[arg(long)]
     no_fast_path: bool,
     /// The plugin's attachment records (the plugin's MESHCAP_STATE_DIR).
-    #[arg(long, default_value = meshcap_cni::env::DEFAULT_STATE_DIR)]
+    #[arg(long, default_value = meshcap_records::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// How often to check every recorded pod's rules and repair drift, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..))]

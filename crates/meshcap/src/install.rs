@@ -64,7 +64,7 @@ pub struct UninstallArgs {
     pub cni_bin_dir: PathBuf,
     /// The plugin's attachment records (its MESHCAP_STATE_DIR), removed: pods the runtime
     /// tears down after the uninstall no longer run meshcap's DEL.
-    #[arg(long, default_value = meshcap_cni::env::DEFAULT_STATE_DIR)]
+    #[arg(long, default_value = meshcap_records::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// How long to leave the plugin binary in place after taking meshcap out of the chain, in
     /// milliseconds: the runtime reloads the config on the change, and a pod start or stop

@@ -60,8 +60,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
-use meshcap_cni::state::{AttachmentRecord, StateDir};
 use meshcap_dataplane::{DataplaneError, PodNetns};
+use meshcap_records::{AttachmentRecord, StateDir};
 use serde_json::{Map, Value};
 
 use super::metrics::Metrics;
@@ -188,9 +188,13 @@ impl CacheEntry {
 
     /// The ids the plugin would refuse (and that must not name a file here either).
     fn validate(&self) -> anyhow::Result<()> {
-        meshcap_cni::env::validate_container_id(&self.container_id)?;
-        meshcap_cni::env::validate_ifname(&self.if_name)?;
-        meshcap_cni::config::validate_network_name(&self.network)?;
+        meshcap_records::names::validate_container_id(&self.container_id)?;
+        meshcap_records::names::validate_ifname(&self.if_name)?;
+        anyhow::ensure!(
+            meshcap_records::names::is_valid_network_name(&self.network),
+            "network name {:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*",
+            self.network
+        );
         Ok(())
     }
 }
@@ -725,7 +729,7 @@ impl Adopter {
             .env("CNI_IFNAME", &entry.if_name)
             .env("CNI_ARGS", entry.cni_args_env())
             .env("CNI_PATH", &self.bin_dir)
-            .env(meshcap_cni::env::STATE_DIR_VAR, &self.state_root);
+            .env(meshcap_records::STATE_DIR_VAR, &self.state_root);
         let stdin = serde_json::to_vec(stdin).expect("a JSON value serializes");
         let (success, stdout, stderr) =
             run_with_timeout(cmd, &stdin, PLUGIN_TIMEOUT).map_err(|e| format!("{e:#}"))?;

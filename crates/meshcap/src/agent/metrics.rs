@@ -18,7 +18,7 @@
 //! | `meshcap_fastpath_redirected_bytes_total` | counter | bytes sk_msg delivered socket to socket |
 //!
 //! The plugin is a short-lived process, so it cannot hold counters: each invocation appends
-//! one line to the outcome log in its state directory (`meshcap_cni::state::count_outcome`)
+//! one line to the outcome log in its state directory (`meshcap_records::count_outcome`)
 //! and the agent tails that file on every scan and scrape. The agent rotates it past
 //! [`ROTATE_AT`] bytes; a plugin that opened the file just before a rotation and writes just
 //! after the agent's final read of it loses its one line (a window of microseconds).
@@ -42,8 +42,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use meshcap_cni::state::{parse_outcome, OUTCOMES_FILE};
 use meshcap_fastpath::PinDir;
+use meshcap_records::{parse_outcome, OUTCOMES_FILE};
 
 use super::Stop;
 
@@ -426,10 +426,10 @@ mod tests {
             std::env::temp_dir().join(format!("meshcap-agent-metrics-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let m = Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins"));
-        meshcap_cni::state::count_outcome(&dir, "ADD", 0);
-        meshcap_cni::state::count_outcome(&dir, "ADD", 100);
+        meshcap_records::count_outcome(&dir, "ADD", 0);
+        meshcap_records::count_outcome(&dir, "ADD", 100);
         let text = m.render();
-        meshcap_cni::state::count_outcome(&dir, "DEL", 0);
+        meshcap_records::count_outcome(&dir, "DEL", 0);
         let text2 = m.render();
         let _ = fs::remove_dir_all(&dir);
         assert!(text.contains("meshcap_cni_adds_total 2\n"), "{text}");
@@ -465,7 +465,7 @@ mod tests {
         let m = Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins"));
         let first = m.render();
         let rotated = !dir.join(OUTCOMES_FILE).exists();
-        meshcap_cni::state::count_outcome(&dir, "ADD", 0);
+        meshcap_records::count_outcome(&dir, "ADD", 0);
         let second = m.render();
         let _ = fs::remove_dir_all(&dir);
         assert!(first.contains(&format!("meshcap_cni_adds_total {lines}\n")));

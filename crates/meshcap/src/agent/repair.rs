@@ -1,7 +1,7 @@
 //! Repair: put a meshed pod's rules back when they drifted (flushed by someone, a tool that
 //! rewrote the tables, rules lost some other way).
 //!
-//! The source of truth is the plugin's attachment records (`meshcap_cni::state`): ADD stores
+//! The source of truth is the plugin's attachment records (`meshcap_records`): ADD stores
 //! the model inputs it used (effective annotations, proxy uid/gid) and the namespace's
 //! identity. Each scan recomputes the rulesets exactly as ADD did (`PodView::model`), runs the
 //! dataplane's `check` and, on drift, its `apply` (atomic and idempotent). Every repair is
@@ -25,9 +25,9 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use meshcap_cni::state::{self, AttachmentRecord, StateDir};
 use meshcap_dataplane::{Dataplane, DataplaneError, PodNetns};
 use meshcap_model::pod::PodView;
+use meshcap_records::{self as state, AttachmentRecord, StateDir};
 
 use super::metrics::Metrics;
 
