@@ -77,20 +77,9 @@ const PODMAN_TIMEOUT_SECS: u32 = 60;
 /// How long a server may take to bind its sockets.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The tests run one at a time. podman gives the plugin no environment, so every test's pods
-/// share the plugin's default state dir, and the adoption test's agent repairs every record
-/// there: its repair of a pod another test is deleting could briefly put back the rules that
-/// test's DEL just removed (repair takes them out again once it sees the record gone).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serialised() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[test]
 fn podman_iptables_captures_container_traffic_and_del_cleans_up() {
     let name = "podman_iptables_captures_container_traffic_and_del_cleans_up";
-    let _one = serialised();
     if can_run(name) {
         run(name, "iptables", 0).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     }
@@ -99,7 +88,6 @@ fn podman_iptables_captures_container_traffic_and_del_cleans_up() {
 #[test]
 fn podman_nftables_captures_container_traffic_and_del_cleans_up() {
     let name = "podman_nftables_captures_container_traffic_and_del_cleans_up";
-    let _one = serialised();
     if can_run(name) {
         run(name, "nftables", 1).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     }
@@ -108,7 +96,6 @@ fn podman_nftables_captures_container_traffic_and_del_cleans_up() {
 #[test]
 fn podman_container_started_before_install_is_adopted_by_the_agent() {
     let name = "podman_container_started_before_install_is_adopted_by_the_agent";
-    let _one = serialised();
     if !can_run(name) {
         return;
     }

@@ -590,6 +590,128 @@ fn privileged_flushed_rules_are_repaired_and_capture_works_again() {
     assert_eq!(agent.metric("meshcap_attachments"), 0.0);
 }
 
+/// The namespace's netfilter and policy-routing state as text (counters and timestamps left
+/// out): iptables-save of both flavours and families, `nft list ruleset`, ip rules.
+fn netfilter_state(ns: &Netns) -> String {
+    let mut out = String::new();
+    for argv in [
+        &["iptables-nft-save"][..],
+        &["ip6tables-nft-save"],
+        &["iptables-legacy-save"],
+        &["ip6tables-legacy-save"],
+        &["nft", "list", "ruleset"],
+        &["ip", "-4", "rule"],
+        &["ip", "-6", "rule"],
+    ] {
+        let got = ns.exec(argv);
+        out.push_str(&format!("## {}\n", argv.join(" ")));
+        for line in String::from_utf8_lossy(&got.stdout).lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let line = match (line.starts_with(':'), line.find(" [")) {
+                (true, Some(i)) => &line[..i],
+                _ => line,
+            };
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Repair racing DEL: the agent scans every 50 ms while something keeps flushing the pod's
+/// rules (so every scan repairs), and DEL runs in the middle of that, round after round.
+/// Repair re-reads the record and re-applies under the namespace's lock, which DEL holds while
+/// it removes the rules and the record: after every round the namespace is exactly as before
+/// the ADD and no record is left, and no repair brings a torn-down pod back later.
+#[test]
+fn privileged_repair_racing_del_leaves_nothing_behind() {
+    const TEST: &str = "privileged_repair_racing_del_leaves_nothing_behind";
+    const ROUNDS: u64 = 12;
+    let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
+        return;
+    };
+    let s = Scratch::new("race");
+    let state = s.0.join("state");
+    let agent = Agent::start(
+        &s,
+        &[
+            "--no-config-watch",
+            "--no-adopt",
+            "--repair-interval-ms",
+            "50",
+        ],
+    );
+    // (mode, namespace, the drift: flushing meshcap's outbound chain; nft alone, so that it
+    // never creates a table when there is nothing to flush)
+    let modes = [
+        (
+            "iptables",
+            Netns::create("mcrace-ipt"),
+            &["nft", "flush", "chain", "ip", "nat", "MESHCAP_OUTPUT"][..],
+        ),
+        (
+            "nftables",
+            Netns::create("mcrace-nft"),
+            &[
+                "nft",
+                "flush",
+                "chain",
+                "ip",
+                "meshcap",
+                "nat_MESHCAP_OUTPUT",
+            ][..],
+        ),
+    ];
+    for (mode, ns, flush) in &modes {
+        let before = netfilter_state(ns);
+        let conf = plugin_conf(mode, &ns.path());
+        for round in 0..ROUNDS {
+            let cid = format!("race{round}");
+            let (ok, out) = invoke_plugin(&plugin, "ADD", &cid, &ns.path(), &state, &conf);
+            assert!(ok, "{mode} round {round}: ADD: {out}");
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = ns.exec(flush);
+                        std::thread::sleep(Duration::from_millis(3));
+                    }
+                });
+                // DEL at a different point of the scan cycle each round.
+                std::thread::sleep(Duration::from_millis(20 + round * 13 % 80));
+                let (ok, out) = invoke_plugin(&plugin, "DEL", &cid, &ns.path(), &state, &conf);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                assert!(ok, "{mode} round {round}: DEL: {out}");
+            });
+            // Several scans later, nothing came back.
+            std::thread::sleep(Duration::from_millis(200));
+            let after = netfilter_state(ns);
+            assert!(
+                after == before,
+                "{mode} round {round}: the namespace differs after DEL\nbefore:\n{before}\nafter:\n{after}\nagent log:\n{}",
+                agent.log()
+            );
+            let records: Vec<_> = fs::read_dir(state.join("agentnet"))
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(
+                records.is_empty(),
+                "{mode} round {round}: records left: {records:?}"
+            );
+        }
+    }
+    // The race was really run: the agent repaired pods while they lived.
+    let repairs = agent.metric("meshcap_repairs_total");
+    eprintln!("{TEST}: {repairs} repairs during {} rounds", 2 * ROUNDS);
+    assert!(
+        repairs >= 2.0,
+        "no repair ran: the race was not exercised\n{}",
+        agent.log()
+    );
+}
+
 /// A libcni results-cache entry as Go libcni 1.2's `cacheAdd` writes it after the ADD of
 /// network list `conflist` (`config` is the base64 of the conflist bytes).
 fn write_cache_entry(s: &Scratch, cid: &str, netns: &str, conflist: &Value, annotations: Value) {
