@@ -174,20 +174,35 @@ pub fn with_entry(conf: &Map<String, Value>, list: bool, entry: &Value) -> Optio
     Some(Value::Object(out))
 }
 
-/// Write `bytes` to `path` atomically (temp file, fsync, rename) with `mode` permissions.
+/// Write `bytes` to `path` atomically with `mode` permissions: a new temp file in the same
+/// directory (so the rename never crosses a filesystem), written and fsynced, then renamed over
+/// `path`, then the directory fsynced. A runtime that executes `path` at any moment (the plugin
+/// binary during an upgrade) runs either the old file or the new one, never a partly written
+/// one, and a crash leaves one of the two, not a truncated file.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().context("path has no parent")?;
     let tmp = dir.join(format!(
-        ".{}.meshcap-tmp-{}",
+        ".{}.meshcap-tmp-{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        // create_new: never write through a file someone else has open (or a symlink).
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        drop(f);
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
