@@ -712,6 +712,143 @@ fn privileged_repair_racing_del_leaves_nothing_behind() {
     );
 }
 
+/// Installs a pod exactly as the previous release left it (its record and its rules, from
+/// `fixtures/previous-format`) in `ns`, under container id `cid`.
+fn previous_release_pod(ns: &Netns, cid: &str, state: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/previous-format");
+    for (program, file) in [
+        ("iptables-nft-restore", "iptables.v4.rules"),
+        ("ip6tables-nft-restore", "iptables.v6.rules"),
+    ] {
+        let rules = fs::read(fixtures.join(file)).unwrap();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, program, "--noflush"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&rules).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta = fs::metadata(ns.path()).unwrap();
+    let record = fs::read_to_string(fixtures.join("record.json"))
+        .unwrap()
+        .replace("@CID@", cid)
+        .replace("@NETNS@", &ns.path())
+        .replace("@DEV@", &meta.dev().to_string())
+        .replace("@INO@", &meta.ino().to_string());
+    let dir = state.join("agentnet");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(format!("{cid}@eth0.json")), record).unwrap();
+}
+
+/// An upgrade: pods the previous release set up (its record format, its rules, from a
+/// fixture) are handled by this release. DEL removes all of it; CHECK reports the rules that
+/// differ from this release's; the agent's first scan replaces them in place (one copy of
+/// every jump, nothing of the old rules left), rewrites the record in the current format,
+/// and from then on CHECK passes and DEL leaves nothing.
+#[test]
+fn privileged_pods_of_the_previous_release_are_checked_deleted_and_upgraded() {
+    const TEST: &str = "privileged_pods_of_the_previous_release_are_checked_deleted_and_upgraded";
+    let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
+        return;
+    };
+    let s = Scratch::new("upgrade");
+    let state = s.0.join("state");
+    let record = |cid: &str| state.join("agentnet").join(format!("{cid}@eth0.json"));
+    let ns = Netns::create("mcupgrade");
+    let conf = plugin_conf("iptables", &ns.path());
+    let meshcap_lines = |ns: &Netns| -> Vec<String> {
+        let mut lines = Vec::new();
+        for prog in ["iptables-nft-save", "ip6tables-nft-save"] {
+            let out = ns.exec(&[prog]);
+            lines.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.contains("MESHCAP"))
+                    .map(|l| format!("{prog}: {l}")),
+            );
+        }
+        lines
+    };
+
+    // DEL of a previous-release pod, before any agent ran.
+    previous_release_pod(&ns, "old1", &state);
+    assert!(
+        ns.outbound_captured(),
+        "the previous release's rules capture"
+    );
+    let (ok, out) = invoke_plugin(&plugin, "DEL", "old1", &ns.path(), &state, &conf);
+    assert!(ok, "DEL of a previous-release pod: {out}");
+    assert!(meshcap_lines(&ns).is_empty(), "{:?}", meshcap_lines(&ns));
+    assert!(!record("old1").exists());
+
+    // CHECK, then the agent's upgrade.
+    previous_release_pod(&ns, "old2", &state);
+    let (ok, out) = invoke_plugin(&plugin, "CHECK", "old2", &ns.path(), &state, &conf);
+    let purposes_changed = !ok;
+    eprintln!(
+        "{TEST}: CHECK of the previous release's rules: {}",
+        if ok { "in sync" } else { "drift" }
+    );
+    if purposes_changed {
+        assert!(
+            out.contains("\"code\": 101") || out.contains("\"code\":101"),
+            "CHECK of rules this release would write differently is a drift (101): {out}"
+        );
+    }
+    let agent = Agent::start(
+        &s,
+        &[
+            "--no-config-watch",
+            "--no-adopt",
+            "--repair-interval-ms",
+            "100",
+        ],
+    );
+    agent.wait_for("the record upgraded", Duration::from_secs(10), || {
+        fs::read_to_string(record("old2"))
+            .map(|r| r.contains("\"format\": 2"))
+            .unwrap_or(false)
+    });
+    let (ok, out) = invoke_plugin(&plugin, "CHECK", "old2", &ns.path(), &state, &conf);
+    assert!(ok, "CHECK after the upgrade: {out}\n{}", agent.log());
+    assert!(ns.outbound_captured(), "still captured after the upgrade");
+    let lines = meshcap_lines(&ns);
+    for jump in [
+        "-A OUTPUT -j MESHCAP_OUTPUT",
+        "-A PREROUTING -j MESHCAP_PREROUTING",
+    ] {
+        for prog in ["iptables-nft-save", "ip6tables-nft-save"] {
+            let n = lines
+                .iter()
+                .filter(|l| **l == format!("{prog}: {jump}"))
+                .count();
+            assert_eq!(n, 1, "{prog}: {jump} {n} times:\n{}", lines.join("\n"));
+        }
+    }
+    let repairs = agent.metric("meshcap_repairs_total");
+    assert_eq!(
+        repairs,
+        if purposes_changed { 1.0 } else { 0.0 },
+        "one repair exactly when the rules differed"
+    );
+    // Stable: later scans change nothing.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(agent.metric("meshcap_repairs_total"), repairs);
+    assert_eq!(meshcap_lines(&ns), lines);
+    let (ok, out) = invoke_plugin(&plugin, "DEL", "old2", &ns.path(), &state, &conf);
+    assert!(ok, "DEL after the upgrade: {out}");
+    assert!(meshcap_lines(&ns).is_empty(), "{:?}", meshcap_lines(&ns));
+    assert!(!record("old2").exists());
+}
+
 /// A libcni results-cache entry as Go libcni 1.2's `cacheAdd` writes it after the ADD of
 /// network list `conflist` (`config` is the base64 of the conflist bytes).
 fn write_cache_entry(s: &Scratch, cid: &str, netns: &str, conflist: &Value, annotations: Value) {

@@ -15,6 +15,13 @@
 //!   lock (a flock on the namespace), which the plugin's ADD and DEL hold while they change a
 //!   pod's rules and its record: a repair never puts back rules of a pod DEL tore down.
 //!
+//! Upgrades: a pod an earlier release set up keeps its record (every older record format
+//! still reads, missing fields default) and its rules. The first scan after the upgrade finds
+//! the rules differ from what this release computes whenever the rule format changed, and
+//! replaces them in place, atomically per table: the transition removes every `MESHCAP_`
+//! chain and jump it finds, whatever release wrote them, so nothing is duplicated or lost;
+//! the record is then rewritten in the current format.
+//!
 //! Limits (documented, not hidden): records written before the model inputs were stored
 //! cannot be recomputed and are skipped (logged once). Pods started before the plugin was
 //! installed have no record at all; [`super::adopt`] finds them in the runtime's libcni cache
@@ -151,6 +158,14 @@ impl Repairer {
         };
         let backend = rec.mode.backend();
         let details = match locked.check(backend, &rulesets) {
+            Ok(()) if rec.format < state::RECORD_FORMAT => {
+                // A record of an older release whose rules are already this release's.
+                rec.format = state::RECORD_FORMAT;
+                return match self.state.write(&rec) {
+                    Ok(_) => Verdict::InSync,
+                    Err(e) => Verdict::Failed(format!("upgrading the record: {e}")),
+                };
+            }
             Ok(()) => return Verdict::InSync,
             Err(DataplaneError::Drift { details }) => details,
             Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
@@ -165,7 +180,10 @@ impl Repairer {
         // DEL's to remove as well.
         let before = rec.created.clone();
         rec.add_created(created);
-        if rec.created != before {
+        // A pod an older release set up (its record's format is older) now has this release's
+        // rules: its record says so from now on.
+        if rec.created != before || rec.format < state::RECORD_FORMAT {
+            rec.format = state::RECORD_FORMAT;
             if let Err(e) = self.state.write(&rec) {
                 return Verdict::Failed(format!("recording what the repair created: {e}"));
             }
