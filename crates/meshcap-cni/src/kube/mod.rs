@@ -1,0 +1,2 @@
+mod client;
+pub use client::*;
