@@ -45,21 +45,21 @@
 //! its ADD once more, which is harmless (ADD is idempotent).
 //!
 //! Safety: cache entries are read without following symlinks and only when at most
-//! [`MAX_CACHE_FILE`] bytes; an unreadable or unparseable entry is logged once and skipped;
+//! `MAX_CACHE_FILE` bytes; an unreadable or unparseable entry is logged once and skipped;
 //! ids from the cache are validated as the plugin validates them before they name a file;
 //! nothing runs a shell.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Read, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context};
-use base64::Engine as _;
+use meshcap_cni_runtime::cache::{read_capped, CacheEntry, RESULTS_DIR};
+use meshcap_cni_runtime::invoke::{self, Failure, Invocation};
 use meshcap_dataplane::{DataplaneError, PodNetns};
 use meshcap_records::{AttachmentRecord, StateDir};
 use serde_json::{Map, Value};
@@ -67,123 +67,25 @@ use serde_json::{Map, Value};
 use super::metrics::Metrics;
 use crate::install::{self, PLUGIN_TYPE};
 
-/// libcni's results cache, under the cache dir.
-const RESULTS_DIR: &str = "results";
-/// `cachedInfo.Kind` of the only cache format there is (libcni 0.8 to 1.2).
-const CACHE_KIND: &str = "cniCacheV1";
-/// Largest cache file read: a conflist plus a result are a few KiB.
-pub const MAX_CACHE_FILE: u64 = 1 << 20;
 /// libcni writes the cache file in place (not atomically): a younger file that does not parse
 /// may still be being written, so it is read again next scan instead of reported.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Longer than the plugin's own longest deadline (the Kubernetes API path, at most 60 s).
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// One libcni cache entry (`cniCacheV1`), the fields adoption uses.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheEntry {
-    pub container_id: String,
-    pub if_name: String,
-    pub network: String,
-    /// The conflist bytes the ADD used.
-    pub config: Vec<u8>,
-    /// libcni >= 1.2 only.
-    pub netns: Option<PathBuf>,
-    pub cni_args: Vec<(String, String)>,
-    pub capability_args: Map<String, Value>,
-    /// The chain's final result.
-    pub result: Option<Map<String, Value>>,
+/// What adoption asks of a cache entry beyond its format.
+trait CacheEntryExt {
+    fn set_up_with_meshcap(&self) -> Option<bool>;
+    fn validate(&self) -> anyhow::Result<()>;
 }
 
-impl CacheEntry {
-    /// Parses a cache file; `Ok(None)` for anything that is not a `cniCacheV1` entry (libcni
-    /// before 0.8 cached the bare result under the same name).
-    pub fn parse(bytes: &[u8]) -> anyhow::Result<Option<CacheEntry>> {
-        let value: Value = serde_json::from_slice(bytes).context("not JSON")?;
-        let Value::Object(obj) = value else {
-            bail!("not a JSON object");
-        };
-        if obj.get("kind").and_then(Value::as_str) != Some(CACHE_KIND) {
-            return Ok(None);
-        }
-        let string = |key: &str| -> anyhow::Result<String> {
-            match obj.get(key) {
-                Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                _ => bail!("{key} is missing or not a non-empty string"),
-            }
-        };
-        // Go encodes []byte as standard base64.
-        let config = base64::engine::general_purpose::STANDARD
-            .decode(string("config")?)
-            .context("config is not base64")?;
-        let netns = match obj.get("netns") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(PathBuf::from(s)),
-            Some(_) => bail!("netns is not a string"),
-        };
-        let cni_args = match obj.get("cniArgs") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(v) => serde_json::from_value::<Vec<(String, String)>>(v.clone())
-                .context("cniArgs is not a list of [key, value] pairs")?,
-        };
-        let capability_args = match obj.get("capabilityArgs") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => bail!("capabilityArgs is not an object"),
-        };
-        let result = match obj.get("result") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(m)) => Some(m.clone()),
-            Some(_) => bail!("result is not an object"),
-        };
-        Ok(Some(CacheEntry {
-            container_id: string("containerId")?,
-            if_name: string("ifName")?,
-            network: string("networkName")?,
-            config,
-            netns,
-            cni_args,
-            capability_args,
-            result,
-        }))
-    }
-
+impl CacheEntryExt for CacheEntry {
     /// Whether the conflist the ADD used chained meshcap; `None` when it does not parse.
-    pub fn set_up_with_meshcap(&self) -> Option<bool> {
+    fn set_up_with_meshcap(&self) -> Option<bool> {
         match serde_json::from_slice::<Value>(&self.config).ok()? {
             Value::Object(conf) => Some(install::conf_has_meshcap(&conf)),
             _ => None,
         }
-    }
-
-    /// The pod's netns: the cached `netns`, else the `sandbox` of the result's interface named
-    /// `ifName` (any interface with a sandbox when none is named so).
-    pub fn netns_path(&self) -> Option<PathBuf> {
-        if let Some(netns) = &self.netns {
-            return Some(netns.clone());
-        }
-        let interfaces = self.result.as_ref()?.get("interfaces")?.as_array()?;
-        let sandbox = |i: &Value| {
-            i.get("sandbox")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        };
-        interfaces
-            .iter()
-            .find(|i| i.get("name").and_then(Value::as_str) == Some(self.if_name.as_str()))
-            .and_then(sandbox)
-            .or_else(|| interfaces.iter().find_map(sandbox))
-    }
-
-    /// `CNI_ARGS` as libcni renders them: `K=V` pairs joined by `;`.
-    pub fn cni_args_env(&self) -> String {
-        self.cni_args
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(";")
     }
 
     /// The ids the plugin would refuse (and that must not name a file here either).
@@ -252,31 +154,13 @@ fn chained<'a>(
 /// args the entry declares in `capabilities` (only when there are any, as libcni does), and the
 /// chain's result as `prevResult`.
 pub fn plugin_stdin(network: &Network, entry: &Map<String, Value>, cache: &CacheEntry) -> Value {
-    let mut conf = entry.clone();
-    conf.insert("name".into(), Value::String(network.name.clone()));
-    if let Some(version) = &network.cni_version {
-        conf.insert("cniVersion".into(), version.clone());
-    }
-    let runtime_config: Map<String, Value> = entry
-        .get("capabilities")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .filter(|(_, declared)| declared.as_bool() == Some(true))
-        .filter_map(|(cap, _)| {
-            cache
-                .capability_args
-                .get(cap)
-                .map(|v| (cap.clone(), v.clone()))
-        })
-        .collect();
-    if !runtime_config.is_empty() {
-        conf.insert("runtimeConfig".into(), Value::Object(runtime_config));
-    }
-    if let Some(result) = &cache.result {
-        conf.insert("prevResult".into(), Value::Object(result.clone()));
-    }
-    Value::Object(conf)
+    invoke::plugin_stdin(
+        entry,
+        &network.name,
+        network.cni_version.as_ref(),
+        &cache.capability_args,
+        cache.result.clone().map(Value::Object).as_ref(),
+    )
 }
 
 /// What the plugin's exit status and stdout say for `command`: `Ok` on success (a result
@@ -288,47 +172,20 @@ pub fn plugin_outcome(
     stdout: &[u8],
     stderr: &[u8],
 ) -> Result<(), String> {
-    let parsed = serde_json::from_slice::<Value>(stdout).ok();
-    if success {
-        return match parsed {
-            Some(Value::Object(_)) => Ok(()),
-            None if command != "ADD" && stdout.iter().all(u8::is_ascii_whitespace) => Ok(()),
-            _ => Err(format!(
-                "exit status 0 but stdout is not a CNI result: {:?}",
-                tail(stdout)
-            )),
-        };
-    }
-    match parsed
-        .as_ref()
-        .and_then(|v| v.get("code"))
-        .and_then(Value::as_u64)
-    {
-        Some(code) => {
-            let text = |key| {
-                parsed
-                    .as_ref()
-                    .and_then(|v| v.get(key))
-                    .and_then(Value::as_str)
-            };
-            let mut error = format!("CNI error {code}: {}", text("msg").unwrap_or(""));
-            if let Some(details) = text("details").filter(|d| !d.is_empty()) {
-                error.push_str(&format!(" ({details})"));
-            }
-            Err(error)
-        }
-        None => Err(format!(
+    match invoke::outcome(success, stdout) {
+        Ok(Some(Value::Object(_))) => Ok(()),
+        Ok(None) if command != "ADD" => Ok(()),
+        Ok(_) | Err(Failure::BadOutput) if success => Err(format!(
+            "exit status 0 but stdout is not a CNI result: {:?}",
+            invoke::tail(stdout)
+        )),
+        Err(Failure::Cni(error)) => Err(error.to_string()),
+        _ => Err(format!(
             "failed without a CNI error on stdout ({:?}); stderr: {:?}",
-            tail(stdout),
-            tail(stderr)
+            invoke::tail(stdout),
+            invoke::tail(stderr)
         )),
     }
-}
-
-/// The last 512 bytes of a process's output, as text.
-fn tail(bytes: &[u8]) -> String {
-    let start = bytes.len().saturating_sub(512);
-    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
 }
 
 /// Identifies one version of a cache file.
@@ -723,17 +580,19 @@ impl Adopter {
         stdin: &Value,
     ) -> Result<(), String> {
         let mut cmd = Command::new(&self.plugin);
-        cmd.env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &entry.container_id)
-            .env("CNI_NETNS", netns.map(Path::as_os_str).unwrap_or_default())
-            .env("CNI_IFNAME", &entry.if_name)
-            .env("CNI_ARGS", entry.cni_args_env())
-            .env("CNI_PATH", &self.bin_dir)
-            .env(meshcap_records::STATE_DIR_VAR, &self.state_root);
+        Invocation {
+            command,
+            container_id: &entry.container_id,
+            netns,
+            ifname: &entry.if_name,
+            args: &entry.cni_args_env(),
+            path: &self.bin_dir,
+        }
+        .apply(&mut cmd);
+        cmd.env(meshcap_records::STATE_DIR_VAR, &self.state_root);
         let stdin = serde_json::to_vec(stdin).expect("a JSON value serializes");
-        let (success, stdout, stderr) =
-            run_with_timeout(cmd, &stdin, PLUGIN_TIMEOUT).map_err(|e| format!("{e:#}"))?;
-        plugin_outcome(command, success, &stdout, &stderr)
+        let out = invoke::run(cmd, &stdin, PLUGIN_TIMEOUT).map_err(|e| e.to_string())?;
+        plugin_outcome(command, out.status.success(), &out.stdout, &out.stderr)
     }
 }
 
@@ -746,86 +605,6 @@ fn pod_name(entry: &CacheEntry) -> String {
             .map_or("-", |(_, v)| v.as_str())
     };
     format!("{}/{}", arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME"))
-}
-
-/// Reads a regular file of at most [`MAX_CACHE_FILE`] bytes without following a symlink
-/// (`O_NOFOLLOW`) or blocking on a FIFO put in its place (`O_NONBLOCK`).
-fn read_capped(path: &Path) -> io::Result<Vec<u8>> {
-    use nix::fcntl::OFlag;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_CACHE_FILE + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_CACHE_FILE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {MAX_CACHE_FILE} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Runs `cmd` with `stdin`, killing it after `limit`; returns (success, stdout, stderr).
-fn run_with_timeout(
-    mut cmd: Command,
-    stdin: &[u8],
-    limit: Duration,
-) -> anyhow::Result<(bool, Vec<u8>, Vec<u8>)> {
-    let program = cmd.get_program().to_owned();
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {}", Path::new(&program).display()))?;
-    let mut input = child.stdin.take().context("stdin")?;
-    let stdin = stdin.to_vec();
-    // Separate threads: a plugin that writes much before reading all of stdin never deadlocks.
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = r.read_to_end(&mut out);
-            out
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().context("stdout")?));
-    let stderr = drain(Box::new(child.stderr.take().context("stderr")?));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = writer.join();
-            return Err(anyhow!(
-                "{} did not finish within {limit:?}; killed",
-                Path::new(&program).display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let _ = writer.join();
-    let stdout = stdout
-        .join()
-        .map_err(|_| anyhow!("stdout reader panicked"))?;
-    let stderr = stderr
-        .join()
-        .map_err(|_| anyhow!("stderr reader panicked"))?;
-    Ok((status.success(), stdout, stderr))
 }
 
 /// The last boot, from `btime` in /proc/stat (proc(5)).
@@ -843,6 +622,8 @@ fn boot_time() -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use meshcap_cni_runtime::cache::MAX_CACHE_FILE;
     use serde_json::json;
 
     const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
