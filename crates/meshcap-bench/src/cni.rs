@@ -7,10 +7,11 @@
 //! Only the work the runtime would wait for is timed: from spawn to exit. Building the
 //! configuration, checking the result and verifying the rules happen outside the clock.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use meshcap_cni_runtime::invoke::{self, Invocation};
 
 use anyhow::{bail, Context, Result};
 use meshcap_model::render::iptables;
@@ -134,7 +135,7 @@ impl Driver {
         let conf = json!({"cniVersion": "1.0.0"}).to_string();
         let mut cmd = Command::new(&self.plugin);
         cmd.env("CNI_COMMAND", "VERSION");
-        let (elapsed, out) = timed(&mut cmd, &conf)?;
+        let (elapsed, out) = timed(cmd, &conf)?;
         check_exit(out)?;
         Ok(elapsed)
     }
@@ -150,14 +151,17 @@ impl Driver {
             ns.name()
         );
         let mut cmd = Command::new(&self.plugin);
-        cmd.env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &container_id)
-            .env("CNI_NETNS", ns.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", &self.cni_path)
-            .env("CNI_ARGS", cni_args)
-            .env("MESHCAP_STATE_DIR", &self.state_dir);
-        let (elapsed, out) = timed(&mut cmd, &conf)?;
+        Invocation {
+            command,
+            container_id: &container_id,
+            netns: Some(ns.path()),
+            ifname: "eth0",
+            args: &cni_args,
+            path: Path::new(&self.cni_path),
+        }
+        .apply(&mut cmd);
+        cmd.env("MESHCAP_STATE_DIR", &self.state_dir);
+        let (elapsed, out) = timed(cmd, &conf)?;
         let out = check_exit(out).with_context(|| format!("{command} in {} mode", mode.name()))?;
         Ok((elapsed, out))
     }
@@ -202,27 +206,20 @@ fn restore(program: &str, ns: &PodNetns, rules: &str) -> Result<Output> {
     cmd.arg(format!("--net={}", ns.path().display()))
         .arg(program)
         .arg("--noflush");
-    Ok(timed(&mut cmd, rules)?.1)
+    Ok(timed(cmd, rules)?.1)
 }
 
 /// Spawn, write `stdin`, wait; the duration covers all three.
-fn timed(cmd: &mut Command, stdin: &str) -> Result<(Duration, Output)> {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    {
-        // A configuration is far below the pipe buffer, and the program reads all of stdin
-        // before it writes: no deadlock. Dropping the pipe is the EOF.
-        let mut pipe = child.stdin.take().context("stdin pipe")?;
-        pipe.write_all(stdin.as_bytes())
-            .with_context(|| format!("writing stdin of {cmd:?}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {cmd:?}"))?;
-    Ok((start.elapsed(), out))
+fn timed(cmd: Command, stdin: &str) -> Result<(Duration, Output)> {
+    let out = invoke::run(cmd, stdin.as_bytes(), None)?;
+    Ok((
+        out.elapsed,
+        Output {
+            status: out.status,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        },
+    ))
 }
 
 fn check_exit(out: Output) -> Result<Output> {

@@ -2,7 +2,7 @@
 //! and what its exit status and stdout say (CNI spec, sections 2 "Execution Protocol" and 5
 //! "Result Types").
 
-use std::io::{self, Read, Write as _};
+use std::io::{self, Write as _};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -85,11 +85,16 @@ pub struct Output {
     pub elapsed: Duration,
 }
 
-/// Spawns `cmd`, writes `stdin`, collects its output; kills it after `limit` (an
-/// [`io::ErrorKind::TimedOut`] error naming the program). Stdin is written and the output read
-/// on their own threads, so a plugin that writes much before reading all of stdin never
-/// deadlocks, and no polling adds to the measured time.
-pub fn run(mut cmd: Command, stdin: &[u8], limit: Duration) -> io::Result<Output> {
+/// Stdin up to this size fits a fresh pipe's buffer whatever the system's pipe limits
+/// (`PIPE_BUF`), so writing it before the plugin reads cannot block.
+const INLINE_STDIN: usize = 4096;
+
+/// Spawns `cmd`, writes `stdin`, collects its output; with a `limit`, kills it after that long
+/// (an [`io::ErrorKind::TimedOut`] error naming the program). A configuration (a few KiB) is
+/// written before waiting; a larger stdin is written on its own thread, so a plugin that writes
+/// much before reading all of stdin never deadlocks. Without a limit nothing but the child runs
+/// besides the caller, so [`Output::elapsed`] is what a runtime waits for (the benchmarks).
+pub fn run(mut cmd: Command, stdin: &[u8], limit: Option<Duration>) -> io::Result<Output> {
     let program = Path::new(cmd.get_program()).display().to_string();
     let started = Instant::now();
     let mut child = cmd
@@ -98,59 +103,55 @@ pub fn run(mut cmd: Command, stdin: &[u8], limit: Duration) -> io::Result<Output
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("spawning {program}: {e}")))?;
-    let writer = child.stdin.take().map(|mut input| {
-        let stdin = stdin.to_vec();
+    let mut writer = None;
+    if let Some(mut input) = child.stdin.take() {
         // A plugin may exit without reading stdin (VERSION): a broken pipe is not an error.
-        std::thread::spawn(move || {
-            let _ = input.write_all(&stdin);
-        })
-    });
-    let pid = child.id();
-    let (done, finished) = mpsc::channel();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    std::thread::spawn(move || {
-        let err_reader = stderr.take().map(|mut r| {
-            std::thread::spawn(move || {
-                let mut out = Vec::new();
-                let _ = r.read_to_end(&mut out);
-                out
-            })
-        });
-        let mut out = Vec::new();
-        if let Some(r) = stdout.as_mut() {
-            let _ = r.read_to_end(&mut out);
+        if stdin.len() <= INLINE_STDIN {
+            let _ = input.write_all(stdin);
+        } else {
+            let stdin = stdin.to_vec();
+            writer = Some(std::thread::spawn(move || {
+                let _ = input.write_all(&stdin);
+            }));
         }
-        let err = err_reader.and_then(|t| t.join().ok()).unwrap_or_default();
-        let _ = done.send(child.wait().map(|status| (status, out, err)));
-    });
-    let outcome = match finished.recv_timeout(limit) {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            // Reap it (the waiter thread does) so no zombie is left.
-            let _ = finished.recv();
-            if let Some(w) = writer {
-                let _ = w.join();
+    }
+    let out = match limit {
+        None => child.wait_with_output(),
+        Some(limit) => {
+            let pid = child.id();
+            let (done, finished) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(child.wait_with_output());
+            });
+            match finished.recv_timeout(limit) {
+                Ok(out) => out,
+                Err(_) => {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    // The waiter thread reaps it, so no zombie is left.
+                    let _ = finished.recv();
+                    if let Some(w) = writer {
+                        let _ = w.join();
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{program} did not finish within {limit:?}; killed"),
+                    ));
+                }
             }
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{program} did not finish within {limit:?}; killed"),
-            ));
         }
     };
     let elapsed = started.elapsed();
     if let Some(w) = writer {
         let _ = w.join();
     }
-    let (status, stdout, stderr) = outcome?;
+    let out = out.map_err(|e| io::Error::new(e.kind(), format!("waiting for {program}: {e}")))?;
     Ok(Output {
-        status,
-        stdout,
-        stderr,
+        status: out.status,
+        stdout: out.stdout,
+        stderr: out.stderr,
         elapsed,
     })
 }
@@ -268,13 +269,17 @@ mod tests {
 
     #[test]
     fn runs_with_stdin_and_kills_after_the_deadline() {
-        let out = run(Command::new("cat"), b"hello", Duration::from_secs(10)).unwrap();
+        let out = run(Command::new("cat"), b"hello", Some(Duration::from_secs(10))).unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, b"hello");
+        // Larger than a pipe's buffer, and echoed while still being written.
+        let big = vec![b'x'; 1 << 20];
+        let out = run(Command::new("cat"), &big, None).unwrap();
+        assert_eq!(out.stdout.len(), big.len());
         let mut sleep = Command::new("sleep");
         sleep.arg("10");
         let started = Instant::now();
-        let err = run(sleep, b"", Duration::from_millis(100)).unwrap_err();
+        let err = run(sleep, b"", Some(Duration::from_millis(100))).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }

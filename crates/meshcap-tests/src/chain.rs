@@ -16,19 +16,19 @@
 //! A plugin's failure comes back as [`PluginError::Cni`] with the parsed error JSON.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use meshcap_cni_runtime::invoke::{self, Failure};
+
 use crate::netns::Netns;
 
-/// The annotations capability that CRI runtimes pass in `runtimeConfig`.
-pub const POD_ANNOTATIONS_CAP: &str = "io.kubernetes.cri.pod-annotations";
+pub use meshcap_cni_runtime::invoke::{CniError, POD_ANNOTATIONS_CAP};
 /// How long a single plugin invocation may take before the driver kills it.
 pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -135,14 +135,6 @@ impl Attachment {
             annotations,
         }
     }
-}
-
-/// The CNI error JSON a plugin printed (CNI spec, "Error").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CniError {
-    pub code: u64,
-    pub msg: String,
-    pub details: String,
 }
 
 /// Why one plugin invocation failed.
@@ -309,27 +301,17 @@ impl Chain {
 
     /// The network configuration one plugin receives on stdin.
     pub fn plugin_config(&self, index: usize, att: &Attachment, prev: Option<&Value>) -> Value {
-        let mut conf = self.plugins[index].clone();
-        let obj = conf.as_object_mut().expect("plugin config is an object");
-        obj.insert("cniVersion".into(), json!(self.cni_version));
-        obj.insert("name".into(), json!(self.name));
-        if let Some(p) = prev {
-            if !p.is_null() {
-                obj.insert("prevResult".into(), p.clone());
-            }
-        }
-        let declares = obj
-            .get("capabilities")
-            .and_then(|c| c.get(POD_ANNOTATIONS_CAP))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        if declares {
-            obj.insert(
-                "runtimeConfig".into(),
-                json!({ POD_ANNOTATIONS_CAP: att.annotations }),
-            );
-        }
-        conf
+        let entry = self.plugins[index]
+            .as_object()
+            .expect("plugin config is an object");
+        let capability_args = json!({ POD_ANNOTATIONS_CAP: att.annotations });
+        invoke::plugin_stdin(
+            entry,
+            &self.name,
+            Some(&json!(self.cni_version)),
+            capability_args.as_object().expect("an object"),
+            prev,
+        )
     }
 
     /// Run plugin `index` for `command`; `Ok(Some(result))` when it printed one.
@@ -437,68 +419,31 @@ impl Chain {
 }
 
 /// Spawn, feed stdin, collect output; kill the child after `timeout`.
-pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Result<RawOutput> {
-    let mut child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
-    if let Some(mut si) = child.stdin.take() {
-        // A plugin may exit without reading stdin (VERSION); a broken pipe is not our error.
-        let _ = si.write_all(stdin);
-    }
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => {
-            let out = out.context("wait for plugin")?;
-            Ok(RawOutput {
-                status: out.status,
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            })
-        }
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            anyhow::bail!("timed out after {timeout:?}")
-        }
-    }
+pub fn run_with_timeout(cmd: Command, stdin: &[u8], timeout: Duration) -> Result<RawOutput> {
+    let out = invoke::run(cmd, stdin, Some(timeout))?;
+    Ok(RawOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 /// Turn a plugin's output into its result (success) or its CNI error (failure). Anything but
 /// JSON on stdout is a protocol violation.
 pub fn parse_output(ty: &str, command: &str, out: RawOutput) -> Result<Option<Value>, PluginError> {
-    let trimmed = out.stdout.trim();
-    let parsed: Option<Value> = if trimmed.is_empty() {
-        None
-    } else {
-        serde_json::from_str(trimmed).ok()
-    };
-    let bad = |out: &RawOutput| PluginError::BadOutput {
-        plugin: ty.into(),
-        command: command.into(),
-        output: Box::new(out.clone()),
-    };
-    if out.status.success() {
-        if !trimmed.is_empty() && parsed.is_none() {
-            return Err(bad(&out));
-        }
-        return Ok(parsed);
-    }
-    match parsed {
-        Some(v) if v.get("code").is_some() => Err(PluginError::Cni {
+    match invoke::outcome(out.status.success(), out.stdout.as_bytes()) {
+        Ok(result) => Ok(result),
+        Err(Failure::Cni(error)) => Err(PluginError::Cni {
             plugin: ty.into(),
             command: command.into(),
-            error: Box::new(CniError {
-                code: v["code"].as_u64().unwrap_or(0),
-                msg: v["msg"].as_str().unwrap_or("").into(),
-                details: v["details"].as_str().unwrap_or("").into(),
-            }),
-            stderr: out.stderr.clone(),
+            error: Box::new(error),
+            stderr: out.stderr,
         }),
-        _ => Err(bad(&out)),
+        Err(Failure::BadOutput) => Err(PluginError::BadOutput {
+            plugin: ty.into(),
+            command: command.into(),
+            output: Box::new(out),
+        }),
     }
 }
 

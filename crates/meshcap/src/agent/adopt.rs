@@ -591,7 +591,7 @@ impl Adopter {
         .apply(&mut cmd);
         cmd.env(meshcap_records::STATE_DIR_VAR, &self.state_root);
         let stdin = serde_json::to_vec(stdin).expect("a JSON value serializes");
-        let out = invoke::run(cmd, &stdin, PLUGIN_TIMEOUT).map_err(|e| e.to_string())?;
+        let out = invoke::run(cmd, &stdin, Some(PLUGIN_TIMEOUT)).map_err(|e| e.to_string())?;
         plugin_outcome(command, out.status.success(), &out.stdout, &out.stderr)
     }
 }
