@@ -80,7 +80,7 @@ fi
 # --- bpf-linker ----------------------------------------------------------------------------
 if ! bpf-linker --version >/dev/null 2>&1; then
     # The default features link against a system libLLVM that Debian does not name that way;
-    # the llvm-22 feature with LLVM_PREFIX is what links (shared/TOOLCHAIN.md).
+    # the llvm-22 feature with LLVM_PREFIX is what links.
     step "cargo install bpf-linker $BPF_LINKER_VERSION" \
         env LLVM_PREFIX="/usr/lib/llvm-$LLVM_MAJOR" cargo install bpf-linker \
         --version "$BPF_LINKER_VERSION" --no-default-features --features "llvm-$LLVM_MAJOR"

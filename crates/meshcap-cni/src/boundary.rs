@@ -1,6 +1,6 @@
 //! The process boundary: stdin and environment in, stdout text and exit code out. This is
 //! the one place that turns errors into CNI error JSON (CNI spec, "Error"; codes from
-//! SPEC.md and the CNI spec's well-known codes).
+//! docs/CONFIGURATION.md and the CNI spec's well-known codes).
 //!
 //! | code | when |
 //! |---|---|
@@ -91,7 +91,7 @@ pub fn code(err: &PluginError) -> u32 {
             CommandError::Dataplane { source, .. } if is_transient(source) => 11,
             CommandError::Dataplane { .. } => CODE_DATAPLANE,
             CommandError::Drift { .. } => CODE_DRIFT,
-            // CNI_NETNS is an environment variable, and SPEC.md gives 4 to invalid ones.
+            // CNI_NETNS is an environment variable, and docs/CONFIGURATION.md gives 4 to invalid ones.
             CommandError::NetnsVanished { .. } => 4,
         },
     }

@@ -339,7 +339,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
             Some((uid, gid)) => {
                 match fastpath::register_pod(&config.ebpf_pin_dir, &record, uid, gid) {
                     Ok(()) => record.ebpf_registered = true,
-                    // SPEC.md: the fast path is optional; rules alone do the job.
+                    // docs/DESIGN.md: the fast path is optional; rules alone do the job.
                     Err(e) => tracing::warn!(error = %e, "continuing with rules only"),
                 }
             }

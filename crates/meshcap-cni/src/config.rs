@@ -85,7 +85,7 @@ pub struct Attachment {
     pub ifname: String,
 }
 
-/// The decoded configuration. Defaults are SPEC.md's.
+/// The decoded configuration. Defaults are docs/CONFIGURATION.md's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Network name; with the container id and interface it keys the attachment record.

@@ -4,7 +4,7 @@
 //! adds and removes its pod's entry in the pinned pod map (`meshcap_fastpath`). ADD calls
 //! [`register_pod`] after the rules are in place; DEL and GC call [`unregister_pod`] and
 //! [`sweep`], all against the configuration's `ebpf.pin_dir` (default: the agent's default,
-//! `/sys/fs/bpf/meshcap`). The fast path is an optimisation on top of the rules, so SPEC.md
+//! `/sys/fs/bpf/meshcap`). The fast path is an optimisation on top of the rules, so docs/DESIGN.md
 //! requires that its absence never fails an ADD: callers log [`FastPathError`] and carry on.
 
 use std::path::Path;

@@ -26,7 +26,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use crate::rtnl::Rtnl;
 use crate::DataplaneError;
 
-/// The fixed TPROXY mark and routing table of SPEC.md: how meshcap's policy routing is found
+/// The fixed TPROXY mark and routing table of docs/DESIGN.md: how meshcap's policy routing is found
 /// when no ruleset says otherwise (remove, inspect).
 pub use meshcap_model::model::{TPROXY_MARK, TPROXY_ROUTE_TABLE};
 

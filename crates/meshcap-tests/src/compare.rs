@@ -3,7 +3,7 @@
 //! Every mode gets its own node (so modes run in parallel and never see each other's rules),
 //! one pod per [`PodSpec`] through a `bridge` -> `meshcap-cni` chain configured for the mode,
 //! and every flow of the matrix. Each observed outcome is checked against the flow's
-//! expectation, and every mode's outcomes against `iptables` mode's: SPEC.md promises they are
+//! expectation, and every mode's outcomes against `iptables` mode's: docs/DESIGN.md promises they are
 //! identical. [`Comparison::render_failures`] prints a table naming flow, mode and outcomes.
 //!
 //! Modes are data ([`Mode`]): adding `iptables+ebpf` is one more entry in [`all_modes`].

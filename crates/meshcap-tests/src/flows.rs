@@ -1,4 +1,4 @@
-//! The flow matrix: named flows with the pod annotations they need and the outcome SPEC.md's
+//! The flow matrix: named flows with the pod annotations they need and the outcome docs/DESIGN.md's
 //! "Observable behaviour" promises for them.
 //!
 //! Flows are grouped by pod ([`PodSpec`]): one pod per annotation set serves all of its flows.

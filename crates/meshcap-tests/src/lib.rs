@@ -1,5 +1,5 @@
 //! meshcap's end-to-end harness: real network namespaces, a CNI runtime driver, a stand-in
-//! sidecar and the flow matrix that proves SPEC.md's "Observable behaviour" in every mode.
+//! sidecar and the flow matrix that proves docs/DESIGN.md's "Observable behaviour" in every mode.
 //!
 //! The pieces, each in its own module:
 //! - [`netns`]: named network namespaces that delete themselves, and running closures or

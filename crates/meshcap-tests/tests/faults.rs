@@ -1,6 +1,6 @@
 //! Fault injection: each fault meshcap can meet on a node ends in a clear CNI error (code and a
 //! message naming the problem) or in its documented fallback, and a failed ADD leaves the pod
-//! namespace exactly as it found it (SPEC.md, "Lifecycle guarantees").
+//! namespace exactly as it found it (docs/DESIGN.md, "Lifecycle guarantees").
 //!
 //! | fault | how it is injected | outcome |
 //! |---|---|---|
@@ -724,7 +724,7 @@ fn nftables_transaction_rejected_by_kernel_changes_nothing() {
     f.assert_no_records("");
     // DEL (the runtime's cleanup of the failed ADD) meets the same refusal while the owner
     // lives: a clear error the runtime retries, not a silent success over rules it cannot
-    // see. Reported to the lead: SPEC.md wants DEL to succeed "when ADD never ran".
+    // see. docs/DESIGN.md wants DEL to succeed "when ADD never ran".
     expect_error(
         f.run_plain("DEL", &f.config()),
         100,

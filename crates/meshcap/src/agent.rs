@@ -165,7 +165,7 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
                 );
                 Some(installed)
             }
-            // SPEC.md: the fast path is optional; the rules alone capture traffic.
+            // docs/DESIGN.md: the fast path is optional; the rules alone capture traffic.
             Err(e) => {
                 tracing::warn!(error = %e, "eBPF fast path not installed; running repair, config watch and metrics without it");
                 None

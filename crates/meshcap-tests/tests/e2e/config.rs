@@ -1,4 +1,4 @@
-//! Plugin configuration as SPEC.md describes it: `selection`, `exclude_namespaces`, fail-closed
+//! Plugin configuration as docs/CONFIGURATION.md describes it: `selection`, `exclude_namespaces`, fail-closed
 //! annotations for Kubernetes pods, and iptables-flavour detection (legacy only where legacy
 //! rules already exist).
 
