@@ -73,6 +73,7 @@ pub fn code(err: &PluginError) -> u32 {
             CommandError::PrevResult(ResultError::Invalid { .. })
             | CommandError::PrevResultRequired { .. }
             | CommandError::Annotation(_)
+            | CommandError::MeshConflict(_)
             | CommandError::AnnotationsUnavailable { .. }
             | CommandError::PodShape { .. }
             | CommandError::MissingValidAttachments => 7,

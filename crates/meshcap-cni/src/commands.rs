@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use meshcap_dataplane::{self as dataplane, Dataplane, DataplaneError, PodNetns};
+use meshcap_model::mesh::{self, Mesh, MeshError};
 use meshcap_model::pod::{PodError, PodSelection, PodView};
 use meshcap_model::{AnnotationError, Annotations, RedirectModel};
 use serde_json::Value;
@@ -62,6 +63,8 @@ pub enum CommandError {
     },
     #[error("invalid pod annotation: {0}")]
     Annotation(#[source] AnnotationError),
+    #[error(transparent)]
+    MeshConflict(#[from] MeshError),
     #[error(transparent)]
     PrevResult(#[from] ResultError),
     #[error(
@@ -121,6 +124,10 @@ pub struct Capture {
     pub pod: PodView,
     /// Where the pod came from, for the log.
     pub source: &'static str,
+    /// The mesh that injected the pod, when not Istio (whose front end is [`PodView`]).
+    pub mesh: Option<Mesh>,
+    /// The pod as read from the API (the Linkerd front end reads its labels).
+    pub raw_pod: Option<Box<Value>>,
 }
 
 impl Capture {
@@ -131,8 +138,53 @@ impl Capture {
                 ..PodView::default()
             },
             source,
+            mesh: None,
+            raw_pod: None,
         }
     }
+}
+
+/// Where a pod goes, by the mesh that injected it.
+enum MeshRoute {
+    /// An Istio pod, or one no mesh claims: Istio's front end and `selection` decide.
+    Istio,
+    /// A Linkerd or Kuma pod its own CNI plugin would set up.
+    Other(Mesh),
+    Skip(String),
+}
+
+fn route_mesh(
+    config: &Config,
+    claims: &[Mesh],
+    namespace: Option<&str>,
+    raw_pod: Option<&Value>,
+    annotations: &Annotations,
+) -> Result<MeshRoute, CommandError> {
+    let Some(found) = mesh::single(claims)? else {
+        return Ok(MeshRoute::Istio);
+    };
+    if !config.meshes.contains(&found) {
+        return Ok(MeshRoute::Skip(format!(
+            "a {found} pod, and the plugin config's meshes does not list {found}"
+        )));
+    }
+    let wanted = match found {
+        Mesh::Istio => return Ok(MeshRoute::Istio),
+        Mesh::Linkerd => raw_pod.map_or(Ok(()), mesh::linkerd::wants_pod),
+        Mesh::Kuma => match namespace {
+            Some(ns) if config.kuma.exclude_namespaces.iter().any(|n| n == ns) => {
+                Err(format!("namespace {ns} is in kuma.exclude_namespaces"))
+            }
+            _ => match raw_pod {
+                Some(pod) => mesh::kuma::wants_pod(pod, &config.kuma),
+                None => mesh::kuma::wants_annotations(annotations),
+            },
+        },
+    };
+    Ok(match wanted {
+        Ok(()) => MeshRoute::Other(found),
+        Err(reason) => MeshRoute::Skip(format!("{found} pod left alone: {reason}")),
+    })
 }
 
 /// Whether [`decide_with`] may ask the Kubernetes API.
@@ -192,6 +244,23 @@ pub fn decide_with(
         },
         (None, None) => Capture::annotations_only(Annotations::new(), "none"),
     };
+    let claims = mesh::claims_by_annotations(&capture.pod.annotations);
+    match route_mesh(
+        config,
+        &claims,
+        args.k8s_pod_namespace.as_deref(),
+        None,
+        &capture.pod.annotations,
+    )? {
+        MeshRoute::Istio => {}
+        MeshRoute::Skip(reason) => return Ok(Decision::Skip(reason)),
+        MeshRoute::Other(m) => {
+            return Ok(Decision::Capture(Capture {
+                mesh: Some(m),
+                ..capture
+            }))
+        }
+    }
     if config.selection.wants_capture(&capture.pod.annotations) {
         Ok(Decision::Capture(capture))
     } else {
@@ -231,17 +300,78 @@ fn decide_from_api(
             "the pod also has an istio-init init container; inject with Istio's CNI mode so it is not added"
         );
     }
+    match route_mesh(
+        config,
+        &mesh::claims(&pod),
+        Some(namespace),
+        Some(&pod),
+        &view.annotations,
+    )? {
+        MeshRoute::Istio => {}
+        MeshRoute::Skip(reason) => return Ok(Decision::Skip(reason)),
+        MeshRoute::Other(m) => {
+            return Ok(Decision::Capture(Capture {
+                pod: view,
+                source: "kubernetes-api",
+                mesh: Some(m),
+                raw_pod: Some(Box::new(pod)),
+            }))
+        }
+    }
     match view.selection(config.selection) {
         PodSelection::Skip(reason) => Ok(Decision::Skip(reason.to_string())),
         PodSelection::Capture => Ok(Decision::Capture(Capture {
             pod: view,
             source: "kubernetes-api",
+            mesh: None,
+            raw_pod: None,
         })),
     }
 }
 
-fn model_for(capture: &Capture) -> Result<RedirectModel, CommandError> {
-    capture.pod.model().map_err(CommandError::Annotation)
+/// The model of a captured pod, by its mesh's front end.
+fn model_for(config: &Config, capture: &Capture) -> Result<RedirectModel, CommandError> {
+    let mut warnings = Vec::new();
+    let model = match capture.mesh {
+        Some(Mesh::Linkerd) => mesh::linkerd::model(
+            &capture.pod.annotations,
+            capture
+                .raw_pod
+                .as_ref()
+                .and_then(|p| p.pointer("/metadata/labels"))
+                .and_then(Value::as_object),
+            &config.linkerd,
+            &mut warnings,
+        ),
+        Some(Mesh::Kuma) => mesh::kuma::model(
+            &capture.pod.annotations,
+            prev_result_has_ipv6(config),
+            &|path| std::fs::read_to_string(path),
+            &mut warnings,
+        ),
+        Some(Mesh::Istio) | None => capture.pod.model(),
+    }
+    .map_err(CommandError::Annotation)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(model)
+}
+
+/// Whether the previous plugin gave the pod an IPv6 address (Kuma writes IPv6 rules only then).
+fn prev_result_has_ipv6(config: &Config) -> bool {
+    config
+        .prev_result
+        .as_ref()
+        .and_then(|r| r.get("ips"))
+        .and_then(Value::as_array)
+        .is_some_and(|ips| {
+            ips.iter().any(|ip| {
+                ip.get("address")
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| a.contains(':'))
+            })
+        })
 }
 
 fn open_netns(path: &Path, mode: Mode) -> Result<PodNetns, CommandError> {
@@ -281,7 +411,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         Decision::Capture(c) => c,
     };
     tracing::debug!(source = capture.source, "capturing");
-    let model = model_for(&capture)?;
+    let model = model_for(config, &capture)?;
     let rulesets = model.rulesets();
 
     let netns = required_netns(env);
@@ -520,7 +650,7 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
         }
         Decision::Capture(c) => c,
     };
-    let rulesets = model_for(&capture)?.rulesets();
+    let rulesets = model_for(config, &capture)?.rulesets();
     let netns = required_netns(env);
     let mode = config.mode;
     let ns = open_netns(netns, mode)?;

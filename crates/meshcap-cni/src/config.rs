@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meshcap_model::mesh::kuma::KumaNode;
+use meshcap_model::mesh::linkerd::LinkerdNode;
+use meshcap_model::mesh::Mesh;
 use meshcap_model::{Annotations, Selection};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -121,6 +124,13 @@ pub struct Config {
     /// Keys this plugin does not know (`section.key` inside `kubernetes` and `ebpf`): logged
     /// as a warning, never an error, so a typo is visible without failing pod starts.
     pub unknown_keys: Vec<String>,
+    /// The meshes whose pods this node captures (`meshes`, default all three); a pod of
+    /// another mesh is left alone and logged.
+    pub meshes: Vec<Mesh>,
+    /// linkerd-cni's node-wide settings (`linkerd`), with its chart's defaults.
+    pub linkerd: LinkerdNode,
+    /// kuma-cni's node-wide settings (`kuma`), with its chart's defaults.
+    pub kuma: KumaNode,
 }
 
 /// Top-level keys the plugin reads, plus those the CNI spec lets a runtime insert.
@@ -140,6 +150,9 @@ const KNOWN_KEYS: &[&str] = &[
     "ebpf",
     "log_file",
     "log_level",
+    "meshes",
+    "linkerd",
+    "kuma",
 ];
 const KNOWN_KUBERNETES_KEYS: &[&str] = &[
     "kubeconfig",
@@ -292,6 +305,9 @@ impl Config {
             prev_result: field(&obj, "prevResult")?,
             valid_attachments: field(&obj, VALID_ATTACHMENTS_KEY)?,
             unknown_keys,
+            meshes: field(&obj, "meshes")?.unwrap_or_else(|| Mesh::ALL.to_vec()),
+            linkerd: field(&obj, "linkerd")?.unwrap_or_default(),
+            kuma: field(&obj, "kuma")?.unwrap_or_default(),
         })
     }
 

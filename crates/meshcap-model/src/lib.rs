@@ -8,6 +8,7 @@
 
 pub mod annotations;
 mod layout;
+pub mod mesh;
 pub mod model;
 pub mod pod;
 pub mod render;

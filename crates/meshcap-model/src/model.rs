@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::annotations::{self as ann, AnnotationError, Annotations, Selector};
-use crate::rules::{Family, Ruleset};
+use crate::rules::{Family, Proto, Ruleset};
 
 /// Outbound capture port (Envoy's virtual outbound listener; mesh config `proxyListenPort`).
 pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
@@ -47,6 +47,9 @@ pub const DNS_ZONE_CLIENT: u16 = 2;
 pub const DEFAULT_IPV4_LOOPBACK: &str = "127.0.0.1/32";
 /// Most proxy uids or gids a model may list (each repeats a handful of rules).
 pub const MAX_PROXY_IDS: usize = 16;
+/// Most uids one owner port exclusion may span: each uid is one rule (nftables has no
+/// host-order uid range without a byte-order conversion meshcap does not emit).
+pub const MAX_UID_RANGE: u32 = 64;
 /// Most owner groups an include list may hold: all of them go into one rule
 /// (Istio's `maxOwnerGroupsInclude`, tools/common/config/validation.go).
 pub const MAX_OWNER_GROUPS_INCLUDE: usize = 64;
@@ -161,6 +164,60 @@ pub struct RedirectModel {
     pub ipv4_loopback: IpNet,
     pub ports: ProxyPorts,
     pub families: Families,
+    /// What the chain names start with (`MESHCAP`, or a mesh-named prefix such as
+    /// `MESHCAP_LINKERD`), so a reader of `iptables-save` or `nft list ruleset` sees which
+    /// mesh a rule serves. Always starts with `MESHCAP`: cleanup finds chains by that prefix.
+    pub chain_prefix: String,
+    /// Outbound traffic from the inbound passthrough source (127.0.0.6 / ::6) over lo is the
+    /// proxy handing inbound connections to the app, and is not captured.
+    pub inbound_passthrough: bool,
+    /// The proxy dialling the pod's own address over lo is captured inbound. Without it, all
+    /// traffic over lo bypasses capture, whoever sends it.
+    pub proxy_hairpin: bool,
+    /// Excluded outbound ports also return UDP (Istio does; meshes that never capture UDP
+    /// outbound return TCP only).
+    pub exclude_outbound_udp: bool,
+    /// Excluded inbound and outbound TCP port ranges (inclusive), one rule each, in addition
+    /// to the single ports above.
+    pub exclude_inbound_port_ranges: Vec<PortRange>,
+    pub exclude_outbound_port_ranges: Vec<PortRange>,
+    /// Inbound traffic from these sources is not captured.
+    pub exclude_inbound_sources: Vec<IpNet>,
+    /// Destinations never captured outbound, DNS included: checked before anything else.
+    pub bypass_outbound_ranges: Vec<IpNet>,
+    /// Sockets of these uids sending to these ports are never captured: checked first.
+    pub owner_port_exclusions: Vec<OwnerPortExclusion>,
+    /// Which DNS is captured when DNS capture is on.
+    pub dns_scope: DnsScope,
+    /// With DNS capture, the proxy's upstream queries and the apps' queries get separate
+    /// conntrack zones.
+    pub dns_conntrack_zones: bool,
+}
+
+/// An inclusive range of ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// Traffic of `uid` (one uid, or an inclusive range) to `ports` over `proto` is not captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerPortExclusion {
+    pub proto: Proto,
+    pub ports: Vec<PortRange>,
+    pub uids: (u32, u32),
+}
+
+/// Which DNS queries DNS capture redirects to the proxy's DNS port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DnsScope {
+    /// UDP and TCP, after the proxy's own traffic has left the outbound chain (Istio).
+    #[default]
+    UdpAndTcp,
+    /// UDP only, before any other outbound rule but the bypasses; the apps' TCP DNS is not
+    /// captured at all.
+    UdpOnly,
 }
 
 impl Default for RedirectModel {
@@ -185,6 +242,17 @@ impl Default for RedirectModel {
             ipv4_loopback: DEFAULT_IPV4_LOOPBACK.parse().expect("valid literal"),
             ports: ProxyPorts::default(),
             families: Families::BOTH,
+            chain_prefix: DEFAULT_CHAIN_PREFIX.to_owned(),
+            inbound_passthrough: true,
+            proxy_hairpin: true,
+            exclude_outbound_udp: true,
+            exclude_inbound_port_ranges: Vec::new(),
+            exclude_outbound_port_ranges: Vec::new(),
+            exclude_inbound_sources: Vec::new(),
+            bypass_outbound_ranges: Vec::new(),
+            owner_port_exclusions: Vec::new(),
+            dns_scope: DnsScope::UdpAndTcp,
+            dns_conntrack_zones: true,
         }
     }
 }
@@ -331,8 +399,8 @@ impl RedirectModel {
             ("proxy_gids", &self.proxy_gids),
         ] {
             let shown = format!("{ids:?}");
-            if ids.is_empty() || ids.len() > MAX_PROXY_IDS {
-                return field(name, shown, "must list 1 to 16 ids");
+            if ids.len() > MAX_PROXY_IDS {
+                return field(name, shown, "must list at most 16 ids");
             }
             if ids.contains(&u32::MAX) {
                 return field(name, shown, "4294967295 is the kernel's \"no id\"");
@@ -361,6 +429,43 @@ impl RedirectModel {
                 "no address family",
             );
         }
+        if self.proxy_uids.is_empty() && self.proxy_gids.is_empty() {
+            return field(
+                "proxy_uids",
+                "[]".to_owned(),
+                "the proxy needs a uid or a gid, or its own traffic loops back to it",
+            );
+        }
+        let prefix = &self.chain_prefix;
+        if !prefix.starts_with(DEFAULT_CHAIN_PREFIX)
+            || prefix.len() > MAX_CHAIN_PREFIX_LEN
+            || !prefix.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+        {
+            return field(
+                "chain_prefix",
+                prefix.clone(),
+                "must start with MESHCAP, be upper case or _ and at most 16 bytes",
+            );
+        }
+        for r in self
+            .exclude_inbound_port_ranges
+            .iter()
+            .chain(&self.exclude_outbound_port_ranges)
+            .chain(self.owner_port_exclusions.iter().flat_map(|e| &e.ports))
+        {
+            if r.first > r.last {
+                return field("port ranges", format!("{r:?}"), "first port after last");
+            }
+        }
+        for e in &self.owner_port_exclusions {
+            if e.uids.0 > e.uids.1 || e.uids.1 - e.uids.0 >= MAX_UID_RANGE {
+                return field(
+                    "owner_port_exclusions",
+                    format!("{:?}", e.uids),
+                    "uid range must be ascending and span at most 64 uids",
+                );
+            }
+        }
         if let Some(servers) = &self.dns_servers {
             if servers.len() > ann::MAX_LIST_LEN {
                 return field("dns_servers", format!("{servers:?}"), "too many resolvers");
@@ -370,7 +475,14 @@ impl RedirectModel {
     }
 }
 
-// meshcap's chain names (Istio's equivalents in comments).
+/// The chain prefix of Istio pods (and of every pod before meshes were told apart).
+pub const DEFAULT_CHAIN_PREFIX: &str = "MESHCAP";
+/// Longest chain prefix: iptables chain names have at most 28 bytes, and the longest suffix
+/// is `_IN_REDIRECT`.
+pub const MAX_CHAIN_PREFIX_LEN: usize = 16;
+
+// meshcap's chain names (Istio's equivalents in comments). A model with another
+// `chain_prefix` gets the same names with `MESHCAP` replaced by it.
 /// Entry chain jumped to from the built-in PREROUTING.
 pub const PREROUTING: &str = "MESHCAP_PREROUTING";
 /// Entry chain jumped to from the built-in OUTPUT.

@@ -127,6 +127,8 @@ pub enum Match {
     /// must match none of `ports`; without it, one port only is allowed (the model never needs
     /// a positive port set, and nftables would need an anonymous set for it).
     DestPort { ports: Vec<u16>, negate: bool },
+    /// `--dport A:B` / `th dport A-B`: an inclusive range (never a single port).
+    DestPortRange { first: u16, last: u16 },
     /// `--sport P`.
     SourcePort { port: u16 },
     /// `-s NET` / `ip saddr NET`.

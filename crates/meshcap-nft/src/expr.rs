@@ -126,7 +126,10 @@ fn payload(list: &mut Attrs, base: u32, offset: u32, len: u32) {
 }
 
 fn cmp(list: &mut Attrs, negate: bool, data: &[u8]) {
-    let op = if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ };
+    cmp_op(list, if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ }, data);
+}
+
+fn cmp_op(list: &mut Attrs, op: u32, data: &[u8]) {
     expr(list, "cmp", |d| {
         d.put_be32(NFTA_CMP_SREG, NFT_REG_1)
             .put_be32(NFTA_CMP_OP, op);
@@ -193,6 +196,13 @@ fn encode_matches(list: &mut Attrs, matches: &[Match], family: Family) -> Result
                     payload(list, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
                     cmp(list, *negate, &port.to_be_bytes());
                 }
+            }
+            Match::DestPortRange { first, last } => {
+                proto.ok_or(EncodeError::PortWithoutProtocol)?;
+                // Ports are big-endian on the wire, so byte-wise comparison orders them.
+                payload(list, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+                cmp_op(list, NFT_CMP_GTE, &first.to_be_bytes());
+                cmp_op(list, NFT_CMP_LTE, &last.to_be_bytes());
             }
             Match::SourcePort { port } => {
                 proto.ok_or(EncodeError::PortWithoutProtocol)?;

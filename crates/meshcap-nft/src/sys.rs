@@ -119,6 +119,8 @@ pub const NFTA_CMP_OP: u16 = 2;
 pub const NFTA_CMP_DATA: u16 = 3;
 pub const NFT_CMP_EQ: u32 = 0;
 pub const NFT_CMP_NEQ: u32 = 1;
+pub const NFT_CMP_LTE: u32 = 3;
+pub const NFT_CMP_GTE: u32 = 5;
 
 // enum nft_bitwise_attributes (the default NFTA_BITWISE_OP is NFT_BITWISE_BOOL: & mask ^ xor)
 pub const NFTA_BITWISE_SREG: u16 = 1;

@@ -229,10 +229,22 @@ fn fixture(family: Family) -> Ruleset {
             chain(
                 "MESHCAP_PREROUTING",
                 Some(Hook::Prerouting),
-                vec![rule(
-                    vec![Match::Protocol(Proto::Udp), Match::SourcePort { port: 53 }],
-                    Target::CtZone(2),
-                )],
+                vec![
+                    rule(
+                        vec![Match::Protocol(Proto::Udp), Match::SourcePort { port: 53 }],
+                        Target::CtZone(2),
+                    ),
+                    rule(
+                        vec![
+                            Match::Protocol(Proto::Udp),
+                            Match::DestPortRange {
+                                first: 3000,
+                                last: 5000,
+                            },
+                        ],
+                        Target::CtZone(2),
+                    ),
+                ],
             ),
         ],
     };
@@ -451,6 +463,7 @@ fn fixture_covers_every_variant() {
                     Match::Protocol(_) => "Protocol",
                     Match::DestPort { negate: false, .. } => "DestPort",
                     Match::DestPort { negate: true, .. } => "DestPort!",
+                    Match::DestPortRange { .. } => "DestPortRange",
                     Match::SourcePort { .. } => "SourcePort",
                     Match::Source { negate: false, .. } => "Source",
                     Match::Source { negate: true, .. } => "Source!",
@@ -483,7 +496,7 @@ fn fixture_covers_every_variant() {
             });
         }
     }
-    assert_eq!(seen.len(), 19 + 10, "{seen:?}");
+    assert_eq!(seen.len(), 20 + 10, "{seen:?}");
 }
 
 // The netlink batch installs what `nft -f` of the rendered script installs, rule for rule and

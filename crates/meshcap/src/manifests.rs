@@ -28,6 +28,9 @@ pub enum Content {
     Pod {
         from: &'static str,
         pod: Box<PodView>,
+        /// The pod (or template) as written, with the workload's namespace filled in: what
+        /// the Linkerd and Kuma front ends read.
+        raw: Box<Value>,
     },
     /// An object that carries no pod.
     NoPod,
@@ -127,9 +130,20 @@ fn object(v: &Value) -> Object {
                         if pod.name.is_none() {
                             pod.name = name.clone();
                         }
+                        let mut raw = t.clone();
+                        if let (Some(ns), Some(obj)) = (&namespace, raw.as_object_mut()) {
+                            let meta = obj
+                                .entry("metadata")
+                                .or_insert_with(|| Value::Object(Default::default()));
+                            if let Some(meta) = meta.as_object_mut() {
+                                meta.entry("namespace")
+                                    .or_insert_with(|| Value::String(ns.clone()));
+                            }
+                        }
                         Content::Pod {
                             from,
                             pod: Box::new(pod),
+                            raw: Box::new(raw),
                         }
                     }
                     Err(e) => Content::Invalid(e.to_string()),

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use meshcap_model::mesh::{self, Mesh};
 use meshcap_model::pod::{PodSelection, PodView};
 use meshcap_model::render::{iptables, nftables};
 use meshcap_model::{Annotations, Family, RedirectModel, Selection};
@@ -151,9 +152,9 @@ fn run_manifest(args: &RenderArgs, path: &std::path::Path) -> anyhow::Result<()>
                 println!("# {title}: cannot read its pod: {reason}");
                 failed.push(format!("{title}: {reason}"));
             }
-            manifests::Content::Pod { from, pod } => {
+            manifests::Content::Pod { from, pod, raw } => {
                 println!("# {title} ({from})");
-                if let Err(e) = render_pod(args, pod, selection, selection_name) {
+                if let Err(e) = render_any_pod(args, pod, raw, selection, selection_name) {
                     println!("# error: {e}; an ADD of this pod fails (CNI code 7)");
                     failed.push(format!("{title}: {e}"));
                 }
@@ -167,6 +168,72 @@ fn run_manifest(args: &RenderArgs, path: &std::path::Path) -> anyhow::Result<()>
             failed.join("; ")
         );
     }
+    Ok(())
+}
+
+/// A pod of whichever mesh injected it: Linkerd and Kuma pods through their front ends with
+/// the node defaults of the plugin config, everything else as an Istio pod.
+fn render_any_pod(
+    args: &RenderArgs,
+    pod: &PodView,
+    raw: &serde_json::Value,
+    selection: Selection,
+    selection_name: &str,
+) -> anyhow::Result<()> {
+    let mesh = mesh::single(&mesh::claims(raw))?;
+    let mut warnings = Vec::new();
+    let model = match mesh {
+        Some(Mesh::Linkerd) => {
+            if let Err(reason) = mesh::linkerd::wants_pod(raw) {
+                println!("# not captured (linkerd-cni would skip it): {reason}");
+                return Ok(());
+            }
+            let annotations = mesh::annotations_of(raw);
+            let labels = raw.pointer("/metadata/labels").and_then(|l| l.as_object());
+            mesh::linkerd::model(
+                &annotations,
+                labels,
+                &mesh::linkerd::LinkerdNode::default(),
+                &mut warnings,
+            )?
+        }
+        Some(Mesh::Kuma) => {
+            if let Err(reason) = mesh::kuma::wants_pod(raw, &mesh::kuma::KumaNode::default()) {
+                println!("# not captured (kuma-cni would skip it): {reason}");
+                return Ok(());
+            }
+            let annotations = mesh::annotations_of(raw);
+            let has_v6 = raw
+                .pointer("/status/podIPs")
+                .and_then(|v| v.as_array())
+                .is_some_and(|ips| {
+                    ips.iter().any(|ip| {
+                        ip.get("ip")
+                            .and_then(|v| v.as_str())
+                            .is_some_and(|s| s.contains(':'))
+                    })
+                });
+            mesh::kuma::model(
+                &annotations,
+                has_v6,
+                &|path| std::fs::read_to_string(path),
+                &mut warnings,
+            )?
+        }
+        Some(Mesh::Istio) | None => return render_pod(args, pod, selection, selection_name),
+    };
+    let mesh = mesh.expect("matched above");
+    for w in &warnings {
+        println!("# warning: {w}");
+    }
+    println!(
+        "# captured ({mesh} pod): proxy uid {} gid {}; inbound port {}, outbound port {}",
+        join_ids(&model.proxy_uids),
+        join_ids(&model.proxy_gids),
+        model.ports.inbound,
+        model.ports.outbound
+    );
+    print_rules(args, &model);
     Ok(())
 }
 
@@ -210,7 +277,12 @@ fn print_rules(args: &RenderArgs, model: &RedirectModel) {
         FamilyArg::V6 => &[Family::V6],
         FamilyArg::Both => &Family::ALL,
     };
-    let rulesets: Vec<_> = families.iter().map(|f| model.ruleset(*f)).collect();
+    // With both asked for, a family the pod gets no rules in is left out.
+    let rulesets: Vec<_> = families
+        .iter()
+        .filter(|f| !matches!(args.family, FamilyArg::Both) || model.families.has(**f))
+        .map(|f| model.ruleset(*f))
+        .collect();
     match args.format {
         Format::Iptables => {
             for rs in &rulesets {

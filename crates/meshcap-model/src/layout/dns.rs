@@ -4,7 +4,8 @@
 
 use super::{dport, jump, proxy_owners, rule, to, TableBuilder};
 use crate::model::{
-    RedirectModel, DNS, DNS_PORT, DNS_ZONE_CLIENT, DNS_ZONE_UPSTREAM, INBOUND, OUTPUT, PREROUTING,
+    DnsScope, RedirectModel, DNS, DNS_PORT, DNS_ZONE_CLIENT, DNS_ZONE_UPSTREAM, INBOUND, OUTPUT,
+    PREROUTING,
 };
 use crate::rules::{Family, Match, Proto, Rule, Target};
 
@@ -18,13 +19,72 @@ fn from(net: ipnet::IpNet) -> Match {
 
 /// The jump from nat OUTBOUND into the DNS chain, when this family has DNS to capture.
 pub(super) fn nat_jump(model: &RedirectModel, family: Family) -> Option<Rule> {
-    if !model.captures_dns() {
+    if !model.captures_dns() || model.dns_scope != DnsScope::UdpAndTcp {
         return None;
     }
     if model.dns_servers_of(family).is_some_and(|s| s.is_empty()) {
         return None;
     }
     Some(rule("DNS capture", vec![], jump(DNS)))
+}
+
+/// nat OUTPUT with [`DnsScope::UdpOnly`]: the proxy's own UDP DNS leaves, all other UDP DNS
+/// (or that to the listed resolvers) goes to the proxy DNS port, and the apps' TCP DNS is not
+/// captured at all.
+pub(super) fn nat_entry(model: &RedirectModel, family: Family, nat: &mut TableBuilder) {
+    if !model.captures_dns() || model.dns_scope != DnsScope::UdpOnly {
+        return;
+    }
+    let servers = model.dns_servers_of(family);
+    if servers.as_ref().is_some_and(|s| s.is_empty()) {
+        return;
+    }
+    let owners = proxy_owners(model);
+    for (is_proxy, _, _) in &owners {
+        nat.push(
+            OUTPUT,
+            rule(
+                "DNS capture: the proxy's own DNS queries are not captured",
+                vec![udp(), dport(DNS_PORT), is_proxy.clone()],
+                Target::Return,
+            ),
+        );
+    }
+    let redirect = Target::Redirect {
+        port: model.ports.dns,
+    };
+    match servers {
+        None => nat.push(
+            OUTPUT,
+            rule(
+                "DNS capture: UDP DNS goes to the proxy DNS port",
+                vec![udp(), dport(DNS_PORT)],
+                redirect,
+            ),
+        ),
+        Some(servers) => {
+            for server in servers {
+                nat.push(
+                    OUTPUT,
+                    rule(
+                        "DNS capture: DNS to a resolv.conf server goes to the proxy",
+                        vec![to(server), udp(), dport(DNS_PORT)],
+                        redirect.clone(),
+                    ),
+                );
+            }
+        }
+    }
+    let mut tcp_dns = vec![Match::Protocol(Proto::Tcp), dport(DNS_PORT)];
+    tcp_dns.extend(owners.into_iter().map(|(_, is_not_proxy, _)| is_not_proxy));
+    nat.push(
+        OUTPUT,
+        rule(
+            "DNS capture: apps' TCP DNS is not captured",
+            tcp_dns,
+            Target::Return,
+        ),
+    );
 }
 
 /// nat DNS: TCP and UDP DNS to the proxy's DNS port (all TCP rules first, as Istio).

@@ -2,7 +2,7 @@
 //! the nat table or by TPROXY in the mangle table (`sidecar.istio.io/interceptionMode`), except
 //! the excluded ports; and the invalid-packet drop (`INVALID_DROP`).
 
-use super::{dport, jump, lo_in, not_to, rule, tcp, TableBuilder};
+use super::{dport, jump, lo_in, not_to, port_range, rule, tcp, TableBuilder};
 use crate::annotations::Selector;
 use crate::model::{
     RedirectModel, DIVERT, DROP, INBOUND, IN_REDIRECT, PREROUTING, PROXY_LOOPBACK_MARK, TPROXY,
@@ -14,7 +14,7 @@ const EXCLUDED: &str = "excludeInboundPorts: port is not captured inbound";
 
 /// nat (REDIRECT mode): PREROUTING sends inbound TCP to INBOUND, which skips the tunnel and
 /// excluded ports and redirects the rest (or only the included ports).
-pub(super) fn redirect(model: &RedirectModel, nat: &mut TableBuilder) {
+pub(super) fn redirect(model: &RedirectModel, family: Family, nat: &mut TableBuilder) {
     if !model.captures_inbound() {
         return;
     }
@@ -40,6 +40,7 @@ pub(super) fn redirect(model: &RedirectModel, nat: &mut TableBuilder) {
                     rule(EXCLUDED, vec![tcp(), dport(*port)], Target::Return),
                 );
             }
+            nat.extend(INBOUND, exclusions(model, family));
             nat.push(
                 INBOUND,
                 rule(
@@ -50,6 +51,7 @@ pub(super) fn redirect(model: &RedirectModel, nat: &mut TableBuilder) {
             );
         }
         Selector::Only(ports) => {
+            nat.extend(INBOUND, exclusions(model, family));
             for port in ports {
                 nat.push(
                     INBOUND,
@@ -62,6 +64,32 @@ pub(super) fn redirect(model: &RedirectModel, nat: &mut TableBuilder) {
             }
         }
     }
+}
+
+/// Excluded inbound port ranges, then excluded sources: neither is captured inbound.
+fn exclusions(model: &RedirectModel, family: Family) -> Vec<crate::rules::Rule> {
+    let ranges = model.exclude_inbound_port_ranges.iter().map(|r| {
+        rule(
+            "excluded inbound port or range is not captured",
+            vec![tcp(), port_range(*r)],
+            Target::Return,
+        )
+    });
+    let sources = model
+        .exclude_inbound_sources
+        .iter()
+        .filter(|n| family.contains(n))
+        .map(|net| {
+            rule(
+                "inbound traffic from an excluded source is not captured",
+                vec![Match::Source {
+                    net: *net,
+                    negate: false,
+                }],
+                Target::Return,
+            )
+        });
+    ranges.chain(sources).collect()
 }
 
 /// nat IN_REDIRECT: the inbound capture port. It exists in every mode, as Istio's does: the
@@ -184,6 +212,7 @@ pub(super) fn tproxy(model: &RedirectModel, family: Family, mangle: &mut TableBu
                     rule(EXCLUDED, vec![tcp(), dport(*port)], Target::Return),
                 );
             }
+            mangle.extend(INBOUND, exclusions(model, family));
             mangle.push(
                 INBOUND,
                 rule(
@@ -195,6 +224,7 @@ pub(super) fn tproxy(model: &RedirectModel, family: Family, mangle: &mut TableBu
             mangle.push(INBOUND, rule(NEW, vec![tcp()], jump(TPROXY)));
         }
         Selector::Only(ports) => {
+            mangle.extend(INBOUND, exclusions(model, family));
             for port in ports {
                 mangle.push(
                     INBOUND,

@@ -19,8 +19,8 @@ mod interfaces;
 mod outbound;
 
 use crate::model::{
-    InterceptionMode, RedirectModel, DIVERT, DNS, DROP, INBOUND, IN_REDIRECT, OUTBOUND, OUTPUT,
-    PREROUTING, REDIRECT, TPROXY, TPROXY_MARK, TPROXY_ROUTE_TABLE,
+    InterceptionMode, RedirectModel, DEFAULT_CHAIN_PREFIX, DIVERT, DNS, DROP, INBOUND, IN_REDIRECT,
+    OUTBOUND, OUTPUT, PREROUTING, REDIRECT, TPROXY, TPROXY_MARK, TPROXY_ROUTE_TABLE,
 };
 use crate::rules::{
     Chain, Family, Hook, Match, PolicyRoute, Proto, Rule, Ruleset, Table, TableRules, Target,
@@ -132,7 +132,7 @@ impl RedirectModel {
         let tproxy = self.interception == InterceptionMode::Tproxy;
 
         let mut raw = TableBuilder::new(Table::Raw, RAW_CHAINS);
-        if self.captures_dns() {
+        if self.captures_dns() && self.dns_conntrack_zones {
             dns::conntrack_zones(self, family, &mut raw);
         }
 
@@ -152,17 +152,22 @@ impl RedirectModel {
         interfaces::reroute_virtual(self, family, &mut nat);
         interfaces::exclude_nat(self, &mut nat);
         if !tproxy {
-            inbound::redirect(self, &mut nat);
+            inbound::redirect(self, family, &mut nat);
         }
         outbound::nat(self, family, &mut nat);
         dns::nat_chain(self, family, &mut nat);
         inbound::redirect_target(self, &mut nat);
 
-        let tables = [raw, mangle, nat]
+        let mut tables: Vec<TableRules> = [raw, mangle, nat]
             .into_iter()
             .filter(|t| !t.is_empty())
             .map(TableBuilder::finish)
             .collect();
+        if self.chain_prefix != DEFAULT_CHAIN_PREFIX {
+            for table in &mut tables {
+                rename_chains(table, &self.chain_prefix);
+            }
+        }
         let policy_route = (tproxy && self.captures_inbound()).then_some(PolicyRoute {
             family,
             mark: TPROXY_MARK,
@@ -172,6 +177,34 @@ impl RedirectModel {
             family,
             tables,
             policy_route,
+        }
+    }
+}
+
+/// Give every chain of `table` (and every jump) the model's prefix instead of `MESHCAP`.
+fn rename_chains(table: &mut TableRules, prefix: &str) {
+    let renamed = |name: &str| match name.strip_prefix(DEFAULT_CHAIN_PREFIX) {
+        Some(rest) => format!("{prefix}{rest}"),
+        None => name.to_owned(),
+    };
+    for chain in &mut table.chains {
+        chain.name = renamed(&chain.name);
+        for r in &mut chain.rules {
+            if let Target::Jump(to) = &mut r.target {
+                *to = renamed(to);
+            }
+        }
+    }
+}
+
+/// `--dport A:B`, or `--dport A` for a one-port range.
+fn port_range(r: crate::model::PortRange) -> Match {
+    if r.first == r.last {
+        dport(r.first)
+    } else {
+        Match::DestPortRange {
+            first: r.first,
+            last: r.last,
         }
     }
 }

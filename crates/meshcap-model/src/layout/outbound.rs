@@ -12,46 +12,56 @@ use crate::rules::{Family, Match, Proto, Target};
 
 /// nat OUTPUT -> OUTBOUND -> REDIRECT, in Istio's order.
 pub(super) fn nat(model: &RedirectModel, family: Family, nat: &mut TableBuilder) {
+    entry_bypasses(model, family, nat);
+    dns::nat_entry(model, family, nat);
     nat.push(OUTPUT, rule("outbound capture", vec![], jump(OUTBOUND)));
-    for port in &model.exclude_outbound_ports {
-        for proto in [Proto::Tcp, Proto::Udp] {
+    if model.proxy_hairpin {
+        excluded_ports(model, nat);
+        passthrough(model, family, nat);
+        proxy_bypass(model, family, nat);
+    } else {
+        // Nothing the proxy sends and nothing over lo is captured.
+        passthrough(model, family, nat);
+        for (is_proxy, _, is_uid) in proxy_owners(model) {
             nat.push(
                 OUTBOUND,
                 rule(
-                    "excludeOutboundPorts: port is not captured outbound",
-                    vec![Match::Protocol(proto), dport(*port)],
+                    if is_uid {
+                        "proxy uid bypasses outbound capture"
+                    } else {
+                        "proxy gid bypasses outbound capture"
+                    },
+                    vec![is_proxy],
                     Target::Return,
                 ),
             );
         }
+        if !model.includes_loopback() {
+            nat.push(
+                OUTBOUND,
+                rule(
+                    "traffic over lo is not captured",
+                    vec![lo_out()],
+                    Target::Return,
+                ),
+            );
+        }
+        excluded_ports(model, nat);
     }
-    nat.push(
-        OUTBOUND,
-        rule(
-            "inbound passthrough from the proxy to the app is not captured",
-            vec![
-                Match::Source {
-                    net: family.inbound_passthrough_source(),
-                    negate: false,
-                },
-                lo_out(),
-            ],
-            Target::Return,
-        ),
-    );
-    proxy_bypass(model, family, nat);
     owner_groups(model, nat);
     if let Some(jump_to_dns) = dns::nat_jump(model, family) {
         nat.push(OUTBOUND, jump_to_dns);
     }
-    nat.push(
-        OUTBOUND,
-        rule(
-            "traffic to loopback is not captured",
-            vec![to(model.loopback(family))],
-            Target::Return,
-        ),
-    );
+    if model.proxy_hairpin {
+        nat.push(
+            OUTBOUND,
+            rule(
+                "traffic to loopback is not captured",
+                vec![to(model.loopback(family))],
+                Target::Return,
+            ),
+        );
+    }
     for net in model
         .exclude_outbound_ranges
         .iter()
@@ -106,11 +116,99 @@ pub(super) fn nat(model: &RedirectModel, family: Family, nat: &mut TableBuilder)
     );
 }
 
+/// nat OUTPUT, before the outbound chain: the uid/port exclusions, then the bypassed
+/// destinations. Nothing after them (DNS capture included) sees their traffic.
+fn entry_bypasses(model: &RedirectModel, family: Family, nat: &mut TableBuilder) {
+    for e in &model.owner_port_exclusions {
+        for uid in e.uids.0..=e.uids.1 {
+            for range in &e.ports {
+                nat.push(
+                    OUTPUT,
+                    rule(
+                        "excluded uid and port are not captured outbound",
+                        vec![
+                            Match::Protocol(e.proto),
+                            super::port_range(*range),
+                            Match::UidOwner { uid, negate: false },
+                        ],
+                        Target::Return,
+                    ),
+                );
+            }
+        }
+    }
+    for net in model
+        .bypass_outbound_ranges
+        .iter()
+        .filter(|n| family.contains(n))
+    {
+        nat.push(
+            OUTPUT,
+            rule(
+                "excluded destination is not captured outbound, DNS included",
+                vec![to(*net)],
+                Target::Return,
+            ),
+        );
+    }
+}
+
+/// Excluded outbound ports (TCP, and UDP where the model says so) and port ranges (TCP).
+fn excluded_ports(model: &RedirectModel, nat: &mut TableBuilder) {
+    let protos: &[Proto] = if model.exclude_outbound_udp {
+        &[Proto::Tcp, Proto::Udp]
+    } else {
+        &[Proto::Tcp]
+    };
+    for port in &model.exclude_outbound_ports {
+        for proto in protos {
+            nat.push(
+                OUTBOUND,
+                rule(
+                    "excludeOutboundPorts: port is not captured outbound",
+                    vec![Match::Protocol(*proto), dport(*port)],
+                    Target::Return,
+                ),
+            );
+        }
+    }
+    for range in &model.exclude_outbound_port_ranges {
+        nat.push(
+            OUTBOUND,
+            rule(
+                "excluded outbound port or range is not captured",
+                vec![tcp(), super::port_range(*range)],
+                Target::Return,
+            ),
+        );
+    }
+}
+
+fn passthrough(model: &RedirectModel, family: Family, nat: &mut TableBuilder) {
+    if !model.inbound_passthrough {
+        return;
+    }
+    nat.push(
+        OUTBOUND,
+        rule(
+            "inbound passthrough from the proxy to the app is not captured",
+            vec![
+                Match::Source {
+                    net: family.inbound_passthrough_source(),
+                    negate: false,
+                },
+                lo_out(),
+            ],
+            Target::Return,
+        ),
+    );
+}
+
 /// Per proxy uid, then per gid: the proxy dialling the pod address over lo is captured
 /// inbound; apps talking to themselves over lo are not captured; nothing else the proxy sends
 /// is captured.
 fn proxy_bypass(model: &RedirectModel, family: Family, nat: &mut TableBuilder) {
-    let dns = model.captures_dns();
+    let dns = model.captures_dns() && model.dns_scope == crate::model::DnsScope::UdpAndTcp;
     for (is_proxy, is_not_proxy, is_uid) in proxy_owners(model) {
         // Istio skips port 53 here only in the uid rule; the gid rule keeps the tunnel alone.
         let mut skipped = Vec::new();

@@ -329,6 +329,10 @@ pub fn rule_line(chain: &str, rule: &Rule, family: Family) -> String {
                     );
                 }
             }
+            Match::DestPortRange { first, last } => {
+                let p = proto.map(|p| p.name()).unwrap_or("tcp");
+                let _ = write!(line, " -m {p} --dport {first}:{last}");
+            }
             Match::SourcePort { port } => {
                 let p = proto.map(|p| p.name()).unwrap_or("tcp");
                 let _ = write!(line, " -m {p} --sport {port}");

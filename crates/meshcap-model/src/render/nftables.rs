@@ -231,6 +231,7 @@ fn matches_text(matches: &[Match]) -> String {
                         .join(", ")
                 ),
             },
+            Match::DestPortRange { first, last } => format!("{l4} dport {first}-{last}"),
             Match::SourcePort { port } => format!("{l4} sport {port}"),
             Match::Source { net, negate } => addr_text("saddr", net, *negate),
             Match::Destination { net, negate } => addr_text("daddr", net, *negate),

@@ -146,6 +146,14 @@ impl Repairer {
                 "the record predates stored model inputs (written by an older plugin)".into(),
             );
         };
+        // The agent recomputes Istio models only; another mesh's pod keeps its rules as the
+        // plugin wrote them rather than getting Istio's.
+        if let Some(mesh) = meshcap_model::mesh::claims_by_annotations(&annotations)
+            .into_iter()
+            .find(|m| *m != meshcap_model::mesh::Mesh::Istio)
+        {
+            return Verdict::Unrepairable(format!("{mesh} pods are not repaired by the agent"));
+        }
         let pod = PodView {
             annotations,
             proxy_uid: rec.proxy_uid,

@@ -1,0 +1,543 @@
+//! The Kuma front end: a Kuma-injected pod gets what kuma-cni installs for it (kumahq/kuma
+//! `app/cni/pkg/cni`, rules by `pkg/transparentproxy/iptables/builder`).
+//!
+//! kuma-cni's only input is the annotation `traffic.kuma.io/transparent-proxy-config`: a YAML
+//! transparent-proxy config the injector folded every other setting into (the
+//! `traffic.kuma.io/exclude-*` annotations, `kuma.io/gateway`, the probe port, the control
+//! plane's runtime config). meshcap reads the same YAML over the same defaults
+//! (`DefaultConfig`); a pod without it fails the ADD, as with kuma-cni.
+//!
+//! | YAML field | meaning | default |
+//! |---|---|---|
+//! | `kumaDPUser` | the proxy uid (numeric) | 5678 |
+//! | `ipFamilyMode` | `dualstack` (IPv6 rules when the pod has IPv6) or `ipv4` | dualstack |
+//! | `redirect.inbound.enabled/port/excludePorts/excludePortsForIPs/includePorts` | inbound capture | true / 15006 / - |
+//! | `redirect.outbound.enabled/port/excludePorts/excludePortsForUIDs/excludePortsForIPs/includePorts` | outbound capture | true / 15001 / - |
+//! | `redirect.dns.enabled/port/captureAll/skipConntrackZoneSplit/resolvConfigPath` | DNS capture | false / 15053 / false / false / /etc/resolv.conf |
+//! | `dropInvalidPackets` | drop conntrack-invalid packets | false |
+//!
+//! Differences, each deliberate: `redirect.vnet.networks` is refused (code 7, not supported);
+//! `log` (LOG rules) and `insertRedirectInsteadOfAppend` are ignored with a warning (meshcap
+//! owns its entry chains); a port of 0 is refused like Kuma's loader does, except the DNS port
+//! while DNS capture is off (Kuma's injector writes `port: 0` there when its builtin DNS is
+//! off, and the value is never used).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::annotations::{AnnotationError, Annotations, InputKind, Selector};
+use crate::model::{DnsScope, Families, OwnerPortExclusion, PortRange, ProxyPorts, RedirectModel};
+use crate::rules::Proto;
+
+pub const SIDECAR_CONTAINER: &str = "kuma-sidecar";
+pub const INIT_CONTAINER: &str = "kuma-init";
+pub const SIDECAR_INJECTED: &str = "kuma.io/sidecar-injected";
+pub const TPROXY_CONFIG: &str = "traffic.kuma.io/transparent-proxy-config";
+/// kuma-cni's uid for the proxy when the config names none (`consts.OwnerDefaultUID`).
+pub const DEFAULT_UID: u32 = 5678;
+pub const CHAIN_PREFIX: &str = "MESHCAP_KUMA";
+
+/// Node-wide settings kuma-cni keeps in its own CNI config (`kuma` in meshcap's plugin
+/// config), with the kuma chart's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KumaNode {
+    /// Pods of these namespaces are left alone (`cni.excludeNamespaces`).
+    pub exclude_namespaces: Vec<String>,
+}
+
+impl Default for KumaNode {
+    fn default() -> Self {
+        KumaNode {
+            exclude_namespaces: vec!["kube-system".into()],
+        }
+    }
+}
+
+/// Whether kuma-cni would set this pod up (`getAndValidatePodAnnotations`).
+pub fn wants_pod(pod: &Value, node: &KumaNode) -> Result<(), String> {
+    let spec = pod.get("spec");
+    if let Some(ns) = pod.pointer("/metadata/namespace").and_then(Value::as_str) {
+        if node.exclude_namespaces.iter().any(|n| n == ns) {
+            return Err(format!(
+                "namespace {ns} is excluded (kuma.exclude_namespaces)"
+            ));
+        }
+    }
+    if super::has_init_container(spec, INIT_CONTAINER) {
+        return Err(format!("{INIT_CONTAINER} init container is present"));
+    }
+    if !super::has_container(spec, SIDECAR_CONTAINER) {
+        return Err(format!("no {SIDECAR_CONTAINER} container"));
+    }
+    wants_annotations(&super::annotations_of(pod))
+}
+
+/// The annotation half of [`wants_pod`] (the runtime path sees only annotations).
+pub fn wants_annotations(annotations: &Annotations) -> Result<(), String> {
+    if annotations.get(SIDECAR_INJECTED).map(String::as_str) != Some("true") {
+        return Err(format!("{SIDECAR_INJECTED} is not \"true\""));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Config {
+    #[serde(rename = "kumaDPUser")]
+    kuma_dp_user: Option<Value>,
+    ip_family_mode: Option<String>,
+    redirect: Redirect,
+    drop_invalid_packets: bool,
+    log: Option<Log>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Log {
+    enabled: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Redirect {
+    inbound: Flow,
+    outbound: Flow,
+    dns: Dns,
+    vnet: VNet,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct VNet {
+    networks: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Flow {
+    enabled: Option<bool>,
+    port: Option<Value>,
+    include_ports: Option<Value>,
+    exclude_ports: Option<Value>,
+    #[serde(rename = "excludePortsForUIDs")]
+    exclude_ports_for_uids: Vec<String>,
+    #[serde(rename = "excludePortsForIPs")]
+    exclude_ports_for_ips: Vec<String>,
+    insert_redirect_instead_of_append: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Dns {
+    enabled: bool,
+    port: Option<Value>,
+    capture_all: bool,
+    skip_conntrack_zone_split: bool,
+    resolv_config_path: Option<String>,
+}
+
+fn bad(field: &str, value: &str, reason: impl Into<String>) -> AnnotationError {
+    AnnotationError::new(&format!("{TPROXY_CONFIG} ({field})"), value, reason)
+}
+
+/// The model of a Kuma pod. `pod_has_ipv6` says whether the pod has an IPv6 address (Kuma
+/// writes IPv6 rules only then); `read_resolv_conf` reads a resolv.conf (only asked when DNS
+/// capture is limited to its servers). `warnings` gets one line per ignored setting.
+pub fn model(
+    annotations: &Annotations,
+    pod_has_ipv6: bool,
+    read_resolv_conf: &dyn Fn(&str) -> std::io::Result<String>,
+    warnings: &mut Vec<String>,
+) -> Result<RedirectModel, AnnotationError> {
+    let Some(yaml) = annotations.get(TPROXY_CONFIG).filter(|v| !v.is_empty()) else {
+        return Err(AnnotationError::new(
+            TPROXY_CONFIG,
+            "",
+            "is required for transparent proxy configuration (as kuma-cni requires it)",
+        ));
+    };
+    let cfg: Config = serde_yaml::from_str(yaml).map_err(|e| {
+        AnnotationError::new(
+            TPROXY_CONFIG,
+            yaml,
+            format!("not a transparent proxy config: {e}"),
+        )
+    })?;
+    let uid = match cfg.kuma_dp_user.as_ref() {
+        None => DEFAULT_UID,
+        Some(v) => {
+            let text = scalar(v);
+            if text.is_empty() {
+                DEFAULT_UID
+            } else {
+                text.parse::<u32>()
+                    .ok()
+                    .filter(|u| *u != u32::MAX)
+                    .ok_or_else(|| {
+                        bad(
+                            "kumaDPUser",
+                            &text,
+                            "meshcap needs a numeric uid (it has no passwd to look names up in)",
+                        )
+                    })?
+            }
+        }
+    };
+    let v6_allowed = match cfg
+        .ip_family_mode
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("") | Some("dualstack") => true,
+        Some("ipv4") => false,
+        Some(other) => {
+            return Err(bad(
+                "ipFamilyMode",
+                other,
+                "must be one of 'dualstack' or 'ipv4'",
+            ))
+        }
+    };
+    if !cfg.redirect.vnet.networks.is_empty() {
+        return Err(bad(
+            "redirect.vnet.networks",
+            &cfg.redirect.vnet.networks.join(","),
+            "virtual networks are not supported by meshcap",
+        ));
+    }
+    if cfg.log.as_ref().is_some_and(|l| l.enabled) {
+        warnings.push("kuma: log.enabled ignored: meshcap writes no LOG rules".into());
+    }
+    for (name, flow) in [
+        ("inbound", &cfg.redirect.inbound),
+        ("outbound", &cfg.redirect.outbound),
+    ] {
+        if flow.insert_redirect_instead_of_append {
+            warnings.push(format!(
+                "kuma: redirect.{name}.insertRedirectInsteadOfAppend ignored: meshcap's entry chains come first"
+            ));
+        }
+    }
+
+    let inbound = &cfg.redirect.inbound;
+    let outbound = &cfg.redirect.outbound;
+    let dns = &cfg.redirect.dns;
+    let inbound_on = inbound.enabled.unwrap_or(true);
+    let outbound_on = outbound.enabled.unwrap_or(true);
+    let inbound_port = port_field("redirect.inbound.port", inbound.port.as_ref(), 15006)?;
+    let outbound_port = port_field("redirect.outbound.port", outbound.port.as_ref(), 15001)?;
+    let dns_port = if dns.enabled {
+        port_field("redirect.dns.port", dns.port.as_ref(), 15053)?
+    } else {
+        port_field("redirect.dns.port", dns.port.as_ref(), 15053).unwrap_or(15053)
+    };
+    let in_include = ports_field(
+        "redirect.inbound.includePorts",
+        inbound.include_ports.as_ref(),
+    )?;
+    let in_exclude = ports_field(
+        "redirect.inbound.excludePorts",
+        inbound.exclude_ports.as_ref(),
+    )?;
+    let out_include = ports_field(
+        "redirect.outbound.includePorts",
+        outbound.include_ports.as_ref(),
+    )?;
+    let out_exclude = ports_field(
+        "redirect.outbound.excludePorts",
+        outbound.exclude_ports.as_ref(),
+    )?;
+    let in_ips = ip_list(
+        "redirect.inbound.excludePortsForIPs",
+        &inbound.exclude_ports_for_ips,
+    )?;
+    let out_ips = ip_list(
+        "redirect.outbound.excludePortsForIPs",
+        &outbound.exclude_ports_for_ips,
+    )?;
+    let uid_exclusions = uid_exclusions(&outbound.exclude_ports_for_uids)?;
+
+    let dns_servers = if dns.enabled && !dns.capture_all {
+        let path = dns
+            .resolv_config_path
+            .as_deref()
+            .unwrap_or("/etc/resolv.conf");
+        let text = read_resolv_conf(path).map_err(|e| {
+            bad(
+                "redirect.dns.resolvConfigPath",
+                path,
+                format!("unable to read: {e}"),
+            )
+        })?;
+        Some(nameservers(&text))
+    } else {
+        None
+    };
+
+    let mut model = RedirectModel {
+        include_inbound_ports: match (inbound_on, in_include.is_empty()) {
+            (false, _) => Selector::Only(Vec::new()),
+            (true, true) => Selector::All,
+            (true, false) => Selector::Only(in_include),
+        },
+        exclude_inbound_ports: if inbound_on { in_exclude } else { Vec::new() },
+        exclude_inbound_sources: if inbound_on { in_ips } else { Vec::new() },
+        exclude_outbound_ports: if out_include.is_empty() {
+            out_exclude
+        } else {
+            Vec::new()
+        },
+        include_outbound_ports: out_include.clone(),
+        include_outbound_ranges: if out_include.is_empty() && outbound_on {
+            Selector::All
+        } else {
+            Selector::Only(Vec::new())
+        },
+        // With outbound capture off the outbound chain returns everything, hairpin included.
+        proxy_hairpin: outbound_on,
+        bypass_outbound_ranges: out_ips,
+        owner_port_exclusions: uid_exclusions,
+        dns_capture: dns.enabled,
+        dns_servers,
+        dns_scope: DnsScope::UdpOnly,
+        dns_conntrack_zones: !dns.skip_conntrack_zone_split,
+        proxy_uids: vec![uid],
+        proxy_gids: Vec::new(),
+        drop_invalid: cfg.drop_invalid_packets,
+        ports: ProxyPorts {
+            outbound: outbound_port,
+            inbound: inbound_port,
+            dns: dns_port,
+            tunnel: None,
+        },
+        families: Families {
+            v4: true,
+            v6: v6_allowed && pod_has_ipv6,
+        },
+        chain_prefix: CHAIN_PREFIX.to_owned(),
+        exclude_outbound_udp: false,
+        ..RedirectModel::default()
+    };
+    if !outbound_on {
+        model.include_outbound_ports.clear();
+    }
+    model
+        .validate()
+        .map_err(|e| e.of_kind(InputKind::Annotation))?;
+    Ok(model)
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Kuma's `parsePort`: 1 to 65535.
+fn parse_port(field: &str, s: &str) -> Result<u16, AnnotationError> {
+    s.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+        bad(
+            field,
+            s,
+            "not a valid port (uint16 in the range [1, 65535])",
+        )
+    })
+}
+
+fn port_field(field: &str, v: Option<&Value>, default: u16) -> Result<u16, AnnotationError> {
+    match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => parse_port(field, &scalar(v)),
+    }
+}
+
+/// Kuma's `Ports`: a list of numbers or strings, or one comma-separated string.
+fn ports_field(field: &str, v: Option<&Value>) -> Result<Vec<u16>, AnnotationError> {
+    let text = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items.iter().map(scalar).collect::<Vec<_>>().join(","),
+        Some(v) => scalar(v),
+    };
+    let mut out = Vec::new();
+    for p in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        out.push(parse_port(field, p)?);
+    }
+    Ok(out)
+}
+
+/// Kuma's `parseExcludePortsForIPs`: entries may hold comma lists; each address (host bits
+/// masked, as iptables does) goes to its family.
+fn ip_list(field: &str, entries: &[String]) -> Result<Vec<IpNet>, AnnotationError> {
+    let mut out = Vec::new();
+    for entry in entries {
+        if entry.is_empty() {
+            return Err(bad(field, entry, "the rule cannot be empty"));
+        }
+        for address in entry.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let net = address
+                .parse::<IpNet>()
+                .or_else(|_| address.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    bad(
+                        field,
+                        address,
+                        "invalid IP address: expected <ip> or <ip>/<cidr>",
+                    )
+                })?;
+            out.push(net.trunc());
+        }
+    }
+    Ok(out)
+}
+
+fn uint_range(field: &str, s: &str) -> Result<(u32, u32), AnnotationError> {
+    let parts: Vec<&str> = s.split('-').collect();
+    let num = |p: &str| {
+        p.parse::<u16>()
+            .map(u32::from)
+            .map_err(|_| bad(field, s, "invalid uint16 value"))
+    };
+    match parts.as_slice() {
+        [one] => Ok((num(one)?, num(one)?)),
+        [a, b] => Ok((num(a)?, num(b)?)),
+        _ => Err(bad(field, s, "expected a value or a range a-b")),
+    }
+}
+
+/// Kuma's `parseExcludePortsForUIDs`: `[proto:][ports:]uids`; ports `*` or empty for all,
+/// proto `*` or empty for TCP and UDP, uids one value or a range, never `*` or a list.
+fn uid_exclusions(entries: &[String]) -> Result<Vec<OwnerPortExclusion>, AnnotationError> {
+    const FIELD: &str = "redirect.outbound.excludePortsForUIDs";
+    let mut out = Vec::new();
+    for entry in entries {
+        let parts: Vec<&str> = entry.split(':').collect();
+        let (protos, ports, uids) = match parts.as_slice() {
+            [u] => ("*", "*", *u),
+            [p, u] => ("*", *p, *u),
+            [pr, p, u] => (*pr, *p, *u),
+            _ => return Err(bad(FIELD, entry, "expected <protocol:>?<ports:>?<uids>")),
+        };
+        if uids == "*" {
+            return Err(bad(FIELD, entry, "wildcard '*' is not allowed for UIDs"));
+        }
+        if uids.contains(',') {
+            return Err(bad(FIELD, entry, "UIDs must be a single item or a range"));
+        }
+        let uids = uint_range(FIELD, uids)?;
+        let ports = if ports == "*" || ports.is_empty() {
+            "1-65535"
+        } else {
+            ports
+        };
+        let mut ranges = Vec::new();
+        for p in ports.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (first, last) = uint_range(FIELD, p)?;
+            ranges.push(PortRange {
+                first: first as u16,
+                last: last as u16,
+            });
+        }
+        let protos: Vec<Proto> = if protos.is_empty() || protos == "*" {
+            vec![Proto::Tcp, Proto::Udp]
+        } else {
+            let mut v = Vec::new();
+            for p in protos.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                v.push(match p.to_ascii_lowercase().as_str() {
+                    "tcp" => Proto::Tcp,
+                    "udp" => Proto::Udp,
+                    _ => {
+                        return Err(bad(
+                            FIELD,
+                            entry,
+                            format!("invalid or unsupported protocol: '{p}'"),
+                        ))
+                    }
+                });
+            }
+            v
+        };
+        for proto in protos {
+            out.push(OwnerPortExclusion {
+                proto,
+                ports: ranges.clone(),
+                uids,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The `nameserver` addresses of a resolv.conf.
+pub fn nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+                .and_then(|a| a.parse().ok())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(yaml: &str) -> Annotations {
+        [
+            (SIDECAR_INJECTED.to_string(), "true".to_string()),
+            (TPROXY_CONFIG.to_string(), yaml.to_string()),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    fn no_file(_: &str) -> std::io::Result<String> {
+        Err(std::io::Error::other("no file in this test"))
+    }
+
+    #[test]
+    fn injector_output_parses() {
+        let yaml = "cniMode: true\nipFamilyMode: ipv4\nkumaDPUser: \"5678\"\nredirect:\n  dns:\n    captureAll: true\n    enabled: true\n    port: 15053\n  inbound:\n    enabled: true\n    port: 15006\n    excludePorts:\n    - 9000\n  outbound:\n    enabled: true\n    port: 15001\n";
+        let mut w = Vec::new();
+        let m = model(&ann(yaml), true, &no_file, &mut w).unwrap();
+        assert_eq!(m.proxy_uids, vec![5678]);
+        assert_eq!(m.exclude_inbound_ports, vec![9000]);
+        assert!(m.dns_capture && m.dns_servers.is_none());
+        assert!(!m.families.v6);
+    }
+
+    #[test]
+    fn missing_config_and_bad_uid_spec_fail() {
+        let mut w = Vec::new();
+        let only_injected: Annotations = [(SIDECAR_INJECTED.to_string(), "true".to_string())]
+            .into_iter()
+            .collect();
+        assert!(model(&only_injected, false, &no_file, &mut w).is_err());
+        let yaml = "redirect:\n  outbound:\n    excludePortsForUIDs:\n    - \"*\"\n";
+        let err = model(&ann(yaml), false, &no_file, &mut w).unwrap_err();
+        assert!(err.annotation.contains("excludePortsForUIDs"), "{err}");
+    }
+
+    #[test]
+    fn uid_exclusions_expand_protocols() {
+        let e = uid_exclusions(&["53,3000-5000:106-108".to_string()]).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].uids, (106, 108));
+        assert_eq!(
+            e[0].ports[1],
+            PortRange {
+                first: 3000,
+                last: 5000
+            }
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The Linkerd front end: a Linkerd-injected pod gets what linkerd-cni installs for it
+//! (linkerd/linkerd2-proxy-init `cni-plugin/main.go` cmdAdd, rules by `pkg/iptables`):
+//!
+//! | setting | linkerd-cni's source | meshcap's source | default |
+//! |---|---|---|---|
+//! | inbound port | CNI conf `incoming-proxy-port` | plugin `linkerd.inbound_proxy_port` | 4143 |
+//! | outbound port | CNI conf `outgoing-proxy-port` | plugin `linkerd.outbound_proxy_port` | 4140 |
+//! | proxy uid | conf `proxy-uid`, annotation `config.linkerd.io/proxy-uid` | same | 2102 |
+//! | proxy gid | conf `proxy-gid`, annotation `config.linkerd.io/proxy-gid` | same | none |
+//! | ignored inbound ports | conf + annotation `config.linkerd.io/skip-inbound-ports` appended | same | 4191,4190 |
+//! | ignored outbound ports | conf, replaced by `config.linkerd.io/skip-outbound-ports` | same | none |
+//! | skipped inbound sources | `config.linkerd.io/skip-subnets` | same | none |
+//! | redirected inbound ports | conf `ports-to-redirect` | plugin `linkerd.ports_to_redirect` | all |
+//! | IPv6 rules | conf `ipv6` | plugin `linkerd.ipv6` | off |
+//!
+//! Rules (nat only, TCP only): inbound TCP goes to the inbound port except ignored ports and
+//! skipped sources; outbound, the proxy's uid/gid and everything over lo are never captured,
+//! ignored ports neither, all other TCP goes to the outbound port. No DNS, no 127.0.0.6
+//! passthrough, no hairpin of the proxy's own connections to the pod address.
+//!
+//! Input handling is Linkerd's: a malformed port entry is logged and dropped (the ADD
+//! succeeds, `makeMultiportDestinations`); a bad subnet or uid fails the ADD.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::annotations::{AnnotationError, Annotations, InputKind, Selector};
+use crate::model::{Families, PortRange, ProxyPorts, RedirectModel};
+
+/// Linkerd's sidecar container.
+pub const PROXY_CONTAINER: &str = "linkerd-proxy";
+/// Linkerd's privileged init container: a pod with it sets up its own rules.
+pub const INIT_CONTAINER: &str = "linkerd-init";
+/// Written by the injector on every injected pod.
+pub const PROXY_VERSION: &str = "linkerd.io/proxy-version";
+pub const SKIP_INBOUND_PORTS: &str = "config.linkerd.io/skip-inbound-ports";
+pub const SKIP_OUTBOUND_PORTS: &str = "config.linkerd.io/skip-outbound-ports";
+pub const SKIP_SUBNETS: &str = "config.linkerd.io/skip-subnets";
+pub const PROXY_UID: &str = "config.linkerd.io/proxy-uid";
+pub const PROXY_GID: &str = "config.linkerd.io/proxy-gid";
+/// Label of Linkerd's control-plane pods: they also skip the API server's ports outbound.
+pub const CONTROL_PLANE_LABEL: &str = "linkerd.io/control-plane-component";
+/// The ports linkerd-cni skips for control-plane pods when it cannot read the `kubernetes`
+/// Service (meshcap never reads it).
+pub const API_SERVER_PORTS: [&str; 2] = ["443", "6443"];
+pub const CHAIN_PREFIX: &str = "MESHCAP_LINKERD";
+
+/// Node-wide settings linkerd-cni keeps in its own CNI config (`linkerd` in meshcap's
+/// plugin config), with the linkerd2-cni chart's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkerdNode {
+    pub inbound_proxy_port: u16,
+    pub outbound_proxy_port: u16,
+    pub proxy_uid: i64,
+    /// Negative: no gid rule (the chart's `proxyGID: -1`).
+    pub proxy_gid: i64,
+    pub ports_to_redirect: Vec<u16>,
+    pub inbound_ports_to_ignore: Vec<String>,
+    pub outbound_ports_to_ignore: Vec<String>,
+    pub ipv6: bool,
+}
+
+impl Default for LinkerdNode {
+    fn default() -> Self {
+        LinkerdNode {
+            inbound_proxy_port: 4143,
+            outbound_proxy_port: 4140,
+            proxy_uid: 2102,
+            proxy_gid: -1,
+            ports_to_redirect: Vec::new(),
+            inbound_ports_to_ignore: vec!["4191".into(), "4190".into()],
+            outbound_ports_to_ignore: Vec::new(),
+            ipv6: false,
+        }
+    }
+}
+
+/// Whether linkerd-cni would set this pod up: a `linkerd-proxy` container (or native sidecar)
+/// and no `linkerd-init` init container.
+pub fn wants_pod(pod: &Value) -> Result<(), String> {
+    let spec = pod.get("spec");
+    if super::has_init_container(spec, INIT_CONTAINER) {
+        return Err(format!("{INIT_CONTAINER} init container is present"));
+    }
+    if !super::has_container(spec, PROXY_CONTAINER) {
+        return Err(format!("no {PROXY_CONTAINER} container"));
+    }
+    Ok(())
+}
+
+/// The model of a Linkerd pod from its annotations (and labels, when the pod spec is known).
+/// `warnings` gets one line per dropped port entry.
+pub fn model(
+    annotations: &Annotations,
+    labels: Option<&serde_json::Map<String, Value>>,
+    node: &LinkerdNode,
+    warnings: &mut Vec<String>,
+) -> Result<RedirectModel, AnnotationError> {
+    let mut inbound_ignored = node.inbound_ports_to_ignore.clone();
+    let mut outbound_ignored = node.outbound_ports_to_ignore.clone();
+    // linkerd-cni splits on "," without trimming, so " 80" is a malformed entry there too.
+    if let Some(v) = non_empty(annotations, SKIP_OUTBOUND_PORTS) {
+        outbound_ignored = v.split(',').map(str::to_owned).collect();
+    }
+    if let Some(v) = non_empty(annotations, SKIP_INBOUND_PORTS) {
+        inbound_ignored.extend(v.split(',').map(str::to_owned));
+    }
+    let mut subnets = Vec::new();
+    if let Some(v) = non_empty(annotations, SKIP_SUBNETS) {
+        for entry in v.split(',') {
+            let trimmed = entry.trim();
+            let net: IpNet = trimmed.parse().map_err(|_| {
+                AnnotationError::new(
+                    SKIP_SUBNETS,
+                    v,
+                    format!("{trimmed} is not a valid CIDR address"),
+                )
+            })?;
+            subnets.push(net.trunc());
+        }
+    }
+    let mut uid = node.proxy_uid;
+    if let Some(v) = non_empty(annotations, PROXY_UID) {
+        uid = go_atoi(v).ok_or_else(|| AnnotationError::new(PROXY_UID, v, "not an integer"))?;
+    }
+    let mut gid = node.proxy_gid;
+    if let Some(v) = non_empty(annotations, PROXY_GID) {
+        gid = go_atoi(v).ok_or_else(|| AnnotationError::new(PROXY_GID, v, "not an integer"))?;
+    }
+    if labels.is_some_and(|l| {
+        l.get(CONTROL_PLANE_LABEL)
+            .and_then(Value::as_str)
+            .is_some_and(|v| !v.is_empty())
+    }) {
+        outbound_ignored.extend(API_SERVER_PORTS.iter().map(|p| p.to_string()));
+    }
+    let id = |v: i64, what: &str| -> Result<Vec<u32>, AnnotationError> {
+        match v {
+            v if v <= 0 => Ok(Vec::new()),
+            v if v < i64::from(u32::MAX) => Ok(vec![v as u32]),
+            v => Err(AnnotationError::new(what, &v.to_string(), "out of range")),
+        }
+    };
+    // IPv6 rules repeat every subnet through ip6tables, which refuses an IPv4 one.
+    if node.ipv6 {
+        if let Some(net) = subnets.iter().find(|n| n.addr().is_ipv4()) {
+            return Err(AnnotationError::new(
+                SKIP_SUBNETS,
+                &net.to_string(),
+                "an IPv4 subnet cannot be skipped in the IPv6 rules linkerd.ipv6 asks for",
+            ));
+        }
+    }
+    let model = RedirectModel {
+        include_inbound_ports: if node.ports_to_redirect.is_empty() {
+            Selector::All
+        } else {
+            Selector::Only(node.ports_to_redirect.clone())
+        },
+        exclude_inbound_ports: Vec::new(),
+        exclude_outbound_ports: Vec::new(),
+        exclude_inbound_port_ranges: port_ranges(&inbound_ignored, warnings),
+        exclude_outbound_port_ranges: port_ranges(&outbound_ignored, warnings),
+        exclude_inbound_sources: subnets,
+        proxy_uids: id(uid, PROXY_UID)?,
+        proxy_gids: id(gid, PROXY_GID)?,
+        ports: ProxyPorts {
+            outbound: node.outbound_proxy_port,
+            inbound: node.inbound_proxy_port,
+            tunnel: None,
+            ..ProxyPorts::default()
+        },
+        families: Families {
+            v4: true,
+            v6: node.ipv6,
+        },
+        chain_prefix: CHAIN_PREFIX.to_owned(),
+        inbound_passthrough: false,
+        proxy_hairpin: false,
+        exclude_outbound_udp: false,
+        ..RedirectModel::default()
+    };
+    model
+        .validate()
+        .map_err(|e| e.of_kind(InputKind::PluginSetting))?;
+    Ok(model)
+}
+
+fn non_empty<'a>(annotations: &'a Annotations, key: &str) -> Option<&'a str> {
+    annotations
+        .get(key)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// Go's `strconv.Atoi`: optional sign, decimal digits, nothing else.
+fn go_atoi(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Linkerd's `ParsePortRange`: `N` or `A-B`, each 0 to 65535, `A <= B`.
+fn parse_port_range(s: &str) -> Option<PortRange> {
+    let bounds: Vec<&str> = s.split('-').collect();
+    let (lo, hi) = match bounds.as_slice() {
+        [one] => (*one, *one),
+        [lo, hi] => (*lo, *hi),
+        _ => return None,
+    };
+    let port = |p: &str| go_atoi(p).and_then(|v| u16::try_from(v).ok());
+    let (first, last) = (port(lo)?, port(hi)?);
+    (first <= last).then_some(PortRange { first, last })
+}
+
+fn port_ranges(entries: &[String], warnings: &mut Vec<String>) -> Vec<PortRange> {
+    let mut out = Vec::new();
+    for entry in entries {
+        match parse_port_range(entry) {
+            Some(r) => {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+            None => warnings.push(format!(
+                "linkerd: ignoring invalid port entry {entry:?} (as linkerd-cni does)"
+            )),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> Annotations {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_charts() {
+        let mut w = Vec::new();
+        let m = model(&Annotations::new(), None, &LinkerdNode::default(), &mut w).unwrap();
+        assert_eq!(m.proxy_uids, vec![2102]);
+        assert!(m.proxy_gids.is_empty());
+        assert_eq!(m.ports.inbound, 4143);
+        assert_eq!(m.ports.outbound, 4140);
+        assert_eq!(
+            m.exclude_inbound_port_ranges,
+            vec![
+                PortRange {
+                    first: 4191,
+                    last: 4191
+                },
+                PortRange {
+                    first: 4190,
+                    last: 4190
+                }
+            ]
+        );
+        assert!(!m.families.v6 && w.is_empty());
+    }
+
+    #[test]
+    fn annotations_append_replace_and_drop_bad_entries() {
+        let mut w = Vec::new();
+        let m = model(
+            &ann(&[
+                (SKIP_INBOUND_PORTS, "25,8000-8010, 9"),
+                (SKIP_OUTBOUND_PORTS, "3306,x"),
+                (SKIP_SUBNETS, "10.1.1.1/24 "),
+                (PROXY_UID, "3000"),
+                (PROXY_GID, "3001"),
+            ]),
+            None,
+            &LinkerdNode::default(),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(m.exclude_inbound_port_ranges.len(), 4);
+        assert_eq!(
+            m.exclude_outbound_port_ranges,
+            vec![PortRange {
+                first: 3306,
+                last: 3306
+            }]
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(
+            m.exclude_inbound_sources,
+            vec!["10.1.1.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            (m.proxy_uids.clone(), m.proxy_gids.clone()),
+            (vec![3000], vec![3001])
+        );
+    }
+
+    #[test]
+    fn bad_subnet_or_uid_fails() {
+        let mut w = Vec::new();
+        let err = model(
+            &ann(&[(SKIP_SUBNETS, "0.0.0.0")]),
+            None,
+            &LinkerdNode::default(),
+            &mut w,
+        )
+        .unwrap_err();
+        assert_eq!(err.annotation, SKIP_SUBNETS);
+        let err = model(
+            &ann(&[(PROXY_UID, "abc")]),
+            None,
+            &LinkerdNode::default(),
+            &mut w,
+        )
+        .unwrap_err();
+        assert_eq!(err.annotation, PROXY_UID);
+        let node = LinkerdNode {
+            ipv6: true,
+            ..LinkerdNode::default()
+        };
+        assert!(model(&ann(&[(SKIP_SUBNETS, "10.0.0.0/8")]), None, &node, &mut w).is_err());
+    }
+}

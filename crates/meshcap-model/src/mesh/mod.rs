@@ -1,0 +1,179 @@
+//! Mesh front ends: what a mesh's pod (or, on the runtime path, its annotations and the node's
+//! defaults) means for the redirect model. Each mesh's knowledge of where its settings live
+//! stays here; the model and the renderers have no mesh branches.
+//!
+//! [`claims`] tells which meshes a pod belongs to, from its spec (containers) or, on the
+//! runtime path, from the annotations each mesh's injector writes. A pod claimed by two meshes
+//! is refused ([`MeshError::Conflict`], CNI code 7): capturing it for either would silently
+//! break the other's proxy.
+
+pub mod kuma;
+pub mod linkerd;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::annotations::Annotations;
+
+/// A service mesh meshcap serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mesh {
+    Istio,
+    Linkerd,
+    Kuma,
+}
+
+impl Mesh {
+    pub const ALL: [Mesh; 3] = [Mesh::Istio, Mesh::Linkerd, Mesh::Kuma];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mesh::Istio => "istio",
+            Mesh::Linkerd => "linkerd",
+            Mesh::Kuma => "kuma",
+        }
+    }
+}
+
+impl fmt::Display for Mesh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Istio's sidecar container and the annotation its injector always writes.
+const ISTIO_PROXY: &str = "istio-proxy";
+const ISTIO_STATUS: &str = "sidecar.istio.io/status";
+
+/// Which meshes claim a pod, from its spec: each mesh's sidecar container (regular, or a native
+/// sidecar in `initContainers`), or for Kuma also its injection annotation.
+pub fn claims(pod: &Value) -> Vec<Mesh> {
+    let spec = pod.get("spec");
+    let annotations = annotations_of(pod);
+    let mut found = Vec::new();
+    if has_container(spec, ISTIO_PROXY) {
+        found.push(Mesh::Istio);
+    }
+    if has_container(spec, linkerd::PROXY_CONTAINER) {
+        found.push(Mesh::Linkerd);
+    }
+    if has_container(spec, kuma::SIDECAR_CONTAINER)
+        || annotations.get(kuma::SIDECAR_INJECTED).map(String::as_str) == Some("true")
+    {
+        found.push(Mesh::Kuma);
+    }
+    found
+}
+
+/// Which meshes claim a pod from its annotations alone (the runtime path): the annotation each
+/// injector always writes.
+pub fn claims_by_annotations(annotations: &Annotations) -> Vec<Mesh> {
+    let mut found = Vec::new();
+    if annotations.contains_key(ISTIO_STATUS) {
+        found.push(Mesh::Istio);
+    }
+    if annotations.contains_key(linkerd::PROXY_VERSION) {
+        found.push(Mesh::Linkerd);
+    }
+    if annotations.get(kuma::SIDECAR_INJECTED).map(String::as_str) == Some("true") {
+        found.push(Mesh::Kuma);
+    }
+    found
+}
+
+/// The one mesh of a pod, or the conflict.
+pub fn single(claims: &[Mesh]) -> Result<Option<Mesh>, MeshError> {
+    match claims {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        many => Err(MeshError::Conflict(many.to_vec())),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeshError {
+    #[error("pod is injected by more than one mesh ({}); meshcap captures a pod for one mesh only", names(.0))]
+    Conflict(Vec<Mesh>),
+}
+
+fn names(meshes: &[Mesh]) -> String {
+    meshes
+        .iter()
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// The pod's annotations (empty when absent or not strings).
+pub fn annotations_of(pod: &Value) -> Annotations {
+    pod.pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The container named `name` in `containers` or `initContainers`.
+pub(crate) fn container<'a>(spec: Option<&'a Value>, name: &str) -> Option<&'a Value> {
+    let spec = spec?;
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .flatten()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+}
+
+pub(crate) fn has_container(spec: Option<&Value>, name: &str) -> bool {
+    container(spec, name).is_some()
+}
+
+/// Whether an init container named `name` exists (a mesh's own privileged init container).
+pub(crate) fn has_init_container(spec: Option<&Value>, name: &str) -> bool {
+    spec.and_then(|s| s.get("initContainers"))
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claims_come_from_sidecar_containers() {
+        let pod = json!({"spec": {"containers": [{"name": "app"}, {"name": "linkerd-proxy"}]}});
+        assert_eq!(claims(&pod), vec![Mesh::Linkerd]);
+        let pod = json!({"spec": {"initContainers": [{"name": "kuma-sidecar", "restartPolicy": "Always"}],
+                                   "containers": [{"name": "app"}]}});
+        assert_eq!(claims(&pod), vec![Mesh::Kuma]);
+        let pod =
+            json!({"spec": {"containers": [{"name": "istio-proxy"}, {"name": "linkerd-proxy"}]}});
+        let err = single(&claims(&pod)).unwrap_err();
+        assert!(err.to_string().contains("istio and linkerd"), "{err}");
+        assert_eq!(single(&claims(&json!({"spec": {}}))), Ok(None));
+    }
+
+    #[test]
+    fn claims_by_annotations_use_what_injectors_write() {
+        let ann: Annotations = [("linkerd.io/proxy-version".to_string(), "edge".to_string())]
+            .into_iter()
+            .collect();
+        assert_eq!(claims_by_annotations(&ann), vec![Mesh::Linkerd]);
+        let ann: Annotations = [
+            ("kuma.io/sidecar-injected".to_string(), "true".to_string()),
+            ("sidecar.istio.io/status".to_string(), "{}".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(claims_by_annotations(&ann), vec![Mesh::Istio, Mesh::Kuma]);
+    }
+}
