@@ -978,3 +978,138 @@ fn privileged_pods_set_up_before_install_are_adopted_once_and_released() {
     });
     assert_eq!(agent.metric("meshcap_adoptions_total"), 1.0);
 }
+
+/// A tmpfs mounted at a directory, unmounted on drop (before the scratch dir goes).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
+}
+
+/// Faults the agent meets, without a restart: corrupt and truncated libcni cache entries are
+/// skipped (and a pod whose entry is rewritten whole is adopted on the next scan); with the
+/// state dir full (ENOSPC, a small tmpfs) an adoption's ADD fails closed (no rules, no record,
+/// counted and retried) while the pods already meshed stay meshed, and once there is space
+/// again the same agent adopts the pod.
+#[test]
+fn privileged_corrupt_cache_entries_and_a_full_state_dir() {
+    const TEST: &str = "privileged_corrupt_cache_entries_and_a_full_state_dir";
+    let Some(plugin) = privileged_prerequisites(TEST, &["ip", "nft", "mount"]) else {
+        return;
+    };
+    let s = Scratch::new("faults");
+    let _state_fs = Tmpfs::mount(&s.0.join("state"), "256k");
+    fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
+    let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
+    let meshcap = json!({
+        "type": "meshcap-cni", "mode": "nftables", "selection": "injected",
+        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+        "log_file": s.0.join("plugin.log")
+    });
+    let before = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});
+    let after = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary, meshcap]});
+    fs::write(s.0.join("net.d/10-agentnet.conflist"), after.to_string()).unwrap();
+    let injected = json!({"sidecar.istio.io/status": "{}"});
+    let (good, cut, full) = (
+        Netns::create("mcfault-good"),
+        Netns::create("mcfault-cut"),
+        Netns::create("mcfault-full"),
+    );
+    let record = |cid: &str| s.0.join(format!("state/agentnet/{cid}@eth0.json"));
+    let entry = |cid: &str| s.0.join(format!("cache/results/agentnet-{cid}-eth0"));
+
+    // One whole entry, one truncated mid-JSON, one of garbage bytes.
+    write_cache_entry(&s, "podgood", &good.path(), &before, injected.clone());
+    write_cache_entry(&s, "podcut", &cut.path(), &before, injected.clone());
+    let whole = fs::read(entry("podcut")).unwrap();
+    fs::write(entry("podcut"), &whole[..whole.len() / 2]).unwrap();
+    fs::write(entry("podjunk"), b"\x00\xffnot json at all{{{").unwrap();
+
+    let agent = Agent::start(&s, &["--no-config-watch", "--repair-interval-ms", "100"]);
+    agent.wait_for("podgood adopted", Duration::from_secs(5), || {
+        record("podgood").exists()
+    });
+    assert!(good.outbound_captured(), "the whole entry's pod is meshed");
+    let scans = agent.metric("meshcap_repair_scans_total");
+    agent.wait_for("three more scans", Duration::from_secs(5), || {
+        agent.metric("meshcap_repair_scans_total") >= scans + 3.0
+    });
+    assert!(!record("podcut").exists() && !cut.outbound_captured());
+    let log = agent.log();
+    assert!(log.contains("unreadable CNI cache entry"), "{log}");
+    // The runtime finishes writing the entry: adopted by the same agent.
+    fs::write(entry("podcut"), &whole).unwrap();
+    agent.wait_for(
+        "podcut adopted once its entry is whole",
+        Duration::from_secs(5),
+        || record("podcut").exists(),
+    );
+    assert!(cut.outbound_captured());
+
+    // The state dir fills up.
+    let filler = s.0.join("state/filler");
+    let mut f = fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    drop(f);
+    let failures = agent.metric("meshcap_adoption_failures_total");
+    write_cache_entry(&s, "podfull", &full.path(), &before, injected);
+    agent.wait_for(
+        "the adoption failing on ENOSPC",
+        Duration::from_secs(5),
+        || agent.metric("meshcap_adoption_failures_total") >= failures + 2.0,
+    );
+    assert!(!record("podfull").exists(), "no record without space");
+    assert!(
+        !full.outbound_captured(),
+        "a failed ADD leaves no rules behind (fails closed)"
+    );
+    let rules = full.exec(&["nft", "list", "ruleset"]);
+    assert!(
+        String::from_utf8_lossy(&rules.stdout).trim().is_empty(),
+        "leftovers in podfull"
+    );
+    assert!(
+        good.outbound_captured() && cut.outbound_captured(),
+        "meshed pods stay meshed"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("No space left on device"),
+        "the failure names ENOSPC:\n{log}"
+    );
+
+    // Space again: the same agent adopts the pod.
+    fs::remove_file(&filler).unwrap();
+    agent.wait_for(
+        "podfull adopted once there is space",
+        Duration::from_secs(5),
+        || record("podfull").exists(),
+    );
+    assert!(full.outbound_captured());
+    assert_eq!(agent.metric("meshcap_adoptions_total"), 3.0);
+}
