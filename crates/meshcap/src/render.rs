@@ -228,13 +228,21 @@ fn render_any_pod(
     }
     println!(
         "# captured ({mesh} pod): proxy uid {} gid {}; inbound port {}, outbound port {}",
-        join_ids(&model.proxy_uids),
-        join_ids(&model.proxy_gids),
+        or_none(join_ids(&model.proxy_uids)),
+        or_none(join_ids(&model.proxy_gids)),
         model.ports.inbound,
         model.ports.outbound
     );
     print_rules(args, &model);
     Ok(())
+}
+
+fn or_none(ids: String) -> String {
+    if ids.is_empty() {
+        "none".into()
+    } else {
+        ids
+    }
 }
 
 fn render_pod(

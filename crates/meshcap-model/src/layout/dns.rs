@@ -44,7 +44,7 @@ pub(super) fn nat_entry(model: &RedirectModel, family: Family, nat: &mut TableBu
         nat.push(
             OUTPUT,
             rule(
-                "DNS capture: the proxy's own DNS queries are not captured",
+                "DNS capture: DNS queries of the proxy are not captured",
                 vec![udp(), dport(DNS_PORT), is_proxy.clone()],
                 Target::Return,
             ),
@@ -80,7 +80,7 @@ pub(super) fn nat_entry(model: &RedirectModel, family: Family, nat: &mut TableBu
     nat.push(
         OUTPUT,
         rule(
-            "DNS capture: apps' TCP DNS is not captured",
+            "DNS capture: TCP DNS of apps is not captured",
             tcp_dns,
             Target::Return,
         ),

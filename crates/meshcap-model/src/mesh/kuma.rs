@@ -528,6 +528,20 @@ mod tests {
     }
 
     #[test]
+    fn every_rule_of_a_full_kuma_pod_states_a_storable_purpose() {
+        let yaml = "redirect:\n  dns:\n    enabled: true\n    captureAll: true\n  inbound:\n    excludePorts: [1]\n    excludePortsForIPs: [10.0.0.1]\n  outbound:\n    excludePorts: [2]\n    excludePortsForUIDs: [\"1-2\"]\n    excludePortsForIPs: [10.0.0.2]\ndropInvalidPackets: true\n";
+        let m = model(&ann(yaml), true, &no_file, &mut Vec::new()).unwrap();
+        for rs in m.rulesets() {
+            for c in rs.tables.iter().flat_map(|t| &t.chains) {
+                assert!(c.name.starts_with(CHAIN_PREFIX), "{}", c.name);
+                for r in &c.rules {
+                    assert!(crate::rules::is_valid_purpose(r.purpose), "{:?}", r.purpose);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn uid_exclusions_expand_protocols() {
         let e = uid_exclusions(&["53,3000-5000:106-108".to_string()]).unwrap();
         assert_eq!(e.len(), 2);

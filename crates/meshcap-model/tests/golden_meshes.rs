@@ -1,0 +1,98 @@
+//! Golden tests of the model features Linkerd and Kuma pods need (chain prefix, no passthrough
+//! or hairpin, TCP-only port exclusions, port ranges, inbound source exclusions, outbound
+//! bypasses, uid/port exclusions, UDP-only DNS), through the mesh front ends, in both
+//! renderers: tests/golden/meshes/CASE.{v4,v6}.{rules,nft}.
+//! Regenerate after an intended change with `MESHCAP_UPDATE_GOLDEN=1 cargo test -p meshcap-model`.
+
+mod cases;
+
+use std::path::PathBuf;
+
+use meshcap_model::mesh::{kuma, linkerd};
+use meshcap_model::render::{iptables, nftables};
+use meshcap_model::{Annotations, Family, RedirectModel};
+
+fn ann(pairs: &[(&str, &str)]) -> Annotations {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const KUMA_ALL: &str = "kumaDPUser: \"5678\"\nredirect:\n  dns:\n    enabled: true\n    port: 15053\n    captureAll: true\n  inbound:\n    excludePorts: [4444]\n    excludePortsForIPs: [\"192.168.0.1,fd00::1\"]\n  outbound:\n    excludePorts: [6]\n    excludePortsForUIDs: [\"tcp:53,3000-5000:106-107\"]\n    excludePortsForIPs: [\"10.0.0.1,fd00::/8\"]\ndropInvalidPackets: true\n";
+const KUMA_RESOLV: &str = "kumaDPUser: \"5678\"\nredirect:\n  dns:\n    enabled: true\n    captureAll: false\n    resolvConfigPath: /test/resolv.conf\n  outbound:\n    enabled: false\n  inbound:\n    includePorts: [8080]\n";
+
+fn cases() -> Vec<(&'static str, &'static str, RedirectModel)> {
+    let mut w = Vec::new();
+    let node = linkerd::LinkerdNode::default();
+    let v6 = linkerd::LinkerdNode {
+        ipv6: true,
+        ports_to_redirect: vec![8080, 9090],
+        ..linkerd::LinkerdNode::default()
+    };
+    let resolv = |_: &str| Ok("nameserver 10.96.0.10\nnameserver fd00::10\n".to_string());
+    let kuma_ann = |yaml: &str| {
+        ann(&[
+            (kuma::SIDECAR_INJECTED, "true"),
+            (kuma::TPROXY_CONFIG, yaml),
+        ])
+    };
+    vec![
+        (
+            "linkerd_default",
+            "a Linkerd pod with the linkerd2-cni chart's defaults",
+            linkerd::model(&Annotations::new(), None, &node, &mut w).unwrap(),
+        ),
+        (
+            "linkerd_skips_ipv6",
+            "Linkerd skip annotations, a gid, redirect-listed inbound ports and IPv6 rules",
+            linkerd::model(
+                &ann(&[
+                    (linkerd::SKIP_INBOUND_PORTS, "25,8000-8010"),
+                    (linkerd::SKIP_OUTBOUND_PORTS, "3306"),
+                    (linkerd::SKIP_SUBNETS, "fd00:1::/64"),
+                    (linkerd::PROXY_GID, "2103"),
+                ]),
+                None,
+                &v6,
+                &mut w,
+            )
+            .unwrap(),
+        ),
+        (
+            "kuma_all",
+            "a Kuma pod with DNS capture, exclusions of every kind and the invalid drop",
+            kuma::model(&kuma_ann(KUMA_ALL), true, &resolv, &mut w).unwrap(),
+        ),
+        (
+            "kuma_resolv_no_outbound",
+            "a Kuma pod with DNS to resolv.conf servers, outbound off, one inbound port",
+            kuma::model(&kuma_ann(KUMA_RESOLV), true, &resolv, &mut w).unwrap(),
+        ),
+    ]
+}
+
+#[test]
+fn mesh_goldens() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/meshes");
+    let mut failures = Vec::new();
+    for (name, shows, model) in cases() {
+        for family in Family::ALL {
+            let suffix = match family {
+                Family::V4 => "v4",
+                Family::V6 => "v6",
+            };
+            let rs = model.ruleset(family);
+            let head = format!("# {shows}\n# case {name:?}, {family}\n");
+            let ipt = format!("{head}{}", iptables::render(&rs));
+            let nft = format!("{head}{}", nftables::render(std::slice::from_ref(&rs)));
+            for (ext, text) in [("rules", ipt), ("nft", nft)] {
+                let path = dir.join(format!("{name}.{suffix}.{ext}"));
+                if let Err(e) = cases::check_golden(&path, &text) {
+                    failures.push(e);
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
