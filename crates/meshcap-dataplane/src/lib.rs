@@ -50,7 +50,8 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Default directory for meshcap's runtime files (the per-namespace locks).
+/// Default directory for meshcap's runtime files (legacy iptables' per-namespace xtables lock
+/// files; the namespace lock itself is a `flock` on the namespace, no file).
 pub const DEFAULT_RUN_DIR: &str = "/run/meshcap";
 
 /// Where the dataplane finds its programs and keeps its lock files. The free functions use
@@ -341,11 +342,12 @@ pub fn check(ns: &PodNetns, backend: Backend, rulesets: &[Ruleset]) -> Result<()
     Dataplane::default().check(ns, backend, rulesets)
 }
 
-/// [`Dataplane::backend_ready`] with the default search path.
+/// [`Dataplane::forget`] with the default run directory.
 pub fn forget(id: NetnsId) -> Result<(), DataplaneError> {
     Dataplane::default().forget(id)
 }
 
+/// [`Dataplane::backend_ready`] with the default search path.
 pub fn backend_ready(backend: Backend) -> Result<(), DataplaneError> {
     Dataplane::default().backend_ready(backend)
 }

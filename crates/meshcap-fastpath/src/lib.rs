@@ -31,11 +31,8 @@ pub use support::cgroup2_root;
 /// Where the agent pins its maps and links unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshcap";
 
-/// Istio's fixed values (see SPEC "Fixed values").
-pub const PROXY_UID: u32 = 1337;
-pub const PROXY_GID: u32 = 1337;
-pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
-pub const INBOUND_CAPTURE_PORT: u16 = 15006;
+/// Istio's fixed values, defined once in the model (docs/DESIGN.md, "Fixed values").
+pub use meshcap_model::model::{INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROXY_GID, PROXY_UID};
 
 /// One pod's registration with the fast path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -217,6 +214,16 @@ pub mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_test_redirect_uses_the_models_fixed_values() {
+        let args = testing::SIDECAR_REDIRECT;
+        assert!(args.contains(&PROXY_UID.to_string().as_str()), "{args:?}");
+        assert_eq!(
+            args.last().copied(),
+            Some(OUTBOUND_CAPTURE_PORT.to_string().as_str())
+        );
+    }
 
     #[test]
     fn attachment_ids_are_stable_and_distinct() {
