@@ -65,31 +65,7 @@ pub fn privileged(name: &str) -> bool {
     }
 }
 
-/// Says that `name` is skipped and why; under `CI=true` panics instead.
-pub fn skip_or_fail(name: &str, why: &str) {
-    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!("{name}: cannot run under CI=true: {why}");
-    }
-    // Straight to fd 2: the test harness captures `eprintln!`, and a skip must show.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
-}
-
-/// Why a privileged test that needs root and `tools` (found in `$PATH`, `/usr/sbin`, `/sbin`
-/// or `/usr/bin`) cannot run here, if it cannot.
-pub fn missing_root_or_tools(tools: &[&str]) -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not running as root".into());
-    }
-    let dirs: Vec<std::path::PathBuf> =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
-            .collect();
-    tools
-        .iter()
-        .find(|tool| !dirs.iter().any(|d| d.join(tool).exists()))
-        .map(|tool| format!("`{tool}` is not installed"))
-}
+pub use meshcap_testkit::{missing_root_or_tools, skip_or_fail};
 
 /// The first reason the privileged tests cannot run here, if any.
 pub fn missing_prerequisite() -> Option<String> {
