@@ -61,8 +61,9 @@ mod tests {
             PodNetns::open(Path::new("/proc/self/ns/net")),
             PodNetns::open(Path::new("/proc/thread-self/ns/net")),
         ) else {
-            eprintln!(
-                "SKIPPED handles_of_one_namespace_share_the_lock: /proc/*/ns/net not readable"
+            meshcap_testkit::skip_or_fail(
+                "handles_of_one_namespace_share_the_lock",
+                "/proc/*/ns/net not readable",
             );
             return;
         };
