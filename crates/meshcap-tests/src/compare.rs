@@ -240,7 +240,14 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
     let mut up: BTreeMap<&str, std::result::Result<Pod, String>> = BTreeMap::new();
     for spec in pods {
         let pod = node
-            .pod(spec.name, &chain, spec.annotations())
+            .pod_with_proxy(
+                spec.name,
+                &chain,
+                spec.annotations(),
+                spec.proxy.uid,
+                spec.proxy.tcp_ports,
+                spec.proxy.udp_ports,
+            )
             .map_err(|e| format!("ADD failed: {e:#}"));
         up.insert(spec.name, pod);
     }
@@ -249,9 +256,12 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
     if mode.ebpf() {
         let mut checks = Vec::new();
         for spec in pods {
-            let capturing = flows.iter().any(|f| {
-                f.pod == spec.name && matches!(f.expect, Expect::Out | Expect::In | Expect::Dns)
-            });
+            // Only pods whose proxy the fast path knows are registered (Linkerd and Kuma pods
+            // keep to the rules).
+            let capturing = spec.proxy.fast_path
+                && flows.iter().any(|f| {
+                    f.pod == spec.name && matches!(f.expect, Expect::Out | Expect::In | Expect::Dns)
+                });
             let cookie = match up.get(spec.name) {
                 Some(Ok(pod)) => Some(crate::fastpath::cookie(&pod.ns)?),
                 _ => None,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::node::{self, Node, Pod};
-use crate::standin::{ClientReport, PROXY_ID, SIDECAR_TCP_PORTS};
+use crate::standin::{ClientReport, PROXY_ID, SIDECAR_TCP_PORTS, SIDECAR_UDP_PORTS};
 
 pub const STATUS: &str = "sidecar.istio.io/status";
 pub const INJECT: &str = "sidecar.istio.io/inject";
@@ -133,13 +133,14 @@ impl From {
         }
     }
 
-    fn ids(self) -> Option<(u32, u32)> {
+    /// The uid/gid the flow's client runs as, the proxy's being those of the pod's proxy.
+    fn ids(self, proxy: &ProxyProfile) -> Option<(u32, u32)> {
         match self {
             From::App | From::Remote => None,
             From::User => Some((1000, 1000)),
-            From::Proxy => Some((PROXY_ID, PROXY_ID)),
-            From::ProxyUid => Some((PROXY_ID, 1000)),
-            From::ProxyGid => Some((1000, PROXY_ID)),
+            From::Proxy => Some((proxy.uid, proxy.gid)),
+            From::ProxyUid => Some((proxy.uid, 1000)),
+            From::ProxyGid => Some((1000, proxy.gid)),
         }
     }
 }
@@ -176,17 +177,18 @@ impl Flow {
     /// The outcome [`Flow::expect`] stands for.
     pub fn expected(&self) -> Outcome {
         let dialled = format!("{}:{}", self.to.label(), self.port);
+        let proxy = profile_of(self.pod);
         match self.expect {
             Expect::Out => Outcome::Captured {
-                port: 15001,
+                port: proxy.outbound,
                 orig: Some(dialled),
             },
             Expect::In => Outcome::Captured {
-                port: 15006,
+                port: proxy.inbound,
                 orig: Some(dialled),
             },
             Expect::Dns => Outcome::Captured {
-                port: 15053,
+                port: proxy.dns,
                 orig: (self.proto == Proto::Tcp).then_some(dialled),
             },
             Expect::Direct => Outcome::Direct {
@@ -236,11 +238,73 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// A pod of the matrix: its name and annotations.
+/// The proxy a pod's mesh runs: its uid/gid, capture ports, the ports the stand-in sidecar
+/// listens on, and whether the eBPF fast path registers such pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyProfile {
+    pub mesh: &'static str,
+    pub uid: u32,
+    pub gid: u32,
+    pub outbound: u16,
+    pub inbound: u16,
+    pub dns: u16,
+    pub tcp_ports: &'static [u16],
+    pub udp_ports: &'static [u16],
+    pub fast_path: bool,
+}
+
+/// Istio's sidecar (the stand-in's defaults).
+pub const ISTIO: ProxyProfile = ProxyProfile {
+    mesh: "istio",
+    uid: PROXY_ID,
+    gid: PROXY_ID,
+    outbound: 15001,
+    inbound: 15006,
+    dns: 15053,
+    tcp_ports: &SIDECAR_TCP_PORTS,
+    udp_ports: &SIDECAR_UDP_PORTS,
+    fast_path: true,
+};
+/// linkerd-proxy with the linkerd2-cni chart's defaults: uid 2102, 4143 in, 4140 out, admin
+/// 4191 and control 4190 (never captured inbound).
+pub const LINKERD: ProxyProfile = ProxyProfile {
+    mesh: "linkerd",
+    uid: 2102,
+    gid: 2102,
+    outbound: 4140,
+    inbound: 4143,
+    dns: 0,
+    tcp_ports: &[4140, 4143, 4190, 4191],
+    udp_ports: &[],
+    fast_path: false,
+};
+/// kuma-dp with Kuma's defaults: uid 5678, 15006 in, 15001 out, DNS 15053.
+pub const KUMA: ProxyProfile = ProxyProfile {
+    mesh: "kuma",
+    uid: 5678,
+    gid: 5678,
+    outbound: 15001,
+    inbound: 15006,
+    dns: 15053,
+    tcp_ports: &[15001, 15006, 15053],
+    udp_ports: &[15053],
+    fast_path: false,
+};
+
+/// The proxy profile of the matrix pod `name` (Istio's for unknown names).
+pub fn profile_of(name: &str) -> ProxyProfile {
+    pods()
+        .into_iter()
+        .find(|p| p.name == name)
+        .map_or(ISTIO, |p| p.proxy)
+}
+
+/// A pod of the matrix: its name, annotations and proxy.
 #[derive(Debug, Clone)]
 pub struct PodSpec {
     pub name: &'static str,
     pub annotations: Vec<(&'static str, String)>,
+    pub proxy: ProxyProfile,
 }
 
 impl PodSpec {
@@ -265,14 +329,17 @@ pub fn pods() -> Vec<PodSpec> {
     vec![
         PodSpec {
             name: "default",
+            proxy: ISTIO,
             annotations: meshed(&[]),
         },
         PodSpec {
             name: "dns",
+            proxy: ISTIO,
             annotations: meshed(&[(PROXY_CONFIG, DNS_CAPTURE_CONFIG)]),
         },
         PodSpec {
             name: "include",
+            proxy: ISTIO,
             annotations: meshed(&[
                 (INCLUDE_OUTBOUND_IP_RANGES, &inc),
                 (INCLUDE_OUTBOUND_PORTS, "9090"),
@@ -280,6 +347,7 @@ pub fn pods() -> Vec<PodSpec> {
         },
         PodSpec {
             name: "exclude",
+            proxy: ISTIO,
             annotations: meshed(&[
                 (EXCLUDE_OUTBOUND_IP_RANGES, &exc),
                 (EXCLUDE_OUTBOUND_PORTS, "8443"),
@@ -288,6 +356,7 @@ pub fn pods() -> Vec<PodSpec> {
         },
         PodSpec {
             name: "inlist",
+            proxy: ISTIO,
             annotations: meshed(&[
                 (INCLUDE_INBOUND_PORTS, "8080"),
                 (INCLUDE_OUTBOUND_IP_RANGES, ""),
@@ -295,26 +364,54 @@ pub fn pods() -> Vec<PodSpec> {
         },
         PodSpec {
             name: "exclif",
+            proxy: ISTIO,
             annotations: meshed(&[(EXCLUDE_INTERFACES, "eth0")]),
         },
         PodSpec {
             name: "reroute",
+            proxy: ISTIO,
             annotations: meshed(&[(REROUTE_VIRTUAL_INTERFACES, "eth0")]),
         },
         PodSpec {
             name: "tproxy",
+            proxy: ISTIO,
             annotations: meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
         },
         PodSpec {
             name: "unmeshed",
+            proxy: ISTIO,
             annotations: vec![],
         },
         PodSpec {
             name: "optout",
+            proxy: ISTIO,
             annotations: meshed(&[(INJECT, "false")]),
+        },
+        PodSpec {
+            name: "linkerd",
+            proxy: LINKERD,
+            annotations: vec![
+                (LINKERD_PROXY_VERSION, "stable-2.14".to_string()),
+                (LINKERD_SKIP_OUTBOUND_PORTS, "8443".to_string()),
+            ],
+        },
+        PodSpec {
+            name: "kuma",
+            proxy: KUMA,
+            annotations: vec![
+                (KUMA_INJECTED, "true".to_string()),
+                (KUMA_TPROXY_CONFIG, KUMA_CONFIG.to_string()),
+            ],
         },
     ]
 }
+
+pub const LINKERD_PROXY_VERSION: &str = "linkerd.io/proxy-version";
+pub const LINKERD_SKIP_OUTBOUND_PORTS: &str = "config.linkerd.io/skip-outbound-ports";
+pub const KUMA_INJECTED: &str = "kuma.io/sidecar-injected";
+pub const KUMA_TPROXY_CONFIG: &str = "traffic.kuma.io/transparent-proxy-config";
+/// What Kuma's injector writes for a pod with builtin DNS on (captureAll, as its Helm chart).
+pub const KUMA_CONFIG: &str = "cniMode: true\nkumaDPUser: \"5678\"\nredirect:\n  dns:\n    enabled: true\n    captureAll: true\n    port: 15053\n  inbound:\n    enabled: true\n    port: 15006\n    excludePorts: [8081]\n  outbound:\n    enabled: true\n    port: 15001\n    excludePorts: [8443]\n";
 
 macro_rules! flow {
     ($name:literal, $pod:literal, $from:ident, $proto:ident, $to:ident : $port:literal, $expect:ident) => {
@@ -436,6 +533,36 @@ pub fn flows() -> Vec<Flow> {
         flow!("tproxy-proxy-out-v4", "tproxy", Proxy, Tcp, R4:80, Direct),
         flow!("tproxy-app-self-v4", "tproxy", App, Tcp, P4:8080, Direct),
         flow!("tproxy-proxy-self-v4", "tproxy", Proxy, Tcp, P4:8080, In),
+        // A Linkerd pod (linkerd-cni's rules): outbound to 4140, inbound to 4143, uid 2102;
+        // everything over lo and everything the proxy sends bypass capture; no IPv6 rules
+        // (the chart's default); skip-outbound-ports 8443.
+        flow!("l5d-out-v4", "linkerd", App, Tcp, R4:80, Out),
+        flow!("l5d-out-v4-uid1000", "linkerd", User, Tcp, R4:80, Out),
+        flow!("l5d-out-v6-no-ipv6-rules", "linkerd", App, Tcp, R6:80, Direct),
+        flow!("l5d-out-skipped-port", "linkerd", App, Tcp, R4:8443, Direct),
+        flow!("l5d-out-udp53", "linkerd", App, Udp, R4:53, Direct),
+        flow!("l5d-in-v4", "linkerd", Remote, Tcp, P4:8080, In),
+        flow!("l5d-in-v6-no-ipv6-rules", "linkerd", Remote, Tcp, P6:8080, Direct),
+        flow!("l5d-proxy-out-v4", "linkerd", Proxy, Tcp, R4:80, Direct),
+        flow!("l5d-proxy-self-v4", "linkerd", Proxy, Tcp, P4:8080, Direct),
+        flow!("l5d-app-self-v4", "linkerd", App, Tcp, P4:8080, Direct),
+        flow!("l5d-lo-v4", "linkerd", App, Tcp, Lo4:8080, Direct),
+        // A Kuma pod (kuma-cni's rules): outbound to 15001, inbound to 15006, uid 5678, UDP DNS
+        // to 15053 (apps' TCP DNS is not captured), IPv6 rules as the pod has IPv6.
+        flow!("kuma-out-v4", "kuma", App, Tcp, R4:80, Out),
+        flow!("kuma-out-v6", "kuma", App, Tcp, R6:80, Out),
+        flow!("kuma-out-excluded-port", "kuma", App, Tcp, R4:8443, Direct),
+        flow!("kuma-in-v4", "kuma", Remote, Tcp, P4:8080, In),
+        flow!("kuma-in-v6", "kuma", Remote, Tcp, P6:8080, In),
+        flow!("kuma-in-excluded-port", "kuma", Remote, Tcp, P4:8081, Direct),
+        flow!("kuma-dns-udp-v4", "kuma", App, Udp, R4:53, Dns),
+        flow!("kuma-dns-udp-v6", "kuma", App, Udp, R6:53, Dns),
+        flow!("kuma-dns-tcp-not-captured", "kuma", App, Tcp, R4:53, Direct),
+        flow!("kuma-proxy-dns-udp", "kuma", Proxy, Udp, R4:53, Direct),
+        flow!("kuma-proxy-out-v4", "kuma", Proxy, Tcp, R4:80, Direct),
+        flow!("kuma-proxy-self-v4", "kuma", Proxy, Tcp, P4:8080, In),
+        flow!("kuma-passthrough-127.0.0.6", "kuma", Proxy, Tcp, P4:8080, bind "127.0.0.6", Direct),
+        flow!("kuma-app-self-v4", "kuma", App, Tcp, P4:8080, Direct),
         // Pods meshcap must leave alone.
         flow!("unmeshed-out-v4", "unmeshed", App, Tcp, R4:80, Direct),
         flow!("unmeshed-out-v6", "unmeshed", App, Tcp, R6:80, Direct),
@@ -503,7 +630,7 @@ pub fn run_flow(node: &Node, pod: &Pod, flow: &Flow, tag: &str) -> Result<Outcom
         &pod.ns
     };
     let standin = crate::bins::standin()?;
-    let mut cmd = match flow.from.ids() {
+    let mut cmd = match flow.from.ids(&profile_of(flow.pod)) {
         Some((uid, gid)) => ns.command_as(standin, uid, gid)?,
         None => ns.command(standin)?,
     };
@@ -540,7 +667,7 @@ pub fn run_flow(node: &Node, pod: &Pod, flow: &Flow, tag: &str) -> Result<Outcom
     }
     let names = node.names(pod);
     Ok(match record {
-        Some(r) => observed(&r, &names),
+        Some(r) => observed(&r, &names, &profile_of(flow.pod)),
         None if report.result == "ok" => Outcome::Unrecorded,
         None => Outcome::Failed(report.result),
     })
@@ -556,9 +683,14 @@ fn symbolic(addr: &str, names: &[(IpAddr, &'static str)]) -> String {
     }
 }
 
-/// The outcome a server's record stands for.
-pub fn observed(r: &crate::standin::Record, names: &[(IpAddr, &'static str)]) -> Outcome {
-    if r.server == "sidecar" && [15001, 15006, 15053].contains(&r.port) {
+/// The outcome a server's record stands for: the sidecar's record at one of its proxy's
+/// capture ports is a capture.
+pub fn observed(
+    r: &crate::standin::Record,
+    names: &[(IpAddr, &'static str)],
+    proxy: &ProxyProfile,
+) -> Outcome {
+    if r.server == "sidecar" && [proxy.outbound, proxy.inbound, proxy.dns].contains(&r.port) {
         Outcome::Captured {
             port: r.port,
             orig: r.orig.as_deref().map(|o| symbolic(o, names)),

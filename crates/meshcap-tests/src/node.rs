@@ -250,9 +250,29 @@ impl Node {
         chain: &Arc<Chain>,
         annotations: BTreeMap<String, String>,
     ) -> Result<Pod> {
+        self.pod_with_proxy(
+            name,
+            chain,
+            annotations,
+            PROXY_ID,
+            &SIDECAR_TCP_PORTS,
+            &SIDECAR_UDP_PORTS,
+        )
+    }
+
+    /// [`Node::pod`] with the stand-in sidecar as `uid` (and gid) on a mesh's own ports.
+    pub fn pod_with_proxy(
+        &self,
+        name: &str,
+        chain: &Arc<Chain>,
+        annotations: BTreeMap<String, String>,
+        uid: u32,
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+    ) -> Result<Pod> {
         let mut pod = self.unattached_pod(name, chain, annotations)?;
         pod.add().with_context(|| format!("ADD pod {name}"))?;
-        pod.start_servers()?;
+        pod.start_servers_as(uid, tcp_ports, udp_ports)?;
         Ok(pod)
     }
 
@@ -342,23 +362,23 @@ impl Pod {
 
     /// Start the stand-in sidecar (uid/gid 1337, transparent listeners) and the app server.
     pub fn start_servers(&mut self) -> Result<()> {
-        let id = PROXY_ID.to_string();
+        self.start_servers_as(PROXY_ID, &SIDECAR_TCP_PORTS, &SIDECAR_UDP_PORTS)
+    }
+
+    /// Start the stand-in sidecar as `uid` (and gid) on the given ports, and the app server.
+    pub fn start_servers_as(&mut self, uid: u32, tcp: &[u16], udp: &[u16]) -> Result<()> {
+        let id = uid.to_string();
+        let mut args = vec!["--tcp".to_string(), join_ports(tcp)];
+        if !udp.is_empty() {
+            args.extend(["--udp".to_string(), join_ports(udp)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let sidecar = start_server(
             &self.ns,
             &self.records,
             "sidecar",
             &format!("{}-sidecar", self.att.container_id),
-            &[
-                "--tcp",
-                &join_ports(&SIDECAR_TCP_PORTS),
-                "--udp",
-                &join_ports(&SIDECAR_UDP_PORTS),
-                "--transparent",
-                "--uid",
-                &id,
-                "--gid",
-                &id,
-            ],
+            &[&args[..], &["--transparent", "--uid", &id, "--gid", &id]].concat(),
         )?;
         self.procs.push(sidecar);
         let app = start_server(
