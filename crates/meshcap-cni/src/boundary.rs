@@ -114,25 +114,14 @@ mod libc_errno {
     pub const ENOBUFS: i32 = 105;
 }
 
-/// The CNI error object for `err`: `msg` is the error itself (it names the variable, key,
-/// annotation or path at fault), `details` adds its causes.
+/// The CNI error object for `err`: `msg` is the error with its causes, each level saying only
+/// what it adds (the variable, key, annotation, namespace or path at fault, and why).
 pub fn error_json(version: CniVersion, err: &PluginError) -> Value {
-    let msg = err.to_string();
-    let mut details = Vec::new();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        let text = s.to_string();
-        // thiserror messages often embed their source already; do not repeat it.
-        if !msg.contains(&text) {
-            details.push(text);
-        }
-        source = s.source();
-    }
     json!({
         "cniVersion": version.as_str(),
         "code": code(err),
-        "msg": msg,
-        "details": details.join(": "),
+        "msg": err.to_string(),
+        "details": "",
     })
 }
 
@@ -525,7 +514,7 @@ mod tests {
             "{v}"
         );
         assert!(v["msg"].as_str().unwrap().contains("BOGUS"), "{v}");
-        // Causes go to details, without repeating what msg already says.
+        // Every cause is in msg, once.
         let err = PluginError::from(CommandError::State(meshcap_records::StateError::Io {
             op: "write",
             path: "/x".into(),

@@ -73,7 +73,9 @@ pub enum CommandError {
     PrevResultRequired { command: Command },
     #[error("CNI_NETNS={path}: the network namespace does not exist (any more)")]
     NetnsVanished { path: PathBuf },
-    #[error("{op} of meshcap rules ({mode}) in {netns} failed: {source}")]
+    /// The dataplane's error names the namespace and what it ran there; this adds only what
+    /// the command was doing.
+    #[error("{op} of meshcap rules ({mode}) failed: {source}")]
     Dataplane {
         op: &'static str,
         mode: &'static str,

@@ -65,8 +65,9 @@ pub enum DataplaneError {
         source: io::Error,
     },
 
-    /// A native nftables operation failed.
-    #[error("nftables {op} in {netns}: {source}")]
+    /// A native nftables operation failed: `op` is what the dataplane was doing, the source
+    /// the netlink request that failed.
+    #[error("{op} in {netns}: {source}")]
     Nftables {
         op: &'static str,
         netns: PathBuf,

@@ -39,11 +39,11 @@ fn every_family(rulesets: &[Ruleset]) -> Vec<Ruleset> {
 
 /// Replaces meshcap's tables with `rulesets` (families without a ruleset lose their table).
 pub(crate) fn apply(netns: &Path, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
-    meshcap_nft::replace(&every_family(rulesets)).map_err(err("replace", netns))
+    meshcap_nft::replace(&every_family(rulesets)).map_err(err("install meshcap's tables", netns))
 }
 
 pub(crate) fn remove(netns: &Path) -> Result<(), DataplaneError> {
-    meshcap_nft::delete(&Family::ALL).map_err(err("delete", netns))
+    meshcap_nft::delete(&Family::ALL).map_err(err("remove meshcap's tables", netns))
 }
 
 /// Differences between `rulesets` and meshcap's tables.
@@ -54,14 +54,14 @@ pub(crate) fn check(netns: &Path, rulesets: &[Ruleset]) -> Result<Vec<String>, D
             .into_iter()
             .map(|d| format!("nftables: {d}"))
             .collect()),
-        Err(e) => Err(err("verify", netns)(e)),
+        Err(e) => Err(err("verify meshcap's tables", netns)(e)),
     }
 }
 
 /// meshcap's table of `family`, in a form for people: chains with their hooks, and each
 /// rule's comment (which `meshcap-nft` stores as the rule's text).
 pub(crate) fn describe(netns: &Path, family: Family) -> Result<Option<String>, DataplaneError> {
-    let Some(table) = meshcap_nft::list(family).map_err(err("list", netns))? else {
+    let Some(table) = meshcap_nft::list(family).map_err(err("read meshcap's table", netns))? else {
         return Ok(None);
     };
     let keyword = match family {
