@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::cni::{verify_installed, Driver, Mode};
 use crate::datapath::{self, Shape, Sidecar, SERVICE_ADDR, SIDECAR_PORT};
-use crate::netns::{self, PodNetns};
+use crate::netns::{self, PodNetns, PodShape};
 use crate::stats::{children_cpu, ratio, summarize_ms, summarize_us, Summary};
 
 /// Sizes of one run.
@@ -47,18 +47,31 @@ pub struct Latency {
     pub ms: Option<Summary>,
     /// CPU time (user + system) of the whole process tree, per invocation.
     pub cpu_ms: Option<Summary>,
+    /// Every wall-time sample in ms, in the order measured (for the chart).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub samples_ms: Vec<f64>,
     pub error: Option<String>,
+}
+
+/// ADD and DEL of one pod shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddShape {
+    /// `dual-stack` or `v4-only`.
+    pub shape: String,
+    pub modes: Vec<Latency>,
+    /// Medians and p90s relative to this shape's baseline, from the same interleaved run;
+    /// and each plugin mode's DEL median over its ADD median.
+    pub ratios: BTreeMap<String, Option<f64>>,
+    pub del: Vec<Latency>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AddSection {
     pub runs: usize,
-    pub modes: Vec<Latency>,
-    /// Medians and p90s relative to the baseline's, from the same interleaved run.
-    pub ratios: BTreeMap<String, Option<f64>>,
+    /// Dual-stack first, then v4-only; each against its own baseline.
+    pub shapes: Vec<AddShape>,
     /// Process floors: `meshcap-cni` VERSION (start, parse, exit) and `nsenter --net true`.
     pub floors: Vec<Latency>,
-    pub del: Vec<Latency>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +87,9 @@ pub struct ParallelMode {
     /// CPU time of all the burst's processes over the cores, median over bursts: the wall
     /// time the burst could not beat even if nothing waited on anything.
     pub cpu_bound_ms_median: Option<f64>,
+    /// Median over bursts of each burst's wall time over its own CPU floor (1.0: nothing
+    /// waited).
+    pub wall_over_cpu_bound_median: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -151,75 +167,94 @@ impl Bench {
         self.broken.entry(mode).or_insert_with(|| err_string(e));
     }
 
-    /// ADD latency per mode, interleaved on fresh namespaces, then DEL on them.
+    /// ADD latency per pod shape and mode, all interleaved on fresh namespaces, then DEL on
+    /// them (interleaved the same way).
     pub fn add_section(&mut self) -> Result<AddSection> {
         let runs = self.settings.runs;
-        let count = Mode::ALL.len() * (runs + 1);
-        eprintln!("add: creating {count} namespaces");
-        let pool = PodNetns::pool(count)?;
-        let mut fresh = pool.iter();
-        let mut next = || fresh.next().context("namespace pool exhausted");
+        let per_shape = Mode::ALL.len() * (runs + 1);
+        eprintln!(
+            "add: creating {} namespaces",
+            per_shape * PodShape::ALL.len()
+        );
+        let pools: BTreeMap<PodShape, Vec<PodNetns>> = PodShape::ALL
+            .into_iter()
+            .map(|shape| Ok((shape, PodNetns::pool(per_shape, shape)?)))
+            .collect::<Result<_>>()?;
+        let mut fresh: BTreeMap<PodShape, std::slice::Iter<'_, PodNetns>> =
+            pools.iter().map(|(s, p)| (*s, p.iter())).collect();
+        let mut next = |shape: PodShape| {
+            fresh
+                .get_mut(&shape)
+                .and_then(Iterator::next)
+                .context("namespace pool exhausted")
+        };
 
-        // Untimed warm-up (page cache, dynamic loader) that also proves each mode installs
-        // the capture for real.
-        for mode in Mode::ALL {
-            let ns = next()?;
-            if let Err(e) = self.driver.add(mode, ns).and_then(|_| verify_installed(ns)) {
-                self.mark_broken(mode, &e);
+        // Untimed warm-up (page cache) that also proves each mode installs the capture for
+        // real, for each shape.
+        for shape in PodShape::ALL {
+            for mode in Mode::ALL {
+                let ns = next(shape)?;
+                if let Err(e) = self.driver.add(mode, ns).and_then(|_| verify_installed(ns)) {
+                    self.mark_broken(mode, &e);
+                }
             }
         }
 
-        eprintln!("add: {runs} runs per mode, interleaved");
-        let mut samples: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
-        let mut cpu: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
-        let mut added: Vec<(Mode, &PodNetns)> = Vec::new();
+        eprintln!("add: {runs} runs per shape and mode, interleaved");
+        type Key = (PodShape, Mode);
+        let mut samples: BTreeMap<Key, Vec<Duration>> = BTreeMap::new();
+        let mut cpu: BTreeMap<Key, Vec<Duration>> = BTreeMap::new();
+        let mut added: Vec<(PodShape, Mode, &PodNetns)> = Vec::new();
         let mut version = Vec::new();
         let mut nsenter = Vec::new();
         let mut floor_errors: [Option<String>; 2] = [None, None];
+        let any_ns = &pools[&PodShape::V4Only][0];
         for _ in 0..runs {
-            for mode in Mode::ALL {
-                let ns = next()?;
-                if self.usable(mode).is_err() {
-                    continue;
-                }
-                let cpu_before = children_cpu();
-                match self.driver.add(mode, ns) {
-                    Ok(d) => {
-                        samples.entry(mode).or_default().push(d);
-                        cpu.entry(mode)
-                            .or_default()
-                            .push(children_cpu().saturating_sub(cpu_before));
-                        if mode != Mode::Baseline {
-                            added.push((mode, ns));
-                        }
+            for shape in PodShape::ALL {
+                for mode in Mode::ALL {
+                    let ns = next(shape)?;
+                    if self.usable(mode).is_err() {
+                        continue;
                     }
-                    Err(e) => self.mark_broken(mode, &e),
+                    let cpu_before = children_cpu();
+                    match self.driver.add(mode, ns) {
+                        Ok(d) => {
+                            samples.entry((shape, mode)).or_default().push(d);
+                            cpu.entry((shape, mode))
+                                .or_default()
+                                .push(children_cpu().saturating_sub(cpu_before));
+                            if mode != Mode::Baseline {
+                                added.push((shape, mode, ns));
+                            }
+                        }
+                        Err(e) => self.mark_broken(mode, &e),
+                    }
                 }
             }
             match self.driver.version() {
                 Ok(d) => version.push(d),
                 Err(e) => floor_errors[0] = Some(err_string(&e)),
             }
-            match nsenter_true(&pool[0]) {
+            match nsenter_true(any_ns) {
                 Ok(d) => nsenter.push(d),
                 Err(e) => floor_errors[1] = Some(err_string(&e)),
             }
         }
 
         eprintln!("add: DEL on the {} plugin attachments", added.len());
-        let mut del_samples: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
-        let mut del_cpu: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
+        let mut del_samples: BTreeMap<Key, Vec<Duration>> = BTreeMap::new();
+        let mut del_cpu: BTreeMap<Key, Vec<Duration>> = BTreeMap::new();
         let mut del_errors: BTreeMap<Mode, String> = BTreeMap::new();
-        for (mode, ns) in &added {
+        for (shape, mode, ns) in &added {
             if del_errors.contains_key(mode) {
                 continue;
             }
             let cpu_before = children_cpu();
             match self.driver.del(*mode, ns) {
                 Ok(d) => {
-                    del_samples.entry(*mode).or_default().push(d);
+                    del_samples.entry((*shape, *mode)).or_default().push(d);
                     del_cpu
-                        .entry(*mode)
+                        .entry((*shape, *mode))
                         .or_default()
                         .push(children_cpu().saturating_sub(cpu_before));
                 }
@@ -229,43 +264,70 @@ impl Bench {
                 }
             }
         }
-        drop(pool);
+        drop(pools);
         netns::settle();
 
-        let modes: Vec<Latency> = Mode::ALL
-            .iter()
-            .map(|m| latency(*m, samples.get(m), cpu.get(m), self.broken.get(m).cloned()))
-            .collect();
-        let del = Mode::PLUGIN
-            .iter()
-            .map(|m| {
-                let error = self.usable(*m).err().or(del_errors.get(m).cloned());
-                latency(*m, del_samples.get(m), del_cpu.get(m), error)
+        let shapes = PodShape::ALL
+            .into_iter()
+            .map(|shape| {
+                let modes: Vec<Latency> = Mode::ALL
+                    .iter()
+                    .map(|m| {
+                        latency(
+                            *m,
+                            samples.get(&(shape, *m)),
+                            cpu.get(&(shape, *m)),
+                            self.broken.get(m).cloned(),
+                        )
+                    })
+                    .collect();
+                let del: Vec<Latency> = Mode::PLUGIN
+                    .iter()
+                    .map(|m| {
+                        let error = self.usable(*m).err().or(del_errors.get(m).cloned());
+                        latency(
+                            *m,
+                            del_samples.get(&(shape, *m)),
+                            del_cpu.get(&(shape, *m)),
+                            error,
+                        )
+                    })
+                    .collect();
+                let stat = |rows: &[Latency], m: Mode, p: fn(&Summary) -> f64| {
+                    rows.iter()
+                        .find(|l| l.mode == m.name())
+                        .and_then(|l| l.ms.as_ref().map(p))
+                };
+                let mut ratios = BTreeMap::new();
+                for m in Mode::PLUGIN {
+                    for (label, p) in [
+                        ("median", (|s: &Summary| s.median) as fn(&Summary) -> f64),
+                        ("p90", |s: &Summary| s.p90),
+                    ] {
+                        ratios.insert(
+                            format!("{}/baseline {label}", m.name()),
+                            ratio(stat(&modes, m, p), stat(&modes, Mode::Baseline, p)),
+                        );
+                    }
+                    ratios.insert(
+                        format!("{} DEL/ADD median", m.name()),
+                        ratio(stat(&del, m, |s| s.median), stat(&modes, m, |s| s.median)),
+                    );
+                }
+                AddShape {
+                    shape: shape.name().to_owned(),
+                    modes,
+                    ratios,
+                    del,
+                }
             })
             .collect();
-        let stat = |m: Mode, p: fn(&Summary) -> f64| {
-            modes
-                .iter()
-                .find(|l| l.mode == m.name())
-                .and_then(|l| l.ms.as_ref().map(p))
-        };
-        let mut ratios = BTreeMap::new();
-        for m in Mode::PLUGIN {
-            for (label, p) in [
-                ("median", (|s: &Summary| s.median) as fn(&Summary) -> f64),
-                ("p90", |s: &Summary| s.p90),
-            ] {
-                ratios.insert(
-                    format!("{}/baseline {label}", m.name()),
-                    ratio(stat(m, p), stat(Mode::Baseline, p)),
-                );
-            }
-        }
         let floor = |name: &str, how: &str, v: &[Duration], e: &Option<String>| Latency {
             mode: name.to_owned(),
             how: how.to_owned(),
             ms: (!v.is_empty()).then(|| summarize_ms(v)),
             cpu_ms: None,
+            samples_ms: Vec::new(),
             error: e.clone(),
         };
         let floors = vec![
@@ -284,25 +346,24 @@ impl Bench {
         ];
         Ok(AddSection {
             runs,
-            modes,
-            ratios,
+            shapes,
             floors,
-            del,
         })
     }
 
-    /// Bursts of `parallel` ADDs released at once, per mode, interleaved.
+    /// Bursts of `parallel` ADDs (dual-stack pods) released at once, per mode, interleaved.
     pub fn parallel_section(&mut self, single: &BTreeMap<String, f64>) -> Result<ParallelSection> {
         let (p, rounds) = (self.settings.parallel, self.settings.parallel_rounds);
         let count = p * rounds * Mode::ALL.len();
         eprintln!("parallel: creating {count} namespaces");
         // All up front: deleting namespaces queues kernel cleanup work that would run during
         // the next burst.
-        let pool = PodNetns::pool(count)?;
+        let pool = PodNetns::pool(count, PodShape::DualStack)?;
         let mut chunks = pool.chunks(p);
         let mut walls: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
         let mut lats: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
         let mut cpu_bound: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+        let mut wall_over_floor: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         for round in 0..rounds {
             for mode in Mode::ALL {
@@ -320,6 +381,13 @@ impl Bench {
                             .or_default()
                             .push(cpu.as_secs_f64() * 1e3 / cores);
                         walls.entry(mode).or_default().push(wall);
+                        let floor_ms = cpu.as_secs_f64() * 1e3 / cores;
+                        if floor_ms > 0.0 {
+                            wall_over_floor
+                                .entry(mode)
+                                .or_default()
+                                .push(wall.as_secs_f64() * 1e3 / floor_ms);
+                        }
                         lats.entry(mode).or_default().extend(each);
                     }
                     Err(e) => self.mark_broken(mode, &e),
@@ -345,6 +413,7 @@ impl Bench {
                     mode: m.name().to_owned(),
                     wall_ms_median: median(&wall),
                     cpu_bound_ms_median: cpu_bound.get(m).and_then(|v| median(v)),
+                    wall_over_cpu_bound_median: wall_over_floor.get(m).and_then(|v| median(v)),
                     wall_ms: wall,
                     p99_over_single_median: ratio(
                         ms.as_ref().map(|s| s.p99),
@@ -483,7 +552,7 @@ impl Bench {
             .collect()
     }
 
-    /// `scale` pods ADDed one after another in nftables mode, all kept until the end.
+    /// `scale` dual-stack pods ADDed one after another in nftables mode, all kept until the end.
     pub fn scale_section(&mut self) -> Result<ScaleSection> {
         let pods = self.settings.scale;
         let mode = Mode::Nftables;
@@ -503,7 +572,7 @@ impl Bench {
             return Ok(section);
         }
         eprintln!("scale: creating {pods} namespaces");
-        let pool = PodNetns::pool(pods)?;
+        let pool = PodNetns::pool(pods, PodShape::DualStack)?;
         eprintln!("scale: {pods} ADDs in {} mode", mode.name());
         let mut lat = Vec::with_capacity(pods);
         for ns in &pool {
@@ -541,6 +610,9 @@ fn latency(
         how: mode.describe().to_owned(),
         ms: samples.filter(|v| !v.is_empty()).map(|v| summarize_ms(v)),
         cpu_ms: cpu.filter(|v| !v.is_empty()).map(|v| summarize_ms(v)),
+        samples_ms: samples.map_or_else(Vec::new, |v| {
+            v.iter().map(|d| d.as_secs_f64() * 1e3).collect()
+        }),
         error,
     }
 }

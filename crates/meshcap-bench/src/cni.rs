@@ -18,7 +18,7 @@ use meshcap_model::render::iptables;
 use meshcap_model::{Family, RedirectModel};
 use serde_json::{json, Value};
 
-use crate::netns::{PodNetns, GATEWAY, PREFIX_LEN};
+use crate::netns::{PodNetns, GATEWAY, GATEWAY6, PREFIX_LEN, PREFIX_LEN6};
 
 /// Network name in the configuration (and in the plugin's attachment records).
 pub const NETWORK_NAME: &str = "meshcap-bench";
@@ -26,7 +26,8 @@ pub const NETWORK_NAME: &str = "meshcap-bench";
 /// What installs the capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mode {
-    /// `nsenter … iptables-restore --noflush` + `nsenter … ip6tables-restore --noflush`.
+    /// `nsenter … iptables-restore --noflush`, and for a dual-stack pod
+    /// `nsenter … ip6tables-restore --noflush` too.
     Baseline,
     /// `meshcap-cni` with `"mode": "iptables"`.
     Iptables,
@@ -83,16 +84,22 @@ impl Driver {
         }
     }
 
-    /// One ADD; returns the wall time the runtime would wait.
+    /// One ADD; returns the wall time the runtime would wait. The baseline restores the
+    /// rules of each family the pod has, as istio-cni does (IPv6 only for a dual-stack pod).
     pub fn add(&self, mode: Mode, ns: &PodNetns) -> Result<Duration> {
         match mode {
             Mode::Baseline => {
                 let start = Instant::now();
                 let v4 = restore("iptables-restore", ns, &self.rules_v4);
-                let v6 = restore("ip6tables-restore", ns, &self.rules_v6);
+                let v6 = ns
+                    .shape()
+                    .dual_stack()
+                    .then(|| restore("ip6tables-restore", ns, &self.rules_v6));
                 let elapsed = start.elapsed();
                 check_exit(v4?)?;
-                check_exit(v6?)?;
+                if let Some(v6) = v6 {
+                    check_exit(v6?)?;
+                }
                 Ok(elapsed)
             }
             Mode::Iptables | Mode::Nftables => {
@@ -166,8 +173,23 @@ impl Driver {
         Ok((elapsed, out))
     }
 
-    /// The configuration a runtime streams for a default sidecar pod chained after `bridge`.
+    /// The configuration a runtime streams for a default sidecar pod chained after `bridge`;
+    /// the prevResult carries the pod's addresses (one per family it has).
     pub fn config(&self, mode: Mode, ns: &PodNetns) -> Value {
+        let mut ips = vec![json!({
+            "address": format!("{}/{PREFIX_LEN}", ns.ip()),
+            "gateway": GATEWAY.to_string(),
+            "interface": 2
+        })];
+        let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
+        if let Some(ip6) = ns.ip6() {
+            ips.push(json!({
+                "address": format!("{ip6}/{PREFIX_LEN6}"),
+                "gateway": GATEWAY6.to_string(),
+                "interface": 2
+            }));
+            routes.push(json!({"dst": "::/0"}));
+        }
         let plugin_mode = match mode {
             Mode::Nftables => "nftables",
             Mode::Iptables | Mode::Baseline => "iptables",
@@ -188,12 +210,8 @@ impl Driver {
                     {"name": "veth0bench", "mac": "5e:2b:6c:11:22:33"},
                     {"name": "eth0", "mac": "0a:58:0a:f4:00:05", "sandbox": ns.path()}
                 ],
-                "ips": [{
-                    "address": format!("{}/{PREFIX_LEN}", ns.ip()),
-                    "gateway": GATEWAY.to_string(),
-                    "interface": 2
-                }],
-                "routes": [{"dst": "0.0.0.0/0"}],
+                "ips": ips,
+                "routes": routes,
                 "dns": {}
             }
         })

@@ -213,10 +213,11 @@ fn run(cli: Cli) -> Result<bool> {
     let want = |s: &str| settings.sections.iter().any(|x| x == s);
     let outcome = (|| -> Result<Report> {
         let add = want("add").then(|| bench.add_section()).transpose()?;
-        // Single-ADD medians for the parallel ratio.
+        // Single-ADD medians (dual-stack pods, as in the bursts) for the parallel ratio.
         let single: BTreeMap<String, f64> = add
             .iter()
-            .flat_map(|a| &a.modes)
+            .flat_map(|a| a.shapes.iter().filter(|s| s.shape == "dual-stack"))
+            .flat_map(|s| &s.modes)
             .filter_map(|l| Some((l.mode.clone(), l.ms.as_ref()?.median)))
             .collect();
         let parallel = want("parallel")
@@ -272,10 +273,10 @@ fn collect_errors(r: &Report) -> Vec<String> {
         }
     };
     if let Some(a) = &r.add {
-        for l in a.modes.iter().chain(&a.floors) {
+        for l in a.shapes.iter().flat_map(|s| &s.modes).chain(&a.floors) {
             push("add", &l.mode, &l.error);
         }
-        for l in &a.del {
+        for l in a.shapes.iter().flat_map(|s| &s.del) {
             push("del", &l.mode, &l.error);
         }
     }

@@ -11,7 +11,7 @@
 //! ([`remove_stale`]).
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +23,36 @@ const NETNS_DIR: &str = "/run/netns";
 /// The pods' subnet gateway (the bridge address of a bridge/host-local setup).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 pub const PREFIX_LEN: u8 = 16;
+/// The IPv6 gateway of a dual-stack pod, and the prefix length of its address.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
+pub const PREFIX_LEN6: u8 = 64;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Which addresses a pod has: what the anchors' exec baseline and meshcap each do depends on
+/// it (a v4-only pod needs no IPv6 rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PodShape {
+    /// An IPv4 and an IPv6 address on `eth0`, a default route of each family.
+    DualStack,
+    /// An IPv4 address and default route only.
+    V4Only,
+}
+
+impl PodShape {
+    pub const ALL: [PodShape; 2] = [PodShape::DualStack, PodShape::V4Only];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PodShape::DualStack => "dual-stack",
+            PodShape::V4Only => "v4-only",
+        }
+    }
+
+    pub fn dual_stack(self) -> bool {
+        self == PodShape::DualStack
+    }
+}
 
 /// One pod network namespace, deleted on drop.
 #[derive(Debug)]
@@ -32,29 +60,52 @@ pub struct PodNetns {
     name: String,
     path: PathBuf,
     ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
 }
 
 impl PodNetns {
-    /// Create a namespace with `lo` up and `eth0` carrying a unique 10.244.0.0/16 address.
+    /// Create a namespace with `lo` up and `eth0` carrying a unique 10.244.0.0/16 address
+    /// (a v4-only pod).
     pub fn create() -> Result<PodNetns> {
+        Self::create_shaped(PodShape::V4Only)
+    }
+
+    /// As [`PodNetns::create`]; a dual-stack pod's `eth0` also carries a unique fd00:10:244::/64
+    /// address and an IPv6 default route, as a dual-stack bridge + host-local setup leaves it.
+    pub fn create_shaped(shape: PodShape) -> Result<PodNetns> {
+        let dual_stack = shape.dual_stack();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{PREFIX}-{}-{n}", std::process::id());
         // .2 upwards in each /24-sized block, never the gateway's .1.
         let ip = Ipv4Addr::new(10, 244, ((n / 250) % 256) as u8, (n % 250 + 2) as u8);
+        let ip6 = dual_stack.then(|| {
+            let low = n as u64 + 2;
+            Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, (low >> 16) as u16, low as u16)
+        });
         run(Command::new("ip").args(["netns", "add", &name]), None)?;
         let ns = PodNetns {
             path: Path::new(NETNS_DIR).join(&name),
             name,
             ip,
+            ip6,
         };
-        // One `ip` process for the whole setup instead of five.
-        let script = format!(
+        // One `ip` process for the whole setup instead of five. `nodad`: the address is usable
+        // at once, as it is after a bridge plugin's ADD.
+        let mut script = format!(
             "link set lo up\n\
              link add eth0 type veth peer name eth0peer\n\
-             addr add {ip}/{PREFIX_LEN} dev eth0\n\
-             link set eth0 up\n\
-             route add default via {GATEWAY} dev eth0\n"
+             addr add {ip}/{PREFIX_LEN} dev eth0\n"
         );
+        if let Some(ip6) = ip6 {
+            script.push_str(&format!("addr add {ip6}/{PREFIX_LEN6} dev eth0 nodad\n"));
+        }
+        script.push_str(&format!(
+            "link set eth0 up\n\
+             route add default via {GATEWAY} dev eth0\n"
+        ));
+        if ip6.is_some() {
+            script.push_str(&format!("route add ::/0 via {GATEWAY6} dev eth0\n"));
+        }
         run(
             Command::new("ip").args(["-n", &ns.name, "-batch", "-"]),
             Some(&script),
@@ -63,9 +114,9 @@ impl PodNetns {
         Ok(ns)
     }
 
-    /// `count` fresh namespaces.
-    pub fn pool(count: usize) -> Result<Vec<PodNetns>> {
-        (0..count).map(|_| PodNetns::create()).collect()
+    /// `count` fresh namespaces of `shape`.
+    pub fn pool(count: usize, shape: PodShape) -> Result<Vec<PodNetns>> {
+        (0..count).map(|_| PodNetns::create_shaped(shape)).collect()
     }
 
     pub fn name(&self) -> &str {
@@ -80,6 +131,19 @@ impl PodNetns {
     /// The pod address on `eth0`.
     pub fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+
+    /// The pod's IPv6 address on `eth0`, for a dual-stack pod.
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.ip6
+    }
+
+    pub fn shape(&self) -> PodShape {
+        if self.ip6.is_some() {
+            PodShape::DualStack
+        } else {
+            PodShape::V4Only
+        }
     }
 }
 

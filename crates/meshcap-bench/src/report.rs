@@ -94,19 +94,25 @@ impl Report {
         );
 
         if let Some(add) = &self.add {
-            let _ = writeln!(
-                out,
-                "\nADD latency, whole process, default sidecar pod, fresh netns, {} runs/mode interleaved (ms)",
-                add.runs
-            );
-            latency_rows(&mut out, &add.modes);
-            for (k, v) in &add.ratios {
-                let _ = writeln!(out, "  ratio {k:<26} {}", num(*v, 2));
+            for shape in &add.shapes {
+                let _ = writeln!(
+                    out,
+                    "\nADD latency, {} pod, whole process, default sidecar pod, fresh netns, {} runs/mode interleaved (ms)",
+                    shape.shape, add.runs
+                );
+                latency_rows(&mut out, &shape.modes);
+                for (k, v) in &shape.ratios {
+                    let _ = writeln!(out, "  ratio {k:<26} {}", num(*v, 2));
+                }
+                let _ = writeln!(
+                    out,
+                    "\nDEL latency, {} pod, on namespaces that had an ADD (ms)",
+                    shape.shape
+                );
+                latency_rows(&mut out, &shape.del);
             }
-            let _ = writeln!(out, "  floors:");
+            let _ = writeln!(out, "\nProcess floors (ms)");
             latency_rows(&mut out, &add.floors);
-            let _ = writeln!(out, "\nDEL latency on namespaces that had an ADD (ms)");
-            latency_rows(&mut out, &add.del);
         }
 
         if let Some(p) = &self.parallel {
@@ -117,18 +123,19 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  {:<10} {:>11} {:>11} {:>9} {:>9} {:>9}  bursts wall",
-                "mode", "wall(med)", "cpu/cores", "median", "p99", "p99/1x"
+                "  {:<10} {:>11} {:>11} {:>10} {:>9} {:>9} {:>9}  bursts wall",
+                "mode", "wall(med)", "cpu/cores", "wall/floor", "median", "p99", "p99/1x"
             );
             for pm in &p.modes {
                 let s = pm.ms.as_ref();
                 let walls: Vec<String> = pm.wall_ms.iter().map(|w| format!("{w:.1}")).collect();
                 let _ = writeln!(
                     out,
-                    "  {:<10} {:>11} {:>11} {:>9} {:>9} {:>9}  {}",
+                    "  {:<10} {:>11} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
                     pm.mode,
                     num(pm.wall_ms_median, 1),
                     num(pm.cpu_bound_ms_median, 1),
+                    num(pm.wall_over_cpu_bound_median, 2),
                     num(s.map(|s| s.median), 2),
                     num(s.map(|s| s.p99), 2),
                     num(pm.p99_over_single_median, 2),

@@ -92,22 +92,38 @@ fn bench_smoke_tiny_configuration() {
     assert!(r["machine"]["cores"].as_u64().is_some_and(|c| c > 0));
     assert!(r["command"].as_str().unwrap().contains("--runs 2"));
 
-    let modes = r["add"]["modes"].as_array().unwrap();
-    let names: Vec<&str> = modes.iter().map(|m| m["mode"].as_str().unwrap()).collect();
-    assert_eq!(names, ["baseline", "iptables", "nftables"]);
-    for m in modes {
-        assert_eq!(m["ms"]["n"], 2, "{m}");
-    }
-    for k in ["nftables/baseline median", "iptables/baseline median"] {
-        assert!(r["add"]["ratios"][k].as_f64().is_some(), "{k}: {r:#}");
-    }
-    for m in r["add"]["del"].as_array().unwrap() {
-        assert_eq!(m["ms"]["n"], 2, "{m}");
+    // Both pod shapes, each with every mode against its own baseline.
+    let shapes = r["add"]["shapes"].as_array().unwrap();
+    let shape_names: Vec<&str> = shapes
+        .iter()
+        .map(|s| s["shape"].as_str().unwrap())
+        .collect();
+    assert_eq!(shape_names, ["dual-stack", "v4-only"]);
+    for shape in shapes {
+        let modes = shape["modes"].as_array().unwrap();
+        let names: Vec<&str> = modes.iter().map(|m| m["mode"].as_str().unwrap()).collect();
+        assert_eq!(names, ["baseline", "iptables", "nftables"]);
+        for m in modes {
+            assert_eq!(m["ms"]["n"], 2, "{m}");
+            assert_eq!(m["samples_ms"].as_array().unwrap().len(), 2, "{m}");
+        }
+        for k in [
+            "nftables/baseline median",
+            "iptables/baseline median",
+            "iptables DEL/ADD median",
+            "nftables DEL/ADD median",
+        ] {
+            assert!(shape["ratios"][k].as_f64().is_some(), "{k}: {shape:#}");
+        }
+        for m in shape["del"].as_array().unwrap() {
+            assert_eq!(m["ms"]["n"], 2, "{m}");
+        }
     }
     for m in r["parallel"]["modes"].as_array().unwrap() {
         assert_eq!(m["ms"]["n"], 3, "{m}");
         assert_eq!(m["wall_ms"].as_array().unwrap().len(), 1, "{m}");
         assert!(m["p99_over_single_median"].as_f64().is_some(), "{m}");
+        assert!(m["wall_over_cpu_bound_median"].as_f64().is_some(), "{m}");
     }
     for shape in r["datapath"]["shapes"].as_array().unwrap() {
         let targets: Vec<&str> = shape["targets"]
@@ -168,7 +184,9 @@ fn bench_add_with_the_shipped_static_plugin() {
     assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
     assert_eq!(r["machine"]["plugin_linkage"], "static", "{r:#}");
     assert_eq!(r["machine"]["state_dir_fs"], "tmpfs", "{r:#}");
-    for m in r["add"]["modes"].as_array().unwrap() {
-        assert_eq!(m["ms"]["n"], 3, "{m}");
+    for shape in r["add"]["shapes"].as_array().unwrap() {
+        for m in shape["modes"].as_array().unwrap() {
+            assert_eq!(m["ms"]["n"], 3, "{m}");
+        }
     }
 }
