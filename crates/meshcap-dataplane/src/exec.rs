@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use crate::error::excerpt;
 use crate::DataplaneError;
@@ -56,6 +56,27 @@ pub(crate) fn run(
     stdin: Option<&str>,
     netns: &Path,
 ) -> Result<String, DataplaneError> {
+    start(binary, args, env, stdin, netns)?.finish()
+}
+
+/// A child started by [`start`], whose stdin has been written and closed.
+pub(crate) struct Running {
+    child: Child,
+    binary: PathBuf,
+    args: Vec<String>,
+    netns: PathBuf,
+}
+
+/// Starts `binary args…` and feeds it `stdin`; [`Running::finish`] collects it. Several
+/// children may run at once: each reads all of its stdin before writing, and its output is
+/// collected after it was started, so waiting for one never blocks another for good.
+pub(crate) fn start(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, OsString)],
+    stdin: Option<&str>,
+    netns: &Path,
+) -> Result<Running, DataplaneError> {
     let spawn_err = |source: io::Error| DataplaneError::Spawn {
         binary: binary.to_owned(),
         netns: netns.to_owned(),
@@ -87,15 +108,42 @@ pub(crate) fn run(
             }
         }
     }
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if !out.status.success() {
-        return Err(DataplaneError::Command {
-            binary: binary.to_owned(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            netns: netns.to_owned(),
-            status: out.status.to_string(),
-            stderr: excerpt(&out.stderr),
-        });
+    Ok(Running {
+        child,
+        binary: binary.to_owned(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        netns: netns.to_owned(),
+    })
+}
+
+impl Running {
+    /// Waits for the child; its stdout, or why it failed.
+    pub(crate) fn finish(self) -> Result<String, DataplaneError> {
+        let Running {
+            child,
+            binary,
+            args,
+            netns,
+        } = self;
+        let out = match child.wait_with_output() {
+            Ok(out) => out,
+            Err(source) => {
+                return Err(DataplaneError::Spawn {
+                    binary,
+                    netns,
+                    source,
+                })
+            }
+        };
+        if !out.status.success() {
+            return Err(DataplaneError::Command {
+                binary,
+                args,
+                netns,
+                status: out.status.to_string(),
+                stderr: excerpt(&out.stderr),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -149,6 +149,18 @@ fn legacy_tables_present(family: Family) -> bool {
     }
 }
 
+/// Whether a save with `tools` could show any of meshcap's state, asked of the kernel without
+/// spawning the save: the nft flavour keeps meshcap's chains in the nf_tables tables
+/// `raw`/`mangle`/`nat` of the family (`shapes`, one netlink dump), legacy ones are listed in
+/// /proc. In a fresh pod neither exists and a save would show nothing.
+fn may_hold_rules(tools: &Tools, shapes: &[TableShape]) -> bool {
+    match tools.flavour {
+        Flavour::Legacy => legacy_tables_present(tools.family),
+        Flavour::Nft => !shapes.is_empty(),
+        Flavour::Unsuffixed => legacy_tables_present(tools.family) || !shapes.is_empty(),
+    }
+}
+
 /// `iptables-nft-save`, `ip6tables-legacy-restore`, ...
 pub fn program_name(family: Family, flavour: Flavour, op: &str) -> String {
     let base = match family {
@@ -287,17 +299,44 @@ impl Xtables<'_> {
         Ok(Installed::parse_save(&self.save(tools)?))
     }
 
-    pub fn restore(&self, tools: &Tools, input: &str) -> Result<(), DataplaneError> {
+    /// [`Xtables::installed`] of each `(tools, shapes)`, without a save where the kernel holds
+    /// no xtables table of the family ([`may_hold_rules`]), and with the saves that are needed
+    /// running at once.
+    fn installed_all(
+        &self,
+        of: &[(Tools, Vec<TableShape>)],
+    ) -> Result<Vec<Installed>, DataplaneError> {
+        let started: Vec<Option<Result<exec::Running, DataplaneError>>> = of
+            .iter()
+            .map(|(tools, shapes)| {
+                may_hold_rules(tools, shapes)
+                    .then(|| exec::start(&tools.save, &[], &self.env(tools), None, self.netns))
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|s| match s {
+                None => Ok(empty()),
+                Some(running) => Ok(Installed::parse_save(&running?.finish()?)),
+            })
+            .collect()
+    }
+
+    fn start_restore(&self, tools: &Tools, input: &str) -> Result<exec::Running, DataplaneError> {
+        tracing::debug!(family = %tools.family, flavour = %tools.flavour, "iptables-restore");
         // --wait: legacy restores take the (per-namespace) xtables lock; someone else in the
         // pod may briefly hold it. nft ignores the flag.
-        exec::run(
+        exec::start(
             &tools.restore,
             &["--noflush", "--wait"],
             &self.env(tools),
             Some(input),
             self.netns,
         )
-        .map(drop)
+    }
+
+    pub fn restore(&self, tools: &Tools, input: &str) -> Result<(), DataplaneError> {
+        self.start_restore(tools, input)?.finish().map(drop)
     }
 
     /// Moves `tools`' family from `from` to `to`; returns whether anything changed.
@@ -309,79 +348,108 @@ impl Xtables<'_> {
     ) -> Result<bool, DataplaneError> {
         match transition(from, to) {
             None => Ok(false),
-            Some(input) => {
-                tracing::debug!(family = %tools.family, flavour = %tools.flavour, "iptables-restore");
-                self.restore(tools, &input).map(|()| true)
-            }
+            Some(input) => self.restore(tools, &input).map(|()| true),
         }
     }
 
+    /// Each of `tools` with its family's xtables tables (one netlink dump each).
+    fn read_families(
+        &self,
+        tools: impl IntoIterator<Item = Tools>,
+    ) -> Result<Vec<(Tools, Vec<TableShape>)>, DataplaneError> {
+        tools
+            .into_iter()
+            .map(|t| {
+                let shapes = xtables_shapes(self.netns, t.family)?;
+                Ok((t, shapes))
+            })
+            .collect()
+    }
+
+    /// Runs the restore that moves each `(tools, from, to)` from `from` to `to`, all at once:
+    /// each restore waits on the kernel by itself (a deletion waits for an RCU grace period
+    /// when the restore's netlink socket closes), so side by side those waits overlap. Returns
+    /// the families that ran a restore with their previous state, and the first failure (a
+    /// failed restore may still have committed some of its tables: xtables-restore commits
+    /// each at its COMMIT line, so it counts as changed too).
+    fn write_all(
+        &self,
+        plans: Vec<(Tools, Installed, Installed)>,
+    ) -> (Vec<(Tools, Installed)>, Option<DataplaneError>) {
+        let started: Vec<(Tools, Installed, Result<exec::Running, DataplaneError>)> = plans
+            .into_iter()
+            .filter_map(|(tools, from, to)| {
+                let input = transition(&from, &to)?;
+                let running = self.start_restore(&tools, &input);
+                Some((tools, from, running))
+            })
+            .collect();
+        let mut changed = Vec::new();
+        let mut failure = None;
+        for (tools, previous, running) in started {
+            if let Err(e) = running.and_then(exec::Running::finish) {
+                failure.get_or_insert(e);
+            }
+            changed.push((tools, previous));
+        }
+        (changed, failure)
+    }
+
     /// Installs exactly `rulesets` (families without one end up with no meshcap state), all
-    /// or nothing: when a family fails, those already changed go back to their old state, and
-    /// tables the attempt created go again. Returns the tables and built-in chains this apply
-    /// brought into being, for [`Xtables::remove`].
+    /// or nothing: when a family fails, every family that changed goes back to its old state,
+    /// and tables the attempt created go again. Returns the tables and built-in chains this
+    /// apply brought into being, for [`Xtables::remove`].
+    ///
+    /// Both families are read first (a netlink look at their xtables tables; a save only
+    /// where those exist, the saves at once), then written (the restores at once): a fresh
+    /// pod costs one `iptables-restore` per family and nothing else.
     pub fn apply(&self, rulesets: &[Ruleset]) -> Result<Vec<CreatedTable>, DataplaneError> {
-        let mut changed: Vec<(Tools, Installed)> = Vec::new();
-        // Per touched family, the xtables tables before its restore.
-        let mut touched: Vec<(Family, Vec<TableShape>)> = Vec::new();
-        let mut created = Vec::new();
-        for family in Family::ALL {
+        let tools = Family::ALL
+            .into_iter()
+            .map(|family| self.detect(family))
+            .collect::<Result<Vec<_>, _>>()?;
+        let read = self.read_families(tools)?;
+        let current = self.installed_all(&read)?;
+        let mut before: Vec<(Family, Vec<TableShape>)> = Vec::new();
+        let mut plans = Vec::new();
+        for ((tools, shapes), current) in read.into_iter().zip(current) {
             let target = rulesets
                 .iter()
-                .find(|r| r.family == family)
+                .find(|r| r.family == tools.family)
                 .map(Installed::from_ruleset)
                 .unwrap_or_else(empty);
-            // A restore that fails may still have committed some of its tables (xtables-restore
-            // commits each at its COMMIT line), so the failing family is rolled back as well.
-            let mut failing = None;
-            let step = self.detect(family).and_then(|tools| {
-                let current = self.installed(&tools)?;
-                if current == target {
-                    return Ok(None);
-                }
-                let before = xtables_shapes(self.netns, family)?;
-                match self.transition(&tools, &current, &target) {
-                    Ok(_) => Ok(Some((tools, current, before))),
-                    Err(e) => {
-                        failing = Some((tools, current, before));
-                        Err(e)
-                    }
-                }
-            });
-            let step = step.and_then(|done| match done {
-                None => Ok(()),
-                Some((tools, previous, before)) => {
-                    changed.push((tools, previous));
-                    let after = xtables_shapes(self.netns, family);
-                    if let Ok(after) = &after {
-                        created.extend(created_between(family, &before, after));
-                    }
-                    touched.push((family, before));
-                    after.map(drop)
-                }
-            });
-            if let Err(original) = step {
-                if let Some((tools, previous, before)) = failing {
-                    changed.push((tools, previous));
-                    touched.push((family, before));
-                }
-                let undone = self.roll_back(&changed).and_then(|()| {
-                    for (family, before) in &touched {
-                        let now = xtables_shapes(self.netns, *family)?;
-                        remove_created(self.netns, &created_between(*family, before, &now))?;
-                    }
-                    Ok(())
-                });
-                return Err(match undone {
-                    Ok(()) => original,
-                    Err(rollback) => DataplaneError::RollbackFailed {
-                        original: Box::new(original),
-                        rollback: Box::new(rollback),
-                    },
-                });
+            if current != target {
+                before.push((tools.family, shapes));
+                plans.push((tools, current, target));
             }
         }
-        Ok(created)
+        let (changed, failure) = self.write_all(plans);
+        let mut created = Vec::new();
+        let outcome = match failure {
+            Some(e) => Err(e),
+            None => before.iter().try_for_each(|(family, before)| {
+                let after = xtables_shapes(self.netns, *family)?;
+                created.extend(created_between(*family, before, &after));
+                Ok(())
+            }),
+        };
+        let Err(original) = outcome else {
+            return Ok(created);
+        };
+        let undone = self.roll_back(&changed).and_then(|()| {
+            for (family, before) in &before {
+                let now = xtables_shapes(self.netns, *family)?;
+                remove_created(self.netns, &created_between(*family, before, &now))?;
+            }
+            Ok(())
+        });
+        Err(match undone {
+            Ok(()) => original,
+            Err(rollback) => DataplaneError::RollbackFailed {
+                original: Box::new(original),
+                rollback: Box::new(rollback),
+            },
+        })
     }
 
     /// Puts each family of `changed` back into its recorded state, newest first.
@@ -394,41 +462,31 @@ impl Xtables<'_> {
     }
 
     /// Removes meshcap's chains from every installed flavour of both families (a namespace
-    /// may have changed flavour since the ADD), then those of `created` (what the applies
-    /// brought into being) that hold nothing any more. When removing the chains fails, those
-    /// already emptied get their chains back, so that a retried DEL finds the namespace as it
-    /// was.
+    /// may have changed flavour since the ADD), read and written side by side as in
+    /// [`Xtables::apply`], then those of `created` (what the applies brought into being) that
+    /// hold nothing any more. When removing the chains fails, those already emptied get their
+    /// chains back, so that a retried DEL finds the namespace as it was.
     pub fn remove(&self, created: &[CreatedTable]) -> Result<(), DataplaneError> {
-        let mut changed = Vec::new();
-        for family in Family::ALL {
-            for tools in self.available(family) {
-                // As in `apply`: a failed restore may have committed part of its input.
-                let mut failing = None;
-                let step = self.installed(&tools).and_then(|current| {
-                    match self.transition(&tools, &current, &empty()) {
-                        Ok(did) => Ok((did, current)),
-                        Err(e) => {
-                            failing = Some(current);
-                            Err(e)
-                        }
-                    }
-                });
-                match step {
-                    Ok((true, previous)) => changed.push((tools, previous)),
-                    Ok((false, _)) => {}
-                    // DEL must not leave half the rules behind either.
-                    Err(original) => {
-                        changed.extend(failing.map(|previous| (tools, previous)));
-                        return Err(match self.roll_back(&changed) {
-                            Ok(()) => original,
-                            Err(rollback) => DataplaneError::RollbackFailed {
-                                original: Box::new(original),
-                                rollback: Box::new(rollback),
-                            },
-                        });
-                    }
-                }
-            }
+        let tools: Vec<Tools> = Family::ALL
+            .into_iter()
+            .flat_map(|family| self.available(family))
+            .collect();
+        let read = self.read_families(tools)?;
+        let current = self.installed_all(&read)?;
+        let plans = read
+            .into_iter()
+            .zip(current)
+            .map(|((tools, _), current)| (tools, current, empty()))
+            .collect();
+        // DEL must not leave half the rules behind either.
+        if let (changed, Some(original)) = self.write_all(plans) {
+            return Err(match self.roll_back(&changed) {
+                Ok(()) => original,
+                Err(rollback) => DataplaneError::RollbackFailed {
+                    original: Box::new(original),
+                    rollback: Box::new(rollback),
+                },
+            });
         }
         remove_created(self.netns, created)
     }
