@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The benchmark command: builds meshcap-cni as it ships (static, scripts/build-static.sh) and
-# meshcap-bench in release, and runs the suite
-# (CNI ADD/DEL latency against nsenter + iptables-restore, 64 parallel ADDs, the datapath through
-# the capture, 500 pods). Run as root on an otherwise idle machine; see docs/BENCHMARKS.md.
+# meshcap-bench in release, runs the eBPF fast path's bench (rules only against the fast path),
+# then the suite (CNI ADD/DEL latency of a dual-stack and a v4-only pod against
+# nsenter + iptables-restore, 64 parallel ADDs, the datapath through the capture, 500 pods),
+# and draws the chart. Run as root on an otherwise idle machine; see docs/BENCHMARKS.md.
 #
-#   scripts/bench.sh                 # full run, a few minutes; JSON in target/bench-results.json
+#   scripts/bench.sh                 # full run, a few minutes; JSON in target/bench-results.json,
+#                                    # chart in target/bench-chart.svg
 #   scripts/bench.sh --quick         # CI-sized smoke run, under a minute
 #   scripts/bench.sh --json FILE ... # any meshcap-bench flag passes through (--help lists them)
+#   MESHCAP_BENCH_FASTPATH=0 scripts/bench.sh   # without the fast path's bench
 #
 # Needs iproute2, util-linux (nsenter), iptables and nftables: scripts/setup.sh installs them.
 set -euo pipefail
@@ -34,4 +37,23 @@ echo "bench.sh: building meshcap-bench (release) and the static meshcap-cni in $
 cargo build --release -p meshcap-bench
 plugin_dir=$(scripts/build-static.sh -p meshcap-cni)
 
-exec "$TARGET/release/meshcap-bench" --plugin "$plugin_dir/meshcap-cni" "$@"
+fastpath=()
+if [ "${MESHCAP_BENCH_FASTPATH:-1}" != 0 ]; then
+    fastpath_json="$TARGET/fastpath-results.json"
+    rm -f "$fastpath_json"
+    quick=
+    for arg in "$@"; do [ "$arg" = --quick ] && quick=1; done
+    echo "bench.sh: the eBPF fast path against rules only (cargo bench -p meshcap-fastpath)" >&2
+    # The fast path needs the real eBPF object; its bench prints its own table.
+    if MESHCAP_BUILD_EBPF=1 MESHCAP_BENCH_JSON="$fastpath_json" \
+        MESHCAP_BENCH_RUNS=${MESHCAP_BENCH_RUNS:-${quick:+3}} \
+        MESHCAP_BENCH_ROUNDS=${MESHCAP_BENCH_ROUNDS:-${quick:+2000}} \
+        MESHCAP_BENCH_MIB=${MESHCAP_BENCH_MIB:-${quick:+32}} \
+        cargo bench -p meshcap-fastpath --bench fastpath >&2 && [ -s "$fastpath_json" ]; then
+        fastpath=(--fastpath-json "$fastpath_json")
+    else
+        echo "bench.sh: the fast path's bench did not run; the chart goes without it" >&2
+    fi
+fi
+
+exec "$TARGET/release/meshcap-bench" --plugin "$plugin_dir/meshcap-cni" "${fastpath[@]}" "$@"

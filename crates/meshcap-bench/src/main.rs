@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod chart;
 mod cni;
 mod datapath;
 mod machine;
@@ -75,6 +76,13 @@ struct Cli {
     /// private tmpfs. A node keeps it under /run, which is a tmpfs on Kubernetes nodes.
     #[arg(long)]
     state_dir_on_disk: bool,
+    /// Where to write the SVG chart of the run.
+    #[arg(long, default_value = "target/bench-chart.svg")]
+    svg: PathBuf,
+    /// The eBPF fast path's JSON report (`MESHCAP_BENCH_JSON` of its cargo bench), drawn in
+    /// the chart and copied into this report.
+    #[arg(long)]
+    fastpath_json: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -90,18 +98,46 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<usize>,
     },
+    /// Draw the SVG chart of an earlier run from its JSON report.
+    Chart {
+        /// The JSON report of meshcap-bench.
+        #[arg(long, default_value = "target/bench-results.json")]
+        results: PathBuf,
+        /// The eBPF fast path's JSON report, if any.
+        #[arg(long)]
+        fastpath_json: Option<PathBuf>,
+        /// Where to write the SVG.
+        #[arg(long, default_value = "target/bench-chart.svg")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Cmd::Sidecar { port, cpu }) = cli.command {
-        return match datapath::sidecar_main(port, cpu) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("meshcap-bench sidecar: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    match cli.command {
+        Some(Cmd::Sidecar { port, cpu }) => {
+            return match datapath::sidecar_main(port, cpu) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meshcap-bench sidecar: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Cmd::Chart {
+            results,
+            fastpath_json,
+            out,
+        }) => {
+            return match redraw(&results, fastpath_json.as_deref(), &out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meshcap-bench chart: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
@@ -155,6 +191,11 @@ fn command_line() -> String {
 /// Runs the sections; `Ok(false)` when some measurement failed (the report says which).
 fn run(cli: Cli) -> Result<bool> {
     let settings = settings(&cli)?;
+    let fastpath = cli
+        .fastpath_json
+        .as_deref()
+        .map(chart::read_fast_path)
+        .transpose()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("must run as root: it creates network namespaces and installs rules in them");
     }
@@ -239,6 +280,7 @@ fn run(cli: Cli) -> Result<bool> {
             parallel,
             datapath,
             scale,
+            fastpath: fastpath.clone(),
             errors: Vec::new(),
         };
         report.errors = collect_errors(&report);
@@ -258,7 +300,38 @@ fn run(cli: Cli) -> Result<bool> {
     std::fs::write(&cli.json, json + "\n")
         .with_context(|| format!("writing {}", cli.json.display()))?;
     println!("json:     {}", cli.json.display());
+    let value = serde_json::to_value(&report)?;
+    write_chart(&cli.svg, &chart::render(&value, fastpath.as_ref())?)?;
+    println!("chart:    {}", cli.svg.display());
     Ok(report.errors.is_empty())
+}
+
+/// The chart of an earlier run's JSON report.
+fn redraw(
+    results: &std::path::Path,
+    fastpath: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> Result<()> {
+    let text = std::fs::read_to_string(results)
+        .with_context(|| format!("reading {}", results.display()))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", results.display()))?;
+    let fast = match fastpath {
+        Some(p) => Some(chart::read_fast_path(p)?),
+        None => report
+            .get("fastpath")
+            .filter(|v| !v.is_null())
+            .map(|v| serde_json::from_value(v.clone()))
+            .transpose()?,
+    };
+    write_chart(out, &chart::render(&report, fast.as_ref())?)
+}
+
+fn write_chart(path: &std::path::Path, svg: &str) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Every error in the report once, without the "skipped because X failed" echoes.

@@ -21,6 +21,8 @@ pub struct Report {
     pub parallel: Option<ParallelSection>,
     pub datapath: Option<DatapathSection>,
     pub scale: Option<ScaleSection>,
+    /// The eBPF fast path's figures, when `--fastpath-json` named its report.
+    pub fastpath: Option<crate::chart::FastPath>,
     /// Every failure, one line each; empty when everything ran.
     pub errors: Vec<String>,
 }

@@ -15,8 +15,9 @@
 //! | 11 | a dataplane operation met a transient kernel condition (EAGAIN, EBUSY, EINTR, ENOBUFS), or the API server did not answer within `kubernetes.timeout_ms` (connection errors, timeouts, 429, 5xx): retry later |
 //!
 //! Nothing else is ever written to stdout: logs go to stderr and the log file. Each invocation
-//! with a valid environment appends its command and code to the state directory's outcome
-//! log ([`meshcap_records::count_outcome`]), which `meshcap agent` serves as metrics.
+//! with a valid environment appends its command, code, mode and duration to the state
+//! directory's outcome log ([`meshcap_records::record_outcome`]), which `meshcap agent` serves
+//! as metrics.
 
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -135,6 +136,7 @@ pub struct Outcome {
 
 /// Runs one invocation: `lookup` reads the environment, `stdin` the configuration.
 pub fn run(lookup: impl Fn(&str) -> Option<OsString>, stdin: impl Read) -> Outcome {
+    crate::timing::mark_start();
     let _early = logging::init_early();
     let input = read_bounded(stdin);
     let bytes: &[u8] = match &input {
@@ -191,9 +193,11 @@ fn execute(
     if env.command == Command::Version {
         return Ok(Some(result::version_output(config::peek_version(bytes))));
     }
+    let mut mode = None;
     let outcome = Config::parse(bytes)
         .map_err(Failure::early)
         .and_then(|config| {
+            mode = Some(config.mode.as_str());
             let _logging = logging::init(config.log_file.as_deref(), config.log_level);
             if !config.unknown_keys.is_empty() {
                 tracing::warn!(keys = ?config.unknown_keys, "ignoring unknown config keys");
@@ -203,9 +207,11 @@ fn execute(
                 error,
             })
         });
-    // For `meshcap agent`'s metrics (ADDs, failures by code); best effort, see the function.
+    // For `meshcap agent`'s metrics (ADDs, failures by code, ADD latency by mode); best
+    // effort, see the function.
     let code = outcome.as_ref().err().map_or(0, |f| code(&f.error));
-    meshcap_records::count_outcome(&env.state_dir, env.command.as_str(), code);
+    let timing = mode.map(|m| (m, crate::timing::started().elapsed()));
+    meshcap_records::record_outcome(&env.state_dir, env.command.as_str(), code, timing);
     outcome
 }
 

@@ -20,6 +20,7 @@ use crate::env::{Command, Env};
 use crate::fastpath;
 use crate::kube;
 use crate::result::{self, ResultError};
+use crate::timing::Phases;
 use crate::version::CniVersion;
 use meshcap_records::{self as state, AttachmentKey, AttachmentRecord, StateDir, StateError};
 
@@ -403,6 +404,8 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         config,
         state,
     } = inv;
+    let mut phases = Phases::since_start();
+    phases.mark("parse");
     let output = result::add_output(config.prev_result.as_ref(), config.cni_version)?;
 
     let capture = match decide(config, args)? {
@@ -415,10 +418,12 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     tracing::debug!(source = capture.source, "capturing");
     let model = model_for(config, &capture)?;
     let rulesets = model.rulesets();
+    phases.mark("selection");
 
     let netns = required_netns(env);
     let mode = config.mode;
     let ns = open_netns(netns, mode)?;
+    phases.mark("netns");
     let dp = Dataplane::default();
     let dataplane_err = |op: &'static str| {
         move |source| match source {
@@ -442,6 +447,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     let created = locked
         .apply(mode.backend(), &rulesets)
         .map_err(dataplane_err("apply"))?;
+    phases.mark("apply");
 
     let mut record = AttachmentRecord {
         format: state::RECORD_FORMAT,
@@ -495,6 +501,8 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         return Err(e.into());
     }
     drop(locked);
+    phases.mark("record");
+    phases.log("ADD", mode.as_str());
     tracing::info!(
         mode = mode.as_str(),
         families = ?record.families,
@@ -513,6 +521,8 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
         config,
         state,
     } = inv;
+    let mut phases = Phases::since_start();
+    phases.mark("parse");
     // The namespace, when there still is one, locked before the record is read: the rules and
     // the record go under the lock, so a repair running at the same time either finishes
     // first (and DEL removes what it put back) or finds no record (and leaves the pod alone).
@@ -563,6 +573,7 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
             Ok(Decision::Skip(_))
         );
     let mode = record.as_ref().map_or(config.mode, |r| r.mode);
+    phases.mark("selection");
     // The path may name another namespace than ADD captured (a recycled /proc/PID/ns/net):
     // that one holds none of this pod's rules.
     let recycled = match (&ns, &record) {
@@ -623,7 +634,10 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
             return Ok(());
         }
     }
+    phases.mark("remove");
     state.remove(&config.name, &env.container_id, &env.ifname)?;
+    phases.mark("record");
+    phases.log("DEL", mode.as_str());
     Ok(())
 }
 

@@ -19,6 +19,7 @@ pub mod fastpath;
 pub mod kube;
 pub mod logging;
 pub mod result;
+pub mod timing;
 pub mod version;
 
 pub use boundary::{run, Outcome};

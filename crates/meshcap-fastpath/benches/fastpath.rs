@@ -10,7 +10,8 @@
 //! the fast-path runs and unregistered for the others; each run opens its own connection,
 //! since sockets are paired when they are established) and the medians are compared.
 //! Environment: MESHCAP_BENCH_RUNS (default 7), MESHCAP_BENCH_ROUNDS (round trips per run,
-//! default 20000), MESHCAP_BENCH_MIB (MiB per throughput run, default 256).
+//! default 20000), MESHCAP_BENCH_MIB (MiB per throughput run, default 256), MESHCAP_BENCH_JSON
+//! (write the medians there as JSON, for `meshcap-bench --fastpath-json`'s chart).
 
 use std::{
     fs::File,
@@ -255,5 +256,16 @@ fn main() -> Result<()> {
         "median throughput: rules {tr:.1} MiB/s, fast path {tf:.1} MiB/s: {:.2}x",
         tf / tr
     );
+    if let Some(path) = std::env::var_os("MESHCAP_BENCH_JSON") {
+        let json = format!(
+            "{{\"round_trip_us_rules\": {rr}, \"round_trip_us_fast\": {rf}, \
+             \"throughput_mib_s_rules\": {tr}, \"throughput_mib_s_fast\": {tf}, \
+             \"round_trip_ratio\": {}, \"throughput_ratio\": {}, \"runs\": {runs}}}\n",
+            rr / rf,
+            tf / tr
+        );
+        std::fs::write(&path, json)
+            .with_context(|| format!("writing {}", PathBuf::from(&path).display()))?;
+    }
     Ok(())
 }

@@ -366,17 +366,30 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The per-node outcome log in the state root: one line `<COMMAND> <code>` per invocation
-/// (code 0 is success), appended by the plugin and aggregated into metrics by `meshcap
-/// agent`, which also rotates it. The leading dot keeps it apart from the network
-/// directories (a network name never starts with one).
+/// The per-node outcome log in the state root: one line per invocation,
+/// `<COMMAND> <code>[ <mode> <microseconds>]` (code 0 is success; the mode and the time the
+/// plugin spent, from its start to its result, once the configuration was read), appended by
+/// the plugin and aggregated into metrics by `meshcap agent`, which also rotates it. The
+/// leading dot keeps it apart from the network directories (a network name never starts
+/// with one).
 pub const OUTCOMES_FILE: &str = ".outcomes";
 
-/// Appends one invocation's outcome to `<root>/`[`OUTCOMES_FILE`]. Best effort and cheap on
-/// the plugin's hot path: one `open(O_APPEND)` and one write of a few bytes, which the kernel
-/// appends whole for a regular file, so concurrent plugins never interleave lines and no lock
-/// is taken. Never fails: metrics must not fail an ADD.
+/// Appends one invocation's outcome to `<root>/`[`OUTCOMES_FILE`], without timing.
 pub fn count_outcome(root: &Path, command: &str, code: u32) {
+    record_outcome(root, command, code, None);
+}
+
+/// Appends one invocation's outcome to `<root>/`[`OUTCOMES_FILE`]; `timing` is the mode and
+/// the time the plugin spent. Best effort and cheap on the plugin's hot path: one
+/// `open(O_APPEND)` and one write of a few bytes, which the kernel appends whole for a regular
+/// file, so concurrent plugins never interleave lines and no lock is taken. Never fails:
+/// metrics must not fail an ADD.
+pub fn record_outcome(
+    root: &Path,
+    command: &str,
+    code: u32,
+    timing: Option<(&str, std::time::Duration)>,
+) {
     let path = root.join(OUTCOMES_FILE);
     let open = || {
         fs::OpenOptions::new()
@@ -389,19 +402,52 @@ pub fn count_outcome(root: &Path, command: &str, code: u32) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => private_dirs(root).and_then(|()| open()),
         other => other,
     };
-    let written = file.and_then(|mut f| f.write_all(format!("{command} {code}\n").as_bytes()));
+    let line = match timing {
+        Some((mode, spent)) => format!("{command} {code} {mode} {}\n", spent.as_micros()),
+        None => format!("{command} {code}\n"),
+    };
+    let written = file.and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = written {
         tracing::debug!(error = %e, path = %path.display(), "could not count the outcome");
     }
 }
 
+/// One line of the outcome log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeLine<'a> {
+    pub command: &'a str,
+    pub code: u32,
+    /// The mode and the microseconds the plugin spent, when the line has them.
+    pub timing: Option<(&'a str, u64)>,
+}
+
 /// One line of the outcome log: (command, code). `None` for anything else.
 pub fn parse_outcome(line: &str) -> Option<(&str, u32)> {
-    let (command, code) = line.trim_end().split_once(' ')?;
+    parse_outcome_line(line).map(|o| (o.command, o.code))
+}
+
+/// One line of the outcome log, with its timing when it has one. `None` for anything else.
+pub fn parse_outcome_line(line: &str) -> Option<OutcomeLine<'_>> {
+    let mut words = line.trim_end().split(' ');
+    let command = words.next()?;
     if command.is_empty() || !command.bytes().all(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    Some((command, code.parse().ok()?))
+    let code = words.next()?.parse().ok()?;
+    let timing = match (words.next(), words.next(), words.next()) {
+        (None, _, _) => None,
+        (Some(mode), Some(us), None)
+            if !mode.is_empty() && mode.bytes().all(|b| b.is_ascii_lowercase()) =>
+        {
+            Some((mode, us.parse().ok()?))
+        }
+        _ => return None,
+    };
+    Some(OutcomeLine {
+        command,
+        code,
+        timing,
+    })
 }
 
 /// `<container id>@<ifname>.json` -> key.
@@ -551,6 +597,27 @@ mod tests {
         let parsed: Vec<_> = text.lines().filter_map(parse_outcome).collect();
         assert_eq!(parsed, [("ADD", 0), ("ADD", 100)]);
         assert_eq!(parse_outcome("ADD"), None);
+        record_outcome(
+            &root,
+            "ADD",
+            0,
+            Some(("nftables", std::time::Duration::from_micros(1834))),
+        );
+        let text = fs::read_to_string(root.join(OUTCOMES_FILE)).unwrap();
+        let last = text.lines().last().unwrap();
+        assert_eq!(last, "ADD 0 nftables 1834");
+        assert_eq!(
+            parse_outcome_line(last),
+            Some(OutcomeLine {
+                command: "ADD",
+                code: 0,
+                timing: Some(("nftables", 1834))
+            })
+        );
+        assert_eq!(parse_outcome(last), Some(("ADD", 0)));
+        assert_eq!(parse_outcome_line("ADD 0 nftables"), None);
+        assert_eq!(parse_outcome_line("ADD 0 nftables x"), None);
+        assert_eq!(parse_outcome_line("ADD 0 nftables 1 2"), None);
         assert_eq!(parse_outcome("add 0"), None);
         assert_eq!(parse_outcome("ADD x"), None);
         // An old record (no model inputs) still reads.

@@ -13,12 +13,14 @@
 //! | `meshcap_cni_invocations_total{command,code}` | counter | plugin invocations by command and CNI code (0: success) |
 //! | `meshcap_cni_adds_total` | counter | plugin ADDs |
 //! | `meshcap_cni_failures_total{command,code}` | counter | failed plugin invocations by CNI code |
+//! | `meshcap_cni_add_duration_seconds{mode}` | histogram | time the plugin spent on each successful ADD, from its start to its result (the exec itself not included), by mode |
 //! | `meshcap_fastpath_available` | gauge | 1 when the eBPF fast path is installed on the node |
 //! | `meshcap_fastpath_pods` | gauge | pods registered with the fast path |
 //! | `meshcap_fastpath_redirected_bytes_total` | counter | bytes sk_msg delivered socket to socket |
 //!
 //! The plugin is a short-lived process, so it cannot hold counters: each invocation appends
-//! one line to the outcome log in its state directory (`meshcap_records::count_outcome`)
+//! one line to the outcome log in its state directory (`meshcap_records::record_outcome`:
+//! command, code, and the mode and the time it spent)
 //! and the agent tails that file on every scan and scrape. The agent rotates it past
 //! [`ROTATE_AT`] bytes; a plugin that opened the file just before a rotation and writes just
 //! after the agent's final read of it loses its one line (a window of microseconds).
@@ -43,7 +45,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use meshcap_fastpath::PinDir;
-use meshcap_records::{parse_outcome, OUTCOMES_FILE};
+use meshcap_records::{parse_outcome_line, OUTCOMES_FILE};
 
 use super::Stop;
 
@@ -54,6 +56,31 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// Connections served at once; more are closed without a reply.
 const MAX_CONNECTIONS: usize = 64;
+
+/// Upper bounds (seconds) of the ADD latency histogram's buckets: a fast ADD takes about a
+/// millisecond, one in iptables mode several, one on a busy node tens.
+const ADD_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+];
+
+/// A Prometheus histogram: counts per bucket (not cumulative), the sum and the count.
+#[derive(Default, Clone)]
+struct Histogram {
+    buckets: [u64; ADD_BUCKETS.len()],
+    sum_us: u64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, micros: u64) {
+        let seconds = micros as f64 / 1e6;
+        if let Some(i) = ADD_BUCKETS.iter().position(|le| seconds <= *le) {
+            self.buckets[i] += 1;
+        }
+        self.sum_us += micros;
+        self.count += 1;
+    }
+}
 
 #[derive(Default)]
 struct Counters {
@@ -67,6 +94,8 @@ struct Counters {
     config_restore_failures: u64,
     /// (command, code) -> count.
     cni: BTreeMap<(String, u32), u64>,
+    /// mode -> latency of successful ADDs.
+    add_latency: BTreeMap<String, Histogram>,
 }
 
 /// Where the agent is in the outcome log.
@@ -170,8 +199,17 @@ impl Metrics {
         let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         let text = String::from_utf8_lossy(&buf[..complete]);
         self.with(|c| {
-            for (command, code) in text.lines().filter_map(parse_outcome) {
-                *c.cni.entry((command.to_owned(), code)).or_default() += 1;
+            for line in text.lines().filter_map(parse_outcome_line) {
+                *c.cni
+                    .entry((line.command.to_owned(), line.code))
+                    .or_default() += 1;
+                if let (("ADD", 0), Some((mode, micros))) = ((line.command, line.code), line.timing)
+                {
+                    c.add_latency
+                        .entry(mode.to_owned())
+                        .or_default()
+                        .observe(micros);
+                }
             }
         });
         complete as u64
@@ -190,6 +228,7 @@ impl Metrics {
                 c.config_rewrites,
                 c.config_restore_failures,
                 c.cni.clone(),
+                c.add_latency.clone(),
             )
         });
         let (
@@ -201,6 +240,7 @@ impl Metrics {
             rewrites,
             restore_failures,
             cni,
+            add_latency,
         ) = c;
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
@@ -308,6 +348,32 @@ impl Metrics {
             "Bytes the fast path delivered socket to socket.",
             &one(bytes),
         );
+        let name = "meshcap_cni_add_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time meshcap-cni spent on a successful ADD, from its start to its result (the exec not included), by mode.\n# TYPE {name} histogram"
+        );
+        for (mode, h) in &add_latency {
+            let mut cumulative = 0;
+            for (le, n) in ADD_BUCKETS.iter().zip(h.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{mode=\"{mode}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{mode=\"{mode}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{mode=\"{mode}\"}} {}",
+                h.sum_us as f64 / 1e6
+            );
+            let _ = writeln!(out, "{name}_count{{mode=\"{mode}\"}} {}", h.count);
+        }
         out
     }
 }
@@ -444,6 +510,28 @@ mod tests {
         );
         assert!(text2.contains("meshcap_cni_adds_total 2\n"), "{text2}");
         assert!(text2.contains("meshcap_repairs_total 0\n"), "{text2}");
+        // Timed lines feed the ADD latency histogram of their mode; failed ADDs do not.
+        let ms = Duration::from_millis;
+        meshcap_records::record_outcome(&dir, "ADD", 0, Some(("nftables", ms(1) / 2)));
+        meshcap_records::record_outcome(&dir, "ADD", 0, Some(("nftables", ms(3))));
+        meshcap_records::record_outcome(&dir, "ADD", 100, Some(("nftables", ms(9))));
+        meshcap_records::record_outcome(&dir, "ADD", 0, Some(("iptables", ms(7))));
+        meshcap_records::record_outcome(&dir, "DEL", 0, Some(("iptables", ms(20))));
+        let hist = m.render();
+        for line in [
+            "# TYPE meshcap_cni_add_duration_seconds histogram\n",
+            "meshcap_cni_add_duration_seconds_bucket{mode=\"nftables\",le=\"0.0005\"} 1\n",
+            "meshcap_cni_add_duration_seconds_bucket{mode=\"nftables\",le=\"0.002\"} 1\n",
+            "meshcap_cni_add_duration_seconds_bucket{mode=\"nftables\",le=\"0.004\"} 2\n",
+            "meshcap_cni_add_duration_seconds_bucket{mode=\"nftables\",le=\"+Inf\"} 2\n",
+            "meshcap_cni_add_duration_seconds_sum{mode=\"nftables\"} 0.0035\n",
+            "meshcap_cni_add_duration_seconds_count{mode=\"nftables\"} 2\n",
+            "meshcap_cni_add_duration_seconds_bucket{mode=\"iptables\",le=\"0.004\"} 0\n",
+            "meshcap_cni_add_duration_seconds_bucket{mode=\"iptables\",le=\"0.008\"} 1\n",
+            "meshcap_cni_add_duration_seconds_count{mode=\"iptables\"} 1\n",
+        ] {
+            assert!(hist.contains(line), "{line:?} missing from\n{hist}");
+        }
         m.adopted();
         m.adoption_failed();
         m.adoption_failed();
