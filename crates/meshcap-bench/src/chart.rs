@@ -28,6 +28,12 @@ pub struct FastPath {
     pub round_trip_ratio: f64,
     /// Fast-path throughput over rules-only throughput.
     pub throughput_ratio: f64,
+    /// Interleaved runs per mode.
+    #[serde(default)]
+    pub runs: Option<usize>,
+    /// The CPU the app and the sidecar were pinned to (`MESHCAP_BENCH_CPU`), if any.
+    #[serde(default)]
+    pub pinned_cpu: Option<usize>,
 }
 
 /// One box of the left panel.
@@ -317,6 +323,8 @@ mod tests {
             throughput_mib_s_fast: 3200.0,
             round_trip_ratio: 1.6,
             throughput_ratio: 1.6,
+            runs: Some(7),
+            pinned_cpu: None,
         };
         let svg = render(&report, Some(&fast)).unwrap();
         assert!(svg.starts_with("<svg"), "{svg}");

@@ -366,28 +366,40 @@ impl Xtables<'_> {
             .collect()
     }
 
-    /// Runs the restore that moves each `(tools, from, to)` from `from` to `to`, all at once:
-    /// each restore waits on the kernel by itself (a deletion waits for an RCU grace period
-    /// when the restore's netlink socket closes), so side by side those waits overlap. Returns
-    /// the families that ran a restore with their previous state, and the first failure (a
-    /// failed restore may still have committed some of its tables: xtables-restore commits
-    /// each at its COMMIT line, so it counts as changed too).
+    /// Runs the restore that moves each `(tools, from, to)` from `from` to `to`. Returns the
+    /// families that ran a restore with their previous state, and the first failure (a failed
+    /// restore may still have committed some of its tables: xtables-restore commits each at
+    /// its COMMIT line, so it counts as changed too).
+    ///
+    /// `side_by_side`: all restores at once. Each restore that deletes something waits on the
+    /// kernel by itself (an RCU grace period when its netlink socket closes), so side by side
+    /// those waits overlap. Restores that create tables run one after another instead, in
+    /// family order, so the kernel creates (and `nft list ruleset` lists) every pod's tables in
+    /// the same order.
     fn write_all(
         &self,
         plans: Vec<(Tools, Installed, Installed)>,
+        side_by_side: bool,
     ) -> (Vec<(Tools, Installed)>, Option<DataplaneError>) {
-        let started: Vec<(Tools, Installed, Result<exec::Running, DataplaneError>)> = plans
-            .into_iter()
-            .filter_map(|(tools, from, to)| {
-                let input = transition(&from, &to)?;
-                let running = self.start_restore(&tools, &input);
-                Some((tools, from, running))
-            })
-            .collect();
         let mut changed = Vec::new();
         let mut failure = None;
-        for (tools, previous, running) in started {
-            if let Err(e) = running.and_then(exec::Running::finish) {
+        let mut running = Vec::new();
+        for (tools, from, to) in plans {
+            let Some(input) = transition(&from, &to) else {
+                continue;
+            };
+            running.push((self.start_restore(&tools, &input), tools, from));
+            if !side_by_side {
+                let (started, tools, from) = running.pop().expect("just pushed");
+                let result = started.and_then(exec::Running::finish);
+                changed.push((tools, from));
+                if let Err(e) = result {
+                    return (changed, Some(e));
+                }
+            }
+        }
+        for (started, tools, previous) in running {
+            if let Err(e) = started.and_then(exec::Running::finish) {
                 failure.get_or_insert(e);
             }
             changed.push((tools, previous));
@@ -401,8 +413,8 @@ impl Xtables<'_> {
     /// apply brought into being, for [`Xtables::remove`].
     ///
     /// Both families are read first (a netlink look at their xtables tables; a save only
-    /// where those exist, the saves at once), then written (the restores at once): a fresh
-    /// pod costs one `iptables-restore` per family and nothing else.
+    /// where those exist, the saves at once), then written: a fresh pod costs one
+    /// `iptables-restore` per family and nothing else.
     pub fn apply(&self, rulesets: &[Ruleset]) -> Result<Vec<CreatedTable>, DataplaneError> {
         let tools = Family::ALL
             .into_iter()
@@ -423,7 +435,7 @@ impl Xtables<'_> {
                 plans.push((tools, current, target));
             }
         }
-        let (changed, failure) = self.write_all(plans);
+        let (changed, failure) = self.write_all(plans, false);
         let mut created = Vec::new();
         let outcome = match failure {
             Some(e) => Err(e),
@@ -479,7 +491,7 @@ impl Xtables<'_> {
             .map(|((tools, _), current)| (tools, current, empty()))
             .collect();
         // DEL must not leave half the rules behind either.
-        if let (changed, Some(original)) = self.write_all(plans) {
+        if let (changed, Some(original)) = self.write_all(plans, true) {
             return Err(match self.roll_back(&changed) {
                 Ok(()) => original,
                 Err(rollback) => DataplaneError::RollbackFailed {

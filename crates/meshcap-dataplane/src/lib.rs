@@ -23,6 +23,7 @@ mod rtnl;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use meshcap_model::rules::{Family, Ruleset};
 
@@ -261,13 +262,19 @@ impl LockedNetns<'_> {
     ) -> Result<Vec<CreatedTable>, DataplaneError> {
         let ns = self.ns;
         tracing::debug!(netns = %ns.path().display(), %backend, "applying rules");
-        ns.run(|| {
+        // Where the apply's time goes, logged at debug level: `Instant` reads only.
+        let start = Instant::now();
+        let mut marks = [start; 3];
+        let applied = ns.run(|| {
+            marks[0] = Instant::now();
             let mut rtnl = Rtnl::open(ns.path())?;
             let route_changes = routes::sync(&mut rtnl, rulesets)?;
+            marks[1] = Instant::now();
             let rules = match backend {
                 Backend::Iptables => self.dataplane.xtables(ns).apply(rulesets),
                 Backend::Nftables => nftables::apply(ns.path(), rulesets).map(|()| Vec::new()),
             };
+            marks[2] = Instant::now();
             rules.map_err(|original| match routes::undo(&mut rtnl, &route_changes) {
                 Ok(()) => original,
                 Err(rollback) => DataplaneError::RollbackFailed {
@@ -275,7 +282,18 @@ impl LockedNetns<'_> {
                     rollback: Box::new(rollback),
                 },
             })
-        })?
+        })?;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u64;
+            tracing::debug!(
+                enter_us = us(start, marks[0]),
+                routes_us = us(marks[0], marks[1]),
+                rules_us = us(marks[1], marks[2]),
+                leave_us = us(marks[2], Instant::now()),
+                "apply phases"
+            );
+        }
+        applied
     }
 
     /// Remove everything meshcap installed with `backend`, and its policy routing, and what

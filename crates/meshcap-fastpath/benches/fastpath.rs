@@ -11,7 +11,10 @@
 //! since sockets are paired when they are established) and the medians are compared.
 //! Environment: MESHCAP_BENCH_RUNS (default 7), MESHCAP_BENCH_ROUNDS (round trips per run,
 //! default 20000), MESHCAP_BENCH_MIB (MiB per throughput run, default 256), MESHCAP_BENCH_JSON
-//! (write the medians there as JSON, for `meshcap-bench --fastpath-json`'s chart).
+//! (write the medians there as JSON, for `meshcap-bench --fastpath-json`'s chart),
+//! MESHCAP_BENCH_CPU (pin the app and the sidecar to this CPU, as meshcap-bench's datapath
+//! section does: unpinned, the scheduler sometimes puts them on one core and sometimes on two,
+//! and on a VM a cross-CPU wakeup costs an IPI and a VM exit; default: unpinned).
 
 use std::{
     fs::File,
@@ -64,9 +67,23 @@ impl Drop for Env {
     }
 }
 
+/// Pins the calling thread to MESHCAP_BENCH_CPU, when set.
+fn pin() -> Result<()> {
+    if let Some(cpu) = std::env::var("MESHCAP_BENCH_CPU")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu)?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    }
+    Ok(())
+}
+
 /// Sidecar stand-in: accepts connections forever; the first byte picks echo ('e') or sink
 /// ('t', answering one byte at EOF of the announced length).
 fn sidecar(ns: File, ready: mpsc::Sender<()>) -> Result<()> {
+    pin()?;
     testing::enter_netns(ns.as_fd())?;
     testing::become_user(1337, 1337)?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 15001))?;
@@ -104,6 +121,7 @@ fn sidecar(ns: File, ready: mpsc::Sender<()>) -> Result<()> {
 /// Called on a fresh thread: enters the namespace and becomes the app's uid (not 1337, so the
 /// REDIRECT rule captures it) before dialling.
 fn app_conn(ns: &File, mode: u8, len: u64) -> Result<TcpStream> {
+    pin()?;
     testing::enter_netns(ns.as_fd())?;
     testing::become_user(1000, 1000)?;
     let mut c = TcpStream::connect("127.0.0.2:8080")?;
@@ -260,9 +278,14 @@ fn main() -> Result<()> {
         let json = format!(
             "{{\"round_trip_us_rules\": {rr}, \"round_trip_us_fast\": {rf}, \
              \"throughput_mib_s_rules\": {tr}, \"throughput_mib_s_fast\": {tf}, \
-             \"round_trip_ratio\": {}, \"throughput_ratio\": {}, \"runs\": {runs}}}\n",
+             \"round_trip_ratio\": {}, \"throughput_ratio\": {}, \"runs\": {runs}, \
+             \"pinned_cpu\": {}}}\n",
             rr / rf,
-            tf / tr
+            tf / tr,
+            std::env::var("MESHCAP_BENCH_CPU")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or("null".to_string(), |c| c.to_string())
         );
         std::fs::write(&path, json)
             .with_context(|| format!("writing {}", PathBuf::from(&path).display()))?;

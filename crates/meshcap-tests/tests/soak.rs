@@ -375,17 +375,24 @@ fn soak_mode(mode: &str, mut conf: Value, fastpath: Option<&FastPath>) -> ModeRe
         "{mode}: state files left: {leftovers:?}"
     );
     let outcomes = std::fs::read_to_string(state_dir.join(OUTCOMES_FILE)).unwrap_or_default();
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for line in outcomes.lines() {
-        *counts.entry(line).or_default() += 1;
+        // `<COMMAND> <code> <mode> <microseconds>` (crates/meshcap-cni/src/state.rs).
+        let words: Vec<&str> = line.split(' ').collect();
+        assert!(
+            words.len() == 4 && mode.starts_with(words[2]) && words[3].parse::<u64>().is_ok(),
+            "{mode}: outcome line {line:?}"
+        );
+        *counts.entry(words[..2].join(" ")).or_default() += 1;
     }
     // Plus the CHECKs of the probe pods.
-    let want: BTreeMap<&str, usize> = [
+    let want: BTreeMap<String, usize> = [
         ("ADD 0", rounds * n),
         ("DEL 0", rounds * n),
         ("CHECK 0", rounds),
     ]
     .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
     .collect();
     assert_eq!(counts, want, "{mode}: outcome log");
     // host-local keeps one file per reserved address; only the remote host's may remain.
