@@ -497,7 +497,6 @@ mod tests {
         let text = m.render();
         meshcap_records::count_outcome(&dir, "DEL", 0);
         let text2 = m.render();
-        let _ = fs::remove_dir_all(&dir);
         assert!(text.contains("meshcap_cni_adds_total 2\n"), "{text}");
         assert!(
             text.contains("meshcap_cni_failures_total{command=\"ADD\",code=\"100\"} 1\n"),
@@ -518,6 +517,7 @@ mod tests {
         meshcap_records::record_outcome(&dir, "ADD", 0, Some(("iptables", ms(7))));
         meshcap_records::record_outcome(&dir, "DEL", 0, Some(("iptables", ms(20))));
         let hist = m.render();
+        let _ = fs::remove_dir_all(&dir);
         for line in [
             "# TYPE meshcap_cni_add_duration_seconds histogram\n",
             "meshcap_cni_add_duration_seconds_bucket{mode=\"nftables\",le=\"0.0005\"} 1\n",
