@@ -467,7 +467,11 @@ impl Comparison {
                 .map(|r| {
                     vec![
                         r.flow.name.to_string(),
-                        format!("{}/{}", r.flow.pod, r.flow.from.label()),
+                        format!(
+                            "{}/{}",
+                            r.flow.pod,
+                            r.flow.from.label_for(&crate::flows::profile_of(r.flow.pod))
+                        ),
                         r.flow.describe_to(),
                         r.observed.to_string(),
                         if r.observed == r.expected {

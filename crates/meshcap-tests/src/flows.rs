@@ -122,6 +122,14 @@ pub enum From {
 }
 
 impl From {
+    /// The label with the ids the client really runs as in a pod with `proxy`.
+    pub fn label_for(self, proxy: &ProxyProfile) -> String {
+        match self.ids(proxy) {
+            Some((uid, gid)) if self != From::User => format!("proxy({uid}:{gid})"),
+            _ => self.label().to_string(),
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             From::App => "app(0)",
@@ -593,6 +601,15 @@ pub fn representative() -> (Vec<PodSpec>, Vec<Flow>) {
         "dns-proxy-udp-v4",
         "tproxy-in-v4",
         "tproxy-in-v6",
+        "l5d-out-v4",
+        "l5d-in-v4",
+        "l5d-proxy-out-v4",
+        "l5d-lo-v4",
+        "kuma-out-v4",
+        "kuma-in-v6",
+        "kuma-dns-udp-v4",
+        "kuma-dns-tcp-not-captured",
+        "kuma-proxy-self-v4",
         "unmeshed-out-v4",
     ];
     let flows: Vec<Flow> = flows()

@@ -93,21 +93,30 @@ fn main() -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("pods (annotations besides sidecar.istio.io/status):");
+    println!("pods (mesh, proxy uid and ports; annotations besides sidecar.istio.io/status):");
     for p in &pods {
         let ann: Vec<String> = p
             .annotations
             .iter()
             .filter(|(k, _)| *k != flows::STATUS)
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| {
+                if v.contains('\n') {
+                    format!("{k}={v:?}")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
             .collect();
         let meshed = p.annotations.iter().any(|(k, _)| *k == flows::STATUS);
-        println!(
-            "  {:<9} {}{}",
-            p.name,
-            if meshed { "" } else { "(no sidecar status) " },
-            ann.join(" ")
-        );
+        let mesh = if meshed || p.proxy.mesh != "istio" {
+            format!(
+                "[{} uid {} out {} in {}] ",
+                p.proxy.mesh, p.proxy.uid, p.proxy.outbound, p.proxy.inbound
+            )
+        } else {
+            "(no sidecar status) ".to_string()
+        };
+        println!("  {:<9} {mesh}{}", p.name, ann.join(" "));
     }
     println!("addresses: P4/P6 the pod, R4/R6 a remote host on the pod subnet, IN4/IN6 EX4/EX6 remote addresses beyond it, LO4/LO6 loopback");
     let started = std::time::Instant::now();
