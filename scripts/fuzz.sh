@@ -8,11 +8,14 @@
 #                                       nft -c -f in a scratch network namespace (root)
 #   scripts/fuzz.sh --validate --no-run only that check, on the corpus already there
 #   scripts/fuzz.sh --list              the targets
+#   scripts/fuzz.sh --ci --seconds 4    what scripts/test.sh runs: every target briefly, from the
+#                                       corpus in the repository, which it leaves unchanged
 #
 # Uses the nightly pinned in ebpf/meshcap-ebpf/rust-toolchain.toml (cargo fuzz needs nightly)
 # and installs cargo-fuzz when missing. Targets are built with AddressSanitizer and debug
-# assertions (overflow checks on). The corpus grows in fuzz/corpus/<target> (git-ignored),
-# seeded from fuzz/seeds/<target>; a crash leaves its input in fuzz/artifacts/<target>/ and
+# assertions (overflow checks on). The corpus lives in the repository: fuzz/corpus/<target>
+# (what earlier runs found; a run adds its new inputs there: commit those worth keeping) and the
+# hand-written fuzz/seeds/<target>; a crash leaves its input in fuzz/artifacts/<target>/ and
 # makes the script exit 1: turn it into a unit test next to the code it concerns (see
 # docs/SECURITY.md), and reproduce it with `cargo +<nightly> fuzz run -a <target> <artifact>`.
 set -euo pipefail
@@ -20,10 +23,11 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-TARGETS=(cni_config cni_args cni_env annotations render iptables_save pod_view manifests
+TARGETS=(cni_config cni_args cni_env annotations render iptables_save pod_view manifests nft_reply
     kubeconfig kube_response)
 seconds=60
 validate=false
+ci=false
 run=true
 sample=200
 chosen=()
@@ -35,6 +39,7 @@ while [ $# -gt 0 ]; do
         --seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
         --seconds=*) seconds=${1#*=}; shift ;;
         --validate) validate=true; shift ;;
+        --ci) ci=true; shift ;;
         --no-run) run=false; shift ;;
         --sample) sample=${2:?--sample needs a value}; shift 2 ;;
         --list) printf '%s\n' "${TARGETS[@]}"; exit 0 ;;
@@ -76,13 +81,21 @@ if $run; then
         log="fuzz/artifacts/$t.log"
         mkdir -p fuzz/artifacts
         echo "fuzz.sh: $t for ${seconds}s"
+        # libFuzzer adds new inputs to the first directory: the repository's corpus, or with
+        # --ci a scratch one, so that a test run leaves the tree as it found it.
+        dirs=("fuzz/corpus/$t" "fuzz/seeds/$t")
+        if $ci; then
+            scratch_corpus=$(mktemp -d /tmp/meshcap-fuzz-corpus.XXXXXX)
+            dirs=("$scratch_corpus" "${dirs[@]}")
+        fi
         set +e
         # -timeout: one input taking 10 s is a hang; -rss_limit_mb: runaway allocation.
-        cargo "+$NIGHTLY" fuzz run -a "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+        cargo "+$NIGHTLY" fuzz run -a "$t" "${dirs[@]}" -- \
             -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
             >"$log" 2>&1
         rc=$?
         set -e
+        if $ci; then rm -rf "$scratch_corpus"; fi
         execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
         corpus=$(find "fuzz/corpus/$t" -type f | wc -l)
         if [ $rc -eq 0 ]; then

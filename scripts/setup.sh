@@ -17,6 +17,8 @@ LLVM_MAJOR=22
 BPF_LINKER_VERSION=0.13.0
 # The licence check of scripts/test.sh (deny.toml).
 CARGO_DENY_VERSION=0.20.2
+# The fuzz targets' driver (scripts/fuzz.sh, run briefly by scripts/test.sh).
+CARGO_FUZZ_VERSION=0.13.2
 
 APT_PACKAGES=(
     iptables nftables iproute2 bpftool
@@ -91,6 +93,10 @@ fi
 if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
     step "cargo install cargo-deny $CARGO_DENY_VERSION" \
         cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+    step "cargo install cargo-fuzz $CARGO_FUZZ_VERSION" \
+        cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 # cargo-deny reads the whole dependency graph, including crates no Linux build downloads
 # (Windows-only ones); fetch them once here so the check itself runs offline.

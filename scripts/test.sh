@@ -58,6 +58,16 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
 
+# Every fuzz target for a few seconds, from the corpus in the repository (scripts/fuzz.sh
+# --ci leaves it unchanged); a crash or a failed build fails the run. Counted as one test.
+fuzz_seconds=${MESHCAP_FUZZ_SECONDS:-4}
+fuzz_failed=0
+echo "test.sh: fuzzing every target for ${fuzz_seconds}s (scripts/fuzz.sh --ci)"
+if ! "$REPO/scripts/fuzz.sh" --ci --seconds "$fuzz_seconds"; then
+    echo "test.sh: fuzzing FAILED (scripts/fuzz.sh --ci; inputs in fuzz/artifacts/)"
+    fuzz_failed=1
+fi
+
 # Add up libtest's "test result:" lines; "ignored" are the tests that said why they skipped.
 read -r passed failed ignored < <(awk '
     /^test result:/ {
@@ -72,12 +82,14 @@ read -r passed failed ignored < <(awk '
 # runtime skip, so it counts them as passed): report them as skipped. Under CI=true they fail.
 skipped_at_runtime=$(grep -c '^SKIPPED ' "$out" || true)
 passed=$(( passed - skipped_at_runtime ))
-if [ $licences_failed -eq 0 ]; then
-    passed=$(( passed + 1 ))
-else
-    failed=$(( failed + 1 ))
-    status=1
-fi
+for extra_failed in $licences_failed $fuzz_failed; do
+    if [ "$extra_failed" -eq 0 ]; then
+        passed=$(( passed + 1 ))
+    else
+        failed=$(( failed + 1 ))
+        status=1
+    fi
+done
 ignored=$(( ignored + skipped_at_runtime ))
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
     # A build error or a crashed test binary leaves no "failed" count: still a failure.

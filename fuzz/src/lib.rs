@@ -139,7 +139,8 @@ impl Port {
 }
 
 /// An interface name, mapped into what [`ann::is_valid_interface_name`] accepts (so including
-/// `$`, `;`, `*`, `+`, backticks and other shell and nft metacharacters).
+/// `$`, `;`, backticks and other shell and nft metacharacters, and `*`, `+` anywhere but at
+/// the end).
 #[derive(Arbitrary, Debug, Clone)]
 pub struct Iface(pub Vec<u8>);
 
@@ -155,6 +156,12 @@ impl Iface {
             .collect();
         // `,` separates list items and a lone `.`/`..` is refused: keep the name one valid item.
         name = name.replace(',', "c");
+        // A trailing `+` or `*` would be a wildcard in one backend and a literal in another, so
+        // the validator refuses it (`+`/`*` elsewhere in the name are fine).
+        if name.ends_with(['+', '*']) {
+            name.pop();
+            name.push('w');
+        }
         if name.is_empty() || name == "." || name == ".." {
             name.push('x');
             name = name.replace('.', "d");
@@ -516,5 +523,53 @@ pub fn check_nft(text: &str) {
             }
         }
         assert!(!quoted, "unbalanced quote: {line:?}");
+    }
+}
+
+/// The nftables netlink reply parsers on arbitrary bytes: every message and attribute they
+/// hand out lies inside the input, nesting is walked a few levels deep, and the xtables shape
+/// parser (what DEL decides from) counts no more rules than there are messages.
+pub fn check_nft_reply(data: &[u8]) {
+    use meshcap_nft::{sys::NFGENMSG_LEN, wire, xtables};
+
+    fn walk(buf: &[u8], depth: u32) {
+        for (_ty, v) in wire::AttrIter::new(buf) {
+            assert!(v.len() <= buf.len(), "attribute longer than its container");
+            let _ = wire::attr_str(v);
+            let _ = wire::attr_be32(v);
+            let _ = wire::attr_be64(v);
+            let _ = wire::userdata_comment(v);
+            if depth < 4 {
+                walk(v, depth + 1);
+            }
+        }
+    }
+
+    let Some(messages) = wire::parse_messages(data) else {
+        return;
+    };
+    let mut payloads = Vec::with_capacity(messages.len());
+    for m in &messages {
+        assert!(m.payload.len() <= data.len(), "payload longer than the datagram");
+        let _ = m.error_code();
+        let attrs: Vec<_> = m.attrs().collect();
+        walk(m.payload.get(NFGENMSG_LEN..).unwrap_or(&[]), 0);
+        assert!(attrs.len() <= m.payload.len() / 4 + 1);
+        payloads.push(m.payload.to_vec());
+    }
+    // The same messages as a chain dump and as a rule dump, for the two table names DEL asks
+    // about most.
+    for table in ["nat", "mangle"] {
+        let shape = xtables::parse_shape(table, &payloads, &payloads);
+        let rules: usize = shape.chains.iter().map(|c| c.rules).sum();
+        assert!(rules <= payloads.len(), "more rules than rule messages");
+        let mut names: Vec<&str> = shape.chains.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert!(
+            names.len() + rules >= before,
+            "a chain listed twice without a rule explaining it"
+        );
     }
 }

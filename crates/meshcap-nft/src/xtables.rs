@@ -113,8 +113,23 @@ fn shape(
     let chain_dump = conn
         .dump(NFT_MSG_GETCHAIN, proto, &Attrs::new())?
         .map_err(kernel("NFT_MSG_GETCHAIN"))?;
-    let mut chains = Vec::new();
-    for payload in &chain_dump.messages {
+    let mut filter = Attrs::new();
+    filter.put_str(NFTA_RULE_TABLE, table);
+    let rule_dump = conn
+        .dump(NFT_MSG_GETRULE, proto, &filter)?
+        .map_err(kernel("NFT_MSG_GETRULE"))?;
+    Ok(Some(parse_shape(
+        table,
+        &chain_dump.messages,
+        &rule_dump.messages,
+    )))
+}
+
+/// `table`'s shape from the payloads of a chain dump (every table's chains) and a rule dump.
+/// Pure: anything malformed is skipped, never trusted for more than it says.
+pub fn parse_shape(table: &str, chain_dump: &[Vec<u8>], rule_dump: &[Vec<u8>]) -> TableShape {
+    let mut chains: Vec<ChainShape> = Vec::new();
+    for payload in chain_dump {
         let (mut in_table, mut name, mut base) = (false, String::new(), false);
         for (ty, v) in AttrIter::new(payload.get(NFGENMSG_LEN..).unwrap_or(&[])) {
             match ty {
@@ -124,7 +139,7 @@ fn shape(
                 _ => {}
             }
         }
-        if in_table {
+        if in_table && !chains.iter().any(|c| c.name == name) {
             chains.push(ChainShape {
                 name,
                 base,
@@ -132,12 +147,7 @@ fn shape(
             });
         }
     }
-    let mut filter = Attrs::new();
-    filter.put_str(NFTA_RULE_TABLE, table);
-    let rule_dump = conn
-        .dump(NFT_MSG_GETRULE, proto, &filter)?
-        .map_err(kernel("NFT_MSG_GETRULE"))?;
-    for payload in &rule_dump.messages {
+    for payload in rule_dump {
         let (mut in_table, mut chain) = (false, String::new());
         for (ty, v) in AttrIter::new(payload.get(NFGENMSG_LEN..).unwrap_or(&[])) {
             match ty {
@@ -159,10 +169,10 @@ fn shape(
             }),
         }
     }
-    Ok(Some(TableShape {
+    TableShape {
         name: table.to_string(),
         chains,
-    }))
+    }
 }
 
 /// Removes, in one transaction, those of `chains` (base chains of `table`) that hold no rule,
