@@ -32,7 +32,7 @@ fn privileged(test: &str) -> bool {
     } else {
         "it needs root"
     };
-    meshcap_testkit::skip_or_fail(test, &why);
+    meshcap_testkit::skip_or_fail(test, why);
     false
 }
 
