@@ -846,6 +846,50 @@ mod tests {
     }
 
     #[test]
+    fn mesh_per_pod_conflict_disabled_and_excluded() {
+        let l5d = json!({"linkerd.io/proxy-version": "stable"});
+        let c = config(annotated(l5d.clone()));
+        match decide(&c, &k8s_args("default")).unwrap() {
+            Decision::Capture(cap) => {
+                assert_eq!(cap.mesh, Some(Mesh::Linkerd));
+                let m = model_for(&c, &cap).unwrap();
+                assert_eq!((m.ports.inbound, m.ports.outbound), (4143, 4140));
+                assert_eq!(m.chain_prefix, "MESHCAP_LINKERD");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Two meshes: code 7, nothing applied.
+        let both = json!({"linkerd.io/proxy-version": "stable", "sidecar.istio.io/status": "{}"});
+        let err = decide(&config(annotated(both)), &k8s_args("default")).unwrap_err();
+        assert!(matches!(err, CommandError::MeshConflict(_)), "{err}");
+        assert_eq!(
+            crate::boundary::code(&crate::boundary::PluginError::from(err)),
+            7
+        );
+        // A mesh the node does not serve: left alone.
+        let mut v = annotated(l5d);
+        v["meshes"] = json!(["istio"]);
+        assert!(matches!(
+            decide(&config(v), &k8s_args("default")).unwrap(),
+            Decision::Skip(r) if r.contains("linkerd")
+        ));
+        // Kuma: its excluded namespaces, and its required config annotation.
+        let kuma = json!({"kuma.io/sidecar-injected": "true"});
+        let c = config(annotated(kuma));
+        assert!(matches!(
+            decide(&c, &k8s_args("kube-system")).unwrap(),
+            Decision::Skip(_)
+        ));
+        let Decision::Capture(cap) = decide(&c, &k8s_args("default")).unwrap() else {
+            panic!("kuma pod not captured");
+        };
+        assert!(matches!(
+            model_for(&c, &cap),
+            Err(CommandError::Annotation(e)) if e.annotation == "traffic.kuma.io/transparent-proxy-config"
+        ));
+    }
+
+    #[test]
     fn selection_injected_and_all() {
         let none = CniArgs::default();
         let c = config(json!({}));
