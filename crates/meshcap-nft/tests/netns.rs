@@ -35,7 +35,7 @@ fn can_run(test: &str) -> bool {
     } else {
         "it needs root"
     };
-    meshcap_testkit::skip_or_fail(test, &why);
+    meshcap_testkit::skip_or_fail(test, why);
     false
 }
 

@@ -102,7 +102,7 @@ pub(super) fn get(
     path: &str,
     deadline: Instant,
 ) -> Result<(u16, Vec<u8>), Attempt> {
-    let tcp = connect(&server, deadline)?;
+    let tcp = connect(server, deadline)?;
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\n\
          User-Agent: meshcap-cni/{}\r\nConnection: close\r\n",
