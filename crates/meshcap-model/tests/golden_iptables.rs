@@ -7,25 +7,20 @@ mod cases;
 use std::path::PathBuf;
 
 use meshcap_model::render::iptables;
-use meshcap_model::{Family, RedirectModel};
+use meshcap_model::Family;
 
 #[test]
 fn iptables_golden() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/iptables");
     let mut failures = Vec::new();
-    for case in cases::CASES {
-        let annotations = cases::annotations(case);
-        let model = RedirectModel::from_annotations(&annotations).expect(case.name);
+    for case in cases::all() {
         for family in Family::ALL {
             let suffix = match family {
                 Family::V4 => "v4",
                 Family::V6 => "v6",
             };
-            let mut text = format!("# {}\n# case {:?}, {family}\n", case.shows, case.name);
-            for (k, v) in case.annotations {
-                text.push_str(&format!("# annotation {k}={v:?}\n"));
-            }
-            text.push_str(&iptables::render(&model.ruleset(family)));
+            let mut text = case.header(&family.to_string());
+            text.push_str(&iptables::render(&case.model.ruleset(family)));
             let path = dir.join(format!("{}.{suffix}.rules", case.name));
             if let Err(e) = cases::check_golden(&path, &text) {
                 failures.push(e);

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 use meshcap_model::annotations as ann;
-use meshcap_model::Annotations;
+use meshcap_model::{
+    Annotations, Families, OwnerGroups, ProxyPorts, RedirectModel,
+};
 
 pub struct Case {
     pub name: &'static str,
@@ -91,6 +93,184 @@ pub const CASES: &[Case] = &[
         annotations: &[(ann::INCLUDE_OUTBOUND_IP_RANGES, "127.0.0.0/8,10.0.0.0/8")],
     },
 ];
+
+/// A case of the settings a mesh front end sets besides annotations (Istio's environment
+/// variables, mesh config, the pod's addresses): annotations first, then `apply`.
+pub struct SettingsCase {
+    pub name: &'static str,
+    pub shows: &'static str,
+    pub annotations: &'static [(&'static str, &'static str)],
+    /// The settings `apply` makes, for the fixture header.
+    pub settings: &'static str,
+    pub apply: fn(&mut RedirectModel),
+}
+
+pub const SETTINGS_CASES: &[SettingsCase] = &[
+    SettingsCase {
+        name: "proxy_id_lists",
+        shows: "proxy uid and gid lists: the per-owner rules repeat per id, uids first \
+                (istio-iptables -u 3,4 -g 1,2; capture/testdata/dns-uid-gid.golden)",
+        annotations: &[(ann::PROXY_CONFIG, DNS_ON)],
+        settings: "proxy_uids [3, 4], proxy_gids [1, 2]",
+        apply: |m| {
+            m.proxy_uids = vec![3, 4];
+            m.proxy_gids = vec![1, 2];
+        },
+    },
+    SettingsCase {
+        name: "outbound_owner_groups",
+        shows: "only sockets of the listed groups are captured outbound \
+                (ISTIO_OUTBOUND_OWNER_GROUPS; capture/testdata/outbound-owner-groups.golden)",
+        annotations: &[],
+        settings: "outbound_owner_groups Only [201, 202]",
+        apply: |m| m.outbound_owner_groups = OwnerGroups::Only(vec![201, 202]),
+    },
+    SettingsCase {
+        name: "outbound_owner_groups_exclude",
+        shows: "sockets of the listed groups are not captured outbound \
+                (ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE; outbound-owner-groups-exclude.golden)",
+        annotations: &[(ann::PROXY_CONFIG, DNS_ON)],
+        settings: "outbound_owner_groups AllExcept [201, 202]",
+        apply: |m| m.outbound_owner_groups = OwnerGroups::AllExcept(vec![201, 202]),
+    },
+    SettingsCase {
+        name: "drop_invalid",
+        shows: "invalid packets are dropped in mangle PREROUTING \
+                (INVALID_DROP; capture/testdata/drop-invalid.golden)",
+        annotations: &[],
+        settings: "drop_invalid true",
+        apply: |m| m.drop_invalid = true,
+    },
+    SettingsCase {
+        name: "drop_invalid_tproxy",
+        shows: "invalid drop in TPROXY mode: after the excluded interfaces, before inbound capture \
+                (istio-cni plugin testdata invalid-drop.txt.golden)",
+        annotations: &[
+            (ann::INTERCEPTION_MODE, "TPROXY"),
+            (ann::EXCLUDE_INTERFACES, "net1"),
+        ],
+        settings: "drop_invalid true",
+        apply: |m| m.drop_invalid = true,
+    },
+    SettingsCase {
+        name: "ipv4_loopback_cidr",
+        shows: "a wider IPv4 loopback range in every rule that names loopback \
+                (ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR; host-ipv4-loopback-cidr.golden)",
+        annotations: &[(ann::INTERCEPTION_MODE, "TPROXY")],
+        settings: "ipv4_loopback 127.0.0.0/8",
+        apply: |m| m.ipv4_loopback = "127.0.0.0/8".parse().unwrap(),
+    },
+    SettingsCase {
+        name: "custom_ports",
+        shows: "custom proxy ports (mesh config proxyListenPort, proxyInboundListenPort)",
+        annotations: &[(ann::PROXY_CONFIG, DNS_ON)],
+        settings: "ports outbound 16001, inbound 16006",
+        apply: |m| {
+            m.ports = ProxyPorts {
+                outbound: 16001,
+                inbound: 16006,
+                ..ProxyPorts::default()
+            }
+        },
+    },
+    SettingsCase {
+        name: "custom_ports_tproxy",
+        shows: "custom proxy inbound port in TPROXY mode",
+        annotations: &[(ann::INTERCEPTION_MODE, "TPROXY")],
+        settings: "ports outbound 16001, inbound 16006",
+        apply: |m| {
+            m.ports = ProxyPorts {
+                outbound: 16001,
+                inbound: 16006,
+                ..ProxyPorts::default()
+            }
+        },
+    },
+    SettingsCase {
+        name: "dns_servers",
+        shows: "DNS capture of the resolv.conf nameservers only; IPv6 has none, so no nat DNS \
+                chain there (istio-init without capture-all; dns-uid-gid.golden)",
+        annotations: &[(ann::PROXY_CONFIG, DNS_ON)],
+        settings: "dns_servers [10.96.0.10, 127.0.0.53]",
+        apply: |m| {
+            m.dns_servers = Some(vec![
+                "10.96.0.10".parse().unwrap(),
+                "127.0.0.53".parse().unwrap(),
+            ])
+        },
+    },
+    SettingsCase {
+        name: "ipv4_only_pod",
+        shows: "a pod with only an IPv4 address gets no IPv6 rules at all",
+        annotations: &[(ann::INTERCEPTION_MODE, "TPROXY")],
+        settings: "families v4",
+        apply: |m| {
+            m.families = Families {
+                v4: true,
+                v6: false,
+            }
+        },
+    },
+];
+
+/// One golden case, annotation-only or with settings.
+pub struct Golden {
+    pub name: &'static str,
+    pub shows: &'static str,
+    /// Header comment lines naming the inputs (annotations, settings).
+    pub inputs: String,
+    pub model: RedirectModel,
+}
+
+impl Golden {
+    /// The fixture's header comment for `family` (`ipv4`, `ipv6`, or both for nftables).
+    pub fn header(&self, family: &str) -> String {
+        format!(
+            "# {}\n# case {:?}, {family}\n{}",
+            self.shows, self.name, self.inputs
+        )
+    }
+}
+
+/// Every golden case: the annotation cases, then the settings cases.
+pub fn all() -> Vec<Golden> {
+    let header = |annotations: &[(&str, &str)]| {
+        let mut text = String::new();
+        for (k, v) in annotations {
+            text.push_str(&format!("# annotation {k}={v:?}\n"));
+        }
+        text
+    };
+    let mut out = Vec::new();
+    for case in CASES {
+        let model = RedirectModel::from_annotations(&annotations(case)).expect(case.name);
+        out.push(Golden {
+            name: case.name,
+            shows: case.shows,
+            inputs: header(case.annotations),
+            model,
+        });
+    }
+    for case in SETTINGS_CASES {
+        let a = case
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut model = RedirectModel::from_annotations(&a).expect(case.name);
+        (case.apply)(&mut model);
+        model.validate().expect(case.name);
+        let mut inputs = header(case.annotations);
+        inputs.push_str(&format!("# settings {}\n", case.settings));
+        out.push(Golden {
+            name: case.name,
+            shows: case.shows,
+            inputs,
+            model,
+        });
+    }
+    out
+}
 
 pub fn annotations(case: &Case) -> Annotations {
     case.annotations
