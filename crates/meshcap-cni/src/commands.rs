@@ -332,8 +332,11 @@ fn decide_from_api(
     }
 }
 
-/// The model of a captured pod, by its mesh's front end.
+/// The model of a captured pod, by its mesh's front end. An Istio pod's address families come
+/// from the prevResult ([`result::pod_families`]); CHECK then takes the ones the record says
+/// ADD installed.
 fn model_for(config: &Config, capture: &Capture) -> Result<RedirectModel, CommandError> {
+    let families = result::pod_families(config.prev_result.as_ref())?;
     let mut warnings = Vec::new();
     let model = match capture.mesh {
         Some(Mesh::Linkerd) => mesh::linkerd::model(
@@ -352,7 +355,11 @@ fn model_for(config: &Config, capture: &Capture) -> Result<RedirectModel, Comman
             &|path| std::fs::read_to_string(path),
             &mut warnings,
         ),
-        Some(Mesh::Istio) | None => capture.pod.model(),
+        // Istio writes IPv6 rules only for a pod with an IPv6 address.
+        Some(Mesh::Istio) | None => capture.pod.model().map(|mut m| {
+            m.families = families;
+            m
+        }),
     }
     .map_err(CommandError::Annotation)?;
     for w in warnings {

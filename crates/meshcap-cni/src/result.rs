@@ -11,6 +11,7 @@
 
 use std::net::IpAddr;
 
+use meshcap_model::Families;
 use serde_json::{json, Map, Value};
 
 use crate::version::CniVersion;
@@ -105,9 +106,45 @@ pub fn version_output(requested: CniVersion) -> Value {
     })
 }
 
+/// The address families the pod gets rules for, from the prevResult's `ips`: IPv4 always
+/// (istio-iptables writes its IPv4 rules for every pod), IPv6 when the pod has an IPv6 address
+/// that is not link-local (Istio's `getLocalIP` with `ISTIO_DUAL_STACK`; without it Istio
+/// looks only at the first address and leaves a dual-stack pod's IPv6 uncaptured, which
+/// meshcap does not copy). Without a prevResult or any `ips`, both: what the pod has is unknown,
+/// and capturing a family too many costs less than missing one.
+pub fn pod_families(prev: Option<&Map<String, Value>>) -> Result<Families, ResultError> {
+    let ips = match prev.and_then(|p| p.get("ips")) {
+        Some(Value::Array(ips)) if !ips.is_empty() => ips,
+        _ => return Ok(Families::BOTH),
+    };
+    let mut v6 = false;
+    for (i, ip) in ips.iter().enumerate() {
+        let Value::Object(ip) = ip else {
+            return Err(ResultError::Invalid {
+                field: format!("ips[{i}]"),
+                reason: "not an object".into(),
+            });
+        };
+        if let IpAddr::V6(a) = ip_address(ip, i)? {
+            let link_local = (a.segments()[0] & 0xffc0) == 0xfe80;
+            v6 |= a.to_ipv4_mapped().is_none() && !link_local;
+        }
+    }
+    Ok(Families { v4: true, v6 })
+}
+
 /// "4" or "6" from `address` (CIDR). An IPv4-mapped IPv6 address counts as 4, as Go's
 /// `IP.To4()` decides in libcni.
 fn ip_version(ip: &Map<String, Value>, index: usize) -> Result<&'static str, ResultError> {
+    Ok(match ip_address(ip, index)? {
+        IpAddr::V4(_) => "4",
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => "4",
+        IpAddr::V6(_) => "6",
+    })
+}
+
+/// The host part of `ips[index].address` (CIDR).
+fn ip_address(ip: &Map<String, Value>, index: usize) -> Result<IpAddr, ResultError> {
     let invalid = |reason: String| ResultError::Invalid {
         field: format!("ips[{index}].address"),
         reason,
@@ -118,19 +155,44 @@ fn ip_version(ip: &Map<String, Value>, index: usize) -> Result<&'static str, Res
         None => return Err(invalid("missing".into())),
     };
     let host = address.split_once('/').map_or(address.as_str(), |(h, _)| h);
-    let parsed: IpAddr = host
-        .parse()
-        .map_err(|_| invalid(format!("{address:?} is not an IP address in CIDR notation")))?;
-    Ok(match parsed {
-        IpAddr::V4(_) => "4",
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => "4",
-        IpAddr::V6(_) => "6",
-    })
+    host.parse()
+        .map_err(|_| invalid(format!("{address:?} is not an IP address in CIDR notation")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn families_of(ips: Value) -> Families {
+        let prev = json!({"cniVersion": "1.0.0", "ips": ips});
+        pod_families(prev.as_object()).unwrap()
+    }
+
+    #[test]
+    fn ipv6_rules_only_for_pods_with_an_ipv6_address() {
+        let v4 = Families {
+            v4: true,
+            v6: false,
+        };
+        assert_eq!(families_of(json!([{"address": "10.1.0.5/16"}])), v4);
+        assert_eq!(
+            families_of(json!([{"address": "10.1.0.5/16"}, {"address": "fd00::5/64"}])),
+            Families::BOTH
+        );
+        assert_eq!(
+            families_of(json!([{"address": "fd00::5/64"}])),
+            Families::BOTH
+        );
+        assert_eq!(
+            families_of(json!([{"address": "10.1.0.5/16"}, {"address": "fe80::5/64"}])),
+            v4
+        );
+        assert_eq!(families_of(json!([{"address": "::ffff:10.1.0.5/112"}])), v4);
+        assert_eq!(families_of(json!([])), Families::BOTH);
+        assert_eq!(pod_families(None).unwrap(), Families::BOTH);
+        let bad = json!({"ips": [{"address": "nope"}]});
+        assert!(pod_families(bad.as_object()).is_err());
+    }
 
     /// The spec's bridge example result in the 0.x format (0.3.0, 0.3.1 and 0.4.0 are the same).
     fn result_0x(v: &str) -> Value {

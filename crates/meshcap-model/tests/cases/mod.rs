@@ -4,9 +4,7 @@
 #![allow(dead_code)]
 
 use meshcap_model::annotations as ann;
-use meshcap_model::{
-    Annotations, Families, OwnerGroups, ProxyPorts, RedirectModel,
-};
+use meshcap_model::{Annotations, Families, OwnerGroups, ProxyPorts, RedirectModel};
 
 pub struct Case {
     pub name: &'static str,
@@ -143,7 +141,8 @@ pub const SETTINGS_CASES: &[SettingsCase] = &[
     },
     SettingsCase {
         name: "drop_invalid_tproxy",
-        shows: "invalid drop in TPROXY mode: after the excluded interfaces, before inbound capture \
+        shows:
+            "invalid drop in TPROXY mode: after the excluded interfaces, before inbound capture \
                 (istio-cni plugin testdata invalid-drop.txt.golden)",
         annotations: &[
             (ann::INTERCEPTION_MODE, "TPROXY"),

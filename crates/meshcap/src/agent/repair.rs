@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use meshcap_dataplane::{Dataplane, DataplaneError, PodNetns};
 use meshcap_model::pod::PodView;
+use meshcap_model::Families;
 use meshcap_records::{self as state, AttachmentRecord, StateDir};
 
 use super::metrics::Metrics;
@@ -161,7 +162,15 @@ impl Repairer {
             ..PodView::default()
         };
         let rulesets = match pod.model() {
-            Ok(m) => m.rulesets(),
+            Ok(mut m) => {
+                // The families ADD installed (from the pod's addresses, which DEL/ADD alone
+                // can change).
+                m.families = Families {
+                    v4: rec.families.iter().any(|f| f == "ipv4"),
+                    v6: rec.families.iter().any(|f| f == "ipv6"),
+                };
+                m.rulesets()
+            }
             Err(e) => return Verdict::Unrepairable(format!("recomputing the model: {e}")),
         };
         let backend = rec.mode.backend();
