@@ -799,10 +799,16 @@ fn privileged_kube_inject_pod_via_api_matches_render_f() {
     metadata["namespace"] = json!("default");
     let pod =
         json!({"kind": "Pod", "apiVersion": "v1", "metadata": metadata, "spec": template["spec"]});
-    let model = PodView::from_parts(Some(&template["metadata"]), Some(&template["spec"]), "")
+    let mut model = PodView::from_parts(Some(&template["metadata"]), Some(&template["spec"]), "")
         .unwrap()
         .model()
         .unwrap();
+    // The prevResult lists only an IPv4 address, so ADD installs no IPv6 rules; render -f,
+    // which cannot know the pod's addresses, is told the same.
+    model.families = meshcap_model::Families {
+        v4: true,
+        v6: false,
+    };
 
     let api = FakeApi::start(vec![(
         pod_path("default", "inject-8565f4c47-srwzd"),
@@ -819,6 +825,7 @@ fn privileged_kube_inject_pod_via_api_matches_render_f() {
         assert_eq!(r.ok(), passthrough(&added.path()), "{mode}");
 
         let rulesets = model.rulesets();
+        assert_eq!(rulesets.len(), 1);
         if mode == "iptables" {
             for (tool, rs) in ["iptables-restore", "ip6tables-restore"]
                 .iter()
