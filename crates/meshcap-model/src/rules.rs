@@ -139,9 +139,12 @@ pub enum Match {
     InInterface { name: String },
     /// `-o NAME` / `oifname "NAME"`.
     OutInterface { name: String },
-    /// `-m owner --uid-owner U` / `meta skuid U`.
+    /// `-m owner --uid-owner U` / `meta skuid U`. Only a packet whose socket has an owner (a
+    /// file) matches, negated or not: negated, `-m owner --uid-owner 0-4294967294 -m owner !
+    /// --uid-owner U` / `meta skuid != U`, so packets the kernel sends without a socket or from
+    /// its own sockets (RSTs, ICMP errors) get the same verdict in both backends.
     UidOwner { uid: u32, negate: bool },
-    /// `-m owner --gid-owner G` / `meta skgid G`.
+    /// `-m owner --gid-owner G` / `meta skgid G`; an owner is required as for [`Match::UidOwner`].
     GidOwner { gid: u32, negate: bool },
     /// `-m mark --mark V` / `meta mark V` (full 32-bit mask).
     Mark { value: u32, negate: bool },

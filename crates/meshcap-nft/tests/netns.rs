@@ -874,3 +874,68 @@ fn model_rulesets_match_nft_f_of_render() -> Result<()> {
     }
     Ok(())
 }
+
+// A packet without a socket (here the kernel's RST for a closed port) gets the same verdict
+// from a negated owner match in every backend: it does not match. Without iptables'
+// `--socket-exists` (which the renderer adds), xt_owner matches it and this rule would drop
+// the RST, so the client would time out instead of being refused.
+#[test]
+fn socketless_packets_never_match_a_negated_owner_in_any_backend() -> Result<()> {
+    let test = "socketless_packets_never_match_a_negated_owner_in_any_backend";
+    if !can_run(test) {
+        return Ok(());
+    }
+    use meshcap_model::render::iptables;
+    // The client runs as root: its SYN (uid 0) passes; only the socketless RST could match.
+    let ruleset = Ruleset {
+        family: Family::V4,
+        tables: vec![TableRules {
+            table: Table::Mangle,
+            chains: vec![chain(
+                "MESHCAP_OUTPUT",
+                Some(Hook::Output),
+                vec![rule(
+                    vec![
+                        Match::OutInterface { name: "lo".into() },
+                        tcp(),
+                        Match::UidOwner {
+                            uid: 0,
+                            negate: true,
+                        },
+                    ],
+                    Target::Drop,
+                )],
+            )],
+        }],
+        policy_route: None,
+    };
+    let dial = |ns: &Netns| -> Result<std::io::ErrorKind> {
+        ns.run(|| {
+            let addr = "127.0.0.1:9".parse().unwrap();
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(_) => std::io::ErrorKind::Other,
+                Err(e) => e.kind(),
+            }
+        })
+    };
+    let xt = Netns::new("sockless", "x")?;
+    xt.exec(
+        &["iptables-restore", "--noflush"],
+        Some(&iptables::render(&ruleset)),
+    )?;
+    let text = Netns::new("sockless", "t")?;
+    text.exec(
+        &["nft", "-f", "-"],
+        Some(&render(std::slice::from_ref(&ruleset))),
+    )?;
+    let netlink = Netns::new("sockless", "n")?;
+    netlink.run(|| replace(std::slice::from_ref(&ruleset)))??;
+    for (backend, ns) in [("iptables", &xt), ("nft -f", &text), ("netlink", &netlink)] {
+        assert_eq!(
+            dial(ns)?,
+            std::io::ErrorKind::ConnectionRefused,
+            "{backend}: the kernel's RST must pass the negated owner rule"
+        );
+    }
+    Ok(())
+}

@@ -250,6 +250,10 @@ fn net(n: &IpNet) -> String {
     format!("{}/{}", n.network(), n.prefix_len())
 }
 
+/// Every valid uid or gid (4294967295 is the kernel's "no id"): an owner range that holds
+/// exactly when the packet's socket has an owner.
+const ANY_ID: &str = "0-4294967294";
+
 fn bang(negate: bool) -> &'static str {
     if negate {
         "! "
@@ -337,11 +341,30 @@ pub fn rule_line(chain: &str, rule: &Rule, family: Family) -> String {
                 let p = proto.map(|p| p.name()).unwrap_or("tcp");
                 let _ = write!(line, " -m {p} --sport {port}");
             }
+            // A negated owner match first requires an owner, a socket with a file
+            // (`--uid-owner 0-4294967294` fails without one), as nftables' `meta skuid != X`
+            // does: alone, `! --uid-owner X` matches packets the kernel sends without a
+            // socket or from its own sockets (RSTs, ICMP errors), so the backends would treat
+            // them differently.
             Match::UidOwner { uid, negate } => {
-                let _ = write!(line, " -m owner {}--uid-owner {uid}", bang(*negate));
+                if *negate {
+                    let _ = write!(
+                        line,
+                        " -m owner --uid-owner {ANY_ID} -m owner ! --uid-owner {uid}"
+                    );
+                } else {
+                    let _ = write!(line, " -m owner --uid-owner {uid}");
+                }
             }
             Match::GidOwner { gid, negate } => {
-                let _ = write!(line, " -m owner {}--gid-owner {gid}", bang(*negate));
+                if *negate {
+                    let _ = write!(
+                        line,
+                        " -m owner --gid-owner {ANY_ID} -m owner ! --gid-owner {gid}"
+                    );
+                } else {
+                    let _ = write!(line, " -m owner --gid-owner {gid}");
+                }
             }
             Match::Mark { value, negate } => {
                 let _ = write!(line, " -m mark {}--mark {value:#x}", bang(*negate));
