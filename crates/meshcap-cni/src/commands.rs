@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use meshcap_dataplane::{self as dataplane, Dataplane, DataplaneError, PodNetns};
 use meshcap_model::mesh::{self, Mesh, MeshError};
 use meshcap_model::pod::{PodError, PodSelection, PodView};
-use meshcap_model::{AnnotationError, Annotations, RedirectModel};
+use meshcap_model::{AnnotationError, Annotations, Families, RedirectModel};
 use serde_json::Value;
 
 use crate::args::CniArgs;
@@ -673,7 +673,14 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
         }
         Decision::Capture(c) => c,
     };
-    let rulesets = model_for(config, &capture)?.rulesets();
+    let record = state.read(&config.name, &env.container_id, &env.ifname);
+    let mut model = model_for(config, &capture)?;
+    if let Ok(Some(rec)) = &record {
+        // The families ADD installed (a record of an earlier release lists both, whatever
+        // addresses the pod has).
+        model.families = Families::from_names(&rec.families);
+    }
+    let rulesets = model.rulesets();
     let netns = required_netns(env);
     let mode = config.mode;
     let ns = open_netns(netns, mode)?;
@@ -690,7 +697,7 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
             source: Box::new(source),
         },
     })?;
-    match state.read(&config.name, &env.container_id, &env.ifname) {
+    match record {
         Ok(Some(_)) => {}
         // The rules are what the pod needs; a lost record only costs GC its bookkeeping.
         Ok(None) => tracing::warn!("rules are in place but the attachment record is missing"),

@@ -115,6 +115,16 @@ pub struct Families {
 impl Families {
     pub const BOTH: Families = Families { v4: true, v6: true };
 
+    /// The families named in `names` (`ipv4`, `ipv6`: [`Family`]'s `Display`, as attachment
+    /// records list what ADD installed).
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Families {
+        let named = |f: Family| names.iter().any(|n| n.as_ref() == f.to_string());
+        Families {
+            v4: named(Family::V4),
+            v6: named(Family::V6),
+        }
+    }
+
     pub fn has(self, family: Family) -> bool {
         match family {
             Family::V4 => self.v4,

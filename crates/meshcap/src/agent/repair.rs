@@ -165,10 +165,7 @@ impl Repairer {
             Ok(mut m) => {
                 // The families ADD installed (from the pod's addresses, which DEL/ADD alone
                 // can change).
-                m.families = Families {
-                    v4: rec.families.iter().any(|f| f == "ipv4"),
-                    v6: rec.families.iter().any(|f| f == "ipv6"),
-                };
+                m.families = Families::from_names(&rec.families);
                 m.rulesets()
             }
             Err(e) => return Verdict::Unrepairable(format!("recomputing the model: {e}")),
