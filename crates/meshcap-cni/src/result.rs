@@ -105,6 +105,22 @@ pub fn version_output(requested: CniVersion) -> Value {
     })
 }
 
+/// The address families of the pod's addresses in `prev` (IPv4, IPv6); `None` when `prev`
+/// lists no address, so nothing is known about them. Invalid entries are the business of
+/// [`convert`], which every ADD and CHECK runs first.
+pub fn families(prev: Option<&Map<String, Value>>) -> Option<(bool, bool)> {
+    let ips = prev?.get("ips")?.as_array()?;
+    let (mut v4, mut v6) = (false, false);
+    for (i, ip) in ips.iter().enumerate() {
+        match ip.as_object().map(|ip| ip_version(ip, i)) {
+            Some(Ok("4")) => v4 = true,
+            Some(Ok(_)) => v6 = true,
+            _ => {}
+        }
+    }
+    (v4 || v6).then_some((v4, v6))
+}
+
 /// "4" or "6" from `address` (CIDR). An IPv4-mapped IPv6 address counts as 4, as Go's
 /// `IP.To4()` decides in libcni.
 fn ip_version(ip: &Map<String, Value>, index: usize) -> Result<&'static str, ResultError> {
