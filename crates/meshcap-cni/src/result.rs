@@ -244,6 +244,19 @@ mod tests {
     }
 
     #[test]
+    fn families_of_the_pod_addresses() {
+        let prev = |ips: Value| json!({"cniVersion": "1.0.0", "ips": ips});
+        let v4 = prev(json!([{"address": "10.0.0.5/24"}]));
+        assert_eq!(families(v4.as_object()), Some((true, false)));
+        let both = prev(json!([{"address": "10.0.0.5/24"}, {"address": "fd00::5/64"}]));
+        assert_eq!(families(both.as_object()), Some((true, true)));
+        let v6 = prev(json!([{"address": "fd00::5/64"}]));
+        assert_eq!(families(v6.as_object()), Some((false, true)));
+        assert_eq!(families(prev(json!([])).as_object()), None);
+        assert_eq!(families(None), None);
+    }
+
+    #[test]
     fn ipv4_mapped_is_version_4() {
         let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": "::ffff:10.0.0.1/120"}]});
         let out = convert(&obj(prev), CniVersion::V0_4_0).unwrap();

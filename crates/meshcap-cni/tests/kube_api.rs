@@ -911,7 +911,12 @@ fn privileged_kube_inject_pod_via_api_matches_render_f() {
         json!({"kind": "Pod", "apiVersion": "v1", "metadata": metadata, "spec": template["spec"]});
     let view =
         PodView::from_parts(Some(&template["metadata"]), Some(&template["spec"]), "").unwrap();
-    let model = resolve(&view, &NodeDefaults::default()).unwrap().model;
+    let mut model = resolve(&view, &NodeDefaults::default()).unwrap().model;
+    // The pod's prevResult holds only an IPv4 address: ADD writes IPv4 rules only.
+    model.families = meshcap_model::Families {
+        v4: true,
+        v6: false,
+    };
 
     let api = FakeApi::start(vec![(
         pod_path("default", "inject-8565f4c47-srwzd"),

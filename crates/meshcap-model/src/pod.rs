@@ -306,7 +306,7 @@ fn env_values(v: Option<&Value>, path: &str) -> Result<BTreeMap<String, String>,
 
 /// Go's `strconv.ParseBool`, which Istio applies to the inject label/annotation and to the
 /// proxy's boolean environment variables.
-pub fn parse_go_bool(s: &str) -> Option<bool> {
+fn parse_go_bool(s: &str) -> Option<bool> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),

@@ -31,9 +31,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::annotations::{self as ann, AnnotationError, Annotations};
-use crate::model::{OwnerGroups, ProxyPorts, RedirectModel, MAX_OWNER_GROUPS_INCLUDE, PROXY_GID};
-use crate::model::{MAX_PROXY_IDS, PROXY_UID};
-use crate::pod::{parse_go_bool, PodView, ISTIO_PROXY};
+use crate::model::{ProxyPorts, RedirectModel, MAX_PROXY_IDS, PROXY_GID, PROXY_UID};
+use crate::pod::{PodView, ISTIO_PROXY};
 
 /// `istio-proxy` env: DNS capture by the agent (Istio's `DNSCaptureByAgent`).
 pub const ENV_DNS_CAPTURE: &str = "ISTIO_META_DNS_CAPTURE";
@@ -80,6 +79,16 @@ impl InputError {
             value,
             reason: reason.into(),
         }
+    }
+}
+
+/// A shared parser's error, for an input named `origin`.
+fn named(origin: impl Into<String>) -> impl FnOnce(AnnotationError) -> InputError {
+    let origin = origin.into();
+    move |e| InputError {
+        origin,
+        value: e.value,
+        reason: e.reason,
     }
 }
 
@@ -184,7 +193,7 @@ impl NodeDefaults {
                     };
                     let s = s.as_str();
                     let include = key == "outbound_owner_groups";
-                    parse_groups(s, include).map_err(|r| bad(&r))?;
+                    check_groups(s, include).map_err(|e| bad(&e.reason))?;
                     if include {
                         d.owner_groups_include = Some(s.to_owned());
                     } else {
@@ -193,7 +202,8 @@ impl NodeDefaults {
                 }
                 "ipv4_loopback_cidr" => {
                     let s = v.as_str().ok_or_else(|| bad("expected a string"))?;
-                    d.ipv4_loopback_cidr = Some(parse_loopback(s).map_err(|r| bad(&r))?);
+                    d.ipv4_loopback_cidr =
+                        Some(ann::ipv4_loopback(key, s).map_err(|e| bad(&e.reason))?);
                 }
                 "proxy_listen_port" | "proxy_inbound_listen_port" => {
                     let p = v
@@ -437,7 +447,7 @@ pub fn resolve(pod: &PodView, defaults: &NodeDefaults) -> Result<Resolved, Input
     for (name, var, default, key) in strings {
         let include = var == ENV_OWNER_GROUPS;
         let source = if let Some(v) = pod.init_env.get(var) {
-            parse_groups(v, include).map_err(|r| InputError::new(init_env_source(var), v, r))?;
+            check_groups(v, include).map_err(named(init_env_source(var)))?;
             set_groups(&mut s, include, v);
             Source::Pod(init_env_source(var))
         } else if let Some(v) = default {
@@ -449,8 +459,8 @@ pub fn resolve(pod: &PodView, defaults: &NodeDefaults) -> Result<Resolved, Input
         sources.push((name, source));
     }
     let source = if let Some(v) = pod.init_env.get(ENV_IPV4_LOOPBACK_CIDR) {
-        s.ipv4_loopback_cidr = parse_loopback(v)
-            .map_err(|r| InputError::new(init_env_source(ENV_IPV4_LOOPBACK_CIDR), v, r))?;
+        s.ipv4_loopback_cidr = ann::ipv4_loopback(ENV_IPV4_LOOPBACK_CIDR, v)
+            .map_err(named(init_env_source(ENV_IPV4_LOOPBACK_CIDR)))?;
         Source::Pod(init_env_source(ENV_IPV4_LOOPBACK_CIDR))
     } else if let Some(net) = defaults.ipv4_loopback_cidr {
         s.ipv4_loopback_cidr = net;
@@ -488,8 +498,7 @@ pub fn resolve(pod: &PodView, defaults: &NodeDefaults) -> Result<Resolved, Input
                 pod.init_path.as_deref().unwrap_or("init container"),
                 flags[0]
             );
-            *out = ann::parse_port(&src, v, v.trim())
-                .map_err(|e| InputError::new(src.clone(), v, e.reason))?;
+            *out = ann::port(&src, v).map_err(named(src.clone()))?;
             Source::Pod(src)
         } else if let Some(p) = default {
             *out = p;
@@ -531,12 +540,17 @@ pub fn model(annotations: &Annotations, s: &SpecSettings) -> Result<RedirectMode
     m.proxy_gids = s.proxy_gids.clone();
     m.dns_capture = s.dns_capture;
     m.drop_invalid = s.invalid_drop;
-    m.outbound_owner_groups = owner_groups(&s.owner_groups_include, &s.owner_groups_exclude)
-        .map_err(|r| InputError::new("outbound owner groups", &s.owner_groups_include, r))?;
+    m.outbound_owner_groups = ann::owner_groups(
+        (ENV_OWNER_GROUPS, &s.owner_groups_include),
+        (ENV_OWNER_GROUPS_EXCLUDE, &s.owner_groups_exclude),
+    )
+    .map_err(|e| named(e.annotation.clone())(e))?;
     m.ipv4_loopback = s.ipv4_loopback_cidr;
     m.ports.outbound = s.proxy_listen_port;
     m.ports.inbound = s.proxy_inbound_listen_port;
     m.dns_servers = s.dns_servers.clone();
+    m.validate()
+        .map_err(|e| named(format!("model setting {}", e.annotation))(e))?;
     Ok(m)
 }
 
@@ -617,73 +631,20 @@ fn go_bool(v: &str, source: String) -> Result<bool, InputError> {
     if v.is_empty() {
         return Ok(false);
     }
-    parse_go_bool(v).ok_or_else(|| {
-        InputError::new(
-            source,
-            v,
-            "not a boolean (true/false, 1/0, t/f, as Go's ParseBool)",
-        )
-    })
+    ann::go_bool(&source, v).map_err(named(source.clone()))
 }
 
-/// Owner groups as Istio writes them: a comma-separated list of gids, or `*` (include only).
-/// meshcap takes numeric gids only: Istio passes group names to iptables, which resolves
-/// them in whatever `/etc/group` its process sees (the node's, for istio-cni), so a name
-/// means different groups on different paths.
-fn parse_groups(v: &str, include: bool) -> Result<Option<Vec<u32>>, String> {
-    let t = v.trim();
-    if include && t == "*" {
-        return Ok(None);
-    }
-    if t.is_empty() {
-        return Ok(Some(Vec::new()));
-    }
-    let mut gids = Vec::new();
-    for item in t.split(',').map(str::trim) {
-        let gid = item
-            .parse::<u32>()
-            .ok()
-            .filter(|g| *g < u32::MAX && item.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| {
-                format!("{item:?} is not a numeric gid (group names are not resolved)")
-            })?;
-        if !gids.contains(&gid) {
-            gids.push(gid);
-        }
-    }
-    if include && gids.len() > MAX_OWNER_GROUPS_INCLUDE {
-        return Err(format!(
-            "{} groups; at most {MAX_OWNER_GROUPS_INCLUDE} fit in one rule",
-            gids.len()
-        ));
-    }
-    Ok(Some(gids))
-}
-
-/// Istio's rule (`tools/common/config` ParseInterceptFilter): an include list other than `*`
-/// wins and the exclude list is ignored.
-fn owner_groups(include: &str, exclude: &str) -> Result<OwnerGroups, String> {
-    match parse_groups(include, true)? {
-        Some(only) => Ok(OwnerGroups::Only(only)),
-        None => match parse_groups(exclude, false)? {
-            Some(except) if !except.is_empty() => Ok(OwnerGroups::AllExcept(except)),
-            _ => Ok(OwnerGroups::All),
-        },
-    }
-}
-
-/// Istio's ValidateIPv4LoopbackCidr: an IPv4 loopback address with a mask of 8 to 32. Host
-/// bits are dropped, as iptables does.
-fn parse_loopback(v: &str) -> Result<IpNet, String> {
-    let net: IpNet = v
-        .trim()
-        .parse()
-        .map_err(|_| format!("{v:?} is not a CIDR"))?;
-    match net {
-        IpNet::V4(n) if n.addr().is_loopback() && (8..=32).contains(&n.prefix_len()) => {
-            Ok(IpNet::V4(n.trunc()))
-        }
-        _ => Err("expected an IPv4 loopback CIDR with a mask of 8 to 32".into()),
+/// Validates one side of the owner groups as Istio writes them (gids, `*` for the include
+/// side) with the other side at Istio's default. meshcap takes numeric gids only: Istio passes
+/// group names to iptables, which resolves them in whatever `/etc/group` its process sees (the
+/// node's, for istio-cni), so a name would mean different groups on different paths.
+fn check_groups(v: &str, include: bool) -> Result<(), AnnotationError> {
+    if include {
+        ann::owner_groups(("", v), ("", "")).map(|_| ())
+    } else if v.trim() == "*" {
+        Err(AnnotationError::new("", v, "`*` is not allowed here"))
+    } else {
+        ann::owner_groups(("", "*"), ("", v)).map(|_| ())
     }
 }
 
@@ -709,6 +670,7 @@ fn flag_value<'a>(args: &'a [String], flags: &[&str]) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::OwnerGroups;
     use serde_json::json;
 
     fn injected() -> Value {

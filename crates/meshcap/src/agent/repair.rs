@@ -166,7 +166,17 @@ impl Repairer {
             }
             s
         });
-        let rulesets = match istio::model(&annotations, &settings) {
+        let model = istio::model(&annotations, &settings).map(|mut m| {
+            // The families ADD installed (the pod's addresses, from its prevResult).
+            if !rec.families.is_empty() {
+                m.families = meshcap_model::Families {
+                    v4: rec.families.iter().any(|f| f == "ipv4"),
+                    v6: rec.families.iter().any(|f| f == "ipv6"),
+                };
+            }
+            m
+        });
+        let rulesets = match model {
             Ok(m) => m.rulesets(),
             Err(e) => return Verdict::Unrepairable(format!("recomputing the model: {e}")),
         };
