@@ -393,10 +393,13 @@ fn model_for(
     for w in warnings {
         tracing::warn!("{w}");
     }
-    // Rules only for the families the pod has addresses of (a v4-only pod pays nothing for
-    // IPv6); a prevResult without addresses says nothing, and both families are captured.
-    if let Some((v4, v6)) = result::families(config.prev_result.as_ref()) {
-        model.families = meshcap_model::Families { v4, v6 };
+    // An Istio pod gets rules only for the families it has addresses of (a v4-only pod pays
+    // nothing for IPv6); a prevResult without addresses says nothing, and both are captured.
+    // The other meshes' front ends decide their families themselves.
+    if settings.is_some() {
+        if let Some((v4, v6)) = result::families(config.prev_result.as_ref()) {
+            model.families = meshcap_model::Families { v4, v6 };
+        }
     }
     Ok((model, settings))
 }

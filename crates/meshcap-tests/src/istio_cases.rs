@@ -2,7 +2,7 @@
 //! (`tools/istio-iptables/pkg/capture/run_test.go`) and istio-cni's plugin goldens
 //! (`cni/pkg/plugin/plugin_dryrun_test.go`), written as the pod (annotations, `istio-proxy`
 //! env and securityContext, `istio-init` env and args) and the node defaults that give a CNI
-//! plugin the same inputs. The expected rules are Istio's, kept under `peer/istio/`
+//! plugin the same inputs. The expected rules are Istio's, kept under `tests/peer/istio/`
 //! with the Istio file each comes from.
 //!
 //! How a case's istio-iptables config maps to a pod:
@@ -367,18 +367,18 @@ pub const NFT_ONLY: &[(&str, &str)] = &[(
 )];
 
 impl Case {
-    /// The expected rules' file, relative to the tests crate.
+    /// The expected rules' file, relative to the repository root.
     pub fn golden_path(&self) -> String {
         match self.origin {
-            Origin::Capture => format!("peer/istio/capture/{}.rules", self.golden),
-            Origin::Cni => format!("peer/istio/cni/{}.rules", self.golden),
+            Origin::Capture => format!("tests/peer/istio/capture/{}.rules", self.golden),
+            Origin::Cni => format!("tests/peer/istio/cni/{}.rules", self.golden),
         }
     }
 
     /// Istio's nftables golden of the same case (capture cases only).
     pub fn nft_golden_path(&self) -> Option<String> {
         (self.origin == Origin::Capture)
-            .then(|| format!("peer/istio/capture-nft/{}.nft", self.golden))
+            .then(|| format!("tests/peer/istio/capture-nft/{}.nft", self.golden))
     }
 
     /// Istio's expected text with group names replaced by the case's gids.

@@ -42,9 +42,9 @@ const TPROXY_NO_SOCKET: &str = "Istio's nftables `tproxy ... accept` accepts a p
 const INET_IPV6: &str = "Istio's nftables rules live in `inet` tables and capture IPv6 where     IPv6 is off; its iptables backend writes no ip6tables rules then (meshcap follows iptables)";
 const INVALID_TCP_ONLY: &str = "Istio's nftables invalid drop matches TCP only (and lands in the     `inet` table); iptables' drops every invalid packet (meshcap follows iptables)";
 
-/// The tests crate: the fixtures are under its `peer/istio/`.
+/// The repository: the fixtures are under `tests/peer/istio/`, beside the other meshes'.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn read(rel: &str) -> String {
@@ -254,7 +254,7 @@ fn every_istio_golden_is_accounted_for() {
     let all = cases();
     let mut goldens: BTreeSet<String> = BTreeSet::new();
     for dir in ["capture", "cni", "capture-nft"] {
-        for e in std::fs::read_dir(root().join("peer/istio").join(dir)).unwrap() {
+        for e in std::fs::read_dir(root().join("tests/peer/istio").join(dir)).unwrap() {
             let name = e.unwrap().file_name().into_string().unwrap();
             let stem = name.split('.').next().unwrap().to_owned();
             goldens.insert(format!("{dir}/{stem}"));
