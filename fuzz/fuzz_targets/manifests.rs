@@ -15,7 +15,9 @@ fuzz_target!(|text: &str| {
     for o in objects {
         let _ = o.title();
         if let manifests::Content::Pod { pod, .. } = o.content {
-            if let Ok(model) = pod.model() {
+            let defaults = meshcap_model::mesh::istio::NodeDefaults::default();
+            if let Ok(r) = meshcap_model::mesh::istio::resolve(&pod, &defaults) {
+                let model = r.model;
                 meshcap_fuzz::check_model(&model);
             }
         }

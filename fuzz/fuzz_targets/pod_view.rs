@@ -1,8 +1,9 @@
 //! A Pod's JSON (from the API server, or a manifest's pod template) -> `PodView::from_pod`,
-//! selection, and the model with the sidecar's uid/gid, rendered.
+//! selection, and the model the Istio front end derives from it, rendered.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use meshcap_model::mesh::istio::{resolve, NodeDefaults};
 use meshcap_model::pod::PodView;
 use meshcap_model::Selection;
 
@@ -16,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = view.display_name();
     let _ = view.selection(Selection::All);
     let _ = view.selection(Selection::Injected);
-    if let Ok(model) = view.model() {
+    if let Ok(model) = resolve(&view, &NodeDefaults::default()).map(|r| r.model) {
         assert!(!model.proxy_uids.contains(&u32::MAX));
         assert!(!model.proxy_gids.contains(&u32::MAX));
         meshcap_fuzz::check_model(&model);

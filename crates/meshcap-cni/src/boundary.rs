@@ -75,6 +75,7 @@ pub fn code(err: &PluginError) -> u32 {
             | CommandError::PrevResultRequired { .. }
             | CommandError::Annotation(_)
             | CommandError::MeshConflict(_)
+            | CommandError::Input(_)
             | CommandError::AnnotationsUnavailable { .. }
             | CommandError::PodShape { .. }
             | CommandError::MissingValidAttachments => 7,

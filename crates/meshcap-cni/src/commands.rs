@@ -9,13 +9,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use meshcap_dataplane::{self as dataplane, Dataplane, DataplaneError, PodNetns};
+use meshcap_model::mesh::istio::{self, InputError, SpecSettings};
 use meshcap_model::mesh::{self, Mesh, MeshError};
 use meshcap_model::pod::{PodError, PodSelection, PodView};
 use meshcap_model::{AnnotationError, Annotations, Families, RedirectModel};
 use serde_json::Value;
 
 use crate::args::CniArgs;
-use crate::config::{Config, Mode, POD_ANNOTATIONS_CAPABILITY};
+use crate::config::{Config, Mode, ReadPod, POD_ANNOTATIONS_CAPABILITY};
 use crate::env::{Command, Env};
 use crate::fastpath;
 use crate::kube;
@@ -64,6 +65,9 @@ pub enum CommandError {
     },
     #[error("invalid pod annotation: {0}")]
     Annotation(#[source] AnnotationError),
+    /// An annotation, a container's env or argument: the message names which.
+    #[error("the pod's capture settings: {0}")]
+    Input(#[source] InputError),
     #[error(transparent)]
     MeshConflict(#[from] MeshError),
     #[error(transparent)]
@@ -114,14 +118,14 @@ impl From<kube::KubeError> for CommandError {
 pub enum Decision {
     /// Leave the attachment alone; the reason is logged.
     Skip(String),
-    /// Capture with this model input.
-    Capture(Capture),
+    /// Capture with this model input (boxed: a pod view is large).
+    Capture(Box<Capture>),
 }
 
 /// What a captured attachment's model is built from: the pod as meshcap sees it. For the
-/// runtime path only its annotations are known; the API path also knows its containers
-/// (proxy uid/gid). [`PodView::model`] builds the model either way, the same call
-/// `meshcap render -f` makes.
+/// runtime path only its annotations are known (the node's `istio` defaults stand in for its
+/// spec); the API path also knows its containers. [`istio::resolve`] builds the model either
+/// way, the same call `meshcap render -f` makes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Capture {
     pub pod: PodView,
@@ -228,6 +232,16 @@ pub fn decide_with(
         }
     }
     let capture = match (&config.pod_annotations, args.kubernetes_pod()) {
+        // `kubernetes.read_pod: meshed`: a pod the annotations call meshed is read from the API
+        // so its spec, not the node defaults, gives the spec-derived settings.
+        (Some(a), Some((namespace, name)))
+            if config.read_pod == ReadPod::Meshed
+                && api == ApiLookup::Allowed
+                && config.selection.wants_capture(a) =>
+        {
+            let kubeconfig = config.kubeconfig.as_deref().unwrap_or(Path::new(""));
+            return decide_from_api(config, kubeconfig, namespace, name);
+        }
         (Some(a), _) => Capture::annotations_only(a.clone(), "runtime"),
         (None, Some((namespace, name))) => match (&config.kubeconfig, api) {
             (Some(kubeconfig), ApiLookup::Allowed) => {
@@ -258,14 +272,14 @@ pub fn decide_with(
         MeshRoute::Istio => {}
         MeshRoute::Skip(reason) => return Ok(Decision::Skip(reason)),
         MeshRoute::Other(m) => {
-            return Ok(Decision::Capture(Capture {
+            return Ok(Decision::Capture(Box::new(Capture {
                 mesh: Some(m),
                 ..capture
-            }))
+            })))
         }
     }
     if config.selection.wants_capture(&capture.pod.annotations) {
-        Ok(Decision::Capture(capture))
+        Ok(Decision::Capture(Box::new(capture)))
     } else {
         Ok(Decision::Skip(
             "selection is \"injected\" and the pod carries no injected sidecar".into(),
@@ -313,32 +327,37 @@ fn decide_from_api(
         MeshRoute::Istio => {}
         MeshRoute::Skip(reason) => return Ok(Decision::Skip(reason)),
         MeshRoute::Other(m) => {
-            return Ok(Decision::Capture(Capture {
+            return Ok(Decision::Capture(Box::new(Capture {
                 pod: view,
                 source: "kubernetes-api",
                 mesh: Some(m),
                 raw_pod: Some(Box::new(pod)),
-            }))
+            })))
         }
     }
     match view.selection(config.selection) {
         PodSelection::Skip(reason) => Ok(Decision::Skip(reason.to_string())),
-        PodSelection::Capture => Ok(Decision::Capture(Capture {
+        PodSelection::Capture => Ok(Decision::Capture(Box::new(Capture {
             pod: view,
             source: "kubernetes-api",
             mesh: None,
             raw_pod: None,
-        })),
+        }))),
     }
 }
 
-/// The model of a captured pod, by its mesh's front end. An Istio pod's address families come
-/// from the prevResult ([`result::pod_families`]); CHECK then takes the ones the record says
-/// ADD installed.
-fn model_for(config: &Config, capture: &Capture) -> Result<RedirectModel, CommandError> {
+/// The model of a captured pod, by its mesh's front end, and for an Istio pod the spec
+/// settings it resolved (kept in the record for the agent's repair). The log says which Istio
+/// settings came from a default rather than the pod (on the runtime path: every spec-derived
+/// one). An Istio pod's address families come from the prevResult ([`result::pod_families`]);
+/// CHECK then takes the ones the record says ADD installed.
+fn model_for(
+    config: &Config,
+    capture: &Capture,
+) -> Result<(RedirectModel, Option<SpecSettings>), CommandError> {
     let families = result::pod_families(config.prev_result.as_ref())?;
     let mut warnings = Vec::new();
-    let model = match capture.mesh {
+    let (model, settings) = match capture.mesh {
         Some(Mesh::Linkerd) => mesh::linkerd::model(
             &capture.pod.annotations,
             capture
@@ -348,24 +367,38 @@ fn model_for(config: &Config, capture: &Capture) -> Result<RedirectModel, Comman
                 .and_then(Value::as_object),
             &config.linkerd,
             &mut warnings,
-        ),
+        )
+        .map(|m| (m, None))
+        .map_err(CommandError::Annotation)?,
         Some(Mesh::Kuma) => mesh::kuma::model(
             &capture.pod.annotations,
             prev_result_has_ipv6(config),
             &|path| std::fs::read_to_string(path),
             &mut warnings,
-        ),
-        // Istio writes IPv6 rules only for a pod with an IPv6 address.
-        Some(Mesh::Istio) | None => capture.pod.model().map(|mut m| {
-            m.families = families;
-            m
-        }),
-    }
-    .map_err(CommandError::Annotation)?;
+        )
+        .map(|m| (m, None))
+        .map_err(CommandError::Annotation)?,
+        Some(Mesh::Istio) | None => {
+            let resolved = istio::resolve(&capture.pod, &config.istio_defaults)
+                .map_err(CommandError::Input)?;
+            let defaulted = resolved.defaulted();
+            if !defaulted.is_empty() {
+                tracing::info!(
+                    source = capture.source,
+                    defaults = %defaulted.join("; "),
+                    "settings the pod did not state (or this path cannot see)"
+                );
+            }
+            let mut model = resolved.model;
+            // Istio writes IPv6 rules only for a pod with an IPv6 address.
+            model.families = families;
+            (model, Some(resolved.settings))
+        }
+    };
     for w in warnings {
         tracing::warn!("{w}");
     }
-    Ok(model)
+    Ok((model, settings))
 }
 
 /// Whether the previous plugin gave the pod an IPv6 address (Kuma writes IPv6 rules only then).
@@ -423,7 +456,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         Decision::Capture(c) => c,
     };
     tracing::debug!(source = capture.source, "capturing");
-    let model = model_for(config, &capture)?;
+    let (model, istio_settings) = model_for(config, &capture)?;
     let rulesets = model.rulesets();
     phases.mark("selection");
 
@@ -473,6 +506,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         annotations: Some(capture.pod.annotations.clone()),
         proxy_uid: capture.pod.proxy_uid,
         proxy_gid: capture.pod.proxy_gid,
+        istio_settings,
         netns_dev: Some(ns.dev()),
         netns_ino: Some(ns.ino()),
         created: earlier,
@@ -674,7 +708,7 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
         Decision::Capture(c) => c,
     };
     let record = state.read(&config.name, &env.container_id, &env.ifname);
-    let mut model = model_for(config, &capture)?;
+    let (mut model, _) = model_for(config, &capture)?;
     if let Ok(Some(rec)) = &record {
         // The families ADD installed (a record of an earlier release lists both, whatever
         // addresses the pod has).
@@ -866,7 +900,7 @@ mod tests {
         match decide(&c, &k8s_args("default")).unwrap() {
             Decision::Capture(cap) => {
                 assert_eq!(cap.mesh, Some(Mesh::Linkerd));
-                let m = model_for(&c, &cap).unwrap();
+                let (m, _) = model_for(&c, &cap).unwrap();
                 assert_eq!((m.ports.inbound, m.ports.outbound), (4143, 4140));
                 assert_eq!(m.chain_prefix, "MESHCAP_LINKERD");
             }
@@ -924,7 +958,10 @@ mod tests {
         let c = config(json!({"selection": "all"}));
         assert_eq!(
             decide(&c, &none).unwrap(),
-            Decision::Capture(Capture::annotations_only(Annotations::new(), "none"))
+            Decision::Capture(Box::new(Capture::annotations_only(
+                Annotations::new(),
+                "none"
+            )))
         );
     }
 

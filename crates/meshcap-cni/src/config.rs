@@ -11,12 +11,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meshcap_model::mesh::istio::NodeDefaults;
 use meshcap_model::mesh::kuma::KumaNode;
 use meshcap_model::mesh::linkerd::LinkerdNode;
 use meshcap_model::mesh::Mesh;
 use meshcap_model::{Annotations, Selection};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::version::CniVersion;
@@ -54,6 +55,17 @@ impl ConfigError {
 }
 
 pub use meshcap_records::Mode;
+
+/// `kubernetes.read_pod`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadPod {
+    /// Only when the runtime passed no pod annotations.
+    #[default]
+    WhenNeeded,
+    /// Also for every pod whose runtime annotations say it is meshed.
+    Meshed,
+}
 
 /// `log_level`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -107,6 +119,15 @@ pub struct Config {
     /// `kubernetes.timeout_ms`: the overall deadline for reading a pod from the API,
     /// retries included (default 5000, at most 60000).
     pub kube_timeout: Duration,
+    /// `kubernetes.read_pod`: `meshed` reads the pod from the API even when the runtime passed
+    /// its annotations, whenever those say the pod is meshed, so the settings Istio takes from
+    /// the pod spec (proxy ids and env, init-container args) come from the pod rather than from
+    /// the node defaults. Default `when-needed`: only without runtime annotations.
+    pub read_pod: ReadPod,
+    /// `istio`: node-wide values of the settings Istio takes from the pod spec or the mesh
+    /// config (docs/CONFIGURATION.md), for pods whose spec meshcap does not see or that do not
+    /// state them.
+    pub istio_defaults: NodeDefaults,
     /// `ebpf.enabled`.
     pub ebpf_enabled: bool,
     /// `ebpf.pin_dir`: where the node agent pinned the fast path's maps (default
@@ -148,6 +169,7 @@ const KNOWN_KEYS: &[&str] = &[
     "exclude_namespaces",
     "kubernetes",
     "ebpf",
+    "istio",
     "log_file",
     "log_level",
     "meshes",
@@ -159,6 +181,7 @@ const KNOWN_KUBERNETES_KEYS: &[&str] = &[
     "skip_pods",
     "timeout_ms",
     "exclude_namespaces",
+    "read_pod",
 ];
 const KNOWN_EBPF_KEYS: &[&str] = &["enabled", "pin_dir"];
 
@@ -245,6 +268,29 @@ impl Config {
             None => crate::kube::DEFAULT_TIMEOUT,
         };
 
+        let read_pod: ReadPod = match kube_field("read_pod")? {
+            Some(v) => ReadPod::deserialize(&v).map_err(|e| {
+                ConfigError::invalid(
+                    "kubernetes.read_pod",
+                    format!("{e} (when-needed or meshed)"),
+                )
+            })?,
+            None => ReadPod::default(),
+        };
+        if read_pod == ReadPod::Meshed && kubeconfig.is_none() {
+            return Err(ConfigError::invalid(
+                "kubernetes.read_pod",
+                "\"meshed\" needs kubernetes.kubeconfig",
+            ));
+        }
+        let istio_defaults = match field::<Map<String, Value>>(&obj, "istio")? {
+            Some(m) => NodeDefaults::from_json(&m).map_err(|e| ConfigError::InvalidValue {
+                key: e.origin.trim_start_matches("plugin config ").to_owned(),
+                reason: format!("{:?}: {}", e.value, e.reason),
+            })?,
+            None => NodeDefaults::default(),
+        };
+
         let runtime_config: Option<Map<String, Value>> = field(&obj, "runtimeConfig")?;
         let pod_annotations = match &runtime_config {
             Some(rc) => {
@@ -295,6 +341,8 @@ impl Config {
             kubeconfig,
             skip_pods,
             kube_timeout,
+            read_pod,
+            istio_defaults,
             ebpf_enabled,
             ebpf_pin_dir,
             log_file: field::<String>(&obj, "log_file")?
@@ -442,6 +490,32 @@ mod tests {
             ConfigError::InvalidValue { key, .. } => key,
             other => panic!("expected InvalidValue, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn istio_node_defaults_and_read_pod() {
+        let mut v = with(
+            "istio",
+            json!({"dns_capture": true, "proxy_uids": [1337, 1338]}),
+        );
+        v["kubernetes"] = json!({"kubeconfig": "/k", "read_pod": "meshed"});
+        let c = parse(v).unwrap();
+        assert_eq!(c.istio_defaults.dns_capture, Some(true));
+        assert_eq!(c.istio_defaults.proxy_uids, Some(vec![1337, 1338]));
+        assert_eq!(c.read_pod, ReadPod::Meshed);
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        assert_eq!(parse(base()).unwrap().read_pod, ReadPod::WhenNeeded);
+        assert_eq!(
+            invalid_key(parse(with("istio", json!({"invalid_drop": 1}))).unwrap_err()),
+            "istio.invalid_drop"
+        );
+        assert_eq!(
+            invalid_key(parse(with("istio", json!([]))).unwrap_err()),
+            "istio"
+        );
+        let mut v = base();
+        v["kubernetes"] = json!({"read_pod": "meshed"});
+        assert_eq!(invalid_key(parse(v).unwrap_err()), "kubernetes.read_pod");
     }
 
     #[test]

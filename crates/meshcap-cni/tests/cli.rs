@@ -228,6 +228,90 @@ fn bad_annotation_is_code_7_and_applies_nothing() {
     assert!(s.records("meshnet").is_empty());
 }
 
+/// Every input the Istio front end reads on the runtime path (node defaults in the plugin
+/// configuration, the proxy's metadata in `proxy.istio.io/config`, the status port) fails the
+/// ADD with code 7 naming its source, and leaves a real namespace exactly as it was.
+#[test]
+fn privileged_bad_istio_inputs_are_code_7_and_leave_the_namespace_untouched() {
+    const TEST: &str = "privileged_bad_istio_inputs_are_code_7_and_leave_the_namespace_untouched";
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
+        return skip_or_fail(TEST, &reason);
+    }
+    let s = scratch("bad-istio-inputs");
+    let state = s.state();
+    let ns = Netns::create("mcni-bad-istio");
+    let path = ns.path();
+    let env = attach_env("ADD", &path, &state);
+    let status = json!({"sidecar.istio.io/status": "{}"});
+    let with = |extra: &[(&str, &str)]| {
+        let mut a = status.clone();
+        for (k, v) in extra {
+            a[*k] = json!(v);
+        }
+        json!({"io.kubernetes.cri.pod-annotations": a})
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"istio": {"dns_capture": "yes"}, "runtimeConfig": with(&[])}),
+            "istio.dns_capture",
+        ),
+        (
+            json!({"istio": {"proxy_uids": [0]}, "runtimeConfig": with(&[])}),
+            "istio.proxy_uids",
+        ),
+        (
+            json!({"istio": {"outbound_owner_groups": "java"}, "runtimeConfig": with(&[])}),
+            "istio.outbound_owner_groups",
+        ),
+        (
+            json!({"istio": {"ipv4_loopback_cidr": "10.0.0.0/8"}, "runtimeConfig": with(&[])}),
+            "istio.ipv4_loopback_cidr",
+        ),
+        (
+            json!({"istio": {"proxy_listen_port": 0}, "runtimeConfig": with(&[])}),
+            "istio.proxy_listen_port",
+        ),
+        (
+            json!({"istio": {"dns_servers": ["x"]}, "runtimeConfig": with(&[])}),
+            "istio.dns_servers",
+        ),
+        (
+            json!({"istio": {"dns_captrue": true}, "runtimeConfig": with(&[])}),
+            "istio.dns_captrue",
+        ),
+        (
+            json!({"kubernetes": {"read_pod": "always"}, "runtimeConfig": with(&[])}),
+            "kubernetes.read_pod",
+        ),
+        (
+            json!({"runtimeConfig": with(&[(
+                "proxy.istio.io/config",
+                "proxyMetadata:\n  INVALID_DROP: \"sometimes\"",
+            )])}),
+            "proxyMetadata.INVALID_DROP",
+        ),
+        (
+            json!({"runtimeConfig": with(&[("status.sidecar.istio.io/port", "health")])}),
+            "status.sidecar.istio.io/port",
+        ),
+    ];
+    for mode in ["iptables", "nftables"] {
+        let before = ns.rules(mode);
+        for (extra, needle) in &cases {
+            let mut extra = extra.clone();
+            extra["mode"] = json!(mode);
+            extra["prevResult"] = prev_result_1x(&path);
+            run_plugin(&env, &conf("1.0.0", extra)).error(7, needle);
+            assert_eq!(
+                ns.rules(mode),
+                before,
+                "{mode} {needle}: namespace untouched"
+            );
+        }
+    }
+    assert!(s.records("meshnet").is_empty());
+}
+
 #[test]
 fn add_and_check_on_a_missing_netns_fail_clearly() {
     let s = scratch("add-missing-netns");

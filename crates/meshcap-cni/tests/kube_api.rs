@@ -777,6 +777,115 @@ fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
     }
 }
 
+/// The settings Istio takes from the pod spec: a pod whose `istio-proxy` env turns on DNS
+/// capture and invalid drop (as `meshConfig.defaultConfig.proxyMetadata` does) gets them
+/// through the API path; the runtime path reaches the same rules with the node defaults, or
+/// with `kubernetes.read_pod: meshed`, and its log names the defaults it used. A bad env value
+/// fails the ADD with code 7 naming the variable and leaves the namespace untouched.
+#[test]
+fn privileged_spec_settings_reach_every_path() {
+    const TEST: &str = "privileged_spec_settings_reach_every_path";
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
+        return skip_or_fail(TEST, &reason);
+    }
+    let mut meshed = injected_pod("shop", "dns-0");
+    meshed["spec"]["containers"][1]["env"] = json!([
+        {"name": "ISTIO_META_DNS_CAPTURE", "value": "true"},
+        {"name": "INVALID_DROP", "value": "true"}
+    ]);
+    let mut bad = injected_pod("shop", "bad-env");
+    bad["spec"]["containers"][1]["env"] = json!([{"name": "INVALID_DROP", "value": "sometimes"}]);
+    let api = FakeApi::start(vec![
+        (
+            pod_path("shop", "dns-0"),
+            vec![Reply::Json(200, meshed.clone())],
+        ),
+        (pod_path("shop", "bad-env"), vec![Reply::Json(200, bad)]),
+    ]);
+    let s = scratch("spec-settings");
+    let kc = s.kubeconfig(&api.url());
+    for mode in ["iptables", "nftables"] {
+        let via_api = Netns::create(&format!("mk-spec-api-{}", &mode[..3]));
+        let via_defaults = Netns::create(&format!("mk-spec-def-{}", &mode[..3]));
+        let via_read = Netns::create(&format!("mk-spec-read-{}", &mode[..3]));
+        let bad_ns = Netns::create(&format!("mk-spec-bad-{}", &mode[..3]));
+        let args = k8s_args("shop", "dns-0");
+        let runtime = json!({"io.kubernetes.cri.pod-annotations": injected_annotations()});
+
+        let cfg = api_config(&kc, &via_api.path(), json!({"mode": mode}));
+        let r = invoke("ADD", &via_api.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.ok(), passthrough(&via_api.path()), "{mode}");
+        let from_api = via_api.rules(mode);
+        assert!(
+            from_api.contains("15053"),
+            "{mode}: no DNS capture:\n{from_api}"
+        );
+        assert!(
+            from_api.contains("INVALID") || from_api.contains("invalid"),
+            "{mode}: no invalid drop:\n{from_api}"
+        );
+
+        // Runtime annotations plus the node defaults that match the mesh config.
+        let mut cfg = api_config(
+            &kc,
+            &via_defaults.path(),
+            json!({"mode": mode, "istio": {"dns_capture": true, "invalid_drop": true}}),
+        );
+        cfg["runtimeConfig"] = runtime.clone();
+        let before = api.seen().len();
+        let r = invoke("ADD", &via_defaults.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.ok(), passthrough(&via_defaults.path()), "{mode}");
+        assert_eq!(api.seen().len(), before, "{mode}: no API call");
+        assert!(
+            r.stderr
+                .contains("DNS capture from node default istio.dns_capture")
+                && r.stderr.contains("proxy uid from Istio's default"),
+            "{mode}: the log names the defaults used: {}",
+            r.stderr
+        );
+        assert_eq!(via_defaults.rules(mode), from_api, "{mode}: node defaults");
+
+        // Runtime annotations without defaults, but read_pod: meshed asks the API.
+        let mut cfg = api_config(&kc, &via_read.path(), json!({"mode": mode}));
+        cfg["kubernetes"]["read_pod"] = json!("meshed");
+        cfg["runtimeConfig"] = runtime.clone();
+        let r = invoke("ADD", &via_read.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.ok(), passthrough(&via_read.path()), "{mode}");
+        assert_eq!(
+            api.seen().len(),
+            before + 1,
+            "{mode}: read_pod meshed asks the API"
+        );
+        assert_eq!(via_read.rules(mode), from_api, "{mode}: read_pod meshed");
+
+        // A bad env value: code 7 naming it, nothing installed, no record.
+        let untouched = bad_ns.rules(mode);
+        let records = s.records();
+        let cfg = api_config(&kc, &bad_ns.path(), json!({"mode": mode}));
+        let r = invoke(
+            "ADD",
+            &bad_ns.path(),
+            &s.state(),
+            &k8s_args("shop", "bad-env"),
+            &cfg,
+        );
+        r.error(
+            7,
+            &["env INVALID_DROP of container istio-proxy", "sometimes"],
+        );
+        assert_eq!(bad_ns.rules(mode), untouched, "{mode}: namespace untouched");
+        assert_eq!(s.records(), records, "{mode}: no record");
+
+        for ns in [&via_api, &via_defaults, &via_read] {
+            let cfg = api_config(&kc, &ns.path(), json!({"mode": mode}));
+            let mut cfg = cfg;
+            cfg["runtimeConfig"] = runtime.clone();
+            let r = invoke("DEL", &ns.path(), &s.state(), &args, &cfg);
+            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+        }
+    }
+}
+
 /// The seed's `istioctl kube-inject` Deployment (the fixture `meshcap render -f` is tested
 /// with): a pod of it, read through the API path, gets exactly the rules `render -f` prints
 /// for its template (the same renderers, loaded with the stock restore tools).
@@ -786,6 +895,7 @@ fn privileged_kube_inject_pod_via_api_matches_render_f() {
     if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
         return skip_or_fail(TEST, &reason);
     }
+    use meshcap_model::mesh::istio::{resolve, NodeDefaults};
     use meshcap_model::pod::PodView;
     use meshcap_model::render::{iptables, nftables};
 
@@ -799,10 +909,9 @@ fn privileged_kube_inject_pod_via_api_matches_render_f() {
     metadata["namespace"] = json!("default");
     let pod =
         json!({"kind": "Pod", "apiVersion": "v1", "metadata": metadata, "spec": template["spec"]});
-    let mut model = PodView::from_parts(Some(&template["metadata"]), Some(&template["spec"]), "")
-        .unwrap()
-        .model()
-        .unwrap();
+    let view =
+        PodView::from_parts(Some(&template["metadata"]), Some(&template["spec"]), "").unwrap();
+    let mut model = resolve(&view, &NodeDefaults::default()).unwrap().model;
     // The prevResult lists only an IPv4 address, so ADD installs no IPv6 rules; render -f,
     // which cannot know the pod's addresses, is told the same.
     model.families = meshcap_model::Families {

@@ -23,14 +23,16 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::annotations::{self, AnnotationError, Annotations};
-use crate::model::RedirectModel;
+use crate::annotations::{self, Annotations};
 use crate::selection::Selection;
 
 /// Istio's sidecar container name.
 pub const ISTIO_PROXY: &str = "istio-proxy";
 /// Istio's privileged init container, the one meshcap replaces.
 pub const ISTIO_INIT: &str = "istio-init";
+/// The init container Istio's CNI mode injects instead of `istio-init`; it carries the same
+/// istio-iptables arguments (only to validate the rules).
+pub const ISTIO_VALIDATION: &str = "istio-validation";
 /// The injection label; Istio prefers it to the annotation of the same name.
 pub const SIDECAR_INJECT_LABEL: &str = "sidecar.istio.io/inject";
 
@@ -73,6 +75,20 @@ pub struct PodView {
     pub proxy_uid: Option<u32>,
     /// `istio-proxy`'s `securityContext.runAsGroup`.
     pub proxy_gid: Option<u32>,
+    /// `istio-proxy`'s environment: the literal `value` of each variable (a `valueFrom`
+    /// variable is not known from the spec and is left out). istio-cni reads
+    /// `ISTIO_META_DNS_CAPTURE`, `INVALID_DROP` and `ISTIO_DUAL_STACK` from here.
+    pub proxy_env: BTreeMap<String, String>,
+    /// The `istio-init` (or, in Istio's CNI mode, `istio-validation`) init container's args:
+    /// the injector writes the mesh config's `proxyListenPort`/`proxyInboundListenPort` there
+    /// as `-p`/`-z`.
+    pub init_args: Vec<String>,
+    /// That container's literal environment: istio-iptables reads
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE)` and `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` from its
+    /// own environment.
+    pub init_env: BTreeMap<String, String>,
+    /// JSON path of that container, for error messages (`spec.initContainers[0]`).
+    pub init_path: Option<String>,
 }
 
 /// Why a pod is not captured.
@@ -158,6 +174,13 @@ impl PodView {
                 if native_only && name == ISTIO_INIT {
                     view.has_istio_init = true;
                 }
+                // istio-init wins over istio-validation should a pod carry both.
+                if native_only
+                    && (name == ISTIO_INIT
+                        || (name == ISTIO_VALIDATION && view.init_path.is_none()))
+                {
+                    view.read_init(c, &c_path)?;
+                }
                 if name != ISTIO_PROXY {
                     continue;
                 }
@@ -181,13 +204,9 @@ impl PodView {
                 self.proxy_type = args.get(1).and_then(Value::as_str).map(str::to_owned);
             }
         }
-        if let Some(Value::Array(env)) = c.get("env") {
-            for e in env {
-                if e.get("name").and_then(Value::as_str) == Some("DISABLE_ENVOY") {
-                    let v = e.get("value").and_then(Value::as_str).unwrap_or("");
-                    self.disable_envoy = parse_go_bool(v) == Some(true);
-                }
-            }
+        self.proxy_env = env_values(c.get("env"), &format!("{path}.env"))?;
+        if let Some(v) = self.proxy_env.get("DISABLE_ENVOY") {
+            self.disable_envoy = parse_go_bool(v) == Some(true);
         }
         let sc_path = format!("{path}.securityContext");
         if let Some(sc) = present(c.get("securityContext")) {
@@ -199,6 +218,26 @@ impl PodView {
                 "gid",
             )?;
         }
+        Ok(())
+    }
+
+    fn read_init(&mut self, c: &Map<String, Value>, path: &str) -> Result<(), PodError> {
+        let args_path = format!("{path}.args");
+        self.init_args = match present(c.get("args")) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    a.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| shape(&format!("{args_path}[{i}]"), "a string"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(shape(&args_path, "a list of strings")),
+        };
+        self.init_env = env_values(c.get("env"), &format!("{path}.env"))?;
+        self.init_path = Some(path.to_owned());
         Ok(())
     }
 
@@ -240,31 +279,33 @@ impl PodView {
         }
         PodSelection::Capture
     }
-
-    /// The redirect model: the annotations over Istio's defaults, then the proxy's uid/gid
-    /// from its container when it states them.
-    pub fn model(&self) -> Result<RedirectModel, AnnotationError> {
-        let mut model = RedirectModel::from_annotations(&self.annotations)?;
-        self.apply_proxy_ids(&mut model);
-        Ok(model)
-    }
-
-    /// Sets the model's proxy uid/gid from the pod where it states them.
-    ///
-    /// 0 counts as unset, as istio-cni reads it (`cni/pkg/plugin/sidecar_redirect.go`,
-    /// NewRedirect): Istio's injector writes `runAsUser: 0` with `runAsGroup: 1337` for TPROXY
-    /// pods, and exempting uid 0 would let every root process of the app bypass capture.
-    pub fn apply_proxy_ids(&self, model: &mut RedirectModel) {
-        if let Some(uid) = self.proxy_uid.filter(|uid| *uid != 0) {
-            model.proxy_uids = vec![uid];
-        }
-        if let Some(gid) = self.proxy_gid.filter(|gid| *gid != 0) {
-            model.proxy_gids = vec![gid];
-        }
-    }
 }
 
-/// Go's `strconv.ParseBool`, which Istio applies to the inject label/annotation.
+/// A container's `env` as name -> literal value. Variables with `valueFrom` (or no value) are
+/// left out: their value is only known to the kubelet.
+fn env_values(v: Option<&Value>, path: &str) -> Result<BTreeMap<String, String>, PodError> {
+    let mut out = BTreeMap::new();
+    let Some(v) = present(v) else {
+        return Ok(out);
+    };
+    let Value::Array(items) = v else {
+        return Err(shape(path, "a list of environment variables"));
+    };
+    for (i, e) in items.iter().enumerate() {
+        let e_path = format!("{path}[{i}]");
+        let e = object(e, &e_path)?;
+        let Some(name) = string(e.get("name"), &format!("{e_path}.name"))? else {
+            continue;
+        };
+        if let Some(value) = string(e.get("value"), &format!("{e_path}.value"))? {
+            out.insert(name, value);
+        }
+    }
+    Ok(out)
+}
+
+/// Go's `strconv.ParseBool`, which Istio applies to the inject label/annotation and to the
+/// proxy's boolean environment variables.
 fn parse_go_bool(s: &str) -> Option<bool> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
@@ -358,36 +399,6 @@ mod tests {
         assert_eq!((p.proxy_uid, p.proxy_gid), (Some(1337), Some(1337)));
         assert_eq!(p.display_name(), "default/web-0");
         assert_eq!(p.selection(Selection::Injected), PodSelection::Capture);
-        assert_eq!(p.model().unwrap(), RedirectModel::default());
-    }
-
-    #[test]
-    fn custom_proxy_uid_and_gid_reach_the_model() {
-        let mut v = injected();
-        v["spec"]["containers"][1]["securityContext"] =
-            json!({"runAsUser": 2000, "runAsGroup": 3000});
-        let m = view(&v).model().unwrap();
-        assert_eq!((m.proxy_uids[0], m.proxy_gids[0]), (2000, 3000));
-        // Only the uid stated: the gid stays Istio's default.
-        v["spec"]["containers"][1]["securityContext"] = json!({"runAsUser": 2000});
-        let m = view(&v).model().unwrap();
-        assert_eq!((m.proxy_uids[0], m.proxy_gids[0]), (2000, 1337));
-        // The pod-level securityContext is not the proxy's (istio-cni reads the container's).
-        v["spec"]["containers"][1]["securityContext"] = Value::Null;
-        v["spec"]["securityContext"] = json!({"runAsUser": 5});
-        assert_eq!(view(&v).model().unwrap().proxy_uids[0], 1337);
-    }
-
-    #[test]
-    fn uid_and_gid_zero_count_as_unset() {
-        // Istio's injector writes this for TPROXY pods; istio-cni then exempts 1337, not root.
-        let mut v = injected();
-        v["spec"]["containers"][1]["securityContext"] = json!({"runAsUser": 0, "runAsGroup": 1337});
-        let m = view(&v).model().unwrap();
-        assert_eq!((m.proxy_uids[0], m.proxy_gids[0]), (1337, 1337));
-        v["spec"]["containers"][1]["securityContext"] = json!({"runAsUser": 0, "runAsGroup": 0});
-        let m = view(&v).model().unwrap();
-        assert_eq!((m.proxy_uids[0], m.proxy_gids[0]), (1337, 1337));
     }
 
     #[test]
@@ -479,6 +490,45 @@ mod tests {
     }
 
     #[test]
+    fn proxy_env_and_init_container_are_read() {
+        let mut v = injected();
+        v["spec"]["containers"][1]["env"] = json!([
+            {"name": "ISTIO_META_DNS_CAPTURE", "value": "true"},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+        ]);
+        v["spec"]["initContainers"] = json!([
+            {"name": "istio-validation", "args": ["istio-iptables", "-p", "15002"]},
+            {"name": "istio-init", "args": ["istio-iptables", "-p", "15001"],
+             "env": [{"name": "ISTIO_OUTBOUND_OWNER_GROUPS", "value": "5"}]}
+        ]);
+        let p = view(&v);
+        assert_eq!(
+            p.proxy_env
+                .get("ISTIO_META_DNS_CAPTURE")
+                .map(String::as_str),
+            Some("true")
+        );
+        // A valueFrom variable's value is not in the spec.
+        assert!(!p.proxy_env.contains_key("POD_NAME"));
+        // istio-init wins over istio-validation.
+        assert_eq!(p.init_args, ["istio-iptables", "-p", "15001"]);
+        assert_eq!(p.init_path.as_deref(), Some("spec.initContainers[1]"));
+        assert_eq!(
+            p.init_env
+                .get("ISTIO_OUTBOUND_OWNER_GROUPS")
+                .map(String::as_str),
+            Some("5")
+        );
+        v["spec"]["initContainers"][0]["args"] = json!([1]);
+        let err = PodView::from_pod(&v).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("spec.initContainers[0].args[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn istio_init_is_flagged_not_skipped() {
         let mut v = injected();
         v["spec"]["initContainers"] = json!([{"name": "istio-init", "args": ["istio-iptables"]}]);
@@ -513,13 +563,5 @@ mod tests {
             let err = PodView::from_pod(&v).unwrap_err();
             assert!(err.to_string().starts_with(path), "{path}: {err}");
         }
-    }
-
-    #[test]
-    fn invalid_annotation_is_the_models_error() {
-        let mut v = injected();
-        v["metadata"]["annotations"]["sidecar.istio.io/interceptionMode"] = json!("BOGUS");
-        let err = view(&v).model().unwrap_err();
-        assert_eq!(err.annotation, "sidecar.istio.io/interceptionMode");
     }
 }

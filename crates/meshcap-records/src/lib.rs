@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use meshcap_model::mesh::istio::SpecSettings;
 use serde::{Deserialize, Serialize};
 
 use meshcap_dataplane::{Backend, CreatedTable};
@@ -167,6 +168,11 @@ pub struct AttachmentRecord {
     pub proxy_uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_gid: Option<u32>,
+    /// ...and every other setting Istio takes from the pod spec or the mesh config, as ADD
+    /// resolved it (pod, node default or Istio's default). `None` in older records: the
+    /// uid/gid above and Istio's defaults then stand in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio_settings: Option<SpecSettings>,
     /// Identity (st_dev, st_ino) of the namespace ADD captured, so a repair never touches
     /// another namespace that reuses the path (a recycled `/proc/PID/ns/net`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -509,6 +515,7 @@ mod tests {
             annotations: None,
             proxy_uid: None,
             proxy_gid: None,
+            istio_settings: None,
             netns_dev: None,
             netns_ino: None,
             created: Vec::new(),

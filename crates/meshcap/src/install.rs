@@ -42,6 +42,18 @@ pub struct InstallArgs {
     /// Kubeconfig the plugin uses to read pod annotations when the runtime passes none.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// `kubernetes.read_pod`: `meshed` reads every meshed pod from the API (needs
+    /// `--kubeconfig`), so the settings Istio takes from the pod spec come from the pod
+    /// instead of the node defaults; `when-needed` only when the runtime passes no annotations.
+    #[arg(long, value_name = "WHEN")]
+    pub read_pod: Option<String>,
+    /// A node-wide default of a setting Istio takes from the pod spec or the mesh config, as
+    /// KEY=VALUE with VALUE in JSON (a bare word is a string), written to the plugin's `istio`
+    /// object (repeatable): e.g. `dns_capture=true`, `proxy_uids=[1337]`,
+    /// `outbound_owner_groups_exclude=888`, `dns_servers=["10.96.0.10"]`. Keys and meaning:
+    /// docs/CONFIGURATION.md.
+    #[arg(long = "istio-default", value_name = "KEY=VALUE")]
+    pub istio_defaults: Vec<String>,
     /// Register pods with the eBPF fast path.
     #[arg(long)]
     pub ebpf: bool,
@@ -73,8 +85,23 @@ pub struct UninstallArgs {
     pub grace_ms: u64,
 }
 
+/// The `istio` object of `--istio-default` flags, validated as the plugin will read it.
+fn istio_defaults(flags: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut obj = Map::new();
+    for flag in flags {
+        let Some((key, value)) = flag.split_once('=') else {
+            bail!("--istio-default {flag:?} is not KEY=VALUE");
+        };
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        obj.insert(key.to_owned(), value);
+    }
+    meshcap_model::mesh::istio::NodeDefaults::from_json(&obj)
+        .map_err(|e| anyhow::anyhow!("--istio-default: {e}"))?;
+    Ok(obj)
+}
+
 /// The meshcap entry appended to the chain.
-pub fn plugin_entry(args: &InstallArgs) -> Value {
+pub fn plugin_entry(args: &InstallArgs) -> anyhow::Result<Value> {
     let mut entry = json!({
         "type": PLUGIN_TYPE,
         "mode": args.mode,
@@ -88,7 +115,20 @@ pub fn plugin_entry(args: &InstallArgs) -> Value {
     if let Some(kc) = &args.kubeconfig {
         entry["kubernetes"] = json!({"kubeconfig": kc});
     }
-    entry
+    if let Some(when) = &args.read_pod {
+        if !matches!(when.as_str(), "meshed" | "when-needed") {
+            bail!("--read-pod {when:?}: expected meshed or when-needed");
+        }
+        if args.kubeconfig.is_none() && when == "meshed" {
+            bail!("--read-pod meshed needs --kubeconfig");
+        }
+        entry["kubernetes"]["read_pod"] = json!(when);
+    }
+    let istio = istio_defaults(&args.istio_defaults)?;
+    if !istio.is_empty() {
+        entry["istio"] = Value::Object(istio);
+    }
+    Ok(entry)
 }
 
 /// The network config files of `dir` that parse as JSON objects, in lexical order (`.conf`,
@@ -225,6 +265,8 @@ fn default_plugin_binary() -> anyhow::Result<PathBuf> {
 
 /// Install the binary and the chain entry. Returns the config file it edited.
 pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
+    // Validate the flags before anything on the node changes.
+    let entry = plugin_entry(args)?;
     let source = match &args.plugin_binary {
         Some(p) => p.clone(),
         None => default_plugin_binary()?,
@@ -237,7 +279,7 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
         write_atomic(&dest, &bytes, 0o755)?;
     }
 
-    ensure_entry(&args.cni_conf_dir, &plugin_entry(args)).map(|(file, _)| file)
+    ensure_entry(&args.cni_conf_dir, &entry).map(|(file, _)| file)
 }
 
 /// Puts `entry` last in the primary config's chain (the chain step of `install`, also what
@@ -401,6 +443,8 @@ mod tests {
                 selection: "injected".into(),
                 exclude_namespaces: vec!["kube-system".into()],
                 kubeconfig: None,
+                read_pod: None,
+                istio_defaults: Vec::new(),
                 ebpf: false,
                 log_file: "/var/log/meshcap-cni.log".into(),
             }
@@ -429,6 +473,34 @@ mod tests {
   ]
 }
 "#;
+
+    #[test]
+    fn istio_defaults_and_read_pod_are_written_validated() {
+        let t = TempDir::new("istio-defaults");
+        let mut args = t.args();
+        args.istio_defaults = vec![
+            "dns_capture=true".into(),
+            "proxy_uids=[1337, 1338]".into(),
+            "outbound_owner_groups_exclude=888".into(),
+        ];
+        args.kubeconfig = Some("/etc/meshcap/kubeconfig".into());
+        args.read_pod = Some("meshed".into());
+        let entry = plugin_entry(&args).unwrap();
+        assert_eq!(
+            entry["istio"],
+            json!({"dns_capture": true, "proxy_uids": [1337, 1338],
+                   "outbound_owner_groups_exclude": 888})
+        );
+        assert_eq!(entry["kubernetes"]["read_pod"], "meshed");
+        // A bad value names the key and nothing is written.
+        args.istio_defaults = vec!["dns_capture=maybe".into()];
+        let err = install(&args).unwrap_err().to_string();
+        assert!(err.contains("istio.dns_capture"), "{err}");
+        assert!(!args.cni_bin_dir.join(PLUGIN_TYPE).exists());
+        args.istio_defaults.clear();
+        args.kubeconfig = None;
+        assert!(plugin_entry(&args).is_err(), "meshed needs a kubeconfig");
+    }
 
     #[test]
     fn install_twice_gives_one_entry_last_and_uninstall_restores_bytes() {

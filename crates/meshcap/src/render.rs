@@ -8,10 +8,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use meshcap_model::mesh::istio::{self, NodeDefaults};
 use meshcap_model::mesh::{self, Mesh};
 use meshcap_model::pod::{PodSelection, PodView};
 use meshcap_model::render::{iptables, nftables};
 use meshcap_model::{Annotations, Family, RedirectModel, Selection};
+use serde_json::Value;
 
 // The module sits next to main.rs; it is declared here so `-f` stays within render's files.
 #[path = "manifests.rs"]
@@ -63,6 +65,24 @@ pub struct RenderArgs {
         conflicts_with_all = ["annotations", "annotations_file"]
     )]
     filename: Option<PathBuf>,
+    /// The node's `istio` defaults, as the plugin configuration's `istio` object (JSON, e.g.
+    /// `{"dns_capture": true, "proxy_uids": [1337]}`): they apply where the pod (or, without
+    /// `-f`, the annotations) does not state a setting, exactly as in the plugin.
+    #[arg(long, value_name = "JSON")]
+    node_defaults: Option<String>,
+}
+
+impl RenderArgs {
+    fn node_defaults(&self) -> anyhow::Result<NodeDefaults> {
+        let Some(text) = &self.node_defaults else {
+            return Ok(NodeDefaults::default());
+        };
+        let v: Value = serde_json::from_str(text).context("--node-defaults is not JSON")?;
+        let Value::Object(obj) = v else {
+            bail!("--node-defaults must be a JSON object (the plugin configuration's `istio`)");
+        };
+        Ok(NodeDefaults::from_json(&obj)?)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -111,7 +131,11 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let model = RedirectModel::from_annotations(&annotations)?;
+    let pod = PodView {
+        annotations,
+        ..PodView::default()
+    };
+    let model = istio::resolve(&pod, &args.node_defaults()?)?.model;
     print_rules(args, &model);
     Ok(())
 }
@@ -133,6 +157,7 @@ fn run_manifest(args: &RenderArgs, path: &std::path::Path) -> anyhow::Result<()>
     if objects.is_empty() {
         bail!("{} holds no Kubernetes object", path.display());
     }
+    let defaults = args.node_defaults()?;
     let selection = args.selection.unwrap_or(SelectionArg::Injected).selection();
     let selection_name = match selection {
         Selection::Injected => "injected",
@@ -154,7 +179,8 @@ fn run_manifest(args: &RenderArgs, path: &std::path::Path) -> anyhow::Result<()>
             }
             manifests::Content::Pod { from, pod, raw } => {
                 println!("# {title} ({from})");
-                if let Err(e) = render_any_pod(args, pod, raw, selection, selection_name) {
+                if let Err(e) = render_any_pod(args, pod, raw, &defaults, selection, selection_name)
+                {
                     println!("# error: {e}; an ADD of this pod fails (CNI code 7)");
                     failed.push(format!("{title}: {e}"));
                 }
@@ -177,6 +203,7 @@ fn render_any_pod(
     args: &RenderArgs,
     pod: &PodView,
     raw: &serde_json::Value,
+    defaults: &NodeDefaults,
     selection: Selection,
     selection_name: &str,
 ) -> anyhow::Result<()> {
@@ -220,7 +247,9 @@ fn render_any_pod(
                 &mut warnings,
             )?
         }
-        Some(Mesh::Istio) | None => return render_pod(args, pod, selection, selection_name),
+        Some(Mesh::Istio) | None => {
+            return render_pod(args, pod, defaults, selection, selection_name)
+        }
     };
     let mesh = mesh.expect("matched above");
     for w in &warnings {
@@ -248,6 +277,7 @@ fn or_none(ids: String) -> String {
 fn render_pod(
     args: &RenderArgs,
     pod: &PodView,
+    defaults: &NodeDefaults,
     selection: Selection,
     selection_name: &str,
 ) -> anyhow::Result<()> {
@@ -255,7 +285,7 @@ fn render_pod(
         println!("# not captured (selection \"{selection_name}\"): {reason}");
         return Ok(());
     }
-    let model = pod.model()?;
+    let model = istio::resolve(pod, defaults)?.model;
     let sidecar = if pod.native_sidecar {
         "istio-proxy native sidecar (init container, restartPolicy Always)"
     } else if pod.has_istio_proxy {

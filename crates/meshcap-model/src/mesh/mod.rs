@@ -7,6 +7,7 @@
 //! is refused ([`MeshError::Conflict`], CNI code 7): capturing it for either would silently
 //! break the other's proxy.
 
+pub mod istio;
 pub mod kuma;
 pub mod linkerd;
 

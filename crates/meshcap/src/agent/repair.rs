@@ -3,7 +3,7 @@
 //!
 //! The source of truth is the plugin's attachment records (`meshcap_records`): ADD stores
 //! the model inputs it used (effective annotations, proxy uid/gid) and the namespace's
-//! identity. Each scan recomputes the rulesets exactly as ADD did (`PodView::model`), runs the
+//! identity. Each scan recomputes the rulesets exactly as ADD did (`istio::model`), runs the
 //! dataplane's `check` and, on drift, its `apply` (atomic and idempotent). Every repair is
 //! logged with the pod and what had drifted, and counted.
 //!
@@ -33,7 +33,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use meshcap_dataplane::{Dataplane, DataplaneError, PodNetns};
-use meshcap_model::pod::PodView;
+use meshcap_model::mesh::istio::{self, SpecSettings};
 use meshcap_model::Families;
 use meshcap_records::{self as state, AttachmentRecord, StateDir};
 
@@ -155,19 +155,25 @@ impl Repairer {
         {
             return Verdict::Unrepairable(format!("{mesh} pods are not repaired by the agent"));
         }
-        let pod = PodView {
-            annotations,
-            proxy_uid: rec.proxy_uid,
-            proxy_gid: rec.proxy_gid,
-            ..PodView::default()
-        };
-        let rulesets = match pod.model() {
-            Ok(mut m) => {
-                // The families ADD installed (from the pod's addresses, which DEL/ADD alone
-                // can change).
-                m.families = Families::from_names(&rec.families);
-                m.rulesets()
+        // The same model ADD installed: its annotations and the spec settings it resolved.
+        // Records from before the settings were stored carry only the proxy uid/gid.
+        let settings = rec.istio_settings.clone().unwrap_or_else(|| {
+            let mut s = SpecSettings::default();
+            if let Some(uid) = rec.proxy_uid.filter(|id| *id != 0) {
+                s.proxy_uids = vec![uid];
             }
+            if let Some(gid) = rec.proxy_gid.filter(|id| *id != 0) {
+                s.proxy_gids = vec![gid];
+            }
+            s
+        });
+        let model = istio::model(&annotations, &settings).map(|mut m| {
+            // The families ADD installed (the pod's addresses, from its prevResult).
+            m.families = Families::from_names(&rec.families);
+            m
+        });
+        let rulesets = match model {
+            Ok(m) => m.rulesets(),
             Err(e) => return Verdict::Unrepairable(format!("recomputing the model: {e}")),
         };
         let backend = rec.mode.backend();

@@ -1,0 +1,448 @@
+//! Peer conformance with Istio: every case of istio-iptables' capture goldens and istio-cni's
+//! plugin goldens ([`meshcap_tests::istio_cases`]) gives the same verdicts from meshcap, in
+//! both renderers (iptables and nftables, both held to Istio's iptables behaviour), through
+//! `meshcap render -f` of the case's pod, and through a real ADD with the pod's annotations
+//! and the documented node defaults. Compared semantically ([`meshcap_tests::peer`]).
+//!
+//! Cases are listed, never silently dropped: [`Case::not_applicable`] says why a case cannot
+//! apply to a CNI plugin; [`PENDING`] holds cases meshcap does not match yet, and the test
+//! fails when one of them starts to match (move it out) or when any other case differs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use meshcap_model::mesh::istio::{resolve, NodeDefaults};
+use meshcap_model::pod::PodView;
+use meshcap_model::render::{iptables, nftables};
+use meshcap_model::{Families, Family};
+use meshcap_tests::istio_cases::{cases, Case, NFT_ONLY, ORPHAN_GOLDENS};
+use meshcap_tests::peer::{self, Fam, Flat};
+use serde_json::{json, Value};
+
+/// Cases meshcap does not match yet, with why. Empty when every applicable case matches.
+const PENDING: &[(&str, &str)] = &[];
+
+/// Cases where Istio's two backends disagree (flattened), and why. meshcap follows Istio's
+/// iptables backend there; docs/CONFIGURATION.md lists each with the flow behind the choice.
+const ISTIO_BACKENDS_DIFFER: &[(&str, &str)] = &[
+    ("drop-invalid", INVALID_TCP_ONLY),
+    ("inbound-ports-include", INET_IPV6),
+    ("inbound-ports-tproxy", TPROXY_NO_SOCKET),
+    ("inbound-ports-wildcard", INET_IPV6),
+    ("inbound-ports-wildcard-tproxy", TPROXY_NO_SOCKET),
+    ("ip-range", INET_IPV6),
+    ("kube-virt-interfaces", INET_IPV6),
+    ("loopback-outbound-iprange", INET_IPV6),
+    ("outbound-ports-include", INET_IPV6),
+    ("tproxy", TPROXY_NO_SOCKET),
+];
+
+const TPROXY_NO_SOCKET: &str = "Istio's nftables `tproxy ... accept` accepts a packet for which     no transparent socket exists; iptables' TPROXY drops it (meshcap drops, in both backends)";
+const INET_IPV6: &str = "Istio's nftables rules live in `inet` tables and capture IPv6 where     IPv6 is off; its iptables backend writes no ip6tables rules then (meshcap follows iptables)";
+const INVALID_TCP_ONLY: &str = "Istio's nftables invalid drop matches TCP only (and lands in the     `inet` table); iptables' drops every invalid packet (meshcap follows iptables)";
+
+/// The repository: the fixtures are under `tests/peer/istio/`, beside the other meshes'.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Istio's expected rules per family, flattened.
+fn expected(case: &Case) -> BTreeMap<Fam, Flat> {
+    let text = case.adapt(&read(&case.golden_path()));
+    let blocks =
+        peer::parse_iptables_blocks(&text).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let mut out = BTreeMap::new();
+    for (fam, block) in [Fam::V4, Fam::V6].into_iter().zip(&blocks) {
+        out.insert(fam, peer::flatten(block).unwrap());
+    }
+    assert_eq!(
+        blocks.len(),
+        if case.ipv6 { 2 } else { 1 },
+        "{}: Istio's golden has {} family blocks",
+        case.name,
+        blocks.len()
+    );
+    out
+}
+
+fn families(case: &Case) -> Vec<Fam> {
+    if case.ipv6 {
+        vec![Fam::V4, Fam::V6]
+    } else {
+        vec![Fam::V4]
+    }
+}
+
+fn model_family(f: Fam) -> Family {
+    match f {
+        Fam::V4 => Family::V4,
+        Fam::V6 => Family::V6,
+    }
+}
+
+/// Compares `actual` with Istio's for the case's families; the differences, labelled.
+fn compare(
+    case: &Case,
+    what: &str,
+    expected: &BTreeMap<Fam, Flat>,
+    actual: &BTreeMap<Fam, Flat>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for fam in families(case) {
+        let empty = Flat::new();
+        let e = expected.get(&fam).unwrap_or(&empty);
+        let a = actual.get(&fam).unwrap_or(&empty);
+        let d = peer::diff(e, a);
+        if !d.is_empty() {
+            out.push(format!(
+                "{} ({what}, {fam:?}):\n{}\nIstio:\n{}meshcap:\n{}",
+                case.name,
+                d.join("\n"),
+                peer::show(e),
+                peer::show(a)
+            ));
+        }
+    }
+    out
+}
+
+fn applicable() -> Vec<Case> {
+    cases()
+        .into_iter()
+        .filter(|c| c.not_applicable.is_none())
+        .collect()
+}
+
+/// Checks the outcome per case against [`PENDING`]: a pending case must still differ, every
+/// other case must match.
+fn judge(results: BTreeMap<&'static str, Vec<String>>) {
+    let pending: BTreeMap<&str, &str> = PENDING.iter().copied().collect();
+    let mut failures = Vec::new();
+    for (name, diffs) in &results {
+        match (pending.contains_key(name), diffs.is_empty()) {
+            (false, false) => failures.push(diffs.join("\n")),
+            (true, true) => {
+                failures.push(format!("{name} now matches Istio: take it out of PENDING"))
+            }
+            _ => {}
+        }
+    }
+    let matched = results.values().filter(|d| d.is_empty()).count();
+    println!(
+        "istio conformance: {matched} of {} cases match, {} pending",
+        results.len(),
+        pending.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn model_of(case: &Case) -> meshcap_model::RedirectModel {
+    let view = PodView::from_pod(&case.pod()).unwrap();
+    let defaults = NodeDefaults::from_json(case.node_defaults().as_object().unwrap()).unwrap();
+    let mut model = resolve(&view, &defaults)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+        .model;
+    // The plugin learns the pod's families from the prevResult; here, from Istio's case.
+    model.families = Families {
+        v4: true,
+        v6: case.ipv6,
+    };
+    model
+}
+
+/// Both renderers of the model of each case's pod, against Istio's iptables goldens.
+#[test]
+fn istio_goldens_both_renderers() {
+    let mut results = BTreeMap::new();
+    for case in applicable() {
+        let exp = expected(&case);
+        let model = model_of(&case);
+        let mut ipt = BTreeMap::new();
+        for fam in families(&case) {
+            let text = iptables::render(&model.ruleset(model_family(fam)));
+            let rules = peer::parse_iptables(&text).unwrap();
+            ipt.insert(fam, peer::flatten(&rules).unwrap());
+        }
+        let rulesets: Vec<_> = families(&case)
+            .into_iter()
+            .map(|f| model.ruleset(model_family(f)))
+            .collect();
+        let nft = peer::parse_nft(&nftables::render(&rulesets)).unwrap();
+        let nft: BTreeMap<Fam, Flat> = nft
+            .iter()
+            .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
+            .collect();
+        let mut diffs = compare(&case, "iptables renderer", &exp, &ipt);
+        diffs.extend(compare(&case, "nftables renderer", &exp, &nft));
+        results.insert(case.name, diffs);
+    }
+    judge(results);
+}
+
+/// Istio's nftables backend against its iptables backend: where they agree, meshcap's
+/// nftables rendering is also compared with Istio's nftables golden; where they differ, the
+/// case must be listed in [`ISTIO_BACKENDS_DIFFER`] (and docs/CONFIGURATION.md).
+#[test]
+fn istio_nftables_goldens_where_istios_backends_agree() {
+    let known: BTreeMap<&str, &str> = ISTIO_BACKENDS_DIFFER.iter().copied().collect();
+    let mut differ = BTreeSet::new();
+    let mut failures = Vec::new();
+    for case in cases() {
+        let Some(path) = case.nft_golden_path() else {
+            continue;
+        };
+        let ipt = expected(&case);
+        let nft_text = case.adapt(&read(&path));
+        let nft = peer::parse_nft(&nft_text).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let nft: BTreeMap<Fam, Flat> = nft
+            .iter()
+            .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
+            .collect();
+        // Both families, whether or not Istio's case has IPv6 on: Istio's `inet` tables hold
+        // IPv6 rules where its iptables backend writes none.
+        let both = Case {
+            ipv6: true,
+            ..case.clone()
+        };
+        let d = compare(&both, "Istio nftables vs Istio iptables", &ipt, &nft);
+        if !d.is_empty() {
+            differ.insert(case.name);
+            if !known.contains_key(case.name) {
+                failures.push(d.join("\n"));
+            }
+            continue;
+        }
+        if case.not_applicable.is_some() || PENDING.iter().any(|(n, _)| *n == case.name) {
+            continue;
+        }
+        let model = model_of(&case);
+        let rulesets: Vec<_> = families(&case)
+            .into_iter()
+            .map(|f| model.ruleset(model_family(f)))
+            .collect();
+        let ours = peer::parse_nft(&nftables::render(&rulesets)).unwrap();
+        let ours: BTreeMap<Fam, Flat> = ours
+            .iter()
+            .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
+            .collect();
+        failures.extend(compare(
+            &case,
+            "meshcap nftables vs Istio nftables",
+            &nft,
+            &ours,
+        ));
+    }
+    for name in known.keys() {
+        if !differ.contains(name) {
+            failures.push(format!(
+                "{name}: Istio's backends now agree; take it out of ISTIO_BACKENDS_DIFFER"
+            ));
+        }
+    }
+    println!("Istio's backends differ in: {differ:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Every case is either compared or listed with its reason; every golden has a case.
+#[test]
+fn every_istio_golden_is_accounted_for() {
+    let all = cases();
+    let mut goldens: BTreeSet<String> = BTreeSet::new();
+    for dir in ["capture", "cni", "capture-nft"] {
+        for e in std::fs::read_dir(root().join("tests/peer/istio").join(dir)).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let stem = name.split('.').next().unwrap().to_owned();
+            goldens.insert(format!("{dir}/{stem}"));
+        }
+    }
+    let mut covered: BTreeSet<String> = BTreeSet::new();
+    for c in &all {
+        let dir = match c.origin {
+            meshcap_tests::istio_cases::Origin::Capture => "capture",
+            meshcap_tests::istio_cases::Origin::Cni => "cni",
+        };
+        covered.insert(format!("{dir}/{}", c.golden));
+        if c.nft_golden_path().is_some() {
+            covered.insert(format!("capture-nft/{}", c.golden));
+        }
+        if let Some(why) = c.not_applicable {
+            println!("not applicable to a CNI plugin: {}: {why}", c.name);
+        }
+    }
+    for (name, why) in ORPHAN_GOLDENS {
+        covered.insert(name.to_string());
+        println!("no Istio case: {name}: {why}");
+    }
+    for (name, why) in NFT_ONLY {
+        covered.insert(format!("capture-nft/{name}"));
+        println!("istio-nftables only: {name}: {why}");
+    }
+    let missing: Vec<_> = goldens.difference(&covered).collect();
+    assert!(missing.is_empty(), "goldens without a case: {missing:?}");
+    let unknown: Vec<_> = covered.difference(&goldens).collect();
+    assert!(unknown.is_empty(), "cases without a golden: {unknown:?}");
+}
+
+/// `meshcap render -f` of each case's pod (with the case's node defaults), both formats.
+#[test]
+fn istio_goldens_through_render_f() {
+    let meshcap = match meshcap_tests::bins::meshcap() {
+        Ok(p) => p,
+        Err(e) => {
+            return meshcap_tests::skip_or_fail(
+                "istio_goldens_through_render_f",
+                &format!("no meshcap binary: {e}"),
+            )
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("meshcap-peer-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut results = BTreeMap::new();
+    for case in applicable() {
+        let file = dir.join(format!("{}.yaml", case.name));
+        std::fs::write(&file, case.pod().to_string()).unwrap();
+        let family = if case.ipv6 { "both" } else { "v4" };
+        let run = |format: &str| -> String {
+            let out = Command::new(&meshcap)
+                .args(["render", "-f"])
+                .arg(&file)
+                .args(["--format", format, "--family", family])
+                .args(["--node-defaults", case.node_defaults])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: render -f: {}{}",
+                case.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let exp = expected(&case);
+        let text = run("iptables");
+        assert!(text.contains("# captured"), "{}: {text}", case.name);
+        let blocks = peer::parse_iptables_blocks(&text).unwrap();
+        let ipt: BTreeMap<Fam, Flat> = [Fam::V4, Fam::V6]
+            .into_iter()
+            .zip(&blocks)
+            .map(|(f, b)| (f, peer::flatten(b).unwrap()))
+            .collect();
+        let nft = peer::parse_nft(&run("nftables")).unwrap();
+        let nft: BTreeMap<Fam, Flat> = nft
+            .iter()
+            .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
+            .collect();
+        let mut diffs = compare(&case, "render -f iptables", &exp, &ipt);
+        diffs.extend(compare(&case, "render -f nftables", &exp, &nft));
+        results.insert(case.name, diffs);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    judge(results);
+}
+
+/// A real ADD per case and mode: the runtime passes the pod's annotations, the plugin
+/// configuration carries the documented node defaults ([`Case::runtime_defaults`]); the rules
+/// read back from the namespace with the stock tools give Istio's verdicts.
+#[test]
+fn istio_goldens_through_add() {
+    const TEST: &str = "istio_goldens_through_add";
+    if let Some(why) =
+        meshcap_tests::missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"])
+    {
+        return meshcap_tests::skip_or_fail(TEST, &why);
+    }
+    let plugin = match meshcap_tests::bins::meshcap_cni() {
+        Ok(p) => p,
+        Err(e) => return meshcap_tests::skip_or_fail(TEST, &format!("no meshcap-cni: {e}")),
+    };
+    let state = std::env::temp_dir().join(format!("meshcap-peer-add-{}", std::process::id()));
+    let mut results = BTreeMap::new();
+    for case in applicable() {
+        let mut diffs = Vec::new();
+        let exp = expected(&case);
+        for mode in ["iptables", "nftables"] {
+            let ns = meshcap_tests::netns::Netns::new("peer").unwrap();
+            let path = ns.path().to_str().unwrap().to_owned();
+            let mut ips = vec![json!({"address": "10.244.0.5/24", "interface": 0})];
+            if case.ipv6 {
+                ips.push(json!({"address": "fd00::5/64", "interface": 0}));
+            }
+            let config = json!({
+                "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
+                "istio": case.runtime_defaults(),
+                "runtimeConfig": {"io.kubernetes.cri.pod-annotations": case.annotations()},
+                "prevResult": {"cniVersion": "1.0.0",
+                    "interfaces": [{"name": "eth0", "sandbox": path}], "ips": ips},
+            });
+            let add = invoke(&plugin, "ADD", &path, &state, &config);
+            assert!(add.0, "{} {mode}: ADD failed: {}", case.name, add.1);
+            let actual: BTreeMap<Fam, Flat> = if mode == "iptables" {
+                let mut m = BTreeMap::new();
+                for (fam, tool) in [(Fam::V4, "iptables-save"), (Fam::V6, "ip6tables-save")] {
+                    let text = ns.exec(tool, &[]).unwrap();
+                    m.insert(
+                        fam,
+                        peer::flatten(&peer::parse_iptables(&text).unwrap()).unwrap(),
+                    );
+                }
+                m
+            } else {
+                let text = ns.exec("nft", &["list", "ruleset"]).unwrap();
+                peer::parse_nft(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}\n{text}", case.name))
+                    .iter()
+                    .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
+                    .collect()
+            };
+            diffs.extend(compare(&case, &format!("ADD, {mode}"), &exp, &actual));
+            let del = invoke(&plugin, "DEL", &path, &state, &config);
+            assert!(del.0, "{} {mode}: DEL failed: {}", case.name, del.1);
+        }
+        results.insert(case.name, diffs);
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    judge(results);
+}
+
+fn invoke(
+    plugin: &Path,
+    command: &str,
+    netns: &str,
+    state: &Path,
+    config: &Value,
+) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(plugin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", "peer-conformance")
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("MESHCAP_STATE_DIR", state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
