@@ -582,3 +582,84 @@ fn privileged_add_check_del_round_trip() {
         run_plugin(&check, &config).error(101, "differ from what ADD installed");
     }
 }
+
+fn nft_in(ns: &Netns, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// CHECK reads the installed expressions back and compares them, not the comments: a rule whose
+// expressions were replaced while its comment stayed the same is drift (code 101), and the
+// error shows the rule as the kernel holds it.
+#[test]
+fn privileged_nftables_check_compares_expressions_not_comments() {
+    const TEST: &str = "privileged_nftables_check_compares_expressions_not_comments";
+    if let Some(reason) = missing_root_or_tools(&["ip", "nft"]) {
+        return skip_or_fail(TEST, &reason);
+    }
+    let s = scratch("nft-exprs");
+    let state = s.state();
+    let ns = Netns::create("mcni-nftexprs");
+    let path = ns.path();
+    let extra = json!({
+        "mode": "nftables",
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"}},
+        "prevResult": prev_result_1x(&path),
+    });
+    let config = conf("1.1.0", extra);
+    run_plugin(&attach_env("ADD", &path, &state), &config).ok();
+    let check = attach_env("CHECK", &path, &state);
+    assert_eq!(run_plugin(&check, &config).ok(), None, "CHECK after ADD");
+
+    // The outbound redirect, with its handle and comment.
+    let chain = "nat_MESHCAP_REDIRECT";
+    let listing = nft_in(&ns, &["-a", "list", "chain", "ip", "meshcap", chain]);
+    let line = listing
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("meta l4proto tcp redirect to :15001 comment \""))
+        .unwrap_or_else(|| panic!("no redirect rule in {listing}"));
+    let (rest, handle) = line.rsplit_once(" # handle ").expect("handle shown by -a");
+    let comment = rest
+        .split_once(" comment ")
+        .expect("meshcap rules carry a comment")
+        .1;
+    let replacement = format!("meta l4proto tcp redirect to :15002 comment {comment}");
+    // `comment "..."` must reach nft as one word with its quotes: pass the script on stdin.
+    let script = format!("replace rule ip meshcap {chain} handle {handle} {replacement}\n");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(out.success(), "nft -f: {script}");
+    let after = nft_in(&ns, &["list", "chain", "ip", "meshcap", chain]);
+    assert!(
+        after.contains(&format!("redirect to :15002 comment {comment}")),
+        "{after}"
+    );
+
+    let v = run_plugin(&check, &config).error(101, "differ from what ADD installed");
+    let text = v.to_string();
+    assert!(text.contains("redirect to :15002"), "{text}");
+    assert!(text.contains("redirect to :15001"), "{text}");
+
+    assert_eq!(
+        run_plugin(&attach_env("DEL", &path, &state), &config).ok(),
+        None
+    );
+}

@@ -58,8 +58,9 @@ pub(crate) fn check(netns: &Path, rulesets: &[Ruleset]) -> Result<Vec<String>, D
     }
 }
 
-/// meshcap's table of `family`, in a form for people: chains with their hooks, and each
-/// rule's comment (which `meshcap-nft` stores as the rule's text).
+/// meshcap's table of `family`, in a form for people: chains with their hooks, and each rule
+/// as the kernel reports it (its expressions in nft syntax, then its comment, which says why
+/// the rule exists), like `nft list` prints it.
 pub(crate) fn describe(netns: &Path, family: Family) -> Result<Option<String>, DataplaneError> {
     let Some(table) = meshcap_nft::list(family).map_err(err("read meshcap's table", netns))? else {
         return Ok(None);
@@ -84,12 +85,7 @@ pub(crate) fn describe(netns: &Path, family: Family) -> Result<Option<String>, D
             None => writeln!(out, "  chain {}", chain.name),
         };
         for rule in &chain.rules {
-            let _ = writeln!(
-                out,
-                "    {} # handle {}",
-                rule.comment.as_deref().unwrap_or("(rule without comment)"),
-                rule.handle
-            );
+            let _ = writeln!(out, "    {} # handle {}", rule.line(family), rule.handle);
         }
     }
     Ok(Some(out))

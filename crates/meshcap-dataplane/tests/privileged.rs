@@ -901,6 +901,11 @@ fn nftables_lifecycle() -> Result<()> {
     let text = dp.inspect(&ns)?.to_string();
     eprintln!("{text}");
     ensure!(text.contains("nftables:\n  ipv4:"), "{text}");
+    // Rules are shown as the kernel holds them, decoded from their expressions.
+    ensure!(
+        text.contains("meta l4proto tcp redirect to :15001 comment "),
+        "{text}"
+    );
     dp.remove(&ns, Backend::Nftables, &[])?;
     dp.remove(&ns, Backend::Nftables, &[])?;
     ensure!(!t.exec("nft", &["list", "tables"])?.contains("meshcap"));

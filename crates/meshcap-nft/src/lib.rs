@@ -1,11 +1,12 @@
 //! meshcap's native nftables backend: installs [`Ruleset`]s as meshcap-owned nf_tables tables
 //! over netlink, with no `nft` binary and no C library.
 //!
-//! The nftables mapping (table per family, chain names, base chains, match and target
-//! encodings, the TPROXY drop fallback) is documented in
-//! `meshcap_model::render::nftables`, whose text rendering this crate encodes as bytecode
-//! ([`expr`]) and whose per-rule comments it stores as rule userdata, so `nft list` shows the
-//! same thing as `nft -f` of the rendered script would have installed.
+//! The nftables mapping (table per family, chain names, base chains, the expressions of each
+//! IR match and target, the TPROXY drop fallback) is `meshcap_model::render::nftables`; it
+//! yields typed rules (`meshcap_nft_types::NftRule`) whose expressions this crate sends and
+//! whose comments it stores as rule userdata, so `nft list` shows the same thing as `nft -f`
+//! of the rendered script would have installed. Reading back ([`list`]) parses each installed
+//! rule's expressions into the same types, and [`verify`] compares those, not the comments.
 //!
 //! Every function works in the network namespace of the **calling thread**: the netlink
 //! socket is opened inside the call, so a caller enters the pod's namespace (setns on this
@@ -17,15 +18,18 @@
 #![forbid(unsafe_code)]
 
 mod conn;
-pub mod expr;
-pub mod sys;
 pub mod wire;
 pub mod xtables;
 
+pub use meshcap_nft_types::sys;
+
 use std::time::Duration;
 
-use meshcap_model::render::nftables::{base_chain, chain_comments, chain_name, family_keyword};
+use meshcap_model::render::nftables::{
+    base_chain, chain_name, chain_rules, family_keyword, nfproto, nft_rules,
+};
 use meshcap_model::rules::{Family, Hook, Ruleset, NFT_TABLE};
+use meshcap_nft_types::{Expr, NftRule};
 use nix::errno::Errno;
 
 use conn::{BatchOutcome, Conn};
@@ -61,8 +65,8 @@ pub enum NftError {
     Timeout { op: &'static str, timeout: Duration },
     #[error("nftables {op}: malformed netlink reply: {detail}")]
     Malformed { op: &'static str, detail: String },
-    /// A rule the encoder cannot express (the model never produces one).
-    #[error("nftables {op}: cannot encode rule `{rule}` of chain {chain}: {reason}")]
+    /// A rule nftables cannot express (the model never produces one).
+    #[error("nftables {op}: cannot encode rule {rule} of chain {chain}: {reason}")]
     Unsupported {
         op: &'static str,
         chain: String,
@@ -134,15 +138,25 @@ impl InstalledHook {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledRule {
     pub handle: u64,
+    /// The rule's expressions as the kernel reports them.
+    pub exprs: Vec<Expr>,
     /// The comment in the rule's userdata (meshcap and `nft` store the same format); `None`
     /// for a rule without one, which meshcap never installs.
     pub comment: Option<String>,
 }
 
-fn nfproto(family: Family) -> u8 {
-    match family {
-        Family::V4 => NFPROTO_IPV4,
-        Family::V6 => NFPROTO_IPV6,
+impl InstalledRule {
+    /// The rule's expressions in nft syntax.
+    pub fn text(&self, family: Family) -> String {
+        meshcap_nft_types::text::rule_text(&self.exprs, nfproto(family))
+    }
+
+    /// The rule in nft syntax, comment included, as `nft list` would show it.
+    pub fn line(&self, family: Family) -> String {
+        match &self.comment {
+            Some(comment) => format!("{} comment \"{comment}\"", self.text(family)),
+            None => self.text(family),
+        }
     }
 }
 
@@ -257,35 +271,36 @@ fn build_replace(
             for chain in &tr.chains {
                 let name = chain_name(tr.table, &chain.name);
                 for rule in &chain.rules {
-                    let encoded = expr::encode_rule(tr.table, rule, family).map_err(|e| {
-                        NftError::Unsupported {
+                    let encoded =
+                        nft_rules(tr.table, rule, family).map_err(|e| NftError::Unsupported {
                             op,
                             chain: name.clone(),
-                            rule: meshcap_model::render::nftables::rule_text(
-                                tr.table, rule, family,
-                            ),
+                            rule: format!("{rule:?}"),
                             reason: e.to_string(),
-                        }
-                    })?;
-                    for r in encoded {
-                        let mut a = Attrs::new();
-                        a.put_str(NFTA_RULE_TABLE, NFT_TABLE)
-                            .put_str(NFTA_RULE_CHAIN, &name);
-                        a.put(NFTA_RULE_EXPRESSIONS | NLA_F_NESTED, r.exprs.bytes());
-                        a.put(NFTA_RULE_USERDATA, &wire::comment_userdata(&r.comment));
-                        batch.push(
-                            NFT_MSG_NEWRULE,
-                            NLM_F_CREATE | NLM_F_APPEND,
-                            proto,
-                            &a,
-                            format!("rule `{}` in chain {name} of {label}", r.text),
-                        );
+                        })?;
+                    for r in &encoded {
+                        push_rule(&mut batch, proto, &name, r, &label);
                     }
                 }
             }
         }
     }
     Ok(batch.finish())
+}
+
+fn push_rule(batch: &mut Batch, proto: u8, chain: &str, rule: &NftRule, label: &str) {
+    let mut a = Attrs::new();
+    a.put_str(NFTA_RULE_TABLE, NFT_TABLE)
+        .put_str(NFTA_RULE_CHAIN, chain);
+    a.nested(NFTA_RULE_EXPRESSIONS, |list| rule.emit_exprs(list));
+    a.put(NFTA_RULE_USERDATA, &rule.userdata());
+    batch.push(
+        NFT_MSG_NEWRULE,
+        NLM_F_CREATE | NLM_F_APPEND,
+        proto,
+        &a,
+        format!("rule `{}` in chain {chain} of {label}", rule.text(proto)),
+    );
 }
 
 fn run_on(
@@ -485,11 +500,18 @@ fn list_once(
         .map_err(kernel("NFT_MSG_GETRULE"))?;
     for payload in &rule_dump.messages {
         let (mut table, mut chain_name, mut handle, mut comment) = (None, String::new(), 0, None);
+        let mut exprs = Vec::new();
         for (ty, v) in AttrIter::new(payload.get(NFGENMSG_LEN..).unwrap_or(&[])) {
             match ty {
                 NFTA_RULE_TABLE => table = Some(attr_str(v)),
                 NFTA_RULE_CHAIN => chain_name = attr_str(v),
                 NFTA_RULE_HANDLE => handle = attr_be64(v).unwrap_or(0),
+                NFTA_RULE_EXPRESSIONS => {
+                    exprs = Expr::parse_list(v).map_err(|e| NftError::Malformed {
+                        op,
+                        detail: format!("rule {handle} of chain {chain_name}: {e}"),
+                    })?;
+                }
                 NFTA_RULE_USERDATA => comment = userdata_comment(v),
                 _ => {}
             }
@@ -498,7 +520,11 @@ fn list_once(
             continue;
         }
         match chains.iter_mut().find(|c| c.name == chain_name) {
-            Some(c) => c.rules.push(InstalledRule { handle, comment }),
+            Some(c) => c.rules.push(InstalledRule {
+                handle,
+                exprs,
+                comment,
+            }),
             // A chain created between the two dumps: the generation check retries.
             None => return Ok(Some((InstalledTable { family, chains }, true))),
         }
@@ -552,29 +578,47 @@ pub fn diff(rulesets: &[Ruleset], installed: &[(Family, Option<InstalledTable>)]
                         "chain {name} of {label}: hook is {have_hook:?}, expected {want_hook:?}"
                     ));
                 }
-                let want = chain_comments(tr.table, chain, rs.family);
-                let have: Vec<Option<&str>> =
-                    found.rules.iter().map(|r| r.comment.as_deref()).collect();
-                if want.len() != have.len() {
+                let want = match chain_rules(tr.table, chain, rs.family) {
+                    Ok(want) => want,
+                    Err(e) => {
+                        out.push(format!("chain {name} of {label}: {e}"));
+                        continue;
+                    }
+                };
+                let proto = nfproto(rs.family);
+                if want.len() != found.rules.len() {
                     out.push(format!(
                         "chain {name} of {label} has {} rules, expected {}",
-                        have.len(),
+                        found.rules.len(),
                         want.len()
                     ));
                 }
-                for i in 0..want.len().max(have.len()) {
-                    match (want.get(i), have.get(i)) {
-                        (Some(w), Some(Some(h))) if w == h => {}
-                        (Some(w), Some(h)) => out.push(format!(
-                            "chain {name} of {label}: rule {i} is `{}`, expected `{w}`",
-                            h.unwrap_or("<no comment>")
-                        )),
+                for i in 0..want.len().max(found.rules.len()) {
+                    match (want.get(i), found.rules.get(i)) {
+                        (Some(w), Some(h)) if w.exprs == h.exprs => {}
+                        (Some(w), Some(h)) => {
+                            let want_text = w.text(proto);
+                            let have_text = h.text(rs.family);
+                            if want_text == have_text {
+                                // Same syntax, different bytes (a register, an attribute).
+                                out.push(format!(
+                                    "chain {name} of {label}: rule {i} `{want_text}` has expressions {}, expected {}",
+                                    debug_exprs(&h.exprs),
+                                    debug_exprs(&w.exprs)
+                                ));
+                            } else {
+                                out.push(format!(
+                                    "chain {name} of {label}: rule {i} is `{have_text}`, expected `{want_text}`"
+                                ));
+                            }
+                        }
                         (Some(w), None) => out.push(format!(
-                            "chain {name} of {label}: rule {i} `{w}` is missing"
+                            "chain {name} of {label}: rule {i} `{}` is missing",
+                            w.text(proto)
                         )),
                         (None, Some(h)) => out.push(format!(
                             "chain {name} of {label}: unexpected rule {i} `{}`",
-                            h.unwrap_or("<no comment>")
+                            h.line(rs.family)
                         )),
                         (None, None) => {}
                     }
@@ -590,8 +634,17 @@ pub fn diff(rulesets: &[Ruleset], installed: &[(Family, Option<InstalledTable>)]
     out
 }
 
+fn debug_exprs(exprs: &[Expr]) -> String {
+    exprs
+        .iter()
+        .map(Expr::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Checks that what is installed is exactly `rulesets` (table presence, chains and hooks,
-/// every rule's comment in order); [`NftError::Drift`] lists the differences.
+/// every rule's expressions in order; comments are not trusted); [`NftError::Drift`] lists the
+/// differences.
 pub fn verify(rulesets: &[Ruleset]) -> Result<(), NftError> {
     let mut installed = Vec::new();
     for rs in rulesets {
@@ -719,10 +772,13 @@ mod tests {
     fn unsupported_rule_is_an_error_before_sending() {
         let mut rs = sample();
         rs[0].tables[0].chains[1].rules.push(Rule::new(
-            vec![Match::DestPort {
-                ports: vec![1],
-                negate: false,
-            }],
+            vec![
+                Match::Protocol(Proto::Tcp),
+                Match::DestPort {
+                    ports: vec![1, 2],
+                    negate: false,
+                },
+            ],
             Target::Accept,
         ));
         let err = replace_batch(&rs, 1).unwrap_err();
@@ -730,9 +786,30 @@ mod tests {
         assert!(err.to_string().contains("nat_MESHCAP_REDIRECT"), "{err}");
     }
 
+    fn installed(table: Table, rule: &Rule, handle: u64, comment: Option<&str>) -> InstalledRule {
+        let nft = nft_rules(table, rule, Family::V4).unwrap().swap_remove(0);
+        InstalledRule {
+            handle,
+            exprs: nft.exprs,
+            comment: comment.map(str::to_string),
+        }
+    }
+
+    // Expressions decide, not comments: a rule with the right expressions and another comment
+    // passes; a rule whose comment is right but whose expressions differ is reported, as is an
+    // extra rule.
     #[test]
-    fn diff_reports_positions() {
+    fn diff_compares_expressions_not_comments() {
         let rs = sample();
+        let jump = &rs[0].tables[0].chains[0].rules[0];
+        let redirect = &rs[0].tables[0].chains[1].rules[0];
+        let other_port = Rule::new(
+            vec![Match::Protocol(Proto::Tcp)],
+            Target::Redirect { port: 15002 },
+        );
+        let redirect_comment = nft_rules(Table::Nat, redirect, Family::V4).unwrap()[0]
+            .comment
+            .clone();
         let installed = InstalledTable {
             family: Family::V4,
             chains: vec![
@@ -743,23 +820,14 @@ mod tests {
                         hooknum: NF_INET_LOCAL_OUT,
                         priority: -100,
                     }),
-                    rules: vec![InstalledRule {
-                        handle: 2,
-                        comment: Some("meta l4proto tcp jump nat_MESHCAP_REDIRECT".into()),
-                    }],
+                    rules: vec![installed(Table::Nat, jump, 2, Some("another comment"))],
                 },
                 InstalledChain {
                     name: "nat_MESHCAP_REDIRECT".into(),
                     hook: None,
                     rules: vec![
-                        InstalledRule {
-                            handle: 3,
-                            comment: Some("something else".into()),
-                        },
-                        InstalledRule {
-                            handle: 4,
-                            comment: None,
-                        },
+                        installed(Table::Nat, &other_port, 3, Some(&redirect_comment)),
+                        installed(Table::Nat, redirect, 4, None),
                     ],
                 },
             ],
@@ -769,9 +837,56 @@ mod tests {
             d,
             vec![
                 "chain nat_MESHCAP_REDIRECT of table ip meshcap has 2 rules, expected 1",
-                "chain nat_MESHCAP_REDIRECT of table ip meshcap: rule 0 is `something else`, expected `meta l4proto tcp redirect to :15001`",
-                "chain nat_MESHCAP_REDIRECT of table ip meshcap: unexpected rule 1 `<no comment>`",
+                "chain nat_MESHCAP_REDIRECT of table ip meshcap: rule 0 is `meta l4proto tcp redirect to :15002`, expected `meta l4proto tcp redirect to :15001`",
+                "chain nat_MESHCAP_REDIRECT of table ip meshcap: unexpected rule 1 `meta l4proto tcp redirect to :15001`",
             ]
+        );
+    }
+
+    // Two rules with the same nft syntax but different bytes are told apart, and the report
+    // shows the expressions.
+    #[test]
+    fn diff_reports_expressions_when_syntax_is_equal() {
+        let rs = sample();
+        let redirect = &rs[0].tables[0].chains[1].rules[0];
+        let mut odd = installed(Table::Nat, redirect, 3, None);
+        // The same redirect, but reading the port from register 2.
+        for e in &mut odd.exprs {
+            match e {
+                Expr::Immediate { dreg, .. } => *dreg = 2,
+                Expr::Redir { reg_proto_min, .. } => *reg_proto_min = Some(2),
+                _ => {}
+            }
+        }
+        let table = InstalledTable {
+            family: Family::V4,
+            chains: vec![
+                InstalledChain {
+                    name: "nat_MESHCAP_OUTPUT".into(),
+                    hook: Some(InstalledHook {
+                        chain_type: "nat".into(),
+                        hooknum: NF_INET_LOCAL_OUT,
+                        priority: -100,
+                    }),
+                    rules: vec![installed(
+                        Table::Nat,
+                        &rs[0].tables[0].chains[0].rules[0],
+                        2,
+                        None,
+                    )],
+                },
+                InstalledChain {
+                    name: "nat_MESHCAP_REDIRECT".into(),
+                    hook: None,
+                    rules: vec![odd],
+                },
+            ],
+        };
+        let d = diff(&rs, &[(Family::V4, Some(table)), (Family::V6, None)]);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].contains("[ immediate reg 2 0x0000993a ] [ redir proto_min reg 2 flags 0x2 ]"),
+            "{d:?}"
         );
     }
 }

@@ -8,61 +8,7 @@
 //! here too and `netlink-sys` provides just the socket.
 
 use crate::sys::*;
-
-/// Rounds up to the 4-byte netlink alignment (`NLA_ALIGN`, `NLMSG_ALIGN`).
-pub fn align(len: usize) -> usize {
-    (len + 3) & !3
-}
-
-/// A growing stream of netlink attributes.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Attrs {
-    buf: Vec<u8>,
-}
-
-impl Attrs {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf
-    }
-
-    /// One attribute: `{u16 len, u16 type}` header, the payload, padding to 4 bytes.
-    pub fn put(&mut self, ty: u16, payload: &[u8]) -> &mut Self {
-        let len = 4 + payload.len();
-        self.buf.extend_from_slice(
-            &u16::try_from(len)
-                .expect("attribute fits u16")
-                .to_ne_bytes(),
-        );
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        self.buf.resize(align(self.buf.len()), 0);
-        self
-    }
-
-    /// A NUL-terminated string, as nf_tables' `NLA_STRING` names are sent by libnftnl.
-    pub fn put_str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut payload = Vec::with_capacity(s.len() + 1);
-        payload.extend_from_slice(s.as_bytes());
-        payload.push(0);
-        self.put(ty, &payload)
-    }
-
-    /// A big-endian u32 (`NLA_BE32`), nf_tables' integer encoding.
-    pub fn put_be32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.put(ty, &v.to_be_bytes())
-    }
-
-    /// A nested attribute whose content `f` writes.
-    pub fn nested(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) -> &mut Self {
-        let mut inner = Attrs::new();
-        f(&mut inner);
-        self.put(ty | NLA_F_NESTED, &inner.buf)
-    }
-}
+pub use meshcap_nft_types::attr::*;
 
 /// One nfnetlink message: `nlmsghdr`, `nfgenmsg`, attributes. `pid` is left 0 (the kernel).
 pub fn message(
@@ -210,9 +156,7 @@ impl Received<'_> {
 
     /// For nf_tables messages: the attributes after `nfgenmsg`.
     pub fn attrs(&self) -> AttrIter<'_> {
-        AttrIter {
-            buf: self.payload.get(NFGENMSG_LEN..).unwrap_or(&[]),
-        }
+        AttrIter::new(self.payload.get(NFGENMSG_LEN..).unwrap_or(&[]))
     }
 }
 
@@ -239,103 +183,9 @@ pub fn parse_messages(buf: &[u8]) -> Option<Vec<Received<'_>>> {
     Some(out)
 }
 
-/// Iterates over `(type without flags, payload)` of an attribute stream; stops at the first
-/// malformed header.
-#[derive(Debug, Clone)]
-pub struct AttrIter<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> AttrIter<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
-        AttrIter { buf }
-    }
-}
-
-impl<'a> Iterator for AttrIter<'a> {
-    type Item = (u16, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([self.buf[0], self.buf[1]]));
-        let ty = u16::from_ne_bytes([self.buf[2], self.buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > self.buf.len() {
-            self.buf = &[];
-            return None;
-        }
-        let payload = &self.buf[4..len];
-        self.buf = &self.buf[align(len).min(self.buf.len())..];
-        Some((ty, payload))
-    }
-}
-
-/// A NUL-terminated (or not) string attribute.
-pub fn attr_str(payload: &[u8]) -> String {
-    let end = payload
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(payload.len());
-    String::from_utf8_lossy(&payload[..end]).into_owned()
-}
-
-pub fn attr_be32(payload: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(payload.get(..4)?.try_into().ok()?))
-}
-
-pub fn attr_be64(payload: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
-}
-
-/// Rule userdata in libnftnl's TLV layout holding one comment, as `nft` writes and reads it.
-pub fn comment_userdata(comment: &str) -> Vec<u8> {
-    let mut value = comment.as_bytes().to_vec();
-    value.push(0);
-    let mut out = vec![
-        NFTNL_UDATA_RULE_COMMENT,
-        u8::try_from(value.len()).expect("comment under 255 bytes"),
-    ];
-    out.extend_from_slice(&value);
-    out
-}
-
-/// The comment in rule userdata, if it has one.
-pub fn userdata_comment(mut udata: &[u8]) -> Option<String> {
-    while udata.len() >= 2 {
-        let (ty, len) = (udata[0], usize::from(udata[1]));
-        let value = udata.get(2..2 + len)?;
-        if ty == NFTNL_UDATA_RULE_COMMENT {
-            return Some(attr_str(value));
-        }
-        udata = &udata[2 + len..];
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attribute_padding_and_nesting() {
-        let mut a = Attrs::new();
-        a.put_str(NFTA_TABLE_NAME, "meshcap");
-        // len 4 + 8 ("meshcap\0"), already aligned.
-        assert_eq!(
-            a.bytes(),
-            &[12, 0, 1, 0, b'm', b'e', b's', b'h', b'c', b'a', b'p', 0]
-        );
-        let mut n = Attrs::new();
-        n.nested(NFTA_CHAIN_HOOK, |h| {
-            h.put_be32(NFTA_HOOK_HOOKNUM, 3);
-        });
-        assert_eq!(n.bytes(), &[12, 0, 4, 0x80, 8, 0, 1, 0, 0, 0, 0, 3]);
-        let mut p = Attrs::new();
-        p.put(NFTA_DATA_VALUE, &[6]);
-        // len 5, padded to 8.
-        assert_eq!(p.bytes(), &[5, 0, 1, 0, 6, 0, 0, 0]);
-    }
 
     #[test]
     fn parse_roundtrip() {
@@ -356,17 +206,5 @@ mod tests {
         let attrs: Vec<_> = msgs[0].attrs().collect();
         assert_eq!(attrs[0], (NFTA_CHAIN_NAME, &b"x\0"[..]));
         assert_eq!(attr_be32(attrs[1].1), Some(1));
-    }
-
-    #[test]
-    fn userdata_comment_roundtrip() {
-        let u = comment_userdata("a b");
-        // The exact bytes `nft ... comment "a b"` stores.
-        assert_eq!(u, b"\x00\x04a b\x00");
-        assert_eq!(userdata_comment(&u).as_deref(), Some("a b"));
-        assert_eq!(
-            userdata_comment(b"\x05\x01x\x00\x02c\x00").as_deref(),
-            Some("c")
-        );
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
-use meshcap_model::render::nftables::{chain_comments, chain_name, render};
+use meshcap_model::render::nftables::{chain_name, chain_rules, render};
 use meshcap_model::rules::{
     Chain, Family, Hook, Match, Proto, Rule, Ruleset, Table, TableRules, Target,
 };
@@ -544,12 +544,19 @@ fn replace_is_idempotent_and_listable() -> Result<()> {
         for ((tbl, c), got) in expected.iter().zip(&table.chains) {
             assert_eq!(got.name, chain_name(*tbl, &c.name));
             assert_eq!(got.hook.as_ref().and_then(|h| h.hook()), c.hook);
-            let comments: Vec<_> = got
-                .rules
-                .iter()
-                .map(|r| r.comment.clone().unwrap_or_default())
-                .collect();
-            assert_eq!(comments, chain_comments(*tbl, c, rs.family));
+            let want = chain_rules(*tbl, c, rs.family)?;
+            let exprs: Vec<_> = got.rules.iter().map(|r| r.exprs.clone()).collect();
+            let comments: Vec<_> = got.rules.iter().map(|r| r.comment.clone()).collect();
+            assert_eq!(
+                exprs,
+                want.iter().map(|r| r.exprs.clone()).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                comments,
+                want.iter()
+                    .map(|r| Some(r.comment.clone()))
+                    .collect::<Vec<_>>()
+            );
         }
     }
     Ok(())

@@ -1,7 +1,9 @@
-//! nftables renderer: [`Ruleset`]s as an `nft -f` script, and the one-line nft text of each rule.
+//! nftables renderer: the IR's rules as nf_tables expressions ([`nft_rules`]), and from those
+//! the `nft -f` script [`render`] prints. `meshcap-nft` sends the very same expressions over
+//! netlink, so the text and the bytes cannot disagree; the expression types, their encoding
+//! and their nft syntax are in `meshcap_nft_types`.
 //!
-//! # Mapping (shared with the netlink backend in `meshcap-nft`, which must encode the same
-//! decisions as bytecode)
+//! # Mapping
 //!
 //! - meshcap owns one table per family: `table ip meshcap` ([`Family::V4`]) and
 //!   `table ip6 meshcap` ([`Family::V6`]) ([`NFT_TABLE`]). Nothing outside it is touched.
@@ -14,24 +16,28 @@
 //!   `type route hook output priority -150` (route, so a mark set on output triggers a reroute
 //!   as the iptables mangle table does); raw -> `type filter hook {prerouting|output} priority
 //!   -300`; always `policy accept`. Others are regular chains.
-//! - Matches: `meta l4proto tcp`; `tcp dport 15008`, a negated port set as one `!=` per port
-//!   (`tcp dport != 53 tcp dport != 15008`); `udp sport 53`; `ip saddr 127.0.0.6/32`,
-//!   `ip6 daddr != ::1/128`; `iifname "lo"`; `meta skuid 1337`; `meta skgid != 1337`;
-//!   `meta mark 0x539`; `ct mark 0x539`; `ct state established,related`.
-//! - Targets: `jump nat_MESHCAP_X`, `return`, `accept`, `drop`, `redirect to :15001`,
-//!   `tproxy to :15006 meta mark set 0x539 accept`, `meta mark set 0x539` (non-terminal, like
-//!   iptables MARK), `ct mark set meta mark`, `meta mark set ct mark`, `ct zone set 2`.
+//! - Matches ([`match_exprs`]) and targets ([`target_exprs`]) become the expressions `nft`
+//!   generates for `meta l4proto tcp`, `tcp dport 15008`, a negated port set as one `!=` per
+//!   port (`tcp dport != 53 tcp dport != 15008`), a port range (`tcp dport 4190-4191`),
+//!   `udp sport 53`, `ip saddr 127.0.0.6/32`, `ip6 daddr != ::1/128`, `iifname "lo"`,
+//!   `meta skuid 1337`, `meta skgid != 1337`,
+//!   `meta mark 0x539`, `ct mark 0x539`, `ct state established,related`, `ct state invalid`;
+//!   `jump nat_MESHCAP_X`, `return`, `accept`, `drop`, `redirect to :15001`, `tproxy to :15006
+//!   meta mark set 0x539 accept`, `meta mark set 0x539` (non-terminal, like iptables MARK),
+//!   `ct mark set meta mark`, `meta mark set ct mark`, `ct zone set 2`.
 //! - TPROXY: iptables' TPROXY target drops a packet for which no socket is found, but nft's
 //!   `tproxy` expression then BREAKs (the rule simply stops and evaluation goes on with the next
 //!   rule, `nft_tproxy_eval` in net/netfilter/nft_tproxy.c). So a [`Target::Tproxy`] rule
 //!   expands to two nft rules: the tproxy rule, then the same matches with `drop`. The matches
 //!   only read the packet, so the second rule sees exactly the packets for which the first one
-//!   broke ([`rule_texts`]).
+//!   broke.
 //!
-//! Every nft rule carries a comment ([`rule_comment`]) derived from its own text. The netlink
-//! backend stores the same string as the rule's userdata, so `nft list` shows the same thing
-//! whichever way the rules were installed, and CHECK compares installed comments against the
-//! expected ones.
+//! Every nft rule carries a comment: the IR rule's purpose (which mesh behaviour or setting it
+//! implements; both rules of a TPROXY pair share it), or the rule's own syntax for a rule
+//! without one ([`rule_comment`]). It is stored as the rule's userdata exactly as `nft` stores
+//! one, so `nft list ruleset` and `meshcap inspect` say why each rule is there whichever way
+//! the rules were installed. CHECK does not trust comments: it compares the expressions it
+//! reads back.
 //!
 //! [`render`] prints a complete replace transaction: `nft -f` applies a file atomically, and
 //! `table` + `delete table` first makes it idempotent (an absent table is created, then the
@@ -40,18 +46,29 @@
 use std::fmt::Write as _;
 
 use ipnet::IpNet;
+use meshcap_nft_types::sys::{
+    CT_STATE_ESTABLISHED_RELATED, CT_STATE_INVALID, IFNAMSIZ, NFPROTO_IPV4, NFPROTO_IPV6,
+    NFT_REG_1, NF_NAT_RANGE_PROTO_SPECIFIED,
+};
+use meshcap_nft_types::{CmpOp, CtKey, Expr, MetaKey, NftRule, PayloadBase, Value, Verdict};
 
-use crate::rules::{Chain, Family, Hook, Match, Proto, Rule, Ruleset, Table, Target, NFT_TABLE};
+use crate::rules::{Chain, Family, Hook, Match, Rule, Ruleset, Table, Target, NFT_TABLE};
 
-/// nft keeps rule comments to this many bytes (`NFTNL_UDATA_COMMENT_MAXLEN` in libnftnl; `nft`
-/// refuses longer ones on input).
-pub const COMMENT_MAX_LEN: usize = 128;
+pub use meshcap_nft_types::COMMENT_MAX_LEN;
 
 /// The nft family keyword of a meshcap table.
 pub fn family_keyword(family: Family) -> &'static str {
     match family {
         Family::V4 => "ip",
         Family::V6 => "ip6",
+    }
+}
+
+/// The netlink family (`NFPROTO_*`) of a meshcap table.
+pub fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::V4 => NFPROTO_IPV4,
+        Family::V6 => NFPROTO_IPV6,
     }
 }
 
@@ -96,24 +113,89 @@ pub fn base_chain(table: Table, hook: Hook) -> BaseChain {
     }
 }
 
-/// The one-line nft syntax of `rule` (its first nft rule when it expands to several, see
-/// [`rule_texts`]).
-pub fn rule_text(table: Table, rule: &Rule, _family: Family) -> String {
-    let mut text = matches_text(&rule.matches);
-    push_word(&mut text, &target_text(table, &rule.target));
-    text
+/// Why an IR rule has no nftables form. The model never produces these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unexpressible {
+    PositivePortSet,
+    AddressFamily(IpNet),
+    InterfaceName(String),
 }
 
-/// Every nft rule that `rule` becomes, in order: one, or two for [`Target::Tproxy`] (the tproxy
-/// rule and its `drop` fallback for packets without a transparent socket; see the module docs).
-pub fn rule_texts(table: Table, rule: &Rule, family: Family) -> Vec<String> {
-    let mut texts = vec![rule_text(table, rule, family)];
-    if matches!(rule.target, Target::Tproxy { .. }) {
-        let mut fallback = matches_text(&rule.matches);
-        push_word(&mut fallback, "drop");
-        texts.push(fallback);
+impl std::fmt::Display for Unexpressible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unexpressible::PositivePortSet => {
+                f.write_str("positive match on several ports (needs an nft set)")
+            }
+            Unexpressible::AddressFamily(net) => {
+                write!(f, "address {net} does not belong to this family")
+            }
+            Unexpressible::InterfaceName(name) => write!(
+                f,
+                "interface name {name:?} is empty or longer than 15 bytes"
+            ),
+        }
     }
-    texts
+}
+
+impl std::error::Error for Unexpressible {}
+
+/// Every nft rule that IR `rule` of `table` becomes, in order: one, or two for
+/// [`Target::Tproxy`] (the tproxy rule and its `drop` fallback for packets without a
+/// transparent socket; see the module docs).
+pub fn nft_rules(table: Table, rule: &Rule, family: Family) -> Result<Vec<NftRule>, Unexpressible> {
+    let mut matches = Vec::with_capacity(rule.matches.len() * 3 + 6);
+    match_exprs(&mut matches, &rule.matches, family)?;
+    let fallback = matches!(rule.target, Target::Tproxy { .. }).then(|| matches.clone());
+    let mut exprs = matches;
+    target_exprs(&mut exprs, table, &rule.target, family);
+    let mut out = Vec::with_capacity(2);
+    out.push(commented(exprs, rule, family));
+    if let Some(mut fallback) = fallback {
+        // nft_tproxy_eval BREAKs when no socket is found; this rule then drops the packet, as
+        // iptables TPROXY does.
+        fallback.push(Expr::Verdict(Verdict::Drop));
+        out.push(commented(fallback, rule, family));
+    }
+    Ok(out)
+}
+
+/// The nft rules of every rule of `chain`, in order: what a correctly installed chain holds.
+pub fn chain_rules(
+    table: Table,
+    chain: &Chain,
+    family: Family,
+) -> Result<Vec<NftRule>, Unexpressible> {
+    let mut out = Vec::with_capacity(chain.rules.len() + 1);
+    for rule in &chain.rules {
+        out.extend(nft_rules(table, rule, family)?);
+    }
+    Ok(out)
+}
+
+/// The nft rule `exprs` with its comment: the IR rule's purpose (why it exists), or, for a
+/// rule without one, its own nft syntax ([`rule_comment`]).
+fn commented(exprs: Vec<Expr>, rule: &Rule, family: Family) -> NftRule {
+    let comment = if rule.purpose.is_empty() {
+        rule_comment(&meshcap_nft_types::text::rule_text(&exprs, nfproto(family)))
+    } else {
+        rule.purpose.to_string()
+    };
+    NftRule { exprs, comment }
+}
+
+/// The one-line nft syntax of `rule` (its first nft rule when it expands to several).
+pub fn rule_text(table: Table, rule: &Rule, family: Family) -> String {
+    rule_texts(table, rule, family).swap_remove(0)
+}
+
+/// The nft syntax of every nft rule `rule` becomes (see [`nft_rules`]). A rule nftables
+/// cannot express reads as the reason.
+pub fn rule_texts(table: Table, rule: &Rule, family: Family) -> Vec<String> {
+    match nft_rules(table, rule, family) {
+        Ok(rules) => rules.iter().map(|r| r.text(nfproto(family))).collect(),
+        Err(e) => vec![format!("# not expressible in nftables: {e}")],
+    }
 }
 
 /// The comment stored with the nft rule whose text is `text`: the text itself, with `"` turned
@@ -133,18 +215,10 @@ pub fn rule_comment(text: &str) -> String {
     format!("{}{suffix}", &comment[..cut])
 }
 
-/// The comments of all nft rules of `chain`, in order: what a correctly installed chain holds.
-pub fn chain_comments(table: Table, chain: &Chain, family: Family) -> Vec<String> {
-    chain
-        .rules
-        .iter()
-        .flat_map(|rule| rule_texts(table, rule, family))
-        .map(|text| rule_comment(&text))
-        .collect()
-}
-
 /// An `nft -f` script that replaces meshcap's table of each ruleset's family with that
-/// ruleset, in one atomic transaction. A ruleset without tables just removes the table.
+/// ruleset, in one atomic transaction. A ruleset without tables just removes the table. A rule
+/// nftables cannot express (the model never produces one) is printed as a `#` line saying why,
+/// which `meshcap-nft` refuses to install.
 pub fn render(rulesets: &[Ruleset]) -> String {
     let mut out = String::new();
     for ruleset in rulesets {
@@ -184,104 +258,264 @@ fn render_chain(out: &mut String, table: Table, chain: &Chain, family: Family) {
         );
     }
     for rule in &chain.rules {
-        for text in rule_texts(table, rule, family) {
-            let _ = writeln!(out, "\t\t{text} comment \"{}\"", rule_comment(&text));
+        match nft_rules(table, rule, family) {
+            Ok(rules) => {
+                for r in rules {
+                    let _ = writeln!(out, "\t\t{}", r.line(nfproto(family)));
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "\t\t# not expressible in nftables: {e}");
+            }
         }
     }
     out.push_str("\t}\n");
 }
 
-fn push_word(text: &mut String, word: &str) {
-    if word.is_empty() {
-        return;
-    }
-    if !text.is_empty() {
-        text.push(' ');
-    }
-    text.push_str(word);
+// --- IR to expressions: one arm per IR match and target ----------------------------------
+
+fn load_meta(out: &mut Vec<Expr>, key: MetaKey) {
+    out.push(Expr::MetaLoad {
+        key,
+        dreg: NFT_REG_1,
+    });
 }
 
-fn matches_text(matches: &[Match]) -> String {
-    let mut text = String::new();
-    // Port matches name the protocol of the closest preceding `Protocol` match; without one
-    // (the model never does that) nft's raw transport header `th` stands in.
-    let mut proto: Option<Proto> = None;
+fn load_ct(out: &mut Vec<Expr>, key: CtKey) {
+    out.push(Expr::CtLoad {
+        key,
+        dreg: NFT_REG_1,
+    });
+}
+
+fn load_payload(out: &mut Vec<Expr>, base: PayloadBase, offset: u32, len: u32) {
+    out.push(Expr::Payload {
+        base,
+        offset,
+        len,
+        dreg: NFT_REG_1,
+    });
+}
+
+fn cmp(out: &mut Vec<Expr>, negate: bool, data: Value) {
+    out.push(Expr::Cmp {
+        sreg: NFT_REG_1,
+        op: CmpOp::eq_unless(negate),
+        data,
+    });
+}
+
+fn mask(out: &mut Vec<Expr>, mask: Value) {
+    out.push(Expr::Bitwise {
+        sreg: NFT_REG_1,
+        dreg: NFT_REG_1,
+        len: mask.len() as u32,
+        mask,
+        xor: Value::new(&[0u8; 16][..mask.len()]).expect("same length as the mask"),
+    });
+}
+
+fn immediate(out: &mut Vec<Expr>, data: Value) {
+    out.push(Expr::Immediate {
+        dreg: NFT_REG_1,
+        data,
+    });
+}
+
+/// The expressions of `matches`, in order.
+pub fn match_exprs(
+    out: &mut Vec<Expr>,
+    matches: &[Match],
+    family: Family,
+) -> Result<(), Unexpressible> {
     for m in matches {
-        let l4 = proto.map_or("th", Proto::name);
-        let word = match m {
+        match m {
             Match::Protocol(p) => {
-                proto = Some(*p);
-                format!("meta l4proto {}", p.name())
+                load_meta(out, MetaKey::L4proto);
+                cmp(out, false, Value::new(&[p.number()]).expect("1 byte"));
             }
-            Match::DestPort { ports, negate } if *negate => ports
-                .iter()
-                .map(|p| format!("{l4} dport != {p}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            Match::DestPort { ports, .. } => match ports.as_slice() {
-                [port] => format!("{l4} dport {port}"),
-                // Not produced by the model; printed as the anonymous set nft would need. The
-                // netlink encoder refuses it.
-                _ => format!(
-                    "{l4} dport {{ {} }}",
-                    ports
-                        .iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            },
-            Match::DestPortRange { first, last } => format!("{l4} dport {first}-{last}"),
-            Match::SourcePort { port } => format!("{l4} sport {port}"),
-            Match::Source { net, negate } => addr_text("saddr", net, *negate),
-            Match::Destination { net, negate } => addr_text("daddr", net, *negate),
-            Match::InInterface { name } => format!("iifname \"{name}\""),
-            Match::OutInterface { name } => format!("oifname \"{name}\""),
-            Match::UidOwner { uid, negate } => format!("meta skuid {}{uid}", neq(*negate)),
-            Match::GidOwner { gid, negate } => format!("meta skgid {}{gid}", neq(*negate)),
-            Match::Mark { value, negate } => format!("meta mark {}{value:#x}", neq(*negate)),
-            Match::ConnMark { value } => format!("ct mark {value:#x}"),
-            Match::CtStateRelatedEstablished => "ct state established,related".to_string(),
-            Match::CtStateInvalid => "ct state invalid".to_string(),
-        };
-        push_word(&mut text, &word);
-    }
-    text
-}
-
-fn neq(negate: bool) -> &'static str {
-    if negate {
-        "!= "
-    } else {
-        ""
-    }
-}
-
-/// `ip saddr 10.0.0.0/8`: the keyword follows the address (a mismatched family is an IR bug
-/// that nft and the netlink encoder both reject), the prefix is always printed and host bits
-/// are cleared as nft itself does.
-fn addr_text(field: &str, net: &IpNet, negate: bool) -> String {
-    let keyword = match net {
-        IpNet::V4(_) => "ip",
-        IpNet::V6(_) => "ip6",
-    };
-    format!("{keyword} {field} {}{}", neq(negate), net.trunc())
-}
-
-fn target_text(table: Table, target: &Target) -> String {
-    match target {
-        Target::Jump(chain) => format!("jump {}", chain_name(table, chain)),
-        Target::Return => "return".to_string(),
-        Target::Accept => "accept".to_string(),
-        Target::Drop => "drop".to_string(),
-        Target::Redirect { port } => format!("redirect to :{port}"),
-        Target::Tproxy { port, mark } => {
-            format!("tproxy to :{port} meta mark set {mark:#x} accept")
+            // tcp and udp both keep the destination port at offset 2, the source port at 0.
+            // Without a preceding protocol match this is nft's `th dport`.
+            Match::DestPort { ports, negate } => {
+                if !negate && ports.len() != 1 {
+                    return Err(Unexpressible::PositivePortSet);
+                }
+                for port in ports {
+                    load_payload(out, PayloadBase::Transport, 2, 2);
+                    cmp(out, *negate, Value::port(*port));
+                }
+            }
+            // Ports are big-endian on the wire, so byte-wise comparison orders them.
+            Match::DestPortRange { first, last } => {
+                load_payload(out, PayloadBase::Transport, 2, 2);
+                out.push(Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: CmpOp::Gte,
+                    data: Value::port(*first),
+                });
+                out.push(Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: CmpOp::Lte,
+                    data: Value::port(*last),
+                });
+            }
+            Match::SourcePort { port } => {
+                load_payload(out, PayloadBase::Transport, 0, 2);
+                cmp(out, false, Value::port(*port));
+            }
+            Match::Source { net, negate } => address(out, family, net, true, *negate)?,
+            Match::Destination { net, negate } => address(out, family, net, false, *negate)?,
+            Match::InInterface { name } => {
+                load_meta(out, MetaKey::Iifname);
+                cmp(out, false, ifname(name)?);
+            }
+            Match::OutInterface { name } => {
+                load_meta(out, MetaKey::Oifname);
+                cmp(out, false, ifname(name)?);
+            }
+            Match::UidOwner { uid, negate } => {
+                load_meta(out, MetaKey::Skuid);
+                cmp(out, *negate, Value::u32(*uid));
+            }
+            Match::GidOwner { gid, negate } => {
+                load_meta(out, MetaKey::Skgid);
+                cmp(out, *negate, Value::u32(*gid));
+            }
+            Match::Mark { value, negate } => {
+                load_meta(out, MetaKey::Mark);
+                cmp(out, *negate, Value::u32(*value));
+            }
+            Match::ConnMark { value } => {
+                load_ct(out, CtKey::Mark);
+                cmp(out, false, Value::u32(*value));
+            }
+            Match::CtStateRelatedEstablished => {
+                load_ct(out, CtKey::State);
+                mask(out, Value::u32(CT_STATE_ESTABLISHED_RELATED));
+                cmp(out, true, Value::u32(0));
+            }
+            Match::CtStateInvalid => {
+                load_ct(out, CtKey::State);
+                mask(out, Value::u32(CT_STATE_INVALID));
+                cmp(out, true, Value::u32(0));
+            }
         }
-        Target::SetMark(mark) => format!("meta mark set {mark:#x}"),
-        Target::SaveMark => "ct mark set meta mark".to_string(),
-        Target::RestoreMark => "meta mark set ct mark".to_string(),
-        Target::CtZone(zone) => format!("ct zone set {zone}"),
+    }
+    Ok(())
+}
+
+/// `ip saddr NET`: like nft, a byte-aligned prefix loads only its bytes and compares them;
+/// any other prefix loads the whole address and masks it first.
+fn address(
+    out: &mut Vec<Expr>,
+    family: Family,
+    net: &IpNet,
+    source: bool,
+    negate: bool,
+) -> Result<(), Unexpressible> {
+    if !family.contains(net) {
+        return Err(Unexpressible::AddressFamily(*net));
+    }
+    let net = net.trunc();
+    let (addr, netmask, offset): (Value, Value, u32) = match net {
+        // struct iphdr: saddr at 12, daddr at 16; struct ipv6hdr: saddr at 8, daddr at 24.
+        IpNet::V4(n) => (
+            Value::new(&n.addr().octets()).expect("4 bytes"),
+            Value::new(&n.netmask().octets()).expect("4 bytes"),
+            if source { 12 } else { 16 },
+        ),
+        IpNet::V6(n) => (
+            Value::new(&n.addr().octets()).expect("16 bytes"),
+            Value::new(&n.netmask().octets()).expect("16 bytes"),
+            if source { 8 } else { 24 },
+        ),
+    };
+    let prefix = usize::from(net.prefix_len());
+    if prefix % 8 == 0 && prefix > 0 {
+        let len = prefix / 8;
+        load_payload(out, PayloadBase::Network, offset, len as u32);
+        cmp(
+            out,
+            negate,
+            Value::new(&addr.as_bytes()[..len]).expect("prefix of the address"),
+        );
+    } else {
+        load_payload(out, PayloadBase::Network, offset, addr.len() as u32);
+        mask(out, netmask);
+        cmp(out, negate, addr);
+    }
+    Ok(())
+}
+
+/// An interface name as nft compares it: all IFNAMSIZ bytes, NUL-padded.
+fn ifname(name: &str) -> Result<Value, Unexpressible> {
+    if name.is_empty() || name.len() >= IFNAMSIZ {
+        return Err(Unexpressible::InterfaceName(name.to_string()));
+    }
+    let mut buf = [0u8; IFNAMSIZ];
+    buf[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(Value::new(&buf).expect("IFNAMSIZ bytes"))
+}
+
+/// The expressions of `target` in `table` (jumps stay within the table).
+pub fn target_exprs(out: &mut Vec<Expr>, table: Table, target: &Target, family: Family) {
+    match target {
+        Target::Jump(chain) => out.push(Expr::Verdict(Verdict::Jump(chain_name(table, chain)))),
+        Target::Return => out.push(Expr::Verdict(Verdict::Return)),
+        Target::Accept => out.push(Expr::Verdict(Verdict::Accept)),
+        Target::Drop => out.push(Expr::Verdict(Verdict::Drop)),
+        Target::Redirect { port } => {
+            immediate(out, Value::port(*port));
+            out.push(Expr::Redir {
+                reg_proto_min: Some(NFT_REG_1),
+                reg_proto_max: None,
+                flags: NF_NAT_RANGE_PROTO_SPECIFIED,
+            });
+        }
+        Target::Tproxy { port, mark } => {
+            immediate(out, Value::port(*port));
+            out.push(Expr::Tproxy {
+                family: nfproto(family),
+                reg_addr: None,
+                reg_port: Some(NFT_REG_1),
+            });
+            // Only reached when tproxy found a socket (otherwise it BREAKs).
+            immediate(out, Value::u32(*mark));
+            out.push(Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: NFT_REG_1,
+            });
+            out.push(Expr::Verdict(Verdict::Accept));
+        }
+        Target::SetMark(mark) => {
+            immediate(out, Value::u32(*mark));
+            out.push(Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: NFT_REG_1,
+            });
+        }
+        Target::SaveMark => {
+            load_meta(out, MetaKey::Mark);
+            out.push(Expr::CtSet {
+                key: CtKey::Mark,
+                sreg: NFT_REG_1,
+            });
+        }
+        Target::RestoreMark => {
+            load_ct(out, CtKey::Mark);
+            out.push(Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: NFT_REG_1,
+            });
+        }
+        Target::CtZone(zone) => {
+            // nft_ct_set reads a host-order u16 for the zone.
+            immediate(out, Value::u16(*zone));
+            out.push(Expr::CtSet {
+                key: CtKey::Zone,
+                sreg: NFT_REG_1,
+            });
+        }
     }
 }
 
@@ -295,7 +529,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::TableRules;
+    use crate::rules::{Proto, TableRules};
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -536,6 +770,107 @@ mod tests {
             rule_comment(&rule_text(Table::Nat, &other, Family::V4)),
             comment
         );
+    }
+
+    // Case: a rule's purpose is its nft comment, on both rules of a TPROXY pair; a rule
+    // without one is commented with its own syntax.
+    #[test]
+    fn purpose_is_the_comment() {
+        let rule = Rule::new(
+            vec![tcp()],
+            Target::Tproxy {
+                port: 15006,
+                mark: 1337,
+            },
+        )
+        .because("inbound TCP to the sidecar (TPROXY)");
+        let rules = nft_rules(Table::Mangle, &rule, Family::V4).unwrap();
+        let comments: Vec<&str> = rules.iter().map(|r| r.comment.as_str()).collect();
+        assert_eq!(
+            comments,
+            [
+                "inbound TCP to the sidecar (TPROXY)",
+                "inbound TCP to the sidecar (TPROXY)"
+            ]
+        );
+        assert_eq!(
+            rules[1].line(nfproto(Family::V4)),
+            "meta l4proto tcp drop comment \"inbound TCP to the sidecar (TPROXY)\""
+        );
+        let plain = Rule::new(vec![tcp()], Target::Return);
+        assert_eq!(
+            nft_rules(Table::Nat, &plain, Family::V4).unwrap()[0].comment,
+            "meta l4proto tcp return"
+        );
+    }
+
+    // Case: what nftables cannot express is an error (the model never produces it), and the
+    // script says so instead of printing a rule; a port without a protocol is nft's `th`.
+    #[test]
+    fn unexpressible_rules() {
+        let ports = |ports: Vec<u16>| Match::DestPort {
+            ports,
+            negate: false,
+        };
+        let set = Rule::new(vec![tcp(), ports(vec![1, 2])], Target::Accept);
+        assert_eq!(
+            nft_rules(Table::Nat, &set, Family::V4),
+            Err(Unexpressible::PositivePortSet)
+        );
+        assert_eq!(
+            rule_text(Table::Nat, &set, Family::V4),
+            "# not expressible in nftables: positive match on several ports (needs an nft set)"
+        );
+        let v6_in_v4 = Rule::new(
+            vec![Match::Source {
+                net: net("::1/128"),
+                negate: false,
+            }],
+            Target::Accept,
+        );
+        assert!(matches!(
+            nft_rules(Table::Nat, &v6_in_v4, Family::V4),
+            Err(Unexpressible::AddressFamily(_))
+        ));
+        let long = Rule::new(
+            vec![Match::InInterface {
+                name: "a-very-long-name0".into(),
+            }],
+            Target::Accept,
+        );
+        assert!(matches!(
+            nft_rules(Table::Nat, &long, Family::V4),
+            Err(Unexpressible::InterfaceName(_))
+        ));
+        let bare = Rule::new(vec![ports(vec![53])], Target::Accept);
+        assert_eq!(
+            rule_text(Table::Nat, &bare, Family::V4),
+            "th dport 53 accept"
+        );
+    }
+
+    // Case: byte-aligned prefixes load only their bytes; others load the address and mask it.
+    #[test]
+    fn address_prefix_forms() {
+        let masked = |n: &str| {
+            let rule = Rule::new(
+                vec![Match::Destination {
+                    net: net(n),
+                    negate: false,
+                }],
+                Target::Accept,
+            );
+            let rules = nft_rules(Table::Nat, &rule, Family::V4).unwrap();
+            assert_eq!(rules[0].text(NFPROTO_IPV4), format!("ip daddr {n} accept"));
+            rules[0]
+                .exprs
+                .iter()
+                .any(|e| matches!(e, Expr::Bitwise { .. }))
+        };
+        assert!(!masked("10.0.0.1/32"));
+        assert!(!masked("10.0.0.0/8"));
+        assert!(masked("10.0.0.0/12"));
+        assert!(masked("0.0.0.0/0"));
     }
 
     // Case: base chain types and priorities per table and hook.

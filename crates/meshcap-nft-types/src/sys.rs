@@ -105,7 +105,10 @@ pub const NFTA_VERDICT_CODE: u16 = 1;
 pub const NFTA_VERDICT_CHAIN: u16 = 2;
 
 // enum nft_verdicts (negative, next to NF_DROP/NF_ACCEPT)
+pub const NFT_CONTINUE: i32 = -1;
+pub const NFT_BREAK: i32 = -2;
 pub const NFT_JUMP: i32 = -3;
+pub const NFT_GOTO: i32 = -4;
 pub const NFT_RETURN: i32 = -5;
 
 // enum nft_registers: NFT_REG_VERDICT holds verdicts; NFT_REG_1 is the first 16-byte data
@@ -119,7 +122,9 @@ pub const NFTA_CMP_OP: u16 = 2;
 pub const NFTA_CMP_DATA: u16 = 3;
 pub const NFT_CMP_EQ: u32 = 0;
 pub const NFT_CMP_NEQ: u32 = 1;
+pub const NFT_CMP_LT: u32 = 2;
 pub const NFT_CMP_LTE: u32 = 3;
+pub const NFT_CMP_GT: u32 = 4;
 pub const NFT_CMP_GTE: u32 = 5;
 
 // enum nft_bitwise_attributes (the default NFTA_BITWISE_OP is NFT_BITWISE_BOOL: & mask ^ xor)
@@ -128,12 +133,18 @@ pub const NFTA_BITWISE_DREG: u16 = 2;
 pub const NFTA_BITWISE_LEN: u16 = 3;
 pub const NFTA_BITWISE_MASK: u16 = 4;
 pub const NFTA_BITWISE_XOR: u16 = 5;
+/// Kernels since 5.6 dump it; absent means NFT_BITWISE_BOOL.
+pub const NFTA_BITWISE_OP: u16 = 6;
+pub const NFT_BITWISE_BOOL: u32 = 0;
 
 // enum nft_payload_attributes / nft_payload_bases
 pub const NFTA_PAYLOAD_DREG: u16 = 1;
 pub const NFTA_PAYLOAD_BASE: u16 = 2;
 pub const NFTA_PAYLOAD_OFFSET: u16 = 3;
 pub const NFTA_PAYLOAD_LEN: u16 = 4;
+/// Present when the expression writes the packet instead of loading from it.
+pub const NFTA_PAYLOAD_SREG: u16 = 5;
+pub const NFT_PAYLOAD_LL_HEADER: u32 = 0;
 pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 
@@ -152,6 +163,7 @@ pub const NFT_META_L4PROTO: u32 = 16;
 // enum nft_ct_attributes / nft_ct_keys
 pub const NFTA_CT_DREG: u16 = 1;
 pub const NFTA_CT_KEY: u16 = 2;
+pub const NFTA_CT_DIRECTION: u16 = 3;
 pub const NFTA_CT_SREG: u16 = 4;
 /// Bitmask of NF_CT_STATE_BIT(ctinfo): established = 2, related = 4 (nf_conntrack_common.h).
 pub const NFT_CT_STATE: u32 = 0;
@@ -161,15 +173,26 @@ pub const NFT_CT_ZONE: u32 = 17;
 pub const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
 /// NF_CT_STATE_INVALID_BIT.
 pub const CT_STATE_INVALID: u32 = 0x1;
+/// The `ct state` bits nft names, in the order it prints them (`NF_CT_STATE_*_BIT`).
+pub const CT_STATE_NAMES: [(u32, &str); 5] = [
+    (0x1, "invalid"),
+    (0x2, "established"),
+    (0x4, "related"),
+    (0x8, "new"),
+    (0x40, "untracked"),
+];
 
 // enum nft_redir_attributes
 pub const NFTA_REDIR_REG_PROTO_MIN: u16 = 1;
+/// The kernel dumps it (equal to the minimum when none was sent).
+pub const NFTA_REDIR_REG_PROTO_MAX: u16 = 2;
 pub const NFTA_REDIR_FLAGS: u16 = 3;
 /// `NF_NAT_RANGE_PROTO_SPECIFIED` (nf_nat.h): the port register is meaningful.
 pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 0x2;
 
 // enum nft_tproxy_attributes
 pub const NFTA_TPROXY_FAMILY: u16 = 1;
+pub const NFTA_TPROXY_REG_ADDR: u16 = 2;
 pub const NFTA_TPROXY_REG_PORT: u16 = 3;
 
 // enum nft_gen_attributes
