@@ -30,7 +30,7 @@ if ! cargo build --workspace --all-targets; then
 fi
 
 # The binaries as they ship (static musl): the benchmark smoke test runs ADDs with the plugin,
-# the image test (tests/tests/deploy.rs) builds the node image from both.
+# the image test (crates/meshcap-tests/tests/deploy.rs) builds the node image from both.
 echo "test.sh: building the shipped static meshcap and meshcap-cni (scripts/build-static.sh)"
 if ! static_dir=$("$REPO/scripts/build-static.sh" -p meshcap -p meshcap-cni); then
     echo "test.sh: the static build failed ($(( SECONDS - start ))s)"

@@ -18,7 +18,6 @@ pub mod env;
 pub mod fastpath;
 pub mod kube;
 pub mod logging;
-pub mod node_kubeconfig;
 pub mod result;
 pub mod timing;
 pub mod version;

@@ -1,5 +1,5 @@
 //! Logging: `tracing` to stderr, appended to `log_file` when configured, and sent to the node
-//! agent's log socket when the agent listens ([`agent_socket`]), so the DaemonSet's log
+//! agent's log socket when the agent listens ([`meshcap_records::agent_log_socket`]), so the DaemonSet's log
 //! (`kubectl logs`) shows each pod's ADD and DEL. The send is one non-blocking datagram per
 //! line, never waited on: no agent, a full socket buffer or any error just drops it (the file
 //! still has the line). Never stdout:
@@ -27,13 +27,6 @@ pub fn init_early() -> DefaultGuard {
     install(LevelFilter::INFO, None, None)
 }
 
-/// The node agent's log socket for the plugin whose records live in `state_dir`: next to the
-/// records (`/var/run/meshcap/cni-log.sock` by default), so a test's private state dir has a
-/// private socket.
-pub fn agent_socket(state_dir: &Path) -> PathBuf {
-    state_dir.parent().unwrap_or(state_dir).join("cni-log.sock")
-}
-
 /// Sends each formatted line as one datagram to the agent's socket.
 struct AgentSink {
     socket: UnixDatagram,
@@ -43,7 +36,7 @@ struct AgentSink {
 impl AgentSink {
     /// `None` when no agent listens (the usual case off a node with the DaemonSet).
     fn connect(state_dir: &Path) -> Option<AgentSink> {
-        let path = agent_socket(state_dir);
+        let path = meshcap_records::agent_log_socket(state_dir);
         if !path.exists() {
             return None;
         }
@@ -167,7 +160,7 @@ mod tests {
     fn lines_reach_a_listening_agent_as_datagrams() {
         let tmp = TempDir::new("logging-agent");
         let state = tmp.0.join("attachments");
-        let agent = UnixDatagram::bind(agent_socket(&state)).unwrap();
+        let agent = UnixDatagram::bind(meshcap_records::agent_log_socket(&state)).unwrap();
         agent.set_nonblocking(true).unwrap();
         {
             let _g = init(None, LogLevel::Info, &state);

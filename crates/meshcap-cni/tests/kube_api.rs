@@ -1023,7 +1023,7 @@ fn tls_api_server_with_the_node_kubeconfig() {
     // (its end to end run in the image: crates/meshcap-tests/tests/deploy.rs).
     let host = s.0.join("host");
     let kc = host.join("etc/cni/net.d/meshcap-kubeconfig");
-    meshcap_cni::node_kubeconfig::write(
+    meshcap_records::node_kubeconfig::write(
         &kc,
         "127.0.0.1",
         &addr.port().to_string(),

@@ -20,7 +20,7 @@ use meshcap_tests::{missing_root_or_tools, skip_or_fail};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A scratch directory, removed on drop.

@@ -98,9 +98,9 @@ pub struct AgentArgs {
     log_format: String,
 }
 
-/// The socket the plugin sends its log lines to ([`meshcap_cni::logging::agent_socket`]).
+/// The socket the plugin sends its log lines to ([`meshcap_records::agent_log_socket`]).
 fn bind_cni_log(state_dir: &std::path::Path) -> anyhow::Result<UnixDatagram> {
-    let path = meshcap_cni::logging::agent_socket(state_dir);
+    let path = meshcap_records::agent_log_socket(state_dir);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -209,6 +209,6 @@ fn write_kubeconfig_if_in_cluster(args: &NodeArgs) -> anyhow::Result<()> {
     let ca = fs::read(&ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
     let dir = args.on_host(&args.cni_conf_dir);
     let path = dir.join(KUBECONFIG_NAME);
-    meshcap_cni::node_kubeconfig::write(&path, &host, &port, token.trim(), &ca)
+    meshcap_records::node_kubeconfig::write(&path, &host, &port, token.trim(), &ca)
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -1,6 +1,6 @@
 //! The kubeconfig meshcap-cni reads on the Kubernetes API path, as `meshcap node` writes it
-//! from the DaemonSet's service account (next to its reader, [`crate::kube`], so the two
-//! cannot drift apart).
+//! from the DaemonSet's service account: a file both sides share, like the records (the
+//! plugin's integration tests read it back over TLS).
 
 use std::fs;
 use std::io::{Error, ErrorKind, Write as _};
