@@ -23,6 +23,7 @@ CARGO_FUZZ_VERSION=0.13.2
 APT_PACKAGES=(
     iptables nftables iproute2 bpftool
     containernetworking-plugins podman runc busybox-static
+    containerd protobuf-compiler
     "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev
     gcc libc6-dev musl-tools pkg-config ca-certificates
 )

@@ -29,14 +29,16 @@ if ! cargo build --workspace --all-targets; then
     exit 1
 fi
 
-# The plugin as it ships (static musl); the benchmark smoke test runs ADDs with it.
-echo "test.sh: building the shipped static meshcap-cni (scripts/build-static.sh)"
-if ! static_dir=$("$REPO/scripts/build-static.sh" -p meshcap-cni); then
+# The binaries as they ship (static musl): the benchmark smoke test runs ADDs with the plugin,
+# the image test (crates/meshcap-tests/tests/deploy.rs) builds the node image from both.
+echo "test.sh: building the shipped static meshcap and meshcap-cni (scripts/build-static.sh)"
+if ! static_dir=$("$REPO/scripts/build-static.sh" -p meshcap -p meshcap-cni); then
     echo "test.sh: the static build failed ($(( SECONDS - start ))s)"
     echo "summary: 0 passed, 1 failed"
     exit 1
 fi
 export MESHCAP_STATIC_PLUGIN="$static_dir/meshcap-cni"
+export MESHCAP_STATIC_DIR="$static_dir"
 
 out=$(mktemp /tmp/meshcap-test.XXXXXX)
 trap 'rm -f "$out"' EXIT

@@ -1,5 +1,5 @@
 //! The plugin's kubeconfig (`kube::Client::from_kubeconfig`): written by meshcap's node agent
-//! (deploy/scripts/meshcap-node.sh) or the admin, so trusted, but it must still fail cleanly.
+//! (`meshcap node`) or the admin, so trusted, but it must still fail cleanly.
 //! The entry point reads a file, so each input is written to a per-process scratch file.
 #![no_main]
 

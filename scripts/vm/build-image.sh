@@ -24,7 +24,7 @@ GUEST_PACKAGES=(
     linux-image-amd64 initramfs-tools kmod udev
     iptables nftables iproute2 containernetworking-plugins
     procps psmisc util-linux ca-certificates bpftool
-    podman runc busybox-static
+    podman runc busybox-static containerd
 )
 
 log() { echo "build-image.sh: $*" >&2; }

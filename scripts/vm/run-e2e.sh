@@ -124,9 +124,10 @@ else
     [ -s "$run_dir/tests.list" ] || die "no test executables were built for: $PACKAGES"
     log "host build took $((SECONDS - build_start))s"
 fi
-# The end-to-end suite first (it is what this runner is for), then the other privileged suites,
+# The end-to-end suite first (it is what this runner is for), then the runtimes' suites (podman,
+# containerd through CRI), then the other privileged suites,
 # then the rest; MESHCAP_VM_ONLY (a regex on the labels) narrows the list.
-awk -F'\t' '{ r = 3 } $3 ~ /::e2e$/ { r = 0 } $3 ~ /::podman$/ { r = 1 }
+awk -F'\t' '{ r = 3 } $3 ~ /::e2e$/ { r = 0 } $3 ~ /::(podman|containerd)$/ { r = 1 }
     $3 ~ /::(privileged|netns)$/ { r = 2 } { print r "\t" $0 }' "$run_dir/tests.list" |
     sort -s -n -k1,1 | cut -f2- | grep -E -- "${MESHCAP_VM_ONLY:-.}" >"$run_dir/tests.sorted" ||
     die "MESHCAP_VM_ONLY=${MESHCAP_VM_ONLY:-} matches no test executable"

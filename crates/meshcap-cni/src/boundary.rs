@@ -199,7 +199,8 @@ fn execute(
         .map_err(Failure::early)
         .and_then(|config| {
             mode = Some(config.mode.as_str());
-            let _logging = logging::init(config.log_file.as_deref(), config.log_level);
+            let _logging =
+                logging::init(config.log_file.as_deref(), config.log_level, &env.state_dir);
             if !config.unknown_keys.is_empty() {
                 tracing::warn!(keys = ?config.unknown_keys, "ignoring unknown config keys");
             }

@@ -293,6 +293,11 @@ impl Config {
 
         let runtime_config: Option<Map<String, Value>> = field(&obj, "runtimeConfig")?;
         let pod_annotations = match &runtime_config {
+            // containerd passes a pod without annotations as `null` (Go's nil map): passed,
+            // and the pod has none.
+            Some(rc) if rc.get(POD_ANNOTATIONS_CAPABILITY) == Some(&Value::Null) => {
+                Some(Annotations::default())
+            }
             Some(rc) => {
                 field(rc, POD_ANNOTATIONS_CAPABILITY).map_err(|e| prefix("runtimeConfig", e))?
             }
@@ -575,6 +580,18 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn null_pod_annotations_mean_passed_and_empty() {
+        let c = parse(with(
+            "runtimeConfig",
+            json!({"io.kubernetes.cri.pod-annotations": null}),
+        ))
+        .unwrap();
+        assert_eq!(c.pod_annotations, Some(Annotations::default()));
+        let c = parse(with("runtimeConfig", json!({}))).unwrap();
+        assert_eq!(c.pod_annotations, None);
     }
 
     #[test]

@@ -1122,8 +1122,8 @@ fn tls_server(dir: &std::path::Path, pod: Value) -> (SocketAddr, Arc<Mutex<Vec<S
 }
 
 #[test]
-fn tls_api_server_with_the_deploy_scripts_kubeconfig() {
-    const TEST: &str = "tls_api_server_with_the_deploy_scripts_kubeconfig";
+fn tls_api_server_with_the_node_kubeconfig() {
+    const TEST: &str = "tls_api_server_with_the_node_kubeconfig";
     let s = scratch("tls");
     if make_certs(&s.0).is_none() {
         return skip_or_fail(
@@ -1135,29 +1135,18 @@ fn tls_api_server_with_the_deploy_scripts_kubeconfig() {
     opted_out["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false");
     let (addr, seen) = tls_server(&s.0, opted_out);
 
-    // The DaemonSet's script writes the kubeconfig from a service-account mount.
-    let sa = s.0.join("sa");
-    fs::create_dir_all(&sa).unwrap();
-    fs::write(sa.join("token"), format!("{TOKEN}\n")).unwrap();
-    fs::copy(s.0.join("ca.crt"), sa.join("ca.crt")).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/scripts/meshcap-node.sh");
+    // `meshcap node` writes the kubeconfig from a service-account mount with this function
+    // (its end to end run in the image: crates/meshcap-tests/tests/deploy.rs).
     let host = s.0.join("host");
-    let out = Command::new("sh")
-        .arg(&script)
-        .arg("kubeconfig")
-        .env("HOST_ROOT", &host)
-        .env("SA_DIR", &sa)
-        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        .env("KUBERNETES_SERVICE_PORT", addr.port().to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let kc = host.join("etc/cni/net.d/meshcap-kubeconfig");
+    meshcap_records::node_kubeconfig::write(
+        &kc,
+        "127.0.0.1",
+        &addr.port().to_string(),
+        TOKEN,
+        &fs::read(s.0.join("ca.crt")).unwrap(),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(&kc).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the kubeconfig holds a token");

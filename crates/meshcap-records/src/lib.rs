@@ -26,6 +26,14 @@ use meshcap_dataplane::{Backend, CreatedTable};
 use meshcap_model::rules::Family;
 
 pub mod names;
+pub mod node_kubeconfig;
+
+/// The node agent's datagram socket for the plugin's log lines, next to the records of
+/// `state_dir` (`/var/run/meshcap/cni-log.sock` by default), so a test's private state dir has
+/// a private socket. The plugin sends, the agent binds.
+pub fn agent_log_socket(state_dir: &Path) -> PathBuf {
+    state_dir.parent().unwrap_or(state_dir).join("cni-log.sock")
+}
 
 /// Where attachment records live unless [`STATE_DIR_VAR`] says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/run/meshcap/attachments";

@@ -31,6 +31,7 @@ mod repair;
 mod watch;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -89,9 +90,55 @@ pub struct AgentArgs {
     /// Do not watch the CNI config.
     #[arg(long)]
     no_config_watch: bool,
-    /// Address of the Prometheus endpoint (GET /metrics).
+    /// Address of the Prometheus endpoint (GET /metrics) and the probes (/healthz, /readyz).
     #[arg(long, default_value = "127.0.0.1:15099")]
     metrics_addr: SocketAddr,
+    /// Log lines as `text` or `json` (one object a line, for log collectors).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+/// The socket the plugin sends its log lines to ([`meshcap_records::agent_log_socket`]).
+fn bind_cni_log(state_dir: &std::path::Path) -> anyhow::Result<UnixDatagram> {
+    let path = meshcap_records::agent_log_socket(state_dir);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A previous agent's socket file; nobody else binds this path.
+    let _ = std::fs::remove_file(&path);
+    let socket =
+        UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+    tracing::info!(socket = %path.display(), "relaying meshcap-cni's log lines");
+    Ok(socket)
+}
+
+/// Logs every line the plugin sends, so the agent's log (`kubectl logs` of the DaemonSet)
+/// shows pod ADDs and DELs; removes the socket when stopped.
+fn relay_cni_log(socket: &UnixDatagram, stop: &Stop) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.is_set() {
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let line = String::from_utf8_lossy(&buf[..n]);
+                tracing::info!(source = "meshcap-cni", "{}", line.trim_end());
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the plugin's log socket failed");
+                stop.sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    if let Ok(addr) = socket.local_addr() {
+        if let Some(path) = addr.as_pathname() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// A stop flag the workers sleep on, so a signal ends their sleeps at once.
@@ -122,17 +169,27 @@ impl Stop {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .try_init();
+        .with_env_filter(filter);
+    let _ = if format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
-    init_logging();
+    run_with(args, || Ok(()))
+}
+
+/// [`run`], calling `also` once the stop signals are blocked, to start more threads that must
+/// not receive them (`meshcap node agent`'s refresher).
+pub fn run_with(args: &AgentArgs, also: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
     let opts = AgentOptions {
         pin_dir: args.pin_dir.clone(),
         cgroup: args.cgroup.clone(),
@@ -151,6 +208,7 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
     signals
         .thread_block()
         .context("blocking SIGTERM and SIGINT")?;
+    also()?;
 
     let fast_path = if args.no_fast_path {
         tracing::info!("eBPF fast path disabled (--no-fast-path)");
@@ -227,6 +285,22 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
                     }
                 })?,
         );
+    }
+    match bind_cni_log(&args.state_dir) {
+        Ok(socket) => {
+            let stop = stop.clone();
+            workers.push(
+                thread::Builder::new()
+                    .name("cni-log".into())
+                    .spawn(move || relay_cni_log(&socket, &stop))?,
+            );
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "the plugin's log lines will only be in its log file"
+            )
+        }
     }
     if args.no_config_watch {
         tracing::info!("CNI config watch disabled (--no-config-watch)");

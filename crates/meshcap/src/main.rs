@@ -5,6 +5,7 @@
 
 mod agent;
 mod install;
+mod node;
 mod render;
 
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ enum Command {
     /// before meshcap was installed, CNI config watch and Prometheus metrics; `--uninstall`
     /// takes the fast path down.
     Agent(agent::AgentArgs),
+    /// What the DaemonSet's containers run (the image has no shell): `install` writes the
+    /// plugin's kubeconfig and chains the plugin into the host's CNI config, `agent` runs the
+    /// node agent and keeps both fresh, `kubeconfig` only writes the kubeconfig.
+    Node(node::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
             );
         }),
         Command::Agent(args) => agent::run(&args),
+        Command::Node(args) => run_node(&args),
         Command::Uninstall(args) => install::uninstall(&args).map(|file| match file {
             Some(file) => println!("meshcap-cni removed from {}", file.display()),
             None => {
@@ -73,6 +79,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_node(args: &node::NodeArgs) -> anyhow::Result<()> {
+    node::prepare(args)?;
+    if args.step != node::Step::Agent {
+        return Ok(());
+    }
+    let cli = Cli::try_parse_from(args.agent_argv())?;
+    let Command::Agent(agent_args) = cli.command else {
+        unreachable!("agent_argv names the agent subcommand")
+    };
+    agent::run_with(&agent_args, || node::spawn_refresher(args))
 }
 
 /// `meshcap inspect ... | head`: once the reader is gone, end quietly as other command-line

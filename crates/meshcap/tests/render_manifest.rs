@@ -301,12 +301,16 @@ fn deploy_manifests() {
     let mut listed: Vec<String> = resources.iter().map(|s| s.to_string()).collect();
     listed.sort();
     assert_eq!(files, listed, "kustomization.yaml must list every manifest");
-    for f in &kustomization["configMapGenerator"][0]["files"]
-        .as_array()
-        .unwrap()
-        .clone()
-    {
-        assert!(deploy.join(f.as_str().unwrap()).is_file(), "{f}");
+    // The image has no shell: both containers run meshcap itself.
+    for c in ["nftables", "fastpath", "k3s", "gke"] {
+        assert!(
+            deploy
+                .join("components")
+                .join(c)
+                .join("kustomization.yaml")
+                .is_file(),
+            "{c}"
+        );
     }
 
     let rbac = read("rbac.yaml");
@@ -327,13 +331,14 @@ fn deploy_manifests() {
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["serviceAccountName"], "meshcap");
     assert_eq!(spec["hostNetwork"], true);
-    // The excluded namespaces include the DaemonSet's own.
+    // The excluded namespaces include the DaemonSet's own; no container runs a shell.
     for c in spec["initContainers"]
         .as_array()
         .unwrap()
         .iter()
         .chain(spec["containers"].as_array().unwrap())
     {
+        assert_eq!(c["command"][0], "/usr/local/bin/meshcap", "{}", c["name"]);
         let env = c["env"].as_array().unwrap();
         let excluded = env
             .iter()
