@@ -65,6 +65,12 @@ pub struct InstallArgs {
 /// the entry back in the grace period while the binary is still there.
 pub const UNINSTALLING_MARKER: &str = ".meshcap-uninstalling";
 
+/// The chain entry the last `install` wrote, in the CNI config dir (no `.conf`/`.conflist`/
+/// `.json` extension, so libcni never reads it). The agent's config watch restores this entry:
+/// it cannot rely on seeing the entry in the conflist itself, because another component
+/// rewriting the file in a loop may overwrite it before the agent's first look.
+pub const ENTRY_FILE: &str = ".meshcap-entry";
+
 /// The plugin's kubeconfig, in the CNI config dir (written by `meshcap kubeconfig`).
 pub const KUBECONFIG_NAME: &str = "meshcap-kubeconfig";
 
@@ -279,7 +285,21 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
         write_atomic(&dest, &bytes, 0o755)?;
     }
 
+    // Recorded before the conflist is edited: the agent learns the entry from here even when
+    // another writer replaces the conflist right after this install.
+    if fs::metadata(&args.cni_conf_dir).is_ok() {
+        let mut text = serde_json::to_vec_pretty(&entry)?;
+        text.push(b'\n');
+        write_atomic(&args.cni_conf_dir.join(ENTRY_FILE), &text, 0o644)?;
+    }
     ensure_entry(&args.cni_conf_dir, &entry).map(|(file, _)| file)
+}
+
+/// The entry recorded by the last `install` ([`ENTRY_FILE`]); `None` when there is none or it
+/// is not a meshcap entry.
+pub fn recorded_entry(conf_dir: &Path) -> Option<Value> {
+    let entry: Value = serde_json::from_slice(&fs::read(conf_dir.join(ENTRY_FILE)).ok()?).ok()?;
+    is_meshcap(&entry).then_some(entry)
 }
 
 /// Puts `entry` last in the primary config's chain (the chain step of `install`, also what
@@ -394,6 +414,7 @@ fn uninstall_marked(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
     }
     let _ = fs::remove_dir(&backup_dir);
     remove_if_present(&args.cni_conf_dir.join(KUBECONFIG_NAME))?;
+    remove_if_present(&args.cni_conf_dir.join(ENTRY_FILE))?;
     if restored.is_some() {
         std::thread::sleep(std::time::Duration::from_millis(args.grace_ms));
     }

@@ -117,6 +117,76 @@ fn rewrite_as_other_component(file: &Path, text: &str) {
     fs::rename(&tmp, file).unwrap();
 }
 
+/// Another component rewrites the conflist in a loop (without meshcap) from before `meshcap
+/// install` until after the agent started: the agent still learns the entry install wrote (it
+/// may never see it in the file), keeps putting it back while the loop runs, stays up, and
+/// leaves meshcap last in the chain, once, when the loop stops.
+#[test]
+fn conflist_rewritten_in_a_loop_by_another_component() {
+    let s = Scratch::new("rewrite-loop");
+    let conf = s.0.join("net.d/10-flannel.conflist");
+    fs::write(&conf, FLANNEL).unwrap();
+    fs::write(s.0.join("fake-plugin"), b"#!plugin").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rewrites = {
+        let (stop, conf) = (stop.clone(), conf.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rewrite_as_other_component(&conf, FLANNEL);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            n
+        })
+    };
+    let install = Command::new(MESHCAP)
+        .arg("install")
+        .arg("--cni-conf-dir")
+        .arg(s.0.join("net.d"))
+        .arg("--cni-bin-dir")
+        .arg(s.0.join("bin"))
+        .arg("--plugin-binary")
+        .arg(s.0.join("fake-plugin"))
+        .args(["--mode", "nftables", "--exclude-namespace", "infra"])
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let mut agent = Agent::start(
+        &s,
+        &["--watch-interval-ms", "50", "--repair-interval-ms", "200"],
+    );
+    agent.wait_for(
+        "the agent putting meshcap back again and again",
+        Duration::from_secs(10),
+        || agent.metric("meshcap_config_rewrites_total") >= 5.0,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rewritten = rewrites.join().unwrap();
+    assert!(
+        rewritten > 20,
+        "the other component rewrote {rewritten} times"
+    );
+    agent.wait_for(
+        "meshcap last in the chain, once",
+        Duration::from_secs(5),
+        || plugin_types(&conf) == ["flannel", "portmap", "meshcap-cni"],
+    );
+    let v: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
+    assert_eq!(v["plugins"][2]["mode"], "nftables", "install's own entry");
+    assert_eq!(v["plugins"][2]["exclude_namespaces"], json!(["infra"]));
+    assert!(
+        !agent.log().contains("never saw its entry"),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.stop(), "the agent stayed up\n{}", agent.log());
+}
+
 #[test]
 fn config_rewrite_by_another_component_is_undone_and_counted() {
     let s = Scratch::new("watch");

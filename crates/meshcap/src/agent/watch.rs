@@ -6,9 +6,12 @@
 //! changes a few times a day, needs no inotify plumbing, and survives the directory itself
 //! being replaced.
 //!
-//! Which entry goes back: the one last seen in the file. The agent remembers meshcap's entry
-//! whenever the primary config holds one (at start, and after every `meshcap install`, so new
-//! install flags win), and writes exactly that entry back, last in the chain, with
+//! Which entry goes back: the one the last `meshcap install` recorded
+//! ([`install::ENTRY_FILE`], read on every poll, so new install flags win). Learning it from
+//! the conflist alone is racy: a component rewriting the file in a loop can replace it between
+//! install's write and the agent's first read, and the agent would never see the entry. Without
+//! a recorded entry (an install by an older release), the agent remembers the entry whenever
+//! the primary config holds one. Either way it writes exactly that entry back, last in the chain, with
 //! `install`'s own code ([`crate::install::ensure_entry`]): same file choice, same
 //! `.conf` -> `.conflist` conversion, same permissions, atomic rename.
 //!
@@ -85,7 +88,7 @@ impl Watcher {
             }
         };
         let (found, placement) = inspect(&conf, install::is_list(&primary));
-        if let Some(entry) = found {
+        if let Some(entry) = install::recorded_entry(&self.conf_dir).or(found) {
             if self.entry.as_ref() != Some(&entry) {
                 tracing::info!(file = %primary.display(), "guarding meshcap's CNI chain entry");
                 self.entry = Some(entry);
