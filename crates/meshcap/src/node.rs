@@ -66,6 +66,13 @@ pub struct NodeArgs {
         default_value = "kube-system meshcap-system"
     )]
     pub exclude_namespaces: String,
+    /// `kubernetes.read_pod` (`meshed` or `when-needed`); unset leaves the plugin's default.
+    #[arg(long, env = "MESHCAP_READ_POD", value_parser = ["meshed", "when-needed"])]
+    pub read_pod: Option<String>,
+    /// Space-separated `KEY=VALUE` node defaults of Istio's pod-spec settings (`meshcap install
+    /// --istio-default`; keys in docs/CONFIGURATION.md).
+    #[arg(long, env = "MESHCAP_ISTIO_DEFAULTS", default_value = "")]
+    pub istio_defaults: String,
     #[arg(long, env = "MESHCAP_EBPF", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
     pub ebpf: bool,
     #[arg(long, env = "MESHCAP_METRICS_ADDR", default_value = "0.0.0.0:15099")]
@@ -105,6 +112,12 @@ impl NodeArgs {
                 .map(str::to_owned)
                 .collect(),
             kubeconfig: Some(self.kubeconfig_on_node()),
+            read_pod: self.read_pod.clone(),
+            istio_defaults: self
+                .istio_defaults
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
             ebpf: self.ebpf,
             log_file: "/var/log/meshcap-cni.log".into(),
         }
