@@ -226,9 +226,15 @@ fn config_rewrite_by_another_component_is_undone_and_counted() {
 
     // The primary CNI's daemon restarts and writes its own conflist back.
     rewrite_as_other_component(&conf, FLANNEL);
-    agent.wait_for("meshcap's entry back last", Duration::from_secs(5), || {
-        plugin_types(&conf) == ["flannel", "portmap", "meshcap-cni"]
-    });
+    // The agent counts a rewrite after writing the file: wait for both.
+    agent.wait_for(
+        "meshcap's entry back last, counted",
+        Duration::from_secs(5),
+        || {
+            plugin_types(&conf) == ["flannel", "portmap", "meshcap-cni"]
+                && agent.metric("meshcap_config_rewrites_total") >= 1.0
+        },
+    );
     let v: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
     assert_eq!(v["plugins"][2], entry, "the same settings install wrote");
     assert_eq!(agent.metric("meshcap_config_rewrites_total"), 1.0);
@@ -245,9 +251,14 @@ fn config_rewrite_by_another_component_is_undone_and_counted() {
         .unwrap()
         .insert(0, entry.clone());
     rewrite_as_other_component(&conf, &moved.to_string());
-    agent.wait_for("meshcap's entry last again", Duration::from_secs(5), || {
-        plugin_types(&conf) == ["flannel", "portmap", "meshcap-cni"]
-    });
+    agent.wait_for(
+        "meshcap's entry last again, counted",
+        Duration::from_secs(5),
+        || {
+            plugin_types(&conf) == ["flannel", "portmap", "meshcap-cni"]
+                && agent.metric("meshcap_config_rewrites_total") >= 2.0
+        },
+    );
     assert_eq!(agent.metric("meshcap_config_rewrites_total"), 2.0);
 
     // `meshcap uninstall` is not undone: it removes the binary too.
