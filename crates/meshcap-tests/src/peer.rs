@@ -317,6 +317,7 @@ fn parse_ipt_rule(toks: &[String]) -> Result<PRule, String> {
         i += 1;
     }
     let action = action.ok_or("no target")?;
+    drop_owner_required(&mut conds);
     Ok(PRule { conds, action })
 }
 
@@ -911,6 +912,20 @@ fn contradictory(conds: &BTreeSet<String>) -> bool {
         }
     }
     false
+}
+
+/// meshcap's iptables rules put `--uid-owner 0-4294967294` (any owner) beside a negated owner
+/// match, so that a packet without a socket (a kernel RST or ICMP error) fails the rule as it
+/// fails nftables' `meta skuid != X` (docs/CONFIGURATION.md, "Packets without a socket"). For
+/// every packet that has a socket the range always holds (4294967295 is no uid), and these
+/// comparisons model packets of sockets: the range says nothing there and is dropped.
+fn drop_owner_required(conds: &mut BTreeSet<String>) {
+    for key in ["skuid", "skgid"] {
+        let negated = format!("!{key}=");
+        if conds.iter().any(|c| c.starts_with(&negated)) {
+            conds.remove(&format!("{key}=0-4294967294"));
+        }
+    }
 }
 
 fn single_valued(key: &str) -> bool {
