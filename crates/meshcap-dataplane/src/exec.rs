@@ -47,18 +47,6 @@ pub(crate) fn describe_search(search: &[PathBuf]) -> String {
     dirs.join(":")
 }
 
-/// Runs `binary args…` to completion, feeding `stdin` when given, and returns its stdout.
-/// `netns` only labels errors: the child runs in whatever namespace the calling thread is in.
-pub(crate) fn run(
-    binary: &Path,
-    args: &[&str],
-    env: &[(&str, OsString)],
-    stdin: Option<&str>,
-    netns: &Path,
-) -> Result<String, DataplaneError> {
-    start(binary, args, env, stdin, netns)?.finish()
-}
-
 /// A child started by [`start`], whose stdin has been written and closed.
 pub(crate) struct Running {
     child: Child,

@@ -22,9 +22,10 @@ use std::path::{Path, PathBuf};
 
 use meshcap_model::render::iptables::{drift, transition, Installed};
 use meshcap_model::rules::{Family, Ruleset, Table, CHAIN_PREFIX};
-use meshcap_nft::xtables::{self as nft_xtables, TableShape};
+use meshcap_nft::xtables::TableShape;
 
-use crate::exec::{self, describe_search, find_program};
+use crate::exec::describe_search;
+use crate::sys::{Invocation, Started, Sys};
 use crate::DataplaneError;
 
 /// Which xtables implementation a namespace's rules live in.
@@ -75,13 +76,18 @@ pub struct CreatedTable {
 /// The xtables tables meshcap may write to.
 const XTABLES_TABLES: [Table; 3] = [Table::Raw, Table::Mangle, Table::Nat];
 
-fn xtables_shapes(netns: &Path, family: Family) -> Result<Vec<TableShape>, DataplaneError> {
+fn xtables_shapes(
+    sys: &dyn Sys,
+    netns: &Path,
+    family: Family,
+) -> Result<Vec<TableShape>, DataplaneError> {
     let names = XTABLES_TABLES.map(Table::name);
-    nft_xtables::shapes(family, &names).map_err(|source| DataplaneError::Nftables {
-        op: "list the xtables tables",
-        netns: netns.to_owned(),
-        source: Box::new(source),
-    })
+    sys.xtables_shapes(family, &names)
+        .map_err(|source| DataplaneError::Nftables {
+            op: "list the xtables tables",
+            netns: netns.to_owned(),
+            source: Box::new(source),
+        })
 }
 
 /// What exists in `after` and did not in `before`.
@@ -130,34 +136,15 @@ pub fn merge_created(into: &mut Vec<CreatedTable>, new: Vec<CreatedTable>) {
     }
 }
 
-/// Whether any legacy (setsockopt) xtables table exists in the calling thread's namespace.
-///
-/// The kernel lists them in `/proc/<tid>/net/ip_tables_names` (`ip6_tables_names`); the file
-/// is absent without the module and empty while no table was ever used in the namespace. That
-/// is all `iptables-legacy-save` would find, without spawning it: in the common case (no
-/// legacy rules) an ADD spawns only the nft-flavour save and restore. Anything unreadable
-/// counts as "maybe", which falls back to asking `*-legacy-save`.
-fn legacy_tables_present(family: Family) -> bool {
-    let file = match family {
-        Family::V4 => "/proc/thread-self/net/ip_tables_names",
-        Family::V6 => "/proc/thread-self/net/ip6_tables_names",
-    };
-    match std::fs::read_to_string(file) {
-        Ok(names) => !names.trim().is_empty(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(_) => true,
-    }
-}
-
 /// Whether a save with `tools` could show any of meshcap's state, asked of the kernel without
 /// spawning the save: the nft flavour keeps meshcap's chains in the nf_tables tables
 /// `raw`/`mangle`/`nat` of the family (`shapes`, one netlink dump), legacy ones are listed in
 /// /proc. In a fresh pod neither exists and a save would show nothing.
-fn may_hold_rules(tools: &Tools, shapes: &[TableShape]) -> bool {
+fn may_hold_rules(sys: &dyn Sys, tools: &Tools, shapes: &[TableShape]) -> bool {
     match tools.flavour {
-        Flavour::Legacy => legacy_tables_present(tools.family),
+        Flavour::Legacy => sys.legacy_tables_present(tools.family),
         Flavour::Nft => !shapes.is_empty(),
-        Flavour::Unsuffixed => legacy_tables_present(tools.family) || !shapes.is_empty(),
+        Flavour::Unsuffixed => sys.legacy_tables_present(tools.family) || !shapes.is_empty(),
     }
 }
 
@@ -182,6 +169,7 @@ pub(crate) struct Tools {
 /// The xtables programs of one namespace operation. Methods that run programs must be
 /// called inside the namespace ([`crate::PodNetns::run`]).
 pub(crate) struct Xtables<'a> {
+    pub sys: &'a dyn Sys,
     pub search: &'a [PathBuf],
     /// Only labels errors.
     pub netns: &'a Path,
@@ -229,8 +217,9 @@ impl Xtables<'_> {
         Some(Tools {
             family,
             flavour,
-            save: find_program(self.search, &program_name(family, flavour, "save"))?,
-            restore: find_program(self.search, &program_name(family, flavour, "restore"))?,
+            save: (self.sys).find_program(self.search, &program_name(family, flavour, "save"))?,
+            restore: (self.sys)
+                .find_program(self.search, &program_name(family, flavour, "restore"))?,
         })
     }
 
@@ -238,7 +227,7 @@ impl Xtables<'_> {
     pub fn available(&self, family: Family) -> Vec<Tools> {
         let suffixed: Vec<Tools> = [Flavour::Legacy, Flavour::Nft]
             .into_iter()
-            .filter(|f| *f != Flavour::Legacy || legacy_tables_present(family))
+            .filter(|f| *f != Flavour::Legacy || self.sys.legacy_tables_present(family))
             .filter_map(|f| self.tools(family, f))
             .collect();
         if suffixed.is_empty() {
@@ -252,7 +241,7 @@ impl Xtables<'_> {
 
     /// Picks the flavour for `family` in the current namespace.
     pub fn detect(&self, family: Family) -> Result<Tools, DataplaneError> {
-        let legacy = if legacy_tables_present(family) {
+        let legacy = if self.sys.legacy_tables_present(family) {
             self.tools(family, Flavour::Legacy)
         } else {
             None
@@ -291,8 +280,18 @@ impl Xtables<'_> {
         }
     }
 
+    fn start_save(&self, tools: &Tools) -> Result<Started, DataplaneError> {
+        self.sys.start(&Invocation {
+            program: &tools.save,
+            args: &[],
+            env: &self.env(tools),
+            stdin: None,
+            netns: self.netns,
+        })
+    }
+
     pub fn save(&self, tools: &Tools) -> Result<String, DataplaneError> {
-        exec::run(&tools.save, &[], &self.env(tools), None, self.netns)
+        self.start_save(tools)?.finish()
     }
 
     pub fn installed(&self, tools: &Tools) -> Result<Installed, DataplaneError> {
@@ -306,11 +305,10 @@ impl Xtables<'_> {
         &self,
         of: &[(Tools, Vec<TableShape>)],
     ) -> Result<Vec<Installed>, DataplaneError> {
-        let started: Vec<Option<Result<exec::Running, DataplaneError>>> = of
+        let started: Vec<Option<Result<Started, DataplaneError>>> = of
             .iter()
             .map(|(tools, shapes)| {
-                may_hold_rules(tools, shapes)
-                    .then(|| exec::start(&tools.save, &[], &self.env(tools), None, self.netns))
+                may_hold_rules(self.sys, tools, shapes).then(|| self.start_save(tools))
             })
             .collect();
         started
@@ -322,17 +320,17 @@ impl Xtables<'_> {
             .collect()
     }
 
-    fn start_restore(&self, tools: &Tools, input: &str) -> Result<exec::Running, DataplaneError> {
+    fn start_restore(&self, tools: &Tools, input: &str) -> Result<Started, DataplaneError> {
         tracing::debug!(family = %tools.family, flavour = %tools.flavour, "iptables-restore");
         // --wait: legacy restores take the (per-namespace) xtables lock; someone else in the
         // pod may briefly hold it. nft ignores the flag.
-        exec::start(
-            &tools.restore,
-            &["--noflush", "--wait"],
-            &self.env(tools),
-            Some(input),
-            self.netns,
-        )
+        self.sys.start(&Invocation {
+            program: &tools.restore,
+            args: &["--noflush", "--wait"],
+            env: &self.env(tools),
+            stdin: Some(input),
+            netns: self.netns,
+        })
     }
 
     pub fn restore(&self, tools: &Tools, input: &str) -> Result<(), DataplaneError> {
@@ -360,7 +358,7 @@ impl Xtables<'_> {
         tools
             .into_iter()
             .map(|t| {
-                let shapes = xtables_shapes(self.netns, t.family)?;
+                let shapes = xtables_shapes(self.sys, self.netns, t.family)?;
                 Ok((t, shapes))
             })
             .collect()
@@ -391,7 +389,7 @@ impl Xtables<'_> {
             running.push((self.start_restore(&tools, &input), tools, from));
             if !side_by_side {
                 let (started, tools, from) = running.pop().expect("just pushed");
-                let result = started.and_then(exec::Running::finish);
+                let result = started.and_then(Started::finish);
                 changed.push((tools, from));
                 if let Err(e) = result {
                     return (changed, Some(e));
@@ -399,7 +397,7 @@ impl Xtables<'_> {
             }
         }
         for (started, tools, previous) in running {
-            if let Err(e) = started.and_then(exec::Running::finish) {
+            if let Err(e) = started.and_then(Started::finish) {
                 failure.get_or_insert(e);
             }
             changed.push((tools, previous));
@@ -440,7 +438,7 @@ impl Xtables<'_> {
         let outcome = match failure {
             Some(e) => Err(e),
             None => before.iter().try_for_each(|(family, before)| {
-                let after = xtables_shapes(self.netns, *family)?;
+                let after = xtables_shapes(self.sys, self.netns, *family)?;
                 created.extend(created_between(*family, before, &after));
                 Ok(())
             }),
@@ -450,8 +448,12 @@ impl Xtables<'_> {
         };
         let undone = self.roll_back(&changed).and_then(|()| {
             for (family, before) in &before {
-                let now = xtables_shapes(self.netns, *family)?;
-                remove_created(self.netns, &created_between(*family, before, &now))?;
+                let now = xtables_shapes(self.sys, self.netns, *family)?;
+                remove_created(
+                    self.sys,
+                    self.netns,
+                    &created_between(*family, before, &now),
+                )?;
             }
             Ok(())
         });
@@ -500,7 +502,7 @@ impl Xtables<'_> {
                 },
             });
         }
-        remove_created(self.netns, created)
+        remove_created(self.sys, self.netns, created)
     }
 
     /// Differences between `rulesets` and what the detected flavour holds.
@@ -526,14 +528,19 @@ impl Xtables<'_> {
 
 /// Deletes what `created` lists once nothing is left in it (another component's rule keeps a
 /// chain, its chain or set keeps the table; the kernel checks, atomically).
-fn remove_created(netns: &Path, created: &[CreatedTable]) -> Result<(), DataplaneError> {
+fn remove_created(
+    sys: &dyn Sys,
+    netns: &Path,
+    created: &[CreatedTable],
+) -> Result<(), DataplaneError> {
     for c in created {
-        let removed = nft_xtables::remove_if_unused(c.family, &c.table, &c.chains, c.whole_table)
+        let removed = sys
+            .xtables_remove_if_unused(c.family, &c.table, &c.chains, c.whole_table)
             .map_err(|source| DataplaneError::Nftables {
-            op: "remove the xtables tables meshcap created",
-            netns: netns.to_owned(),
-            source: Box::new(source),
-        })?;
+                op: "remove the xtables tables meshcap created",
+                netns: netns.to_owned(),
+                source: Box::new(source),
+            })?;
         if !removed.kept.is_empty() {
             tracing::info!(family = %c.family, table = %c.table, kept = ?removed.kept, "left in place: in use by another component");
         }

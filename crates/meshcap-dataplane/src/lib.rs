@@ -9,10 +9,17 @@
 //! An apply is all-or-nothing: policy routing is synced first and undone if the rules fail;
 //! the iptables families are each atomic per table and moved back if a later one fails; the
 //! nftables backend commits all families in one transaction.
+//!
+//! Everything that reaches the kernel or starts a process goes through [`sys::Sys`] (entering
+//! the namespace, the xtables programs, the nf_tables and rtnetlink calls); [`sys::Host`] is
+//! the real one, and the unit tests drive apply, rollback, remove and check through a
+//! recording fake of it, without root.
 #![deny(unsafe_code)]
 
 mod error;
 mod exec;
+#[cfg(test)]
+mod fake;
 pub mod inspect;
 pub mod iptables;
 mod lock;
@@ -20,9 +27,13 @@ pub mod netns;
 mod nftables;
 pub mod routes;
 mod rtnl;
+pub mod sys;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use meshcap_model::rules::{Family, Ruleset};
@@ -33,7 +44,7 @@ pub use iptables::{merge_created, CreatedTable, Flavour};
 pub use netns::{NetnsId, PodNetns};
 
 use iptables::Xtables;
-use rtnl::Rtnl;
+use sys::{run_in, Host, Sys};
 
 /// Which rule backend a pod uses (`mode` in the plugin config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +66,14 @@ impl fmt::Display for Backend {
 /// files; the namespace lock itself is a `flock` on the namespace, no file).
 pub const DEFAULT_RUN_DIR: &str = "/run/meshcap";
 
-/// Where the dataplane finds its programs and keeps its lock files. The free functions use
+/// Where the dataplane finds its programs and keeps its lock files, and what it reaches the
+/// kernel through ([`Sys`]: the [`Host`], or a fake in tests). The free functions use
 /// [`Dataplane::default`]; tests and the node tool may point it elsewhere.
 #[derive(Debug, Clone)]
 pub struct Dataplane {
     search_path: Vec<PathBuf>,
     run_dir: PathBuf,
+    sys: Arc<dyn Sys>,
 }
 
 impl Default for Dataplane {
@@ -69,6 +82,7 @@ impl Default for Dataplane {
         Dataplane {
             search_path: exec::default_search_path(),
             run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+            sys: Arc::new(Host),
         }
     }
 }
@@ -90,6 +104,12 @@ impl Dataplane {
         self
     }
 
+    /// Reaches the kernel and the xtables programs through `sys` instead of the [`Host`].
+    pub fn with_sys(mut self, sys: Arc<dyn Sys>) -> Self {
+        self.sys = sys;
+        self
+    }
+
     pub fn search_path(&self) -> &[PathBuf] {
         &self.search_path
     }
@@ -100,6 +120,7 @@ impl Dataplane {
 
     fn xtables<'a>(&'a self, ns: &'a PodNetns) -> Xtables<'a> {
         Xtables {
+            sys: &*self.sys,
             search: &self.search_path,
             netns: ns.path(),
             xt_lock: lock::xtables_lock_path(&self.run_dir, ns.id()),
@@ -170,11 +191,12 @@ impl Dataplane {
                 for family in Family::ALL {
                     for op in ["save", "restore"] {
                         let found = [Flavour::Nft, Flavour::Unsuffixed].into_iter().any(|fl| {
-                            exec::find_program(
-                                &self.search_path,
-                                &iptables::program_name(family, fl, op),
-                            )
-                            .is_some()
+                            self.sys
+                                .find_program(
+                                    &self.search_path,
+                                    &iptables::program_name(family, fl, op),
+                                )
+                                .is_some()
                         });
                         if !found {
                             return Err(DataplaneError::BinaryMissing {
@@ -190,14 +212,15 @@ impl Dataplane {
                 }
                 Ok(())
             }
-            Backend::Nftables => nftables::probe(),
+            Backend::Nftables => nftables::probe(&*self.sys),
         }
     }
 
     /// Everything meshcap has in the namespace, whichever backend put it there.
     pub fn inspect(&self, ns: &PodNetns) -> Result<Inspection, DataplaneError> {
         let _lock = lock::lock_netns(ns)?;
-        ns.run(|| {
+        let sys = &*self.sys;
+        run_in(sys, ns, || {
             let mut inspection = Inspection {
                 netns: ns.path().to_owned(),
                 id: ns.id(),
@@ -226,14 +249,17 @@ impl Dataplane {
                         Err(e) => inspection.notes.push(e.to_string()),
                     }
                 }
-                match nftables::describe(ns.path(), family) {
+                match nftables::describe(sys, ns.path(), family) {
                     Ok(table) => inspection
                         .nftables
                         .push(inspect::NftState { family, table }),
                     Err(e) => inspection.notes.push(e.to_string()),
                 }
             }
-            match Rtnl::open(ns.path()).and_then(|mut rtnl| routes::present(&mut rtnl, &[])) {
+            match sys
+                .routes(ns.path())
+                .and_then(|mut rtnl| routes::present(&mut *rtnl, &[]))
+            {
                 Ok(items) => inspection.policy_routing = Inspection::routing_lines(&items),
                 Err(e) => inspection.notes.push(e.to_string()),
             }
@@ -265,17 +291,18 @@ impl LockedNetns<'_> {
         // Where the apply's time goes, logged at debug level: `Instant` reads only.
         let start = Instant::now();
         let mut marks = [start; 3];
-        let applied = ns.run(|| {
+        let sys = &*self.dataplane.sys;
+        let applied = run_in(sys, ns, || {
             marks[0] = Instant::now();
-            let mut rtnl = Rtnl::open(ns.path())?;
-            let route_changes = routes::sync(&mut rtnl, rulesets)?;
+            let mut rtnl = sys.routes(ns.path())?;
+            let route_changes = routes::sync(&mut *rtnl, rulesets)?;
             marks[1] = Instant::now();
             let rules = match backend {
                 Backend::Iptables => self.dataplane.xtables(ns).apply(rulesets),
-                Backend::Nftables => nftables::apply(ns.path(), rulesets).map(|()| Vec::new()),
+                Backend::Nftables => nftables::apply(sys, ns.path(), rulesets).map(|()| Vec::new()),
             };
             marks[2] = Instant::now();
-            rules.map_err(|original| match routes::undo(&mut rtnl, &route_changes) {
+            rules.map_err(|original| match routes::undo(&mut *rtnl, &route_changes) {
                 Ok(()) => original,
                 Err(rollback) => DataplaneError::RollbackFailed {
                     original: Box::new(original),
@@ -302,13 +329,14 @@ impl LockedNetns<'_> {
     pub fn remove(&self, backend: Backend, created: &[CreatedTable]) -> Result<(), DataplaneError> {
         let ns = self.ns;
         tracing::debug!(netns = %ns.path().display(), %backend, "removing rules");
-        ns.run(|| {
+        let sys = &*self.dataplane.sys;
+        run_in(sys, ns, || {
             match backend {
                 Backend::Iptables => self.dataplane.xtables(ns).remove(created)?,
-                Backend::Nftables => nftables::remove(ns.path())?,
+                Backend::Nftables => nftables::remove(sys, ns.path())?,
             }
-            let mut rtnl = Rtnl::open(ns.path())?;
-            routes::sync(&mut rtnl, &[]).map(drop)
+            let mut rtnl = sys.routes(ns.path())?;
+            routes::sync(&mut *rtnl, &[]).map(drop)
         })??;
         // Nothing of meshcap's is left: the legacy xtables lock file (if a legacy restore
         // made one) goes too, so files do not pile up for every pod a node ever ran.
@@ -320,13 +348,14 @@ impl LockedNetns<'_> {
     /// [`DataplaneError::Drift`] otherwise.
     pub fn check(&self, backend: Backend, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
         let ns = self.ns;
-        let details = ns.run(|| {
+        let sys = &*self.dataplane.sys;
+        let details = run_in(sys, ns, || {
             let mut details = match backend {
                 Backend::Iptables => self.dataplane.xtables(ns).check(rulesets)?,
-                Backend::Nftables => nftables::check(ns.path(), rulesets)?,
+                Backend::Nftables => nftables::check(sys, ns.path(), rulesets)?,
             };
-            let mut rtnl = Rtnl::open(ns.path())?;
-            details.extend(routes::check(&mut rtnl, rulesets)?);
+            let mut rtnl = sys.routes(ns.path())?;
+            details.extend(routes::check(&mut *rtnl, rulesets)?);
             Ok::<_, DataplaneError>(details)
         })??;
         if details.is_empty() {

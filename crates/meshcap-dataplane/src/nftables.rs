@@ -8,6 +8,7 @@ use std::path::Path;
 use meshcap_model::rules::{Family, Ruleset, NFT_TABLE};
 use meshcap_nft::NftError;
 
+use crate::sys::Sys;
 use crate::DataplaneError;
 
 fn err<'a>(op: &'static str, netns: &'a Path) -> impl FnOnce(NftError) -> DataplaneError + 'a {
@@ -38,17 +39,27 @@ fn every_family(rulesets: &[Ruleset]) -> Vec<Ruleset> {
 }
 
 /// Replaces meshcap's tables with `rulesets` (families without a ruleset lose their table).
-pub(crate) fn apply(netns: &Path, rulesets: &[Ruleset]) -> Result<(), DataplaneError> {
-    meshcap_nft::replace(&every_family(rulesets)).map_err(err("install meshcap's tables", netns))
+pub(crate) fn apply(
+    sys: &dyn Sys,
+    netns: &Path,
+    rulesets: &[Ruleset],
+) -> Result<(), DataplaneError> {
+    sys.nft_replace(&every_family(rulesets))
+        .map_err(err("install meshcap's tables", netns))
 }
 
-pub(crate) fn remove(netns: &Path) -> Result<(), DataplaneError> {
-    meshcap_nft::delete(&Family::ALL).map_err(err("remove meshcap's tables", netns))
+pub(crate) fn remove(sys: &dyn Sys, netns: &Path) -> Result<(), DataplaneError> {
+    sys.nft_delete(&Family::ALL)
+        .map_err(err("remove meshcap's tables", netns))
 }
 
 /// Differences between `rulesets` and meshcap's tables.
-pub(crate) fn check(netns: &Path, rulesets: &[Ruleset]) -> Result<Vec<String>, DataplaneError> {
-    match meshcap_nft::verify(&every_family(rulesets)) {
+pub(crate) fn check(
+    sys: &dyn Sys,
+    netns: &Path,
+    rulesets: &[Ruleset],
+) -> Result<Vec<String>, DataplaneError> {
+    match sys.nft_verify(&every_family(rulesets)) {
         Ok(()) => Ok(Vec::new()),
         Err(NftError::Drift { differences }) => Ok(differences
             .into_iter()
@@ -61,8 +72,15 @@ pub(crate) fn check(netns: &Path, rulesets: &[Ruleset]) -> Result<Vec<String>, D
 /// meshcap's table of `family`, in a form for people: chains with their hooks, and each rule
 /// as the kernel reports it (its expressions in nft syntax, then its comment, which says why
 /// the rule exists), like `nft list` prints it.
-pub(crate) fn describe(netns: &Path, family: Family) -> Result<Option<String>, DataplaneError> {
-    let Some(table) = meshcap_nft::list(family).map_err(err("read meshcap's table", netns))? else {
+pub(crate) fn describe(
+    sys: &dyn Sys,
+    netns: &Path,
+    family: Family,
+) -> Result<Option<String>, DataplaneError> {
+    let Some(table) = sys
+        .nft_list(family)
+        .map_err(err("read meshcap's table", netns))?
+    else {
         return Ok(None);
     };
     let keyword = match family {
@@ -92,6 +110,7 @@ pub(crate) fn describe(netns: &Path, family: Family) -> Result<Option<String>, D
 }
 
 /// Whether nf_tables answers in the calling thread's namespace.
-pub(crate) fn probe() -> Result<(), DataplaneError> {
-    meshcap_nft::probe().map_err(err("probe", Path::new("/proc/thread-self/ns/net")))
+pub(crate) fn probe(sys: &dyn Sys) -> Result<(), DataplaneError> {
+    sys.nft_probe()
+        .map_err(err("probe", Path::new("/proc/thread-self/ns/net")))
 }

@@ -24,6 +24,7 @@ use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::rtnl::Rtnl;
+use crate::sys::Routes;
 use crate::DataplaneError;
 
 /// The fixed TPROXY mark and routing table of docs/DESIGN.md: how meshcap's policy routing is found
@@ -97,7 +98,10 @@ pub(crate) fn wanted(rulesets: &[Ruleset]) -> Vec<Item> {
 
 /// Everything of meshcap's that exists now: the rules, routes and address that `wanted`
 /// could have produced with the fixed mark and table, plus those of `rulesets`.
-pub(crate) fn present(rtnl: &mut Rtnl, rulesets: &[Ruleset]) -> Result<Vec<Item>, DataplaneError> {
+pub(crate) fn present(
+    rtnl: &mut dyn Routes,
+    rulesets: &[Ruleset],
+) -> Result<Vec<Item>, DataplaneError> {
     let mut candidates: Vec<Item> = Family::ALL
         .into_iter()
         .flat_map(|family| {
@@ -116,7 +120,7 @@ pub(crate) fn present(rtnl: &mut Rtnl, rulesets: &[Ruleset]) -> Result<Vec<Item>
     }
     let mut found = Vec::new();
     for item in candidates {
-        if exists(rtnl, item)? {
+        if rtnl.exists(item)? {
             found.push(item);
         }
     }
@@ -124,7 +128,10 @@ pub(crate) fn present(rtnl: &mut Rtnl, rulesets: &[Ruleset]) -> Result<Vec<Item>
 }
 
 /// Makes the namespace hold exactly `wanted(rulesets)`; on error undoes its own changes.
-pub(crate) fn sync(rtnl: &mut Rtnl, rulesets: &[Ruleset]) -> Result<Vec<Change>, DataplaneError> {
+pub(crate) fn sync(
+    rtnl: &mut dyn Routes,
+    rulesets: &[Ruleset],
+) -> Result<Vec<Change>, DataplaneError> {
     let wanted = wanted(rulesets);
     let present = present(rtnl, rulesets)?;
     let mut changes = Vec::new();
@@ -146,11 +153,7 @@ pub(crate) fn sync(rtnl: &mut Rtnl, rulesets: &[Ruleset]) -> Result<Vec<Change>,
             .map(|&i| (i, true)),
     );
     for (item, add) in steps {
-        let result = if add {
-            self::add(rtnl, item)
-        } else {
-            del(rtnl, item)
-        };
+        let result = if add { rtnl.add(item) } else { rtnl.del(item) };
         match result {
             Ok(true) => changes.push(if add {
                 Change::Added(item)
@@ -173,18 +176,21 @@ pub(crate) fn sync(rtnl: &mut Rtnl, rulesets: &[Ruleset]) -> Result<Vec<Change>,
 }
 
 /// Reverts `changes`, newest first.
-pub(crate) fn undo(rtnl: &mut Rtnl, changes: &[Change]) -> Result<(), DataplaneError> {
+pub(crate) fn undo(rtnl: &mut dyn Routes, changes: &[Change]) -> Result<(), DataplaneError> {
     for change in changes.iter().rev() {
         match *change {
-            Change::Added(item) => del(rtnl, item)?,
-            Change::Removed(item) => add(rtnl, item)?,
+            Change::Added(item) => rtnl.del(item)?,
+            Change::Removed(item) => rtnl.add(item)?,
         };
     }
     Ok(())
 }
 
 /// Differences between `wanted(rulesets)` and the namespace.
-pub(crate) fn check(rtnl: &mut Rtnl, rulesets: &[Ruleset]) -> Result<Vec<String>, DataplaneError> {
+pub(crate) fn check(
+    rtnl: &mut dyn Routes,
+    rulesets: &[Ruleset],
+) -> Result<Vec<String>, DataplaneError> {
     let wanted = wanted(rulesets);
     let present = present(rtnl, rulesets)?;
     let mut details = Vec::new();
@@ -324,7 +330,21 @@ fn list(rtnl: &mut Rtnl, item: Item) -> Result<Vec<RouteNetlinkMessage>, Datapla
     }
 }
 
-pub(crate) fn exists(rtnl: &mut Rtnl, item: Item) -> Result<bool, DataplaneError> {
+impl Routes for Rtnl {
+    fn exists(&mut self, item: Item) -> Result<bool, DataplaneError> {
+        exists(self, item)
+    }
+
+    fn add(&mut self, item: Item) -> Result<bool, DataplaneError> {
+        add(self, item)
+    }
+
+    fn del(&mut self, item: Item) -> Result<bool, DataplaneError> {
+        del(self, item)
+    }
+}
+
+fn exists(rtnl: &mut Rtnl, item: Item) -> Result<bool, DataplaneError> {
     let answers = list(rtnl, item)?;
     Ok(answers.iter().any(|m| match (item, m) {
         (Item::Rule(pr), RouteNetlinkMessage::NewRule(r)) => rule_matches(r, pr),

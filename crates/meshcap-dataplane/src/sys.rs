@@ -1,0 +1,192 @@
+//! The seam under the dataplane: every call that reaches the kernel or starts a process goes
+//! through [`Sys`], so apply, rollback and remove, and the order of their steps, can be tested
+//! without root against a recording fake (the crate's unit tests), while [`Host`] does the
+//! real thing. The seam sits where the kernel answers: entering a namespace, the xtables
+//! programs (started, then collected, so several can run at once), the nf_tables calls of
+//! `meshcap-nft`, and one TPROXY routing item at a time. What to do with the answers (which
+//! flavour, what changed, what to undo) stays above it, in `iptables.rs`, `nftables.rs` and
+//! `routes.rs`, and is what the fake-driven tests exercise.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use meshcap_model::rules::{Family, Ruleset};
+use meshcap_nft::xtables::{Removed, TableShape};
+use meshcap_nft::{InstalledTable, NftError};
+
+use crate::exec;
+use crate::netns::PodNetns;
+use crate::routes::Item;
+use crate::rtnl::Rtnl;
+use crate::DataplaneError;
+
+/// One program to run: argv (never a shell), extra environment, optional stdin.
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation<'a> {
+    pub program: &'a Path,
+    pub args: &'a [&'a str],
+    pub env: &'a [(&'static str, OsString)],
+    pub stdin: Option<&'a str>,
+    /// Only labels errors: the child runs in the calling thread's namespace.
+    pub netns: &'a Path,
+}
+
+/// A program [`Sys::start`] started; [`Started::finish`] waits for it.
+pub struct Started(StartedInner);
+
+enum StartedInner {
+    Child(exec::Running),
+    Done(Result<String, DataplaneError>),
+}
+
+impl Started {
+    /// A program that already ended with this stdout or error (what a fake returns).
+    pub fn finished(result: Result<String, DataplaneError>) -> Started {
+        Started(StartedInner::Done(result))
+    }
+
+    /// Waits for the program; its stdout, or why it failed.
+    pub fn finish(self) -> Result<String, DataplaneError> {
+        match self.0 {
+            StartedInner::Child(running) => running.finish(),
+            StartedInner::Done(result) => result,
+        }
+    }
+}
+
+/// The TPROXY routing items of one namespace (rtnetlink on a [`Host`]).
+pub trait Routes {
+    fn exists(&mut self, item: Item) -> Result<bool, DataplaneError>;
+    /// Adds `item`; `Ok(false)` when it was already there.
+    fn add(&mut self, item: Item) -> Result<bool, DataplaneError>;
+    /// Deletes `item`; `Ok(false)` when it was not there.
+    fn del(&mut self, item: Item) -> Result<bool, DataplaneError>;
+}
+
+/// What the dataplane asks of the kernel and of the xtables programs. Every method but
+/// [`Sys::enter`] and [`Sys::find_program`] works in the calling thread's namespace, so it is
+/// called from inside [`Sys::enter`].
+pub trait Sys: fmt::Debug + Send + Sync {
+    /// Runs `f` once, on the calling thread, inside `ns`, and returns the thread to its own
+    /// namespace afterwards.
+    fn enter(&self, ns: &PodNetns, f: &mut dyn FnMut()) -> Result<(), DataplaneError>;
+
+    /// The first executable called `name` in `search`.
+    fn find_program(&self, search: &[PathBuf], name: &str) -> Option<PathBuf>;
+    /// Whether any legacy (setsockopt) xtables table of `family` may exist.
+    fn legacy_tables_present(&self, family: Family) -> bool;
+    /// Starts a program and feeds it its stdin.
+    fn start(&self, run: &Invocation<'_>) -> Result<Started, DataplaneError>;
+
+    /// `meshcap_nft::xtables::shapes`: the nf_tables tables iptables-nft keeps.
+    fn xtables_shapes(&self, family: Family, names: &[&str]) -> Result<Vec<TableShape>, NftError>;
+    /// `meshcap_nft::xtables::remove_if_unused`.
+    fn xtables_remove_if_unused(
+        &self,
+        family: Family,
+        table: &str,
+        chains: &[String],
+        with_table: bool,
+    ) -> Result<Removed, NftError>;
+
+    /// `meshcap_nft::replace`: one transaction for every family given.
+    fn nft_replace(&self, rulesets: &[Ruleset]) -> Result<(), NftError>;
+    /// `meshcap_nft::delete`.
+    fn nft_delete(&self, families: &[Family]) -> Result<(), NftError>;
+    /// `meshcap_nft::verify`: [`NftError::Drift`] lists the differences.
+    fn nft_verify(&self, rulesets: &[Ruleset]) -> Result<(), NftError>;
+    /// `meshcap_nft::list`.
+    fn nft_list(&self, family: Family) -> Result<Option<InstalledTable>, NftError>;
+    /// `meshcap_nft::probe`.
+    fn nft_probe(&self) -> Result<(), NftError>;
+
+    /// The TPROXY routing of the namespace the calling thread is in (`netns` labels errors).
+    fn routes(&self, netns: &Path) -> Result<Box<dyn Routes + '_>, DataplaneError>;
+}
+
+/// The real system: `setns(2)`, processes, netlink.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Host;
+
+impl Sys for Host {
+    fn enter(&self, ns: &PodNetns, f: &mut dyn FnMut()) -> Result<(), DataplaneError> {
+        ns.run(f)
+    }
+
+    fn find_program(&self, search: &[PathBuf], name: &str) -> Option<PathBuf> {
+        exec::find_program(search, name)
+    }
+
+    /// The kernel lists them in `/proc/<tid>/net/ip_tables_names` (`ip6_tables_names`); the
+    /// file is absent without the module and empty while no table was ever used in the
+    /// namespace. That is all `iptables-legacy-save` would find, without spawning it: in the
+    /// common case (no legacy rules) an ADD spawns only the nft-flavour save and restore.
+    /// Anything unreadable counts as "maybe", which falls back to asking `*-legacy-save`.
+    fn legacy_tables_present(&self, family: Family) -> bool {
+        let file = match family {
+            Family::V4 => "/proc/thread-self/net/ip_tables_names",
+            Family::V6 => "/proc/thread-self/net/ip6_tables_names",
+        };
+        match std::fs::read_to_string(file) {
+            Ok(names) => !names.trim().is_empty(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(_) => true,
+        }
+    }
+
+    fn start(&self, run: &Invocation<'_>) -> Result<Started, DataplaneError> {
+        exec::start(run.program, run.args, run.env, run.stdin, run.netns)
+            .map(|r| Started(StartedInner::Child(r)))
+    }
+
+    fn xtables_shapes(&self, family: Family, names: &[&str]) -> Result<Vec<TableShape>, NftError> {
+        meshcap_nft::xtables::shapes(family, names)
+    }
+
+    fn xtables_remove_if_unused(
+        &self,
+        family: Family,
+        table: &str,
+        chains: &[String],
+        with_table: bool,
+    ) -> Result<Removed, NftError> {
+        meshcap_nft::xtables::remove_if_unused(family, table, chains, with_table)
+    }
+
+    fn nft_replace(&self, rulesets: &[Ruleset]) -> Result<(), NftError> {
+        meshcap_nft::replace(rulesets)
+    }
+
+    fn nft_delete(&self, families: &[Family]) -> Result<(), NftError> {
+        meshcap_nft::delete(families)
+    }
+
+    fn nft_verify(&self, rulesets: &[Ruleset]) -> Result<(), NftError> {
+        meshcap_nft::verify(rulesets)
+    }
+
+    fn nft_list(&self, family: Family) -> Result<Option<InstalledTable>, NftError> {
+        meshcap_nft::list(family)
+    }
+
+    fn nft_probe(&self) -> Result<(), NftError> {
+        meshcap_nft::probe()
+    }
+
+    fn routes(&self, netns: &Path) -> Result<Box<dyn Routes + '_>, DataplaneError> {
+        Ok(Box::new(Rtnl::open(netns)?))
+    }
+}
+
+/// Runs `f` inside `ns` through `sys` and returns what it returned.
+pub(crate) fn run_in<T>(
+    sys: &dyn Sys,
+    ns: &PodNetns,
+    f: impl FnOnce() -> T,
+) -> Result<T, DataplaneError> {
+    let mut f = Some(f);
+    let mut out = None;
+    sys.enter(ns, &mut || out = f.take().map(|f| f()))?;
+    Ok(out.expect("Sys::enter runs its closure when it succeeds"))
+}
