@@ -4,7 +4,7 @@
 //! The sidecar is this binary's hidden `sidecar` subcommand, started in the pod namespace as
 //! uid/gid 1337 by `nsenter --setuid 1337 --setgid 1337` (so it is the proxy the rules exempt),
 //! listening on 0.0.0.0:15001 and echoing fixed-size messages. The app is a thread that entered
-//! the namespace with `setns` (safe in nix; no `unsafe` here) and dials [`SERVICE_ADDR`], an
+//! the namespace (`meshcap_netns::enter_for_good`) and dials [`SERVICE_ADDR`], an
 //! outside address: only the capture can bring that connection to the sidecar, because the
 //! pod's `eth0` leads nowhere (its veth peer is down). The physical reference ("direct") is
 //! the same app dialling 127.0.0.1:15001 in a namespace without rules, so without conntrack or
@@ -21,12 +21,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::sched::{sched_setaffinity, setns, CloneFlags, CpuSet};
+use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
 use meshcap_model::model::PROXY_UID;
@@ -156,7 +157,7 @@ pub fn app(
     let file = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
     std::thread::scope(|s| {
         s.spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET).context("setns into the pod")?;
+            meshcap_netns::enter_for_good(file.as_fd()).context("setns into the pod")?;
             pin(cpu)?;
             // One probe first, so a broken capture is an error, not a zero rate.
             let mut probe = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)

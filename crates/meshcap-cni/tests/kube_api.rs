@@ -273,18 +273,9 @@ impl Scratch {
 fn invoke(command: &str, netns: &str, state: &str, cni_args: &str, config: &Value) -> Run {
     // One attachment per namespace: the record key is network + container id + ifname.
     let container_id = container_id(netns);
-    run_plugin(
-        &[
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", &container_id),
-            ("CNI_NETNS", netns),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/opt/cni/bin"),
-            ("CNI_ARGS", cni_args),
-            ("MESHCAP_STATE_DIR", state),
-        ],
-        &config.to_string(),
-    )
+    let mut env = meshcap_testkit::cni_env(command, &container_id, netns, cni_args);
+    env.push(("MESHCAP_STATE_DIR", state));
+    run_plugin(&env, &config.to_string())
 }
 
 fn container_id(netns: &str) -> String {

@@ -1,28 +1,21 @@
-//! Entering a pod network namespace by file descriptor, for a synchronous closure only.
+//! A pod network namespace: opened and checked by file descriptor, entered for a synchronous
+//! closure only (through `meshcap-netns`, the one way meshcap enters namespaces).
 //!
 //! This is the one module of the crate that makes raw syscalls (the `NS_GET_NSTYPE` ioctl);
-//! everything else goes through safe wrappers. The model is ztunnel's `InpodNetns::run`:
-//! remember the calling thread's namespace, `setns(2)` into the pod's, run the closure, and
-//! switch back whatever happens. Namespaces are per thread, so the guard that switches back
-//! must never move to another thread: it is `!Send`.
+//! everything else goes through safe wrappers.
 #![allow(unsafe_code)]
 
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::sched::{setns, CloneFlags};
+use meshcap_netns::THREAD_NETNS;
 use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
 
 use crate::DataplaneError;
-
-/// The calling thread's own network namespace. `/proc/self` would name the main thread's,
-/// which differs while another thread is inside a pod (see TOOLCHAIN.md).
-const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// Identity of a network namespace: device and inode of its nsfs file. Stable for the
 /// namespace's lifetime and the same through every bind mount of it (`ip netns`, CRI pins).
@@ -132,36 +125,15 @@ impl PodNetns {
     /// When the thread cannot return to its original namespace: carrying on would apply the
     /// next pod's rules to the wrong namespace, so this is not a recoverable error.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, DataplaneError> {
-        let home = File::open(THREAD_NETNS).map_err(|source| DataplaneError::Netns {
-            op: "open the calling thread's",
-            path: PathBuf::from(THREAD_NETNS),
-            source,
-        })?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| DataplaneError::Netns {
-            op: "setns into",
-            path: self.path.clone(),
-            source: e.into(),
-        })?;
-        let _back = ReturnGuard {
-            home,
-            _not_send: PhantomData,
-        };
-        Ok(f())
-    }
-}
-
-/// Switches the thread back to `home` when dropped (normal return or unwinding).
-struct ReturnGuard {
-    home: File,
-    /// A raw pointer makes the guard `!Send` and `!Sync`: namespaces belong to threads.
-    _not_send: PhantomData<*const ()>,
-}
-
-impl Drop for ReturnGuard {
-    fn drop(&mut self) {
-        if let Err(e) = setns(self.home.as_fd(), CloneFlags::CLONE_NEWNET) {
-            panic!("cannot return the thread to its network namespace: {e}");
-        }
+        meshcap_netns::run_in(self.file.as_fd(), f).map_err(|e| DataplaneError::Netns {
+            op: e.op,
+            path: if e.is_home() {
+                PathBuf::from(THREAD_NETNS)
+            } else {
+                self.path.clone()
+            },
+            source: e.source,
+        })
     }
 }
 

@@ -16,45 +16,32 @@ use meshcap_dataplane::{
 use meshcap_model::rules::{
     Chain, Family, Hook, Match, PolicyRoute, Proto, Rule, Ruleset, Table, TableRules, Target,
 };
+use meshcap_testkit::ScratchNetns;
 
 // ---------------------------------------------------------------------------------------
 // Harness
 
 /// Whether the test can run; prints the skip reason with the test name, or panics under CI.
 fn privileged(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let ip = Command::new("ip").arg("-V").output().is_ok();
-    if root && ip {
-        return true;
-    }
-    let why = if root {
-        "the `ip` program is missing"
-    } else {
-        "it needs root"
-    };
-    meshcap_testkit::skip_or_fail(test, why);
-    false
+    meshcap_testkit::gate::require_root_and_tools(test, &["ip"])
 }
 
-/// A named network namespace, deleted on drop.
+/// A scratch network namespace ([`ScratchNetns`]: `dp-<test>-<pid>-<n>`), deleted on drop.
 struct TestNs {
+    ns: ScratchNetns,
     name: String,
     path: PathBuf,
 }
 
 impl TestNs {
     fn new(test: &str) -> Result<TestNs> {
-        let name = format!("dp-{test}-{}", std::process::id());
-        // A leftover from an earlier run with the same pid would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh("ip", &["netns", "add", &name])?;
-        let ns = TestNs {
-            path: PathBuf::from("/run/netns").join(&name),
-            name,
-        };
-        // The CNI loopback plugin brings lo up in real pods; IPv6 local routes need it up.
-        ns.exec("ip", &["link", "set", "lo", "up"])?;
-        Ok(ns)
+        // lo is up: the CNI loopback plugin brings it up in real pods; IPv6 local routes need it.
+        let ns = ScratchNetns::new(&format!("dp-{test}"))?;
+        Ok(TestNs {
+            name: ns.name().to_owned(),
+            path: ns.path().to_owned(),
+            ns,
+        })
     }
 
     fn open(&self) -> Result<PodNetns> {
@@ -63,9 +50,9 @@ impl TestNs {
 
     /// Runs `program args` inside the namespace (`ip netns exec`), returning stdout.
     fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let mut all = vec!["netns", "exec", &self.name, program];
-        all.extend_from_slice(args);
-        sh("ip", &all)
+        let mut argv = vec![program];
+        argv.extend_from_slice(args);
+        Ok(self.ns.exec(&argv, None)?)
     }
 }
 
@@ -76,9 +63,6 @@ impl Drop for TestNs {
             let locks = Dataplane::default().run_dir().join("locks");
             let _ = fs::remove_file(locks.join(format!("xtables-{}", ns.id())));
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
     }
 }
 

@@ -84,7 +84,7 @@ fn pin() -> Result<()> {
 /// ('t', answering one byte at EOF of the announced length).
 fn sidecar(ns: File, ready: mpsc::Sender<()>) -> Result<()> {
     pin()?;
-    testing::enter_netns(ns.as_fd())?;
+    meshcap_netns::enter_for_good(ns.as_fd())?;
     testing::become_user(1337, 1337)?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 15001))?;
     ready.send(())?;
@@ -122,7 +122,7 @@ fn sidecar(ns: File, ready: mpsc::Sender<()>) -> Result<()> {
 /// REDIRECT rule captures it) before dialling.
 fn app_conn(ns: &File, mode: u8, len: u64) -> Result<TcpStream> {
     pin()?;
-    testing::enter_netns(ns.as_fd())?;
+    meshcap_netns::enter_for_good(ns.as_fd())?;
     testing::become_user(1000, 1000)?;
     let mut c = TcpStream::connect("127.0.0.2:8080")?;
     c.set_nodelay(true)?;

@@ -139,25 +139,15 @@ pub fn status(netns_cookie: Option<u64>) -> Result<Status, FastPathError> {
 /// network namespace `netns` refers to. Creates a socket in that namespace from a short-lived
 /// thread, so the caller's own namespace never changes.
 pub fn netns_cookie(netns: BorrowedFd<'_>) -> Result<u64, FastPathError> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            sys::setns_net(netns).map_err(|source| FastPathError::Syscall {
-                call: "setns(CLONE_NEWNET)",
-                source,
-            })?;
-            sys::current_netns_cookie().map_err(|source| FastPathError::Syscall {
-                call: "getsockopt(SO_NETNS_COOKIE)",
-                source,
-            })
+    meshcap_netns::run_on_thread(netns, sys::current_netns_cookie)
+        .map_err(|e| FastPathError::Syscall {
+            call: "setns(CLONE_NEWNET)",
+            source: e.source,
+        })?
+        .map_err(|source| FastPathError::Syscall {
+            call: "getsockopt(SO_NETNS_COOKIE)",
+            source,
         })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(FastPathError::Syscall {
-                call: "netns cookie thread",
-                source: std::io::Error::other("panicked"),
-            })
-        })
-    })
 }
 
 /// [`netns_cookie`] of a namespace given by path (`/var/run/netns/NAME`, `/proc/PID/ns/net`).
@@ -169,12 +159,6 @@ pub fn netns_cookie_at(path: &Path) -> Result<u64, FastPathError> {
 /// Helpers for tests and benchmarks that play an app and a sidecar on threads of one process.
 #[doc(hidden)]
 pub mod testing {
-    use std::os::fd::BorrowedFd;
-
-    /// Moves the calling thread into `netns`.
-    pub fn enter_netns(netns: BorrowedFd<'_>) -> std::io::Result<()> {
-        crate::sys::setns_net(netns)
-    }
 
     /// Sets the calling thread's uid and gid (only this thread's; irreversible for it).
     pub fn become_user(uid: u32, gid: u32) -> std::io::Result<()> {

@@ -175,18 +175,6 @@ pub(crate) fn current_netns_cookie() -> io::Result<u64> {
     socket_netns_cookie(sock.as_fd())
 }
 
-/// Moves the calling thread into the network namespace `netns` (setns(2) only affects the
-/// calling thread, so callers do this on a thread of their own).
-pub(crate) fn setns_net(netns: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: setns on a borrowed, open descriptor.
-    let ret = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// Sets the real, effective and saved uid and gid of the calling *thread* only. glibc's
 /// setresuid() would change every thread of the process (it broadcasts with SIGSETXID); the raw
 /// system calls do not, which is what a test that plays two users on two threads needs.

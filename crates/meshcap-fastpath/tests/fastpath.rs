@@ -22,6 +22,7 @@ use meshcap_fastpath::{
     agent::{self, AgentOptions},
     netns_cookie_at, testing, FastPathError, PinDir, PodFastPath,
 };
+use meshcap_testkit::ScratchNetns;
 
 const APP_UID: u32 = 1000;
 const PROXY_UID: u32 = 1337;
@@ -60,29 +61,20 @@ fn run(cmd: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A named network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
+/// A scratch network namespace ([`ScratchNetns`]), deleted on drop.
+struct Netns(ScratchNetns);
 
 impl Netns {
     fn new(test: &str) -> Result<Self> {
-        let name = format!("mcfp-{test}-{}", std::process::id());
-        let _ = run("ip", &["netns", "del", &name]);
-        run("ip", &["netns", "add", &name])?;
-        let ns = Self { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
+        Ok(Self(ScratchNetns::new(&format!("mcfp-{test}"))?))
     }
 
     fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+        self.0.path().to_owned()
     }
 
     fn exec(&self, cmd: &[&str]) -> Result<String> {
-        let mut args = vec!["netns", "exec", &self.name];
-        args.extend_from_slice(cmd);
-        run("ip", &args)
+        Ok(self.0.exec(cmd, None)?)
     }
 
     fn lo_tx_bytes(&self) -> Result<u64> {
@@ -90,12 +82,6 @@ impl Netns {
             .exec(&["cat", "/sys/class/net/lo/statistics/tx_bytes"])?
             .trim()
             .parse()?)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name]);
     }
 }
 
@@ -262,7 +248,7 @@ fn spawn_sidecar(netns: &Path) -> Result<thread::JoinHandle<Result<u64>>> {
     let ns = File::open(netns)?;
     let (tx, rx) = mpsc::channel();
     let handle = thread::spawn(move || -> Result<u64> {
-        testing::enter_netns(ns.as_fd())?;
+        meshcap_netns::enter_for_good(ns.as_fd())?;
         testing::become_user(PROXY_UID, PROXY_UID)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 15001))?;
         tx.send(())?;
@@ -292,7 +278,7 @@ fn run_app(netns: &Path, rounds: usize, size: usize) -> Result<u64> {
 fn run_app_to(netns: &Path, dest: &'static str, rounds: usize, size: usize) -> Result<u64> {
     let ns = File::open(netns)?;
     thread::spawn(move || -> Result<u64> {
-        testing::enter_netns(ns.as_fd())?;
+        meshcap_netns::enter_for_good(ns.as_fd())?;
         testing::become_user(APP_UID, APP_UID)?;
         let dest: SocketAddr = dest.parse()?;
         let mut conn = TcpStream::connect_timeout(&dest, Duration::from_secs(5))?;
@@ -317,7 +303,7 @@ fn proxy_upstream(netns: &Path) -> Result<()> {
     let ns2 = ns.try_clone()?;
     let (tx, rx) = mpsc::channel();
     let server = thread::spawn(move || -> Result<()> {
-        testing::enter_netns(ns.as_fd())?;
+        meshcap_netns::enter_for_good(ns.as_fd())?;
         testing::become_user(APP_UID, APP_UID)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 9000))?;
         tx.send(())?;
@@ -329,7 +315,7 @@ fn proxy_upstream(netns: &Path) -> Result<()> {
     });
     rx.recv_timeout(Duration::from_secs(5))?;
     thread::spawn(move || -> Result<()> {
-        testing::enter_netns(ns2.as_fd())?;
+        meshcap_netns::enter_for_good(ns2.as_fd())?;
         testing::become_user(PROXY_UID, PROXY_UID)?;
         let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, 9000))?;
         c.write_all(b"hello")?;
@@ -420,7 +406,7 @@ fn sk_msg_redirect_carries_app_sidecar_traffic() -> Result<()> {
     let (opened_tx, opened_rx) = mpsc::channel();
     let (close_tx, close_rx) = mpsc::channel::<()>();
     let app = thread::spawn(move || -> Result<()> {
-        testing::enter_netns(ns.as_fd())?;
+        meshcap_netns::enter_for_good(ns.as_fd())?;
         testing::become_user(APP_UID, APP_UID)?;
         let mut conn = TcpStream::connect("127.0.0.2:8080")?;
         conn.write_all(b"ping")?;

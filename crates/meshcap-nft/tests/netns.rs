@@ -5,60 +5,34 @@
 //! as bytecode) exactly like what `nft -f` of `render()` installs in another fresh namespace.
 //! Without root or `nft` the tests skip, saying so by name; under `CI=true` they fail instead.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ipnet::IpNet;
 use meshcap_model::render::nftables::{chain_name, chain_rules, render};
 use meshcap_model::rules::{
     Chain, Family, Hook, Match, Proto, Rule, Ruleset, Table, TableRules, Target,
 };
 use meshcap_nft::{delete, list, probe, replace, verify, NftError};
+use meshcap_testkit::ScratchNetns;
 use nix::errno::Errno;
-use nix::sched::{setns, CloneFlags};
 
 fn can_run(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let nft = Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if root && nft {
-        return true;
-    }
-    let why = if root {
-        "the nft binary is missing"
-    } else {
-        "it needs root"
-    };
-    meshcap_testkit::skip_or_fail(test, why);
-    false
+    meshcap_testkit::gate::require_root_and_tools(test, &["nft", "ip"])
 }
 
-/// A named network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
+/// A scratch network namespace ([`ScratchNetns`]), deleted on drop.
+struct Netns(ScratchNetns);
 
 impl Netns {
     fn new(test: &str, tag: &str) -> Result<Self> {
-        let name = format!("nfttest-{test}{tag}-{}", std::process::id());
-        // A leftover from a crashed run with a recycled pid would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run("ip", &["netns", "add", &name], None)?;
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"], None)?;
-        Ok(ns)
+        Ok(Netns(ScratchNetns::new(&format!("nfttest-{test}{tag}"))?))
     }
 
     fn exec(&self, argv: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut args = vec!["netns", "exec", &self.name];
-        args.extend_from_slice(argv);
-        run("ip", &args, stdin)
+        Ok(self.0.exec(argv, stdin)?)
     }
 
     fn nft(&self, args: &[&str]) -> Result<String> {
@@ -70,16 +44,7 @@ impl Netns {
     /// Runs `f` on a fresh thread that has entered this namespace (the thread ends with it, so
     /// nothing else ever runs in the pod namespace by accident).
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).with_context(|| format!("open {path}"))?;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
-                Ok(f())
-            })
-            .join()
-            .expect("netns thread panicked")
-        })
+        Ok(self.0.run(f)?)
     }
 
     /// `nft list table` of both meshcap tables (an absent one lists as nothing).
@@ -102,49 +67,6 @@ impl Netns {
         }
         Ok(if debug { strip_handles(&out) } else { out })
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = Command::new(cmd)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {cmd}"))?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {args:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // `nft --debug=netlink` prints bytecode on stderr on some versions, stdout on others.
-    Ok(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
 }
 
 /// Bytecode listings name each rule `ip meshcap CHAIN HANDLE [POSITION]`; handles depend on

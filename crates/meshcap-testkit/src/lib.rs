@@ -4,10 +4,17 @@
 //!   `SKIPPED <name>: why` and returns; under `CI=true` it fails instead, so CI never passes by
 //!   skipping. `scripts/test.sh` counts the `SKIPPED` lines.
 //! - [`scratch`]: a scratch directory that removes itself.
+//! - [`plugin`]: running a CNI plugin binary as a runtime starts it.
+//! - [`netns`]: a scratch network namespace that deletes itself, and running programs to
+//!   completion.
 #![forbid(unsafe_code)]
 
 pub mod gate;
+pub mod netns;
+pub mod plugin;
 pub mod scratch;
 
 pub use gate::{ci, missing_root, missing_root_or_tools, skip_or_fail};
+pub use netns::{run_checked, ScratchNetns};
+pub use plugin::{cni_env, run_plugin, PluginRun};
 pub use scratch::ScratchDir;

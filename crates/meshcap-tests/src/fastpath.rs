@@ -360,7 +360,7 @@ impl EchoSidecar {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let listener = (|| -> Result<TcpListener> {
-                meshcap_fastpath::testing::enter_netns(std::os::fd::AsFd::as_fd(&fd))?;
+                meshcap_netns::enter_for_good(std::os::fd::AsFd::as_fd(&fd))?;
                 meshcap_fastpath::testing::become_user(PROXY_ID, PROXY_ID)?;
                 let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 15001))?;
                 l.set_nonblocking(true)?;
@@ -436,7 +436,7 @@ pub struct AppConnection {
 pub fn open_app_connection(ns: &Netns, to: SocketAddr) -> Result<AppConnection> {
     let fd = ns.open()?;
     let stream = std::thread::spawn(move || -> Result<TcpStream> {
-        meshcap_fastpath::testing::enter_netns(std::os::fd::AsFd::as_fd(&fd))?;
+        meshcap_netns::enter_for_good(std::os::fd::AsFd::as_fd(&fd))?;
         meshcap_fastpath::testing::become_user(APP_ID, APP_ID)?;
         Ok(TcpStream::connect_timeout(&to, Duration::from_secs(5))?)
     })

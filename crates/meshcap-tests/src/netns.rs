@@ -1,19 +1,16 @@
-//! Named network namespaces for tests.
-//!
-//! Each namespace is created with `ip netns add <prefix>-<pid>-<n>`, so parallel tests and
-//! parallel test processes never collide, and it is deleted when its [`Netns`] guard drops,
-//! also when the test panics. Work runs inside a namespace either as a closure on a thread that
-//! entered it by fd ([`Netns::run`]), or as a child process that enters it between fork and exec
-//! ([`Netns::command`]), optionally as another uid/gid.
+//! The end-to-end suite's network namespaces: the test kit's [`ScratchNetns`] (named
+//! `<prefix>-<pid>-<n>`, deleted on drop), plus child processes that enter it between fork and
+//! exec ([`Netns::command`]), optionally as another uid/gid, and a stop switch for the demo's
+//! Ctrl-C handler.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
+use meshcap_testkit::ScratchNetns;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// Refuse to create namespaces or start processes in them from now on, so a cleanup pass (the
@@ -36,49 +33,27 @@ fn check_not_stopping() -> Result<()> {
 
 /// A named network namespace (`/run/netns/<name>`), deleted on drop.
 #[derive(Debug)]
-pub struct Netns {
-    name: String,
-    path: PathBuf,
-}
+pub struct Netns(ScratchNetns);
 
 impl Netns {
     /// Create `<prefix>-<pid>-<n>` with `lo` up.
     pub fn new(prefix: &str) -> Result<Netns> {
         check_not_stopping()?;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let clean: String = prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .take(40)
-            .collect();
-        let name = format!("{clean}-{}-{n}", std::process::id());
-        run_checked(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns {
-            path: PathBuf::from("/run/netns").join(&name),
-            name,
-        };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
+        Ok(Netns(ScratchNetns::new(prefix)?))
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// `/run/netns/<name>`, what a runtime passes as `CNI_NETNS`.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     /// An fd on the namespace.
     pub fn open(&self) -> Result<File> {
-        File::open(&self.path).with_context(|| format!("open {}", self.path.display()))
+        Ok(self.0.open()?)
     }
 
     /// A command that runs inside this namespace (it enters by fd before exec).
@@ -106,7 +81,7 @@ impl Netns {
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         let mut cmd = self.command(program)?;
         cmd.args(args);
-        run_checked(&mut cmd).with_context(|| format!("in netns {}", self.name))
+        run_checked(&mut cmd).with_context(|| format!("in netns {}", self.name()))
     }
 
     /// `ip ARGS` inside the namespace.
@@ -122,33 +97,12 @@ impl Netns {
     /// Run `f` on a thread that entered this namespace; the caller's thread is untouched. The
     /// closure must not start async work that outlives it (the thread ends with it).
     pub fn run<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
-        let fd = self.open()?;
-        std::thread::scope(|s| {
-            s.spawn(move || -> Result<T> {
-                nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .context("setns into test netns")?;
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow!("closure in netns panicked"))?
-        })
+        Ok(self.0.run(f)?)
     }
 
     /// Delete now (drop does the same, ignoring errors).
     pub fn delete(self) -> Result<()> {
-        let name = self.name.clone();
-        std::mem::forget(self);
-        run_checked(Command::new("ip").args(["netns", "delete", &name])).map(|_| ())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        Ok(self.0.delete()?)
     }
 }
 
@@ -171,17 +125,5 @@ pub fn delete_all_of_this_process() {
 
 /// Run a command to completion; an error (with stderr) unless it exits 0; returns stdout.
 pub fn run_checked(cmd: &mut Command) -> Result<String> {
-    let out: Output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("spawn {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(meshcap_testkit::run_checked(cmd, None)?)
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use meshcap_model::mesh::istio::{resolve, NodeDefaults};
 use meshcap_model::pod::PodView;
@@ -417,32 +417,9 @@ fn invoke(
     state: &Path,
     config: &Value,
 ) -> (bool, String) {
-    use std::io::Write as _;
-    let mut child = Command::new(plugin)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", "peer-conformance")
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("MESHCAP_STATE_DIR", state)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let state = state.display().to_string();
+    let mut env = meshcap_testkit::cni_env(command, "peer-conformance", netns, "");
+    env.push(("MESHCAP_STATE_DIR", &state));
+    let run = meshcap_testkit::run_plugin(plugin, &env, &config.to_string());
+    (run.success(), run.output())
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use meshcap_testkit::{cni_env, run_plugin, ScratchNetns};
 use meshcap_tests::agent_process::AgentProcess;
 use meshcap_tests::skip_or_fail;
 use serde_json::{json, Value};
@@ -403,50 +404,35 @@ fn plugin_binary() -> Option<PathBuf> {
 /// A named network namespace with a pod-like interface (10.244.0.5/24 on a veth whose peer
 /// stays inside and answers nothing), deleted on drop.
 struct Netns {
+    ns: ScratchNetns,
     name: String,
 }
 
 impl Netns {
     fn create(test: &str) -> Netns {
-        let name = format!("{test}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ns = Netns { name };
-        ns.ip(&["netns", "add", &ns.name]);
+        let ns = ScratchNetns::new(test).expect("create a scratch network namespace");
         for args in [
-            &["link", "set", "lo", "up"][..],
             &[
                 "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
-            ],
+            ][..],
             &["link", "set", "peer0", "up"],
             &["addr", "add", "10.244.0.5/24", "dev", "eth0"],
             &["link", "set", "eth0", "up"],
         ] {
-            let mut full = vec!["-n", &ns.name];
-            full.extend_from_slice(args);
-            ns.ip(&full);
+            ns.ip(args).unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
         }
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        Netns {
+            name: ns.name().to_owned(),
+            ns,
+        }
     }
 
     fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
+        self.ns.path().display().to_string()
     }
 
     fn exec(&self, argv: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(argv)
-            .output()
-            .unwrap()
+        self.ns.output(argv).unwrap()
     }
 
     /// Whether an app's outbound connection is captured: a TCP connect to an address off the
@@ -481,14 +467,6 @@ except OSError as e:
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// Runs the plugin as a runtime does.
 fn invoke_plugin(
     bin: &Path,
@@ -498,39 +476,12 @@ fn invoke_plugin(
     state: &Path,
     conf: &str,
 ) -> (bool, String) {
-    let mut child = Command::new(bin)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={cid}"),
-        )
-        .env("MESHCAP_STATE_DIR", state)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={cid}");
+    let state = state.display().to_string();
+    let mut env = cni_env(command, cid, netns, &args);
+    env.push(("MESHCAP_STATE_DIR", &state));
+    let run = run_plugin(bin, &env, conf);
+    (run.success(), run.output())
 }
 
 fn plugin_conf(mode: &str, netns: &str) -> String {

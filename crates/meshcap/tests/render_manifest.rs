@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use meshcap_dataplane::{Backend, PodNetns};
 use meshcap_model::{Annotations, RedirectModel};
+use meshcap_testkit::ScratchNetns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshcap");
 
@@ -139,45 +140,17 @@ spec:
 
 // ---- privileged: the printed rules are what an ADD installs ----
 
-struct Netns(String);
+struct Netns(ScratchNetns);
 
 impl Netns {
     fn create(tag: &str) -> Netns {
-        let name = format!("{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Netns(name)
+        Netns(ScratchNetns::new(tag).expect("create a scratch network namespace"))
     }
 
     fn exec(&self, cmd: &[&str], stdin: Option<&str>) -> String {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(s) = stdin {
-            std::io::Write::write_all(&mut child.stdin.take().unwrap(), s.as_bytes()).unwrap();
-        } else {
-            drop(child.stdin.take());
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.0
+            .exec(cmd, stdin)
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
     }
 
     /// iptables-save and ip6tables-save without comments and counters.
@@ -197,12 +170,6 @@ impl Netns {
             }
         }
         out
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
 
@@ -263,7 +230,7 @@ fn privileged_render_f_prints_what_an_add_installs() {
         serde_json::from_value(yaml["spec"]["template"]["metadata"]["annotations"].clone())
             .unwrap();
     let added = Netns::create("mcap-render-add");
-    let ns = PodNetns::open(Path::new(&format!("/run/netns/{}", added.0))).unwrap();
+    let ns = PodNetns::open(added.0.path()).unwrap();
     let model = RedirectModel::from_annotations(&annotations).unwrap();
     meshcap_dataplane::apply(&ns, Backend::Iptables, &model.rulesets()).unwrap();
 

@@ -3,9 +3,9 @@
 //! target adds the assertions it needs on [`Run`] and [`Scratch`] in `impl` blocks of its own.
 #![allow(dead_code)] // each test target uses a different subset
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+
+use meshcap_testkit::ScratchNetns;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_meshcap-cni");
 
@@ -18,25 +18,11 @@ pub struct Run {
 
 /// Runs `meshcap-cni` with only `PATH` and `env` in its environment and `stdin` on stdin.
 pub fn run_plugin(env: &[(&str, &str)], stdin: &str) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn meshcap-cni");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let run = meshcap_testkit::run_plugin(std::path::Path::new(BIN), env, stdin);
     Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: run.code,
+        stdout: run.stdout,
+        stderr: run.stderr,
     }
 }
 
@@ -65,34 +51,23 @@ impl Drop for Scratch {
 
 pub use meshcap_tests::{missing_root_or_tools, skip_or_fail};
 
-/// A named network namespace, deleted on drop.
+/// A scratch network namespace ([`ScratchNetns`]), deleted on drop.
 pub struct Netns {
+    pub ns: ScratchNetns,
     pub name: String,
 }
 
 impl Netns {
     pub fn create(test: &str) -> Netns {
-        let name = format!("{test}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let up = Command::new("ip")
-            .args(["-n", &name, "link", "set", "lo", "up"])
-            .output()
-            .unwrap();
-        assert!(up.status.success());
-        Netns { name }
+        let ns = ScratchNetns::new(test).expect("create a scratch network namespace");
+        Netns {
+            name: ns.name().to_owned(),
+            ns,
+        }
     }
 
     pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
+        self.ns.path().display().to_string()
     }
 
     /// What the stock tools show, with counters and generated-by comments removed.
@@ -103,17 +78,11 @@ impl Netns {
         };
         let mut out = String::new();
         for cmd in cmds {
-            let o = Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .args(*cmd)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let o = self
+                .ns
+                .exec(cmd, None)
+                .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+            for line in o.lines() {
                 if line.starts_with('#') {
                     continue;
                 }
@@ -127,13 +96,5 @@ impl Netns {
             }
         }
         out
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
     }
 }
