@@ -48,163 +48,29 @@
 //! `MAX_CACHE_FILE` bytes; an unreadable or unparseable entry is logged once and skipped;
 //! ids from the cache are validated as the plugin validates them before they name a file;
 //! nothing runs a shell.
+//!
+//! The code: [`cache`] reads the runtime's cache files, [`invoke`] runs the plugin as the
+//! runtime would have, and this module decides, per cache file and scan, what to do.
+
+mod cache;
+mod invoke;
+#[cfg(test)]
+mod testdata;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
-use std::io;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use meshcap_cni_runtime::cache::{read_capped, CacheEntry, RESULTS_DIR};
-use meshcap_cni_runtime::invoke::{self, Failure, Invocation};
+use meshcap_cni_runtime::cache::{CacheEntry, RESULTS_DIR};
 use meshcap_dataplane::{DataplaneError, PodNetns};
 use meshcap_records::{AttachmentRecord, StateDir};
-use serde_json::{Map, Value};
 
 use super::metrics::Metrics;
-use crate::install::{self, PLUGIN_TYPE};
-
-/// libcni writes the cache file in place (not atomically): a younger file that does not parse
-/// may still be being written, so it is read again next scan instead of reported.
-const SETTLE: Duration = Duration::from_secs(2);
-/// Longer than the plugin's own longest deadline (the Kubernetes API path, at most 60 s).
-const PLUGIN_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// What adoption asks of a cache entry beyond its format.
-trait CacheEntryExt {
-    fn set_up_with_meshcap(&self) -> Option<bool>;
-    fn validate(&self) -> anyhow::Result<()>;
-}
-
-impl CacheEntryExt for CacheEntry {
-    /// Whether the conflist the ADD used chained meshcap; `None` when it does not parse.
-    fn set_up_with_meshcap(&self) -> Option<bool> {
-        match serde_json::from_slice::<Value>(&self.config).ok()? {
-            Value::Object(conf) => Some(install::conf_has_meshcap(&conf)),
-            _ => None,
-        }
-    }
-
-    /// The ids the plugin would refuse (and that must not name a file here either).
-    fn validate(&self) -> anyhow::Result<()> {
-        meshcap_records::names::validate_container_id(&self.container_id)?;
-        meshcap_records::names::validate_ifname(&self.if_name)?;
-        anyhow::ensure!(
-            meshcap_records::names::is_valid_network_name(&self.network),
-            "network name {:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*",
-            self.network
-        );
-        Ok(())
-    }
-}
-
-/// A network as its current config in `--cni-conf-dir` defines it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Network {
-    pub name: String,
-    pub cni_version: Option<Value>,
-    /// meshcap's entry in its chain (the last one, if several).
-    pub entry: Option<Map<String, Value>>,
-}
-
-/// Every network of `dir` by name. Like libcni's `LoadConfList`, the first file in lexical
-/// order (`.conf`, `.conflist`, `.json`) that defines a name wins; a single-plugin `.conf`
-/// defines a network without meshcap (`meshcap install` turns it into a `.conflist`).
-pub fn load_networks(dir: &Path) -> io::Result<BTreeMap<String, Network>> {
-    let mut networks = BTreeMap::new();
-    for (_, conf) in install::config_files(dir)? {
-        let Some(name) = conf.get("name").and_then(Value::as_str) else {
-            continue;
-        };
-        if networks.contains_key(name) {
-            continue;
-        }
-        let entry = conf
-            .get("plugins")
-            .and_then(Value::as_array)
-            .and_then(|p| p.iter().rev().find(|p| install::is_meshcap(p)))
-            .and_then(Value::as_object)
-            .cloned();
-        networks.insert(
-            name.to_owned(),
-            Network {
-                name: name.to_owned(),
-                cni_version: conf.get("cniVersion").cloned(),
-                entry,
-            },
-        );
-    }
-    Ok(networks)
-}
-
-/// The network named `name` and meshcap's entry in its chain, when it chains meshcap.
-fn chained<'a>(
-    networks: &'a BTreeMap<String, Network>,
-    name: &str,
-) -> Option<(&'a Network, &'a Map<String, Value>)> {
-    let network = networks.get(name)?;
-    Some((network, network.entry.as_ref()?))
-}
-
-/// The plugin's stdin, as libcni's `buildOneConfig` makes it for the last plugin of the list:
-/// the entry with the list's `name` and `cniVersion`, `runtimeConfig` holding the capability
-/// args the entry declares in `capabilities` (only when there are any, as libcni does), and the
-/// chain's result as `prevResult`.
-pub fn plugin_stdin(network: &Network, entry: &Map<String, Value>, cache: &CacheEntry) -> Value {
-    invoke::plugin_stdin(
-        entry,
-        &network.name,
-        network.cni_version.as_ref(),
-        &cache.capability_args,
-        cache.result.clone().map(Value::Object).as_ref(),
-    )
-}
-
-/// What the plugin's exit status and stdout say for `command`: `Ok` on success (a result
-/// object for ADD; DEL prints nothing), else the CNI error (`code`, `msg`, `details`) or, when
-/// stdout is not one, the status and stderr.
-pub fn plugin_outcome(
-    command: &str,
-    success: bool,
-    stdout: &[u8],
-    stderr: &[u8],
-) -> Result<(), String> {
-    match invoke::outcome(success, stdout) {
-        Ok(Some(Value::Object(_))) => Ok(()),
-        Ok(None) if command != "ADD" => Ok(()),
-        Ok(_) | Err(Failure::BadOutput) if success => Err(format!(
-            "exit status 0 but stdout is not a CNI result: {:?}",
-            invoke::tail(stdout)
-        )),
-        Err(Failure::Cni(error)) => Err(error.to_string()),
-        _ => Err(format!(
-            "failed without a CNI error on stdout ({:?}); stderr: {:?}",
-            invoke::tail(stdout),
-            invoke::tail(stderr)
-        )),
-    }
-}
-
-/// Identifies one version of a cache file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    mtime: (i64, i64),
-    len: u64,
-    ino: u64,
-}
-
-impl Stamp {
-    fn of(meta: &fs::Metadata) -> Stamp {
-        Stamp {
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            len: meta.len(),
-            ino: meta.ino(),
-        }
-    }
-}
+use crate::install::PLUGIN_TYPE;
+use cache::{pod_name, Stamp};
+use invoke::{chained, load_networks, plugin_stdin, Network, Plugin};
 
 /// Where one cache file (one version of it) stands.
 #[derive(Debug)]
@@ -243,9 +109,7 @@ impl RecordId {
 pub struct Adopter {
     results: PathBuf,
     conf_dir: PathBuf,
-    bin_dir: PathBuf,
-    plugin: PathBuf,
-    state_root: PathBuf,
+    plugin: Plugin,
     state: StateDir,
     /// Cache files older than this describe sandboxes of an earlier boot.
     booted: Option<SystemTime>,
@@ -271,11 +135,13 @@ impl Adopter {
         Adopter {
             results: cache_dir.join(RESULTS_DIR),
             conf_dir: conf_dir.to_owned(),
-            bin_dir: bin_dir.to_owned(),
-            plugin: bin_dir.join(PLUGIN_TYPE),
-            state_root: state_root.to_owned(),
+            plugin: Plugin {
+                path: bin_dir.join(PLUGIN_TYPE),
+                bin_dir: bin_dir.to_owned(),
+                state_root: state_root.to_owned(),
+            },
             state: StateDir::new(state_root),
-            booted: boot_time(),
+            booted: cache::boot_time(),
             own_netns: PodNetns::open(Path::new("/proc/self/ns/net"))
                 .ok()
                 .map(|ns| (ns.dev(), ns.ino())),
@@ -316,7 +182,7 @@ impl Adopter {
                     Some(self.evaluate(&path, entry, Some(why), &mut networks, metrics))
                 }
                 Some((s, seen)) if s == stamp => Some(seen),
-                _ => match self.read(&path, &meta) {
+                _ => match cache::read(&path, &meta, self.booted) {
                     None => None,
                     Some(None) => Some(Seen::Ignored),
                     Some(Some(entry)) => {
@@ -347,56 +213,6 @@ impl Adopter {
                 }
             }
         }
-    }
-
-    /// Reads and parses a cache file. `None`: try again next scan (young and incomplete);
-    /// `Some(None)`: nothing to adopt in it (reasons logged here, once per version).
-    fn read(&self, path: &Path, meta: &fs::Metadata) -> Option<Option<CacheEntry>> {
-        if !meta.is_file() {
-            tracing::warn!(file = %path.display(), "not a regular file in the CNI results cache; skipping it");
-            return Some(None);
-        }
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| m.elapsed().ok())
-            .unwrap_or_default();
-        let parsed = read_capped(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| CacheEntry::parse(&bytes));
-        let entry = match parsed {
-            Ok(Some(entry)) => entry,
-            Ok(None) => {
-                tracing::debug!(file = %path.display(), "not a cniCacheV1 entry; skipping it");
-                return Some(None);
-            }
-            Err(_) if age < SETTLE => return None,
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = format!("{e:#}"), "unreadable CNI cache entry; skipping it");
-                return Some(None);
-            }
-        };
-        if let Err(e) = entry.validate() {
-            tracing::warn!(file = %path.display(), error = format!("{e:#}"), "CNI cache entry with ids the plugin would refuse; skipping it");
-            return Some(None);
-        }
-        match entry.set_up_with_meshcap() {
-            Some(false) => {}
-            Some(true) => return Some(None), // The runtime ran meshcap itself: not ours to adopt.
-            None => {
-                tracing::warn!(file = %path.display(), "the cached network config does not parse; not adopting this pod");
-                return Some(None);
-            }
-        }
-        let stale = self
-            .booted
-            .zip(meta.modified().ok())
-            .is_some_and(|(booted, written)| written < booted);
-        if stale {
-            tracing::debug!(file = %path.display(), "cache entry from an earlier boot; skipping it");
-            return Some(None);
-        }
-        Some(Some(entry))
     }
 
     /// Checks conditions 2 to 4 (module docs) and adopts when they hold.
@@ -453,13 +269,13 @@ impl Adopter {
                 return Seen::Ignored;
             }
         }
-        if !self.plugin.is_file() {
-            let why = format!("{} is not installed", self.plugin.display());
+        if !self.plugin.is_installed() {
+            let why = format!("{} is not installed", self.plugin.path.display());
             return wait(entry, why);
         }
 
         let stdin = plugin_stdin(network, plugin_entry, &entry);
-        let verdict = match self.exec("ADD", &entry, Some(&netns), &stdin) {
+        let verdict = match self.plugin.exec("ADD", &entry, Some(&netns), &stdin) {
             Err(error) => Verdict::Failed(error),
             Ok(()) => match self
                 .state
@@ -543,7 +359,7 @@ impl Adopter {
             tracing::warn!(network = %entry.network, container_id = %entry.container_id, "a torn-down pod still has its record, and its network no longer chains meshcap-cni to remove it");
             return true;
         };
-        if !self.plugin.is_file() {
+        if !self.plugin.is_installed() {
             return true; // Uninstalled: stale records are GC's.
         }
         // Enter the namespace only while it is the one ADD recorded (a /proc/PID/ns/net path
@@ -559,7 +375,7 @@ impl Adopter {
             })
             .map(|_| record.netns.clone());
         let stdin = plugin_stdin(network, plugin_entry, entry);
-        match self.exec("DEL", entry, netns.as_deref(), &stdin) {
+        match self.plugin.exec("DEL", entry, netns.as_deref(), &stdin) {
             Ok(()) => {
                 tracing::info!(pod = %pod_name(entry), container_id = %entry.container_id, "the pod was torn down while it was adopted: ran meshcap-cni DEL so nothing is left behind");
                 true
@@ -569,325 +385,5 @@ impl Adopter {
                 false
             }
         }
-    }
-
-    /// Runs the installed plugin as a runtime does.
-    fn exec(
-        &self,
-        command: &str,
-        entry: &CacheEntry,
-        netns: Option<&Path>,
-        stdin: &Value,
-    ) -> Result<(), String> {
-        let mut cmd = Command::new(&self.plugin);
-        Invocation {
-            command,
-            container_id: &entry.container_id,
-            netns,
-            ifname: &entry.if_name,
-            args: &entry.cni_args_env(),
-            path: &self.bin_dir,
-        }
-        .apply(&mut cmd);
-        cmd.env(meshcap_records::STATE_DIR_VAR, &self.state_root);
-        let stdin = serde_json::to_vec(stdin).expect("a JSON value serializes");
-        let out = invoke::run(cmd, &stdin, Some(PLUGIN_TIMEOUT)).map_err(|e| e.to_string())?;
-        plugin_outcome(command, out.status.success(), &out.stdout, &out.stderr)
-    }
-}
-
-fn pod_name(entry: &CacheEntry) -> String {
-    let arg = |key: &str| {
-        entry
-            .cni_args
-            .iter()
-            .find(|(k, _)| k == key)
-            .map_or("-", |(_, v)| v.as_str())
-    };
-    format!("{}/{}", arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME"))
-}
-
-/// The last boot, from `btime` in /proc/stat (proc(5)).
-fn boot_time() -> Option<SystemTime> {
-    let stat = fs::read_to_string("/proc/stat").ok()?;
-    let secs: u64 = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use base64::Engine as _;
-    use meshcap_cni_runtime::cache::MAX_CACHE_FILE;
-    use serde_json::json;
-
-    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-    fn conflist(with_meshcap: bool) -> Value {
-        let mut plugins =
-            vec![json!({"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local"}})];
-        if with_meshcap {
-            plugins.push(json!({"type": PLUGIN_TYPE, "selection": "all"}));
-        }
-        json!({"cniVersion": "1.0.0", "name": "podnet", "plugins": plugins})
-    }
-
-    /// A cache file as Go libcni's `cacheAdd` writes it (`netns` only from libcni 1.2).
-    fn cache_file(config: &Value, netns: Option<&str>) -> Vec<u8> {
-        let mut v = json!({
-            "kind": "cniCacheV1",
-            "containerId": "0123abcd",
-            "config": B64.encode(serde_json::to_vec(config).unwrap()),
-            "ifName": "eth0",
-            "networkName": "podnet",
-            "cniArgs": [["IgnoreUnknown", "1"], ["K8S_POD_NAMESPACE", "shop"], ["K8S_POD_NAME", "cart-0"]],
-            "capabilityArgs": {
-                "io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"},
-                "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
-            },
-            "result": {
-                "cniVersion": "1.0.0",
-                "interfaces": [
-                    {"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"},
-                    {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"},
-                    {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/var/run/netns/cni-result"}
-                ],
-                "ips": [{"address": "10.88.0.5/16", "gateway": "10.88.0.1", "interface": 2}]
-            }
-        });
-        if let Some(n) = netns {
-            v["netns"] = json!(n);
-        }
-        serde_json::to_vec(&v).unwrap()
-    }
-
-    #[test]
-    fn libcni_1_2_entry_with_netns() {
-        let e = CacheEntry::parse(&cache_file(&conflist(false), Some("/var/run/netns/cni-1")))
-            .unwrap()
-            .unwrap();
-        assert_eq!(e.container_id, "0123abcd");
-        assert_eq!(e.if_name, "eth0");
-        assert_eq!(e.network, "podnet");
-        assert_eq!(e.netns_path(), Some(PathBuf::from("/var/run/netns/cni-1")));
-        assert_eq!(
-            e.cni_args_env(),
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0"
-        );
-        assert_eq!(pod_name(&e), "shop/cart-0");
-        assert_eq!(e.set_up_with_meshcap(), Some(false));
-        e.validate().unwrap();
-    }
-
-    #[test]
-    fn older_libcni_entry_falls_back_to_the_interface_sandbox() {
-        let e = CacheEntry::parse(&cache_file(&conflist(false), None))
-            .unwrap()
-            .unwrap();
-        assert_eq!(e.netns, None);
-        // The container-side interface (named ifName), not the host-side ones.
-        assert_eq!(
-            e.netns_path(),
-            Some(PathBuf::from("/var/run/netns/cni-result"))
-        );
-        // podman 4: no K8S_POD_NAMESPACE, no capability args, an empty netns is absent.
-        let mut v: Value = serde_json::from_slice(&cache_file(&conflist(false), Some(""))).unwrap();
-        v["cniArgs"] = json!([["IgnoreUnknown", "1"], ["K8S_POD_NAME", "web"]]);
-        v.as_object_mut().unwrap().remove("capabilityArgs");
-        v["result"]["interfaces"] = json!([{"name": "eth1", "sandbox": "/run/netns/other"}]);
-        let e = CacheEntry::parse(&serde_json::to_vec(&v).unwrap())
-            .unwrap()
-            .unwrap();
-        assert_eq!(e.netns, None);
-        assert!(e.capability_args.is_empty());
-        assert_eq!(pod_name(&e), "-/web");
-        // No interface named eth0: any interface with a sandbox.
-        assert_eq!(e.netns_path(), Some(PathBuf::from("/run/netns/other")));
-        v["result"]["interfaces"] = json!([{"name": "eth0"}]);
-        let e = CacheEntry::parse(&serde_json::to_vec(&v).unwrap())
-            .unwrap()
-            .unwrap();
-        assert_eq!(e.netns_path(), None);
-    }
-
-    #[test]
-    fn legacy_and_broken_files() {
-        // libcni before 0.8 cached the bare result: not ours to parse, not an error.
-        let legacy = json!({"cniVersion": "0.4.0", "interfaces": [], "ips": []});
-        assert_eq!(
-            CacheEntry::parse(&serde_json::to_vec(&legacy).unwrap()).unwrap(),
-            None
-        );
-        assert!(CacheEntry::parse(b"{\"kind\":\"cniCacheV1\"").is_err());
-        assert!(CacheEntry::parse(b"[1,2]").is_err());
-        let mut v: Value = serde_json::from_slice(&cache_file(&conflist(false), None)).unwrap();
-        v["config"] = json!("not base64!");
-        let err = CacheEntry::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(format!("{err:#}").contains("config"), "{err:#}");
-        v.as_object_mut().unwrap().remove("containerId");
-        v["config"] = json!(B64.encode(b"{}"));
-        let err = CacheEntry::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(err.to_string().contains("containerId"), "{err}");
-    }
-
-    #[test]
-    fn cached_config_with_or_without_meshcap() {
-        let with = CacheEntry::parse(&cache_file(&conflist(true), None))
-            .unwrap()
-            .unwrap();
-        assert_eq!(with.set_up_with_meshcap(), Some(true));
-        let without = CacheEntry::parse(&cache_file(&conflist(false), None))
-            .unwrap()
-            .unwrap();
-        assert_eq!(without.set_up_with_meshcap(), Some(false));
-        // A single-plugin network (libcni's AddNetwork caches that plugin's config).
-        let single = CacheEntry::parse(&cache_file(
-            &json!({"cniVersion": "1.0.0", "name": "podnet", "type": "bridge"}),
-            None,
-        ))
-        .unwrap()
-        .unwrap();
-        assert_eq!(single.set_up_with_meshcap(), Some(false));
-        let mut garbage = without.clone();
-        garbage.config = b"not json".to_vec();
-        assert_eq!(garbage.set_up_with_meshcap(), None);
-    }
-
-    #[test]
-    fn ids_are_validated_before_they_name_a_file() {
-        let mut e = CacheEntry::parse(&cache_file(&conflist(false), None))
-            .unwrap()
-            .unwrap();
-        e.container_id = "../../etc".into();
-        assert!(e.validate().is_err());
-        e.container_id = "abc".into();
-        e.network = "a/b".into();
-        assert!(e.validate().is_err());
-        e.network = "podnet".into();
-        e.if_name = "eth0/..".into();
-        assert!(e.validate().is_err());
-    }
-
-    #[test]
-    fn stdin_is_what_libcni_gives_the_last_plugin() {
-        let cache = CacheEntry::parse(&cache_file(&conflist(false), None))
-            .unwrap()
-            .unwrap();
-        let network = Network {
-            name: "podnet".into(),
-            cni_version: Some(json!("1.1.0")),
-            entry: None,
-        };
-        let entry = json!({
-            "type": PLUGIN_TYPE,
-            "mode": "nftables",
-            "capabilities": {"io.kubernetes.cri.pod-annotations": true, "portMappings": false, "bandwidth": true}
-        });
-        let stdin = plugin_stdin(&network, entry.as_object().unwrap(), &cache);
-        assert_eq!(stdin["name"], "podnet");
-        assert_eq!(stdin["cniVersion"], "1.1.0");
-        assert_eq!(stdin["type"], PLUGIN_TYPE);
-        assert_eq!(stdin["mode"], "nftables");
-        // Declared and passed: in; declared false: out; declared but not passed: absent.
-        assert_eq!(
-            stdin["runtimeConfig"],
-            json!({"io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"}})
-        );
-        assert_eq!(
-            stdin["prevResult"],
-            Value::Object(cache.result.clone().unwrap())
-        );
-
-        // Nothing declared that the runtime passed: no runtimeConfig at all.
-        let bare = json!({"type": PLUGIN_TYPE, "capabilities": {"portMappings": false}});
-        let stdin = plugin_stdin(&network, bare.as_object().unwrap(), &cache);
-        assert!(stdin.get("runtimeConfig").is_none(), "{stdin}");
-        let no_caps = json!({"type": PLUGIN_TYPE});
-        let stdin = plugin_stdin(&network, no_caps.as_object().unwrap(), &cache);
-        assert!(stdin.get("runtimeConfig").is_none(), "{stdin}");
-
-        // The plugin accepts it.
-        let entry = json!({"type": PLUGIN_TYPE, "capabilities": {"io.kubernetes.cri.pod-annotations": true}});
-        let stdin = plugin_stdin(&network, entry.as_object().unwrap(), &cache);
-        let config = meshcap_cni::config::Config::parse(&serde_json::to_vec(&stdin).unwrap())
-            .expect("the plugin decodes it");
-        assert_eq!(config.name, "podnet");
-        assert!(config.prev_result.is_some());
-        assert_eq!(
-            config
-                .pod_annotations
-                .unwrap()
-                .get("sidecar.istio.io/status")
-                .map(String::as_str),
-            Some("{}")
-        );
-    }
-
-    #[test]
-    fn plugin_outcomes() {
-        assert_eq!(
-            plugin_outcome("ADD", true, br#"{"cniVersion":"1.0.0"}"#, b""),
-            Ok(())
-        );
-        // ADD prints a result; DEL prints nothing (CNI spec).
-        let err = plugin_outcome("ADD", true, b"", b"").unwrap_err();
-        assert!(err.contains("not a CNI result"), "{err}");
-        assert_eq!(plugin_outcome("DEL", true, b"", b""), Ok(()));
-        assert!(plugin_outcome("DEL", true, b"garbage", b"").is_err());
-        let err = plugin_outcome(
-            "ADD",
-            false,
-            br#"{"cniVersion":"1.0.0","code":7,"msg":"invalid pod annotation","details":"x"}"#,
-            b"",
-        )
-        .unwrap_err();
-        assert_eq!(err, "CNI error 7: invalid pod annotation (x)");
-        let err = plugin_outcome("DEL", false, b"", b"thread main panicked").unwrap_err();
-        assert!(err.contains("panicked"), "{err}");
-    }
-
-    #[test]
-    fn networks_by_name_first_file_wins() {
-        let dir = std::env::temp_dir().join(format!("meshcap-adopt-nets-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let write = |name: &str, v: &Value| fs::write(dir.join(name), v.to_string()).unwrap();
-        write("10-podnet.conflist", &conflist(true));
-        // Same name later in lexical order: shadowed, as libcni's LoadConfList does.
-        write("20-podnet.conflist", &conflist(false));
-        write(
-            "30-other.conf",
-            &json!({"cniVersion": "0.4.0", "name": "other", "type": "bridge"}),
-        );
-        fs::write(dir.join("40-broken.conflist"), "{").unwrap();
-        write("50-ignored.txt", &json!({"name": "txt", "plugins": []}));
-        let nets = load_networks(&dir).unwrap();
-        let _ = fs::remove_dir_all(&dir);
-        assert_eq!(nets.keys().collect::<Vec<_>>(), ["other", "podnet"]);
-        assert_eq!(nets["podnet"].cni_version, Some(json!("1.0.0")));
-        assert_eq!(nets["podnet"].entry.as_ref().unwrap()["type"], PLUGIN_TYPE);
-        assert_eq!(nets["other"].entry, None);
-    }
-
-    #[test]
-    fn cache_files_are_read_capped_and_never_through_a_symlink() {
-        let dir = std::env::temp_dir().join(format!("meshcap-adopt-read-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("small"), b"{}").unwrap();
-        fs::write(dir.join("big"), vec![b' '; MAX_CACHE_FILE as usize + 1]).unwrap();
-        std::os::unix::fs::symlink(dir.join("small"), dir.join("link")).unwrap();
-        let small = read_capped(&dir.join("small"));
-        let big = read_capped(&dir.join("big"));
-        let link = read_capped(&dir.join("link"));
-        let _ = fs::remove_dir_all(&dir);
-        assert_eq!(small.unwrap(), b"{}");
-        assert!(big.is_err());
-        assert!(link.is_err(), "O_NOFOLLOW refuses the symlink");
     }
 }
