@@ -9,8 +9,7 @@ mod cases;
 use std::path::PathBuf;
 
 use meshcap_model::mesh::{kuma, linkerd};
-use meshcap_model::render::{iptables, nftables};
-use meshcap_model::{Annotations, Family, RedirectModel};
+use meshcap_model::{Annotations, RedirectModel};
 
 fn ann(pairs: &[(&str, &str)]) -> Annotations {
     pairs
@@ -75,24 +74,15 @@ fn cases() -> Vec<(&'static str, &'static str, RedirectModel)> {
 #[test]
 fn mesh_goldens() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/meshes");
-    let mut failures = Vec::new();
-    for (name, shows, model) in cases() {
-        for family in Family::ALL {
-            let suffix = match family {
-                Family::V4 => "v4",
-                Family::V6 => "v6",
-            };
-            let rs = model.ruleset(family);
-            let head = format!("# {shows}\n# case {name:?}, {family}\n");
-            let ipt = format!("{head}{}", iptables::render(&rs));
-            let nft = format!("{head}{}", nftables::render(std::slice::from_ref(&rs)));
-            for (ext, text) in [("rules", ipt), ("nft", nft)] {
-                let path = dir.join(format!("{name}.{suffix}.{ext}"));
-                if let Err(e) = cases::check_golden(&path, &text) {
-                    failures.push(e);
-                }
-            }
-        }
-    }
+    let cases: Vec<cases::Golden> = cases()
+        .into_iter()
+        .map(|(name, shows, model)| cases::Golden {
+            name,
+            shows,
+            inputs: String::new(),
+            model,
+        })
+        .collect();
+    let failures = cases::check_backends(&cases, |_| dir.clone());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

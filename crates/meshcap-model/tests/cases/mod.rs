@@ -1,10 +1,14 @@
-//! The annotation sets the golden tests pin, shared by the iptables and nftables goldens.
-//! Each case is one behaviour of the model, described in the fixture's header comment.
+//! The case table of the golden tests: every case is pinned in both renderers (iptables-restore
+//! text and the nft script), per family, by [`check_backends`]. Each case is one behaviour of
+//! the model, described in the fixture's header comment.
 
 #![allow(dead_code)]
 
+use std::path::Path;
+
 use meshcap_model::annotations as ann;
-use meshcap_model::{Annotations, Families, OwnerGroups, ProxyPorts, RedirectModel};
+use meshcap_model::render::{iptables, nftables};
+use meshcap_model::{Annotations, Families, Family, OwnerGroups, ProxyPorts, RedirectModel};
 
 pub struct Case {
     pub name: &'static str,
@@ -278,9 +282,45 @@ pub fn annotations(case: &Case) -> Annotations {
         .collect()
 }
 
+/// A renderer: one family's rules as text.
+pub type Render = fn(&meshcap_model::Ruleset) -> String;
+
+/// The renderers every case is pinned in: its golden directory under `tests/golden`, the
+/// fixtures' extension, and the text.
+pub const BACKENDS: [(&str, &str, Render); 2] = [
+    ("iptables", "rules", iptables::render),
+    ("nftables", "nft", |rs| {
+        nftables::render(std::slice::from_ref(rs))
+    }),
+];
+
+/// Checks every case of `cases` in every backend and family against
+/// `<dir(backend)>/<case>.<v4|v6>.<ext>`; returns the mismatches.
+pub fn check_backends(cases: &[Golden], dir: impl Fn(&str) -> std::path::PathBuf) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in cases {
+        for family in Family::ALL {
+            let suffix = match family {
+                Family::V4 => "v4",
+                Family::V6 => "v6",
+            };
+            let ruleset = case.model.ruleset(family);
+            for (backend, ext, render) in BACKENDS {
+                let mut text = case.header(&family.to_string());
+                text.push_str(&render(&ruleset));
+                let path = dir(backend).join(format!("{}.{suffix}.{ext}", case.name));
+                if let Err(e) = check_golden(&path, &text) {
+                    failures.push(e);
+                }
+            }
+        }
+    }
+    failures
+}
+
 /// Compare `rendered` with the fixture at `path`, or rewrite the fixture when
 /// `MESHCAP_UPDATE_GOLDEN=1`. Returns a description of the mismatch.
-pub fn check_golden(path: &std::path::Path, rendered: &str) -> Result<(), String> {
+pub fn check_golden(path: &Path, rendered: &str) -> Result<(), String> {
     if std::env::var_os("MESHCAP_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, rendered).unwrap();
