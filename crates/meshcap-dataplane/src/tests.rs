@@ -56,6 +56,18 @@ fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// Applies the TPROXY rules with `backend` while the next calls starting with each of `fail`
+/// fail; the apply's error, after checking that the namespace is as it was before.
+fn apply_failing(s: &Setup, backend: Backend, fail: &[&str]) -> DataplaneError {
+    let before = s.fake.kernel();
+    for prefix in fail {
+        s.fake.fail_next(prefix);
+    }
+    let err = s.dataplane.apply(&s.ns, backend, &tproxy()).unwrap_err();
+    assert_eq!(s.fake.kernel(), before, "the namespace is as it was");
+    err
+}
+
 fn installed(fake: &Fake, family: Family) -> Installed {
     Installed::parse_save(&fake.save_text(family))
 }
@@ -136,17 +148,11 @@ fn nftables_apply_is_one_transaction_after_the_routes() {
 #[test]
 fn a_failed_v6_restore_rolls_v4_and_the_routes_back() {
     let s = setup("dp-rollback-v6");
-    let before = s.fake.kernel();
-    s.fake.fail_next("run ip6tables-nft-restore");
-    let err = s
-        .dataplane
-        .apply(&s.ns, Backend::Iptables, &tproxy())
-        .unwrap_err();
+    let err = apply_failing(&s, Backend::Iptables, &["run ip6tables-nft-restore"]);
     assert!(
         matches!(err, DataplaneError::Command { .. }),
         "the restore's own error, not a rollback failure: {err}"
     );
-    assert_eq!(s.fake.kernel(), before, "the namespace is as it was");
     let calls = s.fake.calls();
     let tail: Vec<&str> = calls
         .iter()
@@ -177,26 +183,16 @@ fn a_failed_v6_restore_rolls_v4_and_the_routes_back() {
 #[test]
 fn a_failed_route_writes_no_rules_and_undoes_the_routes_before_it() {
     let s = setup("dp-rollback-route");
-    let before = s.fake.kernel();
-    s.fake.fail_next("route add ip -6 route");
-    s.dataplane
-        .apply(&s.ns, Backend::Iptables, &tproxy())
-        .unwrap_err();
-    assert_eq!(s.fake.kernel(), before);
+    let err = apply_failing(&s, Backend::Iptables, &["route add ip -6 route"]);
+    assert!(matches!(err, DataplaneError::Netlink { .. }), "{err}");
     assert!(!s.fake.calls().iter().any(|c| c.starts_with("run ")));
 }
 
 #[test]
 fn a_failed_nftables_transaction_undoes_the_routes() {
     let s = setup("dp-rollback-nft");
-    let before = s.fake.kernel();
-    s.fake.fail_next("nft replace");
-    let err = s
-        .dataplane
-        .apply(&s.ns, Backend::Nftables, &tproxy())
-        .unwrap_err();
+    let err = apply_failing(&s, Backend::Nftables, &["nft replace"]);
     assert!(matches!(err, DataplaneError::Nftables { .. }), "{err}");
-    assert_eq!(s.fake.kernel(), before);
 }
 
 #[test]

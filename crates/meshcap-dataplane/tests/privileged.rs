@@ -98,15 +98,7 @@ fn netfilter(t: &TestNs) -> Result<String> {
         "ip6tables-legacy-save",
     ] {
         out.push_str(&format!("## {prog}\n"));
-        for line in t.exec(prog, &[])?.lines().filter(|l| !l.starts_with('#')) {
-            // `:CHAIN POLICY [packets:bytes]`
-            let line = match (line.starts_with(':'), line.find(" [")) {
-                (true, Some(i)) => &line[..i],
-                _ => line,
-            };
-            out.push_str(line);
-            out.push('\n');
-        }
+        out.push_str(&t.ns.listing(&[prog])?);
     }
     out.push_str("## nft list ruleset\n");
     out.push_str(&t.exec("nft", &["list", "ruleset"])?);

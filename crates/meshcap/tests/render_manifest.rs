@@ -155,21 +155,13 @@ impl Netns {
 
     /// iptables-save and ip6tables-save without comments and counters.
     fn rules(&self) -> String {
-        let mut out = String::new();
-        for tool in ["iptables-save", "ip6tables-save"] {
-            for line in self.exec(&[tool], None).lines() {
-                if line.starts_with('#') {
-                    continue;
-                }
-                let line = match line.rfind(" [") {
-                    Some(i) if line.starts_with(':') => &line[..i],
-                    _ => line,
-                };
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
+        ["iptables-save", "ip6tables-save"]
+            .map(|tool| {
+                self.0
+                    .listing(&[tool])
+                    .unwrap_or_else(|e| panic!("{tool}: {e}"))
+            })
+            .concat()
     }
 }
 

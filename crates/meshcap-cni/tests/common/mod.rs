@@ -76,25 +76,12 @@ impl Netns {
             "iptables" => &[&["iptables-save"], &["ip6tables-save"]],
             _ => &[&["nft", "list", "ruleset"]],
         };
-        let mut out = String::new();
-        for cmd in cmds {
-            let o = self
-                .ns
-                .exec(cmd, None)
-                .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-            for line in o.lines() {
-                if line.starts_with('#') {
-                    continue;
-                }
-                // ":CHAIN POLICY [packets:bytes]" -> without the counters.
-                let line = match line.rfind(" [") {
-                    Some(i) if line.starts_with(':') => &line[..i],
-                    _ => line,
-                };
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
+        cmds.iter()
+            .map(|cmd| {
+                self.ns
+                    .listing(cmd)
+                    .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+            })
+            .collect()
     }
 }
