@@ -14,7 +14,9 @@ use std::process::Command;
 /// Make `cmd` enter the network namespace `ns` between fork and exec, then (when `ids` is
 /// given) drop to that uid/gid with no supplementary groups. `CommandExt::uid` cannot be used
 /// for that: std switches uid *before* running pre_exec hooks, and setns needs CAP_SYS_ADMIN.
-/// The file stays open in the parent for as long as `cmd` lives, so the fd is valid in the child.
+/// This is the one place outside `meshcap-netns` that calls setns(2): between fork and exec
+/// only async-signal-safe calls are allowed, and `meshcap-netns` (nix, errors, guards) is not
+/// written for that. The file stays open in the parent for as long as `cmd` lives, so the fd is valid in the child.
 pub fn setns_before_exec(cmd: &mut Command, ns: File, ids: Option<(u32, u32)>) {
     let fd = ns.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
