@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,11 +81,21 @@ pub fn start_server(
         .arg(records.join(format!("{file_stem}.jsonl")))
         .arg("--ready")
         .arg(&ready)
-        .args(extra)
-        .stdin(Stdio::null())
+        .args(extra);
+    spawn_ready(
+        &mut cmd,
+        &ready,
+        &format!("standin {name} in {}", ns.name()),
+    )
+}
+
+/// Spawns `cmd` (a `standin serve` given `--ready ready`) and waits until it creates `ready`;
+/// fails with its stderr when it exits first, or after [`READY_TIMEOUT`]. `what` names it.
+pub fn spawn_ready(cmd: &mut Command, ready: &Path, what: &str) -> Result<Proc> {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = Proc(cmd.spawn().context("spawn standin serve")?);
+    let mut child = Proc(cmd.spawn().with_context(|| format!("spawn {what}"))?);
     let start = Instant::now();
     while !ready.exists() {
         if let Some(status) = child.0.try_wait()? {
@@ -99,13 +109,10 @@ pub fn start_server(
                 .take_while(|l| !l.contains("backtrace"))
                 .collect::<Vec<_>>()
                 .join(" ");
-            bail!("standin {name} exited ({status}) in {}: {err}", ns.name());
+            bail!("{what} exited ({status}): {err}");
         }
         if start.elapsed() > READY_TIMEOUT {
-            bail!(
-                "standin {name} not ready after {READY_TIMEOUT:?} in {}",
-                ns.name()
-            );
+            bail!("{what} not ready after {READY_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -47,13 +47,12 @@
 //! prerequisite fails.
 #![forbid(unsafe_code)]
 
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use serde_json::{json, Value};
 
 use meshcap_tests::agent_process::AgentProcess;
@@ -74,8 +73,6 @@ const REMOTE_PORT: u16 = 8080;
 const APP_ID: u32 = 1000;
 /// Upper bound for any podman command; a healthy one takes about a second.
 const PODMAN_TIMEOUT_SECS: u32 = 60;
-/// How long a server may take to bind its sockets.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn podman_iptables_captures_container_traffic_and_del_cleans_up() {
@@ -456,26 +453,8 @@ impl World {
             .arg("--records")
             .arg(self.records.join("sidecar.jsonl"))
             .arg("--ready")
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = Proc(cmd.spawn().context("spawn the stand-in sidecar")?);
-        let start = Instant::now();
-        while !ready.exists() {
-            if let Some(status) = child.0.try_wait()? {
-                let mut err = String::new();
-                if let Some(mut e) = child.0.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                bail!("stand-in sidecar exited ({status}): {err}");
-            }
-            ensure!(
-                start.elapsed() < READY_TIMEOUT,
-                "stand-in sidecar not ready after {READY_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            .arg(&ready);
+        let child = meshcap_tests::node::spawn_ready(&mut cmd, &ready, "stand-in sidecar")?;
         self.procs.push(child);
         Ok(())
     }
