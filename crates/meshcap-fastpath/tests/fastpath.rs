@@ -14,10 +14,10 @@ use std::{
     process::Command,
     sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use meshcap_fastpath::{
     agent::{self, AgentOptions},
     netns_cookie_at, testing, FastPathError, PinDir, PodFastPath,
@@ -130,17 +130,12 @@ fn link_exists(id: u64) -> bool {
     run("bpftool", &["link", "show", "id", &id.to_string()]).is_ok()
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if cond()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    ensure!(
+        meshcap_testkit::poll(Duration::from_secs(5), Duration::from_millis(20), cond)?,
+        "timed out waiting for {what}"
+    );
+    Ok(())
 }
 
 #[test]

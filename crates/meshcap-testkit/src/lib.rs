@@ -5,6 +5,7 @@
 //!   skipping. `scripts/test.sh` counts the `SKIPPED` lines.
 //! - [`scratch`]: a scratch directory that removes itself.
 //! - [`plugin`]: running a CNI plugin binary as a runtime starts it.
+//! - [`wait`]: polling for a condition the system reaches on its own time.
 //! - [`netns`]: a scratch network namespace that deletes itself, and running programs to
 //!   completion.
 #![forbid(unsafe_code)]
@@ -13,8 +14,10 @@ pub mod gate;
 pub mod netns;
 pub mod plugin;
 pub mod scratch;
+pub mod wait;
 
 pub use gate::{ci, missing_root, missing_root_or_tools, skip_or_fail};
 pub use netns::{run_checked, ScratchNetns};
 pub use plugin::{cni_env, run_plugin, PluginRun};
 pub use scratch::ScratchDir;
+pub use wait::{poll, poll_bool};

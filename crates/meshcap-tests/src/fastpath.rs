@@ -480,15 +480,9 @@ impl AppConnection {
 }
 
 /// Polls `cond` every 20ms for up to 5s.
-pub fn wait_for(what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if cond()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+pub fn wait_for(what: &str, cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    if !meshcap_testkit::poll(Duration::from_secs(5), Duration::from_millis(20), cond)? {
+        bail!("timed out waiting for {what}");
     }
+    Ok(())
 }

@@ -49,6 +49,20 @@ pub mod standin;
 pub mod state;
 mod sys;
 
+/// Every file below `dir`, recursively (nothing when `dir` cannot be read).
+pub fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Whether a privileged test named `name` can run here: root, the reference CNI plugins, and
 /// the built `meshcap-cni` and `standin` binaries. When it cannot, prints why with the test's
 /// name and returns `false`; under `CI=true` it panics instead, so CI never passes by skipping.

@@ -592,12 +592,11 @@ fn records(node: &Node) -> Vec<PathBuf> {
     out
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until(what: &str, limit: Duration, ok: impl FnMut() -> bool) {
+    assert!(
+        meshcap_testkit::poll_bool(limit, Duration::from_millis(100), ok),
+        "{what}: not within {limit:?}"
+    );
 }
 
 fn mean(d: &[Duration]) -> Duration {

@@ -155,23 +155,6 @@ fn assert_unchanged(before: &Snapshot, after: &Snapshot, what: &str) {
     assert!(diff.is_empty(), "{what}: the namespace changed:\n{diff}");
 }
 
-/// Every regular file below `dir` (attachment records, temp files).
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_below(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// A node, a chain with `meshcap` merged into meshcap's entry, and one pod whose `bridge` ADD
 /// already ran (its result is the prevResult `meshcap-cni` gets).
 struct Fixture {
@@ -251,7 +234,7 @@ impl Fixture {
     /// Attachment records and temp files in the state dir. The outcome log (`.outcomes`, one
     /// line per invocation, rotated by the agent: crates/meshcap-cni/src/state.rs) is documented to stay.
     fn records(&self) -> Vec<PathBuf> {
-        files_below(&self.node.env.state_dir)
+        meshcap_tests::files_below(&self.node.env.state_dir)
             .into_iter()
             .filter(|p| p.file_name().is_none_or(|n| n != OUTCOMES_FILE))
             .collect()

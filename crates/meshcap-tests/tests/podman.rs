@@ -819,17 +819,8 @@ fn start_agent(world: &World) -> Result<AgentProcess> {
 }
 
 /// Polls `ok` every 50 ms until it holds or `limit` passes.
-fn wait_until(limit: Duration, mut ok: impl FnMut() -> Result<bool>) -> Result<bool> {
-    let start = Instant::now();
-    loop {
-        if ok()? {
-            return Ok(true);
-        }
-        if start.elapsed() > limit {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(limit: Duration, ok: impl FnMut() -> Result<bool>) -> Result<bool> {
+    meshcap_testkit::poll(limit, Duration::from_millis(50), ok)
 }
 
 /// The adoption test (module docs).

@@ -176,19 +176,6 @@ fn lock_files(ns: &Netns) -> Vec<PathBuf> {
     }
 }
 
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_below(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Runs `f` over `items` on up to `threads` threads; results in input order.
 fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let chunk = items.len().div_ceil(threads.max(1)).max(1);
@@ -366,7 +353,7 @@ fn soak_mode(mode: &str, mut conf: Value, fastpath: Option<&FastPath>) -> ModeRe
         );
     }
     let state_dir = &node.env.state_dir;
-    let leftovers: Vec<PathBuf> = files_below(state_dir)
+    let leftovers: Vec<PathBuf> = meshcap_tests::files_below(state_dir)
         .into_iter()
         .filter(|p| p.file_name().is_none_or(|f| f != OUTCOMES_FILE))
         .collect();
@@ -396,7 +383,7 @@ fn soak_mode(mode: &str, mut conf: Value, fastpath: Option<&FastPath>) -> ModeRe
     .collect();
     assert_eq!(counts, want, "{mode}: outcome log");
     // host-local keeps one file per reserved address; only the remote host's may remain.
-    let reserved: Vec<PathBuf> = files_below(&node.env.ipam_dir)
+    let reserved: Vec<PathBuf> = meshcap_tests::files_below(&node.env.ipam_dir)
         .into_iter()
         .filter(|p| {
             p.file_name()

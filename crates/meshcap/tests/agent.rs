@@ -73,16 +73,12 @@ impl Agent {
         self.0.metric(name).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    fn wait_for(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !ok() {
-            assert!(
-                start.elapsed() < limit,
-                "{what}: not within {limit:?}\nagent log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    fn wait_for(&self, what: &str, limit: Duration, ok: impl FnMut() -> bool) {
+        assert!(
+            meshcap_testkit::poll_bool(limit, Duration::from_millis(100), ok),
+            "{what}: not within {limit:?}\nagent log:\n{}",
+            self.log()
+        );
     }
 
     /// SIGTERM and wait; returns whether it exited successfully within 10 s.
