@@ -78,6 +78,28 @@ pub fn selected_modes() -> Vec<Mode> {
     modes_from_env("iptables,nftables")
 }
 
+/// `modes` without the `+ebpf` ones when the fast path cannot run here; `left_out` is told
+/// each mode left out and why.
+pub fn runnable(modes: Vec<Mode>, mut left_out: impl FnMut(&Mode, &str)) -> Vec<Mode> {
+    modes
+        .into_iter()
+        .filter(|m| {
+            if !m.ebpf() {
+                return true;
+            }
+            let why =
+                crate::fastpath::missing_prerequisite().or_else(|| crate::fastpath::shared().err());
+            match why {
+                None => true,
+                Some(why) => {
+                    left_out(m, &why);
+                    false
+                }
+            }
+        })
+        .collect()
+}
+
 /// The modes of the flow matrix and the demo: env `MESHCAP_E2E_MODES`, default
 /// `iptables,nftables,iptables+ebpf`.
 pub fn matrix_modes() -> Vec<Mode> {

@@ -18,18 +18,11 @@ use anyhow::{Context, Result};
 use crate::node::{self, Node, Pod};
 use crate::standin::{ClientReport, PROXY_ID, SIDECAR_TCP_PORTS, SIDECAR_UDP_PORTS};
 
-pub const STATUS: &str = "sidecar.istio.io/status";
-pub const INJECT: &str = "sidecar.istio.io/inject";
-pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
-pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
-pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
-pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
-pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
-pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
-pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
-pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
-pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
-pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
+pub use meshcap_model::annotations::{
+    EXCLUDE_INBOUND_PORTS, EXCLUDE_INTERFACES, EXCLUDE_OUTBOUND_IP_RANGES, EXCLUDE_OUTBOUND_PORTS,
+    INCLUDE_INBOUND_PORTS, INCLUDE_OUTBOUND_IP_RANGES, INCLUDE_OUTBOUND_PORTS, INTERCEPTION_MODE,
+    PROXY_CONFIG, REROUTE_VIRTUAL_INTERFACES, SIDECAR_INJECT as INJECT, SIDECAR_STATUS as STATUS,
+};
 /// A value of `sidecar.istio.io/status` like the injector writes.
 pub const STATUS_VALUE: &str =
     r#"{"initContainers":null,"containers":["istio-proxy"],"volumes":["istio-envoy"]}"#;

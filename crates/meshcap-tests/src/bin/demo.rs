@@ -66,23 +66,9 @@ fn main() -> Result<()> {
     } else {
         flows::representative()
     };
-    let modes: Vec<compare::Mode> = compare::matrix_modes()
-        .into_iter()
-        .filter(|m| {
-            if !m.ebpf() {
-                return true;
-            }
-            let why = meshcap_tests::fastpath::missing_prerequisite()
-                .or_else(|| meshcap_tests::fastpath::shared().err());
-            match why {
-                None => true,
-                Some(why) => {
-                    println!("leaving out mode {}: {why}", m.name);
-                    false
-                }
-            }
-        })
-        .collect();
+    let modes = compare::runnable(compare::matrix_modes(), |m, why| {
+        println!("leaving out mode {}: {why}", m.name)
+    });
     println!(
         "meshcap demo: {} pods, {} flows, modes {}",
         pods.len(),

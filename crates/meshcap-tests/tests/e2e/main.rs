@@ -44,23 +44,9 @@ pub fn matrix_modes() -> Vec<Mode> {
 /// `CI=true` that fails instead).
 fn runnable(modes: Vec<Mode>) -> Vec<Mode> {
     assert!(!modes.is_empty(), "MESHCAP_E2E_MODES selects no known mode");
-    modes
-        .into_iter()
-        .filter(|m| {
-            if !m.ebpf() {
-                return true;
-            }
-            let why = meshcap_tests::fastpath::missing_prerequisite()
-                .or_else(|| meshcap_tests::fastpath::shared().err());
-            match why {
-                None => true,
-                Some(why) => {
-                    meshcap_tests::skip_or_fail(&format!("mode {}", m.name), &why);
-                    false
-                }
-            }
-        })
-        .collect()
+    meshcap_tests::compare::runnable(modes, |m, why| {
+        meshcap_tests::skip_or_fail(&format!("mode {}", m.name), why)
+    })
 }
 
 /// Namespace-safe form of a mode name.
