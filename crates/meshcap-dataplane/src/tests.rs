@@ -68,6 +68,33 @@ fn apply_failing(s: &Setup, backend: Backend, fail: &[&str]) -> DataplaneError {
     err
 }
 
+/// The TPROXY routing of each family, in the order an apply adds it: the route before the rule
+/// that leads to its table (a marked packet never meets an empty table), then IPv6's `::6`.
+const ROUTES_V4: [&str; 2] = [
+    "ip route local default dev lo table 133",
+    "ip rule fwmark 0x539 lookup 133",
+];
+const ROUTES_V6: [&str; 3] = [
+    "ip -6 route local default dev lo table 133",
+    "ip -6 rule fwmark 0x539 lookup 133",
+    "ip -6 addr ::6/128 dev lo",
+];
+
+/// `route add` of the routing items of IPv4 (and IPv6), in the order an apply adds them.
+fn routes_added(v6: bool) -> Vec<String> {
+    let v6: &[&str] = if v6 { &ROUTES_V6 } else { &[] };
+    ROUTES_V4
+        .iter()
+        .chain(v6)
+        .map(|r| format!("route add {r}"))
+        .collect()
+}
+
+/// `calls` joined into one list.
+fn seq(calls: &[&[String]]) -> Vec<String> {
+    calls.concat()
+}
+
 fn installed(fake: &Fake, family: Family) -> Installed {
     Installed::parse_save(&fake.save_text(family))
 }
@@ -82,16 +109,14 @@ fn iptables_apply_writes_routes_then_v4_then_v6() {
         .unwrap();
     assert_eq!(
         s.fake.calls(),
-        strs(&[
-            ENTER,
-            "route add ip route local default dev lo table 133",
-            "route add ip rule fwmark 0x539 lookup 133",
-            "route add ip -6 route local default dev lo table 133",
-            "route add ip -6 rule fwmark 0x539 lookup 133",
-            "route add ip -6 addr ::6/128 dev lo",
+        seq(&[
+            &strs(&[ENTER]),
+            &routes_added(true),
             // A fresh pod: no save, one restore per family, in family order.
-            "run iptables-nft-restore --noflush --wait",
-            "run ip6tables-nft-restore --noflush --wait",
+            &strs(&[
+                "run iptables-nft-restore --noflush --wait",
+                "run ip6tables-nft-restore --noflush --wait",
+            ]),
         ])
     );
     for rs in &rulesets {
@@ -135,12 +160,11 @@ fn nftables_apply_is_one_transaction_after_the_routes() {
         .unwrap();
     assert_eq!(
         s.fake.calls(),
-        strs(&[
-            ENTER,
-            "route add ip route local default dev lo table 133",
-            "route add ip rule fwmark 0x539 lookup 133",
+        seq(&[
+            &strs(&[ENTER]),
+            &routes_added(false),
             // Both families in one transaction: IPv6 is told to have no table.
-            "nft replace ip,ip6",
+            &strs(&["nft replace ip,ip6"]),
         ])
     );
 }
@@ -154,29 +178,32 @@ fn a_failed_v6_restore_rolls_v4_and_the_routes_back() {
         "the restore's own error, not a rollback failure: {err}"
     );
     let calls = s.fake.calls();
-    let tail: Vec<&str> = calls
+    let tail: Vec<String> = calls
         .iter()
         .skip_while(|c| !c.starts_with("run ip6tables"))
-        .map(String::as_str)
+        .cloned()
+        .collect();
+    // Then the routes, newest first.
+    let routes_deleted: Vec<String> = routes_added(true)
+        .iter()
+        .rev()
+        .map(|c| c.replace("route add", "route del"))
         .collect();
     assert_eq!(
         tail,
-        [
-            "run ip6tables-nft-restore --noflush --wait",
-            // Newest first: IPv6 (nothing committed, nothing to undo), then IPv4.
-            "run ip6tables-nft-save",
-            "run iptables-nft-save",
-            "run iptables-nft-restore --noflush --wait",
-            // The tables the IPv4 restore created go again.
-            "xtables remove ip mangle PREROUTING,OUTPUT table=true",
-            "xtables remove ip nat OUTPUT table=true",
-            // Then the routes, newest first.
-            "route del ip -6 addr ::6/128 dev lo",
-            "route del ip -6 rule fwmark 0x539 lookup 133",
-            "route del ip -6 route local default dev lo table 133",
-            "route del ip rule fwmark 0x539 lookup 133",
-            "route del ip route local default dev lo table 133",
-        ]
+        seq(&[
+            &strs(&[
+                "run ip6tables-nft-restore --noflush --wait",
+                // Newest first: IPv6 (nothing committed, nothing to undo), then IPv4.
+                "run ip6tables-nft-save",
+                "run iptables-nft-save",
+                "run iptables-nft-restore --noflush --wait",
+                // The tables the IPv4 restore created go again.
+                "xtables remove ip mangle PREROUTING,OUTPUT table=true",
+                "xtables remove ip nat OUTPUT table=true",
+            ]),
+            &routes_deleted,
+        ])
     );
 }
 
