@@ -13,6 +13,14 @@ use serde::Deserialize;
 /// Pod annotations, as the runtime passes them (`io.kubernetes.cri.pod-annotations`).
 pub type Annotations = BTreeMap<String, String>;
 
+/// Annotations from `(key, value)` pairs (tests, fixtures and the node tool's `-a`).
+pub fn from_pairs(pairs: &[(&str, &str)]) -> Annotations {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 pub const SIDECAR_INJECT: &str = "sidecar.istio.io/inject";
 pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";

@@ -519,12 +519,7 @@ mod tests {
     use super::*;
     use crate::rules::{PolicyRoute, Table, Target};
 
-    fn ann(pairs: &[(&str, &str)]) -> Annotations {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::annotations::from_pairs as ann;
 
     #[test]
     fn defaults_are_istios() {

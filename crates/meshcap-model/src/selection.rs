@@ -35,12 +35,7 @@ impl Selection {
 mod tests {
     use super::*;
 
-    fn ann(pairs: &[(&str, &str)]) -> Annotations {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::annotations::from_pairs as ann;
 
     #[test]
     fn injected_needs_status_and_no_opt_out() {

@@ -11,12 +11,7 @@ use std::path::PathBuf;
 use meshcap_model::mesh::{kuma, linkerd};
 use meshcap_model::{Annotations, RedirectModel};
 
-fn ann(pairs: &[(&str, &str)]) -> Annotations {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use meshcap_model::annotations::from_pairs as ann;
 
 const KUMA_ALL: &str = "kumaDPUser: \"5678\"\nredirect:\n  dns:\n    enabled: true\n    port: 15053\n    captureAll: true\n  inbound:\n    excludePorts: [4444]\n    excludePortsForIPs: [\"192.168.0.1,fd00::1\"]\n  outbound:\n    excludePorts: [6]\n    excludePortsForUIDs: [\"tcp:53,3000-5000:106-107\"]\n    excludePortsForIPs: [\"10.0.0.1,fd00::/8\"]\ndropInvalidPackets: true\n";
 const KUMA_RESOLV: &str = "kumaDPUser: \"5678\"\nredirect:\n  dns:\n    enabled: true\n    captureAll: false\n    resolvConfigPath: /test/resolv.conf\n  outbound:\n    enabled: false\n  inbound:\n    includePorts: [8080]\n";

@@ -238,12 +238,7 @@ fn port_ranges(entries: &[String], warnings: &mut Vec<String>) -> Vec<PortRange>
 mod tests {
     use super::*;
 
-    fn ann(pairs: &[(&str, &str)]) -> Annotations {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::annotations::from_pairs as ann;
 
     #[test]
     fn defaults_are_the_charts() {

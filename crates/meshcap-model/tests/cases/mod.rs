@@ -255,12 +255,8 @@ pub fn all() -> Vec<Golden> {
         });
     }
     for case in SETTINGS_CASES {
-        let a = case
-            .annotations
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut model = RedirectModel::from_annotations(&a).expect(case.name);
+        let mut model =
+            RedirectModel::from_annotations(&ann::from_pairs(case.annotations)).expect(case.name);
         (case.apply)(&mut model);
         model.validate().expect(case.name);
         let mut inputs = header(case.annotations);
@@ -276,10 +272,7 @@ pub fn all() -> Vec<Golden> {
 }
 
 pub fn annotations(case: &Case) -> Annotations {
-    case.annotations
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    ann::from_pairs(case.annotations)
 }
 
 /// A renderer: one family's rules as text.
