@@ -17,6 +17,10 @@ use meshcap_model::rules::{
 };
 use meshcap_nft::{delete, list, probe, replace, verify, NftError};
 use meshcap_testkit::ScratchNetns;
+
+/// The model's case table, shared with its goldens.
+#[path = "../../meshcap-model/tests/cases/mod.rs"]
+mod cases;
 use nix::errno::Errno;
 
 fn can_run(test: &str) -> bool {
@@ -715,62 +719,10 @@ fn tproxy_without_socket_drops() -> Result<()> {
     Ok(())
 }
 
-/// Annotation sets the model turns into real capture rulesets (the model's own cases).
-fn model_cases() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
-    use meshcap_model::annotations as ann;
-    let dns = "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n";
-    vec![
-        ("default", vec![]),
-        ("tproxy", vec![(ann::INTERCEPTION_MODE, "TPROXY")]),
-        (
-            "tproxy_ports_dns",
-            vec![
-                (ann::INTERCEPTION_MODE, "TPROXY"),
-                (ann::INCLUDE_INBOUND_PORTS, "80,8443"),
-                (ann::PROXY_CONFIG, dns),
-            ],
-        ),
-        ("dns", vec![(ann::PROXY_CONFIG, dns)]),
-        (
-            "ranges_ports",
-            vec![
-                (
-                    ann::INCLUDE_OUTBOUND_IP_RANGES,
-                    "10.96.0.0/12,fd00:10:96::/112",
-                ),
-                (
-                    ann::EXCLUDE_OUTBOUND_IP_RANGES,
-                    "169.254.169.254/32,fd00:ec2::254/128",
-                ),
-                (ann::EXCLUDE_OUTBOUND_PORTS, "3306,5432"),
-                (ann::INCLUDE_OUTBOUND_PORTS, "9092"),
-                (ann::EXCLUDE_INBOUND_PORTS, "9000"),
-            ],
-        ),
-        (
-            "interfaces",
-            vec![
-                (ann::EXCLUDE_INTERFACES, "net1,net2"),
-                (ann::REROUTE_VIRTUAL_INTERFACES, "tap0"),
-            ],
-        ),
-        (
-            "no_capture",
-            vec![
-                (ann::INCLUDE_INBOUND_PORTS, ""),
-                (ann::INCLUDE_OUTBOUND_IP_RANGES, ""),
-            ],
-        ),
-        (
-            "loopback",
-            vec![(ann::INCLUDE_OUTBOUND_IP_RANGES, "127.0.0.0/8,10.0.0.0/8")],
-        ),
-    ]
-}
-
 // What the model really produces installs through netlink exactly as `nft -f` of the rendered
-// script does, case after case in the same namespaces (so each replace also replaces the
-// previous case), and verifies clean.
+// script does, for every case of the model's case table (the one its goldens use), case after
+// case in the same namespaces (so each replace also replaces the previous case), and verifies
+// clean.
 #[test]
 fn model_rulesets_match_nft_f_of_render() -> Result<()> {
     let test = "model_rulesets_match_nft_f_of_render";
@@ -779,14 +731,9 @@ fn model_rulesets_match_nft_f_of_render() -> Result<()> {
     }
     let ours = Netns::new("model", "a")?;
     let reference = Netns::new("model", "b")?;
-    for (name, annotations) in model_cases() {
-        let annotations: meshcap_model::Annotations = annotations
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let rulesets = meshcap_model::RedirectModel::from_annotations(&annotations)
-            .with_context(|| format!("case {name}"))?
-            .rulesets();
+    for case in cases::all() {
+        let name = case.name;
+        let rulesets = case.model.rulesets();
         ours.run(|| replace(&rulesets))?
             .with_context(|| format!("case {name}"))?;
         reference
