@@ -11,14 +11,14 @@
 //!   which the eBPF fast path's sk_msg program redirects through.
 //! - [`Feature::CgroupV2`]: a mounted cgroup2 hierarchy, where the sockops program attaches.
 //!
-//! The namespace probes run `nft`/`iptables` under `unshare --net`, so nothing outlives the
-//! probe and the caller's namespace is never touched. Results are cached per process: every
-//! test asking for the same feature sees the same answer, and the probe runs once.
+//! The namespace probes run `nft`/`iptables` in a scratch namespace of their own
+//! (`meshcap_testkit::ScratchNetns`), so nothing outlives the probe and the caller's namespace
+//! is never touched. Results are cached per process: every test asking for the same feature
+//! sees the same answer, and the probe runs once.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// A kernel feature the suite relies on.
@@ -221,43 +221,18 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// Runs `argv` in a new network namespace of its own (`unshare --net`), feeding `stdin`.
+/// Runs `argv` in a scratch network namespace of its own, feeding `stdin`.
 fn in_fresh_netns(argv: &[&str], stdin: Option<&str>) -> Result<(), String> {
-    let mut cmd = Command::new("unshare");
-    cmd.arg("--net")
-        .arg("--")
-        .args(argv)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("spawn `unshare --net {}`: {e}", argv.join(" ")))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A child that died early (unshare refused) closes the pipe: its exit status and
-        // stderr below say why, so a failed write is not the reason to report.
-        let _ = pipe.write_all(text.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("wait for `{}`: {e}", argv[0]))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let first = stderr
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no message");
-    Err(format!(
-        "`{}` failed ({}): {first}",
-        argv.join(" "),
-        out.status
-    ))
+    let ns = meshcap_testkit::ScratchNetns::new("probe")
+        .map_err(|e| format!("create a scratch network namespace: {e}"))?;
+    ns.exec(argv, stdin).map(drop).map_err(|e| {
+        let e = e.to_string();
+        let first = e
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message");
+        format!("`{}` failed: {first}", argv.join(" "))
+    })
 }
 
 /// bpf(BPF_MAP_CREATE) for a map of `map_type`, closed again at once.
