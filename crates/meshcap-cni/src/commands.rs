@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use meshcap_dataplane::{self as dataplane, Dataplane, DataplaneError, PodNetns};
-use meshcap_model::mesh::istio::{self, InputError, SpecSettings};
-use meshcap_model::mesh::{self, Mesh, MeshError};
+use meshcap_model::mesh::istio::InputError;
+use meshcap_model::mesh::{self, FrontEnd, FrontEndError, Mesh, MeshError};
 use meshcap_model::pod::{PodError, PodSelection, PodView};
 use meshcap_model::{AnnotationError, Annotations, Families, RedirectModel};
 use serde_json::Value;
@@ -123,18 +123,20 @@ pub enum Decision {
 }
 
 /// What a captured attachment's model is built from: the pod as meshcap sees it. For the
-/// runtime path only its annotations are known (the node's `istio` defaults stand in for its
-/// spec); the API path also knows its containers. [`istio::resolve`] builds the model either
-/// way, the same call `meshcap render -f` makes.
+/// runtime path only its annotations are known (the node's `istio` and `linkerd` settings
+/// stand in for its spec); the API path also knows its containers and labels.
+/// [`mesh::resolve`] builds the model either way, the same call `meshcap render -f` makes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Capture {
     pub pod: PodView,
     /// Where the pod came from, for the log.
     pub source: &'static str,
-    /// The mesh that injected the pod, when not Istio (whose front end is [`PodView`]).
+    /// The mesh that injected the pod, when not Istio (whose front end also takes pods no
+    /// mesh claims).
     pub mesh: Option<Mesh>,
-    /// The pod as read from the API (the Linkerd front end reads its labels).
-    pub raw_pod: Option<Box<Value>>,
+    /// Whether `pod` holds the pod's spec and labels (read from the API), not only its
+    /// annotations.
+    pub spec_seen: bool,
 }
 
 impl Capture {
@@ -146,7 +148,7 @@ impl Capture {
             },
             source,
             mesh: None,
-            raw_pod: None,
+            spec_seen: false,
         }
     }
 }
@@ -237,7 +239,8 @@ pub fn decide_with(
         (Some(a), Some((namespace, name)))
             if config.read_pod == ReadPod::Meshed
                 && api == ApiLookup::Allowed
-                && config.selection.wants_capture(a) =>
+                && (config.selection.wants_capture(a)
+                    || !mesh::claims_by_annotations(a).is_empty()) =>
         {
             let kubeconfig = config.kubeconfig.as_deref().unwrap_or(Path::new(""));
             return decide_from_api(config, kubeconfig, namespace, name);
@@ -331,7 +334,7 @@ fn decide_from_api(
                 pod: view,
                 source: "kubernetes-api",
                 mesh: Some(m),
-                raw_pod: Some(Box::new(pod)),
+                spec_seen: true,
             })))
         }
     }
@@ -341,64 +344,57 @@ fn decide_from_api(
             pod: view,
             source: "kubernetes-api",
             mesh: None,
-            raw_pod: None,
+            spec_seen: true,
         }))),
     }
 }
 
-/// The model of a captured pod, by its mesh's front end, and for an Istio pod the spec
-/// settings it resolved (kept in the record for the agent's repair). The log says which Istio
-/// settings came from a default rather than the pod (on the runtime path: every spec-derived
-/// one). An Istio pod's address families come from the prevResult ([`result::pod_families`]);
-/// CHECK then takes the ones the record says ADD installed.
+/// The model of a captured pod and the front-end settings it was made from (kept in the
+/// record for CHECK's families and the agent's repair), by [`mesh::resolve`], the step
+/// `meshcap render -f` and the agent share. The log says which settings came from a node
+/// default or the mesh's default rather than the pod (on the runtime path: every spec-derived
+/// one). An Istio pod's address families come from the prevResult
+/// ([`result::pod_families`]); CHECK then takes the ones the record says ADD installed.
 fn model_for(
     config: &Config,
+    args: &CniArgs,
     capture: &Capture,
-) -> Result<(RedirectModel, Option<SpecSettings>), CommandError> {
-    let families = result::pod_families(config.prev_result.as_ref())?;
-    let mut warnings = Vec::new();
-    let (model, settings) = match capture.mesh {
-        Some(Mesh::Linkerd) => mesh::linkerd::model(
-            &capture.pod.annotations,
-            capture
-                .raw_pod
-                .as_ref()
-                .and_then(|p| p.pointer("/metadata/labels"))
-                .and_then(Value::as_object),
-            &config.linkerd,
-            &mut warnings,
-        )
-        .map(|m| (m, None))
-        .map_err(CommandError::Annotation)?,
-        Some(Mesh::Kuma) => mesh::kuma::model(
-            &capture.pod.annotations,
-            prev_result_has_ipv6(config),
-            &|path| std::fs::read_to_string(path),
-            &mut warnings,
-        )
-        .map(|m| (m, None))
-        .map_err(CommandError::Annotation)?,
-        Some(Mesh::Istio) | None => {
-            let resolved = istio::resolve(&capture.pod, &config.istio_defaults)
-                .map_err(CommandError::Input)?;
-            let defaulted = resolved.defaulted();
-            if !defaulted.is_empty() {
-                tracing::info!(
-                    source = capture.source,
-                    defaults = %defaulted.join("; "),
-                    "settings the pod did not state (or this path cannot see)"
-                );
-            }
-            let mut model = resolved.model;
-            // Istio writes IPv6 rules only for a pod with an IPv6 address.
-            model.families = families;
-            (model, Some(resolved.settings))
-        }
+) -> Result<(RedirectModel, FrontEnd), CommandError> {
+    let mesh_of_pod = capture.mesh.unwrap_or(Mesh::Istio);
+    let seen = mesh::Seen {
+        pod: &capture.pod,
+        spec_seen: capture.spec_seen,
+        namespace: args.k8s_pod_namespace.as_deref(),
+        has_ipv6: prev_result_has_ipv6(config),
     };
-    for w in warnings {
+    let node = mesh::NodeSettings {
+        istio: &config.istio_defaults,
+        linkerd: &config.linkerd,
+    };
+    let resolved = mesh::resolve(mesh_of_pod, &seen, &node, &|path| {
+        std::fs::read_to_string(path)
+    })
+    .map_err(|e| match e {
+        FrontEndError::Annotation(e) => CommandError::Annotation(e),
+        FrontEndError::Input(e) => CommandError::Input(e),
+    })?;
+    if !resolved.defaulted.is_empty() {
+        tracing::info!(
+            source = capture.source,
+            mesh = %mesh_of_pod,
+            defaults = %resolved.defaulted.join("; "),
+            "settings the pod did not state (or this path cannot see)"
+        );
+    }
+    for w in &resolved.warnings {
         tracing::warn!("{w}");
     }
-    Ok((model, settings))
+    let mut model = resolved.model;
+    if mesh_of_pod == Mesh::Istio {
+        // Istio writes IPv6 rules only for a pod with an IPv6 address.
+        model.families = result::pod_families(config.prev_result.as_ref())?;
+    }
+    Ok((model, resolved.front_end))
 }
 
 /// Whether the previous plugin gave the pod an IPv6 address (Kuma writes IPv6 rules only then).
@@ -456,7 +452,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         Decision::Capture(c) => c,
     };
     tracing::debug!(source = capture.source, "capturing");
-    let (model, istio_settings) = model_for(config, &capture)?;
+    let (model, front_end) = model_for(config, args, &capture)?;
     let rulesets = model.rulesets();
     phases.mark("selection");
 
@@ -506,17 +502,27 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         annotations: Some(capture.pod.annotations.clone()),
         proxy_uid: capture.pod.proxy_uid,
         proxy_gid: capture.pod.proxy_gid,
-        istio_settings,
+        istio_settings: None,
+        linkerd_settings: None,
+        kuma_settings: None,
         netns_dev: Some(ns.dev()),
         netns_ino: Some(ns.ino()),
         created: earlier,
     };
+    record.set_front_end(front_end);
     record.add_created(created);
     if config.ebpf_enabled {
-        // The fast path exempts one proxy uid and gid; a pod with id lists keeps to the rules.
+        // The fast path exempts the pod's one proxy uid (and gid, when its mesh exempts one)
+        // and pairs sockets on its own capture ports; a pod with id lists keeps to the rules.
         match model.single_proxy_ids() {
             Some((uid, gid)) => {
-                match fastpath::register_pod(&config.ebpf_pin_dir, &record, uid, gid) {
+                let proxy = fastpath::ProxyIdentity {
+                    uid,
+                    gid,
+                    outbound_port: model.ports.outbound,
+                    inbound_port: model.ports.inbound,
+                };
+                match fastpath::register_pod(&config.ebpf_pin_dir, &record, proxy) {
                     Ok(()) => record.ebpf_registered = true,
                     // docs/DESIGN.md: the fast path is optional; rules alone do the job.
                     Err(e) => tracing::warn!(error = %e, "continuing with rules only"),
@@ -708,7 +714,7 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
         Decision::Capture(c) => c,
     };
     let record = state.read(&config.name, &env.container_id, &env.ifname);
-    let (mut model, _) = model_for(config, &capture)?;
+    let (mut model, _) = model_for(config, args, &capture)?;
     if let Ok(Some(rec)) = &record {
         // The families ADD installed (a record of an earlier release lists both, whatever
         // addresses the pod has).
@@ -900,7 +906,7 @@ mod tests {
         match decide(&c, &k8s_args("default")).unwrap() {
             Decision::Capture(cap) => {
                 assert_eq!(cap.mesh, Some(Mesh::Linkerd));
-                let (m, _) = model_for(&c, &cap).unwrap();
+                let (m, _) = model_for(&c, &k8s_args("default"), &cap).unwrap();
                 assert_eq!((m.ports.inbound, m.ports.outbound), (4143, 4140));
                 assert_eq!(m.chain_prefix, "MESHCAP_LINKERD");
             }
@@ -932,7 +938,7 @@ mod tests {
             panic!("kuma pod not captured");
         };
         assert!(matches!(
-            model_for(&c, &cap),
+            model_for(&c, &k8s_args("default"), &cap),
             Err(CommandError::Annotation(e)) if e.annotation == "traffic.kuma.io/transparent-proxy-config"
         ));
     }

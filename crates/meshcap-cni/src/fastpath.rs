@@ -32,21 +32,39 @@ impl From<meshcap_fastpath::FastPathError> for FastPathError {
     }
 }
 
+/// The pod's proxy as the fast path needs it, from the pod's model (its mesh's front end): the
+/// one proxy uid, the gid if the mesh exempts one, and the capture ports its rules redirect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyIdentity {
+    pub uid: u32,
+    pub gid: Option<u32>,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+}
+
 /// Registers the attachment's pod (by its netns cookie) with the node's fast path, whose agent
 /// pinned its maps under `pin_dir`.
 pub fn register_pod(
     pin_dir: &Path,
     record: &AttachmentRecord,
-    proxy_uid: u32,
-    proxy_gid: u32,
+    proxy: ProxyIdentity,
 ) -> Result<(), FastPathError> {
     // Fail fast, before touching the pod's namespace, when no agent has pinned its maps.
     let cookie = meshcap_fastpath::netns_cookie_at(&record.netns)?;
     let mut pod = PodFastPath::new(cookie).for_attachment(&record.container_id, &record.ifname);
-    pod.proxy_uid = proxy_uid;
-    pod.proxy_gid = proxy_gid;
+    pod.proxy_uid = proxy.uid;
+    pod.proxy_gid = proxy.gid.unwrap_or(meshcap_fastpath::NO_GID);
+    pod.outbound_port = proxy.outbound_port;
+    pod.inbound_port = proxy.inbound_port;
     PinDir::new(pin_dir).register(&pod)?;
-    tracing::info!(netns_cookie = cookie, "registered with the eBPF fast path");
+    tracing::info!(
+        netns_cookie = cookie,
+        proxy_uid = proxy.uid,
+        proxy_gid = ?proxy.gid,
+        outbound_port = proxy.outbound_port,
+        inbound_port = proxy.inbound_port,
+        "registered with the eBPF fast path"
+    );
     Ok(())
 }
 

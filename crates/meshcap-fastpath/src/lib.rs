@@ -31,6 +31,8 @@ pub use support::cgroup2_root;
 /// Where the agent pins its maps and links unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshcap";
 
+pub use meshcap_ebpf_common::NO_GID;
+
 /// Istio's fixed values, defined once in the model (docs/DESIGN.md, "Fixed values").
 pub use meshcap_model::model::{INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROXY_GID, PROXY_UID};
 
@@ -39,7 +41,8 @@ pub use meshcap_model::model::{INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROX
 pub struct PodFastPath {
     /// Cookie of the pod's network namespace ([`netns_cookie`]).
     pub netns_cookie: u64,
-    /// The sidecar's uid and gid: its own connections are never short-circuited.
+    /// The sidecar's uid and gid: its own connections are never short-circuited. [`NO_GID`]
+    /// when the pod's mesh exempts no gid.
     pub proxy_uid: u32,
     pub proxy_gid: u32,
     /// Capture ports the sidecar listens on; sockets it accepts there are paired with apps.

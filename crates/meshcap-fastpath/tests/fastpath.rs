@@ -240,12 +240,17 @@ fn load_attach_pin_and_detach() -> Result<()> {
 /// Sidecar stand-in: uid 1337 in the pod's namespace, accepts one connection on 15001 and
 /// echoes everything until EOF.
 fn spawn_sidecar(netns: &Path) -> Result<thread::JoinHandle<Result<u64>>> {
+    spawn_sidecar_as(netns, PROXY_UID, 15001)
+}
+
+/// [`spawn_sidecar`] for another mesh's proxy: `uid` (and gid) listening on `port`.
+fn spawn_sidecar_as(netns: &Path, uid: u32, port: u16) -> Result<thread::JoinHandle<Result<u64>>> {
     let ns = File::open(netns)?;
     let (tx, rx) = mpsc::channel();
     let handle = thread::spawn(move || -> Result<u64> {
         meshcap_netns::enter_for_good(ns.as_fd())?;
-        testing::become_user(PROXY_UID, PROXY_UID)?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 15001))?;
+        testing::become_user(uid, uid)?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
         tx.send(())?;
         let (mut conn, _) = listener.accept()?;
         let mut buf = vec![0u8; 64 * 1024];
@@ -470,6 +475,87 @@ fn sk_msg_redirect_pairs_v6_app_socket_with_v4_sidecar() -> Result<()> {
     let c = pin_dir.counters()?;
     assert_eq!((c.app_sockets, c.sidecar_sockets), (1, 1), "{c:?}");
     assert_eq!(c.redirected_bytes, 2 * sent, "{c:?}");
+    pin_dir.unregister(cookie)?;
+    assert_eq!(pin_dir.entries_for(cookie)?, [0, 0, 0, 0]);
+    Ok(())
+}
+
+/// A Linkerd pod: proxy uid 2102 with no gid exempted, outbound capture on 4140. Registered
+/// with Istio's values the sidecar's accepted socket (on 4140) is not recognised and nothing is
+/// spliced; registered with the pod's own uid and ports, as the plugin does from the pod's
+/// model, every byte goes through the splice and the proxy's own connection is still skipped.
+#[test]
+fn sk_msg_redirect_uses_the_pods_own_proxy_uid_and_ports() -> Result<()> {
+    const TEST: &str = "sk_msg_redirect_uses_the_pods_own_proxy_uid_and_ports";
+    if !can_run(TEST) {
+        return Ok(());
+    }
+    const LINKERD_UID: u32 = 2102;
+    const LINKERD_OUTBOUND: u16 = 4140;
+    let netns = Netns::new("linkerd")?;
+    let uid = LINKERD_UID.to_string();
+    let port = LINKERD_OUTBOUND.to_string();
+    netns.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "!",
+        "-d",
+        "127.0.0.1",
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        &uid,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &port,
+    ])?;
+    let pins = Pins::new("linkerd");
+    let _installed = agent::install(&pins.options())?;
+    let pin_dir = PinDir::new(&pins.dir);
+    let cookie = netns_cookie_at(&netns.path())?;
+
+    // Istio's values: the app socket is taken, the sidecar's is not, nothing is spliced.
+    pin_dir.register(&PodFastPath::new(cookie))?;
+    let sidecar = spawn_sidecar_as(&netns.path(), LINKERD_UID, LINKERD_OUTBOUND)?;
+    let sent = run_app(&netns.path(), 16, 1024)?;
+    let echoed = sidecar
+        .join()
+        .map_err(|_| anyhow::anyhow!("sidecar panicked"))??;
+    assert_eq!(echoed, sent);
+    let c = pin_dir.counters()?;
+    assert_eq!((c.sidecar_sockets, c.redirected_bytes), (0, 0), "{c:?}");
+
+    // The pod's own values.
+    let mut pod = PodFastPath::new(cookie);
+    pod.proxy_uid = LINKERD_UID;
+    pod.proxy_gid = meshcap_fastpath::NO_GID;
+    pod.outbound_port = LINKERD_OUTBOUND;
+    pod.inbound_port = 4143;
+    pin_dir.register(&pod)?;
+    assert_eq!(pin_dir.lookup(cookie)?, Some(pod));
+    let before = pin_dir.counters()?;
+    let sidecar = spawn_sidecar_as(&netns.path(), LINKERD_UID, LINKERD_OUTBOUND)?;
+    let sent = run_app(&netns.path(), 64, 4096)?;
+    let echoed = sidecar
+        .join()
+        .map_err(|_| anyhow::anyhow!("sidecar panicked"))??;
+    assert_eq!(echoed, sent);
+    let c = pin_dir.counters()?;
+    eprintln!("{TEST}: counters {c:?}");
+    assert_eq!(c.sidecar_sockets - before.sidecar_sockets, 1, "{c:?}");
+    assert_eq!(c.app_sockets - before.app_sockets, 1, "{c:?}");
+    assert_eq!(
+        c.redirected_bytes - before.redirected_bytes,
+        2 * sent,
+        "{c:?}"
+    );
     pin_dir.unregister(cookie)?;
     assert_eq!(pin_dir.entries_for(cookie)?, [0, 0, 0, 0]);
     Ok(())

@@ -351,9 +351,10 @@ impl RedirectModel {
 
     /// The proxy's uid and gid when it has exactly one of each: the eBPF fast path exempts a
     /// single pair, so a pod with id lists keeps to the rules.
-    pub fn single_proxy_ids(&self) -> Option<(u32, u32)> {
+    pub fn single_proxy_ids(&self) -> Option<(u32, Option<u32>)> {
         match (self.proxy_uids.as_slice(), self.proxy_gids.as_slice()) {
-            ([uid], [gid]) => Some((*uid, *gid)),
+            ([uid], [gid]) => Some((*uid, Some(*gid))),
+            ([uid], []) => Some((*uid, None)),
             _ => None,
         }
     }

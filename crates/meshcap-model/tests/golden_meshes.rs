@@ -35,7 +35,12 @@ fn cases() -> Vec<(&'static str, &'static str, RedirectModel)> {
         (
             "linkerd_default",
             "a Linkerd pod with the linkerd2-cni chart's defaults",
-            linkerd::model(&Annotations::new(), None, &node, &mut w).unwrap(),
+            linkerd::model(
+                &Annotations::new(),
+                &linkerd::PodSettings::resolve(&node, None, None),
+                &mut w,
+            )
+            .unwrap(),
         ),
         (
             "linkerd_skips_ipv6",
@@ -47,8 +52,7 @@ fn cases() -> Vec<(&'static str, &'static str, RedirectModel)> {
                     (linkerd::SKIP_SUBNETS, "fd00:1::/64"),
                     (linkerd::PROXY_GID, "2103"),
                 ]),
-                None,
-                &v6,
+                &linkerd::PodSettings::resolve(&v6, None, None),
                 &mut w,
             )
             .unwrap(),

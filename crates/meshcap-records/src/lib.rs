@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshcap_model::mesh::istio::SpecSettings;
+use meshcap_model::mesh::{kuma, linkerd, FrontEnd};
 use serde::{Deserialize, Serialize};
 
 use meshcap_dataplane::{Backend, CreatedTable};
@@ -75,9 +76,11 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sta
 }
 
 /// The format of the records this build writes. 1: the first release (no `format` key);
-/// 2: adds `format` and `created`. Readers take every format up to this one; fields a later
-/// format adds are optional, so an older record reads with their defaults.
-pub const RECORD_FORMAT: u32 = 2;
+/// 2: adds `format`, `created` and `istio_settings`; 3: adds `linkerd_settings` and
+/// `kuma_settings` (the front-end settings of a Linkerd or Kuma pod). Readers take every
+/// format up to this one; fields a later format adds are optional, so an older record reads
+/// with their defaults.
+pub const RECORD_FORMAT: u32 = 3;
 
 fn first_format() -> u32 {
     1
@@ -181,6 +184,13 @@ pub struct AttachmentRecord {
     /// uid/gid above and Istio's defaults then stand in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub istio_settings: Option<SpecSettings>,
+    /// A Linkerd pod's front-end settings (the node's `linkerd` settings at ADD, whether it is
+    /// a control-plane pod); format 3 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linkerd_settings: Option<linkerd::PodSettings>,
+    /// A Kuma pod's front-end settings (whether it had an IPv6 address); format 3 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kuma_settings: Option<kuma::PodSettings>,
     /// Identity (st_dev, st_ino) of the namespace ADD captured, so a repair never touches
     /// another namespace that reuses the path (a recycled `/proc/PID/ns/net`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,6 +203,32 @@ pub struct AttachmentRecord {
 }
 
 impl AttachmentRecord {
+    /// The pod's front-end settings as ADD resolved them, for recomputing its model
+    /// ([`FrontEnd::model`]). `None` for a record written before they were stored: an Istio
+    /// pod's is then made of its proxy uid/gid and Istio's defaults by the reader, a Linkerd or
+    /// Kuma pod's cannot be known.
+    pub fn front_end(&self) -> Option<FrontEnd> {
+        if let Some(s) = &self.linkerd_settings {
+            return Some(FrontEnd::Linkerd(s.clone()));
+        }
+        if let Some(s) = &self.kuma_settings {
+            return Some(FrontEnd::Kuma(*s));
+        }
+        self.istio_settings.clone().map(FrontEnd::Istio)
+    }
+
+    /// Records the pod's front-end settings (replacing any).
+    pub fn set_front_end(&mut self, front_end: FrontEnd) {
+        self.istio_settings = None;
+        self.linkerd_settings = None;
+        self.kuma_settings = None;
+        match front_end {
+            FrontEnd::Istio(s) => self.istio_settings = Some(s),
+            FrontEnd::Linkerd(s) => self.linkerd_settings = Some(s),
+            FrontEnd::Kuma(s) => self.kuma_settings = Some(s),
+        }
+    }
+
     /// [`AttachmentRecord::created`] for the dataplane.
     pub fn created_tables(&self) -> Vec<CreatedTable> {
         self.created
@@ -524,9 +560,62 @@ mod tests {
             proxy_uid: None,
             proxy_gid: None,
             istio_settings: None,
+            linkerd_settings: None,
+            kuma_settings: None,
             netns_dev: None,
             netns_ino: None,
             created: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn records_of_every_format_read_and_keep_their_front_end() {
+        let tmp = TempDir::new("state-formats");
+        let dir = tmp.0.join("net");
+        fs::create_dir_all(&dir).unwrap();
+        // Format 1 (no `format` key) and format 2 (an Istio pod's settings), as those
+        // releases wrote them.
+        let v1 = r#"{"network":"net","container_id":"c1","ifname":"eth0","netns":"/run/netns/a","mode":"iptables","families":["ipv4"],"pod_namespace":null,"pod_name":null,"pod_uid":null,"ebpf_registered":false,"added_at_unix":1}"#;
+        let v2 = r#"{"format":2,"network":"net","container_id":"c2","ifname":"eth0","netns":"/run/netns/b","mode":"nftables","families":["ipv4"],"pod_namespace":"ns","pod_name":"p","pod_uid":null,"ebpf_registered":true,"added_at_unix":1,"annotations":{"sidecar.istio.io/status":"{}"},"proxy_uid":1337,"istio_settings":{"proxy_uids":[1337],"proxy_gids":[1337],"dns_capture":true,"invalid_drop":false,"dual_stack":false,"owner_groups_include":"*","owner_groups_exclude":"","ipv4_loopback_cidr":"127.0.0.1/32","proxy_listen_port":15001,"proxy_inbound_listen_port":15006}}"#;
+        fs::write(dir.join("c1@eth0.json"), v1).unwrap();
+        fs::write(dir.join("c2@eth0.json"), v2).unwrap();
+        let r1 = read_record(&dir.join("c1@eth0.json")).unwrap().unwrap();
+        assert_eq!((r1.format, r1.front_end()), (1, None));
+        let r2 = read_record(&dir.join("c2@eth0.json")).unwrap().unwrap();
+        match r2.front_end() {
+            Some(FrontEnd::Istio(s)) => assert!(s.dns_capture && s.proxy_uids == [1337]),
+            other => panic!("{other:?}"),
+        }
+
+        // Format 3 keeps a Linkerd or Kuma pod's settings, and only the one given.
+        let state = StateDir::new(tmp.0.clone());
+        let node = linkerd::LinkerdNode {
+            proxy_uid: 4242,
+            ..linkerd::LinkerdNode::default()
+        };
+        for (cid, fe) in [
+            (
+                "c3",
+                FrontEnd::Linkerd(linkerd::PodSettings {
+                    node,
+                    control_plane: true,
+                }),
+            ),
+            (
+                "c4",
+                FrontEnd::Kuma(kuma::PodSettings { pod_has_ipv6: true }),
+            ),
+        ] {
+            let mut rec = record("net", cid, "eth0");
+            rec.set_front_end(FrontEnd::Istio(SpecSettings::default()));
+            rec.set_front_end(fe.clone());
+            assert!(rec.istio_settings.is_none());
+            state.write(&rec).unwrap();
+            let back = read_record(&dir.join(format!("{cid}@eth0.json")))
+                .unwrap()
+                .unwrap();
+            assert_eq!(back, rec);
+            assert_eq!((back.format, back.front_end()), (3, Some(fe)));
         }
     }
 

@@ -278,8 +278,7 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
     if mode.ebpf() {
         let mut checks = Vec::new();
         for spec in pods {
-            // Only pods whose proxy the fast path knows are registered (Linkerd and Kuma pods
-            // keep to the rules).
+            // Every mesh's pod is registered, with its own proxy uid and capture ports.
             let capturing = spec.proxy.fast_path
                 && flows.iter().any(|f| {
                     f.pod == spec.name && matches!(f.expect, Expect::Out | Expect::In | Expect::Dns)

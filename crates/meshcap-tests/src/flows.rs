@@ -277,7 +277,7 @@ pub const LINKERD: ProxyProfile = ProxyProfile {
     dns: 0,
     tcp_ports: &[4140, 4143, 4190, 4191],
     udp_ports: &[],
-    fast_path: false,
+    fast_path: true,
 };
 /// kuma-dp with Kuma's defaults: uid 5678, 15006 in, 15001 out, DNS 15053.
 pub const KUMA: ProxyProfile = ProxyProfile {
@@ -289,7 +289,7 @@ pub const KUMA: ProxyProfile = ProxyProfile {
     dns: 15053,
     tcp_ports: &[15001, 15006, 15053],
     udp_ports: &[15053],
-    fast_path: false,
+    fast_path: true,
 };
 
 /// The proxy profile of the matrix pod `name` (Istio's for unknown names).

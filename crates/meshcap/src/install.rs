@@ -54,6 +54,19 @@ pub struct InstallArgs {
     /// docs/CONFIGURATION.md.
     #[arg(long = "istio-default", value_name = "KEY=VALUE")]
     pub istio_defaults: Vec<String>,
+    /// A mesh whose pods this node captures (`istio`, `linkerd`, `kuma`; repeatable), written
+    /// as the plugin's `meshes`. Default: the plugin's default, every mesh.
+    #[arg(long = "mesh", value_name = "MESH")]
+    pub meshes: Vec<String>,
+    /// A linkerd-cni node setting as KEY=VALUE (VALUE in JSON, a bare word a string), written
+    /// to the plugin's `linkerd` object (repeatable): e.g. `proxy_uid=2102`, `ipv6=true`,
+    /// `inbound_ports_to_ignore=["4191","4190"]`, `control_plane_namespaces=["linkerd"]`.
+    #[arg(long = "linkerd", value_name = "KEY=VALUE")]
+    pub linkerd: Vec<String>,
+    /// A kuma-cni node setting as KEY=VALUE, written to the plugin's `kuma` object
+    /// (repeatable): `exclude_namespaces=["kube-system"]`.
+    #[arg(long = "kuma", value_name = "KEY=VALUE")]
+    pub kuma: Vec<String>,
     /// Register pods with the eBPF fast path.
     #[arg(long)]
     pub ebpf: bool,
@@ -91,16 +104,34 @@ pub struct UninstallArgs {
     pub grace_ms: u64,
 }
 
-/// The `istio` object of `--istio-default` flags, validated as the plugin will read it.
-fn istio_defaults(flags: &[String]) -> anyhow::Result<Map<String, Value>> {
+/// An object of `--FLAG KEY=VALUE` flags (VALUE in JSON, else a string).
+fn key_values(flag_name: &str, flags: &[String]) -> anyhow::Result<Map<String, Value>> {
     let mut obj = Map::new();
     for flag in flags {
         let Some((key, value)) = flag.split_once('=') else {
-            bail!("--istio-default {flag:?} is not KEY=VALUE");
+            bail!("--{flag_name} {flag:?} is not KEY=VALUE");
         };
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         obj.insert(key.to_owned(), value);
     }
+    Ok(obj)
+}
+
+/// The `linkerd` or `kuma` object of `--linkerd`/`--kuma` flags, validated as the plugin reads
+/// it (unknown keys and ill-typed values are refused).
+fn mesh_settings<T: serde::de::DeserializeOwned>(
+    flag_name: &str,
+    flags: &[String],
+) -> anyhow::Result<Map<String, Value>> {
+    let obj = key_values(flag_name, flags)?;
+    serde_json::from_value::<T>(Value::Object(obj.clone()))
+        .map_err(|e| anyhow::anyhow!("--{flag_name}: {flag_name}.{e}"))?;
+    Ok(obj)
+}
+
+/// The `istio` object of `--istio-default` flags, validated as the plugin will read it.
+fn istio_defaults(flags: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let obj = key_values("istio-default", flags)?;
     meshcap_model::mesh::istio::NodeDefaults::from_json(&obj)
         .map_err(|e| anyhow::anyhow!("--istio-default: {e}"))?;
     Ok(obj)
@@ -133,6 +164,27 @@ pub fn plugin_entry(args: &InstallArgs) -> anyhow::Result<Value> {
     let istio = istio_defaults(&args.istio_defaults)?;
     if !istio.is_empty() {
         entry["istio"] = Value::Object(istio);
+    }
+    if !args.meshes.is_empty() {
+        let mut meshes = Vec::new();
+        for m in &args.meshes {
+            let mesh: meshcap_model::mesh::Mesh = serde_json::from_value(json!(m))
+                .map_err(|_| anyhow::anyhow!("--mesh {m:?}: expected istio, linkerd or kuma"))?;
+            if meshes.contains(&mesh) {
+                bail!("--mesh {m:?} is given twice");
+            }
+            meshes.push(mesh);
+        }
+        entry["meshes"] = json!(meshes);
+    }
+    let linkerd =
+        mesh_settings::<meshcap_model::mesh::linkerd::LinkerdNode>("linkerd", &args.linkerd)?;
+    if !linkerd.is_empty() {
+        entry["linkerd"] = Value::Object(linkerd);
+    }
+    let kuma = mesh_settings::<meshcap_model::mesh::kuma::KumaNode>("kuma", &args.kuma)?;
+    if !kuma.is_empty() {
+        entry["kuma"] = Value::Object(kuma);
     }
     Ok(entry)
 }
@@ -466,6 +518,9 @@ mod tests {
                 kubeconfig: None,
                 read_pod: None,
                 istio_defaults: Vec::new(),
+                meshes: Vec::new(),
+                linkerd: Vec::new(),
+                kuma: Vec::new(),
                 ebpf: false,
                 log_file: "/var/log/meshcap-cni.log".into(),
             }
@@ -521,6 +576,66 @@ mod tests {
         args.istio_defaults.clear();
         args.kubeconfig = None;
         assert!(plugin_entry(&args).is_err(), "meshed needs a kubeconfig");
+    }
+
+    #[test]
+    fn meshes_and_mesh_settings_are_written_validated() {
+        let t = TempDir::new("mesh-settings");
+        let mut args = t.args();
+        args.meshes = vec!["linkerd".into(), "kuma".into()];
+        args.linkerd = vec![
+            "proxy_uid=3000".into(),
+            "ipv6=true".into(),
+            r#"outbound_ports_to_ignore=["3306","8000-8010"]"#.into(),
+            r#"control_plane_namespaces=["l5d"]"#.into(),
+        ];
+        args.kuma = vec![r#"exclude_namespaces=["kube-system","kuma-system"]"#.into()];
+        let entry = plugin_entry(&args).unwrap();
+        assert_eq!(entry["meshes"], json!(["linkerd", "kuma"]));
+        assert_eq!(
+            entry["linkerd"],
+            json!({"proxy_uid": 3000, "ipv6": true,
+                   "outbound_ports_to_ignore": ["3306", "8000-8010"],
+                   "control_plane_namespaces": ["l5d"]})
+        );
+        assert_eq!(
+            entry["kuma"],
+            json!({"exclude_namespaces": ["kube-system", "kuma-system"]})
+        );
+        // Every bad value is refused before anything is written, naming the flag and key.
+        for (field, value, says) in [
+            ("mesh", "consul", "--mesh"),
+            ("mesh", "kuma", "twice"),
+            ("linkerd", "proxy_uid=abc", "linkerd."),
+            ("linkerd", "proxy_port=1", "proxy_port"),
+            ("linkerd", "inbound_proxy_port=70000", "linkerd."),
+            ("kuma", "exclude_namespace=[]", "exclude_namespace"),
+            ("kuma", "exclude_namespaces=kube-system", "kuma."),
+        ] {
+            let mut bad = args.clone();
+            match field {
+                "mesh" => bad.meshes.push(value.into()),
+                "linkerd" => bad.linkerd = vec![value.into()],
+                _ => bad.kuma = vec![value.into()],
+            }
+            let err = install(&bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{field} {value}: {err}");
+            assert!(!bad.cni_bin_dir.join(PLUGIN_TYPE).exists());
+            assert!(fs::read_dir(bad.cni_conf_dir.clone())
+                .unwrap()
+                .next()
+                .is_none());
+        }
+        // The plugin reads what install wrote.
+        let mut conf = entry.clone();
+        conf["cniVersion"] = json!("1.0.0");
+        conf["name"] = json!("net");
+        let v: meshcap_model::mesh::linkerd::LinkerdNode =
+            serde_json::from_value(conf["linkerd"].clone()).unwrap();
+        assert_eq!(
+            (v.proxy_uid, v.ipv6, v.inbound_proxy_port),
+            (3000, true, 4143)
+        );
     }
 
     #[test]

@@ -118,6 +118,9 @@ impl NodeArgs {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
+            meshes: Vec::new(),
+            linkerd: Vec::new(),
+            kuma: Vec::new(),
             ebpf: self.ebpf,
             log_file: "/var/log/meshcap-cni.log".into(),
         }

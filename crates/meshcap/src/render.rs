@@ -70,6 +70,11 @@ pub struct RenderArgs {
     /// `-f`, the annotations) does not state a setting, exactly as in the plugin.
     #[arg(long, value_name = "JSON")]
     node_defaults: Option<String>,
+    /// The pod's namespace, for annotations without `-f` (a Linkerd pod in one of
+    /// `linkerd.control_plane_namespaces` counts as a control-plane pod, as on the plugin's
+    /// runtime path).
+    #[arg(long, value_name = "NAMESPACE", conflicts_with = "filename")]
+    namespace: Option<String>,
 }
 
 impl RenderArgs {
@@ -122,6 +127,35 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             bail!("--annotation {pair:?} is not KEY=VALUE");
         };
         annotations.insert(key.to_owned(), value.to_owned());
+    }
+    if let Some(m) =
+        mesh::single(&mesh::claims_by_annotations(&annotations))?.filter(|m| *m != Mesh::Istio)
+    {
+        // A Linkerd or Kuma pod as the plugin's runtime path sees it: its annotations, with
+        // the node's settings standing in for its spec.
+        let pod = PodView {
+            annotations,
+            ..PodView::default()
+        };
+        let seen = mesh::Seen {
+            pod: &pod,
+            spec_seen: false,
+            namespace: args.namespace.as_deref(),
+            has_ipv6: !matches!(args.family, FamilyArg::V4),
+        };
+        let linkerd = mesh::linkerd::LinkerdNode::default();
+        let istio = args.node_defaults()?;
+        let node = mesh::NodeSettings {
+            istio: &istio,
+            linkerd: &linkerd,
+        };
+        let resolved = mesh::resolve(m, &seen, &node, &|path| std::fs::read_to_string(path))?;
+        for w in &resolved.warnings {
+            println!("# warning: {w}");
+        }
+        println!("# captured ({m} pod, from its annotations)");
+        print_rules(args, &resolved.model);
+        return Ok(());
     }
     let selection = args.selection.unwrap_or(SelectionArg::All).selection();
     if !selection.wants_capture(&annotations) {
@@ -207,51 +241,48 @@ fn render_any_pod(
     selection: Selection,
     selection_name: &str,
 ) -> anyhow::Result<()> {
-    let mesh = mesh::single(&mesh::claims(raw))?;
-    let mut warnings = Vec::new();
-    let model = match mesh {
+    let mesh = match mesh::single(&mesh::claims(raw))? {
         Some(Mesh::Linkerd) => {
             if let Err(reason) = mesh::linkerd::wants_pod(raw) {
                 println!("# not captured (linkerd-cni would skip it): {reason}");
                 return Ok(());
             }
-            let annotations = mesh::annotations_of(raw);
-            let labels = raw.pointer("/metadata/labels").and_then(|l| l.as_object());
-            mesh::linkerd::model(
-                &annotations,
-                labels,
-                &mesh::linkerd::LinkerdNode::default(),
-                &mut warnings,
-            )?
+            Mesh::Linkerd
         }
         Some(Mesh::Kuma) => {
             if let Err(reason) = mesh::kuma::wants_pod(raw, &mesh::kuma::KumaNode::default()) {
                 println!("# not captured (kuma-cni would skip it): {reason}");
                 return Ok(());
             }
-            let annotations = mesh::annotations_of(raw);
-            let has_v6 = raw
-                .pointer("/status/podIPs")
-                .and_then(|v| v.as_array())
-                .is_some_and(|ips| {
-                    ips.iter().any(|ip| {
-                        ip.get("ip")
-                            .and_then(|v| v.as_str())
-                            .is_some_and(|s| s.contains(':'))
-                    })
-                });
-            mesh::kuma::model(
-                &annotations,
-                has_v6,
-                &|path| std::fs::read_to_string(path),
-                &mut warnings,
-            )?
+            Mesh::Kuma
         }
         Some(Mesh::Istio) | None => {
             return render_pod(args, pod, defaults, selection, selection_name)
         }
     };
-    let mesh = mesh.expect("matched above");
+    let has_ipv6 = raw
+        .pointer("/status/podIPs")
+        .and_then(|v| v.as_array())
+        .is_some_and(|ips| {
+            ips.iter().any(|ip| {
+                ip.get("ip")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|s| s.contains(':'))
+            })
+        });
+    let seen = mesh::Seen {
+        pod,
+        spec_seen: true,
+        namespace: pod.namespace.as_deref(),
+        has_ipv6,
+    };
+    let linkerd = mesh::linkerd::LinkerdNode::default();
+    let node = mesh::NodeSettings {
+        istio: defaults,
+        linkerd: &linkerd,
+    };
+    let resolved = mesh::resolve(mesh, &seen, &node, &|path| std::fs::read_to_string(path))?;
+    let (model, warnings) = (resolved.model, resolved.warnings);
     for w in &warnings {
         println!("# warning: {w}");
     }

@@ -57,17 +57,22 @@ pub const ROLE_APP: u32 = 1;
 /// `SockKey::role` of the sidecar's socket accepted on a capture port.
 pub const ROLE_SIDECAR: u32 = 2;
 
+/// `PodConfig::proxy_gid` of a pod whose mesh exempts no gid (Linkerd by default, Kuma): the
+/// kernel's "no id" value, which no task's gid can be.
+pub const NO_GID: u32 = u32::MAX;
+
 /// Value of the `PODS` map, keyed by the pod's network namespace cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PodConfig {
     /// Connections made by this uid are the sidecar's own upstream connections: never paired.
     pub proxy_uid: u32,
-    /// Same for the gid (Istio excludes both).
+    /// Same for the gid (Istio excludes both); [`NO_GID`] for a mesh that exempts no gid.
     pub proxy_gid: u32,
-    /// Outbound capture port (15001): sockets accepted here are sidecar sockets.
+    /// The pod's outbound capture port (Istio 15001, Linkerd 4140): sockets accepted here are
+    /// sidecar sockets.
     pub outbound_port: u16,
-    /// Inbound capture port (15006): likewise.
+    /// The pod's inbound capture port (Istio 15006, Linkerd 4143): likewise.
     pub inbound_port: u16,
     /// Reserved, zero.
     pub _pad: u32,

@@ -57,6 +57,13 @@ impl Default for KumaNode {
     }
 }
 
+/// What a Kuma pod's model takes besides its annotations, as resolved when the pod was set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PodSettings {
+    /// Whether the pod had an IPv6 address (Kuma writes IPv6 rules only then).
+    pub pod_has_ipv6: bool,
+}
+
 /// Whether kuma-cni would set this pod up (`getAndValidatePodAnnotations`).
 pub fn wants_pod(pod: &Value, node: &KumaNode) -> Result<(), String> {
     let spec = pod.get("spec");

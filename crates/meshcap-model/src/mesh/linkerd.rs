@@ -21,6 +21,8 @@
 //! Input handling is Linkerd's: a malformed port entry is logged and dropped (the ADD
 //! succeeds, `makeMultiportDestinations`); a bad subnet or uid fails the ADD.
 
+use std::collections::BTreeMap;
+
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -60,6 +62,10 @@ pub struct LinkerdNode {
     pub inbound_ports_to_ignore: Vec<String>,
     pub outbound_ports_to_ignore: Vec<String>,
     pub ipv6: bool,
+    /// Where the pod's labels cannot be seen (the runtime-annotation path), pods of these
+    /// namespaces count as control-plane components (the label
+    /// `linkerd.io/control-plane-component`): Linkerd installs its control plane in `linkerd`.
+    pub control_plane_namespaces: Vec<String>,
 }
 
 impl Default for LinkerdNode {
@@ -73,6 +79,36 @@ impl Default for LinkerdNode {
             inbound_ports_to_ignore: vec!["4191".into(), "4190".into()],
             outbound_ports_to_ignore: Vec::new(),
             ipv6: false,
+            control_plane_namespaces: vec!["linkerd".into()],
+        }
+    }
+}
+
+/// What a Linkerd pod's model takes besides its annotations, as resolved when the pod was set
+/// up: the node's settings in force then, and whether the pod is a control-plane component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSettings {
+    pub node: LinkerdNode,
+    pub control_plane: bool,
+}
+
+impl PodSettings {
+    /// A control-plane pod by its label when the labels are seen (`Some`, the pod spec is
+    /// known), else by its namespace (`linkerd.control_plane_namespaces`).
+    pub fn resolve(
+        node: &LinkerdNode,
+        labels: Option<&BTreeMap<String, String>>,
+        namespace: Option<&str>,
+    ) -> PodSettings {
+        let control_plane = match labels {
+            Some(l) => l.get(CONTROL_PLANE_LABEL).is_some_and(|v| !v.is_empty()),
+            None => {
+                namespace.is_some_and(|ns| node.control_plane_namespaces.iter().any(|n| n == ns))
+            }
+        };
+        PodSettings {
+            node: node.clone(),
+            control_plane,
         }
     }
 }
@@ -90,14 +126,14 @@ pub fn wants_pod(pod: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// The model of a Linkerd pod from its annotations (and labels, when the pod spec is known).
-/// `warnings` gets one line per dropped port entry.
+/// The model of a Linkerd pod from its annotations and its resolved settings. `warnings` gets
+/// one line per dropped port entry.
 pub fn model(
     annotations: &Annotations,
-    labels: Option<&serde_json::Map<String, Value>>,
-    node: &LinkerdNode,
+    settings: &PodSettings,
     warnings: &mut Vec<String>,
 ) -> Result<RedirectModel, AnnotationError> {
+    let node = &settings.node;
     let mut inbound_ignored = node.inbound_ports_to_ignore.clone();
     let mut outbound_ignored = node.outbound_ports_to_ignore.clone();
     // linkerd-cni splits on "," without trimming, so " 80" is a malformed entry there too.
@@ -129,11 +165,7 @@ pub fn model(
     if let Some(v) = non_empty(annotations, PROXY_GID) {
         gid = go_atoi(v).ok_or_else(|| AnnotationError::new(PROXY_GID, v, "not an integer"))?;
     }
-    if labels.is_some_and(|l| {
-        l.get(CONTROL_PLANE_LABEL)
-            .and_then(Value::as_str)
-            .is_some_and(|v| !v.is_empty())
-    }) {
+    if settings.control_plane {
         outbound_ignored.extend(API_SERVER_PORTS.iter().map(|p| p.to_string()));
     }
     let id = |v: i64, what: &str| -> Result<Vec<u32>, AnnotationError> {
@@ -240,6 +272,19 @@ mod tests {
 
     use crate::annotations::from_pairs as ann;
 
+    fn model(
+        annotations: &Annotations,
+        labels: Option<&BTreeMap<String, String>>,
+        node: &LinkerdNode,
+        warnings: &mut Vec<String>,
+    ) -> Result<RedirectModel, AnnotationError> {
+        super::model(
+            annotations,
+            &PodSettings::resolve(node, labels, None),
+            warnings,
+        )
+    }
+
     #[test]
     fn defaults_are_the_charts() {
         let mut w = Vec::new();
@@ -323,5 +368,29 @@ mod tests {
             ..LinkerdNode::default()
         };
         assert!(model(&ann(&[(SKIP_SUBNETS, "10.0.0.0/8")]), None, &node, &mut w).is_err());
+    }
+
+    #[test]
+    fn control_plane_by_label_else_by_namespace() {
+        let node = LinkerdNode::default();
+        let label: BTreeMap<String, String> =
+            [(CONTROL_PLANE_LABEL.to_string(), "destination".to_string())].into();
+        assert!(PodSettings::resolve(&node, Some(&label), Some("anywhere")).control_plane);
+        // The labels are seen and say no: the namespace does not matter.
+        assert!(
+            !PodSettings::resolve(&node, Some(&BTreeMap::new()), Some("linkerd")).control_plane
+        );
+        // The runtime path: the namespace stands in.
+        assert!(PodSettings::resolve(&node, None, Some("linkerd")).control_plane);
+        assert!(!PodSettings::resolve(&node, None, Some("emojivoto")).control_plane);
+        let mut w = Vec::new();
+        let s = PodSettings::resolve(&node, None, Some("linkerd"));
+        let m = super::model(&Annotations::new(), &s, &mut w).unwrap();
+        let skipped: Vec<u16> = m
+            .exclude_outbound_port_ranges
+            .iter()
+            .map(|r| r.first)
+            .collect();
+        assert_eq!(skipped, [443, 6443]);
     }
 }

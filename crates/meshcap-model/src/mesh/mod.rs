@@ -16,7 +16,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::annotations::Annotations;
+use crate::annotations::{AnnotationError, Annotations};
+use crate::model::RedirectModel;
+use crate::pod::PodView;
 
 /// A service mesh meshcap serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -106,6 +108,131 @@ fn names(meshes: &[Mesh]) -> String {
         .map(|m| m.name())
         .collect::<Vec<_>>()
         .join(" and ")
+}
+
+/// What a pod's front end resolved besides its annotations: the settings its mesh takes from
+/// the pod spec, the node's plugin configuration or the pod's addresses. The plugin keeps it in
+/// the attachment record, so the node agent recomputes a pod's rules with [`FrontEnd::model`],
+/// the same step ADD took, whichever mesh the pod belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrontEnd {
+    Istio(istio::SpecSettings),
+    Linkerd(linkerd::PodSettings),
+    Kuma(kuma::PodSettings),
+}
+
+/// A front end's refusal of an input: an annotation (or a value inside one), or a setting named
+/// by where it came from (a container's env or argument, a plugin configuration key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrontEndError {
+    #[error(transparent)]
+    Annotation(AnnotationError),
+    #[error(transparent)]
+    Input(istio::InputError),
+}
+
+impl FrontEnd {
+    pub fn mesh(&self) -> Mesh {
+        match self {
+            FrontEnd::Istio(_) => Mesh::Istio,
+            FrontEnd::Linkerd(_) => Mesh::Linkerd,
+            FrontEnd::Kuma(_) => Mesh::Kuma,
+        }
+    }
+
+    /// The pod's model from its annotations and these settings: the one step from a pod to its
+    /// model that ADD, CHECK, `meshcap render` and the agent's repair share. `read_file` reads
+    /// a node file a front end names (Kuma's resolv.conf); `warnings` gets what a front end
+    /// ignored, one line each.
+    pub fn model(
+        &self,
+        annotations: &Annotations,
+        read_file: &dyn Fn(&str) -> std::io::Result<String>,
+        warnings: &mut Vec<String>,
+    ) -> Result<RedirectModel, FrontEndError> {
+        match self {
+            FrontEnd::Istio(s) => istio::model(annotations, s).map_err(FrontEndError::Input),
+            FrontEnd::Linkerd(s) => {
+                linkerd::model(annotations, s, warnings).map_err(FrontEndError::Annotation)
+            }
+            FrontEnd::Kuma(s) => kuma::model(annotations, s.pod_has_ipv6, read_file, warnings)
+                .map_err(FrontEndError::Annotation),
+        }
+    }
+}
+
+/// What a path sees of a pod: its annotations always; on the Kubernetes API path and with
+/// `render -f` also its spec and labels (`spec_seen`).
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub pod: &'a PodView,
+    /// Whether `pod` holds the spec and labels (API path, `render -f`), not only annotations.
+    pub spec_seen: bool,
+    /// The pod's namespace (`K8S_POD_NAMESPACE`, or the manifest's).
+    pub namespace: Option<&'a str>,
+    /// Whether the pod has an IPv6 address (the plugin: the prevResult; `render -f`:
+    /// `status.podIPs`).
+    pub has_ipv6: bool,
+}
+
+/// The node's settings for each mesh (the plugin configuration's `istio` and `linkerd`).
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSettings<'a> {
+    pub istio: &'a istio::NodeDefaults,
+    pub linkerd: &'a linkerd::LinkerdNode,
+}
+
+/// A pod's front-end settings and model, with what the log should say about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub front_end: FrontEnd,
+    pub model: RedirectModel,
+    /// Settings that came from a node default or the mesh's default rather than the pod.
+    pub defaulted: Vec<String>,
+    /// Inputs the front end ignored (as the mesh's own plugin does), one line each.
+    pub warnings: Vec<String>,
+}
+
+/// From a pod of `mesh` (Istio for a pod no mesh claims) to its front-end settings and model:
+/// the plugin's runtime-annotation and Kubernetes API paths and `meshcap render -f` all call it.
+/// Where the path cannot see the spec, the node's settings stand in for it.
+pub fn resolve(
+    mesh: Mesh,
+    seen: &Seen<'_>,
+    node: &NodeSettings<'_>,
+    read_file: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<Resolved, FrontEndError> {
+    let annotations = &seen.pod.annotations;
+    let mut warnings = Vec::new();
+    let mut defaulted = Vec::new();
+    let front_end = match mesh {
+        Mesh::Istio => {
+            let r = istio::resolve(seen.pod, node.istio).map_err(FrontEndError::Input)?;
+            defaulted = r.defaulted();
+            FrontEnd::Istio(r.settings)
+        }
+        Mesh::Linkerd => {
+            let labels = seen.spec_seen.then_some(&seen.pod.labels);
+            let s = linkerd::PodSettings::resolve(node.linkerd, labels, seen.namespace);
+            if !seen.spec_seen {
+                defaulted.push(format!(
+                    "control-plane pod from linkerd.control_plane_namespaces ({})",
+                    s.control_plane
+                ));
+            }
+            FrontEnd::Linkerd(s)
+        }
+        Mesh::Kuma => FrontEnd::Kuma(kuma::PodSettings {
+            pod_has_ipv6: seen.has_ipv6,
+        }),
+    };
+    let model = front_end.model(annotations, read_file, &mut warnings)?;
+    Ok(Resolved {
+        front_end,
+        model,
+        defaulted,
+        warnings,
+    })
 }
 
 /// The pod's annotations (empty when absent or not strings).

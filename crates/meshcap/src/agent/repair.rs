@@ -2,8 +2,9 @@
 //! rewrote the tables, rules lost some other way).
 //!
 //! The source of truth is the plugin's attachment records (`meshcap_records`): ADD stores
-//! the model inputs it used (effective annotations, proxy uid/gid) and the namespace's
-//! identity. Each scan recomputes the rulesets exactly as ADD did (`istio::model`), runs the
+//! the model inputs it used (effective annotations and the front-end settings of the pod's
+//! mesh: Istio's, Linkerd's or Kuma's) and the namespace's identity. Each scan recomputes the
+//! rulesets exactly as ADD did (`FrontEnd::model`, the step the plugin takes), runs the
 //! dataplane's `check` and, on drift, its `apply` (atomic and idempotent). Every repair is
 //! logged with the pod and what had drifted, and counted.
 //!
@@ -23,7 +24,8 @@
 //! the record is then rewritten in the current format.
 //!
 //! Limits (documented, not hidden): records written before the model inputs were stored
-//! cannot be recomputed and are skipped (logged once). Pods started before the plugin was
+//! cannot be recomputed and are skipped (logged once), as are Linkerd and Kuma pods whose
+//! records predate format 3 (no front-end settings). Pods started before the plugin was
 //! installed have no record at all; [`super::adopt`] finds them in the runtime's libcni cache
 //! and runs the plugin's ADD for them, after which they have a record and are repaired here
 //! like any other. The eBPF fast path registration is not repaired here.
@@ -33,8 +35,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use meshcap_dataplane::{Dataplane, DataplaneError, PodNetns};
-use meshcap_model::mesh::istio::{self, SpecSettings};
-use meshcap_model::Families;
+use meshcap_model::mesh::istio::SpecSettings;
+use meshcap_model::mesh::{self, FrontEnd, Mesh};
+use meshcap_model::{Annotations, Families, RedirectModel};
 use meshcap_records::{self as state, AttachmentRecord, StateDir};
 
 use super::metrics::Metrics;
@@ -147,34 +150,14 @@ impl Repairer {
                 "the record predates stored model inputs (written by an older plugin)".into(),
             );
         };
-        // The agent recomputes Istio models only; another mesh's pod keeps its rules as the
-        // plugin wrote them rather than getting Istio's.
-        if let Some(mesh) = meshcap_model::mesh::claims_by_annotations(&annotations)
-            .into_iter()
-            .find(|m| *m != meshcap_model::mesh::Mesh::Istio)
-        {
-            return Verdict::Unrepairable(format!("{mesh} pods are not repaired by the agent"));
-        }
-        // The same model ADD installed: its annotations and the spec settings it resolved.
-        // Records from before the settings were stored carry only the proxy uid/gid.
-        let settings = rec.istio_settings.clone().unwrap_or_else(|| {
-            let mut s = SpecSettings::default();
-            if let Some(uid) = rec.proxy_uid.filter(|id| *id != 0) {
-                s.proxy_uids = vec![uid];
-            }
-            if let Some(gid) = rec.proxy_gid.filter(|id| *id != 0) {
-                s.proxy_gids = vec![gid];
-            }
-            s
-        });
-        let model = istio::model(&annotations, &settings).map(|mut m| {
-            // The families ADD installed (the pod's addresses, from its prevResult).
+        let model = recompute(&rec, &annotations).map(|mut m| {
+            // The families ADD installed (an Istio pod's from its prevResult).
             m.families = Families::from_names(&rec.families);
             m
         });
         let rulesets = match model {
             Ok(m) => m.rulesets(),
-            Err(e) => return Verdict::Unrepairable(format!("recomputing the model: {e}")),
+            Err(why) => return Verdict::Unrepairable(why),
         };
         let backend = rec.mode.backend();
         let details = match locked.check(backend, &rulesets) {
@@ -247,6 +230,39 @@ impl Repairer {
             }
         }
     }
+}
+
+/// The model ADD installed, recomputed from the record by the step ADD took
+/// ([`FrontEnd::model`], whichever mesh the pod belongs to): its annotations and the front-end
+/// settings it resolved. A record from before the settings were stored carries only the proxy
+/// uid/gid: an Istio pod's settings are then those and Istio's defaults; a Linkerd or Kuma
+/// pod's cannot be known, and it is never given Istio's rules.
+fn recompute(rec: &AttachmentRecord, annotations: &Annotations) -> Result<RedirectModel, String> {
+    let front_end = match rec.front_end() {
+        Some(fe) => fe,
+        None => {
+            if let Some(other) = mesh::claims_by_annotations(annotations)
+                .into_iter()
+                .find(|m| *m != Mesh::Istio)
+            {
+                return Err(format!(
+                    "the record of this {other} pod predates stored front-end settings (written by an older plugin)"
+                ));
+            }
+            let mut s = SpecSettings::default();
+            if let Some(uid) = rec.proxy_uid.filter(|id| *id != 0) {
+                s.proxy_uids = vec![uid];
+            }
+            if let Some(gid) = rec.proxy_gid.filter(|id| *id != 0) {
+                s.proxy_gids = vec![gid];
+            }
+            FrontEnd::Istio(s)
+        }
+    };
+    let mut warnings = Vec::new();
+    front_end
+        .model(annotations, &|path| fs::read_to_string(path), &mut warnings)
+        .map_err(|e| format!("recomputing the model: {e}"))
 }
 
 /// Whether `now` (the record read under the lock) is still the attachment `seen` was.
