@@ -18,6 +18,8 @@
 //!   test process on the default pin directory, or a test's own), and a live app-to-sidecar
 //!   connection to observe it with.
 //! - [`bins`]: where the binaries under test are.
+//! - [`peer`] and [`conformance`]: semantic comparison of rule sets, and what the peer
+//!   conformance suites (Istio, Linkerd, Kuma) share.
 //!
 //! Every privileged test starts with [`privileged`], which skips (by name) when the test cannot
 //! run and fails instead under `CI=true`.
@@ -38,6 +40,7 @@ pub mod agent_process;
 pub mod bins;
 pub mod chain;
 pub mod compare;
+pub mod conformance;
 pub mod fastpath;
 pub mod flows;
 pub mod istio_cases;

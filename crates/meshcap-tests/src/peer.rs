@@ -142,6 +142,9 @@ pub fn parse_iptables_blocks(text: &str) -> Result<Vec<Rules>, String> {
         }
     }
     blocks.retain(|b| !b.chains.is_empty());
+    for b in &mut blocks {
+        normalize(b);
+    }
     Ok(blocks)
 }
 
@@ -319,6 +322,106 @@ fn parse_ipt_rule(toks: &[String]) -> Result<PRule, String> {
     let action = action.ok_or("no target")?;
     drop_owner_required(&mut conds);
     Ok(PRule { conds, action })
+}
+
+/// The owner range meshcap's iptables rendering puts before a negated owner match: it holds
+/// exactly when the packet's socket has an owner, which nftables' `meta skuid != X` (and, for
+/// every packet a process sends, iptables' `! --uid-owner X`) already requires.
+const ANY_OWNER: &str = "0-4294967294";
+
+/// Largest uid range split into one rule per uid (meshcap's rendering writes one rule per uid
+/// for ranges this small).
+const MAX_SPLIT_IDS: u64 = 64;
+
+/// Cosmetic differences of layout, normalised away (the module docs say what is compared):
+/// - a port range is `A-B` whatever the notation (`A:B` in iptables);
+/// - the "has an owner" range next to a negated owner match of the same kind is dropped (it
+///   differs from a bare negated match only for packets without a socket, which no
+///   application or proxy sends; docs/CONFIGURATION.md, "Packets without a socket");
+/// - a RETURN or terminal rule matching one of several ports (`multiport --dports A,B:C`) or a
+///   small uid or gid range (`--uid-owner 4-5`) becomes one rule per port, range or id: the
+///   same verdict for every packet, as meshcap writes such lists.
+fn normalize(rules: &mut Rules) {
+    for list in rules.chains.values_mut() {
+        let mut out = Vec::with_capacity(list.len());
+        for mut r in list.drain(..) {
+            r.conds = r
+                .conds
+                .iter()
+                .map(|c| {
+                    let (neg, k, v) = key_value(c);
+                    if matches!(k, "dport" | "sport") {
+                        cond(neg, k, &v.replace(':', "-"))
+                    } else {
+                        c.clone()
+                    }
+                })
+                .collect();
+            for key in ["skuid", "skgid"] {
+                let any = cond(false, key, ANY_OWNER);
+                let negated = r
+                    .conds
+                    .iter()
+                    .any(|c| c.starts_with('!') && key_value(c).1 == key);
+                if negated {
+                    r.conds.remove(&any);
+                }
+            }
+            if !matches!(r.action, Action::Return | Action::Terminal(_)) {
+                out.push(r);
+                continue;
+            }
+            let mut split = vec![r];
+            for key in ["dport", "sport", "skuid", "skgid"] {
+                split = split
+                    .into_iter()
+                    .flat_map(|r| split_alternatives(r, key))
+                    .collect();
+            }
+            out.extend(split);
+        }
+        *list = out;
+    }
+}
+
+/// `r` as one rule per alternative of its `key` condition (a port set, or a small id range).
+fn split_alternatives(r: PRule, key: &str) -> Vec<PRule> {
+    let Some(c) = r
+        .conds
+        .iter()
+        .find(|c| !c.starts_with('!') && key_value(c).1 == key)
+        .cloned()
+    else {
+        return vec![r];
+    };
+    let (_, _, v) = key_value(&c);
+    let alternatives: Vec<String> = if let Some(set) = v.strip_prefix('{') {
+        set.trim_end_matches('}')
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    } else if matches!(key, "skuid" | "skgid") && v != ANY_OWNER {
+        match v
+            .split_once('-')
+            .map(|(a, b)| (a.parse::<u64>(), b.parse::<u64>()))
+        {
+            Some((Ok(a), Ok(b))) if a <= b && b - a < MAX_SPLIT_IDS => {
+                (a..=b).map(|id| id.to_string()).collect()
+            }
+            _ => return vec![r],
+        }
+    } else {
+        return vec![r];
+    };
+    alternatives
+        .into_iter()
+        .map(|alt| {
+            let mut one = r.clone();
+            one.conds.remove(&c);
+            one.conds.insert(cond(false, key, &alt));
+            one
+        })
+        .collect()
 }
 
 fn add_port_set(conds: &mut BTreeSet<String>, neg: bool, key: &str, ports: Vec<String>) {
@@ -563,6 +666,9 @@ pub fn parse_nft(text: &str) -> Result<BTreeMap<Fam, Rules>, String> {
                 i += 1;
             }
         }
+    }
+    for rules in out.values_mut() {
+        normalize(rules);
     }
     // Keep the chain names of an nft table but file them under the table kind they hook as.
     Ok(out)
@@ -1053,5 +1159,36 @@ mod tests {
             meta skuid 1337 return\n meta l4proto tcp redirect to :15001\n }\n}\n";
         let d = flatten(&parse_nft(nft).unwrap()[&Fam::V4]).unwrap();
         assert!(diff(&a, &d).is_empty(), "{}\n{}", show(&a), show(&d));
+    }
+
+    #[test]
+    fn port_lists_id_ranges_and_the_owner_guard_are_layout_only() {
+        let flat = |t: &str| flatten(&parse_iptables(t).unwrap()).unwrap();
+        let linkerd = "*nat\n:O - [0:0]\n-A OUTPUT -j O\n\
+            -A O -p tcp -m multiport --dports 3306,8000:8010 -j RETURN\n\
+            -A O -m owner --uid-owner 4-5 -j RETURN\n\
+            -A O -o lo -m owner ! --uid-owner 1337 -j RETURN\n\
+            -A O -p tcp -j REDIRECT --to-ports 4140\nCOMMIT\n";
+        let meshcap = "*nat\n:M - [0:0]\n-A OUTPUT -j M\n\
+            -A M -p tcp -m tcp --dport 3306 -j RETURN\n\
+            -A M -p tcp -m tcp --dport 8000:8010 -j RETURN\n\
+            -A M -m owner --uid-owner 4 -j RETURN\n-A M -m owner --uid-owner 5 -j RETURN\n\
+            -A M -o lo -m owner --uid-owner 0-4294967294 -m owner ! --uid-owner 1337 -j RETURN\n\
+            -A M -p tcp -j REDIRECT --to-ports 4140\nCOMMIT\n";
+        let (a, b) = (flat(linkerd), flat(meshcap));
+        assert!(diff(&a, &b).is_empty(), "{}", diff(&a, &b).join("\n"));
+        let nft = "table ip meshcap {\n chain nat_M {\n type nat hook output priority -100;\n\
+            tcp dport 3306 return\n tcp dport 8000-8010 return\n meta skuid 4-5 return\n\
+            oifname \"lo\" meta skuid != 1337 return\n meta l4proto tcp redirect to :4140\n }\n}\n";
+        let c = flatten(&parse_nft(nft).unwrap()[&Fam::V4]).unwrap();
+        assert!(diff(&a, &c).is_empty(), "{}", diff(&a, &c).join("\n"));
+        // Another range, another port or a missing id is a different verdict.
+        for other in [
+            linkerd.replace("4-5", "4-6"),
+            linkerd.replace("8000:8010", "8000:8011"),
+            linkerd.replace("3306,", ""),
+        ] {
+            assert!(!diff(&a, &flat(&other)).is_empty(), "{other}");
+        }
     }
 }

@@ -9,16 +9,14 @@
 //! fails when one of them starts to match (move it out) or when any other case differs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use meshcap_model::mesh::istio::{resolve, NodeDefaults};
 use meshcap_model::pod::PodView;
-use meshcap_model::render::{iptables, nftables};
-use meshcap_model::{Families, Family};
+use meshcap_model::Families;
+use meshcap_tests::conformance::{self, read_repo_file, repo_root};
 use meshcap_tests::istio_cases::{cases, Case, NFT_ONLY, ORPHAN_GOLDENS};
 use meshcap_tests::peer::{self, Fam, Flat};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Cases meshcap does not match yet, with why. Empty when every applicable case matches.
 const PENDING: &[(&str, &str)] = &[];
@@ -42,18 +40,9 @@ const TPROXY_NO_SOCKET: &str = "Istio's nftables `tproxy ... accept` accepts a p
 const INET_IPV6: &str = "Istio's nftables rules live in `inet` tables and capture IPv6 where     IPv6 is off; its iptables backend writes no ip6tables rules then (meshcap follows iptables)";
 const INVALID_TCP_ONLY: &str = "Istio's nftables invalid drop matches TCP only (and lands in the     `inet` table); iptables' drops every invalid packet (meshcap follows iptables)";
 
-/// The repository: the fixtures are under `tests/peer/istio/`, beside the other meshes'.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
 /// Istio's expected rules per family, flattened.
 fn expected(case: &Case) -> BTreeMap<Fam, Flat> {
-    let text = case.adapt(&read(&case.golden_path()));
+    let text = case.adapt(&read_repo_file(&case.golden_path()));
     let blocks =
         peer::parse_iptables_blocks(&text).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let mut out = BTreeMap::new();
@@ -78,13 +67,6 @@ fn families(case: &Case) -> Vec<Fam> {
     }
 }
 
-fn model_family(f: Fam) -> Family {
-    match f {
-        Fam::V4 => Family::V4,
-        Fam::V6 => Family::V6,
-    }
-}
-
 /// Compares `actual` with Istio's for the case's families; the differences, labelled.
 fn compare(
     case: &Case,
@@ -92,23 +74,7 @@ fn compare(
     expected: &BTreeMap<Fam, Flat>,
     actual: &BTreeMap<Fam, Flat>,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    for fam in families(case) {
-        let empty = Flat::new();
-        let e = expected.get(&fam).unwrap_or(&empty);
-        let a = actual.get(&fam).unwrap_or(&empty);
-        let d = peer::diff(e, a);
-        if !d.is_empty() {
-            out.push(format!(
-                "{} ({what}, {fam:?}):\n{}\nIstio:\n{}meshcap:\n{}",
-                case.name,
-                d.join("\n"),
-                peer::show(e),
-                peer::show(a)
-            ));
-        }
-    }
-    out
+    conformance::compare(case.name, "Istio", &families(case), what, expected, actual)
 }
 
 fn applicable() -> Vec<Case> {
@@ -121,24 +87,11 @@ fn applicable() -> Vec<Case> {
 /// Checks the outcome per case against [`PENDING`]: a pending case must still differ, every
 /// other case must match.
 fn judge(results: BTreeMap<&'static str, Vec<String>>) {
-    let pending: BTreeMap<&str, &str> = PENDING.iter().copied().collect();
-    let mut failures = Vec::new();
-    for (name, diffs) in &results {
-        match (pending.contains_key(name), diffs.is_empty()) {
-            (false, false) => failures.push(diffs.join("\n")),
-            (true, true) => {
-                failures.push(format!("{name} now matches Istio: take it out of PENDING"))
-            }
-            _ => {}
-        }
-    }
-    let matched = results.values().filter(|d| d.is_empty()).count();
-    println!(
-        "istio conformance: {matched} of {} cases match, {} pending",
-        results.len(),
-        pending.len()
-    );
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let results = results
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    conformance::judge("istio", PENDING, results);
 }
 
 fn model_of(case: &Case) -> meshcap_model::RedirectModel {
@@ -162,21 +115,7 @@ fn istio_goldens_both_renderers() {
     for case in applicable() {
         let exp = expected(&case);
         let model = model_of(&case);
-        let mut ipt = BTreeMap::new();
-        for fam in families(&case) {
-            let text = iptables::render(&model.ruleset(model_family(fam)));
-            let rules = peer::parse_iptables(&text).unwrap();
-            ipt.insert(fam, peer::flatten(&rules).unwrap());
-        }
-        let rulesets: Vec<_> = families(&case)
-            .into_iter()
-            .map(|f| model.ruleset(model_family(f)))
-            .collect();
-        let nft = peer::parse_nft(&nftables::render(&rulesets)).unwrap();
-        let nft: BTreeMap<Fam, Flat> = nft
-            .iter()
-            .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
-            .collect();
+        let (ipt, nft) = conformance::renderings(&model, &families(&case));
         let mut diffs = compare(&case, "iptables renderer", &exp, &ipt);
         diffs.extend(compare(&case, "nftables renderer", &exp, &nft));
         results.insert(case.name, diffs);
@@ -197,12 +136,8 @@ fn istio_nftables_goldens_where_istios_backends_agree() {
             continue;
         };
         let ipt = expected(&case);
-        let nft_text = case.adapt(&read(&path));
-        let nft = peer::parse_nft(&nft_text).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let nft: BTreeMap<Fam, Flat> = nft
-            .iter()
-            .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
-            .collect();
+        let nft_text = case.adapt(&read_repo_file(&path));
+        let nft = conformance::flat_nft(&nft_text).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         // Both families, whether or not Istio's case has IPv6 on: Istio's `inet` tables hold
         // IPv6 rules where its iptables backend writes none.
         let both = Case {
@@ -221,15 +156,7 @@ fn istio_nftables_goldens_where_istios_backends_agree() {
             continue;
         }
         let model = model_of(&case);
-        let rulesets: Vec<_> = families(&case)
-            .into_iter()
-            .map(|f| model.ruleset(model_family(f)))
-            .collect();
-        let ours = peer::parse_nft(&nftables::render(&rulesets)).unwrap();
-        let ours: BTreeMap<Fam, Flat> = ours
-            .iter()
-            .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
-            .collect();
+        let (_, ours) = conformance::renderings(&model, &families(&case));
         failures.extend(compare(
             &case,
             "meshcap nftables vs Istio nftables",
@@ -254,7 +181,7 @@ fn every_istio_golden_is_accounted_for() {
     let all = cases();
     let mut goldens: BTreeSet<String> = BTreeSet::new();
     for dir in ["capture", "cni", "capture-nft"] {
-        for e in std::fs::read_dir(root().join("tests/peer/istio").join(dir)).unwrap() {
+        for e in std::fs::read_dir(repo_root().join("tests/peer/istio").join(dir)).unwrap() {
             let name = e.unwrap().file_name().into_string().unwrap();
             let stem = name.split('.').next().unwrap().to_owned();
             goldens.insert(format!("{dir}/{stem}"));
@@ -308,36 +235,19 @@ fn istio_goldens_through_render_f() {
         std::fs::write(&file, case.pod().to_string()).unwrap();
         let family = if case.ipv6 { "both" } else { "v4" };
         let run = |format: &str| -> String {
-            let out = Command::new(&meshcap)
-                .args(["render", "-f"])
-                .arg(&file)
-                .args(["--format", format, "--family", family])
-                .args(["--node-defaults", case.node_defaults])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: render -f: {}{}",
-                case.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
+            conformance::render_f(
+                &meshcap,
+                &file,
+                format,
+                family,
+                &["--node-defaults", case.node_defaults],
+            )
         };
         let exp = expected(&case);
         let text = run("iptables");
         assert!(text.contains("# captured"), "{}: {text}", case.name);
-        let blocks = peer::parse_iptables_blocks(&text).unwrap();
-        let ipt: BTreeMap<Fam, Flat> = [Fam::V4, Fam::V6]
-            .into_iter()
-            .zip(&blocks)
-            .map(|(f, b)| (f, peer::flatten(b).unwrap()))
-            .collect();
-        let nft = peer::parse_nft(&run("nftables")).unwrap();
-        let nft: BTreeMap<Fam, Flat> = nft
-            .iter()
-            .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
-            .collect();
+        let ipt = conformance::flat_iptables_blocks(&text).unwrap();
+        let nft = conformance::flat_nft(&run("nftables")).unwrap();
         let mut diffs = compare(&case, "render -f iptables", &exp, &ipt);
         diffs.extend(compare(&case, "render -f nftables", &exp, &nft));
         results.insert(case.name, diffs);
@@ -380,46 +290,15 @@ fn istio_goldens_through_add() {
                 "prevResult": {"cniVersion": "1.0.0",
                     "interfaces": [{"name": "eth0", "sandbox": path}], "ips": ips},
             });
-            let add = invoke(&plugin, "ADD", &path, &state, &config);
+            let add = conformance::invoke(&plugin, "ADD", &path, &state, None, &config);
             assert!(add.0, "{} {mode}: ADD failed: {}", case.name, add.1);
-            let actual: BTreeMap<Fam, Flat> = if mode == "iptables" {
-                let mut m = BTreeMap::new();
-                for (fam, tool) in [(Fam::V4, "iptables-save"), (Fam::V6, "ip6tables-save")] {
-                    let text = ns.exec(tool, &[]).unwrap();
-                    m.insert(
-                        fam,
-                        peer::flatten(&peer::parse_iptables(&text).unwrap()).unwrap(),
-                    );
-                }
-                m
-            } else {
-                let text = ns.exec("nft", &["list", "ruleset"]).unwrap();
-                peer::parse_nft(&text)
-                    .unwrap_or_else(|e| panic!("{}: {e}\n{text}", case.name))
-                    .iter()
-                    .map(|(f, r)| (*f, peer::flatten(r).unwrap()))
-                    .collect()
-            };
+            let actual = conformance::read_back(&ns, mode);
             diffs.extend(compare(&case, &format!("ADD, {mode}"), &exp, &actual));
-            let del = invoke(&plugin, "DEL", &path, &state, &config);
+            let del = conformance::invoke(&plugin, "DEL", &path, &state, None, &config);
             assert!(del.0, "{} {mode}: DEL failed: {}", case.name, del.1);
         }
         results.insert(case.name, diffs);
     }
     let _ = std::fs::remove_dir_all(&state);
     judge(results);
-}
-
-fn invoke(
-    plugin: &Path,
-    command: &str,
-    netns: &str,
-    state: &Path,
-    config: &Value,
-) -> (bool, String) {
-    let state = state.display().to_string();
-    let mut env = meshcap_testkit::cni_env(command, "peer-conformance", netns, "");
-    env.push(("MESHCAP_STATE_DIR", &state));
-    let run = meshcap_testkit::run_plugin(plugin, &env, &config.to_string());
-    (run.success(), run.output())
 }

@@ -435,10 +435,15 @@ impl Netns {
     /// pod reaches a listener on the outbound capture port 15001 (nothing else could accept
     /// it: the veth leads nowhere).
     fn outbound_captured(&self) -> bool {
+        self.outbound_captured_on(15001)
+    }
+
+    /// [`Netns::outbound_captured`] for a mesh whose outbound capture port is `port`.
+    fn outbound_captured_on(&self, port: u16) -> bool {
         let script = r#"
-import socket
+import socket, sys
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", 15001)); srv.listen(1); srv.settimeout(2)
+srv.bind(("0.0.0.0", int(sys.argv[1]))); srv.listen(1); srv.settimeout(2)
 cli = socket.socket(); cli.settimeout(2)
 try:
     cli.connect(("10.244.0.99", 80)); srv.accept(); print("captured")
@@ -449,7 +454,7 @@ except OSError as e:
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or("python3");
-        let out = self.exec(&[python, "-c", script]);
+        let out = self.exec(&[python, "-c", script, &port.to_string()]);
         let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if said != "captured" {
             // Shown when an assertion on it fails.
@@ -481,12 +486,19 @@ fn invoke_plugin(
 }
 
 fn plugin_conf(mode: &str, netns: &str) -> String {
+    plugin_conf_with(mode, netns, json!({"sidecar.istio.io/status": "{}"}))
+}
+
+/// [`plugin_conf`] for a pod with these runtime-passed annotations.
+fn plugin_conf_with(mode: &str, netns: &str, annotations: Value) -> String {
     json!({
         "cniVersion": "1.1.0",
         "name": "agentnet",
         "type": "meshcap-cni",
         "mode": mode,
-        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"}},
+        // A node setting off linkerd-cni's defaults: the agent must take it from the record.
+        "linkerd": {"outbound_proxy_port": 4150, "inbound_proxy_port": 4153},
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
         "prevResult": {
             "cniVersion": "1.1.0",
             "interfaces": [{"name": "eth0", "sandbox": netns}],
@@ -616,6 +628,112 @@ fn privileged_flushed_rules_are_repaired_and_capture_works_again() {
     }
     assert_eq!(agent.metric("meshcap_repairs_total"), 2.0);
     assert_eq!(agent.metric("meshcap_attachments"), 0.0);
+}
+
+/// A Linkerd pod and a Kuma pod whose rules are flushed get their own mesh's rules back (the
+/// agent recomputes them from the record by the step the plugin took, with the node's
+/// `linkerd` settings ADD used, which the agent never reads elsewhere), never Istio's: the
+/// capture reaches the mesh's own outbound port again and CHECK passes.
+#[test]
+fn privileged_linkerd_and_kuma_pods_are_repaired_with_their_own_rules() {
+    const TEST: &str = "privileged_linkerd_and_kuma_pods_are_repaired_with_their_own_rules";
+    let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
+        return;
+    };
+    let s = Scratch::new("repair-meshes");
+    let state = s.0.join("state");
+    let kuma_config = "cniMode: true\nkumaDPUser: \"5678\"\nredirect:\n  inbound:\n    enabled: true\n    port: 15006\n  outbound:\n    enabled: true\n    port: 15001\n";
+    // (mesh, mode, container id, namespace, annotations, outbound port, chain prefix, flush)
+    let pods = [
+        (
+            "linkerd",
+            "iptables",
+            "podlinkerd",
+            Netns::create("mcagent-l5d"),
+            json!({"linkerd.io/proxy-version": "stable-2.14"}),
+            4150,
+            "MESHCAP_LINKERD",
+            &["iptables", "-t", "nat", "-F"][..],
+        ),
+        (
+            "kuma",
+            "nftables",
+            "podkuma",
+            Netns::create("mcagent-kuma"),
+            json!({"kuma.io/sidecar-injected": "true",
+                   "traffic.kuma.io/transparent-proxy-config": kuma_config}),
+            15001,
+            "MESHCAP_KUMA",
+            &["nft", "flush", "ruleset"][..],
+        ),
+    ];
+    for (mesh, mode, cid, ns, ann, port, prefix, _) in &pods {
+        let conf = plugin_conf_with(mode, &ns.path(), ann.clone());
+        let (ok, out) = invoke_plugin(&plugin, "ADD", cid, &ns.path(), &state, &conf);
+        assert!(ok, "{mesh}: ADD: {out}");
+        assert!(ns.outbound_captured_on(*port), "{mesh}: capture after ADD");
+        let rules = netfilter_state(ns);
+        assert!(rules.contains(prefix), "{mesh}: {prefix} chains: {rules}");
+        let rec: Value = serde_json::from_str(
+            &fs::read_to_string(state.join(format!("agentnet/{cid}@eth0.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rec["format"], 3, "{rec}");
+        assert!(rec.get("istio_settings").is_none(), "{rec}");
+        match *mesh {
+            "linkerd" => assert_eq!(
+                rec["linkerd_settings"]["node"]["outbound_proxy_port"], 4150,
+                "{rec}"
+            ),
+            _ => assert_eq!(rec["kuma_settings"]["pod_has_ipv6"], false, "{rec}"),
+        }
+    }
+
+    let agent = Agent::start(&s, &["--no-config-watch", "--repair-interval-ms", "300"]);
+    agent.wait_for("a first scan", Duration::from_secs(5), || {
+        agent.metric("meshcap_repair_scans_total") >= 1.0
+    });
+    assert_eq!(agent.metric("meshcap_attachments"), 2.0);
+    assert_eq!(
+        agent.metric("meshcap_repairs_total"),
+        0.0,
+        "{}",
+        agent.log()
+    );
+
+    for (n, (mesh, mode, cid, ns, ann, port, prefix, flush)) in pods.iter().enumerate() {
+        let out = ns.exec(flush);
+        assert!(out.status.success(), "{mesh}: {flush:?}");
+        assert!(!ns.outbound_captured_on(*port), "{mesh}: flushed");
+        let conf = plugin_conf_with(mode, &ns.path(), ann.clone());
+        agent.wait_for(
+            &format!("{mesh}: rules repaired"),
+            Duration::from_secs(5),
+            || invoke_plugin(&plugin, "CHECK", cid, &ns.path(), &state, &conf).0,
+        );
+        assert!(
+            ns.outbound_captured_on(*port),
+            "{mesh}: capture reaches the mesh's own port again"
+        );
+        let rules = netfilter_state(ns);
+        assert!(rules.contains(prefix), "{mesh}: {prefix} chains: {rules}");
+        assert!(
+            rules
+                .match_indices("MESHCAP")
+                .all(|(at, _)| rules[at..].starts_with(prefix)),
+            "{mesh}: every meshcap chain is the mesh's own, none of Istio's: {rules}"
+        );
+        agent.wait_for("the repair counted", Duration::from_secs(2), || {
+            agent.metric("meshcap_repairs_total") == (n + 1) as f64
+        });
+    }
+    let log = agent.log();
+    assert!(!log.contains("not repaired"), "{log}");
+    for (mesh, mode, cid, ns, ann, ..) in &pods {
+        let conf = plugin_conf_with(mode, &ns.path(), ann.clone());
+        let (ok, out) = invoke_plugin(&plugin, "DEL", cid, &ns.path(), &state, &conf);
+        assert!(ok, "{mesh}: DEL: {out}");
+    }
 }
 
 /// The namespace's netfilter and policy-routing state as text (counters and timestamps left
@@ -842,7 +960,7 @@ fn privileged_pods_of_the_previous_release_are_checked_deleted_and_upgraded() {
     );
     agent.wait_for("the record upgraded", Duration::from_secs(10), || {
         fs::read_to_string(record("old2"))
-            .map(|r| r.contains("\"format\": 2"))
+            .map(|r| r.contains(&format!("\"format\": {}", meshcap_records::RECORD_FORMAT)))
             .unwrap_or(false)
     });
     let (ok, out) = invoke_plugin(&plugin, "CHECK", "old2", &ns.path(), &state, &conf);
@@ -1005,6 +1123,94 @@ fn privileged_pods_set_up_before_install_are_adopted_once_and_released() {
             == Some(1.0)
     });
     assert_eq!(agent.metric("meshcap_adoptions_total"), 1.0);
+}
+
+/// A Linkerd pod and a Kuma pod set up before the install are adopted as Istio pods are: the
+/// agent runs the plugin's ADD, which captures each for its own mesh (ports, uid and chain
+/// names of the mesh, the node's `linkerd` settings of the conflist) and records its
+/// front-end settings; after a flush, repair puts the mesh's own rules back.
+#[test]
+fn privileged_linkerd_and_kuma_pods_set_up_before_install_are_adopted() {
+    const TEST: &str = "privileged_linkerd_and_kuma_pods_set_up_before_install_are_adopted";
+    let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
+        return;
+    };
+    let s = Scratch::new("adopt-meshes");
+    fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
+    let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
+    let meshcap = json!({
+        "type": "meshcap-cni",
+        "mode": "iptables",
+        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+        "linkerd": {"outbound_proxy_port": 4150, "inbound_proxy_port": 4153},
+        "log_file": s.0.join("plugin.log")
+    });
+    let before = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});
+    let after = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary, meshcap]});
+    fs::write(s.0.join("net.d/10-agentnet.conflist"), after.to_string()).unwrap();
+    let kuma_config = "kumaDPUser: \"5678\"\nredirect:\n  inbound:\n    port: 15006\n  outbound:\n    port: 15001\n";
+    // (container id, namespace, annotations, outbound port, chain prefix, record key)
+    let pods = [
+        (
+            "podl5d",
+            Netns::create("mcadopt-l5d"),
+            json!({"linkerd.io/proxy-version": "stable-2.14"}),
+            4150,
+            "MESHCAP_LINKERD",
+            "linkerd_settings",
+        ),
+        (
+            "podkuma",
+            Netns::create("mcadopt-kuma"),
+            json!({"kuma.io/sidecar-injected": "true",
+                   "traffic.kuma.io/transparent-proxy-config": kuma_config}),
+            15001,
+            "MESHCAP_KUMA",
+            "kuma_settings",
+        ),
+    ];
+    for (cid, ns, ann, port, ..) in &pods {
+        write_cache_entry(&s, cid, &ns.path(), &before, ann.clone());
+        assert!(
+            !ns.outbound_captured_on(*port),
+            "{cid}: nothing captured yet"
+        );
+    }
+
+    let agent = Agent::start(&s, &["--no-config-watch", "--repair-interval-ms", "200"]);
+    let record = |cid: &str| s.0.join(format!("state/agentnet/{cid}@eth0.json"));
+    for (cid, ns, _, port, prefix, key) in &pods {
+        agent.wait_for(&format!("{cid} adopted"), Duration::from_secs(5), || {
+            record(cid).exists()
+        });
+        assert!(ns.outbound_captured_on(*port), "{cid}: captured on {port}");
+        let rules = netfilter_state(ns);
+        assert!(rules.contains(prefix), "{cid}: {prefix} chains: {rules}");
+        assert!(
+            rules
+                .match_indices("MESHCAP")
+                .all(|(at, _)| rules[at..].starts_with(prefix)),
+            "{cid}: only the mesh's own chains: {rules}"
+        );
+        let rec: Value = serde_json::from_str(&fs::read_to_string(record(cid)).unwrap()).unwrap();
+        assert!(rec.get(key).is_some(), "{cid}: {key} recorded: {rec}");
+    }
+    assert_eq!(agent.metric("meshcap_adoptions_total"), 2.0);
+
+    // The adopted pods are repaired with their own mesh's rules.
+    for (n, (cid, ns, _, port, ..)) in pods.iter().enumerate() {
+        // The agent scans every 200 ms: the repair count, not a probe, shows the flush was seen.
+        assert_eq!(agent.metric("meshcap_repairs_total"), n as f64);
+        let out = ns.exec(&["iptables", "-t", "nat", "-F"]);
+        assert!(out.status.success(), "{cid}: flush");
+        agent.wait_for(&format!("{cid}: repaired"), Duration::from_secs(5), || {
+            agent.metric("meshcap_repairs_total") >= (n + 1) as f64
+        });
+        assert!(ns.outbound_captured_on(*port), "{cid}: captured again");
+    }
+    let log = agent.log();
+    assert_eq!(log.matches("adopted a pod").count(), 2, "{log}");
+    assert!(!log.contains("cannot repair"), "{log}");
 }
 
 /// A tmpfs mounted at a directory, unmounted on drop (before the scratch dir goes).
