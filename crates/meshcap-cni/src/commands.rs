@@ -944,6 +944,37 @@ mod tests {
     }
 
     #[test]
+    fn runtime_path_linkerd_control_plane_by_namespace_and_front_end_settings() {
+        let l5d = json!({"linkerd.io/proxy-version": "stable"});
+        let mut v = annotated(l5d);
+        v["linkerd"] = json!({"proxy_uid": 3000, "control_plane_namespaces": ["l5d-system"]});
+        let c = config(v);
+        for (ns, control_plane) in [("l5d-system", true), ("default", false)] {
+            let Decision::Capture(cap) = decide(&c, &k8s_args(ns)).unwrap() else {
+                panic!("{ns}: not captured");
+            };
+            let (m, fe) = model_for(&c, &k8s_args(ns), &cap).unwrap();
+            let FrontEnd::Linkerd(s) = &fe else {
+                panic!("{fe:?}");
+            };
+            assert_eq!(s.control_plane, control_plane, "{ns}");
+            assert_eq!(s.node.proxy_uid, 3000);
+            assert_eq!(m.proxy_uids, [3000]);
+            let skips_api_server = m
+                .exclude_outbound_port_ranges
+                .iter()
+                .any(|r| r.first == 6443);
+            assert_eq!(skips_api_server, control_plane, "{ns}");
+            // The recorded settings give the same model (the agent's repair).
+            let mut w = Vec::new();
+            let again = fe
+                .model(&cap.pod.annotations, &|_| unreachable!(), &mut w)
+                .unwrap();
+            assert_eq!(again, m);
+        }
+    }
+
+    #[test]
     fn selection_injected_and_all() {
         let none = CniArgs::default();
         let c = config(json!({}));

@@ -299,6 +299,11 @@ fn run_app_to(netns: &Path, dest: &'static str, rounds: usize, size: usize) -> R
 /// The proxy's own upstream connection (uid 1337) to a plain server in the pod (127.0.0.1 is
 /// never captured): must not be paired.
 fn proxy_upstream(netns: &Path) -> Result<()> {
+    proxy_upstream_as(netns, PROXY_UID)
+}
+
+/// [`proxy_upstream`] for a proxy running as `uid` (and gid).
+fn proxy_upstream_as(netns: &Path, uid: u32) -> Result<()> {
     let ns = File::open(netns)?;
     let ns2 = ns.try_clone()?;
     let (tx, rx) = mpsc::channel();
@@ -316,7 +321,7 @@ fn proxy_upstream(netns: &Path) -> Result<()> {
     rx.recv_timeout(Duration::from_secs(5))?;
     thread::spawn(move || -> Result<()> {
         meshcap_netns::enter_for_good(ns2.as_fd())?;
-        testing::become_user(PROXY_UID, PROXY_UID)?;
+        testing::become_user(uid, uid)?;
         let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, 9000))?;
         c.write_all(b"hello")?;
         let mut b = [0u8; 5];
@@ -483,7 +488,8 @@ fn sk_msg_redirect_pairs_v6_app_socket_with_v4_sidecar() -> Result<()> {
 /// A Linkerd pod: proxy uid 2102 with no gid exempted, outbound capture on 4140. Registered
 /// with Istio's values the sidecar's accepted socket (on 4140) is not recognised and nothing is
 /// spliced; registered with the pod's own uid and ports, as the plugin does from the pod's
-/// model, every byte goes through the splice and the proxy's own connection is still skipped.
+/// model, every byte goes through the splice and the proxy's own upstream connection (uid
+/// 2102) is skipped.
 #[test]
 fn sk_msg_redirect_uses_the_pods_own_proxy_uid_and_ports() -> Result<()> {
     const TEST: &str = "sk_msg_redirect_uses_the_pods_own_proxy_uid_and_ports";
@@ -556,6 +562,11 @@ fn sk_msg_redirect_uses_the_pods_own_proxy_uid_and_ports() -> Result<()> {
         2 * sent,
         "{c:?}"
     );
+    // The pod's proxy's own upstream connection is recognised by the pod's uid, left alone.
+    proxy_upstream_as(&netns.path(), LINKERD_UID)?;
+    let c2 = pin_dir.counters()?;
+    assert_eq!(c2.proxy_skipped, c.proxy_skipped + 1, "{c2:?}");
+    assert_eq!(c2.app_sockets, c.app_sockets, "{c2:?}");
     pin_dir.unregister(cookie)?;
     assert_eq!(pin_dir.entries_for(cookie)?, [0, 0, 0, 0]);
     Ok(())

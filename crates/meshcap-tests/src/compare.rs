@@ -176,6 +176,9 @@ pub struct PodFastPath {
     pub capturing: bool,
     /// Registered after ADD (looked up by netns cookie in the pinned pod map).
     pub registered: bool,
+    /// When registered with another proxy than the pod's mesh runs (uid, outbound and inbound
+    /// capture ports): what the entry says and what the pod's proxy is.
+    pub wrong_proxy: Option<String>,
     /// Map entries naming the pod (pods, sockets, pending apps, connects) after DEL.
     pub entries_after_del: [usize; 4],
 }
@@ -195,6 +198,9 @@ impl FastPathRun {
                         "captures but was not registered with the fast path"
                     }
                 ));
+            }
+            if let Some(wrong) = &p.wrong_proxy {
+                out.push(format!("pod {}: {wrong}", p.pod));
             }
             if p.entries_after_del != [0; 4] {
                 out.push(format!(
@@ -287,15 +293,27 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
                 Some(Ok(pod)) => Some(crate::fastpath::cookie(&pod.ns)?),
                 _ => None,
             };
-            let registered = match cookie {
-                Some(c) => pin_dir.lookup(c)?.is_some(),
-                None => false,
+            let entry = match cookie {
+                Some(c) => pin_dir.lookup(c)?,
+                None => None,
             };
+            let own = (spec.proxy.uid, spec.proxy.outbound, spec.proxy.inbound);
+            let wrong_proxy = entry
+                .as_ref()
+                .map(|e| (e.proxy_uid, e.outbound_port, e.inbound_port))
+                .filter(|got| *got != own)
+                .map(|got| {
+                    format!(
+                        "registered with proxy (uid, outbound port, inbound port) {got:?}, the pod's {} proxy is {own:?}",
+                        spec.proxy.mesh
+                    )
+                });
             checks.push(PodFastPath {
                 pod: spec.name.to_string(),
                 cookie,
                 capturing,
-                registered,
+                registered: entry.is_some(),
+                wrong_proxy,
                 entries_after_del: [0; 4],
             });
         }
@@ -705,6 +723,7 @@ mod tests {
             cookie: Some(1),
             capturing,
             registered,
+            wrong_proxy: None,
             entries_after_del: left,
         };
         let mut run = FastPathRun {
