@@ -73,6 +73,16 @@ pub struct NodeArgs {
     /// --istio-default`; keys in docs/CONFIGURATION.md).
     #[arg(long, env = "MESHCAP_ISTIO_DEFAULTS", default_value = "")]
     pub istio_defaults: String,
+    /// Space-separated meshes this node captures (`meshcap install --mesh`); empty: every
+    /// mesh (the plugin's default).
+    #[arg(long, env = "MESHCAP_MESHES", default_value = "")]
+    pub meshes: String,
+    /// Space-separated `KEY=VALUE` linkerd-cni node settings (`meshcap install --linkerd`).
+    #[arg(long = "linkerd", env = "MESHCAP_LINKERD", default_value = "")]
+    pub linkerd: String,
+    /// Space-separated `KEY=VALUE` kuma-cni node settings (`meshcap install --kuma`).
+    #[arg(long = "kuma", env = "MESHCAP_KUMA", default_value = "")]
+    pub kuma: String,
     #[arg(long, env = "MESHCAP_EBPF", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
     pub ebpf: bool,
     #[arg(long, env = "MESHCAP_METRICS_ADDR", default_value = "0.0.0.0:15099")]
@@ -86,6 +96,10 @@ pub struct NodeArgs {
     /// The meshcap-cni binary to install (default: next to this meshcap binary).
     #[arg(long)]
     pub plugin_binary: Option<PathBuf>,
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
 }
 
 impl NodeArgs {
@@ -118,9 +132,9 @@ impl NodeArgs {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
-            meshes: Vec::new(),
-            linkerd: Vec::new(),
-            kuma: Vec::new(),
+            meshes: words(&self.meshes),
+            linkerd: words(&self.linkerd),
+            kuma: words(&self.kuma),
             ebpf: self.ebpf,
             log_file: "/var/log/meshcap-cni.log".into(),
         }
