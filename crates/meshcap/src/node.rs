@@ -242,3 +242,41 @@ fn write_kubeconfig_if_in_cluster(args: &NodeArgs) -> anyhow::Result<()> {
     meshcap_records::node_kubeconfig::write(&path, &host, &port, token.trim(), &ca)
         .with_context(|| format!("writing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    #[test]
+    fn mesh_settings_reach_the_install() {
+        let cli = Cli::try_parse_from([
+            "meshcap",
+            "install",
+            "--meshes",
+            "linkerd kuma",
+            "--linkerd",
+            "proxy_uid=3000 ipv6=true",
+            "--kuma",
+            r#"exclude_namespaces=["kube-system"]"#,
+        ])
+        .unwrap();
+        let args = cli.node.install_args();
+        assert_eq!(args.meshes, ["linkerd", "kuma"]);
+        assert_eq!(args.linkerd, ["proxy_uid=3000", "ipv6=true"]);
+        assert_eq!(args.kuma, [r#"exclude_namespaces=["kube-system"]"#]);
+        let entry = install::plugin_entry(&args).unwrap();
+        assert_eq!(entry["meshes"], serde_json::json!(["linkerd", "kuma"]));
+        assert_eq!(entry["linkerd"]["proxy_uid"], 3000);
+        // Unset: the plugin's defaults, no keys written.
+        let cli = Cli::try_parse_from(["meshcap", "install"]).unwrap();
+        let entry = install::plugin_entry(&cli.node.install_args()).unwrap();
+        assert!(entry.get("meshes").is_none() && entry.get("linkerd").is_none());
+    }
+}
