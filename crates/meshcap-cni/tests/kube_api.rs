@@ -768,6 +768,135 @@ fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
     }
 }
 
+/// Linkerd pods through the API path, which sees what the runtime path cannot: a control-plane
+/// pod (by its label, in a namespace not in `linkerd.control_plane_namespaces`) also skips the
+/// API server's ports outbound and its record says so for the agent; a pod with `linkerd-init`
+/// sets up its own rules and is left alone. With `kubernetes.read_pod: meshed` the runtime path
+/// reads the pod too (the annotations alone would not make it a control-plane pod) and installs
+/// the same rules.
+#[test]
+fn privileged_linkerd_pods_through_the_api_path() {
+    const TEST: &str = "privileged_linkerd_pods_through_the_api_path";
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
+        return skip_or_fail(TEST, &reason);
+    }
+    let annotations = json!({"linkerd.io/proxy-version": "stable-2.14"});
+    let mut control_plane = pod(
+        "l5d-cp",
+        "destination-0",
+        annotations.clone(),
+        json!([{"name": "destination"}, {"name": "linkerd-proxy"}]),
+        json!([]),
+    );
+    control_plane["metadata"]["labels"] =
+        json!({"linkerd.io/control-plane-component": "destination"});
+    let with_init = pod(
+        "shop",
+        "own-init",
+        annotations.clone(),
+        json!([{"name": "app"}, {"name": "linkerd-proxy"}]),
+        json!([{"name": "linkerd-init"}]),
+    );
+    let api = FakeApi::start(vec![
+        (
+            pod_path("l5d-cp", "destination-0"),
+            vec![Reply::Json(200, control_plane)],
+        ),
+        (
+            pod_path("shop", "own-init"),
+            vec![Reply::Json(200, with_init)],
+        ),
+    ]);
+    let s = scratch("linkerd-api");
+    let kc = s.kubeconfig(&api.url());
+    for mode in ["iptables", "nftables"] {
+        let fetched = Netns::create(&format!("mk-l5d-api-{}", &mode[..3]));
+        let meshed = Netns::create(&format!("mk-l5d-rp-{}", &mode[..3]));
+        let init = Netns::create(&format!("mk-l5d-init-{}", &mode[..3]));
+        let args = k8s_args("l5d-cp", "destination-0");
+
+        let cfg = api_config(&kc, &fetched.path(), json!({"mode": mode}));
+        let r = invoke("ADD", &fetched.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.ok(), passthrough(&fetched.path()), "{mode}");
+        let a = fetched.rules(mode);
+        assert!(a.contains("MESHCAP_LINKERD"), "{mode}: {a}");
+        assert!(
+            a.contains("dport 443 ") && a.contains("dport 6443 "),
+            "{mode}: API server ports: {a}"
+        );
+        let rec: Value = serde_json::from_str(
+            &fs::read_to_string(
+                std::path::Path::new(&s.state())
+                    .join("meshnet")
+                    .join(format!("{}@eth0.json", container_id(&fetched.path()))),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rec["linkerd_settings"]["control_plane"], true, "{rec}");
+        let r = invoke("CHECK", &fetched.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);
+
+        // The runtime passes the annotations; read_pod: meshed still reads the spec.
+        let mut cfg_rt = api_config(&kc, &meshed.path(), json!({"mode": mode}));
+        cfg_rt["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": annotations});
+        cfg_rt["kubernetes"]["read_pod"] = json!("meshed");
+        let before = api.seen().len();
+        let r = invoke("ADD", &meshed.path(), &s.state(), &args, &cfg_rt);
+        assert_eq!(r.ok(), passthrough(&meshed.path()), "{mode}");
+        assert_eq!(api.seen().len(), before + 1, "{mode}: the pod was read");
+        assert_eq!(
+            meshed.rules(mode),
+            a,
+            "{mode}: read_pod: meshed and the API path differ"
+        );
+
+        // Without read_pod the runtime path cannot see the label, and the namespace is not
+        // in linkerd.control_plane_namespaces: no API server ports skipped.
+        let plain = Netns::create(&format!("mk-l5d-pl-{}", &mode[..3]));
+        let mut cfg_plain = cfg_rt.clone();
+        cfg_plain["kubernetes"]["read_pod"] = json!("when-needed");
+        cfg_plain["prevResult"] = prev_result(&plain.path());
+        let r = invoke("ADD", &plain.path(), &s.state(), &args, &cfg_plain);
+        assert_eq!(r.ok(), passthrough(&plain.path()), "{mode}");
+        let p = plain.rules(mode);
+        assert!(
+            p.contains("MESHCAP_LINKERD") && !p.contains("dport 6443 "),
+            "{mode}: {p}"
+        );
+        let r = invoke("DEL", &plain.path(), &s.state(), &args, &cfg_plain);
+        assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+
+        // linkerd-init present: left alone, no rules, no record.
+        let init_args = k8s_args("shop", "own-init");
+        let cfg = api_config(&kc, &init.path(), json!({"mode": mode}));
+        let r = invoke("ADD", &init.path(), &s.state(), &init_args, &cfg);
+        assert_eq!(r.ok(), passthrough(&init.path()), "{mode}");
+        let rules = init.rules(mode);
+        assert!(
+            !rules.contains("MESHCAP") && !rules.contains("meshcap"),
+            "{mode}: {rules}"
+        );
+
+        for (ns, a, cfg) in [
+            (
+                &fetched,
+                &args,
+                api_config(&kc, &fetched.path(), json!({"mode": mode})),
+            ),
+            (&meshed, &args, cfg_rt.clone()),
+            (
+                &init,
+                &init_args,
+                api_config(&kc, &init.path(), json!({"mode": mode})),
+            ),
+        ] {
+            let r = invoke("DEL", &ns.path(), &s.state(), a, &cfg);
+            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+        }
+    }
+}
+
 /// The settings Istio takes from the pod spec: a pod whose `istio-proxy` env turns on DNS
 /// capture and invalid drop (as `meshConfig.defaultConfig.proxyMetadata` does) gets them
 /// through the API path; the runtime path reaches the same rules with the node defaults, or
