@@ -70,6 +70,14 @@ pub struct RenderArgs {
     /// `-f`, the annotations) does not state a setting, exactly as in the plugin.
     #[arg(long, value_name = "JSON")]
     node_defaults: Option<String>,
+    /// The node's linkerd-cni settings, as the plugin configuration's `linkerd` object (JSON,
+    /// e.g. `{"proxy_uid": 2102, "ipv6": true}`), for Linkerd pods.
+    #[arg(long = "linkerd", value_name = "JSON")]
+    linkerd: Option<String>,
+    /// The node's kuma-cni settings, as the plugin configuration's `kuma` object (JSON, e.g.
+    /// `{"exclude_namespaces": ["kube-system"]}`), for Kuma pods.
+    #[arg(long = "kuma", value_name = "JSON")]
+    kuma: Option<String>,
     /// The pod's namespace, for annotations without `-f` (a Linkerd pod in one of
     /// `linkerd.control_plane_namespaces` counts as a control-plane pod, as on the plugin's
     /// runtime path).
@@ -78,6 +86,25 @@ pub struct RenderArgs {
 }
 
 impl RenderArgs {
+    /// `--linkerd`, read as the plugin reads its `linkerd` object.
+    fn linkerd_node(&self) -> anyhow::Result<mesh::linkerd::LinkerdNode> {
+        match &self.linkerd {
+            None => Ok(Default::default()),
+            Some(text) => {
+                serde_json::from_str(text).context("--linkerd (the plugin's `linkerd` object)")
+            }
+        }
+    }
+
+    /// `--kuma`, read as the plugin reads its `kuma` object.
+    fn kuma_node(&self) -> anyhow::Result<mesh::kuma::KumaNode> {
+        match &self.kuma {
+            None => Ok(Default::default()),
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| anyhow::anyhow!("--kuma (the plugin's `kuma` object): {e}")),
+        }
+    }
+
     fn node_defaults(&self) -> anyhow::Result<NodeDefaults> {
         let Some(text) = &self.node_defaults else {
             return Ok(NodeDefaults::default());
@@ -106,6 +133,9 @@ impl SelectionArg {
 }
 
 pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
+    // The node's settings are checked before anything is printed.
+    args.linkerd_node()?;
+    args.kuma_node()?;
     if let Some(path) = &args.filename {
         return run_manifest(args, path);
     }
@@ -143,7 +173,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             namespace: args.namespace.as_deref(),
             has_ipv6: !matches!(args.family, FamilyArg::V4),
         };
-        let linkerd = mesh::linkerd::LinkerdNode::default();
+        let linkerd = args.linkerd_node()?;
         let istio = args.node_defaults()?;
         let node = mesh::NodeSettings {
             istio: &istio,
@@ -250,7 +280,7 @@ fn render_any_pod(
             Mesh::Linkerd
         }
         Some(Mesh::Kuma) => {
-            if let Err(reason) = mesh::kuma::wants_pod(raw, &mesh::kuma::KumaNode::default()) {
+            if let Err(reason) = mesh::kuma::wants_pod(raw, &args.kuma_node()?) {
                 println!("# not captured (kuma-cni would skip it): {reason}");
                 return Ok(());
             }
@@ -276,7 +306,7 @@ fn render_any_pod(
         namespace: pod.namespace.as_deref(),
         has_ipv6,
     };
-    let linkerd = mesh::linkerd::LinkerdNode::default();
+    let linkerd = args.linkerd_node()?;
     let node = mesh::NodeSettings {
         istio: defaults,
         linkerd: &linkerd,

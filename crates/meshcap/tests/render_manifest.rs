@@ -363,3 +363,84 @@ spec:
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Linkerd and Kuma pods: `-f` takes the node's `linkerd` and `kuma` settings as the plugin
+/// does (`--linkerd`, `--kuma`), and `-a` renders a pod from its annotations as the plugin's
+/// runtime path does (the namespace stands in for the control-plane label).
+#[test]
+fn linkerd_and_kuma_pods_with_the_nodes_settings() {
+    let pod = fixture("../../../../tests/peer/linkerd/cni-default.pod.yaml");
+    let pod = pod.to_str().unwrap();
+    let (code, out, err) = render(&["-f", pod]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("# captured (linkerd pod): proxy uid 2102 gid none; inbound port 4143, outbound port 4140"), "{out}");
+    let (code, out, err) = render(&[
+        "-f",
+        pod,
+        "--linkerd",
+        r#"{"proxy_uid": 3000, "outbound_proxy_port": 4150}"#,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("proxy uid 3000 gid none; inbound port 4143, outbound port 4150"),
+        "{out}"
+    );
+    assert!(
+        out.contains("--uid-owner 3000") && out.contains("--to-ports 4150"),
+        "{out}"
+    );
+    // A typo in the node settings is refused, as the plugin refuses it.
+    let (code, _, err) = render(&["-f", pod, "--linkerd", r#"{"proxy_id": 3000}"#]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--linkerd") && err.contains("proxy_id"),
+        "{err}"
+    );
+
+    // Kuma's excluded namespaces.
+    let kuma = fixture("../../../../tests/peer/kuma/inject-34.pod.yaml");
+    let kuma = kuma.to_str().unwrap();
+    let (code, out, err) = render(&["-f", kuma]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("# captured (kuma pod)"), "{out}");
+    let mut in_shop: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kuma).unwrap()).unwrap();
+    in_shop["metadata"]["namespace"] = "shop".into();
+    let file =
+        std::env::temp_dir().join(format!("meshcap-render-kuma-{}.json", std::process::id()));
+    std::fs::write(&file, in_shop.to_string()).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let (code, out, _) = render(&[
+        "-f",
+        file_arg,
+        "--kuma",
+        r#"{"exclude_namespaces": ["shop"]}"#,
+    ]);
+    let (code2, out2, _) = render(&["-f", file_arg]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!((code, code2), (0, 0));
+    assert!(
+        out.contains("# not captured (kuma-cni would skip it): namespace shop is excluded"),
+        "{out}"
+    );
+    assert!(out2.contains("# captured (kuma pod)"), "{out2}");
+
+    // The runtime path's view: annotations only; a control-plane namespace skips 443/6443.
+    for (ns, skips) in [("linkerd", true), ("emojivoto", false)] {
+        let (code, out, err) = render(&[
+            "-a",
+            "linkerd.io/proxy-version=stable",
+            "--namespace",
+            ns,
+            "--family",
+            "v4",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("# captured (linkerd pod, from its annotations)"),
+            "{out}"
+        );
+        assert!(out.contains("MESHCAP_LINKERD"), "{out}");
+        assert_eq!(out.contains("--dport 6443"), skips, "{ns}: {out}");
+    }
+}
