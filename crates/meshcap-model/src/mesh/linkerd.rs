@@ -88,8 +88,21 @@ impl Default for LinkerdNode {
 /// up: the node's settings in force then, and whether the pod is a control-plane component.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodSettings {
+    /// Read leniently: a record a later release wrote may hold settings this one does not
+    /// know (the plugin configuration itself refuses unknown keys).
+    #[serde(deserialize_with = "known_node_settings")]
     pub node: LinkerdNode,
     pub control_plane: bool,
+}
+
+/// A [`LinkerdNode`] from a stored record, keys this release does not know left out.
+fn known_node_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LinkerdNode, D::Error> {
+    let mut v = Value::deserialize(d)?;
+    let known = serde_json::to_value(LinkerdNode::default()).map_err(serde::de::Error::custom)?;
+    if let (Some(obj), Some(known)) = (v.as_object_mut(), known.as_object()) {
+        obj.retain(|k, _| known.contains_key(k));
+    }
+    serde_json::from_value(v).map_err(serde::de::Error::custom)
 }
 
 impl PodSettings {
@@ -368,6 +381,18 @@ mod tests {
             ..LinkerdNode::default()
         };
         assert!(model(&ann(&[(SKIP_SUBNETS, "10.0.0.0/8")]), None, &node, &mut w).is_err());
+    }
+
+    #[test]
+    fn stored_settings_read_leniently() {
+        let stored = serde_json::json!({"node": {"proxy_uid": 3000, "some_later_key": 1},
+                                        "control_plane": true});
+        let s: PodSettings = serde_json::from_value(stored).unwrap();
+        assert_eq!((s.node.proxy_uid, s.node.outbound_proxy_port), (3000, 4140));
+        let back: PodSettings = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        // The plugin configuration stays strict.
+        assert!(serde_json::from_value::<LinkerdNode>(serde_json::json!({"proxy_id": 1})).is_err());
     }
 
     #[test]
