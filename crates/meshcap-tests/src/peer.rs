@@ -324,20 +324,12 @@ fn parse_ipt_rule(toks: &[String]) -> Result<PRule, String> {
     Ok(PRule { conds, action })
 }
 
-/// The owner range meshcap's iptables rendering puts before a negated owner match: it holds
-/// exactly when the packet's socket has an owner, which nftables' `meta skuid != X` (and, for
-/// every packet a process sends, iptables' `! --uid-owner X`) already requires.
-const ANY_OWNER: &str = "0-4294967294";
-
 /// Largest uid range split into one rule per uid (meshcap's rendering writes one rule per uid
 /// for ranges this small).
 const MAX_SPLIT_IDS: u64 = 64;
 
 /// Cosmetic differences of layout, normalised away (the module docs say what is compared):
 /// - a port range is `A-B` whatever the notation (`A:B` in iptables);
-/// - the "has an owner" range next to a negated owner match of the same kind is dropped (it
-///   differs from a bare negated match only for packets without a socket, which no
-///   application or proxy sends; docs/CONFIGURATION.md, "Packets without a socket");
 /// - a RETURN or terminal rule matching one of several ports (`multiport --dports A,B:C`) or a
 ///   small uid or gid range (`--uid-owner 4-5`) becomes one rule per port, range or id: the
 ///   same verdict for every packet, as meshcap writes such lists.
@@ -357,16 +349,6 @@ fn normalize(rules: &mut Rules) {
                     }
                 })
                 .collect();
-            for key in ["skuid", "skgid"] {
-                let any = cond(false, key, ANY_OWNER);
-                let negated = r
-                    .conds
-                    .iter()
-                    .any(|c| c.starts_with('!') && key_value(c).1 == key);
-                if negated {
-                    r.conds.remove(&any);
-                }
-            }
             if !matches!(r.action, Action::Return | Action::Terminal(_)) {
                 out.push(r);
                 continue;
@@ -400,7 +382,7 @@ fn split_alternatives(r: PRule, key: &str) -> Vec<PRule> {
             .split(',')
             .map(str::to_owned)
             .collect()
-    } else if matches!(key, "skuid" | "skgid") && v != ANY_OWNER {
+    } else if matches!(key, "skuid" | "skgid") {
         match v
             .split_once('-')
             .map(|(a, b)| (a.parse::<u64>(), b.parse::<u64>()))
