@@ -4,7 +4,7 @@
 # sidecar, sends a representative set of flows and prints, per mode, where each one landed
 # and how every mode compares with iptables mode. Cleans up everything, also on Ctrl-C.
 #
-#   scripts/demo.sh            representative flows, modes iptables and nftables
+#   scripts/demo.sh            representative flows, modes iptables, nftables and iptables+ebpf
 #   scripts/demo.sh --full     the whole flow matrix
 #   MESHCAP_E2E_MODES=iptables,nftables,iptables+ebpf scripts/demo.sh
 #
@@ -26,8 +26,10 @@ fi
 "$REPO/scripts/setup.sh"
 
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
-echo "demo.sh: building meshcap-cni and the harness"
-cargo build --quiet -p meshcap-cni -p meshcap-tests --bins
+# The fast-path modes run the node agent with the real eBPF object (not the stub).
+export MESHCAP_BUILD_EBPF=1
+echo "demo.sh: building meshcap-cni, the node agent (with its eBPF object) and the harness"
+cargo build --quiet -p meshcap-cni -p meshcap -p meshcap-tests --bins
 
 target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 # exec: the demo gets Ctrl-C directly and cleans up its namespaces and processes itself.
