@@ -751,10 +751,12 @@ fn model_rulesets_match_nft_f_of_render() -> Result<()> {
     Ok(())
 }
 
-// A packet without a socket (here the kernel's RST for a closed port) gets the same verdict
-// from a negated owner match in every backend: it does not match. Without iptables'
-// `--socket-exists` (which the renderer adds), xt_owner matches it and this rule would drop
-// the RST, so the client would time out instead of being refused.
+// Packets without a socket owner (the kernel's RST for a closed TCP port, its ICMP port
+// unreachable for a closed UDP port) get the same verdict from a negated owner match in every
+// backend: it does not match, as nftables' `meta skuid != 0` reads it. Without the owner range
+// the iptables renderer puts before it (`--uid-owner 0-4294967294`), xt_owner matches them and
+// this rule would drop the RST and the ICMP error, so the clients would time out instead of
+// being refused.
 #[test]
 fn socketless_packets_never_match_a_negated_owner_in_any_backend() -> Result<()> {
     let test = "socketless_packets_never_match_a_negated_owner_in_any_backend";
@@ -762,7 +764,8 @@ fn socketless_packets_never_match_a_negated_owner_in_any_backend() -> Result<()>
         return Ok(());
     }
     use meshcap_model::render::iptables;
-    // The client runs as root: its SYN (uid 0) passes; only the socketless RST could match.
+    // The clients run as root: their SYN and datagram (uid 0) pass; only the socketless RST
+    // and ICMP error could match.
     let ruleset = Ruleset {
         family: Family::V4,
         tables: vec![TableRules {
@@ -773,7 +776,6 @@ fn socketless_packets_never_match_a_negated_owner_in_any_backend() -> Result<()>
                 vec![rule(
                     vec![
                         Match::OutInterface { name: "lo".into() },
-                        tcp(),
                         Match::UidOwner {
                             uid: 0,
                             negate: true,
@@ -785,6 +787,11 @@ fn socketless_packets_never_match_a_negated_owner_in_any_backend() -> Result<()>
         }],
         policy_route: None,
     };
+    let rendered = iptables::render(&ruleset);
+    assert!(
+        rendered.contains("--uid-owner 0-4294967294 -m owner ! --uid-owner 0"),
+        "{rendered}"
+    );
     let dial = |ns: &Netns| -> Result<std::io::ErrorKind> {
         ns.run(|| {
             let addr = "127.0.0.1:9".parse().unwrap();
@@ -794,11 +801,20 @@ fn socketless_packets_never_match_a_negated_owner_in_any_backend() -> Result<()>
             }
         })
     };
+    let datagram = |ns: &Netns| -> Result<std::io::ErrorKind> {
+        ns.run(|| {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            sock.connect("127.0.0.1:9").unwrap();
+            sock.send(b"ping").unwrap();
+            match sock.recv(&mut [0u8; 16]) {
+                Ok(_) => std::io::ErrorKind::Other,
+                Err(e) => e.kind(),
+            }
+        })
+    };
     let xt = Netns::new("sockless", "x")?;
-    xt.exec(
-        &["iptables-restore", "--noflush"],
-        Some(&iptables::render(&ruleset)),
-    )?;
+    xt.exec(&["iptables-restore", "--noflush"], Some(&rendered))?;
     let text = Netns::new("sockless", "t")?;
     text.exec(
         &["nft", "-f", "-"],
@@ -812,6 +828,29 @@ fn socketless_packets_never_match_a_negated_owner_in_any_backend() -> Result<()>
             std::io::ErrorKind::ConnectionRefused,
             "{backend}: the kernel's RST must pass the negated owner rule"
         );
+        assert_eq!(
+            datagram(ns)?,
+            std::io::ErrorKind::ConnectionRefused,
+            "{backend}: the kernel's ICMP port unreachable must pass the negated owner rule"
+        );
     }
+    // The control: a bare `! --uid-owner 0` (Istio's iptables form) drops both, so the
+    // clients above were refused because the rule let the socketless packets pass.
+    let bare = Netns::new("sockless", "b")?;
+    let istio_form = rendered.replace("-m owner --uid-owner 0-4294967294 ", "");
+    assert_ne!(istio_form, rendered);
+    bare.exec(&["iptables-restore", "--noflush"], Some(&istio_form))?;
+    assert_eq!(
+        dial(&bare)?,
+        std::io::ErrorKind::TimedOut,
+        "bare: RST dropped"
+    );
+    assert!(
+        matches!(
+            datagram(&bare)?,
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "bare: ICMP error dropped"
+    );
     Ok(())
 }

@@ -36,9 +36,12 @@ const ISTIO_BACKENDS_DIFFER: &[(&str, &str)] = &[
     ("tproxy", TPROXY_NO_SOCKET),
 ];
 
-const TPROXY_NO_SOCKET: &str = "Istio's nftables `tproxy ... accept` accepts a packet for which     no transparent socket exists; iptables' TPROXY drops it (meshcap drops, in both backends)";
-const INET_IPV6: &str = "Istio's nftables rules live in `inet` tables and capture IPv6 where     IPv6 is off; its iptables backend writes no ip6tables rules then (meshcap follows iptables)";
-const INVALID_TCP_ONLY: &str = "Istio's nftables invalid drop matches TCP only (and lands in the     `inet` table); iptables' drops every invalid packet (meshcap follows iptables)";
+const TPROXY_NO_SOCKET: &str = "Istio's nftables `tproxy ... accept` accepts a packet for \
+    which no transparent socket exists; iptables' TPROXY drops it (meshcap drops, in both backends)";
+const INET_IPV6: &str = "Istio's nftables rules live in `inet` tables and capture IPv6 where \
+    IPv6 is off; its iptables backend writes no ip6tables rules then (meshcap follows iptables)";
+const INVALID_TCP_ONLY: &str = "Istio's nftables invalid drop matches TCP only (and lands in \
+    the `inet` table); iptables' drops every invalid packet (meshcap follows iptables)";
 
 /// Istio's expected rules per family, flattened.
 fn expected(case: &Case) -> BTreeMap<Fam, Flat> {
