@@ -52,6 +52,10 @@ pub struct Case {
     pub ipv6: bool,
     /// Group names in Istio's case replaced by numeric gids (meshcap takes gids only).
     pub group_names: &'static [(&'static str, &'static str)],
+    /// Istio's case runs istio-iptables without `-d`, which no Istio pod gets (see
+    /// [`INJECTOR_STATUS_PORTS`]): compared with the golden plus the RETURNs istio-iptables
+    /// writes for `-d 15020,15021,15090`.
+    pub injector_status_ports: bool,
     /// Why this case cannot apply to a CNI plugin as Istio wrote it; such cases are listed,
     /// not compared.
     pub not_applicable: Option<&'static str>,
@@ -65,10 +69,14 @@ const CAPTURE_BASE: &[(&str, &str)] = &[
     ("traffic.sidecar.istio.io/excludeOutboundPorts", ""),
 ];
 
-const STATUS_PORTS_NA: &str = "istio-iptables run with `-b *` and no `-d`: a CNI plugin always \
-    excludes the status ports 15020, 15021 and 15090 inbound (istio-cni's NewRedirect appends \
-    them; Istio's injector passes them to istio-init too), so no Istio pod gets these rules; \
-    wildcard inbound capture with the status ports is covered by istio-cni's basic and tproxy cases";
+/// Why the wildcard inbound cases are compared with the status ports excluded.
+pub const INJECTOR_STATUS_PORTS: &str = "istio-iptables run with `-b *` and no `-d`: every \
+    Istio pod has 15020, 15021 and 15090 excluded inbound (istio-cni's NewRedirect appends them; \
+    the injector passes them to istio-init as `-d`), so these cases are compared with the \
+    RETURNs istio-iptables writes for them added to Istio's golden";
+
+/// The inbound ports every Istio pod excludes.
+const STATUS_PORTS: [u16; 3] = [15020, 15021, 15090];
 
 macro_rules! ann {
     ($($k:expr => $v:expr),* $(,)?) => { &[("sidecar.istio.io/status", "{}"),
@@ -90,6 +98,7 @@ const fn capture(name: &'static str) -> Case {
         node_defaults: "{}",
         ipv6: false,
         group_names: &[],
+        injector_status_ports: false,
         not_applicable: None,
     }
 }
@@ -106,6 +115,7 @@ const fn cni(name: &'static str) -> Case {
         node_defaults: "{}",
         ipv6: false,
         group_names: &[],
+        injector_status_ports: false,
         not_applicable: None,
     }
 }
@@ -141,7 +151,7 @@ pub fn cases() -> Vec<Case> {
             proxy_env: DNS_ON,
             node_defaults: r#"{"dns_servers": ["127.0.0.53"]}"#,
             ipv6: true,
-            not_applicable: Some(STATUS_PORTS_NA),
+            injector_status_ports: true,
             ..capture("tproxy")
         },
         Case {
@@ -212,7 +222,7 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             annotations: ann!("traffic.sidecar.istio.io/includeInboundPorts" => "*"),
-            not_applicable: Some(STATUS_PORTS_NA),
+            injector_status_ports: true,
             ..capture("inbound-ports-wildcard")
         },
         Case {
@@ -227,7 +237,7 @@ pub fn cases() -> Vec<Case> {
                 "traffic.sidecar.istio.io/includeInboundPorts" => "*",
                 "sidecar.istio.io/interceptionMode" => "TPROXY",
             ),
-            not_applicable: Some(STATUS_PORTS_NA),
+            injector_status_ports: true,
             ..capture("inbound-ports-wildcard-tproxy")
         },
         Case {
@@ -367,6 +377,15 @@ pub const NFT_ONLY: &[(&str, &str)] = &[(
 )];
 
 impl Case {
+    /// The case's name with its origin (`capture/tproxy`, `cni/tproxy`): names repeat across
+    /// Istio's two test suites.
+    pub fn id(&self) -> String {
+        match self.origin {
+            Origin::Capture => format!("capture/{}", self.name),
+            Origin::Cni => format!("cni/{}", self.name),
+        }
+    }
+
     /// The expected rules' file, relative to the repository root.
     pub fn golden_path(&self) -> String {
         match self.origin {
@@ -381,9 +400,31 @@ impl Case {
             .then(|| format!("tests/peer/istio/capture-nft/{}.nft", self.golden))
     }
 
-    /// Istio's expected text with group names replaced by the case's gids.
+    /// Istio's expected text with group names replaced by the case's gids, and, for an
+    /// iptables golden of a case with [`Case::injector_status_ports`], the status ports'
+    /// RETURNs where istio-iptables writes them for `-d`: in the chain `ISTIO_INBOUND` of the
+    /// capturing table, just before its capture (`-j ISTIO_IN_REDIRECT` in REDIRECT mode, the
+    /// established/divert rule in TPROXY mode), as in istio-cni's `basic` and `tproxy` goldens.
     pub fn adapt(&self, text: &str) -> String {
-        let mut t = text.to_owned();
+        let mut t = if self.injector_status_ports {
+            let mut out = String::new();
+            for line in text.lines() {
+                if line == "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT"
+                    || line.starts_with(
+                        "-A ISTIO_INBOUND -p tcp -m conntrack --ctstate RELATED,ESTABLISHED",
+                    )
+                {
+                    for p in STATUS_PORTS {
+                        out.push_str(&format!("-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN\n"));
+                    }
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+            out
+        } else {
+            text.to_owned()
+        };
         for (name, gid) in self.group_names {
             t = t.replace(
                 &format!("--gid-owner {name} "),
