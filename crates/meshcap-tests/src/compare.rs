@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::fastpath::{Counters, PinDir};
@@ -265,18 +265,45 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
     }
     let node = Node::new(&format!("{prefix}-{tag}"))?;
     let chain = node.chain(&mode.meshcap);
+    // Pods whose settings live in their spec are read from a stand-in API server.
+    let api = if pods.iter().any(|p| p.spec.is_some()) {
+        Some(crate::kube_api::FakeApi::start_in(
+            node.ns.clone(),
+            node.env.scratch.path(),
+        )?)
+    } else {
+        None
+    };
     let mut up: BTreeMap<&str, std::result::Result<Pod, String>> = BTreeMap::new();
     for spec in pods {
-        let pod = node
-            .pod_with_proxy(
-                spec.name,
-                &chain,
-                spec.annotations(),
+        // The pod's own node defaults or API server, on top of the mode's configuration.
+        let extra = spec.plugin_extra(api.as_ref().map(|a| a.kubeconfig()));
+        let chain = match extra.as_object() {
+            Some(e) if !e.is_empty() => {
+                let mut config = mode.meshcap.clone();
+                for (k, v) in e {
+                    config[k] = v.clone();
+                }
+                node.chain(&config)
+            }
+            _ => chain.clone(),
+        };
+        let pod = (|| -> Result<Pod> {
+            let mut pod = node.unattached_pod(spec.name, &chain, spec.annotations())?;
+            if let (Some(api), Some(p)) = (&api, spec.api_pod()) {
+                api.insert(&pod.att.k8s_namespace, &pod.att.k8s_pod, p);
+            }
+            pod.add()
+                .with_context(|| format!("ADD pod {}", spec.name))?;
+            pod.start_servers_as_ids(
                 spec.proxy.uid,
+                spec.proxy.gid,
                 spec.proxy.tcp_ports,
                 spec.proxy.udp_ports,
-            )
-            .map_err(|e| format!("ADD failed: {e:#}"));
+            )?;
+            Ok(pod)
+        })()
+        .map_err(|e| format!("ADD failed: {e:#}"));
         up.insert(spec.name, pod);
     }
     // The fast path: who got registered, and the counters around the flows.

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use serde_json::{json, Value};
 
 use crate::node::{self, Node, Pod};
 use crate::standin::{ClientReport, PROXY_ID, SIDECAR_TCP_PORTS, SIDECAR_UDP_PORTS};
@@ -26,6 +27,8 @@ pub use meshcap_model::annotations::{
 /// A value of `sidecar.istio.io/status` like the injector writes.
 pub const STATUS_VALUE: &str =
     r#"{"initContainers":null,"containers":["istio-proxy"],"volumes":["istio-envoy"]}"#;
+/// `proxy.istio.io/config` turning invalid-packet drop on.
+pub const INVALID_DROP_CONFIG: &str = r#"{"proxyMetadata":{"INVALID_DROP":"true"}}"#;
 /// `proxy.istio.io/config` turning DNS capture on.
 pub const DNS_CAPTURE_CONFIG: &str = r#"{"proxyMetadata":{"ISTIO_META_DNS_CAPTURE":"true"}}"#;
 
@@ -95,6 +98,9 @@ impl Host {
 pub enum Proto {
     Tcp,
     Udp,
+    /// One TCP segment conntrack finds invalid (SYN, FIN and ACK), from a raw socket, IPv4.
+    /// Let through, the pod's kernel answers it with a RST; dropped, nothing answers.
+    TcpInvalid,
 }
 
 /// Who originates a flow.
@@ -157,6 +163,10 @@ pub enum Expect {
     Dns,
     /// Not captured: the server at the dialled address gets it.
     Direct,
+    /// (An invalid segment) let through: the kernel answers with a RST.
+    Reset,
+    /// (An invalid segment) dropped: nothing answers.
+    Dropped,
 }
 
 /// One flow of the matrix.
@@ -195,15 +205,21 @@ impl Flow {
             Expect::Direct => Outcome::Direct {
                 server: self.to.server(self.port).into(),
                 at: match self.proto {
-                    Proto::Tcp => dialled,
+                    Proto::Tcp | Proto::TcpInvalid => dialled,
                     Proto::Udp => format!("*:{}", self.port),
                 },
             },
+            Expect::Reset => Outcome::Reset,
+            Expect::Dropped => Outcome::Dropped,
         }
     }
 
     pub fn describe_to(&self) -> String {
-        let p = if self.proto == Proto::Udp { "udp " } else { "" };
+        let p = match self.proto {
+            Proto::Tcp => "",
+            Proto::Udp => "udp ",
+            Proto::TcpInvalid => "invalid tcp ",
+        };
         match self.bind {
             Some(b) => format!("{p}{}:{} (src {b})", self.to.label(), self.port),
             None => format!("{p}{}:{}", self.to.label(), self.port),
@@ -222,6 +238,10 @@ pub enum Outcome {
     Failed(String),
     /// The client got an answer but no record names its token (something else answered).
     Unrecorded,
+    /// The invalid segment got the kernel's RST.
+    Reset,
+    /// The invalid segment got no answer.
+    Dropped,
 }
 
 impl fmt::Display for Outcome {
@@ -235,6 +255,8 @@ impl fmt::Display for Outcome {
             Outcome::Direct { server, at } => write!(f, "direct {server}@{at}"),
             Outcome::Failed(why) => write!(f, "failed: {why}"),
             Outcome::Unrecorded => write!(f, "answered, unrecorded"),
+            Outcome::Reset => write!(f, "reset by the kernel"),
+            Outcome::Dropped => write!(f, "dropped"),
         }
     }
 }
@@ -265,6 +287,23 @@ pub const ISTIO: ProxyProfile = ProxyProfile {
     tcp_ports: &SIDECAR_TCP_PORTS,
     udp_ports: &SIDECAR_UDP_PORTS,
     fast_path: true,
+};
+/// Istio's sidecar in a TPROXY pod as the injector writes it: `runAsUser: 0`,
+/// `runAsGroup: 1337` (the proxy runs as root to bind transparent sockets). Its capture rules
+/// still exempt uid and gid 1337 (istio-cni reads uid 0 as unset), so the proxy is exempt by
+/// its group and the app's root processes are captured.
+pub const ISTIO_TPROXY_ROOT: ProxyProfile = ProxyProfile {
+    uid: 0,
+    gid: PROXY_ID,
+    ..ISTIO
+};
+/// Istio's sidecar with the mesh config's `proxyListenPort: 15101`,
+/// `proxyInboundListenPort: 15106`.
+pub const ISTIO_CUSTOM_PORTS: ProxyProfile = ProxyProfile {
+    outbound: 15101,
+    inbound: 15106,
+    tcp_ports: &[15101, 15106, 15008, 15020, 15021, 15090, 15053],
+    ..ISTIO
 };
 /// linkerd-proxy with the linkerd2-cni chart's defaults: uid 2102, 4143 in, 4140 out, admin
 /// 4191 and control 4190 (never captured inbound).
@@ -306,6 +345,12 @@ pub struct PodSpec {
     pub name: &'static str,
     pub annotations: Vec<(&'static str, String)>,
     pub proxy: ProxyProfile,
+    /// Node defaults (the plugin configuration's `istio`) of the node this pod lands on: the
+    /// runtime-annotation path's stand-in for settings in the pod spec or the mesh config.
+    pub istio: Option<Value>,
+    /// The pod's `spec` as the API server holds it: the plugin reads the pod from the API
+    /// (`kubernetes.read_pod: meshed`), as for pods whose settings live in their spec.
+    pub spec: Option<Value>,
 }
 
 impl PodSpec {
@@ -315,6 +360,41 @@ impl PodSpec {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect()
     }
+
+    /// The pod the API server returns for this spec (name and namespace set on insertion).
+    pub fn api_pod(&self) -> Option<Value> {
+        let spec = self.spec.as_ref()?;
+        Some(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"annotations": self.annotations(), "uid": format!("e2e-{}", self.name)},
+            "spec": spec,
+            "status": {"phase": "Pending"}
+        }))
+    }
+
+    /// What this pod adds to meshcap's plugin configuration: its node defaults, and the API
+    /// server to read it from (`kubeconfig`) when it has a spec.
+    pub fn plugin_extra(&self, kubeconfig: Option<&std::path::Path>) -> Value {
+        let mut extra = json!({});
+        if let Some(d) = &self.istio {
+            extra["istio"] = d.clone();
+        }
+        if let (Some(_), Some(kc)) = (&self.spec, kubeconfig) {
+            extra["kubernetes"] = json!({"kubeconfig": kc, "read_pod": "meshed"});
+        }
+        extra
+    }
+}
+
+/// An `istio-proxy` container as the injector writes it, with `env` and `securityContext`.
+fn istio_proxy(env: Value, security_context: Value) -> Value {
+    json!({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.0",
+           "args": ["proxy", "sidecar"], "env": env, "securityContext": security_context})
+}
+
+/// A pod spec: the app, `istio-proxy`, and the init containers given.
+fn pod_spec(proxy: Value, init: Value) -> Value {
+    json!({"containers": [{"name": "app", "image": "app"}, proxy], "initContainers": init})
 }
 
 fn meshed(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
@@ -331,16 +411,22 @@ pub fn pods() -> Vec<PodSpec> {
         PodSpec {
             name: "default",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: meshed(&[]),
         },
         PodSpec {
             name: "dns",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: meshed(&[(PROXY_CONFIG, DNS_CAPTURE_CONFIG)]),
         },
         PodSpec {
             name: "include",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: meshed(&[
                 (INCLUDE_OUTBOUND_IP_RANGES, &inc),
                 (INCLUDE_OUTBOUND_PORTS, "9090"),
@@ -349,6 +435,8 @@ pub fn pods() -> Vec<PodSpec> {
         PodSpec {
             name: "exclude",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: meshed(&[
                 (EXCLUDE_OUTBOUND_IP_RANGES, &exc),
                 (EXCLUDE_OUTBOUND_PORTS, "8443"),
@@ -358,6 +446,8 @@ pub fn pods() -> Vec<PodSpec> {
         PodSpec {
             name: "inlist",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: meshed(&[
                 (INCLUDE_INBOUND_PORTS, "8080"),
                 (INCLUDE_OUTBOUND_IP_RANGES, ""),
@@ -366,31 +456,127 @@ pub fn pods() -> Vec<PodSpec> {
         PodSpec {
             name: "exclif",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: meshed(&[(EXCLUDE_INTERFACES, "eth0")]),
         },
         PodSpec {
             name: "reroute",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: meshed(&[(REROUTE_VIRTUAL_INTERFACES, "eth0")]),
         },
         PodSpec {
             name: "tproxy",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
+        },
+        PodSpec {
+            name: "tproxy-root",
+            proxy: ISTIO_TPROXY_ROOT,
+            istio: None,
+            spec: Some(pod_spec(
+                istio_proxy(json!([]), json!({"runAsUser": 0, "runAsGroup": 1337})),
+                json!([{"name": "istio-validation", "args": ["istio-iptables", "--run-validation"]}]),
+            )),
+            annotations: meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
+        },
+        PodSpec {
+            name: "grp-excl",
+            proxy: ISTIO,
+            istio: Some(json!({"outbound_owner_groups_exclude": "1000"})),
+            spec: None,
+            annotations: meshed(&[]),
+        },
+        PodSpec {
+            name: "grp-incl",
+            proxy: ISTIO,
+            istio: None,
+            spec: Some(pod_spec(
+                istio_proxy(json!([]), json!({"runAsUser": 1337, "runAsGroup": 1337})),
+                json!([{"name": "istio-init", "args": ["istio-iptables"],
+                        "env": [{"name": "ISTIO_OUTBOUND_OWNER_GROUPS", "value": "1000"}]}]),
+            )),
+            annotations: meshed(&[]),
+        },
+        PodSpec {
+            name: "invalid",
+            proxy: ISTIO,
+            istio: None,
+            spec: None,
+            annotations: meshed(&[(PROXY_CONFIG, INVALID_DROP_CONFIG)]),
+        },
+        PodSpec {
+            name: "invalid-tproxy",
+            proxy: ISTIO,
+            istio: None,
+            spec: None,
+            annotations: meshed(&[
+                (INTERCEPTION_MODE, "TPROXY"),
+                (PROXY_CONFIG, INVALID_DROP_CONFIG),
+            ]),
+        },
+        PodSpec {
+            name: "ports",
+            proxy: ISTIO_CUSTOM_PORTS,
+            istio: Some(json!({"proxy_listen_port": 15101, "proxy_inbound_listen_port": 15106})),
+            spec: None,
+            annotations: meshed(&[]),
+        },
+        PodSpec {
+            name: "ports-tproxy",
+            proxy: ISTIO_CUSTOM_PORTS,
+            istio: None,
+            spec: Some(pod_spec(
+                istio_proxy(json!([]), json!({"runAsUser": 1337, "runAsGroup": 1337})),
+                json!([{"name": "istio-init", "args": ["istio-iptables", "-p", "15101",
+                        "-z", "15106", "-u", "1337", "-m", "TPROXY", "-i", "*", "-x", "",
+                        "-b", "*", "-d", "15090,15021,15020"]}]),
+            )),
+            annotations: meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
+        },
+        PodSpec {
+            name: "meshdns",
+            proxy: ISTIO,
+            istio: None,
+            spec: Some(pod_spec(
+                istio_proxy(
+                    json!([{"name": "ISTIO_META_DNS_CAPTURE", "value": "true"}]),
+                    json!({"runAsUser": 1337, "runAsGroup": 1337}),
+                ),
+                json!([]),
+            )),
+            annotations: meshed(&[]),
+        },
+        PodSpec {
+            name: "meshdns-node",
+            proxy: ISTIO,
+            istio: Some(json!({"dns_capture": true})),
+            spec: None,
+            annotations: meshed(&[]),
         },
         PodSpec {
             name: "unmeshed",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: vec![],
         },
         PodSpec {
             name: "optout",
             proxy: ISTIO,
+            istio: None,
+            spec: None,
             annotations: meshed(&[(INJECT, "false")]),
         },
         PodSpec {
             name: "linkerd",
             proxy: LINKERD,
+            istio: None,
+            spec: None,
             annotations: vec![
                 (LINKERD_PROXY_VERSION, "stable-2.14".to_string()),
                 (LINKERD_SKIP_OUTBOUND_PORTS, "8443".to_string()),
@@ -399,6 +585,8 @@ pub fn pods() -> Vec<PodSpec> {
         PodSpec {
             name: "kuma",
             proxy: KUMA,
+            istio: None,
+            spec: None,
             annotations: vec![
                 (KUMA_INJECTED, "true".to_string()),
                 (KUMA_TPROXY_CONFIG, KUMA_CONFIG.to_string()),
@@ -534,6 +722,54 @@ pub fn flows() -> Vec<Flow> {
         flow!("tproxy-proxy-out-v4", "tproxy", Proxy, Tcp, R4:80, Direct),
         flow!("tproxy-app-self-v4", "tproxy", App, Tcp, P4:8080, Direct),
         flow!("tproxy-proxy-self-v4", "tproxy", Proxy, Tcp, P4:8080, In),
+        // A TPROXY pod as Istio's injector writes it (istio-proxy runAsUser 0, runAsGroup
+        // 1337), read from the API: root processes of the app are captured, the proxy (root,
+        // group 1337) is not.
+        flow!("tproxy-root-out-v4", "tproxy-root", App, Tcp, R4:80, Out),
+        flow!("tproxy-root-out-v6", "tproxy-root", App, Tcp, R6:80, Out),
+        flow!("tproxy-root-uid1000-out-v4", "tproxy-root", User, Tcp, R4:80, Out),
+        flow!("tproxy-root-in-v4", "tproxy-root", Remote, Tcp, P4:8080, In),
+        flow!("tproxy-root-proxy-out-v4", "tproxy-root", Proxy, Tcp, R4:80, Direct),
+        flow!("tproxy-root-proxy-self-v4", "tproxy-root", Proxy, Tcp, P4:8080, In),
+        // Outbound owner groups: gid 1000 excluded (node default), or the only one captured
+        // (istio-init's ISTIO_OUTBOUND_OWNER_GROUPS, read from the API).
+        flow!("grp-excl-excluded-v4", "grp-excl", User, Tcp, R4:80, Direct),
+        flow!("grp-excl-excluded-v6", "grp-excl", User, Tcp, R6:80, Direct),
+        flow!("grp-excl-other-v4", "grp-excl", App, Tcp, R4:80, Out),
+        flow!("grp-excl-in-v4", "grp-excl", Remote, Tcp, P4:8080, In),
+        flow!("grp-incl-listed-v4", "grp-incl", User, Tcp, R4:80, Out),
+        flow!("grp-incl-other-v4", "grp-incl", App, Tcp, R4:80, Direct),
+        flow!("grp-incl-other-v6", "grp-incl", App, Tcp, R6:80, Direct),
+        flow!("grp-incl-in-v4", "grp-incl", Remote, Tcp, P4:8080, In),
+        // INVALID_DROP: a segment conntrack finds invalid is dropped before it reaches a
+        // socket, in both interception modes; without it the pod's kernel answers it.
+        flow!("invalid-control-v4", "default", Remote, TcpInvalid, P4:8080, Reset),
+        flow!("invalid-dropped-v4", "invalid", Remote, TcpInvalid, P4:8080, Dropped),
+        flow!("invalid-in-v4", "invalid", Remote, Tcp, P4:8080, In),
+        flow!("invalid-out-v4", "invalid", App, Tcp, R4:80, Out),
+        flow!("invalid-tproxy-control-v4", "tproxy", Remote, TcpInvalid, P4:8080, Reset),
+        flow!("invalid-tproxy-dropped-v4", "invalid-tproxy", Remote, TcpInvalid, P4:8080, Dropped),
+        flow!("invalid-tproxy-in-v4", "invalid-tproxy", Remote, Tcp, P4:8080, In),
+        // Custom proxy ports (mesh config proxyListenPort 15101, proxyInboundListenPort
+        // 15106): node defaults on the runtime path, istio-init's -p/-z from the API.
+        flow!("ports-out-v4", "ports", App, Tcp, R4:80, Out),
+        flow!("ports-out-v6", "ports", App, Tcp, R6:80, Out),
+        flow!("ports-in-v4", "ports", Remote, Tcp, P4:8080, In),
+        flow!("ports-in-v6", "ports", Remote, Tcp, P6:8080, In),
+        flow!("ports-proxy-out-v4", "ports", Proxy, Tcp, R4:80, Direct),
+        flow!("ports-proxy-self-v4", "ports", Proxy, Tcp, P4:8080, In),
+        flow!("ports-tproxy-in-v4", "ports-tproxy", Remote, Tcp, P4:8080, In),
+        flow!("ports-tproxy-in-v6", "ports-tproxy", Remote, Tcp, P6:8080, In),
+        flow!("ports-tproxy-out-v4", "ports-tproxy", App, Tcp, R4:80, Out),
+        // Mesh-wide DNS capture (meshConfig.defaultConfig.proxyMetadata): the injector puts
+        // ISTIO_META_DNS_CAPTURE into istio-proxy's env, with no annotation. Read from the
+        // API, or stated by the node default on the runtime path.
+        flow!("meshdns-udp-v4", "meshdns", App, Udp, R4:53, Dns),
+        flow!("meshdns-tcp-v4", "meshdns", App, Tcp, R4:53, Dns),
+        flow!("meshdns-udp-v6", "meshdns", App, Udp, R6:53, Dns),
+        flow!("meshdns-proxy-udp-v4", "meshdns", Proxy, Udp, R4:53, Direct),
+        flow!("meshdns-node-udp-v4", "meshdns-node", App, Udp, R4:53, Dns),
+        flow!("meshdns-node-tcp-v6", "meshdns-node", App, Tcp, R6:53, Dns),
         // A Linkerd pod (linkerd-cni's rules): outbound to 4140, inbound to 4143, uid 2102;
         // everything over lo and everything the proxy sends bypass capture; no IPv6 rules
         // (the chart's default); skip-outbound-ports 8443.
@@ -647,10 +883,10 @@ pub fn run_flow(node: &Node, pod: &Pod, flow: &Flow, tag: &str) -> Result<Outcom
     cmd.args(["client", "--addr", &addr.to_string(), "--token", &token])
         .args([
             "--proto",
-            if flow.proto == Proto::Udp {
-                "udp"
-            } else {
-                "tcp"
+            match flow.proto {
+                Proto::Tcp => "tcp",
+                Proto::Udp => "udp",
+                Proto::TcpInvalid => "tcp-invalid",
             },
         ])
         .args(["--timeout-ms", &CLIENT_TIMEOUT.as_millis().to_string()]);
@@ -665,6 +901,14 @@ pub fn run_flow(node: &Node, pod: &Pod, flow: &Flow, tag: &str) -> Result<Outcom
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
+    if flow.proto == Proto::TcpInvalid {
+        // No server ever sees the segment: the kernel's answer is the outcome.
+        return Ok(match report.result.as_str() {
+            "reset" => Outcome::Reset,
+            "timeout" => Outcome::Dropped,
+            other => Outcome::Failed(other.to_owned()),
+        });
+    }
     // The server writes its record before answering, but an unanswered datagram may still be
     // in flight: look again briefly before calling it lost.
     let mut record = node.find(&token);

@@ -374,7 +374,18 @@ impl Pod {
 
     /// Start the stand-in sidecar as `uid` (and gid) on the given ports, and the app server.
     pub fn start_servers_as(&mut self, uid: u32, tcp: &[u16], udp: &[u16]) -> Result<()> {
-        let id = uid.to_string();
+        self.start_servers_as_ids(uid, uid, tcp, udp)
+    }
+
+    /// Start the stand-in sidecar as `uid`:`gid` on the given ports, and the app server.
+    pub fn start_servers_as_ids(
+        &mut self,
+        uid: u32,
+        gid: u32,
+        tcp: &[u16],
+        udp: &[u16],
+    ) -> Result<()> {
+        let (uid, gid) = (uid.to_string(), gid.to_string());
         let mut args = vec!["--tcp".to_string(), join_ports(tcp)];
         if !udp.is_empty() {
             args.extend(["--udp".to_string(), join_ports(udp)]);
@@ -385,7 +396,7 @@ impl Pod {
             &self.records,
             "sidecar",
             &format!("{}-sidecar", self.att.container_id),
-            &[&args[..], &["--transparent", "--uid", &id, "--gid", &id]].concat(),
+            &[&args[..], &["--transparent", "--uid", &uid, "--gid", &gid]].concat(),
         )?;
         self.procs.push(sidecar);
         let app = start_server(

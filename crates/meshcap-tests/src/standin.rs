@@ -55,7 +55,7 @@ pub struct Record {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ClientReport {
     /// `ok` (answered), `noreply` (sent, no answer), `refused`, `timeout`, `unreachable`,
-    /// `error`.
+    /// `error`; `reset` (the kernel answered an invalid segment with a RST).
     pub result: String,
     pub detail: Option<String>,
 }
@@ -281,7 +281,8 @@ fn handle_udp(name: &str, port: u16, sock: UdpSocket, sink: &Mutex<File>) {
     }
 }
 
-/// `standin client --proto tcp|udp --addr IP:PORT --token T [--bind IP] [--timeout-ms N]`.
+/// `standin client --proto tcp|udp|tcp-invalid --addr IP:PORT --token T [--bind IP]
+/// [--timeout-ms N]`.
 pub fn client(args: &HashMap<String, String>) -> Result<ClientReport> {
     let addr: SocketAddr = args
         .get("addr")
@@ -296,6 +297,9 @@ pub fn client(args: &HashMap<String, String>) -> Result<ClientReport> {
             .transpose()?
             .unwrap_or(1000),
     );
+    if args.get("proto").is_some_and(|p| p == "tcp-invalid") {
+        return invalid_tcp(addr, &token, timeout);
+    }
     let bind: Option<IpAddr> = args
         .get("bind")
         .map(|b| b.parse())
@@ -361,6 +365,92 @@ pub fn client(args: &HashMap<String, String>) -> Result<ClientReport> {
     } else {
         report("noreply", Some(format!("answer {answer:?}")))
     })
+}
+
+/// Sends one TCP segment conntrack finds invalid (SYN, FIN and ACK together: no connection
+/// can have it) from a raw socket to `addr`, IPv4 only, and waits for the kernel's answer: a
+/// RST back from `addr` (result `reset`; no socket ever sees the segment, so a host that lets
+/// it through answers like this) or nothing (`timeout`: something dropped it).
+fn invalid_tcp(addr: SocketAddr, token: &str, timeout: Duration) -> Result<ClientReport> {
+    let SocketAddr::V4(dst) = addr else {
+        bail!("tcp-invalid is IPv4 only");
+    };
+    // The source address the kernel picks for this destination.
+    let probe = UdpSocket::bind("0.0.0.0:0")?;
+    probe.connect(addr)?;
+    let IpAddr::V4(src) = probe.local_addr()?.ip() else {
+        bail!("no IPv4 source for {addr}");
+    };
+    // A source port no socket here uses, different per token.
+    let sport = 40000
+        + (token
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31) + u32::from(b))
+            % 20000) as u16;
+    let mut seg = [0u8; 20];
+    seg[0..2].copy_from_slice(&sport.to_be_bytes());
+    seg[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    seg[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    seg[8..12].copy_from_slice(&0x0bad_cafeu32.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = 0x02 | 0x01 | 0x10; // SYN | FIN | ACK
+    seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut sum = 0u32;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&src.octets());
+    add(&dst.ip().octets());
+    add(&[0, 6, 0, 20]);
+    add(&seg);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    seg[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+
+    let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
+    raw.send_to(&seg, &SockAddr::from(addr))
+        .context("send the invalid segment")?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(ClientReport {
+                result: "timeout".into(),
+                detail: Some("no RST for the invalid segment".into()),
+            });
+        }
+        raw.set_read_timeout(Some(left))?;
+        let n = match (&raw).read(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let pkt = &buf[..n];
+        let ihl = usize::from(pkt.first().map_or(0, |b| b & 0x0f)) * 4;
+        if pkt.len() < ihl + 14 || pkt[12..16] != dst.ip().octets() {
+            continue;
+        }
+        let tcp = &pkt[ihl..];
+        let from = u16::from_be_bytes([tcp[0], tcp[1]]);
+        let to = u16::from_be_bytes([tcp[2], tcp[3]]);
+        if from == dst.port() && to == sport && tcp[13] & 0x04 != 0 {
+            return Ok(ClientReport {
+                result: "reset".into(),
+                detail: None,
+            });
+        }
+    }
 }
 
 /// Entry point of the `standin` binary.
