@@ -276,6 +276,26 @@ fn privileged_bad_istio_inputs_are_code_7_and_leave_the_namespace_untouched() {
             "istio.dns_servers",
         ),
         (
+            json!({"istio": {"proxy_gids": [1337, 0]}, "runtimeConfig": with(&[])}),
+            "istio.proxy_gids",
+        ),
+        (
+            json!({"istio": {"invalid_drop": "true"}, "runtimeConfig": with(&[])}),
+            "istio.invalid_drop",
+        ),
+        (
+            json!({"istio": {"dual_stack": 1}, "runtimeConfig": with(&[])}),
+            "istio.dual_stack",
+        ),
+        (
+            json!({"istio": {"outbound_owner_groups_exclude": "*"}, "runtimeConfig": with(&[])}),
+            "istio.outbound_owner_groups_exclude",
+        ),
+        (
+            json!({"istio": {"proxy_inbound_listen_port": 65536}, "runtimeConfig": with(&[])}),
+            "istio.proxy_inbound_listen_port",
+        ),
+        (
             json!({"istio": {"dns_captrue": true}, "runtimeConfig": with(&[])}),
             "istio.dns_captrue",
         ),
@@ -289,6 +309,20 @@ fn privileged_bad_istio_inputs_are_code_7_and_leave_the_namespace_untouched() {
                 "proxyMetadata:\n  INVALID_DROP: \"sometimes\"",
             )])}),
             "proxyMetadata.INVALID_DROP",
+        ),
+        (
+            json!({"runtimeConfig": with(&[(
+                "proxy.istio.io/config",
+                "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"maybe\"",
+            )])}),
+            "proxyMetadata.ISTIO_META_DNS_CAPTURE",
+        ),
+        (
+            json!({"runtimeConfig": with(&[(
+                "proxy.istio.io/config",
+                "proxyMetadata:\n  ISTIO_DUAL_STACK: \"both\"",
+            )])}),
+            "proxyMetadata.ISTIO_DUAL_STACK",
         ),
         (
             json!({"runtimeConfig": with(&[("status.sidecar.istio.io/port", "health")])}),

@@ -1006,6 +1006,131 @@ fn privileged_spec_settings_reach_every_path() {
     }
 }
 
+/// Every kind of spec input the API path reads, each with a bad value: `istio-proxy`'s env
+/// (DNS capture, invalid drop, dual stack) and securityContext (uid, gid), `istio-init`'s env
+/// (owner groups include and exclude, IPv4 loopback CIDR) and arguments (`-p`, `-z`). Each
+/// fails the ADD with code 7 naming where it came from, in both modes, leaving the namespace
+/// as it was and recording nothing.
+#[test]
+fn privileged_bad_spec_values_are_code_7_naming_the_source() {
+    const TEST: &str = "privileged_bad_spec_values_are_code_7_naming_the_source";
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
+        return skip_or_fail(TEST, &reason);
+    }
+    let proxy_env = |var: &str, value: &str| {
+        let mut p = injected_pod("shop", "x");
+        p["spec"]["containers"][1]["env"] = json!([{"name": var, "value": value}]);
+        p
+    };
+    let security_context = |sc: Value| {
+        let mut p = injected_pod("shop", "x");
+        p["spec"]["containers"][1]["securityContext"] = sc;
+        p
+    };
+    let init = |args: Value, env: Value| {
+        let mut p = injected_pod("shop", "x");
+        p["spec"]["initContainers"] = json!([{"name": "istio-init", "args": args, "env": env}]);
+        p
+    };
+    let init_env = |var: &str, value: &str| {
+        init(
+            json!(["istio-iptables"]),
+            json!([{"name": var, "value": value}]),
+        )
+    };
+    // (pod name, pod, what the error must name, the bad value)
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "dns",
+            proxy_env("ISTIO_META_DNS_CAPTURE", "maybe"),
+            "env ISTIO_META_DNS_CAPTURE of container istio-proxy",
+            "maybe",
+        ),
+        (
+            "drop",
+            proxy_env("INVALID_DROP", "sometimes"),
+            "env INVALID_DROP of container istio-proxy",
+            "sometimes",
+        ),
+        (
+            "dual",
+            proxy_env("ISTIO_DUAL_STACK", "both"),
+            "env ISTIO_DUAL_STACK of container istio-proxy",
+            "both",
+        ),
+        (
+            "uid",
+            security_context(json!({"runAsUser": -1, "runAsGroup": 1337})),
+            "securityContext.runAsUser",
+            "-1",
+        ),
+        (
+            "gid",
+            security_context(json!({"runAsUser": 1337, "runAsGroup": 4294967295u64})),
+            "securityContext.runAsGroup",
+            "4294967295",
+        ),
+        (
+            "groups",
+            init_env("ISTIO_OUTBOUND_OWNER_GROUPS", "java"),
+            "env ISTIO_OUTBOUND_OWNER_GROUPS of spec.initContainers[0]",
+            "java",
+        ),
+        (
+            "groups-excl",
+            init_env("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "*"),
+            "env ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE of spec.initContainers[0]",
+            "*",
+        ),
+        (
+            "loopback",
+            init_env("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "10.0.0.0/8"),
+            "env ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR of spec.initContainers[0]",
+            "10.0.0.0/8",
+        ),
+        (
+            "port-out",
+            init(json!(["istio-iptables", "-p", "0"]), json!([])),
+            "spec.initContainers[0] argument -p",
+            "0",
+        ),
+        (
+            "port-in",
+            init(json!(["istio-iptables", "-z", "70000"]), json!([])),
+            "spec.initContainers[0] argument -z",
+            "70000",
+        ),
+    ];
+    let api = FakeApi::start(
+        cases
+            .iter()
+            .map(|(name, pod, _, _)| (pod_path("shop", name), vec![Reply::Json(200, pod.clone())]))
+            .collect(),
+    );
+    let s = scratch("bad-spec");
+    let kc = s.kubeconfig(&api.url());
+    for mode in ["iptables", "nftables"] {
+        let ns = Netns::create(&format!("mk-badspec-{}", &mode[..3]));
+        let untouched = ns.rules(mode);
+        for (name, _, origin, value) in &cases {
+            let r = invoke(
+                "ADD",
+                &ns.path(),
+                &s.state(),
+                &k8s_args("shop", name),
+                &api_config(&kc, &ns.path(), json!({"mode": mode})),
+            );
+            r.error(7, &[origin, value]);
+            assert_eq!(
+                ns.rules(mode),
+                untouched,
+                "{mode} {name}: namespace untouched"
+            );
+            assert_eq!(s.records(), 0, "{mode} {name}: no record");
+        }
+    }
+}
+
 /// The seed's `istioctl kube-inject` Deployment (the fixture `meshcap render -f` is tested
 /// with): a pod of it, read through the API path, gets exactly the rules `render -f` prints
 /// for its template (the same renderers, loaded with the stock restore tools).

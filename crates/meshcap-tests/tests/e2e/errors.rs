@@ -22,6 +22,15 @@ fn invalid_annotations() -> Vec<(&'static str, &'static str)> {
             PROXY_CONFIG,
             r#"{"proxyMetadata":{"ISTIO_META_DNS_CAPTURE":"maybe"}}"#,
         ),
+        (
+            PROXY_CONFIG,
+            r#"{"proxyMetadata":{"INVALID_DROP":"sometimes"}}"#,
+        ),
+        (
+            PROXY_CONFIG,
+            r#"{"proxyMetadata":{"ISTIO_DUAL_STACK":"both"}}"#,
+        ),
+        ("status.sidecar.istio.io/port", "health"),
     ]
 }
 
