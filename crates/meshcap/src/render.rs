@@ -199,9 +199,17 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         annotations,
         ..PodView::default()
     };
-    let model = istio::resolve(&pod, &args.node_defaults()?)?.model;
-    print_rules(args, &model);
+    let resolved = istio::resolve(&pod, &args.node_defaults()?)?;
+    print_defaulted(&resolved.defaulted());
+    print_rules(args, &resolved.model);
     Ok(())
+}
+
+/// The settings the pod did not state, and the default each took (as the plugin logs them).
+fn print_defaulted(defaulted: &[String]) {
+    if !defaulted.is_empty() {
+        println!("# defaults: {}", defaulted.join("; "));
+    }
 }
 
 /// `render -f`: one section per object, in file order. Objects without a pod are reported;
@@ -346,7 +354,8 @@ fn render_pod(
         println!("# not captured (selection \"{selection_name}\"): {reason}");
         return Ok(());
     }
-    let model = istio::resolve(pod, defaults)?.model;
+    let resolved = istio::resolve(pod, defaults)?;
+    let model = &resolved.model;
     let sidecar = if pod.native_sidecar {
         "istio-proxy native sidecar (init container, restartPolicy Always)"
     } else if pod.has_istio_proxy {
@@ -359,13 +368,14 @@ fn render_pod(
         join_ids(&model.proxy_uids),
         join_ids(&model.proxy_gids)
     );
+    print_defaulted(&resolved.defaulted());
     if pod.has_istio_init {
         println!(
             "# note: the template still has the privileged istio-init container; with meshcap, \
              inject in Istio's CNI mode (values.istio_cni.enabled=true) so it is not added"
         );
     }
-    print_rules(args, &model);
+    print_rules(args, model);
     Ok(())
 }
 
