@@ -165,7 +165,7 @@ pub enum Expect {
     Direct,
     /// (An invalid segment) let through: the kernel answers with a RST.
     Reset,
-    /// (An invalid segment) dropped: nothing answers.
+    /// Dropped: nothing answers (an invalid segment, or a connection).
     Dropped,
 }
 
@@ -210,7 +210,9 @@ impl Flow {
                 },
             },
             Expect::Reset => Outcome::Reset,
-            Expect::Dropped => Outcome::Dropped,
+            Expect::Dropped if self.proto == Proto::TcpInvalid => Outcome::Dropped,
+            // A connection nothing answers: the client gives up.
+            Expect::Dropped => Outcome::Failed("timeout".into()),
         }
     }
 
@@ -295,6 +297,11 @@ pub const ISTIO: ProxyProfile = ProxyProfile {
 pub const ISTIO_TPROXY_ROOT: ProxyProfile = ProxyProfile {
     uid: 0,
     gid: PROXY_ID,
+    ..ISTIO
+};
+/// Istio's sidecar while its inbound listener (15006) is not bound: starting or restarting.
+pub const ISTIO_NO_INBOUND_LISTENER: ProxyProfile = ProxyProfile {
+    tcp_ports: &[15001, 15008, 15020, 15021, 15090, 15053],
     ..ISTIO
 };
 /// Istio's sidecar with the mesh config's `proxyListenPort: 15101`,
@@ -482,6 +489,13 @@ pub fn pods() -> Vec<PodSpec> {
                 istio_proxy(json!([]), json!({"runAsUser": 0, "runAsGroup": 1337})),
                 json!([{"name": "istio-validation", "args": ["istio-iptables", "--run-validation"]}]),
             )),
+            annotations: meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
+        },
+        PodSpec {
+            name: "tproxy-nolisten",
+            proxy: ISTIO_NO_INBOUND_LISTENER,
+            istio: None,
+            spec: None,
             annotations: meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
         },
         PodSpec {
@@ -731,6 +745,12 @@ pub fn flows() -> Vec<Flow> {
         flow!("tproxy-root-in-v4", "tproxy-root", Remote, Tcp, P4:8080, In),
         flow!("tproxy-root-proxy-out-v4", "tproxy-root", Proxy, Tcp, R4:80, Direct),
         flow!("tproxy-root-proxy-self-v4", "tproxy-root", Proxy, Tcp, P4:8080, In),
+        // TPROXY while the sidecar's inbound listener is not bound: iptables' TPROXY drops
+        // what it cannot hand to a transparent socket, and so does meshcap's nftables
+        // rendering (Istio's nftables `tproxy` would pass it to the app, past the sidecar).
+        flow!("tproxy-nolisten-in-v4", "tproxy-nolisten", Remote, Tcp, P4:8080, Dropped),
+        flow!("tproxy-nolisten-in-v6", "tproxy-nolisten", Remote, Tcp, P6:8080, Dropped),
+        flow!("tproxy-nolisten-out-v4", "tproxy-nolisten", App, Tcp, R4:80, Out),
         // Outbound owner groups: gid 1000 excluded (node default), or the only one captured
         // (istio-init's ISTIO_OUTBOUND_OWNER_GROUPS, read from the API).
         flow!("grp-excl-excluded-v4", "grp-excl", User, Tcp, R4:80, Direct),
