@@ -299,6 +299,15 @@ pub const ISTIO_TPROXY_ROOT: ProxyProfile = ProxyProfile {
     gid: PROXY_ID,
     ..ISTIO
 };
+/// A sidecar running as uid and gid 2000, in a pod whose node exempts the proxy ids
+/// `[1337, 2000]` (istio-iptables `-u 1337,2000 -g 1337,2000`). The fast path exempts one id
+/// pair, so such pods keep to the rules.
+pub const ISTIO_ID_LIST: ProxyProfile = ProxyProfile {
+    uid: 2000,
+    gid: 2000,
+    fast_path: false,
+    ..ISTIO
+};
 /// Istio's sidecar while its inbound listener (15006) is not bound: starting or restarting.
 pub const ISTIO_NO_INBOUND_LISTENER: ProxyProfile = ProxyProfile {
     tcp_ports: &[15001, 15008, 15020, 15021, 15090, 15053],
@@ -497,6 +506,13 @@ pub fn pods() -> Vec<PodSpec> {
             istio: None,
             spec: None,
             annotations: meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
+        },
+        PodSpec {
+            name: "idlist",
+            proxy: ISTIO_ID_LIST,
+            istio: Some(json!({"proxy_uids": [1337, 2000], "proxy_gids": [1337, 2000]})),
+            spec: None,
+            annotations: meshed(&[]),
         },
         PodSpec {
             name: "grp-excl",
@@ -751,6 +767,15 @@ pub fn flows() -> Vec<Flow> {
         flow!("tproxy-nolisten-in-v4", "tproxy-nolisten", Remote, Tcp, P4:8080, Dropped),
         flow!("tproxy-nolisten-in-v6", "tproxy-nolisten", Remote, Tcp, P6:8080, Dropped),
         flow!("tproxy-nolisten-out-v4", "tproxy-nolisten", App, Tcp, R4:80, Out),
+        // Proxy id lists: the second uid/gid of the list is exempt like the first.
+        flow!("idlist-proxy-out-v4", "idlist", Proxy, Tcp, R4:80, Direct),
+        flow!("idlist-proxy-out-v6", "idlist", Proxy, Tcp, R6:80, Direct),
+        flow!("idlist-proxy-uid-out-v4", "idlist", ProxyUid, Tcp, R4:80, Direct),
+        flow!("idlist-proxy-gid-out-v4", "idlist", ProxyGid, Tcp, R4:80, Direct),
+        flow!("idlist-proxy-self-v4", "idlist", Proxy, Tcp, P4:8080, In),
+        flow!("idlist-out-v4", "idlist", App, Tcp, R4:80, Out),
+        flow!("idlist-uid1000-out-v4", "idlist", User, Tcp, R4:80, Out),
+        flow!("idlist-in-v4", "idlist", Remote, Tcp, P4:8080, In),
         // Outbound owner groups: gid 1000 excluded (node default), or the only one captured
         // (istio-init's ISTIO_OUTBOUND_OWNER_GROUPS, read from the API).
         flow!("grp-excl-excluded-v4", "grp-excl", User, Tcp, R4:80, Direct),
