@@ -589,6 +589,14 @@ pub fn pods() -> Vec<PodSpec> {
             annotations: meshed(&[]),
         },
         PodSpec {
+            name: "dns-servers",
+            proxy: ISTIO,
+            istio: Some(json!({"dns_capture": true,
+                "dns_servers": [node::INCLUDED4.to_string(), node::INCLUDED6.to_string()]})),
+            spec: None,
+            annotations: meshed(&[]),
+        },
+        PodSpec {
             name: "unmeshed",
             proxy: ISTIO,
             istio: None,
@@ -815,6 +823,15 @@ pub fn flows() -> Vec<Flow> {
         flow!("meshdns-proxy-udp-v4", "meshdns", Proxy, Udp, R4:53, Direct),
         flow!("meshdns-node-udp-v4", "meshdns-node", App, Udp, R4:53, Dns),
         flow!("meshdns-node-tcp-v6", "meshdns-node", App, Tcp, R6:53, Dns),
+        // DNS capture restricted to the resolvers of the pod's resolv.conf (node default
+        // dns_servers, istio-init's mode without capture-all): DNS to others is not sent to
+        // 15053 (its TCP is ordinary outbound traffic).
+        flow!("dnssrv-listed-udp-v4", "dns-servers", App, Udp, In4:53, Dns),
+        flow!("dnssrv-listed-tcp-v4", "dns-servers", App, Tcp, In4:53, Dns),
+        flow!("dnssrv-listed-udp-v6", "dns-servers", App, Udp, In6:53, Dns),
+        flow!("dnssrv-other-udp-v4", "dns-servers", App, Udp, Ex4:53, Direct),
+        flow!("dnssrv-other-udp-v6", "dns-servers", App, Udp, Ex6:53, Direct),
+        flow!("dnssrv-other-tcp-v4", "dns-servers", App, Tcp, Ex4:53, Out),
         // A Linkerd pod (linkerd-cni's rules): outbound to 4140, inbound to 4143, uid 2102;
         // everything over lo and everything the proxy sends bypass capture; no IPv6 rules
         // (the chart's default); skip-outbound-ports 8443.
