@@ -775,12 +775,16 @@ pub fn flows() -> Vec<Flow> {
         flow!("tproxy-nolisten-in-v4", "tproxy-nolisten", Remote, Tcp, P4:8080, Dropped),
         flow!("tproxy-nolisten-in-v6", "tproxy-nolisten", Remote, Tcp, P6:8080, Dropped),
         flow!("tproxy-nolisten-out-v4", "tproxy-nolisten", App, Tcp, R4:80, Out),
-        // Proxy id lists: the second uid/gid of the list is exempt like the first.
+        // Proxy id lists: the second uid/gid of the list is exempt from outbound capture like
+        // the first.
         flow!("idlist-proxy-out-v4", "idlist", Proxy, Tcp, R4:80, Direct),
         flow!("idlist-proxy-out-v6", "idlist", Proxy, Tcp, R6:80, Direct),
         flow!("idlist-proxy-uid-out-v4", "idlist", ProxyUid, Tcp, R4:80, Direct),
         flow!("idlist-proxy-gid-out-v4", "idlist", ProxyGid, Tcp, R4:80, Direct),
-        flow!("idlist-proxy-self-v4", "idlist", Proxy, Tcp, P4:8080, In),
+        // As istio-iptables writes `-u 1337,2000`: the rules repeat per id in order, so the
+        // first id's "app talking to itself over lo" RETURN (`! --uid-owner 1337`) comes
+        // before the second id's hairpin; a uid-2000 proxy dialling the pod is not captured.
+        flow!("idlist-proxy-self-v4", "idlist", Proxy, Tcp, P4:8080, Direct),
         flow!("idlist-out-v4", "idlist", App, Tcp, R4:80, Out),
         flow!("idlist-uid1000-out-v4", "idlist", User, Tcp, R4:80, Out),
         flow!("idlist-in-v4", "idlist", Remote, Tcp, P4:8080, In),
