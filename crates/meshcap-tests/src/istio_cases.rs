@@ -373,7 +373,8 @@ pub const ORPHAN_GOLDENS: &[(&str, &str)] = &[(
 /// Cases of Istio's nftables backend without an iptables golden.
 pub const NFT_ONLY: &[(&str, &str)] = &[(
     "inbound-ports-empty-tproxy",
-    "istio-nftables only; its iptables twin is not among istio-iptables' cases",
+    "istio-nftables only; its iptables twin is not among istio-iptables' cases (compared with \
+     meshcap's nftables rendering in IPv4 only)",
 )];
 
 impl Case {

@@ -335,3 +335,42 @@ fn istio_goldens_through_add() {
     let _ = std::fs::remove_dir_all(&state);
     judge(results);
 }
+
+/// Istio's nftables-only case (no iptables twin), TPROXY with no inbound ports, against
+/// meshcap's nftables rendering of the same pod, in IPv4 (Istio's `inet` tables also hold
+/// IPv6 rules where its iptables backend writes none, see [`INET_IPV6`]).
+#[test]
+fn istio_nftables_only_case_in_ipv4() {
+    let case = Case {
+        annotations: &[
+            ("sidecar.istio.io/status", "{}"),
+            ("traffic.sidecar.istio.io/includeInboundPorts", ""),
+            ("traffic.sidecar.istio.io/includeOutboundIPRanges", ""),
+            ("traffic.sidecar.istio.io/excludeOutboundPorts", ""),
+            ("sidecar.istio.io/interceptionMode", "TPROXY"),
+        ],
+        ..meshcap_tests::istio_cases::cases()
+            .into_iter()
+            .find(|c| c.name == "empty")
+            .unwrap()
+    };
+    let text = read_repo_file("tests/peer/istio/capture-nft/inbound-ports-empty-tproxy.nft");
+    let istio = conformance::flat_nft(&text).unwrap()[&Fam::V4].clone();
+    let model = model_of(&case);
+    let (_, ours) = conformance::renderings(&model, &[Fam::V4]);
+    let ours = ours[&Fam::V4].clone();
+    // Not vacuous: Istio's rules hairpin the proxy to 15006 and mark the TPROXY loopback path.
+    let shown = peer::show(&istio);
+    assert!(
+        shown.contains("redirect:15006") && shown.contains("mark:1338"),
+        "{shown}"
+    );
+    let d = peer::diff(&istio, &ours);
+    assert!(
+        d.is_empty(),
+        "{}\nIstio:\n{}meshcap:\n{}",
+        d.join("\n"),
+        peer::show(&istio),
+        peer::show(&ours)
+    );
+}
