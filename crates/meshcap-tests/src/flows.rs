@@ -47,6 +47,8 @@ pub enum Host {
     In6,
     Ex6,
     Lo4,
+    /// 127.0.0.2: loopback, but not 127.0.0.1 (Istio's default "explicitly local" address).
+    Lo4b,
     Lo6,
 }
 
@@ -62,6 +64,7 @@ impl Host {
             Host::In6 => "IN6",
             Host::Ex6 => "EX6",
             Host::Lo4 => "LO4",
+            Host::Lo4b => "LO4B",
             Host::Lo6 => "LO6",
         }
     }
@@ -78,6 +81,7 @@ impl Host {
             Host::In6 => node::INCLUDED6.into(),
             Host::Ex6 => node::EXCLUDED6.into(),
             Host::Lo4 => std::net::Ipv4Addr::LOCALHOST.into(),
+            Host::Lo4b => std::net::Ipv4Addr::new(127, 0, 0, 2).into(),
             Host::Lo6 => std::net::Ipv6Addr::LOCALHOST.into(),
         })
     }
@@ -85,10 +89,12 @@ impl Host {
     /// Which server answers on this host when nothing captures the flow.
     pub fn server(self, port: u16) -> &'static str {
         match self {
-            Host::P4 | Host::P6 | Host::Lo4 | Host::Lo6 if SIDECAR_TCP_PORTS.contains(&port) => {
+            Host::P4 | Host::P6 | Host::Lo4 | Host::Lo4b | Host::Lo6
+                if SIDECAR_TCP_PORTS.contains(&port) =>
+            {
                 "sidecar"
             }
-            Host::P4 | Host::P6 | Host::Lo4 | Host::Lo6 => "app",
+            Host::P4 | Host::P6 | Host::Lo4 | Host::Lo4b | Host::Lo6 => "app",
             _ => "remote",
         }
     }
@@ -515,6 +521,13 @@ pub fn pods() -> Vec<PodSpec> {
             annotations: meshed(&[]),
         },
         PodSpec {
+            name: "loopcidr",
+            proxy: ISTIO,
+            istio: Some(json!({"ipv4_loopback_cidr": "127.0.0.1/8"})),
+            spec: None,
+            annotations: meshed(&[]),
+        },
+        PodSpec {
             name: "grp-excl",
             proxy: ISTIO,
             istio: Some(json!({"outbound_owner_groups_exclude": "1000"})),
@@ -701,6 +714,9 @@ pub fn flows() -> Vec<Flow> {
         flow!("proxy-self-v4", "default", Proxy, Tcp, P4:8080, In),
         flow!("proxy-self-v6", "default", Proxy, Tcp, P6:8080, In),
         flow!("proxy-lo-v4", "default", Proxy, Tcp, Lo4:8080, Direct),
+        // Only 127.0.0.1 is "explicitly local" by default: the proxy dialling another
+        // loopback address is captured inbound (compare the loopback-CIDR pod).
+        flow!("proxy-lo2-v4", "default", Proxy, Tcp, Lo4b:8080, In),
         flow!("passthrough-127.0.0.6", "default", Proxy, Tcp, P4:8080, bind "127.0.0.6", Direct),
         // DNS capture.
         flow!("dns-udp-v4", "dns", App, Udp, R4:53, Dns),
@@ -788,6 +804,11 @@ pub fn flows() -> Vec<Flow> {
         flow!("idlist-out-v4", "idlist", App, Tcp, R4:80, Out),
         flow!("idlist-uid1000-out-v4", "idlist", User, Tcp, R4:80, Out),
         flow!("idlist-in-v4", "idlist", Remote, Tcp, P4:8080, In),
+        // ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR=127.0.0.1/8 (node default): all of 127/8 is
+        // explicitly local, so the proxy dialling 127.0.0.2 is not captured.
+        flow!("loopcidr-proxy-lo2-v4", "loopcidr", Proxy, Tcp, Lo4b:8080, Direct),
+        flow!("loopcidr-proxy-self-v4", "loopcidr", Proxy, Tcp, P4:8080, In),
+        flow!("loopcidr-out-v4", "loopcidr", App, Tcp, R4:80, Out),
         // Outbound owner groups: gid 1000 excluded (node default), or the only one captured
         // (istio-init's ISTIO_OUTBOUND_OWNER_GROUPS, read from the API).
         flow!("grp-excl-excluded-v4", "grp-excl", User, Tcp, R4:80, Direct),

@@ -300,6 +300,7 @@ impl Node {
             (INCLUDED6.into(), "IN6"),
             (EXCLUDED6.into(), "EX6"),
             (Ipv4Addr::LOCALHOST.into(), "LO4"),
+            (Ipv4Addr::new(127, 0, 0, 2).into(), "LO4B"),
             (Ipv6Addr::LOCALHOST.into(), "LO6"),
         ];
         if let Some(a) = pod.v4 {
