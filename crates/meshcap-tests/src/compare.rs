@@ -324,7 +324,11 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
                 Some(c) => pin_dir.lookup(c)?,
                 None => None,
             };
-            let own = (spec.proxy.uid, spec.proxy.outbound, spec.proxy.inbound);
+            let own = (
+                spec.proxy.exempt_uid(),
+                spec.proxy.outbound,
+                spec.proxy.inbound,
+            );
             let wrong_proxy = entry
                 .as_ref()
                 .map(|e| (e.proxy_uid, e.outbound_port, e.inbound_port))

@@ -284,6 +284,19 @@ pub struct ProxyProfile {
     pub fast_path: bool,
 }
 
+impl ProxyProfile {
+    /// The proxy uid meshcap exempts (and registers with the fast path) for this sidecar:
+    /// the one it runs as, except that an Istio proxy running as root counts as unset and
+    /// 1337 is exempted, as istio-cni reads `runAsUser: 0`.
+    pub fn exempt_uid(&self) -> u32 {
+        if self.mesh == "istio" && self.uid == 0 {
+            PROXY_ID
+        } else {
+            self.uid
+        }
+    }
+}
+
 /// Istio's sidecar (the stand-in's defaults).
 pub const ISTIO: ProxyProfile = ProxyProfile {
     mesh: "istio",
