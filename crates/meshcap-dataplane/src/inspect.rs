@@ -6,6 +6,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use meshcap_model::render::iptables::Installed;
 use meshcap_model::rules::Family;
 
 use crate::iptables::{meshcap_lines, Flavour};
@@ -21,6 +22,8 @@ pub struct XtablesState {
     pub selected: bool,
     /// meshcap's lines (chain declarations, rules, jumps into its chains) per table.
     pub tables: Vec<(String, Vec<String>)>,
+    /// The rules format marked on meshcap's jumps (`RULES_FORMAT`); `None` without rules.
+    pub format: Option<u32>,
 }
 
 /// meshcap's native nftables table of one family.
@@ -62,6 +65,7 @@ impl Inspection {
             flavour,
             selected,
             tables: meshcap_lines(save),
+            format: Installed::parse_save(save).format(),
         }
     }
 
@@ -97,7 +101,11 @@ impl fmt::Display for Inspection {
                 )?;
                 continue;
             }
-            writeln!(f, "  {} ({}{selected}):", x.family, x.flavour)?;
+            let format = x
+                .format
+                .map(|n| format!(", rules format {n}"))
+                .unwrap_or_default();
+            writeln!(f, "  {} ({}{selected}{format}):", x.family, x.flavour)?;
             for (table, lines) in &x.tables {
                 writeln!(f, "    *{table}")?;
                 for line in lines {

@@ -87,7 +87,16 @@ pub(crate) fn describe(
         Family::V4 => "ip",
         Family::V6 => "ip6",
     };
-    let mut out = format!("table {keyword} {NFT_TABLE}\n");
+    let mut out = match &table.comment {
+        Some(comment) => format!(
+            "table {keyword} {NFT_TABLE} comment \"{comment}\" (rules format {})\n",
+            table.format()
+        ),
+        None => format!(
+            "table {keyword} {NFT_TABLE} (rules format {}: no marker)\n",
+            table.format()
+        ),
+    };
     for chain in &table.chains {
         let _ = match &chain.hook {
             Some(h) => writeln!(

@@ -292,3 +292,51 @@ impl Ruleset {
 pub const CHAIN_PREFIX: &str = "MESHCAP_";
 /// Name of the nftables table meshcap owns, one per family (`ip meshcap`, `ip6 meshcap`).
 pub const NFT_TABLE: &str = "meshcap";
+
+/// The format of the rules this build installs, marked on them so that a later release (and
+/// CHECK, `meshcap inspect` and the agent's repair) can tell which release's rules a pod holds.
+/// 1: the first release (no marker); 2: every rule states its purpose, and the rules carry
+/// [`format_marker`]: in iptables mode as a comment on each jump from a built-in chain into
+/// meshcap's (`iptables-save` and `-restore` keep it), in nftables mode as the comment of
+/// meshcap's table (its userdata, Linux 5.10 and later). Rules of another format are not this
+/// release's: CHECK reports them as drift and the agent's repair replaces them in place.
+pub const RULES_FORMAT: u32 = 2;
+
+const MARKER_PREFIX: &str = "meshcap rules format ";
+
+/// The marker of [`RULES_FORMAT`]: `meshcap rules format 2`.
+pub fn format_marker() -> String {
+    format!("{MARKER_PREFIX}{RULES_FORMAT}")
+}
+
+/// The format a marker names (`meshcap rules format N`), `None` for any other text.
+pub fn parse_format_marker(text: &str) -> Option<u32> {
+    let n = text.strip_prefix(MARKER_PREFIX)?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0') {
+        return None;
+    }
+    n.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_marker_reads_back() {
+        assert_eq!(format_marker(), "meshcap rules format 2");
+        assert_eq!(parse_format_marker(&format_marker()), Some(RULES_FORMAT));
+        assert_eq!(parse_format_marker("meshcap rules format 17"), Some(17));
+        for other in [
+            "",
+            "meshcap rules format ",
+            "meshcap rules format 02",
+            "meshcap rules format 2 ",
+            "meshcap rules format -1",
+            "outbound capture",
+            "meshcap rules format 99999999999",
+        ] {
+            assert_eq!(parse_format_marker(other), None, "{other:?}");
+        }
+    }
+}

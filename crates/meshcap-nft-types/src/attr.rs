@@ -123,7 +123,8 @@ pub fn attr_be64(payload: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
 }
 
-/// Rule userdata in libnftnl's TLV layout holding one comment, as `nft` writes and reads it.
+/// Rule (or table: the same TLV, `NFTNL_UDATA_TABLE_COMMENT`) userdata in libnftnl's layout
+/// holding one comment, as `nft` writes and reads it.
 pub fn comment_userdata(comment: &str) -> Vec<u8> {
     let mut value = comment.as_bytes().to_vec();
     value.push(0);
@@ -135,7 +136,7 @@ pub fn comment_userdata(comment: &str) -> Vec<u8> {
     out
 }
 
-/// The comment in rule userdata, if it has one.
+/// The comment in rule (or table) userdata, if it has one.
 pub fn userdata_comment(mut udata: &[u8]) -> Option<String> {
     while udata.len() >= 2 {
         let (ty, len) = (udata[0], usize::from(udata[1]));

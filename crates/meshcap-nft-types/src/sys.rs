@@ -60,6 +60,8 @@ pub const NFT_MSG_GETGEN: u16 = 16;
 
 // enum nft_table_attributes
 pub const NFTA_TABLE_NAME: u16 = 1;
+/// libnftnl's userdata TLVs (Linux 5.10 and later); `nft` keeps a table's comment there.
+pub const NFTA_TABLE_USERDATA: u16 = 6;
 
 // enum nft_chain_attributes
 pub const NFTA_CHAIN_TABLE: u16 = 1;
@@ -201,6 +203,8 @@ pub const NFTA_GEN_ID: u16 = 1;
 // --- libnftnl udata.h (what `nft` reads from NFTA_RULE_USERDATA) ---------------------------
 /// TLV type of a rule comment: `{u8 type, u8 len, value[len]}`, value NUL-terminated.
 pub const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+/// A table's comment in its userdata (`NFTNL_UDATA_TABLE_COMMENT`): the same TLV as a rule's.
+pub const NFTNL_UDATA_TABLE_COMMENT: u8 = 0;
 
 /// `IFNAMSIZ`: interface-name compares are over this many NUL-padded bytes.
 pub const IFNAMSIZ: usize = 16;

@@ -28,13 +28,17 @@ use std::time::Duration;
 use meshcap_model::render::nftables::{
     base_chain, chain_name, chain_rules, family_keyword, nfproto, nft_rules,
 };
-use meshcap_model::rules::{Family, Hook, Ruleset, NFT_TABLE};
+use meshcap_model::rules::{
+    format_marker, parse_format_marker, Family, Hook, Ruleset, NFT_TABLE, RULES_FORMAT,
+};
 use meshcap_nft_types::{Expr, NftRule};
 use nix::errno::Errno;
 
 use conn::{BatchOutcome, Conn};
 use sys::*;
-use wire::{attr_be32, attr_be64, attr_str, userdata_comment, AttrIter, Attrs, Batch};
+use wire::{
+    attr_be32, attr_be64, attr_str, comment_userdata, userdata_comment, AttrIter, Attrs, Batch,
+};
 
 /// Errors of the nftables backend. Each names the operation (`replace`, `delete`, `list`,
 /// `verify`, `probe`).
@@ -97,11 +101,22 @@ impl NftError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledTable {
     pub family: Family,
+    /// The table's comment (its userdata), where meshcap marks its rules' format.
+    pub comment: Option<String>,
     /// In the kernel's order (creation order).
     pub chains: Vec<InstalledChain>,
 }
 
 impl InstalledTable {
+    /// The rules format the table's comment names ([`RULES_FORMAT`]); 1, the first release's,
+    /// for a table without the marker.
+    pub fn format(&self) -> u32 {
+        self.comment
+            .as_deref()
+            .and_then(parse_format_marker)
+            .unwrap_or(1)
+    }
+
     pub fn chain(&self, name: &str) -> Option<&InstalledChain> {
         self.chains.iter().find(|c| c.name == name)
     }
@@ -177,6 +192,14 @@ fn table_attrs() -> Attrs {
     a
 }
 
+/// The table as meshcap creates it: commented with the rules format's marker, as
+/// `table ip meshcap { comment "meshcap rules format 2"; ... }` would be.
+fn marked_table_attrs() -> Attrs {
+    let mut a = table_attrs();
+    a.put(NFTA_TABLE_USERDATA, &comment_userdata(&format_marker()));
+    a
+}
+
 /// Adds "create if absent, then delete" for `family`'s table: DELTABLE alone fails with ENOENT
 /// on an absent table, NEWTABLE without NLM_F_EXCL accepts an existing one.
 fn push_remove_table(batch: &mut Batch, family: Family) {
@@ -239,7 +262,7 @@ fn build_replace(
                 NLM_F_CREATE | NLM_F_EXCL
             },
             proto,
-            &table_attrs(),
+            &marked_table_attrs(),
             label.clone(),
         );
         // All chains first: jumps may point at chains listed later.
@@ -439,8 +462,12 @@ fn list_once(
     family: Family,
 ) -> Result<Option<(InstalledTable, bool)>, NftError> {
     let proto = nfproto(family);
-    match conn.request(NFT_MSG_GETTABLE, proto, &table_attrs())? {
-        Ok(_) => {}
+    let comment = match conn.request(NFT_MSG_GETTABLE, proto, &table_attrs())? {
+        Ok(replies) => replies
+            .iter()
+            .flat_map(|p| AttrIter::new(p.get(NFGENMSG_LEN..).unwrap_or(&[])))
+            .find(|(ty, _)| *ty == NFTA_TABLE_USERDATA)
+            .and_then(|(_, v)| userdata_comment(v)),
         Err(Errno::ENOENT) => return Ok(None),
         Err(errno) => {
             return Err(NftError::Kernel {
@@ -449,7 +476,7 @@ fn list_once(
                 errno,
             })
         }
-    }
+    };
     let kernel = |request| move |errno| NftError::Kernel { op, request, errno };
     // The chain dump has no table filter; the rule dump does (NFTA_RULE_TABLE).
     let chain_dump = conn
@@ -526,11 +553,24 @@ fn list_once(
                 comment,
             }),
             // A chain created between the two dumps: the generation check retries.
-            None => return Ok(Some((InstalledTable { family, chains }, true))),
+            None => {
+                return Ok(Some((
+                    InstalledTable {
+                        family,
+                        comment,
+                        chains,
+                    },
+                    true,
+                )))
+            }
         }
     }
     Ok(Some((
-        InstalledTable { family, chains },
+        InstalledTable {
+            family,
+            comment,
+            chains,
+        },
         chain_dump.interrupted || rule_dump.interrupted,
     )))
 }
@@ -556,6 +596,12 @@ pub fn diff(rulesets: &[Ruleset], installed: &[(Family, Option<InstalledTable>)]
             }
             (Some(t), false) => t,
         };
+        if table.format() != RULES_FORMAT {
+            out.push(format!(
+                "{label} holds rules of format {}, this release installs format {RULES_FORMAT}",
+                table.format()
+            ));
+        }
         let mut expected_names = Vec::new();
         for tr in &rs.tables {
             for chain in &tr.chains {
@@ -812,6 +858,7 @@ mod tests {
             .clone();
         let installed = InstalledTable {
             family: Family::V4,
+            comment: Some(format_marker()),
             chains: vec![
                 InstalledChain {
                     name: "nat_MESHCAP_OUTPUT".into(),
@@ -860,6 +907,7 @@ mod tests {
         }
         let table = InstalledTable {
             family: Family::V4,
+            comment: Some(format_marker()),
             chains: vec![
                 InstalledChain {
                     name: "nat_MESHCAP_OUTPUT".into(),
@@ -887,6 +935,79 @@ mod tests {
         assert!(
             d[0].contains("[ immediate reg 2 0x0000993a ] [ redir proto_min reg 2 flags 0x2 ]"),
             "{d:?}"
+        );
+    }
+
+    // The table's comment names the rules format: a table of the first release (no comment)
+    // or of another format is drift, named first; the rules themselves may well be the same.
+    #[test]
+    fn diff_reports_another_rules_format() {
+        let rs = sample();
+        let table = |comment: Option<&str>| InstalledTable {
+            family: Family::V4,
+            comment: comment.map(str::to_string),
+            chains: rs[0].tables[0]
+                .chains
+                .iter()
+                .map(|c| InstalledChain {
+                    name: chain_name(Table::Nat, &c.name),
+                    hook: c.hook.map(|_| InstalledHook {
+                        chain_type: "nat".into(),
+                        hooknum: NF_INET_LOCAL_OUT,
+                        priority: -100,
+                    }),
+                    rules: c
+                        .rules
+                        .iter()
+                        .map(|r| installed(Table::Nat, r, 2, None))
+                        .collect(),
+                })
+                .collect(),
+        };
+        let marked = table(Some("meshcap rules format 2"));
+        assert_eq!(marked.format(), RULES_FORMAT);
+        assert!(diff(&rs, &[(Family::V4, Some(marked)), (Family::V6, None)]).is_empty());
+        for (comment, format) in [
+            (None, 1),
+            (Some("a comment someone else wrote"), 1),
+            (Some("meshcap rules format 3"), 3),
+        ] {
+            let d = diff(
+                &rs,
+                &[(Family::V4, Some(table(comment))), (Family::V6, None)],
+            );
+            assert_eq!(
+                d,
+                vec![format!(
+                    "table ip meshcap holds rules of format {format}, this release installs format 2"
+                )]
+            );
+        }
+    }
+
+    // The table meshcap creates carries the marker in its userdata, as `nft` stores a table's
+    // comment.
+    #[test]
+    fn replace_marks_the_table() {
+        let (bytes, _) = replace_batch(&sample(), 1).unwrap();
+        let msgs = parse_messages(&bytes).unwrap();
+        let tables: Vec<_> = msgs
+            .iter()
+            .filter(|m| m.msg_type == wire::nft_type(NFT_MSG_NEWTABLE))
+            .map(|m| {
+                AttrIter::new(&m.payload[NFGENMSG_LEN..])
+                    .find(|(ty, _)| *ty == NFTA_TABLE_USERDATA)
+                    .map(|(_, v)| v.to_vec())
+            })
+            .collect();
+        // The "create if absent" before each delete has none; the table installed has it.
+        assert_eq!(
+            tables,
+            vec![
+                None,
+                Some(b"\x00\x17meshcap rules format 2\x00".to_vec()),
+                None
+            ]
         );
     }
 }

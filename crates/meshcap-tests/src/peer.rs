@@ -501,6 +501,9 @@ pub fn parse_nft(text: &str) -> Result<BTreeMap<Fam, Rules>, String> {
                 table_name = toks[2].clone();
             }
             "delete" | "flush" => {}
+            // A table's comment (meshcap's names its rules format), normalised away as rules'
+            // comments are.
+            "comment" if chain.is_empty() => {}
             "}" => {
                 if !chain.is_empty() {
                     chain.clear();

@@ -13,7 +13,9 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
-use crate::rules::{Family, Match, Rule, Ruleset, Table, Target, CHAIN_PREFIX};
+use crate::rules::{
+    format_marker, parse_format_marker, Family, Match, Rule, Ruleset, Table, Target, CHAIN_PREFIX,
+};
 
 /// meshcap's part of one netfilter table, as canonical `iptables-save` lines.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,8 +102,7 @@ impl Installed {
             for chain in &table.chains {
                 t.chains.insert(chain.name.clone());
                 if let Some(hook) = chain.hook {
-                    t.jumps
-                        .push(format!("-A {} -j {}", hook.builtin_chain(), chain.name));
+                    t.jumps.push(jump_line(hook.builtin_chain(), &chain.name));
                 }
                 t.rules.insert(
                     chain.name.clone(),
@@ -120,6 +121,49 @@ impl Installed {
     pub fn is_empty(&self) -> bool {
         self.tables.values().all(InstalledTable::is_empty)
     }
+
+    /// The rules format ([`crate::rules::RULES_FORMAT`]) of meshcap's state here, read from the marker on
+    /// its jumps: `None` when meshcap has nothing here, 1 for the first release's unmarked
+    /// jumps (or chains without a jump), the lowest when jumps disagree.
+    pub fn format(&self) -> Option<u32> {
+        if self.is_empty() {
+            return None;
+        }
+        let marked = self.tables.values().flat_map(|t| &t.jumps).map(|j| {
+            saved_comment(j)
+                .and_then(|c| parse_format_marker(&c))
+                .unwrap_or(1)
+        });
+        Some(marked.min().unwrap_or(1))
+    }
+}
+
+/// The jump from built-in chain `from` into meshcap's entry chain `to`, with the rules
+/// format's marker, as `iptables-save` prints it.
+fn jump_line(from: &str, to: &str) -> String {
+    let mut line = format!("-A {from} -m comment --comment ");
+    push_saved_string(&mut line, &format_marker());
+    let _ = write!(line, " -j {to}");
+    line
+}
+
+/// The text of a saved rule line's `--comment` (unquoted and unescaped as libxtables quotes
+/// it, see [`push_saved_string`]).
+fn saved_comment(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once(" --comment ")?;
+    let Some(quoted) = rest.strip_prefix('"') else {
+        return rest.split_whitespace().next().map(str::to_owned);
+    };
+    let mut out = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 impl InstalledTable {
@@ -204,6 +248,13 @@ pub fn drift(expected: &Installed, actual: &Installed) -> Vec<String> {
         .copied()
         .collect();
     let mut out = Vec::new();
+    if let (Some(want), Some(have)) = (expected.format(), actual.format()) {
+        if want != have {
+            out.push(format!(
+                "rules of format {have} are installed, this release installs format {want}"
+            ));
+        }
+    }
     for table in tables {
         let want = expected.tables.get(&table).unwrap_or(&empty);
         let have = actual.tables.get(&table).unwrap_or(&empty);
@@ -427,6 +478,7 @@ pub fn rule_line(chain: &str, rule: &Rule, family: Family) -> String {
 mod tests {
     use super::*;
     use crate::model::RedirectModel;
+    use crate::rules::RULES_FORMAT;
     use crate::Annotations;
 
     fn default_v4() -> Ruleset {
@@ -436,6 +488,54 @@ mod tests {
     /// For a namespace that had nothing, restore text reads like iptables-save output.
     fn as_save(restore: &str) -> String {
         restore.to_owned()
+    }
+
+    const MARKED: &str = "-m comment --comment \"meshcap rules format 2\"";
+
+    #[test]
+    fn jumps_carry_the_rules_format() {
+        let want = Installed::from_ruleset(&default_v4());
+        assert_eq!(
+            want.tables[&Table::Nat].jumps,
+            vec![
+                format!("-A PREROUTING {MARKED} -j MESHCAP_PREROUTING"),
+                format!("-A OUTPUT {MARKED} -j MESHCAP_OUTPUT"),
+            ]
+        );
+        assert_eq!(want.format(), Some(RULES_FORMAT));
+        assert_eq!(Installed::default().format(), None);
+        // Nothing installed is not "another format": it is missing rules.
+        let gone = drift(&want, &Installed::default());
+        assert!(!gone.iter().any(|l| l.starts_with("rules of")), "{gone:?}");
+    }
+
+    /// The first release's rules (the fixture of its ADD) have unmarked jumps: format 1, which
+    /// CHECK names before the rule differences, and which a transition replaces in place.
+    #[test]
+    fn the_first_release_rules_read_as_format_1() {
+        let old = Installed::parse_save(include_str!(
+            "../../../meshcap/tests/fixtures/previous-format/iptables.v4.rules"
+        ));
+        assert_eq!(old.format(), Some(1));
+        let want = Installed::from_ruleset(&default_v4());
+        let d = drift(&want, &old);
+        assert_eq!(
+            d[0], "rules of format 1 are installed, this release installs format 2",
+            "{d:?}"
+        );
+        let text = transition(&old, &want).unwrap();
+        assert!(
+            text.contains("-D PREROUTING -j MESHCAP_PREROUTING\n-D OUTPUT -j MESHCAP_OUTPUT\n"),
+            "{text}"
+        );
+        assert_eq!(
+            saved_comment("-A OUTPUT -m comment --comment \"a \\\"b\\\" c\" -j X").as_deref(),
+            Some("a \"b\" c")
+        );
+        assert_eq!(
+            saved_comment("-A OUTPUT -m comment --comment plain -j X").as_deref(),
+            Some("plain")
+        );
     }
 
     #[test]
@@ -505,16 +605,19 @@ COMMIT
         let text = transition(&with_dns, &plain).unwrap();
         // The old jumps are deleted by spec before the new ones are added: one copy each.
         assert!(
-            text.contains(
-                "-D PREROUTING -j MESHCAP_PREROUTING\n-D OUTPUT -j MESHCAP_OUTPUT\n-A PREROUTING"
-            ),
+            text.contains(&format!(
+                "-D PREROUTING {m} -j MESHCAP_PREROUTING\n-D OUTPUT {m} -j MESHCAP_OUTPUT\n-A PREROUTING",
+                m = MARKED
+            )),
             "{text}"
         );
         assert!(text.contains("-X MESHCAP_DNS"), "{text}");
         // raw only held DNS capture: it is emptied and its chains deleted.
         assert!(text.contains("*raw\n:MESHCAP_DNS - [0:0]"), "{text}");
         assert!(
-            text.contains("-D OUTPUT -j MESHCAP_OUTPUT\n-X MESHCAP_DNS\n-X MESHCAP_INBOUND"),
+            text.contains(&format!(
+                "-D OUTPUT {MARKED} -j MESHCAP_OUTPUT\n-X MESHCAP_DNS\n-X MESHCAP_INBOUND"
+            )),
             "{text}"
         );
         let removal = transition(&plain, &Installed::default()).unwrap();
@@ -529,7 +632,8 @@ COMMIT
         let mut have = want.clone();
         let nat = have.tables.get_mut(&Table::Nat).unwrap();
         nat.rules.get_mut("MESHCAP_OUTBOUND").unwrap().pop();
-        nat.jumps.push("-A OUTPUT -j MESHCAP_OUTPUT".into());
+        let output_jump = nat.jumps.last().unwrap().clone();
+        nat.jumps.push(output_jump);
         let d = drift(&want, &have);
         assert!(d.iter().any(|l| l.contains("present 2 times")), "{d:?}");
         assert!(

@@ -52,7 +52,9 @@ use meshcap_nft_types::sys::{
 };
 use meshcap_nft_types::{CmpOp, CtKey, Expr, MetaKey, NftRule, PayloadBase, Value, Verdict};
 
-use crate::rules::{Chain, Family, Hook, Match, Rule, Ruleset, Table, Target, NFT_TABLE};
+use crate::rules::{
+    format_marker, Chain, Family, Hook, Match, Rule, Ruleset, Table, Target, NFT_TABLE,
+};
 
 pub use meshcap_nft_types::COMMENT_MAX_LEN;
 
@@ -230,6 +232,8 @@ pub fn render(rulesets: &[Ruleset]) -> String {
             continue;
         }
         let _ = writeln!(out, "table {family} {NFT_TABLE} {{");
+        // The rules format, as the table's comment (its userdata, as meshcap-nft writes it).
+        let _ = writeln!(out, "\tcomment \"{}\"\n", format_marker());
         let mut first = true;
         for table_rules in &ruleset.tables {
             for chain in &table_rules.chains {
@@ -961,6 +965,8 @@ mod tests {
 table ip meshcap
 delete table ip meshcap
 table ip meshcap {
+\tcomment \"meshcap rules format 2\"
+
 \tchain raw_MESHCAP_OUTPUT {
 \t\ttype filter hook output priority -300; policy accept;
 \t\toifname \"lo\" ct zone set 1 comment \"oifname 'lo' ct zone set 1\"
@@ -1027,6 +1033,8 @@ delete table ip6 meshcap
 table ip6 meshcap
 delete table ip6 meshcap
 table ip6 meshcap {
+\tcomment \"meshcap rules format 2\"
+
 \tchain nat_MESHCAP_PREROUTING {
 \t\ttype nat hook prerouting priority -100; policy accept;
 \t\tmeta l4proto tcp jump nat_MESHCAP_INBOUND comment \"meta l4proto tcp jump nat_MESHCAP_INBOUND\"
