@@ -459,6 +459,15 @@ pub fn check_nft(text: &str) {
             );
             continue;
         }
+        // The table's comment: the rules format's marker, which no input changes.
+        if t.starts_with("comment ") {
+            assert_eq!(
+                t,
+                format!("comment \"{}\"", meshcap_model::rules::format_marker()),
+                "{line:?}"
+            );
+            continue;
+        }
         if let Some(rest) = t.strip_prefix("chain ") {
             let name = rest.strip_suffix(" {").expect("chain line ends with {");
             assert!(

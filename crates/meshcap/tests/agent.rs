@@ -859,17 +859,22 @@ fn privileged_repair_racing_del_leaves_nothing_behind() {
 }
 
 /// Installs a pod exactly as the previous release left it (its record and its rules, from
-/// `fixtures/previous-format`) in `ns`, under container id `cid`.
-fn previous_release_pod(ns: &Netns, cid: &str, state: &Path) {
+/// `fixtures/previous-format`) in `ns`, under container id `cid`, in `mode`.
+fn previous_release_pod(ns: &Netns, cid: &str, state: &Path, mode: &str) {
     use std::os::unix::fs::MetadataExt;
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/previous-format");
-    for (program, file) in [
-        ("iptables-nft-restore", "iptables.v4.rules"),
-        ("ip6tables-nft-restore", "iptables.v6.rules"),
-    ] {
+    let loads: &[(&[&str], &str)] = match mode {
+        "iptables" => &[
+            (&["iptables-nft-restore", "--noflush"], "iptables.v4.rules"),
+            (&["ip6tables-nft-restore", "--noflush"], "iptables.v6.rules"),
+        ],
+        _ => &[(&["nft", "-f", "-"], "nftables.nft")],
+    };
+    for (argv, file) in loads {
         let rules = fs::read(fixtures.join(file)).unwrap();
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, program, "--noflush"])
+            .args(["netns", "exec", &ns.name])
+            .args(*argv)
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -878,13 +883,14 @@ fn previous_release_pod(ns: &Netns, cid: &str, state: &Path) {
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
-            "{program}: {}",
+            "{argv:?} < {file}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
     let meta = fs::metadata(ns.path()).unwrap();
     let record = fs::read_to_string(fixtures.join("record.json"))
         .unwrap()
+        .replace("\"mode\": \"iptables\"", &format!("\"mode\": \"{mode}\""))
         .replace("@CID@", cid)
         .replace("@NETNS@", &ns.path())
         .replace("@DEV@", &meta.dev().to_string())
@@ -894,105 +900,179 @@ fn previous_release_pod(ns: &Netns, cid: &str, state: &Path) {
     fs::write(dir.join(format!("{cid}@eth0.json")), record).unwrap();
 }
 
+/// meshcap's rules in `ns` as `mode` shows them: its lines of both families' iptables-nft-save,
+/// or the listing of its nftables tables.
+fn meshcap_lines(ns: &Netns, mode: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let listings: &[&[&str]] = match mode {
+        "iptables" => &[&["iptables-nft-save"], &["ip6tables-nft-save"]],
+        _ => &[
+            &["nft", "list", "table", "ip", "meshcap"],
+            &["nft", "list", "table", "ip6", "meshcap"],
+        ],
+    };
+    for argv in listings {
+        let out = ns.exec(argv);
+        lines.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| mode != "iptables" || l.contains("MESHCAP"))
+                .map(|l| format!("{}: {l}", argv.join(" "))),
+        );
+    }
+    lines
+}
+
+/// `meshcap inspect` of `ns`.
+fn inspect(ns: &Netns) -> String {
+    let out = Command::new(MESHCAP)
+        .args(["inspect", "--netns", &ns.path()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// An upgrade: pods the previous release set up (its record format, its rules, from a
-/// fixture) are handled by this release. DEL removes all of it; CHECK reports the rules that
-/// differ from this release's; the agent's first scan replaces them in place (one copy of
-/// every jump, nothing of the old rules left), rewrites the record in the current format,
-/// and from then on CHECK passes and DEL leaves nothing.
+/// fixture, in both modes) are handled by this release. DEL removes all of it. The previous
+/// release's rules carry no format marker: they read as rules format 1, which `meshcap
+/// inspect` shows and CHECK reports as drift (101). The agent's first scan replaces them in
+/// place (one copy of every jump or table, marked with this release's format, nothing of the
+/// old rules left) and rewrites the record in the current format; from then on CHECK passes,
+/// later scans change nothing, and DEL leaves nothing.
 #[test]
 fn privileged_pods_of_the_previous_release_are_checked_deleted_and_upgraded() {
     const TEST: &str = "privileged_pods_of_the_previous_release_are_checked_deleted_and_upgraded";
     let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
         return;
     };
-    let s = Scratch::new("upgrade");
-    let state = s.0.join("state");
-    let record = |cid: &str| state.join("agentnet").join(format!("{cid}@eth0.json"));
-    let ns = Netns::create("mcupgrade");
-    let conf = plugin_conf("iptables", &ns.path());
-    let meshcap_lines = |ns: &Netns| -> Vec<String> {
-        let mut lines = Vec::new();
-        for prog in ["iptables-nft-save", "ip6tables-nft-save"] {
-            let out = ns.exec(&[prog]);
-            lines.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| l.contains("MESHCAP"))
-                    .map(|l| format!("{prog}: {l}")),
-            );
-        }
-        lines
-    };
+    let marker = "meshcap rules format 2";
+    for mode in ["iptables", "nftables"] {
+        let s = Scratch::new(&format!("upgrade-{mode}"));
+        let state = s.0.join("state");
+        let record = |cid: &str| state.join("agentnet").join(format!("{cid}@eth0.json"));
+        let ns = Netns::create(&format!("mcupgrade-{}", &mode[..3]));
+        let conf = plugin_conf(mode, &ns.path());
 
-    // DEL of a previous-release pod, before any agent ran.
-    previous_release_pod(&ns, "old1", &state);
-    assert!(
-        ns.outbound_captured(),
-        "the previous release's rules capture"
-    );
-    let (ok, out) = invoke_plugin(&plugin, "DEL", "old1", &ns.path(), &state, &conf);
-    assert!(ok, "DEL of a previous-release pod: {out}");
-    assert!(meshcap_lines(&ns).is_empty(), "{:?}", meshcap_lines(&ns));
-    assert!(!record("old1").exists());
-
-    // CHECK, then the agent's upgrade.
-    previous_release_pod(&ns, "old2", &state);
-    let (ok, out) = invoke_plugin(&plugin, "CHECK", "old2", &ns.path(), &state, &conf);
-    let purposes_changed = !ok;
-    eprintln!(
-        "{TEST}: CHECK of the previous release's rules: {}",
-        if ok { "in sync" } else { "drift" }
-    );
-    if purposes_changed {
+        // DEL of a previous-release pod, before any agent ran.
+        previous_release_pod(&ns, "old1", &state, mode);
         assert!(
-            out.contains("\"code\": 101") || out.contains("\"code\":101"),
-            "CHECK of rules this release would write differently is a drift (101): {out}"
+            ns.outbound_captured(),
+            "{mode}: the previous release's rules capture"
         );
-    }
-    let agent = Agent::start(
-        &s,
-        &[
-            "--no-config-watch",
-            "--no-adopt",
-            "--repair-interval-ms",
-            "100",
-        ],
-    );
-    agent.wait_for("the record upgraded", Duration::from_secs(10), || {
-        fs::read_to_string(record("old2"))
-            .map(|r| r.contains(&format!("\"format\": {}", meshcap_records::RECORD_FORMAT)))
-            .unwrap_or(false)
-    });
-    let (ok, out) = invoke_plugin(&plugin, "CHECK", "old2", &ns.path(), &state, &conf);
-    assert!(ok, "CHECK after the upgrade: {out}\n{}", agent.log());
-    assert!(ns.outbound_captured(), "still captured after the upgrade");
-    let lines = meshcap_lines(&ns);
-    for jump in [
-        "-A OUTPUT -j MESHCAP_OUTPUT",
-        "-A PREROUTING -j MESHCAP_PREROUTING",
-    ] {
-        for prog in ["iptables-nft-save", "ip6tables-nft-save"] {
-            let n = lines
-                .iter()
-                .filter(|l| **l == format!("{prog}: {jump}"))
-                .count();
-            assert_eq!(n, 1, "{prog}: {jump} {n} times:\n{}", lines.join("\n"));
+        let (ok, out) = invoke_plugin(&plugin, "DEL", "old1", &ns.path(), &state, &conf);
+        assert!(ok, "{mode}: DEL of a previous-release pod: {out}");
+        assert!(
+            meshcap_lines(&ns, mode).is_empty(),
+            "{:?}",
+            meshcap_lines(&ns, mode)
+        );
+        assert!(!record("old1").exists());
+
+        // inspect and CHECK read the format back, then the agent's upgrade.
+        previous_release_pod(&ns, "old2", &state, mode);
+        let shown = inspect(&ns);
+        assert!(
+            shown.contains("rules format 1") && !shown.contains(marker),
+            "{mode}: inspect shows the first release's format:\n{shown}"
+        );
+        let (ok, out) = invoke_plugin(&plugin, "CHECK", "old2", &ns.path(), &state, &conf);
+        assert!(!ok, "{mode}: CHECK of a previous release's rules: {out}");
+        assert!(
+            (out.contains("\"code\": 101") || out.contains("\"code\":101"))
+                && out.contains("of format 1")
+                && out.contains("this release installs format 2"),
+            "{mode}: CHECK names the format as drift (101): {out}"
+        );
+        let agent = Agent::start(
+            &s,
+            &[
+                "--no-config-watch",
+                "--no-adopt",
+                "--repair-interval-ms",
+                "100",
+            ],
+        );
+        agent.wait_for("the record upgraded", Duration::from_secs(10), || {
+            fs::read_to_string(record("old2"))
+                .map(|r| r.contains(&format!("\"format\": {}", meshcap_records::RECORD_FORMAT)))
+                .unwrap_or(false)
+        });
+        let (ok, out) = invoke_plugin(&plugin, "CHECK", "old2", &ns.path(), &state, &conf);
+        assert!(
+            ok,
+            "{mode}: CHECK after the upgrade: {out}\n{}",
+            agent.log()
+        );
+        assert!(
+            ns.outbound_captured(),
+            "{mode}: still captured after the upgrade"
+        );
+        let shown = inspect(&ns);
+        assert!(
+            shown.contains("rules format 2") && !shown.contains("rules format 1"),
+            "{mode}: inspect shows this release's format:\n{shown}"
+        );
+        let lines = meshcap_lines(&ns, mode);
+        let count = |needle: &str| lines.iter().filter(|l| l.ends_with(needle)).count();
+        match mode {
+            "iptables" => {
+                for (chain, to) in [
+                    ("OUTPUT", "MESHCAP_OUTPUT"),
+                    ("PREROUTING", "MESHCAP_PREROUTING"),
+                ] {
+                    let marked = format!("-A {chain} -m comment --comment \"{marker}\" -j {to}");
+                    assert_eq!(
+                        count(&marked),
+                        2,
+                        "{mode}: one per family: {marked}\n{}",
+                        lines.join("\n")
+                    );
+                    let unmarked = format!("-A {chain} -j {to}");
+                    assert_eq!(
+                        count(&unmarked),
+                        0,
+                        "{mode}: old jump left: {}",
+                        lines.join("\n")
+                    );
+                }
+            }
+            _ => {
+                assert_eq!(
+                    count(&format!("comment \"{marker}\"")),
+                    2,
+                    "{mode}: one marked table per family:\n{}",
+                    lines.join("\n")
+                );
+            }
         }
+        assert_eq!(
+            agent.metric("meshcap_repairs_total"),
+            1.0,
+            "{mode}: one repair: the format differed\n{}",
+            agent.log()
+        );
+        assert!(
+            agent.log().contains("of format 1"),
+            "{mode}: the repair names the format it replaced\n{}",
+            agent.log()
+        );
+        // Stable: later scans change nothing.
+        let scans = agent.metric("meshcap_repair_scans_total");
+        agent.wait_for("three more scans", Duration::from_secs(5), || {
+            agent.metric("meshcap_repair_scans_total") >= scans + 3.0
+        });
+        assert_eq!(agent.metric("meshcap_repairs_total"), 1.0);
+        assert_eq!(meshcap_lines(&ns, mode), lines);
+        let (ok, out) = invoke_plugin(&plugin, "DEL", "old2", &ns.path(), &state, &conf);
+        assert!(ok, "{mode}: DEL after the upgrade: {out}");
+        assert!(
+            meshcap_lines(&ns, mode).is_empty(),
+            "{:?}",
+            meshcap_lines(&ns, mode)
+        );
+        assert!(!record("old2").exists());
     }
-    let repairs = agent.metric("meshcap_repairs_total");
-    assert_eq!(
-        repairs,
-        if purposes_changed { 1.0 } else { 0.0 },
-        "one repair exactly when the rules differed"
-    );
-    // Stable: later scans change nothing.
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(agent.metric("meshcap_repairs_total"), repairs);
-    assert_eq!(meshcap_lines(&ns), lines);
-    let (ok, out) = invoke_plugin(&plugin, "DEL", "old2", &ns.path(), &state, &conf);
-    assert!(ok, "DEL after the upgrade: {out}");
-    assert!(meshcap_lines(&ns).is_empty(), "{:?}", meshcap_lines(&ns));
-    assert!(!record("old2").exists());
 }
 
 /// A libcni results-cache entry as Go libcni 1.2's `cacheAdd` writes it after the ADD of

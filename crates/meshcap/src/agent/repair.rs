@@ -17,11 +17,14 @@
 //!   pod's rules and its record: a repair never puts back rules of a pod DEL tore down.
 //!
 //! Upgrades: a pod an earlier release set up keeps its record (every older record format
-//! still reads, missing fields default) and its rules. The first scan after the upgrade finds
-//! the rules differ from what this release computes whenever the rule format changed, and
-//! replaces them in place, atomically per table: the transition removes every `MESHCAP_`
-//! chain and jump it finds, whatever release wrote them, so nothing is duplicated or lost;
-//! the record is then rewritten in the current format.
+//! still reads, missing fields default) and its rules. The installed rules carry their format
+//! (`meshcap_model::rules::RULES_FORMAT`, on iptables jumps and the nftables table), which the
+//! dataplane's check reads back: the first scan after the upgrade finds rules of another
+//! format (or rules that differ from what this release computes) and replaces them in place,
+//! atomically per table: the transition removes every `MESHCAP_` chain and jump it finds,
+//! whatever release wrote them, so nothing is duplicated or lost; the record is then rewritten
+//! in the current format. Rules of a newer format (a rollback) are replaced the same way: the
+//! running release's format is the one kept.
 //!
 //! Limits (documented, not hidden): records written before the model inputs were stored
 //! cannot be recomputed and are skipped (logged once), as are Linkerd and Kuma pods whose
