@@ -105,6 +105,28 @@ impl AgentProcess {
             .ok_or_else(|| anyhow!("{name} not in the agent's metrics: {metrics:?}"))
     }
 
+    /// The agent's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, then reap: to the agent alone (a plugin it is running lives on, orphaned), or
+    /// with `group` to its whole process group, as a container's processes are all killed at
+    /// once (the agent must have been spawned as a group leader: `CommandExt::process_group(0)`).
+    pub fn kill(&mut self, group: bool) {
+        use nix::sys::signal::{kill, killpg, Signal};
+        use nix::unistd::Pid;
+        if let Some(mut child) = self.child.take() {
+            let pid = Pid::from_raw(child.id() as i32);
+            let _ = if group {
+                killpg(pid, Signal::SIGKILL)
+            } else {
+                kill(pid, Signal::SIGKILL)
+            };
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM; whether it exited successfully in time.
     pub fn stop(&mut self) -> bool {
         self.child

@@ -1293,6 +1293,189 @@ fn privileged_linkerd_and_kuma_pods_set_up_before_install_are_adopted() {
     assert!(!log.contains("cannot repair"), "{log}");
 }
 
+/// The pids of `parent`'s children named `name` (from /proc/*/stat).
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so split at the last ')'.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let comm = head.split_once('(').map_or("", |(_, c)| c);
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            comm == name && ppid == Some(parent)
+        })
+        .collect()
+}
+
+/// The agent killed (SIGKILL) in the middle of adopting pods, in both modes, and restarted
+/// each time over the same state: first with its whole process group while it runs the
+/// plugin's ADD for a pod (as a container is killed: that ADD dies half-way too), then alone
+/// while another ADD runs (which finishes as an orphan). The agent started last, with no
+/// manual step in between, ends with every pod meshed exactly once: one record each, CHECK
+/// passes (exactly this release's rules: no duplicate jump, chain or table, nothing
+/// half-applied). When the runtime then tears the pods down, the agent's DEL leaves every
+/// namespace exactly as it was before any adoption.
+#[test]
+fn privileged_agent_killed_in_the_middle_of_an_adoption_recovers() {
+    use std::os::unix::process::CommandExt;
+    const TEST: &str = "privileged_agent_killed_in_the_middle_of_an_adoption_recovers";
+    const PODS: usize = 12;
+    let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
+        return;
+    };
+    for mode in ["iptables", "nftables"] {
+        let s = Scratch::new(&format!("killed-{mode}"));
+        fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
+        let primary =
+            json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
+        let meshcap = json!({
+            "type": "meshcap-cni", "mode": mode, "selection": "injected",
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+            "log_file": s.0.join("plugin.log")
+        });
+        let before =
+            json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});
+        let after =
+            json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary, meshcap]});
+        fs::write(s.0.join("net.d/10-agentnet.conflist"), after.to_string()).unwrap();
+        let injected = json!({"sidecar.istio.io/status": "{}"});
+        let pods: Vec<(String, Netns)> = (0..PODS)
+            .map(|i| {
+                let cid = format!("pod{i}");
+                let ns = Netns::create(&format!("mckill{}{i}", &mode[..1]));
+                write_cache_entry(&s, &cid, &ns.path(), &before, injected.clone());
+                (cid, ns)
+            })
+            .collect();
+        let pristine: Vec<String> = pods.iter().map(|(_, ns)| netfilter_state(ns)).collect();
+        let records_dir = s.0.join("state/agentnet");
+        let records = || -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(&records_dir)
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .filter(|n| n.ends_with(".json"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        let start_agent = |run: usize| {
+            let mut cmd = Command::new(MESHCAP);
+            cmd.arg("agent")
+                .arg("--no-fast-path")
+                .arg("--no-config-watch")
+                .args(["--repair-interval-ms", "100"])
+                .arg("--cni-conf-dir")
+                .arg(s.0.join("net.d"))
+                .arg("--cni-bin-dir")
+                .arg(s.0.join("bin"))
+                .arg("--state-dir")
+                .arg(s.0.join("state"))
+                .arg("--cni-cache-dir")
+                .arg(s.0.join("cache"))
+                // Its own process group, so that a kill of the group spares the test.
+                .process_group(0);
+            let log = s.0.join(format!("agent-{run}.log"));
+            AgentProcess::start(cmd, &log).unwrap_or_else(|e| panic!("{e:#}"))
+        };
+
+        // (kill the group?, records there before the kill)
+        for (run, (group, at_least)) in [(true, 1), (false, PODS / 2)].into_iter().enumerate() {
+            let mut agent = start_agent(run);
+            let pid = agent.pid().unwrap();
+            let started = Instant::now();
+            // Kill while the agent runs the plugin for a pod, once enough pods are adopted.
+            loop {
+                if records().len() >= at_least && !children_named(pid, "meshcap-cni").is_empty() {
+                    break;
+                }
+                assert!(
+                    records().len() < PODS,
+                    "{mode}: every pod was adopted before the kill (group {group})"
+                );
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{mode}: no adoption under way within 30 s\n{}",
+                    agent.log()
+                );
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            agent.kill(group);
+            eprintln!(
+                "{TEST}: {mode}: killed the agent{} during an adoption, {} of {PODS} records",
+                if group { " and its plugin run" } else { "" },
+                records().len()
+            );
+        }
+
+        // The agent started once more adopts the rest; nothing needs cleaning up first.
+        let agent = start_agent(2);
+        let limit = Instant::now() + Duration::from_secs(30);
+        while records().len() < PODS {
+            assert!(
+                Instant::now() < limit,
+                "{mode}: {} of {PODS} pods adopted after the restart\n{}",
+                records().len(),
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let want: Vec<String> = {
+            let mut w: Vec<String> = pods.iter().map(|(c, _)| format!("{c}@eth0.json")).collect();
+            w.sort();
+            w
+        };
+        assert_eq!(records(), want, "{mode}: one record per pod");
+        for (cid, ns) in &pods {
+            let conf = plugin_conf(mode, &ns.path());
+            let state = s.0.join("state");
+            let (ok, out) = invoke_plugin(&plugin, "CHECK", cid, &ns.path(), &state, &conf);
+            assert!(
+                ok,
+                "{mode}: {cid} is not meshed exactly once: {out}\n{}",
+                netfilter_state(ns)
+            );
+        }
+        assert!(pods[0].1.outbound_captured(), "{mode}: pod0 is captured");
+        let adopted = agent.metric("meshcap_adoptions_total").unwrap();
+        eprintln!("{TEST}: {mode}: the last agent adopted {adopted} pods");
+
+        // The runtime tears every pod down (its DEL does not chain meshcap): the agent's DEL
+        // leaves each namespace as it was before.
+        for (cid, _) in &pods {
+            fs::remove_file(s.0.join(format!("cache/results/agentnet-{cid}-eth0"))).unwrap();
+        }
+        let limit = Instant::now() + Duration::from_secs(30);
+        while !records().is_empty() {
+            assert!(
+                Instant::now() < limit,
+                "{mode}: records left after the teardown: {:?}\n{}",
+                records(),
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for ((cid, ns), before) in pods.iter().zip(&pristine) {
+            let after = netfilter_state(ns);
+            assert!(
+                after == *before,
+                "{mode}: {cid}'s namespace differs after DEL\nbefore:\n{before}\nafter:\n{after}\nagent log:\n{}",
+                agent.log()
+            );
+        }
+    }
+}
+
 /// A tmpfs mounted at a directory, unmounted on drop (before the scratch dir goes).
 struct Tmpfs(PathBuf);
 
