@@ -9,7 +9,8 @@
 #   scripts/fuzz.sh --validate --no-run only that check, on the corpus already there
 #   scripts/fuzz.sh --list              the targets
 #   scripts/fuzz.sh --ci --seconds 4    what scripts/test.sh runs: every target briefly, from the
-#                                       corpus in the repository, which it leaves unchanged
+#                                       corpus in the repository, which it leaves unchanged; built
+#                                       at opt-level 1 (see below)
 #
 # Uses the nightly pinned in ebpf/meshcap-ebpf/rust-toolchain.toml (cargo fuzz needs nightly)
 # and installs cargo-fuzz when missing. Targets are built with AddressSanitizer and debug
@@ -18,6 +19,14 @@
 # hand-written fuzz/seeds/<target>; a crash leaves its input in fuzz/artifacts/<target>/ and
 # makes the script exit 1: turn it into a unit test next to the code it concerns (see
 # docs/SECURITY.md), and reproduce it with `cargo +<nightly> fuzz run -a <target> <artifact>`.
+#
+# Builds: every target is built once (`cargo fuzz build`) and each binary then runs directly.
+# Target dir: $MESHCAP_FUZZ_TARGET_DIR, else $CARGO_TARGET_DIR, else target-fuzz/ in the
+# checkout (a CI cache can keep it between runs). With --ci the build goes to its ci/
+# subdirectory at opt-level 1 with line tables only: a run of a few seconds replays the corpus
+# and explores a little, where full optimisation buys little and costs most of a cold build
+# (ASan, coverage instrumentation and debug assertions stay); the subdirectory keeps a local
+# long run's fully optimised build from being rebuilt by a test run and back.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,13 +77,22 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz"
     cargo install cargo-fuzz
 fi
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target-fuzz}
+export CARGO_TARGET_DIR=${MESHCAP_FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target-fuzz}}
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+validate_target_dir=$CARGO_TARGET_DIR/validate
+if $ci; then
+    export CARGO_TARGET_DIR=$CARGO_TARGET_DIR/ci
+    export CARGO_PROFILE_RELEASE_OPT_LEVEL=1
+    export CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
+fi
+HOST=$(rustup run "$NIGHTLY" rustc -vV | sed -n 's/^host: //p')
 
 status=0
 if $run; then
-    echo "fuzz.sh: building ${#chosen[@]} target(s) with $NIGHTLY (ASan, debug assertions)"
+    echo "fuzz.sh: building every target with $NIGHTLY (ASan, debug assertions${CARGO_PROFILE_RELEASE_OPT_LEVEL:+, opt-level $CARGO_PROFILE_RELEASE_OPT_LEVEL}) in $CARGO_TARGET_DIR"
+    build_start=$SECONDS
     cargo "+$NIGHTLY" fuzz build -a
+    echo "fuzz.sh: built in $((SECONDS - build_start))s"
     summary=()
     for t in "${chosen[@]}"; do
         mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
@@ -88,11 +106,13 @@ if $run; then
             scratch_corpus=$(mktemp -d /tmp/meshcap-fuzz-corpus.XXXXXX)
             dirs=("$scratch_corpus" "${dirs[@]}")
         fi
+        mkdir -p "fuzz/artifacts/$t"
         set +e
+        # The binary `cargo fuzz build` made, with the arguments `cargo fuzz run` would give it.
         # -timeout: one input taking 10 s is a hang; -rss_limit_mb: runaway allocation.
-        cargo "+$NIGHTLY" fuzz run -a "$t" "${dirs[@]}" -- \
+        "$CARGO_TARGET_DIR/$HOST/release/$t" -artifact_prefix="$REPO/fuzz/artifacts/$t/" \
             -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-            >"$log" 2>&1
+            "${dirs[@]}" >"$log" 2>&1
         rc=$?
         set -e
         if $ci; then rm -rf "$scratch_corpus"; fi
@@ -125,7 +145,7 @@ if $validate; then
     [ -n "$(ls -A "$corpus_dir" 2>/dev/null)" ] || corpus_dir=fuzz/seeds/render
     mkdir -p "$corpus_dir"
     # A plain (uninstrumented) build, in its own directory so it never waits on a fuzz build.
-    CARGO_TARGET_DIR="$CARGO_TARGET_DIR/validate" cargo "+$NIGHTLY" run -q --release \
+    CARGO_TARGET_DIR="$validate_target_dir" cargo "+$NIGHTLY" run -q --release \
         --manifest-path fuzz/Cargo.toml --bin render_corpus -- \
         "$corpus_dir" "$out" "$sample"
     if [ "$(id -u)" != 0 ] || ! command -v iptables-restore >/dev/null || ! command -v nft >/dev/null; then
