@@ -299,7 +299,13 @@ fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
     apply(&rules)?;
     dp.check(&ns, Backend::Iptables, &rules)?;
     let v4 = t.exec(save4, &[])?;
-    ensure!(count(&v4, "-A OUTPUT -j MESHCAP_OUTPUT") == 1, "{v4}");
+    ensure!(
+        count(
+            &v4,
+            "-A OUTPUT -m comment --comment \"meshcap rules format 2\" -j MESHCAP_OUTPUT"
+        ) == 1,
+        "{v4}"
+    );
     ensure!(count(&v4, "--to-ports 15001") == 1, "{v4}");
     let v6 = t.exec(save6, &[])?;
     ensure!(
@@ -311,7 +317,13 @@ fn iptables_lifecycle(t: &TestNs, flavour: Flavour) -> Result<()> {
     apply(&rules)?;
     apply(&rules)?;
     let v4 = t.exec(save4, &[])?;
-    ensure!(count(&v4, "-A OUTPUT -j MESHCAP_OUTPUT") == 1, "{v4}");
+    ensure!(
+        count(
+            &v4,
+            "-A OUTPUT -m comment --comment \"meshcap rules format 2\" -j MESHCAP_OUTPUT"
+        ) == 1,
+        "{v4}"
+    );
     ensure!(count(&v4, "-A MESHCAP_") == 4, "{v4}");
     dp.check(&ns, Backend::Iptables, &rules)?;
 
@@ -776,10 +788,15 @@ fn inspect_shows_what_is_installed() -> Result<()> {
     eprintln!("{text}");
     ensure!(full.has_meshcap_state(), "{text}");
     ensure!(
-        text.contains("ipv4 (nft, used by iptables mode):"),
+        text.contains("ipv4 (nft, used by iptables mode, rules format 2):"),
         "{text}"
     );
-    ensure!(text.contains("-A OUTPUT -j MESHCAP_OUTPUT"), "{text}");
+    ensure!(
+        text.contains(
+            "-A OUTPUT -m comment --comment \"meshcap rules format 2\" -j MESHCAP_OUTPUT"
+        ),
+        "{text}"
+    );
     ensure!(text.contains("*mangle"), "{text}");
     ensure!(
         text.contains("ip -6 rule fwmark 0x539 lookup 133"),
