@@ -547,6 +547,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         }
         return Err(e.into());
     }
+    locked.settle();
     drop(locked);
     phases.mark("record");
     phases.log("ADD", mode.as_str());

@@ -175,6 +175,109 @@ pub(crate) struct Xtables<'a> {
     pub netns: &'a Path,
     /// `XTABLES_LOCKFILE` for legacy programs.
     pub xt_lock: PathBuf,
+    /// The namespace's journal of what an apply may bring into being ([`Journal`]).
+    pub journal: PathBuf,
+}
+
+/// What an apply may bring into being (tables and built-in chains), written before its
+/// restores run and dropped once the caller has recorded what the apply returned
+/// ([`crate::LockedNetns::settle`]) or a remove went through.
+///
+/// An apply cut short (the plugin killed between its restores, or before it wrote its record)
+/// leaves tables that the next apply finds already there, and so would not report as its own:
+/// DEL would then leave them behind. The journal survives the kill (it is a file under the
+/// run directory, keyed by the namespace's identity), and the next apply or remove of the
+/// namespace takes what it lists as created too. Listing a table or chain that was not created
+/// after all is harmless: only what holds nothing is ever removed.
+pub(crate) struct Journal;
+
+impl Journal {
+    pub fn read(path: &Path) -> Vec<CreatedTable> {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|line| {
+                let mut words = line.split(' ');
+                let family = match words.next()? {
+                    "ipv4" => Family::V4,
+                    "ipv6" => Family::V6,
+                    _ => return None,
+                };
+                let table = words.next()?.to_owned();
+                let whole_table = words.next()? == "table";
+                let chains = words.map(str::to_owned).collect();
+                Some(CreatedTable {
+                    family,
+                    table,
+                    whole_table,
+                    chains,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the journal with `entries` (atomically: a temp file renamed over it).
+    pub fn write(path: &Path, entries: &[CreatedTable]) -> Result<(), DataplaneError> {
+        let mut text = String::new();
+        for c in entries {
+            text.push_str(&format!(
+                "{} {} {}",
+                c.family,
+                c.table,
+                if c.whole_table { "table" } else { "chains" }
+            ));
+            for chain in &c.chains {
+                text.push(' ');
+                text.push_str(chain);
+            }
+            text.push('\n');
+        }
+        let err = |source| DataplaneError::Lock {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    pub fn drop(path: &Path) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The tables and built-in chains that moving `before` (the family's xtables tables) to
+/// `target` may create: meshcap's tables that are absent, and the built-in chains its jumps
+/// start from that are absent.
+fn may_create(family: Family, before: &[TableShape], target: &Installed) -> Vec<CreatedTable> {
+    let mut out = Vec::new();
+    for (table, t) in &target.tables {
+        let name = table.name();
+        let from: Vec<String> = t
+            .jumps
+            .iter()
+            .filter_map(|j| j.strip_prefix("-A ")?.split(' ').next())
+            .map(str::to_owned)
+            .collect();
+        let old = before.iter().find(|s| s.name == name);
+        let chains: Vec<String> = from
+            .into_iter()
+            .filter(|c| old.is_none_or(|o| o.chain(c).is_none()))
+            .collect();
+        if old.is_none() || !chains.is_empty() {
+            out.push(CreatedTable {
+                family,
+                table: name.to_owned(),
+                whole_table: old.is_none(),
+                chains,
+            });
+        }
+    }
+    out
 }
 
 /// Whether `iptables-save` output shows anything: a rule or a user-defined chain. The
@@ -422,6 +525,9 @@ impl Xtables<'_> {
         let current = self.installed_all(&read)?;
         let mut before: Vec<(Family, Vec<TableShape>)> = Vec::new();
         let mut plans = Vec::new();
+        // What an earlier apply cut short may have created (see [`Journal`]).
+        let earlier = Journal::read(&self.journal);
+        let mut journal = earlier.clone();
         for ((tools, shapes), current) in read.into_iter().zip(current) {
             let target = rulesets
                 .iter()
@@ -429,17 +535,21 @@ impl Xtables<'_> {
                 .map(Installed::from_ruleset)
                 .unwrap_or_else(empty);
             if current != target {
+                merge_created(&mut journal, may_create(tools.family, &shapes, &target));
                 before.push((tools.family, shapes));
                 plans.push((tools, current, target));
             }
         }
+        if journal != earlier {
+            Journal::write(&self.journal, &journal)?;
+        }
         let (changed, failure) = self.write_all(plans, false);
-        let mut created = Vec::new();
+        let mut created = earlier.clone();
         let outcome = match failure {
             Some(e) => Err(e),
             None => before.iter().try_for_each(|(family, before)| {
                 let after = xtables_shapes(self.sys, self.netns, *family)?;
-                created.extend(created_between(*family, before, &after));
+                merge_created(&mut created, created_between(*family, before, &after));
                 Ok(())
             }),
         };
@@ -454,6 +564,11 @@ impl Xtables<'_> {
                     self.netns,
                     &created_between(*family, before, &now),
                 )?;
+            }
+            // This attempt left nothing; what an earlier one may have created is still listed.
+            match earlier.is_empty() {
+                true => Journal::drop(&self.journal),
+                false => Journal::write(&self.journal, &earlier)?,
             }
             Ok(())
         });
@@ -502,7 +617,12 @@ impl Xtables<'_> {
                 },
             });
         }
-        remove_created(self.sys, self.netns, created)
+        // What an apply cut short may have created goes too, then its journal.
+        let mut all = created.to_vec();
+        merge_created(&mut all, Journal::read(&self.journal));
+        remove_created(self.sys, self.netns, &all)?;
+        Journal::drop(&self.journal);
+        Ok(())
     }
 
     /// Differences between `rulesets` and what the detected flavour holds.
@@ -597,6 +717,72 @@ COMMIT
                     "-A MESHCAP_OUTPUT -p tcp -j REDIRECT --to-ports 15001".to_string(),
                 ]
             )]
+        );
+    }
+
+    #[test]
+    fn the_journal_reads_back_what_was_written() {
+        let dir = std::env::temp_dir().join(format!("meshcap-journal-{}", std::process::id()));
+        let path = dir.join("pending/xtables-1-2");
+        assert_eq!(Journal::read(&path), Vec::new(), "no journal: nothing");
+        let entries = vec![
+            CreatedTable {
+                family: Family::V4,
+                table: "nat".into(),
+                whole_table: true,
+                chains: vec!["PREROUTING".into(), "OUTPUT".into()],
+            },
+            CreatedTable {
+                family: Family::V6,
+                table: "mangle".into(),
+                whole_table: false,
+                chains: vec!["PREROUTING".into()],
+            },
+        ];
+        Journal::write(&path, &entries).unwrap();
+        assert_eq!(Journal::read(&path), entries);
+        Journal::drop(&path);
+        assert_eq!(Journal::read(&path), Vec::new());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    // An apply may create meshcap's tables that are absent, and the built-in chains its jumps
+    // start from that are absent, and nothing else.
+    #[test]
+    fn may_create_lists_absent_tables_and_entry_chains() {
+        let target = Installed::parse_save(SAVE);
+        let nat = |chains: &[&str]| TableShape {
+            name: "nat".into(),
+            chains: chains
+                .iter()
+                .map(|c| nft_xtables::ChainShape {
+                    name: c.to_string(),
+                    base: true,
+                    rules: 0,
+                })
+                .collect(),
+        };
+        assert_eq!(
+            may_create(Family::V4, &[], &target),
+            vec![CreatedTable {
+                family: Family::V4,
+                table: "nat".into(),
+                whole_table: true,
+                chains: vec!["OUTPUT".into()],
+            }]
+        );
+        assert_eq!(
+            may_create(Family::V4, &[nat(&["PREROUTING"])], &target),
+            vec![CreatedTable {
+                family: Family::V4,
+                table: "nat".into(),
+                whole_table: false,
+                chains: vec!["OUTPUT".into()],
+            }]
+        );
+        assert_eq!(
+            may_create(Family::V4, &[nat(&["OUTPUT"])], &target),
+            Vec::new()
         );
     }
 

@@ -124,6 +124,7 @@ impl Dataplane {
             search: &self.search_path,
             netns: ns.path(),
             xt_lock: lock::xtables_lock_path(&self.run_dir, ns.id()),
+            journal: journal_path(&self.run_dir, ns.id()),
         }
     }
 
@@ -173,6 +174,7 @@ impl Dataplane {
     /// namespace that reuses the inode number is unaffected: meshcap's own operations on it
     /// are serialised by the lock on the namespace, not by this file.
     pub fn forget(&self, id: NetnsId) -> Result<(), DataplaneError> {
+        iptables::Journal::drop(&journal_path(&self.run_dir, id));
         match std::fs::remove_file(lock::xtables_lock_path(&self.run_dir, id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataplaneError::Lock {
                 path: lock::xtables_lock_path(&self.run_dir, id),
@@ -268,6 +270,12 @@ impl Dataplane {
     }
 }
 
+/// The journal of what an iptables-mode apply of namespace `id` may create (see
+/// `iptables::Journal`).
+fn journal_path(run_dir: &Path, id: NetnsId) -> PathBuf {
+    run_dir.join("pending").join(format!("xtables-{id}"))
+}
+
 /// A namespace whose lock this process holds ([`Dataplane::lock`]); unlocks on drop.
 pub struct LockedNetns<'a> {
     dataplane: &'a Dataplane,
@@ -279,8 +287,9 @@ impl LockedNetns<'_> {
     /// Install `rulesets` (at most one per family) and their policy routes; replaces any
     /// earlier meshcap state of `backend` in the namespace; all-or-nothing. Returns what the
     /// apply brought into being besides meshcap's own chains (iptables mode: tables and
-    /// built-in chains iptables-nft created), which [`LockedNetns::remove`] needs to leave the
-    /// namespace as it was: keep it with the pod.
+    /// built-in chains iptables-nft created, including what an earlier apply cut short may
+    /// have created), which [`LockedNetns::remove`] needs to leave the namespace as it was:
+    /// keep it with the pod, then call [`LockedNetns::settle`].
     pub fn apply(
         &self,
         backend: Backend,
@@ -321,6 +330,12 @@ impl LockedNetns<'_> {
             );
         }
         applied
+    }
+
+    /// The caller has recorded what [`LockedNetns::apply`] returned (the pod's record): the
+    /// journal that let an apply cut short before that point be undone is no longer needed.
+    pub fn settle(&self) {
+        iptables::Journal::drop(&journal_path(&self.dataplane.run_dir, self.ns.id()));
     }
 
     /// Remove everything meshcap installed with `backend`, and its policy routing, and what

@@ -1293,7 +1293,8 @@ fn privileged_linkerd_and_kuma_pods_set_up_before_install_are_adopted() {
     assert!(!log.contains("cannot repair"), "{log}");
 }
 
-/// The pids of `parent`'s children named `name` (from /proc/*/stat).
+/// The pids of `parent`'s children whose name (`comm`, 15 bytes at most) starts with `name`
+/// (from /proc/*/stat).
 fn children_named(parent: u32, name: &str) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -1310,15 +1311,16 @@ fn children_named(parent: u32, name: &str) -> Vec<u32> {
             };
             let comm = head.split_once('(').map_or("", |(_, c)| c);
             let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-            comm == name && ppid == Some(parent)
+            comm.starts_with(name) && ppid == Some(parent)
         })
         .collect()
 }
 
 /// The agent killed (SIGKILL) in the middle of adopting pods, in both modes, and restarted
 /// each time over the same state: first with its whole process group while it runs the
-/// plugin's ADD for a pod (as a container is killed: that ADD dies half-way too), then alone
-/// while another ADD runs (which finishes as an orphan). The agent started last, with no
+/// plugin's ADD for a pod (as a container is killed: that ADD dies half-way too; in iptables
+/// mode while the ADD's ip6tables-restore runs, so its IPv4 rules are in and its record is
+/// not), then alone while another ADD runs (which finishes as an orphan). The agent started last, with no
 /// manual step in between, ends with every pod meshed exactly once: one record each, CHECK
 /// passes (exactly this release's rules: no duplicate jump, chain or table, nothing
 /// half-applied). When the runtime then tears the pods down, the agent's DEL leaves every
@@ -1352,6 +1354,14 @@ fn privileged_agent_killed_in_the_middle_of_an_adoption_recovers() {
                 let cid = format!("pod{i}");
                 let ns = Netns::create(&format!("mckill{}{i}", &mode[..1]));
                 write_cache_entry(&s, &cid, &ns.path(), &before, injected.clone());
+                // Dual-stack pods: in iptables mode each ADD runs a restore per family.
+                let file = s.0.join(format!("cache/results/agentnet-{cid}-eth0"));
+                let mut entry: Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+                entry["result"]["ips"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"address": "fd00::5/64", "interface": 0}));
+                fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();
                 (cid, ns)
             })
             .collect();
@@ -1394,9 +1404,18 @@ fn privileged_agent_killed_in_the_middle_of_an_adoption_recovers() {
             let mut agent = start_agent(run);
             let pid = agent.pid().unwrap();
             let started = Instant::now();
-            // Kill while the agent runs the plugin for a pod, once enough pods are adopted.
+            // Kill while the agent runs the plugin for a pod, once enough pods are adopted (with
+            // the group in iptables mode: while that plugin runs ip6tables-restore).
             loop {
-                if records().len() >= at_least && !children_named(pid, "meshcap-cni").is_empty() {
+                let plugins = children_named(pid, "meshcap-cni");
+                let under_way = if group && mode == "iptables" {
+                    plugins
+                        .iter()
+                        .any(|p| !children_named(*p, "ip6tables").is_empty())
+                } else {
+                    !plugins.is_empty()
+                };
+                if records().len() >= at_least && under_way {
                     break;
                 }
                 assert!(
@@ -1411,8 +1430,16 @@ fn privileged_agent_killed_in_the_middle_of_an_adoption_recovers() {
                 std::thread::sleep(Duration::from_micros(200));
             }
             agent.kill(group);
+            let cut_short = pods
+                .iter()
+                .zip(&pristine)
+                .filter(|((cid, ns), before)| {
+                    !records_dir.join(format!("{cid}@eth0.json")).exists()
+                        && netfilter_state(ns) != **before
+                })
+                .count();
             eprintln!(
-                "{TEST}: {mode}: killed the agent{} during an adoption, {} of {PODS} records",
+                "{TEST}: {mode}: killed the agent{} during an adoption, {} of {PODS} records, {cut_short} pod(s) with rules and no record",
                 if group { " and its plugin run" } else { "" },
                 records().len()
             );

@@ -194,6 +194,7 @@ impl Repairer {
                 return Verdict::Failed(format!("recording what the repair created: {e}"));
             }
         }
+        locked.settle();
         Verdict::Repaired(details)
     }
 
