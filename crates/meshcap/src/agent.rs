@@ -123,10 +123,14 @@ fn relay_cni_log(socket: &UnixDatagram, stop: &Stop) {
                 let line = String::from_utf8_lossy(&buf[..n]);
                 tracing::info!(source = "meshcap-cni", "{}", line.trim_end());
             }
+            // A signal (a plugin run by adoption exiting) interrupts the wait: read again at
+            // once rather than warn and pause while the plugin's lines queue up.
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "reading the plugin's log socket failed");
