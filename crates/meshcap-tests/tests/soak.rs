@@ -18,7 +18,9 @@
 //!   one line per call, rotated by the agent) holds exactly one `ADD 0` and one `DEL 0` per pod
 //!   and round;
 //! - no file under `/run/meshcap/locks` for any pod (the per-namespace lock is a `flock` on
-//!   the namespace itself; only legacy iptables makes an xtables lock file, and DEL drops it);
+//!   the namespace itself; only legacy iptables makes an xtables lock file, and DEL drops it),
+//!   nor a journal under `/run/meshcap/pending` (an iptables-mode apply's, dropped once the
+//!   record holds what it created);
 //! - no IPAM reservation but the remote host's, no pod veth left on the bridge;
 //! - the test process has as many open fds and child processes as before;
 //! - with the eBPF fast path: no pod map entry for any pod, and the agent's RSS after the
@@ -51,6 +53,8 @@ const DEFAULT_PODS: usize = 64;
 const RSS_TOLERANCE_KB: u64 = 4096;
 /// Where the plugin keeps its per-namespace locks (meshcap-dataplane `DEFAULT_RUN_DIR`).
 const LOCK_DIR: &str = "/run/meshcap/locks";
+/// Where its iptables-mode applies keep their journal until the record holds what they created.
+const JOURNAL_DIR: &str = "/run/meshcap/pending";
 /// crates/meshcap-cni/src/state.rs `OUTCOMES_FILE`.
 const OUTCOMES_FILE: &str = ".outcomes";
 
@@ -162,18 +166,18 @@ fn snapshot(ns: &Netns) -> Vec<(String, String)> {
     out
 }
 
-/// The legacy xtables lock file of `ns` (`xtables-<dev>-<ino>`): the only per-namespace file
-/// the dataplane makes (the per-namespace lock itself is a flock on the namespace).
+/// The per-namespace files the dataplane makes for `ns` (`xtables-<dev>-<ino>`): the legacy
+/// xtables lock file, and the journal of what an iptables-mode apply may create, which goes
+/// once the record holds it (the per-namespace lock itself is a flock on the namespace).
 fn lock_files(ns: &Netns) -> Vec<PathBuf> {
     let Ok(meta) = std::fs::metadata(ns.path()) else {
         return Vec::new();
     };
-    let file = Path::new(LOCK_DIR).join(format!("xtables-{}-{}", meta.dev(), meta.ino()));
-    if file.exists() {
-        vec![file]
-    } else {
-        Vec::new()
-    }
+    [LOCK_DIR, JOURNAL_DIR]
+        .into_iter()
+        .map(|dir| Path::new(dir).join(format!("xtables-{}-{}", meta.dev(), meta.ino())))
+        .filter(|file| file.exists())
+        .collect()
 }
 
 /// Runs `f` over `items` on up to `threads` threads; results in input order.
