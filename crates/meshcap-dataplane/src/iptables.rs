@@ -541,7 +541,10 @@ impl Xtables<'_> {
             }
         }
         if journal != earlier {
-            Journal::write(&self.journal, &journal)?;
+            // Without it the apply still works; only one cut short could then leave tables.
+            if let Err(e) = Journal::write(&self.journal, &journal) {
+                tracing::warn!(error = %e, "cannot journal what this apply may create");
+            }
         }
         let (changed, failure) = self.write_all(plans, false);
         let mut created = earlier.clone();
@@ -568,7 +571,11 @@ impl Xtables<'_> {
             // This attempt left nothing; what an earlier one may have created is still listed.
             match earlier.is_empty() {
                 true => Journal::drop(&self.journal),
-                false => Journal::write(&self.journal, &earlier)?,
+                false => {
+                    if let Err(e) = Journal::write(&self.journal, &earlier) {
+                        tracing::warn!(error = %e, "cannot journal what this apply may create");
+                    }
+                }
             }
             Ok(())
         });
