@@ -433,6 +433,7 @@ impl Sys for Fake {
             .get(&family)
             .map(|rs| InstalledTable {
                 family,
+                comment: Some(meshcap_model::rules::format_marker()),
                 chains: rs
                     .tables
                     .iter()

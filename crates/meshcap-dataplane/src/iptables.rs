@@ -762,7 +762,7 @@ COMMIT
             name: "nat".into(),
             chains: chains
                 .iter()
-                .map(|c| nft_xtables::ChainShape {
+                .map(|c| meshcap_nft::xtables::ChainShape {
                     name: c.to_string(),
                     base: true,
                     rules: 0,

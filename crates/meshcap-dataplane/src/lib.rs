@@ -139,14 +139,19 @@ impl Dataplane {
         })
     }
 
-    /// [`LockedNetns::apply`] under the namespace's lock.
+    /// [`LockedNetns::apply`] and [`LockedNetns::settle`] under the namespace's lock: for
+    /// callers that keep what it returns themselves (a caller that records it under the same
+    /// lock, as the plugin does, locks and settles once recorded).
     pub fn apply(
         &self,
         ns: &PodNetns,
         backend: Backend,
         rulesets: &[Ruleset],
     ) -> Result<Vec<CreatedTable>, DataplaneError> {
-        self.lock(ns)?.apply(backend, rulesets)
+        let locked = self.lock(ns)?;
+        let created = locked.apply(backend, rulesets)?;
+        locked.settle();
+        Ok(created)
     }
 
     /// [`LockedNetns::remove`] under the namespace's lock.

@@ -444,13 +444,10 @@ fn iptables_del_removes_the_tables_add_created() -> Result<()> {
     let rules = both(15001, true);
     // An apply whose caller never recorded what it created (killed before it settled): the
     // next apply reports those tables as created too (they are in the journal).
-    let cut_short = dp.apply(&ns, Backend::Iptables, &rules)?;
+    let cut_short = dp.lock(&ns)?.apply(Backend::Iptables, &rules)?;
     ensure!(!cut_short.is_empty());
-    let locked = dp.lock(&ns)?;
-    let created = locked.apply(Backend::Iptables, &rules)?;
+    let created = dp.apply(&ns, Backend::Iptables, &rules)?;
     ensure!(created == cut_short, "{created:?} {cut_short:?}");
-    locked.settle();
-    drop(locked);
     let tables: Vec<(Family, &str, bool)> = created
         .iter()
         .map(|c| (c.family, c.table.as_str(), c.whole_table))
@@ -462,10 +459,7 @@ fn iptables_del_removes_the_tables_add_created() -> Result<()> {
     );
     ensure!(t.exec("nft", &["list", "tables"])?.contains("table ip nat"));
     // A retried ADD, once the first one settled, creates nothing more.
-    let locked = dp.lock(&ns)?;
-    ensure!(locked.apply(Backend::Iptables, &rules)?.is_empty());
-    locked.settle();
-    drop(locked);
+    ensure!(dp.apply(&ns, Backend::Iptables, &rules)?.is_empty());
     dp.remove(&ns, Backend::Iptables, &created)?;
     let after = netfilter(&t)?;
     ensure!(before == after, "before:\n{before}\nafter:\n{after}");
