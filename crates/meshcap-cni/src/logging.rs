@@ -97,17 +97,22 @@ fn install(level: LevelFilter, file: Option<File>, agent: Option<AgentSink>) -> 
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        // A failed write (a closed stderr) is dropped; reporting it would print to stderr
+        // again, and that panics on a closed one.
+        .log_internal_errors(false)
         .with_filter(level);
     let file = file.map(|f| {
         tracing_subscriber::fmt::layer()
             .with_writer(Mutex::new(f))
             .with_target(false)
+            .log_internal_errors(false)
             .with_filter(level)
     });
     let agent = agent.map(|sink| {
         tracing_subscriber::fmt::layer()
             .with_writer(Mutex::new(sink))
             .with_target(false)
+            .log_internal_errors(false)
             .with_filter(level)
     });
     let subscriber = tracing_subscriber::registry()

@@ -63,7 +63,7 @@ pub struct AgentArgs {
     #[arg(long)]
     no_fast_path: bool,
     /// The plugin's attachment records (the plugin's MESHCAP_STATE_DIR).
-    #[arg(long, default_value = meshcap_records::DEFAULT_STATE_DIR)]
+    #[arg(long, env = "MESHCAP_STATE_DIR", default_value = meshcap_records::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// How often to check every recorded pod's rules and repair drift, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..))]
@@ -79,7 +79,7 @@ pub struct AgentArgs {
     cni_bin_dir: PathBuf,
     /// libcni's cache dir of the node's container runtime (containerd, CRI-O and podman use
     /// the default): its `results/` tell which pods were set up before meshcap was chained.
-    #[arg(long, default_value = "/var/lib/cni")]
+    #[arg(long, env = "CNI_CACHE_DIR", default_value = "/var/lib/cni")]
     cni_cache_dir: PathBuf,
     /// Do not adopt pods that were set up before meshcap was installed.
     #[arg(long)]
@@ -178,6 +178,9 @@ fn init_logging(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A log reader that went away (`meshcap agent 2>&1 | head`, a closed container log)
+        // drops lines; reporting the failed write would go to stderr again and panic there.
+        .log_internal_errors(false)
         .with_env_filter(filter);
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()

@@ -8,6 +8,7 @@ mod install;
 mod node;
 mod render;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,7 +51,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Agent(_)) {
+    let long_running = match &cli.command {
+        Command::Agent(_) => true,
+        Command::Node(args) => args.step == node::Step::Agent,
+        _ => false,
+    };
+    if !long_running {
         quiet_on_closed_stdout();
     }
     let result = match cli.command {
@@ -75,7 +81,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("meshcap: {e:#}");
+            // Not eprintln!: a closed stderr must not turn the error into a panic.
+            let _ = writeln!(std::io::stderr(), "meshcap: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -94,8 +101,8 @@ fn run_node(args: &node::NodeArgs) -> anyhow::Result<()> {
 }
 
 /// `meshcap inspect ... | head`: once the reader is gone, end quietly as other command-line
-/// tools do (killed by SIGPIPE) instead of panicking in `println!`. Not for the agent, whose
-/// sockets must never kill it.
+/// tools do (killed by SIGPIPE) instead of panicking in `println!`. Not for the agent (`agent`,
+/// `node agent`): a log reader that goes away must never kill it; its log writes ignore errors.
 #[allow(unsafe_code)]
 fn quiet_on_closed_stdout() {
     use nix::sys::signal::{signal, SigHandler, Signal};

@@ -136,6 +136,7 @@ impl NodeArgs {
             linkerd: words(&self.linkerd),
             kuma: words(&self.kuma),
             ebpf: self.ebpf,
+            ebpf_pin_dir: None,
             log_file: "/var/log/meshcap-cni.log".into(),
         }
     }
@@ -184,7 +185,9 @@ pub fn prepare(args: &NodeArgs) -> anyhow::Result<()> {
 
 /// Logs go to stderr (the container's log) before the agent's subscriber exists.
 fn tracing_free_log(line: &str) {
-    eprintln!("meshcap node: {line}");
+    use std::io::Write as _;
+    // Not eprintln!: `node agent` keeps running when its log reader is gone.
+    let _ = writeln!(std::io::stderr(), "meshcap node: {line}");
 }
 
 /// Keeps the kubeconfig fresh across token rotation and the install in place, every

@@ -42,12 +42,48 @@ fn install_refuses_invalid_mode_or_selection_before_writing_anything() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// stdout and stderr into a pipe whose reader is already gone, as after `meshcap ... | head`
+/// once head exited: every write fails (EPIPE, or SIGPIPE), whenever it happens.
+fn closed_pipe() -> Stdio {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    Stdio::from(write)
+}
+
+/// A quiet end: success, or the SIGPIPE death other command-line tools die in a closed pipe;
+/// never a panic (101) or an error about the pipe.
+fn assert_quiet_end(what: &str, status: std::process::ExitStatus, stderr: &str) {
+    use std::os::unix::process::ExitStatusExt as _;
+    assert!(
+        status.success() || status.signal() == Some(nix::libc::SIGPIPE),
+        "{what}: {status:?}\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{what}: {stderr}"
+    );
+}
+
+/// Runs `meshcap args` with stdout into a closed pipe and stderr captured.
+fn run_into_closed_stdout(args: &[String]) -> (std::process::ExitStatus, String) {
+    let out = Command::new(MESHCAP)
+        .args(args)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
-fn output_into_a_closed_pipe_ends_quietly() {
-    // A manifest with many pod templates: far more output than a pipe buffers.
+fn every_subcommand_ends_quietly_in_a_closed_pipe() {
     let dir = std::env::temp_dir().join(format!("meshcap-cli-pipe-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
+    fs::create_dir_all(dir.join("net.d")).unwrap();
+    fs::write(dir.join("net.d/10-bridge.conflist"), BRIDGE).unwrap();
+    fs::write(dir.join("plugin"), b"#!plugin").unwrap();
+    // A manifest with many pod templates: far more output than a pipe buffers.
     let mut manifest = String::new();
     for i in 0..400 {
         manifest.push_str(&format!(
@@ -56,28 +92,166 @@ fn output_into_a_closed_pipe_ends_quietly() {
     }
     let file = dir.join("pods.yaml");
     fs::write(&file, manifest).unwrap();
-    for args in [
+    let d = |p: &str| dir.join(p).display().to_string();
+    let mut cases: Vec<Vec<String>> = vec![
+        vec!["--help".into()],
+        vec!["--version".into()],
+        vec!["render".into(), "-f".into(), file.display().to_string()],
+        vec!["render".into(), "--help".into()],
         vec![
-            "render".to_owned(),
-            "-f".to_owned(),
-            file.display().to_string(),
+            "install".into(),
+            "--cni-conf-dir".into(),
+            d("net.d"),
+            "--cni-bin-dir".into(),
+            d("bin"),
+            "--plugin-binary".into(),
+            d("plugin"),
         ],
-        vec!["--help".to_owned()],
+        vec![
+            "uninstall".into(),
+            "--cni-conf-dir".into(),
+            d("net.d"),
+            "--cni-bin-dir".into(),
+            d("bin"),
+            "--state-dir".into(),
+            d("state"),
+            "--grace-ms".into(),
+            "0".into(),
+        ],
+        // The node steps log to stderr: into the closed pipe too, below.
+        vec![
+            "node".into(),
+            "kubeconfig".into(),
+            "--sa-dir".into(),
+            d("no-sa"),
+        ],
+        vec!["agent".into(), "--help".into()],
+        vec!["node".into(), "--help".into()],
+    ];
+    if nix::unistd::geteuid().is_root() {
+        cases.push(vec![
+            "inspect".into(),
+            "--netns".into(),
+            "/proc/self/ns/net".into(),
+        ]);
+    } else {
+        meshcap_testkit::skip_or_fail(
+            "every_subcommand_ends_quietly_in_a_closed_pipe (inspect)",
+            "needs root to read a network namespace's rules",
+        );
+    }
+    for args in &cases {
+        let (status, stderr) = run_into_closed_stdout(args);
+        assert_quiet_end(&format!("{args:?}"), status, &stderr);
+    }
+    // Errors too: an error message into a closed stderr is no panic.
+    let out = Command::new(MESHCAP)
+        .args(["inspect", "--netns", "/nonexistent"])
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_ne!(out.status.code(), Some(101), "{:?}", out.status);
+    assert!(
+        out.status.code() == Some(1) || out.status.signal() == Some(nix::libc::SIGPIPE),
+        "{:?}",
+        out.status
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// The agent (`agent` and `node agent`) logs to stderr: when its log reader goes away it keeps
+/// running and serving its probes instead of dying of SIGPIPE or panicking.
+#[test]
+fn the_agent_keeps_running_when_its_log_reader_is_gone() {
+    use std::io::{Read as _, Write as _};
+    let dir = std::env::temp_dir().join(format!("meshcap-cli-agent-pipe-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("net.d")).unwrap();
+    fs::create_dir_all(dir.join("host/opt/cni/bin")).unwrap();
+    fs::create_dir_all(dir.join("host/etc/cni/net.d")).unwrap();
+    fs::write(dir.join("net.d/10-bridge.conflist"), BRIDGE).unwrap();
+    fs::write(dir.join("host/etc/cni/net.d/10-bridge.conflist"), BRIDGE).unwrap();
+    fs::write(dir.join("plugin"), b"#!plugin").unwrap();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let agent_args = |port: u16| -> Vec<String> {
+        vec![
+            "agent".into(),
+            "--no-fast-path".into(),
+            "--cni-conf-dir".into(),
+            dir.join("net.d").display().to_string(),
+            "--cni-bin-dir".into(),
+            dir.join("bin").display().to_string(),
+            "--cni-cache-dir".into(),
+            dir.join("cache").display().to_string(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{port}"),
+        ]
+    };
+    let node_args = |port: u16| -> Vec<String> {
+        vec![
+            "node".into(),
+            "agent".into(),
+            "--host-root".into(),
+            dir.join("host").display().to_string(),
+            "--sa-dir".into(),
+            dir.join("no-sa").display().to_string(),
+            "--plugin-binary".into(),
+            dir.join("plugin").display().to_string(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{port}"),
+        ]
+    };
+    for (what, args) in [
+        ("agent", agent_args(free_port())),
+        ("node agent", node_args(free_port())),
     ] {
+        let port: u16 = args.last().unwrap().rsplit(':').next().unwrap().parse().unwrap();
         let mut child = Command::new(MESHCAP)
             .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("MESHCAP_STATE_DIR", dir.join("state"))
+            .stdout(closed_pipe())
+            .stderr(closed_pipe())
             .spawn()
             .unwrap();
-        // The reader goes away at once, as `head -0` would.
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
-            "{args:?}: {stderr}"
-        );
+        // It logs from its first moment; it must still answer its probe.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let healthy = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{what} died with its log reader gone: {status:?}");
+            }
+            let answer = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+                c.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+                c.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")?;
+                let mut text = String::new();
+                c.read_to_string(&mut text)?;
+                Ok(text)
+            });
+            if let Ok(text) = answer {
+                break text;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what} never served");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert!(healthy.starts_with("HTTP/1.1 200"), "{what}: {healthy}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{what}: {status:?}");
     }
     let _ = fs::remove_dir_all(&dir);
 }
