@@ -172,6 +172,44 @@ fn add_in_excluded_namespace_passes_through_without_annotations() {
     assert_eq!(out, json!({"cniVersion": "1.1.0"}));
 }
 
+/// The key istio-cni, linkerd-cni and kuma-cni configs use, `kubernetes.exclude_namespaces`,
+/// excludes as meshcap's own does; keys the plugin does not know are named in a warning (a
+/// typo otherwise silently changes nothing) and the command still succeeds.
+#[test]
+fn kubernetes_exclude_namespaces_is_honoured_and_unknown_keys_are_warned() {
+    let s = scratch("peer-keys");
+    let state = s.state();
+    let log = s.0.join("meshcap-cni.log");
+    let mut env = attach_env("ADD", "/run/netns/x", &state);
+    env[5] = (
+        "CNI_ARGS",
+        "K8S_POD_NAMESPACE=istio-system;K8S_POD_NAME=istiod-0",
+    );
+    let extra = json!({
+        "selection": "all",
+        "kubernetes": {"exclude_namespaces": ["istio-system"], "kubeconfg": "/typo"},
+        "log_levle": "debug",
+        "log_file": log.to_str().unwrap(),
+    });
+    let r = run_plugin(&env, &conf("1.1.0", extra));
+    assert_eq!(r.ok().unwrap(), json!({"cniVersion": "1.1.0"}));
+    let text = fs::read_to_string(&log).unwrap();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("unknown config keys"))
+        .unwrap_or_else(|| panic!("no warning in the log file:\n{text}"));
+    assert!(
+        warning.contains("WARN") && warning.contains("log_levle") && warning.contains("kubeconfg"),
+        "{warning}"
+    );
+    assert!(
+        r.stderr.contains("unknown config keys"),
+        "on stderr too: {}",
+        r.stderr
+    );
+    assert!(s.records("meshnet").is_empty(), "the excluded pod is not captured");
+}
+
 #[test]
 fn add_of_kubernetes_pod_without_annotations_fails_closed() {
     let s = scratch("add-no-annotations");
