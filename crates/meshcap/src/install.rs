@@ -70,6 +70,10 @@ pub struct InstallArgs {
     /// Register pods with the eBPF fast path.
     #[arg(long)]
     pub ebpf: bool,
+    /// `ebpf.pin_dir`: where the node agent pins the fast path (its `--pin-dir`), when not
+    /// the default.
+    #[arg(long, value_name = "DIR")]
+    pub ebpf_pin_dir: Option<PathBuf>,
     #[arg(long, default_value = "/var/log/meshcap-cni.log")]
     pub log_file: PathBuf,
 }
@@ -149,6 +153,9 @@ pub fn plugin_entry(args: &InstallArgs) -> anyhow::Result<Value> {
         "log_file": args.log_file,
         "log_level": "info",
     });
+    if let Some(dir) = &args.ebpf_pin_dir {
+        entry["ebpf"]["pin_dir"] = json!(dir);
+    }
     if let Some(kc) = &args.kubeconfig {
         entry["kubernetes"] = json!({"kubeconfig": kc});
     }
@@ -522,6 +529,7 @@ mod tests {
                 linkerd: Vec::new(),
                 kuma: Vec::new(),
                 ebpf: false,
+                ebpf_pin_dir: None,
                 log_file: "/var/log/meshcap-cni.log".into(),
             }
         }
@@ -635,6 +643,22 @@ mod tests {
         assert_eq!(
             (v.proxy_uid, v.ipv6, v.inbound_proxy_port),
             (3000, true, 4143)
+        );
+    }
+
+    #[test]
+    fn ebpf_pin_dir_is_written_only_when_given() {
+        let t = TempDir::new("pin-dir");
+        let mut args = t.args();
+        args.ebpf = true;
+        assert_eq!(
+            plugin_entry(&args).unwrap()["ebpf"],
+            json!({"enabled": true})
+        );
+        args.ebpf_pin_dir = Some("/sys/fs/bpf/meshcap-alt".into());
+        assert_eq!(
+            plugin_entry(&args).unwrap()["ebpf"],
+            json!({"enabled": true, "pin_dir": "/sys/fs/bpf/meshcap-alt"})
         );
     }
 
