@@ -207,7 +207,10 @@ fn kubernetes_exclude_namespaces_is_honoured_and_unknown_keys_are_warned() {
         "on stderr too: {}",
         r.stderr
     );
-    assert!(s.records("meshnet").is_empty(), "the excluded pod is not captured");
+    assert!(
+        s.records("meshnet").is_empty(),
+        "the excluded pod is not captured"
+    );
 }
 
 #[test]

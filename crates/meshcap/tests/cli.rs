@@ -73,7 +73,10 @@ fn run_into_closed_stdout(args: &[String]) -> (std::process::ExitStatus, String)
         .stderr(Stdio::piped())
         .output()
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -216,7 +219,14 @@ fn the_agent_keeps_running_when_its_log_reader_is_gone() {
         ("agent", agent_args(free_port())),
         ("node agent", node_args(free_port())),
     ] {
-        let port: u16 = args.last().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        let port: u16 = args
+            .last()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         let mut child = Command::new(MESHCAP)
             .args(&args)
             .env_remove("KUBERNETES_SERVICE_HOST")
