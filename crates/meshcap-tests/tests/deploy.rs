@@ -319,11 +319,16 @@ fn image_builds_offline_and_sets_up_a_host_root() {
         .unwrap();
     assert!(!no_shell.status.success(), "the image has a shell");
 
-    // A host root as a node has it: bridge's conflist, an empty bin dir; a service account.
+    // A host root as a k3s node has it (CNI paths other than the defaults, so that only the
+    // DaemonSet's env can have told install and agent where they are): bridge's conflist, an
+    // empty bin dir; a service account.
+    const CONF: &str = "/var/lib/rancher/k3s/agent/etc/cni/net.d";
+    const BIN: &str = "/var/lib/rancher/k3s/data/cni";
     let host = s.0.join("host");
-    let conf_dir = host.join("etc/cni/net.d");
+    let conf_dir = host.join(CONF.trim_start_matches('/'));
+    let bin_dir = host.join(BIN.trim_start_matches('/'));
     fs::create_dir_all(&conf_dir).unwrap();
-    fs::create_dir_all(host.join("opt/cni/bin")).unwrap();
+    fs::create_dir_all(&bin_dir).unwrap();
     fs::create_dir_all(host.join("var/lib/cni")).unwrap();
     fs::write(
         conf_dir.join("10-bridge.conflist"),
@@ -349,6 +354,8 @@ fn image_builds_offline_and_sets_up_a_host_root() {
             .args(["-e", "KUBERNETES_SERVICE_HOST=10.96.0.1"])
             .args(["-e", "KUBERNETES_SERVICE_PORT=443"])
             .args(["-e", "MESHCAP_MODE=nftables"])
+            .args(["-e", &format!("CNI_CONF_DIR={CONF}")])
+            .args(["-e", &format!("CNI_BIN_DIR={BIN}")])
             .arg(&objects.image)
             .args(["node", step]);
         cmd.output().unwrap()
@@ -356,7 +363,7 @@ fn image_builds_offline_and_sets_up_a_host_root() {
     ok(run(&["--rm", "--network=none"], "install"), "node install");
 
     assert_eq!(
-        fs::read(host.join("opt/cni/bin/meshcap-cni")).unwrap(),
+        fs::read(bin_dir.join("meshcap-cni")).unwrap(),
         fs::read(bins.join("meshcap-cni")).unwrap(),
         "the image's plugin in the host's bin dir"
     );
@@ -366,7 +373,8 @@ fn image_builds_offline_and_sets_up_a_host_root() {
     assert_eq!(last["type"], "meshcap-cni", "{conflist}");
     assert_eq!(last["mode"], "nftables");
     assert_eq!(
-        last["kubernetes"]["kubeconfig"], "/etc/cni/net.d/meshcap-kubeconfig",
+        last["kubernetes"]["kubeconfig"],
+        format!("{CONF}/meshcap-kubeconfig"),
         "the node's path, not the container's"
     );
     let kubeconfig = conf_dir.join("meshcap-kubeconfig");
@@ -422,6 +430,23 @@ fn image_builds_offline_and_sets_up_a_host_root() {
     let (code, metrics) = get(port, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(metrics.contains("meshcap_repair_scans_total"), "{metrics}");
+
+    // The agent guards the chain where the env says it is: the primary CNI rewrites its
+    // conflist without meshcap, and the agent's config watch puts the entry back.
+    let bridge_only = r#"{"cniVersion":"1.0.0","name":"podnet","plugins":[{"type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"10.88.0.0/16"}}]}"#;
+    fs::write(conf_dir.join("10-bridge.conflist"), bridge_only).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !fs::read_to_string(conf_dir.join("10-bridge.conflist"))
+        .unwrap_or_default()
+        .contains("meshcap-cni")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not restore the chain in {CONF}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Token rotation: the agent's refresher rewrites the kubeconfig, still 0600.
     fs::write(sa.join("token"), "token-two\n").unwrap();
