@@ -54,8 +54,12 @@ const ROTATE_AT: u64 = 1 << 20;
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// The whole request (head read and reply write) must be done within this.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
-/// Connections served at once; more are closed without a reply.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once; more are closed without a reply. Far more than scrapers and
+/// probes ever open, so that a crowd of idle clients (each cut off after [`REQUEST_DEADLINE`])
+/// does not turn a scrape away; below the common soft limit of 1024 open files.
+const MAX_CONNECTIONS: usize = 512;
+/// Stack of a connection's thread: it parses a request head and writes a reply.
+const CONNECTION_STACK: usize = 128 * 1024;
 
 /// Upper bounds (seconds) of the ADD latency histogram's buckets: a fast ADD takes about a
 /// millisecond, one in iptables mode several, one on a busy node tens.
@@ -403,6 +407,7 @@ pub fn serve(listener: &TcpListener, metrics: &Arc<Metrics>, ready: &Arc<Readine
                 let (metrics, ready, count) = (metrics.clone(), ready.clone(), in_flight.clone());
                 let spawned = thread::Builder::new()
                     .name("metrics-conn".into())
+                    .stack_size(CONNECTION_STACK)
                     .spawn(move || {
                         if let Err(e) = respond(stream, &metrics, &*ready) {
                             tracing::debug!(error = %e, "metrics request failed");
