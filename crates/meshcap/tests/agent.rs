@@ -706,7 +706,8 @@ fn privileged_linkerd_and_kuma_pods_are_repaired_with_their_own_rules() {
     for (n, (mesh, mode, cid, ns, ann, port, prefix, flush)) in pods.iter().enumerate() {
         let out = ns.exec(flush);
         assert!(out.status.success(), "{mesh}: {flush:?}");
-        assert!(!ns.outbound_captured_on(*port), "{mesh}: flushed");
+        // The agent scans every 300 ms, so it may have repaired the flush already here; the
+        // repair counter below says that it did.
         let conf = plugin_conf_with(mode, &ns.path(), ann.clone());
         agent.wait_for(
             &format!("{mesh}: rules repaired"),
