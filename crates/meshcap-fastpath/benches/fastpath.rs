@@ -12,9 +12,11 @@
 //! Environment: MESHCAP_BENCH_RUNS (default 7), MESHCAP_BENCH_ROUNDS (round trips per run,
 //! default 20000), MESHCAP_BENCH_MIB (MiB per throughput run, default 256), MESHCAP_BENCH_JSON
 //! (write the medians there as JSON, for `meshcap-bench --fastpath-json`'s chart),
-//! MESHCAP_BENCH_CPU (pin the app and the sidecar to this CPU, as meshcap-bench's datapath
-//! section does: unpinned, the scheduler sometimes puts them on one core and sometimes on two,
-//! and on a VM a cross-CPU wakeup costs an IPI and a VM exit; default: unpinned).
+//! MESHCAP_BENCH_CPU (the CPU the app and the sidecar are pinned to, default the last one, as
+//! meshcap-bench's datapath section and netperf's `-T` do; `none` leaves them unpinned, and
+//! then the scheduler sometimes puts them on one core and sometimes on two: on a loaded VM a
+//! cross-CPU wakeup costs an IPI and a VM exit, tens of µs, in both variants alike, and single
+//! round-trip runs scattered from 3 to 50 µs).
 
 use std::{
     fs::File,
@@ -67,12 +69,18 @@ impl Drop for Env {
     }
 }
 
-/// Pins the calling thread to MESHCAP_BENCH_CPU, when set.
+/// The CPU of MESHCAP_BENCH_CPU: the last one unless it says otherwise, `None` for `none`.
+fn bench_cpu() -> Option<usize> {
+    match std::env::var("MESHCAP_BENCH_CPU") {
+        Ok(v) if v == "none" => None,
+        Ok(v) => v.parse().ok(),
+        Err(_) => Some(thread::available_parallelism().map_or(1, |n| n.get()) - 1),
+    }
+}
+
+/// Pins the calling thread to [`bench_cpu`], if any.
 fn pin() -> Result<()> {
-    if let Some(cpu) = std::env::var("MESHCAP_BENCH_CPU")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+    if let Some(cpu) = bench_cpu() {
         let mut set = nix::sched::CpuSet::new();
         set.set(cpu)?;
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
@@ -266,6 +274,10 @@ fn main() -> Result<()> {
 
     let (rr, rf) = (median(&mut rt_rules), median(&mut rt_fast));
     let (tr, tf) = (median(&mut tp_rules), median(&mut tp_fast));
+    match bench_cpu() {
+        Some(cpu) => println!("app and sidecar on cpu {cpu} (MESHCAP_BENCH_CPU)"),
+        None => println!("app and sidecar unpinned (MESHCAP_BENCH_CPU=none)"),
+    }
     println!(
         "median round trip: rules {rr:.2} us, fast path {rf:.2} us: {:.2}x faster",
         rr / rf
@@ -282,10 +294,7 @@ fn main() -> Result<()> {
              \"pinned_cpu\": {}}}\n",
             rr / rf,
             tf / tr,
-            std::env::var("MESHCAP_BENCH_CPU")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .map_or("null".to_string(), |c| c.to_string())
+            bench_cpu().map_or("null".to_string(), |c| c.to_string())
         );
         std::fs::write(&path, json)
             .with_context(|| format!("writing {}", PathBuf::from(&path).display()))?;
