@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 
 use crate::error::excerpt;
 use crate::DataplaneError;
@@ -47,9 +47,11 @@ pub(crate) fn describe_search(search: &[PathBuf]) -> String {
     dirs.join(":")
 }
 
-/// A child started by [`start`], whose stdin has been written and closed.
+/// A child started by [`start`] (its stdin written and closed) or by [`spawn`] (its stdin
+/// still open, for [`Running::feed`]).
 pub(crate) struct Running {
     child: Child,
+    stdin: Option<ChildStdin>,
     binary: PathBuf,
     args: Vec<String>,
     netns: PathBuf,
@@ -65,15 +67,26 @@ pub(crate) fn start(
     stdin: Option<&str>,
     netns: &Path,
 ) -> Result<Running, DataplaneError> {
-    let spawn_err = |source: io::Error| DataplaneError::Spawn {
-        binary: binary.to_owned(),
-        netns: netns.to_owned(),
-        source,
-    };
+    let mut running = spawn(binary, args, env, stdin.is_some(), netns)?;
+    if let Some(text) = stdin {
+        running.feed(text)?;
+    }
+    Ok(running)
+}
+
+/// Starts `binary args…` with its stdin open (`piped_stdin`) or empty; [`Running::feed`]
+/// writes and closes it later.
+pub(crate) fn spawn(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, OsString)],
+    piped_stdin: bool,
+    netns: &Path,
+) -> Result<Running, DataplaneError> {
     let mut child = Command::new(binary)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(if stdin.is_some() {
+        .stdin(if piped_stdin {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -81,22 +94,13 @@ pub(crate) fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(spawn_err)?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // xtables-restore reads all of its input before it writes anything, so writing first
-        // and collecting output afterwards cannot deadlock. A child that exits early closes
-        // the pipe; its exit status and stderr then explain why, not EPIPE.
-        match pipe.write_all(text.as_bytes()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(spawn_err(e));
-            }
-        }
-    }
+        .map_err(|source| DataplaneError::Spawn {
+            binary: binary.to_owned(),
+            netns: netns.to_owned(),
+            source,
+        })?;
     Ok(Running {
+        stdin: child.stdin.take(),
         child,
         binary: binary.to_owned(),
         args: args.iter().map(|a| a.to_string()).collect(),
@@ -105,14 +109,40 @@ pub(crate) fn start(
 }
 
 impl Running {
-    /// Waits for the child; its stdout, or why it failed.
+    /// Writes `text` to the child's stdin and closes it (nothing when it has none).
+    pub(crate) fn feed(&mut self, text: &str) -> Result<(), DataplaneError> {
+        let Some(mut pipe) = self.stdin.take() else {
+            return Ok(());
+        };
+        // xtables-restore reads all of its input before it writes anything, so writing first
+        // and collecting output afterwards cannot deadlock. A child that exits early closes
+        // the pipe; its exit status and stderr then explain why, not EPIPE.
+        match pipe.write_all(text.as_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            Err(source) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                Err(DataplaneError::Spawn {
+                    binary: self.binary.clone(),
+                    netns: self.netns.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Waits for the child (closing its stdin first, if still open); its stdout, or why it
+    /// failed.
     pub(crate) fn finish(self) -> Result<String, DataplaneError> {
         let Running {
             child,
+            stdin,
             binary,
             args,
             netns,
         } = self;
+        drop(stdin);
         let out = match child.wait_with_output() {
             Ok(out) => out,
             Err(source) => {

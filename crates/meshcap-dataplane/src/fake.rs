@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use meshcap_model::rules::{Family, Ruleset};
-use meshcap_nft::xtables::{ChainShape, Removed, TableShape};
+use meshcap_nft::xtables::{ChainShape, Created, PrefixRemoval, Removed, TableShape};
 use meshcap_nft::{InstalledChain, InstalledTable, NftError};
 use nix::errno::Errno;
 
@@ -262,6 +262,69 @@ fn restore(tables: &mut Vec<XtTable>, input: &str) -> Result<(), String> {
     }
 }
 
+/// [`Sys::xtables_remove_prefixed`] on `kernel`.
+fn remove_prefixed(
+    kernel: &mut Kernel,
+    families: &[Family],
+    names: &[&str],
+    prefix: &str,
+    created: &[Created<'_>],
+) -> PrefixRemoval {
+    let mut done = PrefixRemoval::default();
+    for family in families {
+        let Some(tables) = kernel.xtables.get_mut(&(*family, false)) else {
+            continue;
+        };
+        for t in tables
+            .iter_mut()
+            .filter(|t| names.contains(&t.name.as_str()))
+        {
+            let before = t.chains.len();
+            t.chains.retain(|c| !c.name.starts_with(prefix));
+            done.chains += before - t.chains.len();
+            for c in &mut t.chains {
+                let n = c.rules.len();
+                c.rules.retain(|r| {
+                    !r.split_whitespace()
+                        .skip_while(|w| *w != "-j")
+                        .nth(1)
+                        .is_some_and(|target| target.starts_with(prefix))
+                });
+                done.jumps += n - c.rules.len();
+            }
+        }
+        for c in created.iter().filter(|c| c.family == *family) {
+            let Some(t) = tables.iter_mut().find(|t| t.name == c.table) else {
+                continue;
+            };
+            t.chains.retain(|ch| {
+                let gone = c.chains.contains(&ch.name) && ch.rules.is_empty();
+                if gone {
+                    done.created
+                        .push(format!("chain {} of {}", ch.name, c.table));
+                } else if c.chains.contains(&ch.name) {
+                    done.kept.push(format!("chain {} holds rules", ch.name));
+                }
+                !gone
+            });
+            if c.whole_table {
+                if t.chains.is_empty() {
+                    done.created.push(format!("table {}", c.table));
+                } else {
+                    done.kept.push(format!("table {} holds chains", c.table));
+                }
+            }
+        }
+        tables.retain(|t| {
+            !(t.chains.is_empty()
+                && created
+                    .iter()
+                    .any(|c| c.family == *family && c.table == t.name && c.whole_table))
+        });
+    }
+    done
+}
+
 impl Sys for Fake {
     fn enter(&self, ns: &PodNetns, f: &mut dyn FnMut()) -> Result<(), DataplaneError> {
         self.call(format!("enter {}", ns.path().display()))
@@ -380,6 +443,31 @@ impl Sys for Fake {
             }
         }
         Ok(removed)
+    }
+
+    /// As the kernel does it: all or nothing, the jumps to `prefix` chains and those chains,
+    /// then what `created` lists once nothing but those was in it; a transaction with nothing
+    /// in it is not sent, so not logged.
+    fn xtables_remove_prefixed(
+        &self,
+        families: &[Family],
+        names: &[&str],
+        prefix: &str,
+        created: &[Created<'_>],
+    ) -> Result<PrefixRemoval, NftError> {
+        let mut kernel = self.state().kernel.clone();
+        let done = remove_prefixed(&mut kernel, families, names, prefix, created);
+        if kernel == self.state().kernel {
+            return Ok(done);
+        }
+        let fams: Vec<&str> = families.iter().map(|f| family_name(*f)).collect();
+        self.call(format!(
+            "xtables remove-prefixed {} {prefix}",
+            fams.join(",")
+        ))
+        .map_err(|_| nft_error())?;
+        self.state().kernel = kernel;
+        Ok(done)
     }
 
     fn nft_replace(&self, rulesets: &[Ruleset]) -> Result<(), NftError> {

@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 
 use meshcap_model::render::iptables::{drift, transition, Installed};
 use meshcap_model::rules::{Family, Ruleset, Table, CHAIN_PREFIX};
-use meshcap_nft::xtables::TableShape;
+use meshcap_nft::xtables::{Created, TableShape};
 
 use crate::exec::describe_search;
-use crate::sys::{Invocation, Started, Sys};
+use crate::sys::{Invocation, Spawned, Started, Sys};
 use crate::DataplaneError;
 
 /// Which xtables implementation a namespace's rules live in.
@@ -83,6 +83,21 @@ fn xtables_shapes(
 ) -> Result<Vec<TableShape>, DataplaneError> {
     let names = XTABLES_TABLES.map(Table::name);
     sys.xtables_shapes(family, &names)
+        .map_err(|source| DataplaneError::Nftables {
+            op: "list the xtables tables",
+            netns: netns.to_owned(),
+            source: Box::new(source),
+        })
+}
+
+fn xtables_shapes_of(
+    sys: &dyn Sys,
+    netns: &Path,
+    families: &[Family],
+    rule_counts: bool,
+) -> Result<Vec<(Family, Vec<TableShape>)>, DataplaneError> {
+    let names = XTABLES_TABLES.map(Table::name);
+    sys.xtables_shapes_of(families, &names, rule_counts)
         .map_err(|source| DataplaneError::Nftables {
             op: "list the xtables tables",
             netns: netns.to_owned(),
@@ -436,6 +451,18 @@ impl Xtables<'_> {
         })
     }
 
+    /// A restore of `tools` whose input comes later ([`Spawned::feed`]).
+    fn spawn_restore(&self, tools: &Tools) -> Result<Spawned, DataplaneError> {
+        tracing::debug!(family = %tools.family, flavour = %tools.flavour, "iptables-restore");
+        self.sys.spawn(&Invocation {
+            program: &tools.restore,
+            args: &["--noflush", "--wait"],
+            env: &self.env(tools),
+            stdin: None,
+            netns: self.netns,
+        })
+    }
+
     pub fn restore(&self, tools: &Tools, input: &str) -> Result<(), DataplaneError> {
         self.start_restore(tools, input)?.finish().map(drop)
     }
@@ -453,18 +480,20 @@ impl Xtables<'_> {
         }
     }
 
-    /// Each of `tools` with its family's xtables tables (one netlink dump each).
+    /// Each of `tools` with its family's xtables tables (one netlink socket for all).
     fn read_families(
         &self,
-        tools: impl IntoIterator<Item = Tools>,
+        tools: Vec<Tools>,
     ) -> Result<Vec<(Tools, Vec<TableShape>)>, DataplaneError> {
-        tools
+        let families: Vec<Family> = tools.iter().map(|t| t.family).collect();
+        let mut shapes = xtables_shapes_of(self.sys, self.netns, &families, true)?;
+        Ok(tools
             .into_iter()
             .map(|t| {
-                let shapes = xtables_shapes(self.sys, self.netns, t.family)?;
-                Ok((t, shapes))
+                let at = shapes.iter().position(|(f, _)| *f == t.family);
+                (t, at.map(|i| shapes.swap_remove(i).1).unwrap_or_default())
             })
-            .collect()
+            .collect())
     }
 
     /// Runs the restore that moves each `(tools, from, to)` from `from` to `to`. Returns the
@@ -474,36 +503,63 @@ impl Xtables<'_> {
     ///
     /// `side_by_side`: all restores at once. Each restore that deletes something waits on the
     /// kernel by itself (an RCU grace period when its netlink socket closes), so side by side
-    /// those waits overlap. Restores that create tables run one after another instead, in
-    /// family order, so the kernel creates (and `nft list ruleset` lists) every pod's tables in
-    /// the same order.
+    /// those waits overlap. Otherwise the restores commit one after another, in family order,
+    /// so the kernel creates (and `nft list ruleset` lists) every pod's tables in the same
+    /// order; with the nft flavour every restore is started at once ([`Sys::spawn`]: its exec
+    /// and dynamic loading, most of a restore's cost, overlap the previous family's restore)
+    /// and given its input only when the previous one has exited. After a failure the
+    /// restores not yet fed get no input and change nothing.
     fn write_all(
         &self,
         plans: Vec<(Tools, Installed, Installed)>,
         side_by_side: bool,
     ) -> (Vec<(Tools, Installed)>, Option<DataplaneError>) {
+        let plans: Vec<(Tools, Installed, String)> = plans
+            .into_iter()
+            .filter_map(|(tools, from, to)| {
+                transition(&from, &to).map(|input| (tools, from, input))
+            })
+            .collect();
         let mut changed = Vec::new();
         let mut failure = None;
-        let mut running = Vec::new();
-        for (tools, from, to) in plans {
-            let Some(input) = transition(&from, &to) else {
-                continue;
-            };
-            running.push((self.start_restore(&tools, &input), tools, from));
-            if !side_by_side {
-                let (started, tools, from) = running.pop().expect("just pushed");
-                let result = started.and_then(Started::finish);
-                changed.push((tools, from));
-                if let Err(e) = result {
-                    return (changed, Some(e));
+        if side_by_side {
+            let running: Vec<_> = plans
+                .into_iter()
+                .map(|(tools, from, input)| (self.start_restore(&tools, &input), tools, from))
+                .collect();
+            for (started, tools, previous) in running {
+                if let Err(e) = started.and_then(Started::finish) {
+                    failure.get_or_insert(e);
                 }
+                changed.push((tools, previous));
             }
+            return (changed, failure);
         }
-        for (started, tools, previous) in running {
-            if let Err(e) = started.and_then(Started::finish) {
-                failure.get_or_insert(e);
+        let early = plans
+            .iter()
+            .all(|(tools, _, _)| tools.flavour == Flavour::Nft);
+        let mut spawned: Vec<Option<Result<Spawned, DataplaneError>>> = plans
+            .iter()
+            .map(|(tools, _, _)| early.then(|| self.spawn_restore(tools)))
+            .collect();
+        for ((tools, from, input), child) in plans.into_iter().zip(spawned.iter_mut()) {
+            let child = child.take();
+            if failure.is_some() {
+                if let Some(Ok(unfed)) = child {
+                    unfed.abandon();
+                }
+                continue;
             }
-            changed.push((tools, previous));
+            let result = match child {
+                Some(spawned) => spawned
+                    .and_then(|s| s.feed(self.sys, &input))
+                    .and_then(Started::finish),
+                None => self.start_restore(&tools, &input).and_then(Started::finish),
+            };
+            changed.push((tools, from));
+            if let Err(e) = result {
+                failure = Some(e);
+            }
         }
         (changed, failure)
     }
@@ -550,11 +606,15 @@ impl Xtables<'_> {
         let mut created = earlier.clone();
         let outcome = match failure {
             Some(e) => Err(e),
-            None => before.iter().try_for_each(|(family, before)| {
-                let after = xtables_shapes(self.sys, self.netns, *family)?;
-                merge_created(&mut created, created_between(*family, before, &after));
-                Ok(())
-            }),
+            // Which base chains exist now: chain names are enough.
+            None => {
+                let families: Vec<Family> = before.iter().map(|(f, _)| *f).collect();
+                xtables_shapes_of(self.sys, self.netns, &families, false).map(|after| {
+                    for ((family, before), (_, after)) in before.iter().zip(&after) {
+                        merge_created(&mut created, created_between(*family, before, after));
+                    }
+                })
+            }
         };
         let Err(original) = outcome else {
             return Ok(created);
@@ -597,37 +657,48 @@ impl Xtables<'_> {
         Ok(())
     }
 
-    /// Removes meshcap's chains from every installed flavour of both families (a namespace
-    /// may have changed flavour since the ADD), read and written side by side as in
-    /// [`Xtables::apply`], then those of `created` (what the applies brought into being) that
-    /// hold nothing any more. When removing the chains fails, those already emptied get their
-    /// chains back, so that a retried DEL finds the namespace as it was.
+    /// Removes meshcap's chains from both families, and then those of `created` (what the
+    /// applies brought into being) that hold nothing any more.
+    ///
+    /// The nf_tables side (`iptables-nft`, where meshcap's chains live unless the pod already
+    /// used legacy xtables) is one netlink transaction over both families, with no process:
+    /// the kernel makes every process that closes a netlink socket after deleting nf_tables
+    /// objects wait for an RCU grace period, so a restore per family and a removal per created
+    /// table each waited for one, one after another (their closes also serialise on the
+    /// namespace's nf_tables mutex); one transaction waits once. Legacy tables, where the
+    /// kernel lists any, go through the flavour's programs first, read and written side by
+    /// side; if the nf_tables transaction then fails, they get their chains back, so that a
+    /// retried DEL finds the namespace as it was.
     pub fn remove(&self, created: &[CreatedTable]) -> Result<(), DataplaneError> {
-        let tools: Vec<Tools> = Family::ALL
+        let legacy: Vec<(Tools, Vec<TableShape>)> = Family::ALL
             .into_iter()
+            .filter(|family| self.sys.legacy_tables_present(*family))
             .flat_map(|family| self.available(family))
+            .filter(|tools| tools.flavour != Flavour::Nft)
+            .map(|tools| (tools, Vec::new()))
             .collect();
-        let read = self.read_families(tools)?;
-        let current = self.installed_all(&read)?;
-        let plans = read
+        let current = self.installed_all(&legacy)?;
+        let plans = legacy
             .into_iter()
             .zip(current)
             .map(|((tools, _), current)| (tools, current, empty()))
             .collect();
         // DEL must not leave half the rules behind either.
-        if let (changed, Some(original)) = self.write_all(plans, true) {
-            return Err(match self.roll_back(&changed) {
-                Ok(()) => original,
-                Err(rollback) => DataplaneError::RollbackFailed {
-                    original: Box::new(original),
-                    rollback: Box::new(rollback),
-                },
-            });
-        }
+        let (changed, failure) = self.write_all(plans, true);
         // What an apply cut short may have created goes too, then its journal.
         let mut all = created.to_vec();
         merge_created(&mut all, Journal::read(&self.journal));
-        remove_created(self.sys, self.netns, &all)?;
+        let outcome = match failure {
+            Some(e) => Err(e),
+            None => remove_nft(self.sys, self.netns, &all),
+        };
+        outcome.map_err(|original| match self.roll_back(&changed) {
+            Ok(()) => original,
+            Err(rollback) => DataplaneError::RollbackFailed {
+                original: Box::new(original),
+                rollback: Box::new(rollback),
+            },
+        })?;
         Journal::drop(&self.journal);
         Ok(())
     }
@@ -651,6 +722,32 @@ impl Xtables<'_> {
         }
         Ok(details)
     }
+}
+
+/// meshcap's chains and the jumps to them in the nf_tables xtables tables of both families,
+/// and what `created` lists once nothing else is left in it, in one transaction.
+fn remove_nft(sys: &dyn Sys, netns: &Path, created: &[CreatedTable]) -> Result<(), DataplaneError> {
+    let created: Vec<Created<'_>> = created
+        .iter()
+        .map(|c| Created {
+            family: c.family,
+            table: &c.table,
+            chains: &c.chains,
+            whole_table: c.whole_table,
+        })
+        .collect();
+    let names = XTABLES_TABLES.map(Table::name);
+    let done = sys
+        .xtables_remove_prefixed(&Family::ALL, &names, CHAIN_PREFIX, &created)
+        .map_err(|source| DataplaneError::Nftables {
+            op: "remove meshcap's xtables chains",
+            netns: netns.to_owned(),
+            source: Box::new(source),
+        })?;
+    if !done.kept.is_empty() {
+        tracing::info!(kept = ?done.kept, "left in place: in use by another component");
+    }
+    Ok(())
 }
 
 /// Deletes what `created` lists once nothing is left in it (another component's rule keeps a

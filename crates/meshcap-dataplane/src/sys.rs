@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use meshcap_model::rules::{Family, Ruleset};
-use meshcap_nft::xtables::{Removed, TableShape};
+use meshcap_nft::xtables::{Created, PrefixRemoval, Removed, TableShape};
 use meshcap_nft::{InstalledTable, NftError};
 
 use crate::exec;
@@ -55,6 +55,65 @@ impl Started {
     }
 }
 
+/// A program [`Sys::spawn`] started with its stdin still open; [`Spawned::feed`] gives it its
+/// input. On a [`Host`] the process runs from the spawn on (its exec and dynamic loading
+/// overlap whatever the caller waits for meanwhile); elsewhere it starts when fed.
+pub struct Spawned(SpawnedInner);
+
+enum SpawnedInner {
+    Child(exec::Running),
+    Later {
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(&'static str, OsString)>,
+        netns: PathBuf,
+    },
+}
+
+impl Spawned {
+    /// A program to start only when fed (what [`Sys::spawn`] does unless overridden).
+    pub fn later(run: &Invocation<'_>) -> Spawned {
+        Spawned(SpawnedInner::Later {
+            program: run.program.to_owned(),
+            args: run.args.iter().map(|a| a.to_string()).collect(),
+            env: run.env.to_vec(),
+            netns: run.netns.to_owned(),
+        })
+    }
+
+    /// Writes `input` to the program's stdin and closes it.
+    pub fn feed(self, sys: &dyn Sys, input: &str) -> Result<Started, DataplaneError> {
+        match self.0 {
+            SpawnedInner::Child(mut running) => {
+                running.feed(input)?;
+                Ok(Started(StartedInner::Child(running)))
+            }
+            SpawnedInner::Later {
+                program,
+                args,
+                env,
+                netns,
+            } => {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                sys.start(&Invocation {
+                    program: &program,
+                    args: &args,
+                    env: &env,
+                    stdin: Some(input),
+                    netns: &netns,
+                })
+            }
+        }
+    }
+
+    /// Never to be fed: closes its stdin (a restore then has nothing to do) and waits.
+    pub fn abandon(self) {
+        if let SpawnedInner::Child(running) = self.0 {
+            let _ = running.finish();
+        }
+    }
+}
+
 /// The TPROXY routing items of one namespace (rtnetlink on a [`Host`]).
 pub trait Routes {
     fn exists(&mut self, item: Item) -> Result<bool, DataplaneError>;
@@ -79,8 +138,36 @@ pub trait Sys: fmt::Debug + Send + Sync {
     /// Starts a program and feeds it its stdin.
     fn start(&self, run: &Invocation<'_>) -> Result<Started, DataplaneError>;
 
+    /// Starts a program whose stdin [`Spawned::feed`] writes later (by default it starts only
+    /// then, through [`Sys::start`]).
+    fn spawn(&self, run: &Invocation<'_>) -> Result<Spawned, DataplaneError> {
+        Ok(Spawned::later(run))
+    }
+
     /// `meshcap_nft::xtables::shapes`: the nf_tables tables iptables-nft keeps.
     fn xtables_shapes(&self, family: Family, names: &[&str]) -> Result<Vec<TableShape>, NftError>;
+    /// `meshcap_nft::xtables::shapes_of`: [`Sys::xtables_shapes`] of several families at once
+    /// (by default one call each; without `rule_counts` the counts may be 0).
+    fn xtables_shapes_of(
+        &self,
+        families: &[Family],
+        names: &[&str],
+        rule_counts: bool,
+    ) -> Result<Vec<(Family, Vec<TableShape>)>, NftError> {
+        let _ = rule_counts;
+        families
+            .iter()
+            .map(|f| Ok((*f, self.xtables_shapes(*f, names)?)))
+            .collect()
+    }
+    /// `meshcap_nft::xtables::remove_prefixed`: one transaction over both families.
+    fn xtables_remove_prefixed(
+        &self,
+        families: &[Family],
+        names: &[&str],
+        prefix: &str,
+        created: &[Created<'_>],
+    ) -> Result<PrefixRemoval, NftError>;
     /// `meshcap_nft::xtables::remove_if_unused`.
     fn xtables_remove_if_unused(
         &self,
@@ -140,8 +227,32 @@ impl Sys for Host {
             .map(|r| Started(StartedInner::Child(r)))
     }
 
+    fn spawn(&self, run: &Invocation<'_>) -> Result<Spawned, DataplaneError> {
+        exec::spawn(run.program, run.args, run.env, true, run.netns)
+            .map(|r| Spawned(SpawnedInner::Child(r)))
+    }
+
     fn xtables_shapes(&self, family: Family, names: &[&str]) -> Result<Vec<TableShape>, NftError> {
         meshcap_nft::xtables::shapes(family, names)
+    }
+
+    fn xtables_shapes_of(
+        &self,
+        families: &[Family],
+        names: &[&str],
+        rule_counts: bool,
+    ) -> Result<Vec<(Family, Vec<TableShape>)>, NftError> {
+        meshcap_nft::xtables::shapes_of(families, names, rule_counts)
+    }
+
+    fn xtables_remove_prefixed(
+        &self,
+        families: &[Family],
+        names: &[&str],
+        prefix: &str,
+        created: &[Created<'_>],
+    ) -> Result<PrefixRemoval, NftError> {
+        meshcap_nft::xtables::remove_prefixed(families, names, prefix, created)
     }
 
     fn xtables_remove_if_unused(

@@ -12,6 +12,7 @@ use meshcap_model::{Annotations, RedirectModel};
 use meshcap_testkit::ScratchDir;
 
 use crate::fake::Fake;
+use crate::sys::Sys;
 use crate::{Backend, CreatedTable, Dataplane, DataplaneError, PodNetns};
 
 struct Setup {
@@ -278,11 +279,14 @@ fn del_without_the_created_list_leaves_the_empty_tables() {
     for family in Family::ALL {
         assert!(installed(&s.fake, family).is_empty());
     }
-    assert!(!s
-        .fake
-        .calls()
-        .iter()
-        .any(|c| c.starts_with("xtables remove")));
+    // The tables and built-in chains the restores created stay: nothing said they were new.
+    for family in Family::ALL {
+        let shapes = s.fake.xtables_shapes(family, &["nat"]).unwrap();
+        assert!(
+            shapes.iter().any(|t| t.chain("OUTPUT").is_some()),
+            "{family}: {shapes:?}"
+        );
+    }
 }
 
 #[test]
@@ -378,4 +382,50 @@ fn nftables_check_reports_a_different_table() {
         details.iter().any(|d| d.starts_with("nftables: ")),
         "{details:?}"
     );
+}
+
+#[test]
+fn iptables_del_is_one_transaction_without_a_program() {
+    let s = setup("dp-del-one");
+    let before = s.fake.kernel();
+    let created = s
+        .dataplane
+        .apply(&s.ns, Backend::Iptables, &tproxy())
+        .unwrap();
+    s.fake.clear_calls();
+    s.dataplane
+        .remove(&s.ns, Backend::Iptables, &created)
+        .unwrap();
+    let calls = s.fake.calls();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("xtables") || c.starts_with("run "))
+            .collect::<Vec<_>>(),
+        ["xtables remove-prefixed ip,ip6 MESHCAP_"],
+        "{calls:?}"
+    );
+    assert_eq!(s.fake.kernel(), before);
+}
+
+#[test]
+fn a_refused_iptables_del_removes_nothing() {
+    let s = setup("dp-del-refused");
+    let created = s
+        .dataplane
+        .apply(&s.ns, Backend::Iptables, &tproxy())
+        .unwrap();
+    let added = s.fake.kernel();
+    s.fake.fail_next("xtables remove-prefixed");
+    let err = s
+        .dataplane
+        .remove(&s.ns, Backend::Iptables, &created)
+        .unwrap_err();
+    assert!(matches!(err, DataplaneError::Nftables { .. }), "{err}");
+    // The rules' transaction comes before the routes: a refusal leaves everything.
+    assert_eq!(s.fake.kernel(), added, "nothing removed");
+    s.dataplane
+        .remove(&s.ns, Backend::Iptables, &created)
+        .unwrap();
+    assert_ne!(s.fake.kernel(), added, "the retried DEL removes");
 }
