@@ -10,7 +10,7 @@
 //! | iptables programs absent | a private mount namespace hides `/usr/sbin` | ADD 100, STATUS 50, names the program |
 //! | `ip6tables-restore` fails after v4 went in | failing `ip6tables-nft-restore` first in `PATH` | code 100, v4 rolled back |
 //! | `iptables-restore` dies after committing one table (ADD) | wrapper commits the first table, exits 1 | code 100, namespace as before |
-//! | the same during DEL | the same wrapper on DEL | code 100, all rules still there; the retried DEL cleans up |
+//! | nf_tables refuses the iptables-mode DEL (one transaction, no restore) | a `MESHCAP_` chain in an `ip raw` table owned by another socket (`NFT_TABLE_F_OWNER`): EPERM | code 100, all rules still there; the retried DEL cleans up |
 //! | nf_tables rejects the transaction | `ip meshcap` table owned by another socket (`NFT_TABLE_F_OWNER`): EPERM | ADD and DEL code 100 naming EPERM, routes undone |
 //! | `log_file` unwritable | a directory; a path below a regular file | ADD succeeds, stderr says why |
 //! | Kubernetes API never answers | a server that accepts and stays silent, `timeout_ms` 500 | code 11, nothing applied |
@@ -605,33 +605,43 @@ fn dying_restore_wrapper(f: &Fixture, name: &str) -> (PathBuf, PathBuf) {
     (wrappers, marker)
 }
 
+/// iptables mode removes meshcap's xtables chains of both families in one nf_tables
+/// transaction (no restore): when the kernel refuses any part of it, nothing is removed. The
+/// refusal: another socket owns an `ip raw` table holding a `MESHCAP_` chain, which DEL must
+/// delete with the rest, so the kernel answers EPERM.
 #[test]
-fn iptables_restore_dying_during_del_keeps_rules_and_retry_cleans() {
-    const TEST: &str = "iptables_restore_dying_during_del_keeps_rules_and_retry_cleans";
+fn iptables_del_refused_by_nf_tables_keeps_rules_and_retry_cleans() {
+    const TEST: &str = "iptables_del_refused_by_nf_tables_keeps_rules_and_retry_cleans";
     privileged!(TEST);
-    let f = Fixture::new("middel", json!({"mode": "iptables"}), meshed(true)).expect("fixture");
+    let f = Fixture::new("middel", json!({"mode": "iptables"}), meshed(false)).expect("fixture");
     let before = snapshot(&f.pod.ns);
     expect_success(f.run_plain("ADD", &f.config()), "ADD");
     let added = snapshot(&f.pod.ns);
     assert!(added.netfilter.has_meshcap());
-    let (wrappers, marker) = dying_restore_wrapper(&f, "wrappers-del");
-    let out = f.run(
-        "DEL",
-        f.pod.ns.path(),
-        &f.config(),
-        &path_with(&wrappers),
-        &[],
-    );
+    let owner = OwnedTable::start(
+        &f.pod.ns,
+        "add table ip raw { flags owner; }\nadd chain ip raw MESHCAP_SQUATTER\n",
+        &["list", "table", "ip", "raw"],
+        "MESHCAP_SQUATTER",
+    )
+    .expect("owned table");
+    let squatted = snapshot(&f.pod.ns);
+    let out = f.run_plain("DEL", &f.config());
     expect_error(
         out,
         100,
-        &["remove", "iptables-nft-restore", "injected failure"],
-        "DEL with iptables-restore dying mid-restore",
+        &[
+            "remove meshcap's xtables chains",
+            "MESHCAP_SQUATTER of table ip raw",
+            "EPERM",
+        ],
+        "DEL refused by nf_tables",
     );
-    assert!(marker.exists(), "the wrapper never ran");
-    // DEL is all-or-nothing too: a retried DEL finds the full rules, not half of them.
-    assert_unchanged(&added, &snapshot(&f.pod.ns), "failed DEL");
+    // DEL is all-or-nothing: a retried DEL finds the full rules, not half of them.
+    assert_unchanged(&squatted, &snapshot(&f.pod.ns), "refused DEL");
     assert_eq!(f.records().len(), 1, "the record must stay for the retry");
+    drop(owner);
+    assert_unchanged(&added, &snapshot(&f.pod.ns), "after the owner left");
     expect_success(f.run_plain("DEL", &f.config()), "retried DEL");
     assert_unchanged(&before, &snapshot(&f.pod.ns), "after the retried DEL");
     f.assert_no_records("");
@@ -639,13 +649,24 @@ fn iptables_restore_dying_during_del_keeps_rules_and_retry_cleans() {
 
 // ---- nf_tables rejects the transaction ----
 
-/// An `nft -i` session that created `table ip meshcap { flags owner; }`: while it runs, the
-/// kernel refuses every other socket's change to that table with EPERM
-/// (`NFT_TABLE_F_OWNER`, Linux 5.12+, nf_tables_api.c `nft_table_lookup`).
+/// An `nft -i` session that created a table with `flags owner` (by default `table ip meshcap`
+/// with a chain `squatter`): while it runs, the kernel refuses every other socket's change to
+/// that table with EPERM (`NFT_TABLE_F_OWNER`, Linux 5.12+, nf_tables_api.c
+/// `nft_table_lookup`).
 struct OwnedTable(Child);
 
 impl OwnedTable {
-    fn start(ns: &Netns) -> Result<OwnedTable> {
+    fn start_meshcap(ns: &Netns) -> Result<OwnedTable> {
+        OwnedTable::start(
+            ns,
+            "add table ip meshcap { flags owner; }\nadd chain ip meshcap squatter\n",
+            &["list", "table", "ip", "meshcap"],
+            "squatter",
+        )
+    }
+
+    /// Runs `script` in `nft -i` and waits until `nft list_args` shows `marker`.
+    fn start(ns: &Netns, script: &str, list_args: &[&str], marker: &str) -> Result<OwnedTable> {
         let mut child = ns
             .command("nft")?
             .arg("-i")
@@ -655,16 +676,15 @@ impl OwnedTable {
             .spawn()
             .context("spawn nft -i")?;
         let mut stdin = child.stdin.take().context("nft stdin")?;
-        stdin
-            .write_all(b"add table ip meshcap { flags owner; }\nadd chain ip meshcap squatter\n")?;
+        stdin.write_all(script.as_bytes())?;
         stdin.flush()?;
         // Keep stdin open (nft -i exits at EOF, and the table goes with its owner).
         std::mem::forget(stdin);
         let held = OwnedTable(child);
         let start = Instant::now();
         loop {
-            if let Ok(out) = ns.exec("nft", &["list", "table", "ip", "meshcap"]) {
-                if out.contains("squatter") {
+            if let Ok(out) = ns.exec("nft", list_args) {
+                if out.contains(marker) {
                     return Ok(held);
                 }
             }
@@ -688,7 +708,7 @@ fn nftables_transaction_rejected_by_kernel_changes_nothing() {
     const TEST: &str = "nftables_transaction_rejected_by_kernel_changes_nothing";
     privileged!(TEST);
     let f = Fixture::new("nftrej", json!({"mode": "nftables"}), meshed(true)).expect("fixture");
-    let owner = OwnedTable::start(&f.pod.ns).expect("owned table");
+    let owner = OwnedTable::start_meshcap(&f.pod.ns).expect("owned table");
     let before = snapshot(&f.pod.ns);
     let out = f.run_plain("ADD", &f.config());
     expect_error(
