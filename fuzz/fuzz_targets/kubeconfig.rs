@@ -32,8 +32,12 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(path(), data).expect("write scratch kubeconfig");
     if let Ok(client) = Client::from_kubeconfig(path()) {
         let _ = client.server_url();
-        // Debug never shows the token.
+        // Debug never shows the token: at most that there is one.
         let shown = format!("{client:?}");
-        assert!(!shown.contains("token: Some(\""), "{shown}");
+        let token_shown = shown
+            .split("token: Some(\"")
+            .skip(1)
+            .any(|rest| !rest.starts_with("<redacted>\")"));
+        assert!(!token_shown, "{shown}");
     }
 });
