@@ -73,7 +73,8 @@ pub fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 pub fn privileged(name: &str) -> bool {
     match missing_prerequisite() {
         None => {
-            // Once per test process: which kernel features the suite found (issue 6).
+            // Once per test process: which kernel features the suite found, so a run on another
+            // kernel says what it could and could not exercise.
             static REPORT: std::sync::Once = std::sync::Once::new();
             REPORT.call_once(kernel_features::print_report);
             true

@@ -3,8 +3,8 @@
 //!
 //! Why a lean synchronous client and not `kube` + `hyper` + tokio: the plugin is a
 //! short-lived process that makes exactly one GET per ADD/CHECK, on the pod-startup hot path,
-//! with many copies running in parallel on a node (STYLE.md: no async runtime on the hot
-//! path). A blocking `TcpStream` with per-attempt timeouts derived from one deadline is
+//! with many copies running in parallel on a node (docs/DESIGN.md, "The plugin's hot path":
+//! no async runtime). A blocking `TcpStream` with per-attempt timeouts derived from one deadline is
 //! simple to bound, and `rustls` (ring provider) is the only TLS dependency. No public root
 //! store is compiled in: the API server is trusted only through the kubeconfig's CA, exactly
 //! as `kubectl` does. `ureq` was considered; its TLS feature drags in the public webpki root

@@ -1,4 +1,4 @@
-//! The eBPF fast path end to end (issue 4): a live app-to-sidecar connection of a pod ADDed with
+//! The eBPF fast path end to end: a live app-to-sidecar connection of a pod ADDed with
 //! `ebpf.enabled` goes through the sk_msg redirect; DEL leaves no map entry for the pod; an
 //! agent restart keeps established connections and pairs new ones; and with no agent, pods
 //! still start with rules and correct capture.
@@ -164,7 +164,7 @@ fn del_leaves_no_map_entries_even_with_a_connection_open() {
     assert!(pins.lookup(c).unwrap().is_none());
     // Not asserted: that the connection carries on afterwards. DEL means the pod is going
     // away, and on 6.18 a paired connection whose sockets leave the sockhash while the peer is
-    // blocked in read() stalls (reported to the lead).
+    // blocked in read() stalls, a kernel behaviour outside meshcap's control.
     drop(conn);
     pod.meshcap("DEL").expect("DEL again");
     assert_eq!(pins.entries_for(c).unwrap(), [0; 4]);
