@@ -6,6 +6,7 @@
 //! are assigned in one place, [`crate::boundary`].
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use meshcap_dataplane::{self as dataplane, Dataplane, DataplaneError, PodNetns};
@@ -353,19 +354,21 @@ fn decide_from_api(
 /// record for CHECK's families and the agent's repair), by [`mesh::resolve`], the step
 /// `meshcap render -f` and the agent share. The log says which settings came from a node
 /// default or the mesh's default rather than the pod (on the runtime path: every spec-derived
-/// one). An Istio pod's address families come from the prevResult
-/// ([`result::pod_families`]); CHECK then takes the ones the record says ADD installed.
+/// one). The pod's addresses come from the prevResult, read once; an Istio pod's address
+/// families follow from them ([`result::pod_families`]); CHECK then takes the ones the record
+/// says ADD installed.
 fn model_for(
     config: &Config,
     args: &CniArgs,
     capture: &Capture,
 ) -> Result<(RedirectModel, FrontEnd), CommandError> {
     let mesh_of_pod = capture.mesh.unwrap_or(Mesh::Istio);
+    let addresses = result::pod_addresses(config.prev_result.as_ref())?;
     let seen = mesh::Seen {
         pod: &capture.pod,
         spec_seen: capture.spec_seen,
         namespace: args.k8s_pod_namespace.as_deref(),
-        has_ipv6: prev_result_has_ipv6(config),
+        has_ipv6: addresses.iter().any(IpAddr::is_ipv6),
     };
     let node = mesh::NodeSettings {
         istio: &config.istio_defaults,
@@ -392,25 +395,9 @@ fn model_for(
     let mut model = resolved.model;
     if mesh_of_pod == Mesh::Istio {
         // Istio writes IPv6 rules only for a pod with an IPv6 address.
-        model.families = result::pod_families(config.prev_result.as_ref())?;
+        model.families = result::pod_families(&addresses);
     }
     Ok((model, resolved.front_end))
-}
-
-/// Whether the previous plugin gave the pod an IPv6 address (Kuma writes IPv6 rules only then).
-fn prev_result_has_ipv6(config: &Config) -> bool {
-    config
-        .prev_result
-        .as_ref()
-        .and_then(|r| r.get("ips"))
-        .and_then(Value::as_array)
-        .is_some_and(|ips| {
-            ips.iter().any(|ip| {
-                ip.get("address")
-                    .and_then(Value::as_str)
-                    .is_some_and(|a| a.contains(':'))
-            })
-        })
 }
 
 fn open_netns(path: &Path, mode: Mode) -> Result<PodNetns, CommandError> {

@@ -106,31 +106,42 @@ pub fn version_output(requested: CniVersion) -> Value {
     })
 }
 
-/// The address families the pod gets rules for, from the prevResult's `ips`: IPv4 always
+/// The pod's addresses, from the prevResult's `ips` (none when it lists none). Every front end
+/// that looks at the pod's addresses reads them from here.
+pub fn pod_addresses(prev: Option<&Map<String, Value>>) -> Result<Vec<IpAddr>, ResultError> {
+    let Some(Value::Array(ips)) = prev.and_then(|p| p.get("ips")) else {
+        return Ok(Vec::new());
+    };
+    ips.iter()
+        .enumerate()
+        .map(|(i, ip)| match ip {
+            Value::Object(ip) => ip_address(ip, i),
+            _ => Err(ResultError::Invalid {
+                field: format!("ips[{i}]"),
+                reason: "not an object".into(),
+            }),
+        })
+        .collect()
+}
+
+/// The address families an Istio pod gets rules for, from its [`pod_addresses`]: IPv4 always
 /// (istio-iptables writes its IPv4 rules for every pod), IPv6 when the pod has an IPv6 address
 /// that is not link-local (Istio's `getLocalIP` with `ISTIO_DUAL_STACK`; without it Istio
 /// looks only at the first address and leaves a dual-stack pod's IPv6 uncaptured, which
-/// meshcap does not copy). Without a prevResult or any `ips`, both: what the pod has is unknown,
-/// and capturing a family too many costs less than missing one.
-pub fn pod_families(prev: Option<&Map<String, Value>>) -> Result<Families, ResultError> {
-    let ips = match prev.and_then(|p| p.get("ips")) {
-        Some(Value::Array(ips)) if !ips.is_empty() => ips,
-        _ => return Ok(Families::BOTH),
-    };
-    let mut v6 = false;
-    for (i, ip) in ips.iter().enumerate() {
-        let Value::Object(ip) = ip else {
-            return Err(ResultError::Invalid {
-                field: format!("ips[{i}]"),
-                reason: "not an object".into(),
-            });
-        };
-        if let IpAddr::V6(a) = ip_address(ip, i)? {
-            let link_local = (a.segments()[0] & 0xffc0) == 0xfe80;
-            v6 |= a.to_ipv4_mapped().is_none() && !link_local;
-        }
+/// meshcap does not copy). Without any address, both: what the pod has is unknown, and
+/// capturing a family too many costs less than missing one.
+pub fn pod_families(addresses: &[IpAddr]) -> Families {
+    if addresses.is_empty() {
+        return Families::BOTH;
     }
-    Ok(Families { v4: true, v6 })
+    let v6 = addresses.iter().any(|a| match a {
+        IpAddr::V6(a) => {
+            let link_local = (a.segments()[0] & 0xffc0) == 0xfe80;
+            a.to_ipv4_mapped().is_none() && !link_local
+        }
+        IpAddr::V4(_) => false,
+    });
+    Families { v4: true, v6 }
 }
 
 /// "4" or "6" from `address` (CIDR). An IPv4-mapped IPv6 address counts as 4, as Go's
@@ -165,7 +176,7 @@ mod tests {
 
     fn families_of(ips: Value) -> Families {
         let prev = json!({"cniVersion": "1.0.0", "ips": ips});
-        pod_families(prev.as_object()).unwrap()
+        pod_families(&pod_addresses(prev.as_object()).unwrap())
     }
 
     #[test]
@@ -189,9 +200,9 @@ mod tests {
         );
         assert_eq!(families_of(json!([{"address": "::ffff:10.1.0.5/112"}])), v4);
         assert_eq!(families_of(json!([])), Families::BOTH);
-        assert_eq!(pod_families(None).unwrap(), Families::BOTH);
+        assert_eq!(pod_families(&pod_addresses(None).unwrap()), Families::BOTH);
         let bad = json!({"ips": [{"address": "nope"}]});
-        assert!(pod_families(bad.as_object()).is_err());
+        assert!(pod_addresses(bad.as_object()).is_err());
     }
 
     /// The spec's bridge example result in the 0.x format (0.3.0, 0.3.1 and 0.4.0 are the same).
