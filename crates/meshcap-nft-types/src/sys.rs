@@ -18,6 +18,8 @@ pub const NLM_F_ACK: u16 = 0x4;
 pub const NLM_F_DUMP_INTR: u16 = 0x10;
 /// `NLM_F_ROOT | NLM_F_MATCH`.
 pub const NLM_F_DUMP: u16 = 0x300;
+/// With NEWRULE and a handle: replace that rule.
+pub const NLM_F_REPLACE: u16 = 0x100;
 pub const NLM_F_CREATE: u16 = 0x400;
 /// With NEWTABLE: fail with EEXIST instead of reusing an existing table.
 pub const NLM_F_EXCL: u16 = 0x200;

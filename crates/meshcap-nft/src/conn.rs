@@ -2,6 +2,8 @@
 //! single requests. A socket is opened per operation, in the network namespace of the calling
 //! thread at that moment (netlink sockets are bound to the namespace they are created in).
 
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use netlink_sys::{Socket, SocketAddr};
@@ -21,9 +23,13 @@ const RECV_BUF: usize = 64 * 1024;
 
 pub struct Conn {
     op: &'static str,
-    sock: Socket,
+    /// `None` only while `drop` hands the socket over.
+    sock: Option<Socket>,
     seq: u32,
 }
+
+/// Set once this process has committed a batch that deletes anything; see [`Conn`]'s `Drop`.
+static DELETION_COMMITTED: AtomicBool = AtomicBool::new(false);
 
 /// The messages of a dump (payloads after `nlmsghdr`), and whether the kernel flagged the dump
 /// as interrupted by a concurrent change (NLM_F_DUMP_INTR).
@@ -52,9 +58,15 @@ impl Conn {
         sock.get_address(&mut addr).map_err(io)?;
         Ok(Conn {
             op,
-            sock,
+            sock: Some(sock),
             seq: addr.port_number(),
         })
+    }
+
+    fn sock(&self) -> &Socket {
+        self.sock
+            .as_ref()
+            .expect("the socket is only taken in drop")
     }
 
     pub fn next_seq(&mut self) -> u32 {
@@ -70,10 +82,13 @@ impl Conn {
     }
 
     fn send(&self, buf: &[u8]) -> Result<(), NftError> {
-        let sent = self.sock.send(buf, 0).map_err(|source| NftError::Socket {
-            op: self.op,
-            source,
-        })?;
+        let sent = self
+            .sock()
+            .send(buf, 0)
+            .map_err(|source| NftError::Socket {
+                op: self.op,
+                source,
+            })?;
         if sent != buf.len() {
             return Err(NftError::Malformed {
                 op: self.op,
@@ -87,7 +102,7 @@ impl Conn {
     fn recv(&self) -> Result<Vec<u8>, NftError> {
         let mut buf = Vec::with_capacity(RECV_BUF);
         let n =
-            self.sock.recv(&mut buf, nix::libc::MSG_TRUNC).map_err(
+            self.sock().recv(&mut buf, nix::libc::MSG_TRUNC).map_err(
                 |source| match Errno::from_raw(source.raw_os_error().unwrap_or(0)) {
                     Errno::EAGAIN => NftError::Timeout {
                         op: self.op,
@@ -120,6 +135,7 @@ impl Conn {
         let Some(last) = info.last_seq() else {
             return Ok(BatchOutcome::Committed);
         };
+        let deletes = batch_deletes(bytes);
         self.send(bytes)?;
         let mut first_error: Option<(u32, Errno)> = None;
         loop {
@@ -139,7 +155,12 @@ impl Conn {
                 // the answer for the last message comes after every other one.
                 if m.seq == last || (m.seq == info.begin_seq && code != 0) {
                     return Ok(match first_error {
-                        None => BatchOutcome::Committed,
+                        None => {
+                            if deletes {
+                                DELETION_COMMITTED.store(true, Ordering::Relaxed);
+                            }
+                            BatchOutcome::Committed
+                        }
                         Some((seq, errno)) => BatchOutcome::Rejected(seq, errno),
                     });
                 }
@@ -237,5 +258,94 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+/// Whether a batch holds a message that removes or replaces something: those leave work for
+/// the kernel's destroy worker, which frees the old objects after an RCU grace period.
+fn batch_deletes(bytes: &[u8]) -> bool {
+    const DELETIONS: &[u16] = &[
+        2,  // NFT_MSG_DELTABLE
+        5,  // NFT_MSG_DELCHAIN
+        8,  // NFT_MSG_DELRULE
+        11, // NFT_MSG_DELSET
+        14, // NFT_MSG_DELSETELEM
+        20, // NFT_MSG_DELOBJ
+        24, // NFT_MSG_DELFLOWTABLE
+        26, 27, 28, 29, 30, 31, 32, // NFT_MSG_DESTROY*
+    ];
+    parse_messages(bytes).is_none_or(|msgs| {
+        msgs.iter().any(|m| {
+            m.msg_type >> 8 == NFNL_SUBSYS_NFTABLES
+                && (DELETIONS.contains(&(m.msg_type & 0xff)) || m.flags & NLM_F_REPLACE != 0)
+        })
+    })
+}
+
+/// Closing a `NETLINK_NETFILTER` socket makes the closing task wait for the namespace's
+/// nf_tables destroy work (`nft_rcv_nl_event` flushes it on every release), and that work
+/// sleeps for an RCU grace period before it frees what a commit deleted: 10-15 ms of pure
+/// waiting per DEL, though the deleted rules left the packet path when the commit returned.
+/// So once this process has committed a deletion, the last reference to each socket goes to
+/// an io_uring's registered-file table instead; the ring's teardown runs on a kernel worker,
+/// which then does that wait. The kernel still frees everything, one grace period later;
+/// a later nf_tables change in the same namespace waits on the commit mutex meanwhile, as it
+/// would have anyway. Where io_uring is unavailable (disabled by sysctl, old kernel) the
+/// socket closes here and the caller waits, as before.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let Some(sock) = self.sock.take() else {
+            return;
+        };
+        if !DELETION_COMMITTED.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(ring) = io_uring::IoUring::new(1) else {
+            return;
+        };
+        if ring.submitter().register_files(&[sock.as_raw_fd()]).is_ok() {
+            // Our descriptor goes first, so the ring's reference is the last one.
+            drop(sock);
+        }
+        drop(ring);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Attrs, Batch};
+
+    fn batch(msgs: &[(u16, u16)]) -> Vec<u8> {
+        let mut b = Batch::new(1);
+        for &(msg, flags) in msgs {
+            b.push(msg, flags, NFPROTO_IPV4, &Attrs::new(), String::new());
+        }
+        b.finish().0
+    }
+
+    #[test]
+    fn only_batches_that_remove_something_leave_destroy_work() {
+        const NEWTABLE: u16 = 0;
+        const NEWCHAIN: u16 = 3;
+        const NEWRULE: u16 = 6;
+        const DELTABLE: u16 = 2;
+        const DELRULE: u16 = 8;
+        const DESTROYTABLE: u16 = 26;
+        assert!(!batch_deletes(&batch(&[])));
+        assert!(!batch_deletes(&batch(&[
+            (NEWTABLE, NLM_F_CREATE),
+            (NEWCHAIN, NLM_F_CREATE),
+            (NEWRULE, NLM_F_CREATE | NLM_F_APPEND),
+        ])));
+        assert!(batch_deletes(&batch(&[(DELTABLE, 0)])));
+        assert!(batch_deletes(&batch(&[
+            (NEWTABLE, NLM_F_CREATE),
+            (DELRULE, 0)
+        ])));
+        assert!(batch_deletes(&batch(&[(DESTROYTABLE, 0)])));
+        assert!(batch_deletes(&batch(&[(NEWRULE, NLM_F_REPLACE)])));
+        // Bytes it cannot parse count as a deletion: deferring a close is always safe.
+        assert!(batch_deletes(&[1, 2, 3]));
     }
 }

@@ -12,6 +12,7 @@
 //! | `iptables-restore` dies after committing one table (ADD) | wrapper commits the first table, exits 1 | code 100, namespace as before |
 //! | nf_tables refuses the iptables-mode DEL (one transaction, no restore) | a `MESHCAP_` chain in an `ip raw` table owned by another socket (`NFT_TABLE_F_OWNER`): EPERM | code 100, all rules still there; the retried DEL cleans up |
 //! | nf_tables rejects the transaction | `ip meshcap` table owned by another socket (`NFT_TABLE_F_OWNER`): EPERM | ADD and DEL code 100 naming EPERM, routes undone |
+//! | io_uring disabled (`kernel.io_uring_disabled=2`) | the sysctl, for one ADD and DEL per mode | DEL closes its nf_tables socket itself and removes everything |
 //! | `log_file` unwritable | a directory; a path below a regular file | ADD succeeds, stderr says why |
 //! | Kubernetes API never answers | a server that accepts and stays silent, `timeout_ms` 500 | code 11, nothing applied |
 //! | eBPF agent absent | `ebpf.enabled`, `ebpf.pin_dir` with nothing pinned | ADD succeeds with rules alone, warning names the pins |
@@ -741,6 +742,64 @@ fn nftables_transaction_rejected_by_kernel_changes_nothing() {
     assert!(snapshot(&f.pod.ns).netfilter.has_meshcap());
     expect_success(f.run_plain("DEL", &f.config()), "DEL");
     assert!(!snapshot(&f.pod.ns).netfilter.has_meshcap());
+}
+
+// ---- io_uring unavailable ----
+
+/// `kernel.io_uring_disabled` set for the guard's life, restored on drop.
+struct IoUringDisabled(String);
+
+const IO_URING_DISABLED: &str = "/proc/sys/kernel/io_uring_disabled";
+
+impl IoUringDisabled {
+    fn set() -> Result<IoUringDisabled> {
+        let old = std::fs::read_to_string(IO_URING_DISABLED).context("read io_uring_disabled")?;
+        std::fs::write(IO_URING_DISABLED, "2").context("write io_uring_disabled")?;
+        Ok(IoUringDisabled(old.trim().to_string()))
+    }
+}
+
+impl Drop for IoUringDisabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(IO_URING_DISABLED, &self.0);
+    }
+}
+
+/// DEL hands its nf_tables socket to an io_uring so that the kernel's grace-period wait after
+/// a deletion runs on a kernel worker (crates/meshcap-nft/src/conn.rs). Without io_uring the
+/// socket closes in the plugin: DEL is slower, and still removes everything.
+#[test]
+fn del_without_io_uring_removes_everything() {
+    const TEST: &str = "del_without_io_uring_removes_everything";
+    privileged!(TEST);
+    if !Path::new(IO_URING_DISABLED).exists() {
+        // Before Linux 6.6 there is no switch; the plugin's fallback is the same code.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{TEST}: {IO_URING_DISABLED} is missing"
+        );
+        eprintln!("SKIP {TEST}: {IO_URING_DISABLED} is missing");
+        return;
+    }
+    for (name, conf) in modes() {
+        let f =
+            Fixture::new(&format!("nouring{}", &name[..3]), conf, meshed(true)).expect("fixture");
+        let before = snapshot(&f.pod.ns);
+        let disabled = IoUringDisabled::set().expect("disable io_uring");
+        expect_success(f.run_plain("ADD", &f.config()), &format!("{name} ADD"));
+        assert!(
+            snapshot(&f.pod.ns).netfilter.has_meshcap(),
+            "{name}: ADD installed nothing"
+        );
+        expect_success(f.run_plain("DEL", &f.config()), &format!("{name} DEL"));
+        drop(disabled);
+        assert_unchanged(
+            &before,
+            &snapshot(&f.pod.ns),
+            &format!("{name} DEL without io_uring"),
+        );
+        f.assert_no_records("");
+    }
 }
 
 // ---- log file ----
