@@ -125,19 +125,29 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  {:<10} {:>11} {:>11} {:>10} {:>9} {:>9} {:>9}  bursts wall",
-                "mode", "wall(med)", "cpu/cores", "wall/floor", "median", "p99", "p99/1x"
+                "  {:<10} {:>11} {:>11} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9}  bursts wall",
+                "mode",
+                "wall(med)",
+                "cpu/cores",
+                "wall/floor",
+                "harness/cor",
+                "w/floor+h",
+                "median",
+                "p99",
+                "p99/1x"
             );
             for pm in &p.modes {
                 let s = pm.ms.as_ref();
                 let walls: Vec<String> = pm.wall_ms.iter().map(|w| format!("{w:.1}")).collect();
                 let _ = writeln!(
                     out,
-                    "  {:<10} {:>11} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
+                    "  {:<10} {:>11} {:>11} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
                     pm.mode,
                     num(pm.wall_ms_median, 1),
                     num(pm.cpu_bound_ms_median, 1),
                     num(pm.wall_over_cpu_bound_median, 2),
+                    num(pm.harness_cpu_ms_median, 1),
+                    num(pm.wall_over_cpu_with_harness_median, 2),
                     num(s.map(|s| s.median), 2),
                     num(s.map(|s| s.p99), 2),
                     num(pm.p99_over_single_median, 2),

@@ -60,9 +60,17 @@ pub fn summarize_us(samples: &[Duration]) -> Summary {
 /// descendants (`RUSAGE_CHILDREN`). A difference around a sequential invocation is the CPU the
 /// whole process tree of that invocation used.
 pub fn children_cpu() -> Duration {
-    use nix::sys::resource::{getrusage, UsageWho};
+    cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+}
+
+/// CPU time (user + system) of this process so far, every thread.
+pub fn own_cpu() -> Duration {
+    cpu(nix::sys::resource::UsageWho::RUSAGE_SELF)
+}
+
+fn cpu(who: nix::sys::resource::UsageWho) -> Duration {
     use nix::sys::time::TimeValLike;
-    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(Duration::ZERO, |u| {
+    nix::sys::resource::getrusage(who).map_or(Duration::ZERO, |u| {
         let us = u.user_time().num_microseconds() + u.system_time().num_microseconds();
         Duration::from_micros(us.max(0) as u64)
     })

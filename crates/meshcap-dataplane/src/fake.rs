@@ -229,10 +229,12 @@ fn restore(tables: &mut Vec<XtTable>, input: &str) -> Result<(), String> {
             }
         } else if let Some(rest) = line.strip_prefix("-A ") {
             let chain = rest.split_whitespace().next().unwrap_or_default();
+            // The owner match takes an id range as `a:b` or `a-b`; the save prints `a-b`.
+            let saved = line.replace("-owner 0:4294967294 ", "-owner 0-4294967294 ");
             t.chain_mut(chain, true)
                 .ok_or(format!("no chain {chain}"))?
                 .rules
-                .push(line.to_owned());
+                .push(saved);
         } else if let Some(rest) = line.strip_prefix("-D ") {
             let chain = rest.split_whitespace().next().unwrap_or_default();
             let c = t

@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use meshcap_model::render::iptables::{drift, transition, Installed};
+use meshcap_model::render::iptables::{drift, restore_input, Installed};
 use meshcap_model::rules::{Family, Ruleset, Table, CHAIN_PREFIX};
 use meshcap_nft::xtables::{Created, TableShape};
 
@@ -474,7 +474,7 @@ impl Xtables<'_> {
         from: &Installed,
         to: &Installed,
     ) -> Result<bool, DataplaneError> {
-        match transition(from, to) {
+        match restore_input(from, to) {
             None => Ok(false),
             Some(input) => self.restore(tools, &input).map(|()| true),
         }
@@ -517,7 +517,7 @@ impl Xtables<'_> {
         let plans: Vec<(Tools, Installed, String)> = plans
             .into_iter()
             .filter_map(|(tools, from, to)| {
-                transition(&from, &to).map(|input| (tools, from, input))
+                restore_input(&from, &to).map(|input| (tools, from, input))
             })
             .collect();
         let mut changed = Vec::new();

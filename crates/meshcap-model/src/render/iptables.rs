@@ -183,6 +183,21 @@ fn jump_target(line: &str) -> Option<&str> {
     None
 }
 
+/// [`transition`] as it is fed to iptables-restore: the same rules, with the owner range
+/// spelt `0:4294967294`. iptables' owner match first looks each `--uid-owner`/`--gid-owner`
+/// argument up as a user or group name (getpwnam/getgrnam) and only then parses it as ids;
+/// `0-4294967294` is a valid name to NSS modules such as systemd's, which then probe userdb
+/// directories and sockets (about 200 system calls per restore on a systemd host), while no
+/// name can hold `:`. The kernel gets the same range, and iptables-save prints it with `-`.
+pub fn restore_input(from: &Installed, to: &Installed) -> Option<String> {
+    transition(from, to).map(|text| {
+        text.replace(
+            &format!("-owner {ANY_ID} "),
+            &format!("-owner {ANY_ID_RESTORE} "),
+        )
+    })
+}
+
 /// `iptables-restore --noflush` input that moves a namespace's meshcap state from `from` to
 /// `to`, one transaction per table; `None` when they are already the same.
 ///
@@ -304,6 +319,8 @@ fn net(n: &IpNet) -> String {
 /// Every valid uid or gid (4294967295 is the kernel's "no id"): an owner range that holds
 /// exactly when the packet's socket has an owner.
 const ANY_ID: &str = "0-4294967294";
+/// [`ANY_ID`] as [`restore_input`] spells it.
+const ANY_ID_RESTORE: &str = "0:4294967294";
 
 fn bang(negate: bool) -> &'static str {
     if negate {
@@ -579,9 +596,21 @@ COMMIT
     }
 
     #[test]
+    fn restore_input_spells_the_owner_range_with_a_colon_and_changes_nothing_else() {
+        let want = Installed::from_ruleset(&default_v4());
+        let text = transition(&Installed::default(), &want).unwrap();
+        let input = restore_input(&Installed::default(), &want).unwrap();
+        assert!(text.contains("--uid-owner 0-4294967294 -m owner ! --uid-owner 1337"));
+        assert!(text.contains("--gid-owner 0-4294967294 -m owner ! --gid-owner 1337"));
+        assert!(!input.contains("0-4294967294"));
+        assert_eq!(input.replace("0:4294967294", "0-4294967294"), text);
+    }
+
+    #[test]
     fn transition_to_the_same_state_is_nothing() {
         let want = Installed::from_ruleset(&default_v4());
         assert_eq!(transition(&want, &want), None);
+        assert_eq!(restore_input(&want, &want), None);
         assert_eq!(
             transition(&Installed::default(), &Installed::default()),
             None
