@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use meshcap_model::render::iptables::{drift, restore_input, Installed};
 use meshcap_model::rules::{Family, Ruleset, Table, CHAIN_PREFIX};
+use meshcap_nft::replay::Template;
 use meshcap_nft::xtables::{Created, TableShape};
 
 use crate::exec::describe_search;
@@ -192,6 +193,8 @@ pub(crate) struct Xtables<'a> {
     pub xt_lock: PathBuf,
     /// The namespace's journal of what an apply may bring into being ([`Journal`]).
     pub journal: PathBuf,
+    /// Where verified [`Template`]s are kept, one file per family and restore input.
+    pub templates: PathBuf,
 }
 
 /// What an apply may bring into being (tables and built-in chains), written before its
@@ -602,7 +605,12 @@ impl Xtables<'_> {
                 tracing::warn!(error = %e, "cannot journal what this apply may create");
             }
         }
-        let (changed, failure) = self.write_all(plans, false);
+        let replayed = self.replay_templates(plans, &before);
+        let (mut changed, failure) = self.write_all(replayed.rest, false);
+        changed.splice(0..0, replayed.written);
+        if failure.is_none() {
+            self.keep_templates(&replayed.fresh, &changed);
+        }
         let mut created = earlier.clone();
         let outcome = match failure {
             Some(e) => Err(e),
@@ -646,6 +654,147 @@ impl Xtables<'_> {
                 rollback: Box::new(rollback),
             },
         })
+    }
+
+    /// Installs from stored [`Template`]s every plan that a template can write: an nft-flavour
+    /// family with no xtables table at all yet (a fresh pod), for which a template of this very
+    /// restore input was verified on this node. All of them in one transaction; when it fails
+    /// (a table appeared meanwhile, a template the kernel no longer takes), nothing was
+    /// written and their restores run instead.
+    fn replay_templates(
+        &self,
+        plans: Vec<(Tools, Installed, Installed)>,
+        before: &[(Family, Vec<TableShape>)],
+    ) -> Replayed {
+        let mut fresh = Vec::new();
+        for (tools, from, to) in &plans {
+            let untouched = before
+                .iter()
+                .any(|(f, shapes)| *f == tools.family && shapes.is_empty());
+            if tools.flavour != Flavour::Nft || !untouched || !from.is_empty() {
+                continue;
+            }
+            let Some(input) = restore_input(from, to) else {
+                continue;
+            };
+            let Some(key) = template_key(tools, &input) else {
+                continue;
+            };
+            fresh.push(FreshFamily {
+                family: tools.family,
+                tables: to.tables.keys().map(|t| t.name()).collect(),
+                rules: to
+                    .tables
+                    .values()
+                    .map(|t| t.jumps.len() + t.rules.values().map(Vec::len).sum::<usize>())
+                    .sum(),
+                chains: to
+                    .tables
+                    .values()
+                    .flat_map(|t| t.chains.iter().cloned())
+                    .collect(),
+                template: Template::decode(
+                    &std::fs::read(self.template_path(tools.family, &key)).unwrap_or_default(),
+                    &key,
+                ),
+                key,
+            });
+        }
+        let usable: Vec<&Template> = fresh.iter().filter_map(|f| f.template.as_ref()).collect();
+        if usable.is_empty() {
+            return Replayed {
+                written: Vec::new(),
+                rest: plans,
+                fresh,
+            };
+        }
+        if let Err(e) = self.sys.xtables_replay(&usable) {
+            tracing::debug!(error = %e, "xtables templates not taken; running the restores");
+            for f in &fresh {
+                if f.template.is_some() {
+                    let _ = std::fs::remove_file(self.template_path(f.family, &f.key));
+                }
+            }
+            return Replayed {
+                written: Vec::new(),
+                rest: plans,
+                fresh: Vec::new(),
+            };
+        }
+        tracing::debug!(
+            families = usable.len(),
+            "xtables rules written from templates"
+        );
+        let mut replayed = Vec::new();
+        let mut rest = Vec::new();
+        for (tools, from, to) in plans {
+            if fresh
+                .iter()
+                .any(|f| f.family == tools.family && f.template.is_some())
+            {
+                replayed.push((tools, from));
+            } else {
+                rest.push((tools, from, to));
+            }
+        }
+        Replayed {
+            written: replayed,
+            rest,
+            fresh,
+        }
+    }
+
+    /// After a successful apply: for each fresh family that ran its restore, reads back what
+    /// the restore wrote and keeps it as a template once it has passed its check (replayed
+    /// into a scratch namespace, it reads back as itself). Costs the first pod of each
+    /// ruleset a read-back and a scratch namespace; failures only mean no template.
+    fn keep_templates(&self, fresh: &[FreshFamily], changed: &[(Tools, Installed)]) {
+        for f in fresh.iter().filter(|f| f.template.is_none()) {
+            if !changed.iter().any(|(t, _)| t.family == f.family) {
+                continue;
+            }
+            let template = match self.sys.xtables_capture(f.family, &f.tables) {
+                Ok(Some(t))
+                    if t.rule_count() == f.rules
+                        && t.user_chains()
+                            .into_iter()
+                            .collect::<std::collections::BTreeSet<_>>()
+                            == f.chains =>
+                {
+                    t
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read back the restore's rules");
+                    continue;
+                }
+            };
+            match self.sys.xtables_template_holds(&template, &f.tables) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(family = %f.family, "xtables template does not read back as itself; not kept");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot check an xtables template");
+                    continue;
+                }
+            }
+            let path = self.template_path(f.family, &f.key);
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let written = std::fs::create_dir_all(&self.templates)
+                .and_then(|()| std::fs::write(&tmp, template.encode(&f.key)))
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::debug!(error = %e, path = %path.display(), "cannot keep an xtables template");
+            }
+        }
+    }
+
+    fn template_path(&self, family: Family, key: &str) -> PathBuf {
+        self.templates
+            .join(format!("{family}-{:016x}", fnv1a(key.as_bytes())))
     }
 
     /// Puts each family of `changed` back into its recorded state, newest first.
@@ -770,6 +919,58 @@ fn remove_created(
         }
     }
     Ok(())
+}
+
+/// What [`Xtables::replay_templates`] wrote, and what is left for restores.
+struct Replayed {
+    /// Families written from templates, with their state before (as `write_all` returns).
+    written: Vec<(Tools, Installed)>,
+    /// The plans left for restores.
+    rest: Vec<(Tools, Installed, Installed)>,
+    /// The fresh families, with the key their template has or would have.
+    fresh: Vec<FreshFamily>,
+}
+
+/// A family with no xtables table before the apply, and what a template for it is keyed by.
+struct FreshFamily {
+    family: Family,
+    /// The tables the rules go to (what a template of them holds).
+    tables: Vec<&'static str>,
+    /// How many rules, and which user chains, the restore writes there: a read-back that
+    /// holds anything else (another component wrote at the same moment) is no template.
+    rules: usize,
+    chains: std::collections::BTreeSet<String>,
+    key: String,
+    /// The stored template of `key`, verified when it was kept.
+    template: Option<Template>,
+}
+
+/// What a template stands for: the restore input it replaces, for this family, written by
+/// this `iptables-nft-restore` (path, size, mtime, inode) on this kernel. Any change to one of
+/// them is another key, so a template is never used for anything but the restore it was read
+/// back from. `None` when the program or the kernel release cannot be read.
+fn template_key(tools: &Tools, input: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let program = std::fs::metadata(&tools.restore).ok()?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    Some(format!(
+        "{}\n{} {} {} {} {}\n{}\n{input}",
+        tools.family,
+        tools.restore.display(),
+        program.size(),
+        program.mtime(),
+        program.mtime_nsec(),
+        program.ino(),
+        kernel.trim(),
+    ))
+}
+
+/// FNV-1a, 64 bits: a stable file name for a key (the file holds the key itself, compared on
+/// load, so a collision only costs a restore).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn empty() -> Installed {

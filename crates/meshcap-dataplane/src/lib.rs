@@ -125,6 +125,7 @@ impl Dataplane {
             netns: ns.path(),
             xt_lock: lock::xtables_lock_path(&self.run_dir, ns.id()),
             journal: journal_path(&self.run_dir, ns.id()),
+            templates: self.run_dir.join("templates"),
         }
     }
 

@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use meshcap_model::rules::{Family, Ruleset};
+use meshcap_nft::replay::Template;
 use meshcap_nft::xtables::{Created, PrefixRemoval, Removed, TableShape};
 use meshcap_nft::{InstalledTable, NftError};
 
@@ -177,6 +178,35 @@ pub trait Sys: fmt::Debug + Send + Sync {
         with_table: bool,
     ) -> Result<Removed, NftError>;
 
+    /// `meshcap_nft::replay::capture`: what a restore wrote into `tables`, as a template. By
+    /// default none, and every apply runs its restores.
+    fn xtables_capture(
+        &self,
+        family: Family,
+        tables: &[&str],
+    ) -> Result<Option<Template>, NftError> {
+        let _ = (family, tables);
+        Ok(None)
+    }
+    /// `meshcap_nft::replay::replay`: every template in one transaction.
+    fn xtables_replay(&self, templates: &[&Template]) -> Result<(), NftError> {
+        let _ = templates;
+        Err(NftError::Malformed {
+            op: "write xtables rules",
+            detail: "no templates on this system".into(),
+        })
+    }
+    /// Whether `template`, replayed into a scratch namespace of its own, reads back as
+    /// itself: the check a captured template passes once before it is stored.
+    fn xtables_template_holds(
+        &self,
+        template: &Template,
+        tables: &[&str],
+    ) -> Result<bool, NftError> {
+        let _ = (template, tables);
+        Ok(false)
+    }
+
     /// `meshcap_nft::replace`: one transaction for every family given.
     fn nft_replace(&self, rulesets: &[Ruleset]) -> Result<(), NftError>;
     /// `meshcap_nft::delete`.
@@ -263,6 +293,41 @@ impl Sys for Host {
         with_table: bool,
     ) -> Result<Removed, NftError> {
         meshcap_nft::xtables::remove_if_unused(family, table, chains, with_table)
+    }
+
+    fn xtables_capture(
+        &self,
+        family: Family,
+        tables: &[&str],
+    ) -> Result<Option<Template>, NftError> {
+        meshcap_nft::replay::capture(family, tables)
+    }
+
+    fn xtables_replay(&self, templates: &[&Template]) -> Result<(), NftError> {
+        meshcap_nft::replay::replay(templates)
+    }
+
+    fn xtables_template_holds(
+        &self,
+        template: &Template,
+        tables: &[&str],
+    ) -> Result<bool, NftError> {
+        // A thread of its own in a namespace of its own, gone when the thread ends.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    NftError::Socket {
+                        op: "scratch namespace for an xtables template",
+                        source: e.into(),
+                    }
+                })?;
+                meshcap_nft::replay::replay(&[template])?;
+                let back = meshcap_nft::replay::capture(template.family, tables)?;
+                Ok(back.as_ref() == Some(template))
+            })
+            .join()
+            .unwrap_or(Ok(false))
+        })
     }
 
     fn nft_replace(&self, rulesets: &[Ruleset]) -> Result<(), NftError> {

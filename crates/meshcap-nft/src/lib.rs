@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod conn;
+pub mod replay;
 pub mod wire;
 pub mod xtables;
 

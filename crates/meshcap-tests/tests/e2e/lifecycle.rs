@@ -187,3 +187,55 @@ fn status_and_gc_succeed() {
             .unwrap_or_else(|e| panic!("{m}: STATUS after GC: {e}"));
     }
 }
+
+/// iptables mode writes a fresh pod's rules from a template when this node has seen the same
+/// restore before (crates/meshcap-nft/src/replay.rs): the second pod of each kind gets exactly
+/// the first one's netfilter state, its capture works, and the plugin's debug log says where
+/// its rules came from.
+#[test]
+fn iptables_pods_of_a_known_ruleset_are_written_from_a_template() {
+    privileged!("iptables_pods_of_a_known_ruleset_are_written_from_a_template");
+    let node = Node::new("tmpl").expect("node");
+    let log = node.env.scratch.path().join("plugin.log");
+    let chain = node.chain(&serde_json::json!({
+        "mode": "iptables",
+        "log_level": "debug",
+        "log_file": log,
+    }));
+    for (name, ann, flow) in [
+        ("default", crate::meshed(&[]), "out-v4"),
+        (
+            "tproxy",
+            crate::meshed(&[(INTERCEPTION_MODE, "TPROXY")]),
+            "tproxy-in-v4",
+        ),
+    ] {
+        let first = node
+            .pod(&format!("{name}-a"), &chain, ann.clone())
+            .expect("first ADD");
+        let seen = std::fs::read_to_string(&log).unwrap_or_default().len();
+        let second = node
+            .pod(&format!("{name}-b"), &chain, ann)
+            .expect("second ADD");
+        let text = std::fs::read_to_string(&log).expect("plugin log");
+        assert!(
+            text[seen..].contains("xtables rules written from templates"),
+            "{name}: the second pod's rules did not come from a template:\n{}",
+            &text[seen..]
+        );
+        let (a, b) = (first.state().unwrap(), second.state().unwrap());
+        assert!(a.has_meshcap(), "{name}: nothing installed");
+        assert!(
+            a == b,
+            "{name}: template and restore differ:\n{}",
+            a.diff(&b)
+        );
+        let f = crate::flow(flow);
+        assert_eq!(
+            run_flow(&node, &second, &f, "tmpl").unwrap(),
+            f.expected(),
+            "{name}: {}",
+            f.name
+        );
+    }
+}
