@@ -213,8 +213,14 @@ impl Bench {
         let mut added: Vec<(PodShape, Mode, &PodNetns)> = Vec::new();
         let mut version = Vec::new();
         let mut nsenter = Vec::new();
-        let mut floor_errors: [Option<String>; 2] = [None, None];
+        let mut floor_errors: [Option<String>; 3] = [None, None, None];
         let any_ns = &pools[&PodShape::V4Only][0];
+        // iptables ADDs with no template of their restore: the first pod of a ruleset on a
+        // node (the plugin restores, reads back, checks and keeps the template).
+        let cold_pool = PodNetns::pool(runs, PodShape::V4Only)?;
+        let mut cold_ns = cold_pool.iter();
+        let mut cold = Vec::new();
+        let mut cold_cpu = Vec::new();
         for _ in 0..runs {
             for shape in PodShape::ALL {
                 for mode in Mode::ALL {
@@ -245,7 +251,20 @@ impl Bench {
                 Ok(d) => nsenter.push(d),
                 Err(e) => floor_errors[1] = Some(err_string(&e)),
             }
+            if self.usable(Mode::Iptables).is_ok() {
+                let ns = cold_ns.next().context("namespace pool exhausted")?;
+                let cpu_before = children_cpu();
+                let timed = forget_templates().and_then(|()| self.driver.add(Mode::Iptables, ns));
+                match timed {
+                    Ok(d) => {
+                        cold.push(d);
+                        cold_cpu.push(children_cpu().saturating_sub(cpu_before));
+                    }
+                    Err(e) => floor_errors[2] = Some(err_string(&e)),
+                }
+            }
         }
+        drop(cold_pool);
 
         eprintln!("add: DEL on the {} plugin attachments", added.len());
         let mut del_samples: BTreeMap<Key, Vec<Duration>> = BTreeMap::new();
@@ -336,7 +355,15 @@ impl Bench {
             samples_ms: Vec::new(),
             error: e.clone(),
         };
+        let mut first_of_ruleset = floor(
+            "iptables, 1st",
+            "iptables ADD, v4-only, no template yet (first pod of its ruleset)",
+            &cold,
+            &floor_errors[2],
+        );
+        first_of_ruleset.cpu_ms = (!cold_cpu.is_empty()).then(|| summarize_ms(&cold_cpu));
         let floors = vec![
+            first_of_ruleset,
             floor(
                 "plugin VERSION",
                 "meshcap-cni CNI_COMMAND=VERSION",
@@ -636,6 +663,27 @@ fn latency(
         }),
         error,
     }
+}
+
+/// Where `meshcap-cni` keeps its xtables templates (its run directory, `/run/meshcap`).
+const TEMPLATES_DIR: &str = "/run/meshcap/templates";
+
+/// Removes the plugin's IPv4 xtables templates (`ipv4-*`), so that the next v4-only iptables
+/// ADD restores and keeps a new one: what the first pod of a ruleset pays. The IPv6 ones stay,
+/// so the dual-stack ADDs around it keep theirs.
+fn forget_templates() -> Result<()> {
+    let entries = match std::fs::read_dir(TEMPLATES_DIR) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other.with_context(|| format!("list {TEMPLATES_DIR}"))?,
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("list {TEMPLATES_DIR}"))?;
+        if entry.file_name().to_string_lossy().starts_with("ipv4-") {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("remove {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// `nsenter --net=NETNS true`: one exec into the namespace, doing nothing.
