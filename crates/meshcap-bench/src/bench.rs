@@ -34,6 +34,8 @@ pub struct Settings {
     pub datapath_rounds: usize,
     /// Pods in the scale section.
     pub scale: usize,
+    /// Rounds of the scale section, each on a node of its own pods.
+    pub scale_rounds: usize,
     /// Sections to run: add (with del), parallel, datapath, scale.
     pub sections: Vec<String>,
 }
@@ -137,8 +139,12 @@ pub struct DatapathSection {
 pub struct ScaleSection {
     pub pods: usize,
     pub mode: String,
-    /// How many ADDs the first and last buckets hold.
+    /// Rounds, each filling a node with `pods` pods of its own; the buckets pool all rounds.
+    pub rounds: usize,
+    /// How many ADDs the first and last buckets hold per round.
     pub bucket: usize,
+    /// Each round's own p99 last / first.
+    pub p99_last_over_first_rounds: Vec<f64>,
     pub first_ms: Option<Summary>,
     pub last_ms: Option<Summary>,
     pub all_ms: Option<Summary>,
@@ -602,13 +608,15 @@ impl Bench {
 
     /// `scale` dual-stack pods ADDed one after another in nftables mode, all kept until the end.
     pub fn scale_section(&mut self) -> Result<ScaleSection> {
-        let pods = self.settings.scale;
+        let (pods, rounds) = (self.settings.scale, self.settings.scale_rounds);
         let mode = Mode::Nftables;
         let bucket = (pods / 2).clamp(1, 100);
         let mut section = ScaleSection {
             pods,
             mode: mode.name().to_owned(),
+            rounds,
             bucket,
+            p99_last_over_first_rounds: Vec::new(),
             first_ms: None,
             last_ms: None,
             all_ms: None,
@@ -619,30 +627,43 @@ impl Bench {
             section.error = Some(e);
             return Ok(section);
         }
-        eprintln!("scale: creating {pods} namespaces");
-        let pool = PodNetns::pool(pods, PodShape::DualStack)?;
-        eprintln!("scale: {pods} ADDs in {} mode", mode.name());
-        let mut lat = Vec::with_capacity(pods);
-        for ns in &pool {
-            match self.driver.add(mode, ns) {
-                Ok(d) => lat.push(d),
-                Err(e) => {
-                    section.error = Some(err_string(&e));
-                    self.mark_broken(mode, &e);
-                    break;
+        let (mut first, mut last, mut all) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            eprintln!("scale: round {round}, creating {pods} namespaces");
+            let pool = PodNetns::pool(pods, PodShape::DualStack)?;
+            eprintln!("scale: round {round}, {pods} ADDs in {} mode", mode.name());
+            let mut lat = Vec::with_capacity(pods);
+            for ns in &pool {
+                match self.driver.add(mode, ns) {
+                    Ok(d) => lat.push(d),
+                    Err(e) => {
+                        section.error = Some(err_string(&e));
+                        self.mark_broken(mode, &e);
+                        break;
+                    }
                 }
             }
+            drop(pool);
+            netns::settle();
+            if lat.len() != pods || pods == 0 {
+                return Ok(section);
+            }
+            section.p99_last_over_first_rounds.push(
+                ratio(
+                    Some(summarize_ms(&lat[pods - bucket..]).p99),
+                    Some(summarize_ms(&lat[..bucket]).p99),
+                )
+                .unwrap_or(f64::NAN),
+            );
+            first.extend_from_slice(&lat[..bucket]);
+            last.extend_from_slice(&lat[pods - bucket..]);
+            all.extend(lat);
         }
-        drop(pool);
-        netns::settle();
-        if lat.len() == pods && pods > 0 {
-            let first = summarize_ms(&lat[..bucket]);
-            let last = summarize_ms(&lat[pods - bucket..]);
-            section.p99_last_over_first = ratio(Some(last.p99), Some(first.p99));
-            section.first_ms = Some(first);
-            section.last_ms = Some(last);
-            section.all_ms = Some(summarize_ms(&lat));
-        }
+        let (f, l) = (summarize_ms(&first), summarize_ms(&last));
+        section.p99_last_over_first = ratio(Some(l.p99), Some(f.p99));
+        section.first_ms = Some(f);
+        section.last_ms = Some(l);
+        section.all_ms = Some(summarize_ms(&all));
         Ok(section)
     }
 }

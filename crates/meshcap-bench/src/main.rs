@@ -65,6 +65,9 @@ struct Cli {
     /// Pods in the scale section [default: 500, quick 50].
     #[arg(long)]
     scale: Option<usize>,
+    /// Scale rounds, each with its own pods [default: 3, quick 1]; the buckets pool over them.
+    #[arg(long)]
+    scale_rounds: Option<usize>,
     /// Comma-separated sections to run: add (with DEL), parallel, datapath, scale.
     #[arg(
         long,
@@ -163,10 +166,18 @@ fn settings(cli: &Cli) -> Result<Settings> {
         datapath_secs: cli.datapath_secs.unwrap_or(if q { 0.3 } else { 2.0 }),
         datapath_rounds: cli.datapath_rounds.unwrap_or(if q { 1 } else { 3 }),
         scale: cli.scale.unwrap_or(if q { 50 } else { 500 }),
+        scale_rounds: cli.scale_rounds.unwrap_or(if q { 1 } else { 3 }),
         sections: cli.sections.clone(),
     };
-    if s.runs == 0 || s.parallel == 0 || s.parallel_rounds == 0 || s.datapath_rounds == 0 {
-        bail!("--runs, --parallel, --parallel-rounds and --datapath-rounds must be at least 1");
+    if s.runs == 0
+        || s.parallel == 0
+        || s.parallel_rounds == 0
+        || s.datapath_rounds == 0
+        || s.scale_rounds == 0
+    {
+        bail!(
+            "--runs, --parallel, --parallel-rounds, --datapath-rounds and --scale-rounds must be at least 1"
+        );
     }
     if !(s.datapath_secs > 0.0 && s.datapath_secs <= 60.0) {
         bail!("--datapath-secs must be in (0, 60]");

@@ -194,8 +194,8 @@ impl Report {
         if let Some(sc) = &self.scale {
             let _ = writeln!(
                 out,
-                "\nScale: {} pods on one node, ADD in {} mode one after another (ms)",
-                sc.pods, sc.mode
+                "\nScale: {} pods on one node, ADD in {} mode one after another, {} round(s), buckets pooled (ms)",
+                sc.pods, sc.mode, sc.rounds
             );
             let _ = writeln!(
                 out,
@@ -220,10 +220,16 @@ impl Report {
             );
             row(&mut out, format!("last {}", sc.bucket), sc.last_ms.as_ref());
             row(&mut out, "all".to_owned(), sc.all_ms.as_ref());
+            let each: Vec<String> = sc
+                .p99_last_over_first_rounds
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect();
             let _ = writeln!(
                 out,
-                "  ratio p99 last/first       {}",
-                num(sc.p99_last_over_first, 2)
+                "  ratio p99 last/first       {}  (each round: {})",
+                num(sc.p99_last_over_first, 2),
+                each.join(" ")
             );
             if let Some(e) = &sc.error {
                 let _ = writeln!(out, "  ERROR: {e}");
