@@ -447,7 +447,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     let mode = config.mode;
     let ns = open_netns(netns, mode)?;
     phases.mark("netns");
-    let dp = Dataplane::default();
+    let dp = Dataplane::default().with_xtables_templates(config.iptables_templates);
     let dataplane_err = |op: &'static str| {
         move |source| match source {
             DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },

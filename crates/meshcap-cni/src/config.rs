@@ -135,6 +135,10 @@ pub struct Config {
     pub ebpf_pin_dir: PathBuf,
     pub log_file: Option<PathBuf>,
     pub log_level: LogLevel,
+    /// `iptables_templates` (default on): iptables mode writes a fresh pod whose restore this
+    /// node has run before from the verified template of that restore; off, it always runs
+    /// `iptables-restore`.
+    pub iptables_templates: bool,
     /// `runtimeConfig["io.kubernetes.cri.pod-annotations"]`; `None` when the runtime did not
     /// pass the capability (an empty map means "passed, and the pod has none").
     pub pod_annotations: Option<Annotations>,
@@ -172,6 +176,7 @@ const KNOWN_KEYS: &[&str] = &[
     "istio",
     "log_file",
     "log_level",
+    "iptables_templates",
     "meshes",
     "linkerd",
     "kuma",
@@ -354,6 +359,7 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
             log_level: field(&obj, "log_level")?.unwrap_or_default(),
+            iptables_templates: field(&obj, "iptables_templates")?.unwrap_or(true),
             pod_annotations,
             prev_result: field(&obj, "prevResult")?,
             valid_attachments: field(&obj, VALID_ATTACHMENTS_KEY)?,
@@ -532,6 +538,7 @@ mod tests {
         assert_eq!(c.mode, Mode::Iptables);
         assert_eq!(c.selection, Selection::Injected);
         assert!(!c.ebpf_enabled);
+        assert!(c.iptables_templates);
         assert_eq!(
             c.ebpf_pin_dir,
             PathBuf::from(meshcap_fastpath::DEFAULT_PIN_DIR)
@@ -714,6 +721,13 @@ mod tests {
     }
 
     #[test]
+    fn iptables_templates_can_be_turned_off() {
+        let mut v = base();
+        v["iptables_templates"] = json!(false);
+        assert!(!parse(v).unwrap().iptables_templates);
+    }
+
+    #[test]
     fn ebpf_pin_dir_names_the_agents_pin_directory() {
         let mut v = base();
         v["ebpf"] = json!({"enabled": true, "pin_dir": "/sys/fs/bpf/meshcap-test"});
@@ -730,6 +744,7 @@ mod tests {
             ("selection", json!("some"), "selection"),
             ("log_level", json!("verbose"), "log_level"),
             ("log_file", json!(false), "log_file"),
+            ("iptables_templates", json!("no"), "iptables_templates"),
             (
                 "exclude_namespaces",
                 json!("kube-system"),

@@ -193,8 +193,9 @@ pub(crate) struct Xtables<'a> {
     pub xt_lock: PathBuf,
     /// The namespace's journal of what an apply may bring into being ([`Journal`]).
     pub journal: PathBuf,
-    /// Where verified [`Template`]s are kept, one file per family and restore input.
-    pub templates: PathBuf,
+    /// Where verified [`Template`]s are kept, one file per family and restore input; `None`
+    /// when templates are off.
+    pub templates: Option<PathBuf>,
 }
 
 /// What an apply may bring into being (tables and built-in chains), written before its
@@ -667,6 +668,13 @@ impl Xtables<'_> {
         before: &[(Family, Vec<TableShape>)],
     ) -> Replayed {
         let mut fresh = Vec::new();
+        let Some(dir) = &self.templates else {
+            return Replayed {
+                written: Vec::new(),
+                rest: plans,
+                fresh,
+            };
+        };
         for (tools, from, to) in &plans {
             let untouched = before
                 .iter()
@@ -694,7 +702,7 @@ impl Xtables<'_> {
                     .flat_map(|t| t.chains.iter().cloned())
                     .collect(),
                 template: Template::decode(
-                    &std::fs::read(self.template_path(tools.family, &key)).unwrap_or_default(),
+                    &std::fs::read(template_path(dir, tools.family, &key)).unwrap_or_default(),
                     &key,
                 ),
                 key,
@@ -712,7 +720,7 @@ impl Xtables<'_> {
             tracing::debug!(error = %e, "xtables templates not taken; running the restores");
             for f in &fresh {
                 if f.template.is_some() {
-                    let _ = std::fs::remove_file(self.template_path(f.family, &f.key));
+                    let _ = std::fs::remove_file(template_path(dir, f.family, &f.key));
                 }
             }
             return Replayed {
@@ -749,6 +757,9 @@ impl Xtables<'_> {
     /// into a scratch namespace, it reads back as itself). Costs the first pod of each
     /// ruleset a read-back and a scratch namespace; failures only mean no template.
     fn keep_templates(&self, fresh: &[FreshFamily], changed: &[(Tools, Installed)]) {
+        let Some(dir) = &self.templates else {
+            return;
+        };
         for f in fresh.iter().filter(|f| f.template.is_none()) {
             if !changed.iter().any(|(t, _)| t.family == f.family) {
                 continue;
@@ -780,9 +791,9 @@ impl Xtables<'_> {
                     continue;
                 }
             }
-            let path = self.template_path(f.family, &f.key);
+            let path = template_path(dir, f.family, &f.key);
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let written = std::fs::create_dir_all(&self.templates)
+            let written = std::fs::create_dir_all(dir)
                 .and_then(|()| std::fs::write(&tmp, template.encode(&f.key)))
                 .and_then(|()| std::fs::rename(&tmp, &path));
             if let Err(e) = written {
@@ -790,11 +801,6 @@ impl Xtables<'_> {
                 tracing::debug!(error = %e, path = %path.display(), "cannot keep an xtables template");
             }
         }
-    }
-
-    fn template_path(&self, family: Family, key: &str) -> PathBuf {
-        self.templates
-            .join(format!("{family}-{:016x}", fnv1a(key.as_bytes())))
     }
 
     /// Puts each family of `changed` back into its recorded state, newest first.
@@ -963,6 +969,10 @@ fn template_key(tools: &Tools, input: &str) -> Option<String> {
         program.ino(),
         kernel.trim(),
     ))
+}
+
+fn template_path(dir: &Path, family: Family, key: &str) -> PathBuf {
+    dir.join(format!("{family}-{:016x}", fnv1a(key.as_bytes())))
 }
 
 /// FNV-1a, 64 bits: a stable file name for a key (the file holds the key itself, compared on

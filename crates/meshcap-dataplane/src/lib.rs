@@ -63,7 +63,8 @@ impl fmt::Display for Backend {
 }
 
 /// Default directory for meshcap's runtime files (legacy iptables' per-namespace xtables lock
-/// files; the namespace lock itself is a `flock` on the namespace, no file).
+/// files, the apply journal, the xtables templates; the namespace lock itself is a `flock` on
+/// the namespace, no file).
 pub const DEFAULT_RUN_DIR: &str = "/run/meshcap";
 
 /// Where the dataplane finds its programs and keeps its lock files, and what it reaches the
@@ -74,6 +75,7 @@ pub struct Dataplane {
     search_path: Vec<PathBuf>,
     run_dir: PathBuf,
     sys: Arc<dyn Sys>,
+    xtables_templates: bool,
 }
 
 impl Default for Dataplane {
@@ -83,6 +85,7 @@ impl Default for Dataplane {
             search_path: exec::default_search_path(),
             run_dir: PathBuf::from(DEFAULT_RUN_DIR),
             sys: Arc::new(Host),
+            xtables_templates: true,
         }
     }
 }
@@ -95,6 +98,13 @@ impl Dataplane {
     /// Searches only `dirs` for the xtables programs.
     pub fn with_search_path(mut self, dirs: Vec<PathBuf>) -> Self {
         self.search_path = dirs;
+        self
+    }
+
+    /// Whether iptables mode writes fresh pods from xtables templates and keeps new ones
+    /// (docs/DESIGN.md, "The plugin's hot path"); off, every apply runs its restores.
+    pub fn with_xtables_templates(mut self, on: bool) -> Self {
+        self.xtables_templates = on;
         self
     }
 
@@ -125,7 +135,9 @@ impl Dataplane {
             netns: ns.path(),
             xt_lock: lock::xtables_lock_path(&self.run_dir, ns.id()),
             journal: journal_path(&self.run_dir, ns.id()),
-            templates: self.run_dir.join("templates"),
+            templates: self
+                .xtables_templates
+                .then(|| self.run_dir.join("templates")),
         }
     }
 

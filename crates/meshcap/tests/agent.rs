@@ -1341,10 +1341,11 @@ fn privileged_agent_killed_in_the_middle_of_an_adoption_recovers() {
         fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
         let primary =
             json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
+        // Templates off: every pod's ADD runs its restores, so the kill can land between them.
         let meshcap = json!({
             "type": "meshcap-cni", "mode": mode, "selection": "injected",
             "capabilities": {"io.kubernetes.cri.pod-annotations": true},
-            "log_file": s.0.join("plugin.log")
+            "log_file": s.0.join("plugin.log"), "iptables_templates": false
         });
         let before =
             json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});

@@ -68,8 +68,10 @@ impl Repairer {
         Repairer {
             state: StateDir::new(state_root),
             // The plugin's defaults; the per-namespace lock (a flock on the namespace) keeps each
-            // check and apply from interleaving with the plugin's.
-            dataplane: Dataplane::default(),
+            // check and apply from interleaving with the plugin's. Repairs run restores, never
+            // xtables templates: they are rare and off the pod-start path, and a node whose
+            // plugin has `iptables_templates: false` gets no template from its agent either.
+            dataplane: Dataplane::default().with_xtables_templates(false),
             reported: HashSet::new(),
         }
     }
