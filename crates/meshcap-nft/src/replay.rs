@@ -22,6 +22,7 @@ use nix::errno::Errno;
 use crate::conn::{BatchOutcome, Conn};
 use crate::sys::*;
 use crate::wire::{attr_str, AttrIter, Attrs, Batch};
+use crate::xtables::{keyword, nfproto};
 use crate::NftError;
 
 const NFTA_TABLE_FLAGS: u16 = 2;
@@ -70,13 +71,6 @@ pub struct Template {
     pub messages: Vec<Message>,
 }
 
-fn nfproto(family: Family) -> u8 {
-    match family {
-        Family::V4 => NFPROTO_IPV4,
-        Family::V6 => NFPROTO_IPV6,
-    }
-}
-
 /// Attributes with their headers as they came (flags such as `NLA_F_NESTED` kept).
 fn raw_attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
     let mut rest = buf;
@@ -120,6 +114,9 @@ pub fn capture(family: Family, tables: &[&str]) -> Result<Option<Template>, NftE
     let chain_dump = conn
         .dump(NFT_MSG_GETCHAIN, proto, &Attrs::new())?
         .map_err(kernel("NFT_MSG_GETCHAIN"))?;
+    if chain_dump.interrupted {
+        return Ok(None);
+    }
     let mut messages = Vec::new();
     for table in tables {
         let mut name = Attrs::new();
@@ -335,10 +332,7 @@ fn describe(family: Family, m: &Message) -> String {
             .map(|(_, v)| attr_str(v))
             .unwrap_or_default()
     };
-    let keyword = match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    };
+    let keyword = keyword(family);
     match m.msg {
         NFT_MSG_NEWTABLE => format!("table {keyword} {}", name(NFTA_TABLE_NAME)),
         NFT_MSG_NEWCHAIN => format!(

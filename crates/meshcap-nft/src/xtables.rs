@@ -62,14 +62,14 @@ pub struct Removed {
     pub kept: Vec<String>,
 }
 
-fn nfproto(family: Family) -> u8 {
+pub(crate) fn nfproto(family: Family) -> u8 {
     match family {
         Family::V4 => NFPROTO_IPV4,
         Family::V6 => NFPROTO_IPV6,
     }
 }
 
-fn keyword(family: Family) -> &'static str {
+pub(crate) fn keyword(family: Family) -> &'static str {
     match family {
         Family::V4 => "ip",
         Family::V6 => "ip6",
