@@ -12,6 +12,7 @@
 //! | `iptables-restore` dies after committing one table (ADD) | wrapper commits the first table, exits 1 | code 100, namespace as before |
 //! | nf_tables refuses the iptables-mode DEL (one transaction, no restore) | a `MESHCAP_` chain in an `ip raw` table owned by another socket (`NFT_TABLE_F_OWNER`): EPERM | code 100, all rules still there; the retried DEL cleans up |
 //! | nf_tables rejects the transaction | `ip meshcap` table owned by another socket (`NFT_TABLE_F_OWNER`): EPERM | ADD and DEL code 100 naming EPERM, routes undone |
+//! | a stored xtables template the kernel refuses | its file rewritten: same key, a rule for no table | the ADD runs its restore, same rules as the first pod, the template is deleted |
 //! | io_uring disabled (`kernel.io_uring_disabled=2`) | the sysctl, for one ADD and DEL per mode | DEL closes its nf_tables socket itself and removes everything |
 //! | `log_file` unwritable | a directory; a path below a regular file | ADD succeeds, stderr says why |
 //! | Kubernetes API never answers | a server that accepts and stays silent, `timeout_ms` 500 | code 11, nothing applied |
@@ -742,6 +743,88 @@ fn nftables_transaction_rejected_by_kernel_changes_nothing() {
     assert!(snapshot(&f.pod.ns).netfilter.has_meshcap());
     expect_success(f.run_plain("DEL", &f.config()), "DEL");
     assert!(!snapshot(&f.pod.ns).netfilter.has_meshcap());
+}
+
+// ---- a stored xtables template the kernel refuses ----
+
+/// Where meshcap-cni keeps its xtables templates (`meshcap-dataplane`'s run directory).
+const TEMPLATES: &str = "/run/meshcap/templates";
+/// crates/meshcap-nft/src/replay.rs `MAGIC`.
+const TEMPLATE_MAGIC: &[u8] = b"meshcap xtables template 1\n";
+
+/// The template files whose key holds `needle`.
+fn templates_with(needle: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(TEMPLATES)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    std::fs::read(p)
+                        .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A template that a later ADD reads but the kernel refuses (same key, one rule for a table
+/// that does not exist) costs nothing but time: the ADD runs its restore instead, installs
+/// exactly what the first pod got, and the refused template is gone.
+#[test]
+fn a_template_the_kernel_refuses_falls_back_to_the_restore() {
+    const TEST: &str = "a_template_the_kernel_refuses_falls_back_to_the_restore";
+    privileged!(TEST);
+    // A ruleset of this test's own (port 31337), so no other test shares its templates.
+    let mut ann = meshed(false);
+    ann.insert(
+        "traffic.sidecar.istio.io/excludeOutboundPorts".to_string(),
+        "31337".to_string(),
+    );
+    let log = std::env::temp_dir().join(format!(
+        "meshcap-refused-template-{}.log",
+        std::process::id()
+    ));
+    let conf = json!({"mode": "iptables", "log_level": "debug", "log_file": log});
+    let first = Fixture::new("tmplok", conf.clone(), ann.clone()).expect("fixture");
+    expect_success(first.run_plain("ADD", &first.config()), "first ADD");
+    let kept = templates_with("31337");
+    assert!(!kept.is_empty(), "the first ADD kept no template");
+    for path in &kept {
+        let bytes = std::fs::read(path).unwrap();
+        let rest = bytes.strip_prefix(TEMPLATE_MAGIC).expect("a template file");
+        let key_len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        let header = &rest[..4 + key_len + 1];
+        let family = header[4 + key_len];
+        let mut bogus = TEMPLATE_MAGIC.to_vec();
+        bogus.extend_from_slice(header);
+        bogus.extend_from_slice(&1u32.to_le_bytes());
+        // NFT_MSG_NEWRULE with only a table name: no such table, no chain, no expressions.
+        bogus.extend_from_slice(&6u16.to_le_bytes());
+        let attr = [12u8, 0, 1, 0, b'n', b'o', b'n', b'e', b'x', b'i', b's', 0];
+        bogus.extend_from_slice(&(attr.len() as u32).to_le_bytes());
+        bogus.extend_from_slice(&attr);
+        assert!(family == 2 || family == 10, "family byte {family}");
+        std::fs::write(path, bogus).unwrap();
+    }
+    let second = Fixture::new("tmplno", conf, ann).expect("fixture");
+    let seen = std::fs::read_to_string(&log).unwrap_or_default().len();
+    expect_success(second.run_plain("ADD", &second.config()), "second ADD");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        text[seen..].contains("xtables templates not taken"),
+        "the refused template was not reported:\n{}",
+        &text[seen..]
+    );
+    let (a, b) = (snapshot(&first.pod.ns), snapshot(&second.pod.ns));
+    assert!(a.netfilter.has_meshcap(), "nothing installed");
+    assert_eq!(
+        a.netfilter, b.netfilter,
+        "the restore installed something else"
+    );
+    for path in &kept {
+        assert!(!path.exists(), "{} was kept", path.display());
+    }
 }
 
 // ---- io_uring unavailable ----
