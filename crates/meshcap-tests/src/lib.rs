@@ -52,6 +52,7 @@ pub mod peer;
 pub mod standin;
 pub mod state;
 mod sys;
+pub use sys::deny_io_uring_before_exec;
 
 /// Every file below `dir`, recursively (nothing when `dir` cannot be read).
 pub fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

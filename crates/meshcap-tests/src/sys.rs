@@ -40,6 +40,60 @@ pub fn setns_before_exec(cmd: &mut Command, ns: File, ids: Option<(u32, u32)>) {
     }
 }
 
+/// Makes `io_uring_setup(2)` fail with EPERM in the child (a seccomp filter installed between
+/// fork and exec), as a container runtime's default seccomp profile does. The system call's
+/// number, 425, is the same on every architecture (it came after the numbering was unified).
+pub fn deny_io_uring_before_exec(cmd: &mut Command) {
+    const IO_URING_SETUP: u32 = 425;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2) with
+    // a filter on its own stack; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Classic BPF: load the system call number; EPERM for io_uring_setup, else allow.
+            let mut filter = [
+                libc::sock_filter {
+                    code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: 0, // offsetof(struct seccomp_data, nr)
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 1,
+                    k: IO_URING_SETUP,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_mut_ptr(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// `IP_TRANSPARENT` / `IPV6_TRANSPARENT`: lets a listener accept TPROXY'd connections whose
 /// destination is not a local address (ip(7), ipv6(7)). Needs CAP_NET_ADMIN at the time of the
 /// call, so the stand-in sets it before dropping to uid 1337.

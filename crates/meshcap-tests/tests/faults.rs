@@ -13,7 +13,7 @@
 //! | nf_tables refuses the iptables-mode DEL (one transaction, no restore) | a `MESHCAP_` chain in an `ip raw` table owned by another socket (`NFT_TABLE_F_OWNER`): EPERM | code 100, all rules still there; the retried DEL cleans up |
 //! | nf_tables rejects the transaction | `ip meshcap` table owned by another socket (`NFT_TABLE_F_OWNER`): EPERM | ADD and DEL code 100 naming EPERM, routes undone |
 //! | a stored xtables template the kernel refuses | its file rewritten: same key, a rule for no table | the ADD runs its restore, same rules as the first pod, the template is deleted |
-//! | io_uring disabled (`kernel.io_uring_disabled=2`) | the sysctl, for one ADD and DEL per mode | DEL closes its nf_tables socket itself and removes everything |
+//! | io_uring refused | a seccomp filter (EPERM for `io_uring_setup`) on the plugin, one ADD and DEL per mode | DEL closes its nf_tables socket itself and removes everything |
 //! | `log_file` unwritable | a directory; a path below a regular file | ADD succeeds, stderr says why |
 //! | Kubernetes API never answers | a server that accepts and stays silent, `timeout_ms` 500 | code 11, nothing applied |
 //! | eBPF agent absent | `ebpf.enabled`, `ebpf.pin_dir` with nothing pinned | ADD succeeds with rules alone, warning names the pins |
@@ -205,6 +205,13 @@ impl Fixture {
         path: &OsString,
         wrapper: &[&str],
     ) -> RawOutput {
+        let cmd = self.command(command, netns, path, wrapper);
+        run_with_timeout(cmd, config.to_string().as_bytes(), Duration::from_secs(60))
+            .expect("run meshcap-cni")
+    }
+
+    /// The process [`Fixture::run`] starts, not yet started.
+    fn command(&self, command: &str, netns: &Path, path: &OsString, wrapper: &[&str]) -> Command {
         let bin = meshcap_tests::bins::meshcap_cni().expect("meshcap-cni");
         let mut cmd = match wrapper.split_first() {
             None => self.node.ns.command(&bin).expect("command in node netns"),
@@ -224,8 +231,7 @@ impl Fixture {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        run_with_timeout(cmd, config.to_string().as_bytes(), Duration::from_secs(60))
-            .expect("run meshcap-cni")
+        cmd
     }
 
     /// [`Fixture::run`] with the test process's `PATH` on the pod's own namespace.
@@ -829,53 +835,34 @@ fn a_template_the_kernel_refuses_falls_back_to_the_restore() {
 
 // ---- io_uring unavailable ----
 
-/// `kernel.io_uring_disabled` set for the guard's life, restored on drop.
-struct IoUringDisabled(String);
-
-const IO_URING_DISABLED: &str = "/proc/sys/kernel/io_uring_disabled";
-
-impl IoUringDisabled {
-    fn set() -> Result<IoUringDisabled> {
-        let old = std::fs::read_to_string(IO_URING_DISABLED).context("read io_uring_disabled")?;
-        std::fs::write(IO_URING_DISABLED, "2").context("write io_uring_disabled")?;
-        Ok(IoUringDisabled(old.trim().to_string()))
-    }
-}
-
-impl Drop for IoUringDisabled {
-    fn drop(&mut self) {
-        let _ = std::fs::write(IO_URING_DISABLED, &self.0);
-    }
-}
-
 /// DEL hands its nf_tables socket to an io_uring so that the kernel's grace-period wait after
-/// a deletion runs on a kernel worker (crates/meshcap-nft/src/conn.rs). Without io_uring the
-/// socket closes in the plugin: DEL is slower, and still removes everything.
+/// a deletion runs on a kernel worker (crates/meshcap-nft/src/conn.rs). Where a seccomp profile
+/// refuses io_uring (as container runtimes' defaults do), the socket closes in the plugin:
+/// DEL is slower, and still removes everything.
 #[test]
 fn del_without_io_uring_removes_everything() {
     const TEST: &str = "del_without_io_uring_removes_everything";
     privileged!(TEST);
-    if !Path::new(IO_URING_DISABLED).exists() {
-        // Before Linux 6.6 there is no switch; the plugin's fallback is the same code.
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{TEST}: {IO_URING_DISABLED} is missing"
-        );
-        eprintln!("SKIP {TEST}: {IO_URING_DISABLED} is missing");
-        return;
-    }
     for (name, conf) in modes() {
         let f =
             Fixture::new(&format!("nouring{}", &name[..3]), conf, meshed(true)).expect("fixture");
         let before = snapshot(&f.pod.ns);
-        let disabled = IoUringDisabled::set().expect("disable io_uring");
-        expect_success(f.run_plain("ADD", &f.config()), &format!("{name} ADD"));
+        let run = |command: &str| {
+            let mut cmd = f.command(command, f.pod.ns.path(), &default_path(), &[]);
+            meshcap_tests::deny_io_uring_before_exec(&mut cmd);
+            run_with_timeout(
+                cmd,
+                f.config().to_string().as_bytes(),
+                Duration::from_secs(60),
+            )
+            .expect("run meshcap-cni")
+        };
+        expect_success(run("ADD"), &format!("{name} ADD"));
         assert!(
             snapshot(&f.pod.ns).netfilter.has_meshcap(),
             "{name}: ADD installed nothing"
         );
-        expect_success(f.run_plain("DEL", &f.config()), &format!("{name} DEL"));
-        drop(disabled);
+        expect_success(run("DEL"), &format!("{name} DEL"));
         assert_unchanged(
             &before,
             &snapshot(&f.pod.ns),
