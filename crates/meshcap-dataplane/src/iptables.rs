@@ -957,8 +957,14 @@ struct FreshFamily {
 /// back from. `None` when the program or the kernel release cannot be read.
 fn template_key(tools: &Tools, input: &str) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
+    static KERNEL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let kernel = KERNEL.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|r| r.trim().to_owned())
+    });
     let program = std::fs::metadata(&tools.restore).ok()?;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let kernel = kernel.as_deref()?;
     Some(format!(
         "{}\n{} {} {} {} {}\n{}\n{input}",
         tools.family,
@@ -967,7 +973,7 @@ fn template_key(tools: &Tools, input: &str) -> Option<String> {
         program.mtime(),
         program.mtime_nsec(),
         program.ino(),
-        kernel.trim(),
+        kernel,
     ))
 }
 

@@ -72,6 +72,14 @@ impl Attrs {
         self.buf.extend_from_slice(encoded);
         self
     }
+
+    /// Appends one attribute taken whole from a received stream ([`RawAttrIter`]), padded to
+    /// 4 bytes for the next one (a received attribute's length does not count its padding).
+    pub fn put_whole(&mut self, whole: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(whole);
+        self.buf.resize(align(self.buf.len()), 0);
+        self
+    }
 }
 
 /// Iterates over `(type without flags, payload)` of an attribute stream; stops at the first
@@ -91,19 +99,47 @@ impl<'a> Iterator for AttrIter<'a> {
     type Item = (u16, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([self.buf[0], self.buf[1]]));
-        let ty = u16::from_ne_bytes([self.buf[2], self.buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > self.buf.len() {
-            self.buf = &[];
-            return None;
-        }
-        let payload = &self.buf[4..len];
-        self.buf = &self.buf[align(len).min(self.buf.len())..];
-        Some((ty, payload))
+        next_attr(&mut self.buf).map(|(ty, whole)| (ty, &whole[4..]))
     }
+}
+
+/// Like [`AttrIter`], but yields `(type without flags, payload, the whole attribute)`: the
+/// header as it came (flags such as `NLA_F_NESTED` kept), for copying an attribute as it is
+/// ([`Attrs::put_whole`]).
+#[derive(Debug, Clone)]
+pub struct RawAttrIter<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> RawAttrIter<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        RawAttrIter { buf }
+    }
+}
+
+impl<'a> Iterator for RawAttrIter<'a> {
+    type Item = (u16, &'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        next_attr(&mut self.buf).map(|(ty, whole)| (ty, &whole[4..], whole))
+    }
+}
+
+/// Takes the first attribute off `buf`: its type without flags and its bytes, header included
+/// and padding not. A malformed header ends the stream.
+fn next_attr<'a>(buf: &mut &'a [u8]) -> Option<(u16, &'a [u8])> {
+    if buf.len() < 4 {
+        return None;
+    }
+    let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+    let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+    if len < 4 || len > buf.len() {
+        *buf = &[];
+        return None;
+    }
+    let whole = &buf[..len];
+    *buf = &buf[align(len).min(buf.len())..];
+    Some((ty, whole))
 }
 
 /// A NUL-terminated (or not) string attribute.

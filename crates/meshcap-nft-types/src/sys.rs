@@ -57,11 +57,22 @@ pub const NFT_MSG_NEWCHAIN: u16 = 3;
 pub const NFT_MSG_GETCHAIN: u16 = 4;
 pub const NFT_MSG_NEWRULE: u16 = 6;
 pub const NFT_MSG_GETRULE: u16 = 7;
+pub const NFT_MSG_DELCHAIN: u16 = 5;
+pub const NFT_MSG_DELRULE: u16 = 8;
+pub const NFT_MSG_DELSET: u16 = 11;
+pub const NFT_MSG_DELSETELEM: u16 = 14;
 pub const NFT_MSG_NEWGEN: u16 = 15;
 pub const NFT_MSG_GETGEN: u16 = 16;
+pub const NFT_MSG_DELOBJ: u16 = 20;
+pub const NFT_MSG_DELFLOWTABLE: u16 = 24;
+/// `NFT_MSG_DESTROYTABLE` .. `NFT_MSG_DESTROYFLOWTABLE` (Linux 6.3): deletes that ignore
+/// ENOENT.
+pub const NFT_MSG_DESTROY: std::ops::RangeInclusive<u16> = 26..=32;
 
 // enum nft_table_attributes
 pub const NFTA_TABLE_NAME: u16 = 1;
+/// Big-endian u32: dormant, owner, persist.
+pub const NFTA_TABLE_FLAGS: u16 = 2;
 /// libnftnl's userdata TLVs (Linux 5.10 and later); `nft` keeps a table's comment there.
 pub const NFTA_TABLE_USERDATA: u16 = 6;
 
@@ -73,6 +84,10 @@ pub const NFTA_CHAIN_HOOK: u16 = 4;
 pub const NFTA_CHAIN_POLICY: u16 = 5;
 /// NUL-terminated chain type name: "filter", "nat", "route".
 pub const NFTA_CHAIN_TYPE: u16 = 7;
+/// Nested `NFTA_COUNTER_*` of a base chain created with counters.
+pub const NFTA_CHAIN_COUNTERS: u16 = 8;
+pub const NFTA_CHAIN_FLAGS: u16 = 10;
+pub const NFTA_CHAIN_USERDATA: u16 = 12;
 
 // enum nft_hook_attributes
 pub const NFTA_HOOK_HOOKNUM: u16 = 1;
@@ -86,8 +101,19 @@ pub const NFTA_RULE_CHAIN: u16 = 2;
 pub const NFTA_RULE_HANDLE: u16 = 3;
 /// Nested list of `NFTA_LIST_ELEM`, each one expression.
 pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
+/// Nested `NFTA_RULE_COMPAT_*`: the layer-4 protocol xtables' compat extensions are checked
+/// against. Sent by iptables-nft, never dumped.
+pub const NFTA_RULE_COMPAT: u16 = 5;
+pub const NFTA_RULE_COMPAT_PROTO: u16 = 1;
+pub const NFTA_RULE_COMPAT_FLAGS: u16 = 2;
+/// `NFT_RULE_COMPAT_F_INV`: the protocol match is negated (`! -p tcp`).
+pub const NFT_RULE_COMPAT_F_INV: u32 = 1 << 1;
 /// Opaque bytes (at most NFT_USERDATA_MAXLEN = 256) the kernel stores and dumps back.
 pub const NFTA_RULE_USERDATA: u16 = 7;
+
+// enum nft_counter_attributes (big-endian u64 each)
+pub const NFTA_COUNTER_BYTES: u16 = 1;
+pub const NFTA_COUNTER_PACKETS: u16 = 2;
 
 // enum nft_list_attributes
 pub const NFTA_LIST_ELEM: u16 = 1;

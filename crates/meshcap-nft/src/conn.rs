@@ -265,19 +265,20 @@ impl Conn {
 /// the kernel's destroy worker, which frees the old objects after an RCU grace period.
 fn batch_deletes(bytes: &[u8]) -> bool {
     const DELETIONS: &[u16] = &[
-        2,  // NFT_MSG_DELTABLE
-        5,  // NFT_MSG_DELCHAIN
-        8,  // NFT_MSG_DELRULE
-        11, // NFT_MSG_DELSET
-        14, // NFT_MSG_DELSETELEM
-        20, // NFT_MSG_DELOBJ
-        24, // NFT_MSG_DELFLOWTABLE
-        26, 27, 28, 29, 30, 31, 32, // NFT_MSG_DESTROY*
+        NFT_MSG_DELTABLE,
+        NFT_MSG_DELCHAIN,
+        NFT_MSG_DELRULE,
+        NFT_MSG_DELSET,
+        NFT_MSG_DELSETELEM,
+        NFT_MSG_DELOBJ,
+        NFT_MSG_DELFLOWTABLE,
     ];
     parse_messages(bytes).is_none_or(|msgs| {
         msgs.iter().any(|m| {
             m.msg_type >> 8 == NFNL_SUBSYS_NFTABLES
-                && (DELETIONS.contains(&(m.msg_type & 0xff)) || m.flags & NLM_F_REPLACE != 0)
+                && (DELETIONS.contains(&(m.msg_type & 0xff))
+                    || NFT_MSG_DESTROY.contains(&(m.msg_type & 0xff))
+                    || m.flags & NLM_F_REPLACE != 0)
         })
     })
 }

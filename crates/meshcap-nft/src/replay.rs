@@ -21,35 +21,12 @@ use nix::errno::Errno;
 
 use crate::conn::{BatchOutcome, Conn};
 use crate::sys::*;
-use crate::wire::{attr_str, AttrIter, Attrs, Batch};
+use meshcap_nft_types::{CmpOp, Expr, MetaKey, PayloadBase};
+
+use crate::wire::{attr_be32, attr_str, AttrIter, Attrs, Batch, RawAttrIter};
 use crate::xtables::{keyword, nfproto};
 use crate::NftError;
 
-const NFTA_TABLE_FLAGS: u16 = 2;
-const NFTA_CHAIN_COUNTERS: u16 = 8;
-const NFTA_CHAIN_FLAGS: u16 = 10;
-const NFTA_CHAIN_USERDATA: u16 = 12;
-const NFTA_RULE_COMPAT: u16 = 5;
-const NFTA_RULE_COMPAT_PROTO: u16 = 1;
-const NFTA_RULE_COMPAT_FLAGS: u16 = 2;
-/// `NFT_RULE_COMPAT_F_INV`: the protocol match is negated (`! -p tcp`).
-const NFT_RULE_COMPAT_F_INV: u32 = 1 << 1;
-const NFTA_COUNTER_BYTES: u16 = 1;
-const NFTA_COUNTER_PACKETS: u16 = 2;
-const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
-const NFT_META_L4PROTO: u32 = 16;
-const NFTA_PAYLOAD_DREG: u16 = 1;
-const NFTA_PAYLOAD_BASE: u16 = 2;
-const NFTA_PAYLOAD_OFFSET: u16 = 3;
-const NFTA_PAYLOAD_LEN: u16 = 4;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFTA_CMP_SREG: u16 = 1;
-const NFTA_CMP_OP: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFT_CMP_EQ: u32 = 0;
-const NFT_CMP_NEQ: u32 = 1;
 /// Expressions that refer to objects outside the table's chains (sets, stateful objects):
 /// a template holds only tables, chains and rules, so it is not taken where these appear.
 const UNSUPPORTED_EXPRESSIONS: &[&str] = &["lookup", "dynset", "objref", "flow_offload"];
@@ -69,38 +46,6 @@ pub struct Message {
 pub struct Template {
     pub family: Family,
     pub messages: Vec<Message>,
-}
-
-/// Attributes with their headers as they came (flags such as `NLA_F_NESTED` kept).
-fn raw_attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        if rest.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
-        if len < 4 || len > rest.len() {
-            rest = &[];
-            return None;
-        }
-        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
-        let whole = &rest[..len];
-        let aligned = ((len + 3) & !3).min(rest.len());
-        rest = &rest[aligned..];
-        Some((ty, &whole[4..], whole))
-    })
-}
-
-/// Appends an attribute taken whole from a received stream, padded to 4 bytes as the next one
-/// needs (a received attribute's length does not count its padding).
-fn copy(a: &mut Attrs, whole: &[u8]) {
-    a.extend(whole);
-    let pad = ((whole.len() + 3) & !3) - whole.len();
-    a.extend(&[0u8; 3][..pad]);
-}
-
-fn be32(v: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
 }
 
 /// Reads `tables` of `family` (every chain and rule in them) in the calling thread's
@@ -130,11 +75,13 @@ pub fn capture(family: Family, tables: &[&str]) -> Result<Option<Template>, NftE
             return Ok(None);
         };
         let mut attrs = Attrs::new();
-        for (ty, v, whole) in raw_attrs(payload.get(NFGENMSG_LEN..).unwrap_or(&[])) {
+        for (ty, v, whole) in RawAttrIter::new(payload.get(NFGENMSG_LEN..).unwrap_or(&[])) {
             match ty {
-                NFTA_TABLE_NAME | NFTA_TABLE_USERDATA => copy(&mut attrs, whole),
+                NFTA_TABLE_NAME | NFTA_TABLE_USERDATA => {
+                    attrs.put_whole(whole);
+                }
                 // Owner, dormant or persist: not what a restore makes.
-                NFTA_TABLE_FLAGS if be32(v) != Some(0) => return Ok(None),
+                NFTA_TABLE_FLAGS if attr_be32(v) != Some(0) => return Ok(None),
                 _ => {}
             }
         }
@@ -145,17 +92,17 @@ pub fn capture(family: Family, tables: &[&str]) -> Result<Option<Template>, NftE
 
         for payload in &chain_dump.messages {
             let body = payload.get(NFGENMSG_LEN..).unwrap_or(&[]);
-            let in_table =
-                raw_attrs(body).any(|(ty, v, _)| ty == NFTA_CHAIN_TABLE && attr_str(v) == *table);
+            let in_table = RawAttrIter::new(body)
+                .any(|(ty, v, _)| ty == NFTA_CHAIN_TABLE && attr_str(v) == *table);
             if !in_table {
                 continue;
             }
             let mut attrs = Attrs::new();
-            for (ty, _, whole) in raw_attrs(body) {
+            for (ty, _, whole) in RawAttrIter::new(body) {
                 match ty {
                     NFTA_CHAIN_TABLE | NFTA_CHAIN_NAME | NFTA_CHAIN_HOOK | NFTA_CHAIN_POLICY
                     | NFTA_CHAIN_TYPE | NFTA_CHAIN_FLAGS | NFTA_CHAIN_USERDATA => {
-                        copy(&mut attrs, whole);
+                        attrs.put_whole(whole);
                     }
                     // Base chains created with counters keep them, from zero.
                     NFTA_CHAIN_COUNTERS => {
@@ -182,10 +129,10 @@ pub fn capture(family: Family, tables: &[&str]) -> Result<Option<Template>, NftE
             let body = payload.get(NFGENMSG_LEN..).unwrap_or(&[]);
             let mut attrs = Attrs::new();
             let mut compat = (0u32, false);
-            for (ty, v, whole) in raw_attrs(body) {
+            for (ty, v, whole) in RawAttrIter::new(body) {
                 match ty {
                     NFTA_RULE_TABLE | NFTA_RULE_CHAIN | NFTA_RULE_USERDATA => {
-                        copy(&mut attrs, whole);
+                        attrs.put_whole(whole);
                     }
                     NFTA_RULE_EXPRESSIONS => {
                         let Some(exprs) = expressions(v) else {
@@ -224,7 +171,7 @@ fn zero_counters(a: &mut Attrs) {
 /// counters start from zero. `None` when one refers to something outside the rule.
 fn expressions(list: &[u8]) -> Option<Vec<u8>> {
     let mut out = Attrs::new();
-    for (ty, elem, whole) in raw_attrs(list) {
+    for (ty, elem, whole) in RawAttrIter::new(list) {
         if ty != NFTA_LIST_ELEM {
             return None;
         }
@@ -240,7 +187,7 @@ fn expressions(list: &[u8]) -> Option<Vec<u8>> {
                 e.nested(NFTA_EXPR_DATA, zero_counters);
             });
         } else {
-            copy(&mut out, whole);
+            out.put_whole(whole);
         }
     }
     Some(out.bytes().to_vec())
@@ -249,42 +196,26 @@ fn expressions(list: &[u8]) -> Option<Vec<u8>> {
 /// The rule's match on the layer-4 protocol (`-p tcp`: a `meta l4proto` or IPv4 protocol
 /// field load, then an equality or inequality with one byte), as `(protocol, negated)`.
 fn l4proto_match(list: &[u8]) -> Option<(u32, bool)> {
-    let mut loaded: Option<u32> = None;
-    for (_, elem) in AttrIter::new(list) {
-        let mut name = String::new();
-        let mut data: &[u8] = &[];
-        for (t, v) in AttrIter::new(elem) {
-            match t {
-                NFTA_EXPR_NAME => name = attr_str(v),
-                NFTA_EXPR_DATA => data = v,
-                _ => {}
+    let mut loaded = None;
+    for expr in Expr::parse_list(list).ok()? {
+        match expr {
+            Expr::MetaLoad {
+                key: MetaKey::L4proto,
+                dreg,
             }
-        }
-        let field = |key| {
-            AttrIter::new(data)
-                .find(|(t, _)| *t == key)
-                .and_then(|(_, v)| be32(v))
-        };
-        match name.as_str() {
-            "meta" if field(NFTA_META_KEY) == Some(NFT_META_L4PROTO) => {
-                loaded = field(NFTA_META_DREG);
-            }
-            "payload"
-                if field(NFTA_PAYLOAD_BASE) == Some(NFT_PAYLOAD_NETWORK_HEADER)
-                    && field(NFTA_PAYLOAD_OFFSET) == Some(9)
-                    && field(NFTA_PAYLOAD_LEN) == Some(1) =>
-            {
-                loaded = field(NFTA_PAYLOAD_DREG);
-            }
-            "cmp" if loaded.is_some() && field(NFTA_CMP_SREG) == loaded => {
-                let value = AttrIter::new(data)
-                    .find(|(t, _)| *t == NFTA_CMP_DATA)
-                    .and_then(|(_, d)| AttrIter::new(d).find(|(t, _)| *t == NFTA_DATA_VALUE))
-                    .map(|(_, v)| v)?;
-                let [proto] = value else { return None };
-                return match field(NFTA_CMP_OP)? {
-                    NFT_CMP_EQ => Some((u32::from(*proto), false)),
-                    NFT_CMP_NEQ => Some((u32::from(*proto), true)),
+            | Expr::Payload {
+                base: PayloadBase::Network,
+                offset: 9,
+                len: 1,
+                dreg,
+            } => loaded = Some(dreg),
+            Expr::Cmp { sreg, op, data } if Some(sreg) == loaded => {
+                let [proto] = data.as_bytes() else {
+                    return None;
+                };
+                return match op {
+                    CmpOp::Eq => Some((u32::from(*proto), false)),
+                    CmpOp::Neq => Some((u32::from(*proto), true)),
                     _ => None,
                 };
             }

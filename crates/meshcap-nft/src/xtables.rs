@@ -19,8 +19,6 @@ use crate::sys::*;
 use crate::wire::{attr_be32, attr_be64, attr_str, AttrIter, Attrs, Batch};
 use crate::NftError;
 
-/// `NFT_MSG_DELCHAIN` (enum nf_tables_msg_types).
-const NFT_MSG_DELCHAIN: u16 = 5;
 /// `NLM_F_NONREC` (linux/netlink.h): do not delete what the object still holds; refuse.
 const NLM_F_NONREC: u16 = 0x100;
 
@@ -324,9 +322,6 @@ pub fn remove_if_unused(
         }
     }
 }
-
-/// `NFT_MSG_DELRULE` (enum nf_tables_msg_types).
-const NFT_MSG_DELRULE: u16 = 8;
 
 /// One rule of an xtables table as [`remove_prefixed`] needs it: where it is, its handle, and
 /// the chain it jumps to, if it ends in a jump (`-j CHAIN`, an nf_tables `immediate` verdict).
