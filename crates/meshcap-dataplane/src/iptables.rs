@@ -27,6 +27,7 @@ use meshcap_nft::xtables::{Created, TableShape};
 
 use crate::exec::describe_search;
 use crate::sys::{Invocation, Spawned, Started, Sys};
+use crate::templates::TemplateStore;
 use crate::DataplaneError;
 
 /// Which xtables implementation a namespace's rules live in.
@@ -193,9 +194,8 @@ pub(crate) struct Xtables<'a> {
     pub xt_lock: PathBuf,
     /// The namespace's journal of what an apply may bring into being ([`Journal`]).
     pub journal: PathBuf,
-    /// Where verified [`Template`]s are kept, one file per family and restore input; `None`
-    /// when templates are off.
-    pub templates: Option<PathBuf>,
+    /// Where verified [`Template`]s are kept; `None` when templates are off.
+    pub templates: Option<TemplateStore>,
 }
 
 /// What an apply may bring into being (tables and built-in chains), written before its
@@ -668,7 +668,7 @@ impl Xtables<'_> {
         before: &[(Family, Vec<TableShape>)],
     ) -> Replayed {
         let mut fresh = Vec::new();
-        let Some(dir) = &self.templates else {
+        let Some(store) = &self.templates else {
             return Replayed {
                 written: Vec::new(),
                 rest: plans,
@@ -701,10 +701,9 @@ impl Xtables<'_> {
                     .values()
                     .flat_map(|t| t.chains.iter().cloned())
                     .collect(),
-                template: Template::decode(
-                    &std::fs::read(template_path(dir, tools.family, &key)).unwrap_or_default(),
-                    &key,
-                ),
+                template: store
+                    .read(tools.family, &key)
+                    .and_then(|bytes| Template::decode(&bytes, &key)),
                 key,
             });
         }
@@ -720,7 +719,7 @@ impl Xtables<'_> {
             tracing::debug!(error = %e, "xtables templates not taken; running the restores");
             for f in &fresh {
                 if f.template.is_some() {
-                    let _ = std::fs::remove_file(template_path(dir, f.family, &f.key));
+                    store.forget(f.family, &f.key);
                 }
             }
             return Replayed {
@@ -729,10 +728,12 @@ impl Xtables<'_> {
                 fresh: Vec::new(),
             };
         }
-        tracing::debug!(
-            families = usable.len(),
-            "xtables rules written from templates"
-        );
+        let files: Vec<String> = fresh
+            .iter()
+            .filter(|f| f.template.is_some())
+            .map(|f| store.used(f.family, &f.key).display().to_string())
+            .collect();
+        tracing::debug!(?files, "xtables rules written from templates");
         let mut replayed = Vec::new();
         let mut rest = Vec::new();
         for (tools, from, to) in plans {
@@ -757,7 +758,7 @@ impl Xtables<'_> {
     /// into a scratch namespace, it reads back as itself). Costs the first pod of each
     /// ruleset a read-back and a scratch namespace; failures only mean no template.
     fn keep_templates(&self, fresh: &[FreshFamily], changed: &[(Tools, Installed)]) {
-        let Some(dir) = &self.templates else {
+        let Some(store) = &self.templates else {
             return;
         };
         for f in fresh.iter().filter(|f| f.template.is_none()) {
@@ -791,14 +792,9 @@ impl Xtables<'_> {
                     continue;
                 }
             }
-            let path = template_path(dir, f.family, &f.key);
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let written = std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(&tmp, template.encode(&f.key)))
-                .and_then(|()| std::fs::rename(&tmp, &path));
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&tmp);
-                tracing::debug!(error = %e, path = %path.display(), "cannot keep an xtables template");
+            match store.keep(f.family, &f.key, &template.encode(&f.key)) {
+                Ok(path) => tracing::debug!(path = %path.display(), "xtables template kept"),
+                Err(e) => tracing::debug!(error = %e, "cannot keep an xtables template"),
             }
         }
     }
@@ -975,18 +971,6 @@ fn template_key(tools: &Tools, input: &str) -> Option<String> {
         program.ino(),
         kernel,
     ))
-}
-
-fn template_path(dir: &Path, family: Family, key: &str) -> PathBuf {
-    dir.join(format!("{family}-{:016x}", fnv1a(key.as_bytes())))
-}
-
-/// FNV-1a, 64 bits: a stable file name for a key (the file holds the key itself, compared on
-/// load, so a collision only costs a restore).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn empty() -> Installed {

@@ -28,6 +28,7 @@ mod nftables;
 pub mod routes;
 mod rtnl;
 pub mod sys;
+mod templates;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +46,7 @@ pub use netns::{NetnsId, PodNetns};
 
 use iptables::Xtables;
 use sys::{run_in, Host, Sys};
+use templates::TemplateStore;
 
 /// Which rule backend a pod uses (`mode` in the plugin config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +139,7 @@ impl Dataplane {
             journal: journal_path(&self.run_dir, ns.id()),
             templates: self
                 .xtables_templates
-                .then(|| self.run_dir.join("templates")),
+                .then(|| TemplateStore::new(self.run_dir.join("templates"))),
         }
     }
 

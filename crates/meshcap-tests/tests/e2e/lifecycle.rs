@@ -2,6 +2,7 @@
 //! namespace gone / with empty CNI_NETNS, CHECK after ADD and after drift, STATUS, GC.
 
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use meshcap_tests::chain::Attachment;
 use meshcap_tests::flows::{run_flow, INTERCEPTION_MODE};
@@ -188,6 +189,9 @@ fn status_and_gc_succeed() {
     }
 }
 
+/// Where the plugin keeps xtables templates (the dataplane's run dir).
+const TEMPLATES: &str = "/run/meshcap/templates/";
+
 /// iptables mode writes a fresh pod's rules from a template when this node has seen the same
 /// restore before (crates/meshcap-nft/src/replay.rs): the second pod of each kind gets exactly
 /// the first one's netfilter state, its capture works, and the plugin's debug log says where
@@ -214,15 +218,45 @@ fn iptables_pods_of_a_known_ruleset_are_written_from_a_template() {
             .pod(&format!("{name}-a"), &chain, ann.clone())
             .expect("first ADD");
         let seen = std::fs::read_to_string(&log).unwrap_or_default().len();
+        // Every stored template made old: the one the second pod replays must be marked used,
+        // or the store's bound would evict it first.
+        let day_ago = SystemTime::now() - Duration::from_secs(86_400);
+        for entry in std::fs::read_dir(TEMPLATES).expect("the first ADD kept a template") {
+            let path = entry.expect("template entry").path();
+            if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+                let _ = file.set_modified(day_ago);
+            }
+        }
         let second = node
             .pod(&format!("{name}-b"), &chain, ann)
             .expect("second ADD");
         let text = std::fs::read_to_string(&log).expect("plugin log");
+        let replayed = text[seen..]
+            .lines()
+            .find(|l| l.contains("xtables rules written from templates"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name}: the second pod's rules did not come from a template:\n{}",
+                    &text[seen..]
+                )
+            });
+        let files: Vec<&str> = replayed
+            .split(['"', '[', ']', ','])
+            .filter(|w| w.starts_with(TEMPLATES))
+            .collect();
         assert!(
-            text[seen..].contains("xtables rules written from templates"),
-            "{name}: the second pod's rules did not come from a template:\n{}",
-            &text[seen..]
+            !files.is_empty(),
+            "{name}: no template named in {replayed:?}"
         );
+        for file in files {
+            let used = std::fs::metadata(file)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|e| panic!("{name}: {file}: {e}"));
+            assert!(
+                used > day_ago + Duration::from_secs(3600),
+                "{name}: {file} was replayed but not marked used"
+            );
+        }
         let (a, b) = (first.state().unwrap(), second.state().unwrap());
         assert!(a.has_meshcap(), "{name}: nothing installed");
         assert!(
