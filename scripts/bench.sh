@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark command: builds meshcap-cni as it ships (static, scripts/build-static.sh) and
+# The benchmark command: builds meshcap-cni as it ships (static, scripts/build-static.sh, with
+# the burst control meshcap-bench-control beside it) and
 # meshcap-bench in release, runs the eBPF fast path's bench (rules only against the fast path),
 # then the suite (CNI ADD/DEL latency of a dual-stack and a v4-only pod against
 # nsenter + iptables-restore, 64 parallel ADDs, the datapath through the capture, 500 pods),
@@ -35,7 +36,7 @@ fi
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 echo "bench.sh: building meshcap-bench (release) and the static meshcap-cni in $TARGET" >&2
 cargo build --release -p meshcap-bench
-plugin_dir=$(scripts/build-static.sh -p meshcap-cni)
+plugin_dir=$(scripts/build-static.sh -p meshcap-cni -p meshcap-bench-control)
 
 fastpath=()
 if [ "${MESHCAP_BENCH_FASTPATH:-1}" != 0 ]; then

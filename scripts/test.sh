@@ -29,10 +29,11 @@ if ! cargo build --workspace --all-targets; then
     exit 1
 fi
 
-# The binaries as they ship (static musl): the benchmark smoke test runs ADDs with the plugin,
-# the image test (crates/meshcap-tests/tests/deploy.rs) builds the node image from both.
+# The binaries as they ship (static musl): the benchmark smoke test runs ADDs with the plugin
+# (and bursts of the benchmark's control beside it), the image test
+# (crates/meshcap-tests/tests/deploy.rs) builds the node image from meshcap and meshcap-cni.
 echo "test.sh: building the shipped static meshcap and meshcap-cni (scripts/build-static.sh)"
-if ! static_dir=$("$REPO/scripts/build-static.sh" -p meshcap -p meshcap-cni); then
+if ! static_dir=$("$REPO/scripts/build-static.sh" -p meshcap -p meshcap-cni -p meshcap-bench-control); then
     echo "test.sh: the static build failed ($(( SECONDS - start ))s)"
     echo "summary: 0 passed, 1 failed"
     exit 1

@@ -158,6 +158,8 @@ pub struct Bench {
     pub settings: Settings,
     /// This executable, started again as the stand-in sidecar.
     pub exe: PathBuf,
+    /// `meshcap-bench-control`, for the parallel section's control; `None`: no control.
+    pub control: Option<PathBuf>,
     /// Modes that failed, with the first error.
     pub broken: BTreeMap<Mode, String>,
 }
@@ -390,7 +392,10 @@ impl Bench {
         })
     }
 
-    /// Bursts of `parallel` ADDs (dual-stack pods) released at once, per mode, interleaved.
+    /// Bursts of `parallel` ADDs (dual-stack pods) released at once, per mode, interleaved;
+    /// after each round's nftables burst, a burst of the control (`meshcap-bench-control`)
+    /// burning the CPU that burst's ADDs used each: what this harness on this machine gives a
+    /// plugin that never waits.
     pub fn parallel_section(&mut self, single: &BTreeMap<String, f64>) -> Result<ParallelSection> {
         let (p, rounds) = (self.settings.parallel, self.settings.parallel_rounds);
         let count = p * rounds * Mode::ALL.len();
@@ -399,13 +404,9 @@ impl Bench {
         // the next burst.
         let pool = PodNetns::pool(count, PodShape::DualStack)?;
         let mut chunks = pool.chunks(p);
-        let mut walls: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
-        let mut lats: BTreeMap<Mode, Vec<Duration>> = BTreeMap::new();
-        let mut cpu_bound: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-        let mut wall_over_floor: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-        let mut harness: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-        let mut wall_over_all: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let mut stats: BTreeMap<&'static str, BurstStats> = BTreeMap::new();
+        let mut control_error = None;
         for round in 0..rounds {
             for mode in Mode::ALL {
                 let nss = chunks.next().context("namespace pool exhausted")?;
@@ -413,34 +414,25 @@ impl Bench {
                     continue;
                 }
                 eprintln!("parallel: round {round}, {p} x {}", mode.name());
-                let cpu_before = children_cpu();
-                let own_before = own_cpu();
-                match burst(&self.driver, mode, nss) {
-                    Ok((wall, each)) => {
-                        let cpu = children_cpu().saturating_sub(cpu_before);
-                        let own = own_cpu().saturating_sub(own_before);
-                        let own_ms = own.as_secs_f64() * 1e3 / cores;
-                        harness.entry(mode).or_default().push(own_ms);
-                        let all_ms = (cpu + own).as_secs_f64() * 1e3 / cores;
-                        if all_ms > 0.0 {
-                            wall_over_all
-                                .entry(mode)
-                                .or_default()
-                                .push(wall.as_secs_f64() * 1e3 / all_ms);
+                let driver = &self.driver;
+                match measured_burst(p, |i| driver.add(mode, &nss[i])) {
+                    Ok(b) => {
+                        let per_add = b.cpu / p as u32;
+                        stats.entry(mode.name()).or_default().push(b, cores);
+                        let Some(control_exe) = &self.control else {
+                            continue;
+                        };
+                        if mode != Mode::Nftables || control_error.is_some() {
+                            continue;
                         }
-                        cpu_bound
-                            .entry(mode)
-                            .or_default()
-                            .push(cpu.as_secs_f64() * 1e3 / cores);
-                        walls.entry(mode).or_default().push(wall);
-                        let floor_ms = cpu.as_secs_f64() * 1e3 / cores;
-                        if floor_ms > 0.0 {
-                            wall_over_floor
-                                .entry(mode)
-                                .or_default()
-                                .push(wall.as_secs_f64() * 1e3 / floor_ms);
+                        eprintln!("parallel: round {round}, {p} x control ({per_add:?} CPU each)");
+                        match measured_burst(p, |i| driver.control(control_exe, per_add, &nss[i])) {
+                            Ok(b) => stats.entry(CONTROL).or_default().push(b, cores),
+                            Err(e) => {
+                                eprintln!("meshcap-bench: control burst failed: {e:#}");
+                                control_error = Some(format!("{e:#}"));
+                            }
                         }
-                        lats.entry(mode).or_default().extend(each);
                     }
                     Err(e) => self.mark_broken(mode, &e),
                 }
@@ -448,36 +440,21 @@ impl Bench {
         }
         drop(pool);
         netns::settle();
-        let modes = Mode::ALL
+        let mut modes: Vec<ParallelMode> = Mode::ALL
             .iter()
             .map(|m| {
-                let wall: Vec<f64> = walls
-                    .get(m)
-                    .map(|w| w.iter().map(|d| d.as_secs_f64() * 1e3).collect())
-                    .unwrap_or_default();
-                let ms = lats.get(m).map(|v| summarize_ms(v));
-                let median = |v: &[f64]| {
-                    let mut sorted = v.to_vec();
-                    sorted.sort_by(f64::total_cmp);
-                    (!sorted.is_empty()).then(|| crate::stats::percentile(&sorted, 50.0))
-                };
-                ParallelMode {
-                    mode: m.name().to_owned(),
-                    wall_ms_median: median(&wall),
-                    cpu_bound_ms_median: cpu_bound.get(m).and_then(|v| median(v)),
-                    wall_over_cpu_bound_median: wall_over_floor.get(m).and_then(|v| median(v)),
-                    harness_cpu_ms_median: harness.get(m).and_then(|v| median(v)),
-                    wall_over_cpu_with_harness_median: wall_over_all.get(m).and_then(|v| median(v)),
-                    wall_ms: wall,
-                    p99_over_single_median: ratio(
-                        ms.as_ref().map(|s| s.p99),
-                        single.get(m.name()).copied(),
-                    ),
-                    ms,
-                    error: self.broken.get(m).cloned(),
-                }
+                let mut pm = stats.remove(m.name()).unwrap_or_default().summary(m.name());
+                pm.p99_over_single_median =
+                    ratio(pm.ms.as_ref().map(|s| s.p99), single.get(m.name()).copied());
+                pm.error = self.broken.get(m).cloned();
+                pm
             })
             .collect();
+        if let Some(control) = stats.remove(CONTROL) {
+            let mut pm = control.summary(CONTROL);
+            pm.error = control_error;
+            modes.push(pm);
+        }
         Ok(ParallelSection {
             concurrency: p,
             rounds,
@@ -724,26 +701,93 @@ fn nsenter_true(ns: &PodNetns) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// Release one ADD per namespace at once; returns the burst's wall time (first start to last
-/// exit) and each ADD's own latency.
-fn burst(driver: &Driver, mode: Mode, nss: &[PodNetns]) -> Result<(Duration, Vec<Duration>)> {
-    let barrier = Barrier::new(nss.len());
+/// The name of the control's row in the parallel section.
+const CONTROL: &str = "control";
+
+/// One burst: its wall time, each process's latency, and the CPU of its processes and of
+/// this benchmark's own threads meanwhile.
+struct Burst {
+    wall: Duration,
+    each: Vec<Duration>,
+    cpu: Duration,
+    harness: Duration,
+}
+
+/// Bursts of one mode.
+#[derive(Default)]
+struct BurstStats {
+    walls: Vec<Duration>,
+    lats: Vec<Duration>,
+    /// Per burst, in ms: CPU over the cores; wall over that floor; the harness's CPU over
+    /// the cores; wall over the floor with the harness's CPU counted.
+    floor: Vec<f64>,
+    wall_over_floor: Vec<f64>,
+    harness: Vec<f64>,
+    wall_over_all: Vec<f64>,
+}
+
+impl BurstStats {
+    fn push(&mut self, b: Burst, cores: f64) {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let floor = ms(b.cpu) / cores;
+        let all = ms(b.cpu + b.harness) / cores;
+        self.floor.push(floor);
+        self.harness.push(ms(b.harness) / cores);
+        if floor > 0.0 {
+            self.wall_over_floor.push(ms(b.wall) / floor);
+        }
+        if all > 0.0 {
+            self.wall_over_all.push(ms(b.wall) / all);
+        }
+        self.walls.push(b.wall);
+        self.lats.extend(b.each);
+    }
+
+    fn summary(self, mode: &str) -> ParallelMode {
+        let median = |v: &[f64]| {
+            let mut sorted = v.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            (!sorted.is_empty()).then(|| crate::stats::percentile(&sorted, 50.0))
+        };
+        let wall: Vec<f64> = self.walls.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ParallelMode {
+            mode: mode.to_owned(),
+            wall_ms_median: median(&wall),
+            cpu_bound_ms_median: median(&self.floor),
+            wall_over_cpu_bound_median: median(&self.wall_over_floor),
+            harness_cpu_ms_median: median(&self.harness),
+            wall_over_cpu_with_harness_median: median(&self.wall_over_all),
+            wall_ms: wall,
+            p99_over_single_median: None,
+            ms: (!self.lats.is_empty()).then(|| summarize_ms(&self.lats)),
+            error: None,
+        }
+    }
+}
+
+/// Runs `n` invocations of `run` at once (one thread each, released together) and measures
+/// the burst: wall time from the first start to the last exit, and CPU.
+fn measured_burst(n: usize, run: impl Fn(usize) -> Result<Duration> + Sync) -> Result<Burst> {
+    let cpu_before = children_cpu();
+    let own_before = own_cpu();
+    let barrier = Barrier::new(n);
     let results: Vec<(Instant, Result<Duration>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = nss
-            .iter()
-            .map(|ns| {
-                let barrier = &barrier;
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (barrier, run) = (&barrier, &run);
                 s.spawn(move || {
                     barrier.wait();
-                    (Instant::now(), driver.add(mode, ns))
+                    (Instant::now(), run(i))
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("an ADD thread panicked"))
+            .map(|h| h.join().expect("a burst thread panicked"))
             .collect()
     });
+    let cpu = children_cpu().saturating_sub(cpu_before);
+    let harness = own_cpu().saturating_sub(own_before);
     let first = results
         .iter()
         .map(|(start, _)| *start)
@@ -756,5 +800,10 @@ fn burst(driver: &Driver, mode: Mode, nss: &[PodNetns]) -> Result<(Duration, Vec
         last = last.max(start + d);
         each.push(d);
     }
-    Ok((last - first, each))
+    Ok(Burst {
+        wall: last - first,
+        each,
+        cpu,
+        harness,
+    })
 }

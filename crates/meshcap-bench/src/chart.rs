@@ -120,15 +120,19 @@ fn ratios(report: &Value, fast: Option<&FastPath>) -> Vec<Ratio> {
         }
     }
     for m in report["parallel"]["modes"].as_array().into_iter().flatten() {
+        let Some(r) = m["wall_over_cpu_bound_median"].as_f64() else {
+            continue;
+        };
         if m["mode"] == "nftables" {
-            if let Some(r) = m["wall_over_cpu_bound_median"].as_f64() {
-                out.push((
-                    "nftables burst wall / CPU floor".to_owned(),
-                    r,
-                    true,
-                    Some(1.3),
-                ));
-            }
+            out.push((
+                "nftables burst wall / CPU floor".to_owned(),
+                r,
+                true,
+                Some(1.3),
+            ));
+        } else if m["mode"] == "control" {
+            // No target: what the harness alone gives a plugin of that CPU.
+            out.push(("control burst wall / CPU floor".to_owned(), r, true, None));
         }
     }
     if let Some(r) = report["scale"]["p99_last_over_first"].as_f64() {

@@ -103,19 +103,20 @@ impl Driver {
                 Ok(elapsed)
             }
             Mode::Iptables | Mode::Nftables => {
-                let (elapsed, out) = self.invoke("ADD", mode, ns)?;
-                let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-                    format!(
-                        "ADD printed no JSON: {:?}",
-                        String::from_utf8_lossy(&out.stdout)
-                    )
-                })?;
-                if result.get("cniVersion").is_none() || result.get("code").is_some() {
-                    bail!("ADD printed no CNI result: {result}");
-                }
+                let (elapsed, out) = self.invoke(&self.plugin, &[], "ADD", mode, ns)?;
+                check_result(&out)?;
                 Ok(elapsed)
             }
         }
+    }
+
+    /// The burst control (`meshcap-bench-control`) in place of an nftables ADD on `ns`:
+    /// started, fed and checked exactly as that ADD is, burning `cpu` and nothing else.
+    pub fn control(&self, exe: &Path, cpu: Duration, ns: &PodNetns) -> Result<Duration> {
+        let cpu_us = cpu.as_micros().to_string();
+        let (elapsed, out) = self.invoke(exe, &["--cpu-us", &cpu_us], "ADD", Mode::Nftables, ns)?;
+        check_result(&out)?;
+        Ok(elapsed)
     }
 
     /// One DEL of an attachment that had an ADD. The baseline has none: istio-cni's and
@@ -124,7 +125,7 @@ impl Driver {
         match mode {
             Mode::Baseline => bail!("the exec baseline has no DEL"),
             Mode::Iptables | Mode::Nftables => {
-                let (elapsed, out) = self.invoke("DEL", mode, ns)?;
+                let (elapsed, out) = self.invoke(&self.plugin, &[], "DEL", mode, ns)?;
                 if !out.stdout.is_empty() {
                     bail!(
                         "DEL printed {:?} (a successful DEL prints nothing)",
@@ -147,8 +148,16 @@ impl Driver {
         Ok(elapsed)
     }
 
-    /// Spawn the plugin for `command` on `ns` and wait for it; fails unless it exits 0.
-    fn invoke(&self, command: &str, mode: Mode, ns: &PodNetns) -> Result<(Duration, Output)> {
+    /// Spawn `program` (the plugin) for `command` on `ns` and wait for it; fails unless it
+    /// exits 0.
+    fn invoke(
+        &self,
+        program: &Path,
+        args: &[&str],
+        command: &str,
+        mode: Mode,
+        ns: &PodNetns,
+    ) -> Result<(Duration, Output)> {
         let conf = self.config(mode, ns).to_string();
         let container_id = format!("{}-{}", NETWORK_NAME, ns.name());
         // What containerd puts into CNI_ARGS for a pod sandbox.
@@ -157,7 +166,8 @@ impl Driver {
              K8S_POD_INFRA_CONTAINER_ID={container_id}",
             ns.name()
         );
-        let mut cmd = Command::new(&self.plugin);
+        let mut cmd = Command::new(program);
+        cmd.args(args);
         Invocation {
             command,
             container_id: &container_id,
@@ -238,6 +248,20 @@ fn timed(cmd: Command, stdin: &str) -> Result<(Duration, Output)> {
             stderr: out.stderr,
         },
     ))
+}
+
+/// A successful ADD's stdout: a CNI result, not an error.
+fn check_result(out: &Output) -> Result<()> {
+    let result: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "ADD printed no JSON: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    if result.get("cniVersion").is_none() || result.get("code").is_some() {
+        bail!("ADD printed no CNI result: {result}");
+    }
+    Ok(())
 }
 
 fn check_exit(out: Output) -> Result<Output> {

@@ -41,6 +41,10 @@ struct Cli {
     /// The meshcap-cni binary (default: next to this executable).
     #[arg(long)]
     plugin: Option<PathBuf>,
+    /// The burst control, `meshcap-bench-control` built static (default: next to the
+    /// plugin); without it the parallel section has no control row.
+    #[arg(long)]
+    control: Option<PathBuf>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/bench-results.json")]
     json: PathBuf,
@@ -222,6 +226,19 @@ fn run(cli: Cli) -> Result<bool> {
         );
     }
     let plugin = plugin.canonicalize()?;
+    let control = cli
+        .control
+        .clone()
+        .unwrap_or_else(|| plugin.with_file_name("meshcap-bench-control"));
+    let control = if control.is_file() {
+        Some(control)
+    } else {
+        eprintln!(
+            "meshcap-bench: no burst control at {} (scripts/build-static.sh -p meshcap-bench-control, or --control): the parallel section runs without it",
+            control.display()
+        );
+        None
+    };
     let stale = netns::remove_stale();
     if stale > 0 {
         eprintln!("meshcap-bench: removed {stale} namespaces left by an earlier run");
@@ -260,6 +277,7 @@ fn run(cli: Cli) -> Result<bool> {
         driver: Driver::new(&plugin, &state_dir),
         settings: settings.clone(),
         exe: sidecar_exe,
+        control,
         broken: BTreeMap::new(),
     };
     let want = |s: &str| settings.sections.iter().any(|x| x == s);

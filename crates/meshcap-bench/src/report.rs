@@ -156,6 +156,13 @@ impl Report {
                         .map_or(walls.join(" "), |e| format!("ERROR: {e}")),
                 );
             }
+            if p.modes.iter().any(|m| m.mode == "control") {
+                let _ = writeln!(
+                    out,
+                    "  control: meshcap-bench-control in place of each nftables ADD, started and fed the same way, burning the CPU\n  \
+                     that round's ADDs used each and nothing else: the wall/floor this harness and machine give a plugin that never waits"
+                );
+            }
         }
 
         if let Some(d) = &self.datapath {
