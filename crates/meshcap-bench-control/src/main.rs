@@ -43,12 +43,8 @@ fn main() -> ExitCode {
         eprintln!("meshcap-bench-control: reading stdin: {e}");
         return ExitCode::FAILURE;
     }
-    // Never heavier than the ADDs it stands for: if starting alone cost more, say so.
-    let started = own_cpu();
-    if started > cpu {
-        eprintln!("meshcap-bench-control: starting took {started:?} of CPU, more than the {cpu:?} to burn");
-        return ExitCode::FAILURE;
-    }
+    // A start that alone cost more (a page-fault storm, say) burns nothing: the benchmark
+    // takes the CPU every control process really used as the floor, not the target.
     let mut spins = 0u64;
     while own_cpu() < cpu {
         spins = std::hint::black_box(spins.wrapping_add(1));
