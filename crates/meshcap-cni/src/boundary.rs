@@ -138,7 +138,6 @@ pub struct Outcome {
 /// Runs one invocation: `lookup` reads the environment, `stdin` the configuration.
 pub fn run(lookup: impl Fn(&str) -> Option<OsString>, stdin: impl Read) -> Outcome {
     crate::timing::mark_start();
-    let _early = logging::init_early();
     let input = read_bounded(stdin);
     let bytes: &[u8] = match &input {
         Ok(b) => b,
@@ -157,8 +156,11 @@ pub fn run(lookup: impl Fn(&str) -> Option<OsString>, stdin: impl Read) -> Outco
         },
         Err(Failure { version, error }) => {
             if version.is_none() {
-                // Failed before the configured logging existed; later failures are logged
-                // inside `dispatch`, with the invocation's span and to the log file.
+                // Failed before the configured logging existed, so stderr only; later
+                // failures are logged inside `dispatch`, with the invocation's span and to
+                // the log file. Nothing logs before the configuration is decoded, so the
+                // stderr subscriber is only built for this line.
+                let _early = logging::init_early();
                 tracing::error!(code = code(&error), %error, "failed");
             }
             let body = error_json(version.unwrap_or(fallback_version), &error);

@@ -8,7 +8,7 @@
 //!
 //! The subscriber is installed as the thread's default for the lifetime of the returned
 //! guard rather than globally, so the library can be driven repeatedly in one process
-//! (tests) and the early, stderr-only subscriber can be replaced once the config is known.
+//! (tests); a failure before the configuration is decoded gets a stderr-only one of its own.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::net::UnixDatagram;
@@ -22,7 +22,7 @@ use tracing_subscriber::Layer;
 
 use crate::config::LogLevel;
 
-/// Stderr only, at `info`: for the time before the configuration is decoded.
+/// Stderr only, at `info`: for a failure before the configuration is decoded.
 pub fn init_early() -> DefaultGuard {
     install(LevelFilter::INFO, None, None)
 }
