@@ -552,6 +552,15 @@ fn logs_go_to_stderr_and_the_log_file_never_stdout() {
         "{failure}"
     );
 
+    // A failure before the configuration is decoded (here: not JSON) still reaches stderr.
+    let r = run_plugin(&env, "{not json");
+    r.error(6, "");
+    assert!(
+        r.stderr.contains("ERROR") && r.stderr.contains("failed") && r.stderr.contains("code=6"),
+        "early failure not on stderr: {}",
+        r.stderr
+    );
+
     // An unopenable log file does not fail the command.
     let extra = json!({"log_file": "/proc/meshcap/nope.log", "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}}});
     let r = run_plugin(&env, &conf("1.0.0", extra));
