@@ -290,6 +290,25 @@ impl Dataplane {
     }
 }
 
+/// Removes everything the dataplane keeps under `run_dir` (xtables templates, apply journals,
+/// legacy xtables lock files) and the directory itself once empty; what is already gone is
+/// fine. For `meshcap uninstall`, once no plugin runs any more: a journal then only stands for
+/// a pod whose DEL will not come from meshcap.
+pub fn remove_run_state(run_dir: &Path) -> std::io::Result<()> {
+    for dir in ["templates", "pending", "locks"] {
+        match std::fs::remove_dir_all(run_dir.join(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    // Something else of the node's may live there too: keep a directory that is not empty.
+    match std::fs::remove_dir(run_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// The journal of what an iptables-mode apply of namespace `id` may create (see
 /// `iptables::Journal`).
 fn journal_path(run_dir: &Path, id: NetnsId) -> PathBuf {

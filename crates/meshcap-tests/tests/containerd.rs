@@ -21,8 +21,7 @@
 //!   nothing of meshcap's is left in the conf dir, bin dir or state dir.
 //!
 //! With the fast path the meshed pod is registered, its app and sidecar sockets are paired,
-//! DEL (also without a netns) unregisters the pod and `meshcap agent --uninstall` leaves no
-//! pin. The plugin's log lines reach the agent's log over its socket. It prints how many pods
+//! DEL (also without a netns) unregisters the pod and `meshcap uninstall` leaves no pin. The plugin's log lines reach the agent's log over its socket. It prints how many pods
 //! it started and the median RunPodSandbox time with and without meshcap per mode, measured
 //! in this run. Needs root, containerd and ctr (Debian's `containerd`), podman (to build the image),
 //! busybox-static and nsenter; when one is missing it says so by name, and under `CI=true` it
@@ -969,6 +968,11 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
         drop(agent);
 
         // Uninstall while meshed pods run (the early one, adopted), then they go away cleanly.
+        // It also unpins the fast path (this mode's own pins; elsewhere a directory that was
+        // never pinned) and removes the plugin's run state (a scratch run dir here, so the
+        // suite's shared /run/meshcap is left alone).
+        let no_pins = node.dir.join("no-pins");
+        let pins = m.fast_path.as_deref().unwrap_or(&no_pins);
         meshcap(&[
             "uninstall",
             "--cni-conf-dir",
@@ -977,16 +981,19 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
             bin_dir.to_str().unwrap(),
             "--state-dir",
             node.state_dir().to_str().unwrap(),
+            "--run-dir",
+            node.dir.join("run").to_str().unwrap(),
+            "--pin-dir",
+            pins.to_str().unwrap(),
         ]);
+        if m.fast_path.is_some() {
+            assert!(!pins.exists(), "{mode}: the fast path's pins are gone");
+        }
         node.wait_cni_reload(false);
         for id in [early, plain] {
             node.stop_and_remove(&id).unwrap_or_else(|e| {
                 panic!("{mode}: after uninstall: {e}\n{}", node.containerd_log())
             });
-        }
-        if let Some(pins) = &m.fast_path {
-            meshcap(&["agent", "--uninstall", "--pin-dir", pins.to_str().unwrap()]);
-            assert!(!pins.exists(), "{mode}: the fast path's pins are gone");
         }
         assert!(!bin_dir.join("meshcap-cni").exists());
         assert!(

@@ -106,6 +106,17 @@ pub struct UninstallArgs {
     /// already under way with the old chain still finds the plugin.
     #[arg(long, default_value_t = 1000)]
     pub grace_ms: u64,
+    /// The plugin's run directory: its xtables templates, apply journals and legacy lock
+    /// files are removed.
+    #[arg(long, default_value = meshcap_dataplane::DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// The eBPF fast path's pin directory (`meshcap agent --pin-dir`): its pinned programs
+    /// and maps are removed, so the programs detach once no running agent holds them.
+    #[arg(long, default_value = meshcap_fastpath::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Leave the eBPF fast path pinned.
+    #[arg(long)]
+    pub keep_fast_path: bool,
 }
 
 /// An object of `--FLAG KEY=VALUE` flags (VALUE in JSON, else a string).
@@ -488,6 +499,17 @@ fn uninstall_marked(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
         let _ = fs::remove_dir(parent);
     }
     remove_if_present(&args.cni_bin_dir.join(PLUGIN_TYPE))?;
+    meshcap_dataplane::remove_run_state(&args.run_dir)
+        .with_context(|| format!("removing meshcap's state under {}", args.run_dir.display()))?;
+    if !args.keep_fast_path {
+        // Pods still running keep their capture by rules; only the shortcut goes.
+        meshcap_fastpath::agent::uninstall(&args.pin_dir).with_context(|| {
+            format!(
+                "removing the eBPF fast path pinned under {}",
+                args.pin_dir.display()
+            )
+        })?;
+    }
     Ok(restored)
 }
 
@@ -539,6 +561,9 @@ mod tests {
                 cni_bin_dir: self.0.join("bin"),
                 state_dir: self.0.join("run/attachments"),
                 grace_ms: 0,
+                run_dir: self.0.join("run"),
+                pin_dir: self.0.join("bpf/meshcap"),
+                keep_fast_path: false,
             }
         }
     }
@@ -689,16 +714,44 @@ mod tests {
         fs::create_dir_all(&records).unwrap();
         fs::write(records.join("c1@eth0.json"), "{}").unwrap();
         fs::write(t.0.join("net.d").join(KUBECONFIG_NAME), "token").unwrap();
+        // The plugin's run state beside the records, and a fast path's pin directory (plain
+        // files stand in for the pins: removing them is the same unlink on bpffs).
+        for dir in ["run/templates", "run/pending", "bpf/meshcap"] {
+            fs::create_dir_all(t.0.join(dir)).unwrap();
+        }
+        fs::write(t.0.join("run/templates/ipv4-0123456789abcdef"), "template").unwrap();
+        fs::write(t.0.join("run/pending/xtables-1-2"), "journal").unwrap();
+        fs::write(t.0.join("bpf/meshcap/link_sockops"), "").unwrap();
         uninstall(&t.uargs()).unwrap();
         assert_eq!(fs::read_to_string(&conf).unwrap(), FLANNEL);
         assert_eq!(mode_of(&conf).unwrap(), 0o640);
         assert!(
             !t.0.join("run").exists(),
-            "records and their run dir removed"
+            "records, templates, journals and their run dir removed"
         );
+        assert!(!t.0.join("bpf/meshcap").exists(), "fast path unpinned");
         assert!(!t.0.join("net.d").join(KUBECONFIG_NAME).exists());
         assert!(!t.0.join("bin/meshcap-cni").exists());
         assert!(!t.0.join("net.d").join(BACKUP_DIR).exists());
+    }
+
+    #[test]
+    fn uninstall_can_keep_the_fast_path_and_keeps_a_shared_run_dir() {
+        let t = TempDir::new("keep");
+        fs::write(t.0.join("net.d/10-flannel.conflist"), FLANNEL).unwrap();
+        install(&t.args()).unwrap();
+        fs::create_dir_all(t.0.join("bpf/meshcap")).unwrap();
+        fs::write(t.0.join("bpf/meshcap/link_sockops"), "").unwrap();
+        fs::create_dir_all(t.0.join("run/templates")).unwrap();
+        fs::write(t.0.join("run/someone-elses"), "").unwrap();
+        let args = UninstallArgs {
+            keep_fast_path: true,
+            ..t.uargs()
+        };
+        uninstall(&args).unwrap();
+        assert!(t.0.join("bpf/meshcap/link_sockops").exists());
+        assert!(!t.0.join("run/templates").exists());
+        assert!(t.0.join("run/someone-elses").exists());
     }
 
     #[test]

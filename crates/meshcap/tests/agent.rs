@@ -267,6 +267,10 @@ fn config_rewrite_by_another_component_is_undone_and_counted() {
         .arg(s.0.join("bin"))
         .arg("--state-dir")
         .arg(s.0.join("state"))
+        .arg("--run-dir")
+        .arg(s.0.join("run"))
+        .arg("--pin-dir")
+        .arg(s.0.join("bpf"))
         .output()
         .unwrap();
     assert!(

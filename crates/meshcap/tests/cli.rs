@@ -120,6 +120,10 @@ fn every_subcommand_ends_quietly_in_a_closed_pipe() {
             d("state"),
             "--grace-ms".into(),
             "0".into(),
+            "--run-dir".into(),
+            d("run"),
+            "--pin-dir".into(),
+            d("bpf"),
         ],
         // The node steps log to stderr: into the closed pipe too, below.
         vec![
