@@ -303,7 +303,7 @@ fn build_replace(
                             reason: e.to_string(),
                         })?;
                     for r in &encoded {
-                        push_rule(&mut batch, proto, &name, r, &label);
+                        push_rule(&mut batch, proto, &name, r);
                     }
                 }
             }
@@ -312,7 +312,7 @@ fn build_replace(
     Ok(batch.finish())
 }
 
-fn push_rule(batch: &mut Batch, proto: u8, chain: &str, rule: &NftRule, label: &str) {
+fn push_rule(batch: &mut Batch, proto: u8, chain: &str, rule: &NftRule) {
     let mut a = Attrs::new();
     a.put_str(NFTA_RULE_TABLE, NFT_TABLE)
         .put_str(NFTA_RULE_CHAIN, chain);
@@ -323,7 +323,7 @@ fn push_rule(batch: &mut Batch, proto: u8, chain: &str, rule: &NftRule, label: &
         NLM_F_CREATE | NLM_F_APPEND,
         proto,
         &a,
-        format!("rule `{}` in chain {chain} of {label}", rule.text(proto)),
+        wire::What::Rule,
     );
 }
 
@@ -341,8 +341,7 @@ fn run_on(
         BatchOutcome::Rejected(seq, errno) => Err(NftError::Rejected {
             op,
             message: info
-                .describe(seq)
-                .map(str::to_string)
+                .describe(seq, &bytes)
                 .unwrap_or_else(|| "the transaction".to_string()),
             errno,
         }),
@@ -784,7 +783,7 @@ mod tests {
         assert_eq!(msgs[6].flags, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND);
         assert_eq!(info.begin_seq, 100);
         assert_eq!(
-            info.describe(107),
+            info.describe(107, &bytes).as_deref(),
             Some("rule `meta l4proto tcp redirect to :15001` in chain nat_MESHCAP_REDIRECT of table ip meshcap")
         );
         // The base chain carries its hook, priority, policy and type.

@@ -239,9 +239,7 @@ pub fn replay(templates: &[&Template]) -> Result<(), NftError> {
                 NFT_MSG_NEWRULE => NLM_F_CREATE | NLM_F_APPEND,
                 _ => NLM_F_CREATE | NLM_F_EXCL,
             };
-            let mut attrs = Attrs::new();
-            attrs.extend(&m.attrs);
-            batch.push(m.msg, flags, family, &attrs, describe(t.family, m));
+            batch.push_encoded(m.msg, flags, family, &m.attrs, describe(t.family, m));
         }
     }
     let (bytes, info) = batch.finish();
@@ -250,7 +248,9 @@ pub fn replay(templates: &[&Template]) -> Result<(), NftError> {
         BatchOutcome::Committed => Ok(()),
         BatchOutcome::Rejected(seq, errno) => Err(NftError::Rejected {
             op,
-            message: info.describe(seq).unwrap_or("the transaction").to_string(),
+            message: info
+                .describe(seq, &bytes)
+                .unwrap_or_else(|| "the transaction".to_string()),
             errno,
         }),
     }

@@ -46,8 +46,25 @@ pub struct Batch {
     buf: Vec<u8>,
     begin_seq: u32,
     next_seq: u32,
-    /// (seq, offset of the message in `buf`, human description) of each content message.
-    entries: Vec<(u32, usize, String)>,
+    /// (seq, offset of the message in `buf`, what it is) of each content message.
+    entries: Vec<(u32, usize, What)>,
+}
+
+/// How a batch message is named when the kernel refuses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// Named when it was added.
+    Text(String),
+    /// An nf_tables rule, named from its own message (table, chain, expressions in nft
+    /// syntax) only when it is refused: formatting every rule of every ADD for an error that
+    /// almost never comes cost more than encoding the rules.
+    Rule,
+}
+
+impl From<String> for What {
+    fn from(text: String) -> Self {
+        What::Text(text)
+    }
 }
 
 impl Batch {
@@ -69,19 +86,34 @@ impl Batch {
     }
 
     /// Appends nf_tables message `msg`; `what` names it in errors ("rule ... in chain ...").
-    pub fn push(&mut self, msg: u16, flags: u16, family: u8, attrs: &Attrs, what: String) {
+    pub fn push(&mut self, msg: u16, flags: u16, family: u8, attrs: &Attrs, what: impl Into<What>) {
+        self.push_encoded(msg, flags, family, attrs.bytes(), what);
+    }
+
+    /// [`Batch::push`] with the attributes already encoded.
+    pub fn push_encoded(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        family: u8,
+        attrs: &[u8],
+        what: impl Into<What>,
+    ) {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
-        self.entries.push((seq, self.buf.len(), what));
-        let m = message(
-            nft_type(msg),
-            NLM_F_REQUEST | flags,
-            seq,
-            family,
-            0,
-            attrs.bytes(),
-        );
-        self.buf.extend_from_slice(&m);
+        self.entries.push((seq, self.buf.len(), what.into()));
+        // Written in place, as `message` lays it out.
+        let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
+        let buf = &mut self.buf;
+        buf.reserve(align(len));
+        buf.extend_from_slice(&u32::try_from(len).expect("message fits u32").to_ne_bytes());
+        buf.extend_from_slice(&nft_type(msg).to_ne_bytes());
+        buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
+        buf.extend_from_slice(attrs);
+        buf.resize(align(buf.len()), 0);
     }
 
     /// Closes the batch and returns its bytes. The last content message asks for an ACK: the
@@ -106,11 +138,7 @@ impl Batch {
         self.buf.extend_from_slice(&end);
         let info = BatchInfo {
             begin_seq: self.begin_seq,
-            entries: self
-                .entries
-                .into_iter()
-                .map(|(seq, _, what)| (seq, what))
-                .collect(),
+            entries: self.entries,
         };
         (self.buf, info)
     }
@@ -120,20 +148,52 @@ impl Batch {
 #[derive(Debug, Clone)]
 pub struct BatchInfo {
     pub begin_seq: u32,
-    pub entries: Vec<(u32, String)>,
+    /// (seq, offset of the message in the batch's bytes, what it is) of each content message.
+    pub entries: Vec<(u32, usize, What)>,
 }
 
 impl BatchInfo {
-    pub fn describe(&self, seq: u32) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, what)| what.as_str())
+    /// Names the message of `seq` in `batch`, the bytes [`Batch::finish`] returned with this.
+    pub fn describe(&self, seq: u32, batch: &[u8]) -> Option<String> {
+        let (_, offset, what) = self.entries.iter().find(|(s, _, _)| *s == seq)?;
+        match what {
+            What::Text(text) => Some(text.clone()),
+            What::Rule => describe_rule(batch.get(*offset..)?),
+        }
     }
 
     pub fn last_seq(&self) -> Option<u32> {
-        self.entries.last().map(|(seq, _)| *seq)
+        self.entries.last().map(|(seq, _, _)| *seq)
     }
+}
+
+/// "rule `<nft syntax>` in chain C of table F T" from a NEWRULE message at the start of `bytes`.
+fn describe_rule(bytes: &[u8]) -> Option<String> {
+    let len = u32::from_ne_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
+    let payload = bytes.get(NLMSG_HDRLEN..len)?;
+    let family = *payload.first()?;
+    let (mut table, mut chain, mut exprs) = (None, None, None);
+    for (ty, value) in AttrIter::new(payload.get(NFGENMSG_LEN..)?) {
+        match ty {
+            NFTA_RULE_TABLE => table = Some(attr_str(value)),
+            NFTA_RULE_CHAIN => chain = Some(attr_str(value)),
+            NFTA_RULE_EXPRESSIONS => {
+                exprs = meshcap_nft_types::expr::Expr::parse_list(value).ok();
+            }
+            _ => {}
+        }
+    }
+    let keyword = match family {
+        NFPROTO_IPV4 => "ip",
+        NFPROTO_IPV6 => "ip6",
+        _ => "?",
+    };
+    Some(format!(
+        "rule `{}` in chain {} of table {keyword} {}",
+        meshcap_nft_types::text::rule_text(&exprs?, family),
+        chain?,
+        table?
+    ))
 }
 
 /// One received netlink message.

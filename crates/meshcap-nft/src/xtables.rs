@@ -313,8 +313,7 @@ pub fn remove_if_unused(
                 return Err(NftError::Rejected {
                     op,
                     message: info
-                        .describe(seq)
-                        .map(str::to_string)
+                        .describe(seq, &bytes)
                         .unwrap_or_else(|| "the transaction".to_string()),
                     errno,
                 })
@@ -645,8 +644,7 @@ pub fn remove_prefixed(
                 return Err(NftError::Rejected {
                     op,
                     message: info
-                        .describe(seq)
-                        .map(str::to_string)
+                        .describe(seq, &bytes)
                         .unwrap_or_else(|| "the transaction".to_string()),
                     errno,
                 })
@@ -734,7 +732,13 @@ mod tests {
     }
 
     fn described(info: &crate::wire::BatchInfo) -> Vec<&str> {
-        info.entries.iter().map(|(_, w)| w.as_str()).collect()
+        info.entries
+            .iter()
+            .map(|(_, _, w)| match w {
+                crate::wire::What::Text(text) => text.as_str(),
+                crate::wire::What::Rule => "(a rule, named from its message)",
+            })
+            .collect()
     }
 
     #[test]
