@@ -25,6 +25,10 @@ pub struct Arena<const N: usize> {
     bytes: Bytes<N>,
     /// Offset of the first free byte.
     next: AtomicUsize,
+    /// Offset past every byte ever handed out: the bytes from here on are still the zero pages
+    /// of `.bss`, untouched, so a zeroed allocation there needs no writing (and no page
+    /// faults for pages nobody reads).
+    high_water: AtomicUsize,
 }
 
 // SAFETY: the bytes are handed out in disjoint ranges claimed with compare-and-swap on `next`,
@@ -36,6 +40,7 @@ impl<const N: usize> Arena<N> {
         Arena {
             bytes: Bytes(UnsafeCell::new([0; N])),
             next: AtomicUsize::new(0),
+            high_water: AtomicUsize::new(0),
         }
     }
 
@@ -50,24 +55,37 @@ impl<const N: usize> Arena<N> {
 
     /// Claims `layout` from the arena; null when it does not fit.
     fn bump(&self, layout: Layout) -> *mut u8 {
+        self.bump_fresh(layout).0
+    }
+
+    /// [`Arena::bump`], and how many of the claimed bytes (from its start) may have been
+    /// handed out before; the rest are untouched zero bytes.
+    fn bump_fresh(&self, layout: Layout) -> (*mut u8, usize) {
         let base = self.base();
         let mut next = self.next.load(Ordering::Relaxed);
         loop {
             // `align` is a power of two; the arena is 4096-aligned, so aligning the offset
             // aligns the address for every alignment up to a page.
             let Some(start) = next.checked_add(layout.align() - 1) else {
-                return std::ptr::null_mut();
+                return (std::ptr::null_mut(), 0);
             };
             let start = start & !(layout.align() - 1);
             let end = match start.checked_add(layout.size()) {
                 Some(end) if end <= N && layout.align() <= 4096 => end,
-                _ => return std::ptr::null_mut(),
+                _ => return (std::ptr::null_mut(), 0),
             };
             match self
                 .next
-                .compare_exchange_weak(next, end, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(next, end, Ordering::Acquire, Ordering::Relaxed)
             {
-                Ok(_) => return (base + start) as *mut u8,
+                Ok(_) => {
+                    // Bytes come back only through `dealloc`, after the call that handed them
+                    // out raised the mark past them; its Release and this Acquire on `next`
+                    // order that raise before this read.
+                    let seen = self.high_water.fetch_max(end, Ordering::AcqRel);
+                    let used = seen.clamp(start, end) - start;
+                    return ((base + start) as *mut u8, used);
+                }
                 Err(now) => next = now,
             }
         }
@@ -89,14 +107,14 @@ unsafe impl<const N: usize> GlobalAlloc for Arena<N> {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = self.bump(layout);
+        let (p, used) = self.bump_fresh(layout);
         if p.is_null() {
             // SAFETY: same contract as ours.
             return unsafe { System.alloc_zeroed(layout) };
         }
-        // Fresh arena bytes are zero unless a freed tail allocation was handed out again.
-        // SAFETY: `p` is valid for `layout.size()` bytes.
-        unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
+        // Only bytes handed out before (a freed tail given again) can be other than zero.
+        // SAFETY: `p` is valid for `layout.size()` bytes, and `used` is at most that.
+        unsafe { std::ptr::write_bytes(p, 0, used) };
         p
     }
 
@@ -110,7 +128,7 @@ unsafe impl<const N: usize> GlobalAlloc for Arena<N> {
         let _ = self.next.compare_exchange(
             start + layout.size(),
             start,
-            Ordering::Relaxed,
+            Ordering::Release,
             Ordering::Relaxed,
         );
     }
@@ -128,11 +146,12 @@ unsafe impl<const N: usize> GlobalAlloc for Arena<N> {
                 .compare_exchange(
                     start + layout.size(),
                     end,
-                    Ordering::Relaxed,
+                    Ordering::AcqRel,
                     Ordering::Relaxed,
                 )
                 .is_ok()
             {
+                self.high_water.fetch_max(end, Ordering::AcqRel);
                 return ptr;
             }
         }
@@ -195,6 +214,17 @@ mod tests {
             assert!(std::slice::from_raw_parts(again, 32)
                 .iter()
                 .all(|&x| x == 0));
+
+            // A zeroed block over bytes used before and bytes never handed out: all zero.
+            let used = SMALL.alloc(layout(64, 1));
+            used.write_bytes(0xff, 64);
+            SMALL.dealloc(used, layout(64, 1));
+            let zeroed = SMALL.alloc_zeroed(layout(256, 1));
+            assert_eq!(zeroed, used);
+            assert!(std::slice::from_raw_parts(zeroed, 256)
+                .iter()
+                .all(|&x| x == 0));
+            SMALL.dealloc(zeroed, layout(256, 1));
 
             // Too big for what is left: the system allocator serves it, and takes it back.
             let big = SMALL.alloc(layout(8192, 8));

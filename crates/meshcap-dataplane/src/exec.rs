@@ -20,12 +20,13 @@ pub(crate) fn default_search_path() -> Vec<PathBuf> {
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     dirs.extend(SBIN_DIRS.iter().map(PathBuf::from));
-    let mut seen = Vec::new();
+    let mut seen: Vec<std::ffi::OsString> = Vec::new();
     dirs.retain(|d| {
-        if d.as_os_str().is_empty() || seen.contains(d) {
+        // By spelling: comparing `Path`s parses both into components every time.
+        if d.as_os_str().is_empty() || seen.iter().any(|s| s == d.as_os_str()) {
             false
         } else {
-            seen.push(d.clone());
+            seen.push(d.as_os_str().to_owned());
             true
         }
     });

@@ -74,7 +74,8 @@ pub const DEFAULT_RUN_DIR: &str = "/run/meshcap";
 /// [`Dataplane::default`]; tests and the node tool may point it elsewhere.
 #[derive(Debug, Clone)]
 pub struct Dataplane {
-    search_path: Vec<PathBuf>,
+    /// Filled on first use: nftables mode never runs a program, so it never reads `$PATH`.
+    search_path: std::sync::OnceLock<Vec<PathBuf>>,
     run_dir: PathBuf,
     sys: Arc<dyn Sys>,
     xtables_templates: bool,
@@ -84,7 +85,7 @@ impl Default for Dataplane {
     /// `$PATH` plus `/usr/sbin`, `/sbin`, `/usr/bin`, `/bin`; run directory `/run/meshcap`.
     fn default() -> Self {
         Dataplane {
-            search_path: exec::default_search_path(),
+            search_path: std::sync::OnceLock::new(),
             run_dir: PathBuf::from(DEFAULT_RUN_DIR),
             sys: Arc::new(Host),
             xtables_templates: true,
@@ -99,7 +100,7 @@ impl Dataplane {
 
     /// Searches only `dirs` for the xtables programs.
     pub fn with_search_path(mut self, dirs: Vec<PathBuf>) -> Self {
-        self.search_path = dirs;
+        self.search_path = std::sync::OnceLock::from(dirs);
         self
     }
 
@@ -123,7 +124,7 @@ impl Dataplane {
     }
 
     pub fn search_path(&self) -> &[PathBuf] {
-        &self.search_path
+        self.search_path.get_or_init(exec::default_search_path)
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -133,7 +134,7 @@ impl Dataplane {
     fn xtables<'a>(&'a self, ns: &'a PodNetns) -> Xtables<'a> {
         Xtables {
             sys: &*self.sys,
-            search: &self.search_path,
+            search: self.search_path(),
             netns: ns.path(),
             xt_lock: lock::xtables_lock_path(&self.run_dir, ns.id()),
             journal: journal_path(&self.run_dir, ns.id()),
@@ -215,7 +216,7 @@ impl Dataplane {
                         let found = [Flavour::Nft, Flavour::Unsuffixed].into_iter().any(|fl| {
                             self.sys
                                 .find_program(
-                                    &self.search_path,
+                                    self.search_path(),
                                     &iptables::program_name(family, fl, op),
                                 )
                                 .is_some()
@@ -227,7 +228,7 @@ impl Dataplane {
                                     iptables::program_name(family, Flavour::Nft, op),
                                     iptables::program_name(family, Flavour::Unsuffixed, op)
                                 ),
-                                searched: exec::describe_search(&self.search_path),
+                                searched: exec::describe_search(self.search_path()),
                             });
                         }
                     }
