@@ -19,6 +19,13 @@ impl Attrs {
         Self::default()
     }
 
+    /// Room for `bytes` before the buffer grows (each growth copies it).
+    pub fn with_capacity(bytes: usize) -> Self {
+        Attrs {
+            buf: Vec::with_capacity(bytes),
+        }
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.buf
     }
@@ -31,27 +38,51 @@ impl Attrs {
     /// One attribute whose payload is the concatenation of `parts` (no temporary buffer).
     fn put_parts(&mut self, ty: u16, parts: &[&[u8]]) -> &mut Self {
         let len = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
-        self.buf.extend_from_slice(
-            &u16::try_from(len)
-                .expect("attribute fits u16")
-                .to_ne_bytes(),
-        );
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.reserve(align(len));
+        self.put_header(len, ty);
         for part in parts {
             self.buf.extend_from_slice(part);
         }
-        self.buf.resize(align(self.buf.len()), 0);
+        self.pad();
         self
+    }
+
+    // The fixed-size writes below compile to plain stores; a variable-length copy of a few
+    // bytes is a call to libc's memcpy, and an ADD encodes hundreds of these.
+
+    fn put_header(&mut self, len: usize, ty: u16) {
+        let len = u16::try_from(len)
+            .expect("attribute fits u16")
+            .to_ne_bytes();
+        let ty = ty.to_ne_bytes();
+        self.buf.extend_from_slice(&[len[0], len[1], ty[0], ty[1]]);
+    }
+
+    /// Zeroes up to the next 4-byte boundary.
+    fn pad(&mut self) {
+        let aligned = align(self.buf.len());
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.truncate(aligned);
     }
 
     /// A NUL-terminated string, as nf_tables' `NLA_STRING` names are sent by libnftnl.
     pub fn put_str(&mut self, ty: u16, s: &str) -> &mut Self {
-        self.put_parts(ty, &[s.as_bytes(), &[0]])
+        let len = 4 + s.len() + 1;
+        let start = self.buf.len();
+        self.buf.reserve(align(len) + 4);
+        self.put_header(len, ty);
+        self.buf.extend_from_slice(s.as_bytes());
+        // The NUL and the padding.
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.truncate(start + align(len));
+        self
     }
 
     /// A big-endian u32 (`NLA_BE32`), nf_tables' integer encoding.
     pub fn put_be32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.put(ty, &v.to_be_bytes())
+        self.put_header(8, ty);
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
     }
 
     /// A nested attribute whose content `f` writes, in place: the header's length is filled in

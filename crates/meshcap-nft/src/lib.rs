@@ -313,7 +313,8 @@ fn build_replace(
 }
 
 fn push_rule(batch: &mut Batch, proto: u8, chain: &str, rule: &NftRule) {
-    let mut a = Attrs::new();
+    // Enough for meshcap's longest rules (a TPROXY rule with its comment is under 600 bytes).
+    let mut a = Attrs::with_capacity(1024);
     a.put_str(NFTA_RULE_TABLE, NFT_TABLE)
         .put_str(NFTA_RULE_CHAIN, chain);
     a.nested(NFTA_RULE_EXPRESSIONS, |list| rule.emit_exprs(list));

@@ -39,6 +39,10 @@ pub fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
+/// What a batch reserves up front: a dual-stack pod's whole ruleset is about 14 KiB, and every
+/// growth of the buffer copies it.
+const BATCH_CAPACITY: usize = 32 << 10;
+
 /// An nf_tables transaction: messages between BATCH_BEGIN and BATCH_END, applied by the kernel
 /// all or nothing (nfnetlink_rcv_batch aborts the whole batch when any message fails).
 #[derive(Debug)]
@@ -77,8 +81,10 @@ impl Batch {
             NFNL_SUBSYS_NFTABLES,
             &[],
         );
+        let mut buf = Vec::with_capacity(BATCH_CAPACITY);
+        buf.extend_from_slice(&begin);
         Batch {
-            buf: begin,
+            buf,
             begin_seq: first_seq,
             next_seq: first_seq.wrapping_add(1),
             entries: Vec::new(),
