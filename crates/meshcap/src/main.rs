@@ -37,7 +37,8 @@ enum Command {
     },
     /// Install meshcap-cni into the node's CNI configuration (appended to the primary chain).
     Install(install::InstallArgs),
-    /// Remove meshcap-cni from the node's CNI configuration and plugin directory.
+    /// Remove meshcap-cni from the node's CNI configuration and plugin directory, with its
+    /// records, run state and the eBPF fast path's pins.
     Uninstall(install::UninstallArgs),
     /// Run the node agent: eBPF fast path, repair of drifted pod rules, adoption of pods set up
     /// before meshcap was installed, CNI config watch and Prometheus metrics; `--uninstall`
