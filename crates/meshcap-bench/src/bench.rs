@@ -17,7 +17,9 @@ use serde::Serialize;
 use crate::cni::{verify_installed, Driver, Mode};
 use crate::datapath::{self, Shape, Sidecar, SERVICE_ADDR, SIDECAR_PORT};
 use crate::netns::{self, PodNetns, PodShape};
-use crate::stats::{children_cpu, own_cpu, ratio, summarize_ms, summarize_us, Summary};
+use crate::stats::{
+    children_cpu, machine_idle, own_cpu, ratio, summarize_ms, summarize_us, Summary,
+};
 
 /// Sizes of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +100,10 @@ pub struct ParallelMode {
     pub harness_cpu_ms_median: Option<f64>,
     /// Median over bursts of the wall time over the floor counting the harness's CPU as well.
     pub wall_over_cpu_with_harness_median: Option<f64>,
+    /// Time the machine's CPUs sat idle while the burst ran, over the cores, median over
+    /// bursts (`None` without a cpuidle driver). With the floor and the harness it splits the
+    /// wall: whatever is left is CPU spent outside both (kernel threads, interrupts).
+    pub idle_ms_median: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -718,6 +724,7 @@ struct Burst {
     each: Vec<Duration>,
     cpu: Duration,
     harness: Duration,
+    idle: Option<Duration>,
 }
 
 /// Bursts of one mode.
@@ -731,6 +738,7 @@ struct BurstStats {
     wall_over_floor: Vec<f64>,
     harness: Vec<f64>,
     wall_over_all: Vec<f64>,
+    idle: Vec<f64>,
 }
 
 impl BurstStats {
@@ -740,6 +748,9 @@ impl BurstStats {
         let all = ms(b.cpu + b.harness) / cores;
         self.floor.push(floor);
         self.harness.push(ms(b.harness) / cores);
+        if let Some(idle) = b.idle {
+            self.idle.push(ms(idle) / cores);
+        }
         if floor > 0.0 {
             self.wall_over_floor.push(ms(b.wall) / floor);
         }
@@ -764,6 +775,7 @@ impl BurstStats {
             wall_over_cpu_bound_median: median(&self.wall_over_floor),
             harness_cpu_ms_median: median(&self.harness),
             wall_over_cpu_with_harness_median: median(&self.wall_over_all),
+            idle_ms_median: median(&self.idle),
             wall_ms: wall,
             p99_over_single_median: None,
             ms: (!self.lats.is_empty()).then(|| summarize_ms(&self.lats)),
@@ -776,14 +788,18 @@ impl BurstStats {
 /// the burst: wall time from the first start to the last exit, and CPU.
 fn measured_burst(n: usize, run: impl Fn(usize) -> Result<Duration> + Sync) -> Result<Burst> {
     let cpu_before = children_cpu();
-    let own_before = own_cpu();
     let barrier = Barrier::new(n);
+    // The harness's CPU and the machine's idle time are read at the release, by the thread
+    // the barrier elects, so that starting the threads stays out of both.
+    let at_release = std::sync::OnceLock::new();
     let results: Vec<(Instant, Result<Duration>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|i| {
-                let (barrier, run) = (&barrier, &run);
+                let (barrier, run, at_release) = (&barrier, &run, &at_release);
                 s.spawn(move || {
-                    barrier.wait();
+                    if barrier.wait().is_leader() {
+                        let _ = at_release.set((own_cpu(), machine_idle()));
+                    }
                     (Instant::now(), run(i))
                 })
             })
@@ -794,7 +810,13 @@ fn measured_burst(n: usize, run: impl Fn(usize) -> Result<Duration> + Sync) -> R
             .collect()
     });
     let cpu = children_cpu().saturating_sub(cpu_before);
+    let (own_before, idle_before) = at_release
+        .into_inner()
+        .context("the burst's barrier elected no leader")?;
     let harness = own_cpu().saturating_sub(own_before);
+    let idle = machine_idle()
+        .zip(idle_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let first = results
         .iter()
         .map(|(start, _)| *start)
@@ -812,5 +834,6 @@ fn measured_burst(n: usize, run: impl Fn(usize) -> Result<Duration> + Sync) -> R
         each,
         cpu,
         harness,
+        idle,
     })
 }

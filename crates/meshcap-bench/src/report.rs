@@ -125,13 +125,14 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  {:<10} {:>11} {:>11} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9}  bursts wall",
+                "  {:<10} {:>11} {:>11} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9}  bursts wall",
                 "mode",
                 "wall(med)",
                 "cpu/cores",
                 "wall/floor",
                 "harness/cor",
                 "w/floor+h",
+                "idle/cor",
                 "median",
                 "p99",
                 "p99/1x"
@@ -141,13 +142,14 @@ impl Report {
                 let walls: Vec<String> = pm.wall_ms.iter().map(|w| format!("{w:.1}")).collect();
                 let _ = writeln!(
                     out,
-                    "  {:<10} {:>11} {:>11} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
+                    "  {:<10} {:>11} {:>11} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9}  {}",
                     pm.mode,
                     num(pm.wall_ms_median, 1),
                     num(pm.cpu_bound_ms_median, 1),
                     num(pm.wall_over_cpu_bound_median, 2),
                     num(pm.harness_cpu_ms_median, 1),
                     num(pm.wall_over_cpu_with_harness_median, 2),
+                    num(pm.idle_ms_median, 1),
                     num(s.map(|s| s.median), 2),
                     num(s.map(|s| s.p99), 2),
                     num(pm.p99_over_single_median, 2),

@@ -76,6 +76,38 @@ fn cpu(who: nix::sys::resource::UsageWho) -> Duration {
     })
 }
 
+/// Time every CPU of the machine has spent idle so far, summed over the CPUs, from the cpuidle
+/// driver's per-state residency (µs, exact, unlike `/proc/stat`'s ticks); `None` where the
+/// kernel has no cpuidle driver.
+pub fn machine_idle() -> Option<Duration> {
+    let cpus = std::fs::read_dir("/sys/devices/system/cpu").ok()?;
+    let mut total_us = 0u64;
+    let mut states = 0usize;
+    for cpu in cpus.flatten() {
+        let name = cpu.file_name();
+        let is_cpu = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cpu"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !is_cpu {
+            continue;
+        }
+        let Ok(idle_states) = std::fs::read_dir(cpu.path().join("cpuidle")) else {
+            continue;
+        };
+        for state in idle_states.flatten() {
+            if let Some(us) = std::fs::read_to_string(state.path().join("time"))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+            {
+                total_us += us;
+                states += 1;
+            }
+        }
+    }
+    (states > 0).then(|| Duration::from_micros(total_us))
+}
+
 /// `a / b`, `None` when either side is missing or `b` is not positive (serialized as `null`).
 pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
