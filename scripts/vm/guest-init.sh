@@ -8,7 +8,13 @@ PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 
 say() { echo "meshcap-vm-init: $*" >/dev/console 2>&1 || echo "meshcap-vm-init: $*"; }
-finish() { sync; poweroff -f; sleep 5; echo o >/proc/sysrq-trigger; }
+# The image has no poweroff (debootstrap without systemd-sysv): SysRq's power-off. It runs on a
+# kernel worker, so PID 1 waits for it; PID 1 exiting first would panic the kernel.
+finish() {
+    sync
+    echo o >/proc/sysrq-trigger
+    while :; do sleep 1; done
+}
 
 # The initramfs moved /proc, /sys, /dev and /run into the root; mount them if it did not.
 mountpoint -q /proc || mount -t proc proc /proc
