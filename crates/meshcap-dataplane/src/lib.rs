@@ -69,6 +69,12 @@ impl fmt::Display for Backend {
 /// the namespace, no file).
 pub const DEFAULT_RUN_DIR: &str = "/run/meshcap";
 
+/// What the dataplane keeps under its run directory, one subdirectory each: verified xtables
+/// templates, the journals of iptables-mode applies, legacy xtables lock files.
+const TEMPLATES_DIR: &str = "templates";
+const JOURNALS_DIR: &str = "pending";
+pub(crate) const LOCKS_DIR: &str = "locks";
+
 /// Where the dataplane finds its programs and keeps its lock files, and what it reaches the
 /// kernel through ([`Sys`]: the [`Host`], or a fake in tests). The free functions use
 /// [`Dataplane::default`]; tests and the node tool may point it elsewhere.
@@ -140,7 +146,7 @@ impl Dataplane {
             journal: journal_path(&self.run_dir, ns.id()),
             templates: self
                 .xtables_templates
-                .then(|| TemplateStore::new(self.run_dir.join("templates"))),
+                .then(|| TemplateStore::new(self.run_dir.join(TEMPLATES_DIR))),
         }
     }
 
@@ -296,7 +302,7 @@ impl Dataplane {
 /// fine. For `meshcap uninstall`, once no plugin runs any more: a journal then only stands for
 /// a pod whose DEL will not come from meshcap.
 pub fn remove_run_state(run_dir: &Path) -> std::io::Result<()> {
-    for dir in ["templates", "pending", "locks"] {
+    for dir in [TEMPLATES_DIR, JOURNALS_DIR, LOCKS_DIR] {
         match std::fs::remove_dir_all(run_dir.join(dir)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -313,7 +319,7 @@ pub fn remove_run_state(run_dir: &Path) -> std::io::Result<()> {
 /// The journal of what an iptables-mode apply of namespace `id` may create (see
 /// `iptables::Journal`).
 fn journal_path(run_dir: &Path, id: NetnsId) -> PathBuf {
-    run_dir.join("pending").join(format!("xtables-{id}"))
+    run_dir.join(JOURNALS_DIR).join(format!("xtables-{id}"))
 }
 
 /// A namespace whose lock this process holds ([`Dataplane::lock`]); unlocks on drop.

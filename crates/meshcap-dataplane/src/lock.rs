@@ -27,7 +27,7 @@ pub struct NetnsLock {
 /// (`XTABLES_LOCKFILE`, read by xtables' `xtables_lock()`), so legacy restores in different
 /// pods never wait on each other. Only legacy programs create it; DEL removes it.
 pub(crate) fn xtables_lock_path(run_dir: &Path, id: NetnsId) -> PathBuf {
-    run_dir.join("locks").join(format!("xtables-{id}"))
+    run_dir.join(crate::LOCKS_DIR).join(format!("xtables-{id}"))
 }
 
 /// Blocks until this process holds the namespace's lock.

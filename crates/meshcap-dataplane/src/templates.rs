@@ -8,7 +8,7 @@
 //! used beyond the bound. An evicted template only costs its next pod a restore.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use meshcap_model::rules::Family;
@@ -107,12 +107,9 @@ impl TemplateStore {
     }
 
     fn path(&self, family: Family, key: &str) -> PathBuf {
-        file_path(&self.dir, family, key)
+        self.dir
+            .join(format!("{family}-{:016x}", fnv1a(key.as_bytes())))
     }
-}
-
-fn file_path(dir: &Path, family: Family, key: &str) -> PathBuf {
-    dir.join(format!("{family}-{:016x}", fnv1a(key.as_bytes())))
 }
 
 /// FNV-1a, 64 bits: a stable file name for a key (the file holds the key itself, compared on
@@ -127,6 +124,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use std::fs::File;
+    use std::path::Path;
 
     fn store(capacity: usize) -> (meshcap_testkit::ScratchDir, TemplateStore) {
         let dir = meshcap_testkit::ScratchDir::new("templates");

@@ -116,13 +116,11 @@ impl Attrs {
 /// Iterates over `(type without flags, payload)` of an attribute stream; stops at the first
 /// malformed header.
 #[derive(Debug, Clone)]
-pub struct AttrIter<'a> {
-    buf: &'a [u8],
-}
+pub struct AttrIter<'a>(RawAttrIter<'a>);
 
 impl<'a> AttrIter<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        AttrIter { buf }
+        AttrIter(RawAttrIter::new(buf))
     }
 }
 
@@ -130,7 +128,7 @@ impl<'a> Iterator for AttrIter<'a> {
     type Item = (u16, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        next_attr(&mut self.buf).map(|(ty, whole)| (ty, &whole[4..]))
+        self.0.next().map(|(ty, payload, _)| (ty, payload))
     }
 }
 
@@ -151,26 +149,23 @@ impl<'a> RawAttrIter<'a> {
 impl<'a> Iterator for RawAttrIter<'a> {
     type Item = (u16, &'a [u8], &'a [u8]);
 
+    /// Takes the first attribute off the stream: its type without flags, its payload, and its
+    /// bytes with the header and without the padding. A malformed header ends the stream.
     fn next(&mut self) -> Option<Self::Item> {
-        next_attr(&mut self.buf).map(|(ty, whole)| (ty, &whole[4..], whole))
+        let buf = self.buf;
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            self.buf = &[];
+            return None;
+        }
+        let whole = &buf[..len];
+        self.buf = &buf[align(len).min(buf.len())..];
+        Some((ty, &whole[4..], whole))
     }
-}
-
-/// Takes the first attribute off `buf`: its type without flags and its bytes, header included
-/// and padding not. A malformed header ends the stream.
-fn next_attr<'a>(buf: &mut &'a [u8]) -> Option<(u16, &'a [u8])> {
-    if buf.len() < 4 {
-        return None;
-    }
-    let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
-    let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-    if len < 4 || len > buf.len() {
-        *buf = &[];
-        return None;
-    }
-    let whole = &buf[..len];
-    *buf = &buf[align(len).min(buf.len())..];
-    Some((ty, whole))
 }
 
 /// A NUL-terminated (or not) string attribute.

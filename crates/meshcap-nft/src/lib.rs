@@ -341,9 +341,7 @@ fn run_on(
         BatchOutcome::Committed => Ok(()),
         BatchOutcome::Rejected(seq, errno) => Err(NftError::Rejected {
             op,
-            message: info
-                .describe(seq, &bytes)
-                .unwrap_or_else(|| "the transaction".to_string()),
+            message: info.refused(seq, &bytes),
             errno,
         }),
     }

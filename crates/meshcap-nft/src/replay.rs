@@ -248,9 +248,7 @@ pub fn replay(templates: &[&Template]) -> Result<(), NftError> {
         BatchOutcome::Committed => Ok(()),
         BatchOutcome::Rejected(seq, errno) => Err(NftError::Rejected {
             op,
-            message: info
-                .describe(seq, &bytes)
-                .unwrap_or_else(|| "the transaction".to_string()),
+            message: info.refused(seq, &bytes),
             errno,
         }),
     }

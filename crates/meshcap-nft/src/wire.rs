@@ -19,8 +19,23 @@ pub fn message(
     res_id: u16,
     attrs: &[u8],
 ) -> Vec<u8> {
+    let mut buf = Vec::new();
+    put_message(&mut buf, msg_type, flags, seq, family, res_id, attrs);
+    buf
+}
+
+/// Appends [`message`]'s bytes to `buf`, padded to 4 bytes for the next message.
+fn put_message(
+    buf: &mut Vec<u8>,
+    msg_type: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    attrs: &[u8],
+) {
     let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
-    let mut buf = Vec::with_capacity(align(len));
+    buf.reserve(align(len));
     buf.extend_from_slice(&u32::try_from(len).expect("message fits u32").to_ne_bytes());
     buf.extend_from_slice(&msg_type.to_ne_bytes());
     buf.extend_from_slice(&flags.to_ne_bytes());
@@ -31,7 +46,6 @@ pub fn message(
     buf.extend_from_slice(&res_id.to_be_bytes());
     buf.extend_from_slice(attrs);
     buf.resize(align(buf.len()), 0);
-    buf
 }
 
 /// The nlmsg type of nf_tables message `msg`: subsystem in the high byte.
@@ -108,18 +122,15 @@ impl Batch {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
         self.entries.push((seq, self.buf.len(), what.into()));
-        // Written in place, as `message` lays it out.
-        let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
-        let buf = &mut self.buf;
-        buf.reserve(align(len));
-        buf.extend_from_slice(&u32::try_from(len).expect("message fits u32").to_ne_bytes());
-        buf.extend_from_slice(&nft_type(msg).to_ne_bytes());
-        buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        buf.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
-        buf.extend_from_slice(attrs);
-        buf.resize(align(buf.len()), 0);
+        put_message(
+            &mut self.buf,
+            nft_type(msg),
+            NLM_F_REQUEST | flags,
+            seq,
+            family,
+            0,
+            attrs,
+        );
     }
 
     /// Closes the batch and returns its bytes. The last content message asks for an ACK: the
@@ -159,6 +170,13 @@ pub struct BatchInfo {
 }
 
 impl BatchInfo {
+    /// What the kernel refused at `seq` in `batch` (the bytes [`Batch::finish`] returned with
+    /// this), for an error message: the message's name, else "the transaction".
+    pub fn refused(&self, seq: u32, batch: &[u8]) -> String {
+        self.describe(seq, batch)
+            .unwrap_or_else(|| "the transaction".to_string())
+    }
+
     /// Names the message of `seq` in `batch`, the bytes [`Batch::finish`] returned with this.
     pub fn describe(&self, seq: u32, batch: &[u8]) -> Option<String> {
         let (_, offset, what) = self.entries.iter().find(|(s, _, _)| *s == seq)?;

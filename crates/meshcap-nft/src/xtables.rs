@@ -312,9 +312,7 @@ pub fn remove_if_unused(
             BatchOutcome::Rejected(seq, errno) => {
                 return Err(NftError::Rejected {
                     op,
-                    message: info
-                        .describe(seq, &bytes)
-                        .unwrap_or_else(|| "the transaction".to_string()),
+                    message: info.refused(seq, &bytes),
                     errno,
                 })
             }
@@ -643,9 +641,7 @@ pub fn remove_prefixed(
             BatchOutcome::Rejected(seq, errno) => {
                 return Err(NftError::Rejected {
                     op,
-                    message: info
-                        .describe(seq, &bytes)
-                        .unwrap_or_else(|| "the transaction".to_string()),
+                    message: info.refused(seq, &bytes),
                     errno,
                 })
             }

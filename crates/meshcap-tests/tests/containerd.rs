@@ -21,7 +21,8 @@
 //!   nothing of meshcap's is left in the conf dir, bin dir or state dir.
 //!
 //! With the fast path the meshed pod is registered, its app and sidecar sockets are paired,
-//! DEL (also without a netns) unregisters the pod and `meshcap uninstall` leaves no pin. The plugin's log lines reach the agent's log over its socket. It prints how many pods
+//! DEL (also without a netns) unregisters the pod and `meshcap uninstall` leaves no pin.
+//! The plugin's log lines reach the agent's log over its socket. It prints how many pods
 //! it started and the median RunPodSandbox time with and without meshcap per mode, measured
 //! in this run. Needs root, containerd and ctr (Debian's `containerd`), podman (to build the image),
 //! busybox-static and nsenter; when one is missing it says so by name, and under `CI=true` it

@@ -27,8 +27,8 @@
 //! An eBPF agent that dies during an ADD cannot take the data path with it: its programs and
 //! maps are pinned and outlive the process (`meshcap agent` leaves them on exit), so the ADD
 //! registers the pod either way; only `meshcap agent --uninstall` (or `meshcap uninstall`)
-//! removes the pins, after which registration fails and the ADD goes on with rules alone. Both are tested with an
-//! agent of the test's own on private pins (`ebpf.pin_dir`), never the node's shared one.
+//! removes the pins, after which registration fails and the ADD goes on with rules alone.
+//! Both are tested with an agent of the test's own on private pins (`ebpf.pin_dir`), never the node's shared one.
 //!
 //! Faults are injected into the real `meshcap-cni` run as a runtime runs it: a chain's `bridge`
 //! gives the pod its interface and addresses (the prevResult), then `meshcap-cni` alone runs with
