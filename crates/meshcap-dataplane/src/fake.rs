@@ -560,8 +560,13 @@ impl FakeRoutes<'_> {
 }
 
 impl Routes for FakeRoutes<'_> {
-    fn exists(&mut self, item: Item) -> Result<bool, DataplaneError> {
-        Ok(self.0.state().kernel.routes.contains(&item))
+    fn present(&mut self, candidates: &[Item]) -> Result<Vec<Item>, DataplaneError> {
+        let routes = &self.0.state().kernel.routes;
+        Ok(candidates
+            .iter()
+            .copied()
+            .filter(|item| routes.contains(item))
+            .collect())
     }
 
     fn add(&mut self, item: Item) -> Result<bool, DataplaneError> {

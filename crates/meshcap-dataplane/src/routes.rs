@@ -118,13 +118,7 @@ pub(crate) fn present(
             candidates.push(item);
         }
     }
-    let mut found = Vec::new();
-    for item in candidates {
-        if rtnl.exists(item)? {
-            found.push(item);
-        }
-    }
-    Ok(found)
+    rtnl.present(&candidates)
 }
 
 /// Makes the namespace hold exactly `wanted(rulesets)`; on error undoes its own changes.
@@ -273,7 +267,8 @@ fn rule_matches(msg: &RuleMessage, pr: PolicyRoute) -> bool {
             _ => {}
         }
     }
-    msg.header.action == RuleAction::ToTable
+    msg.header.family == address_family(pr.family)
+        && msg.header.action == RuleAction::ToTable
         && mark == Some(pr.mark)
         && mask == u32::MAX
         && table == pr.table
@@ -289,50 +284,58 @@ fn route_matches(msg: &RouteMessage, pr: PolicyRoute) -> bool {
             _ => {}
         }
     }
-    msg.header.kind == RouteType::Local
+    msg.header.address_family == address_family(pr.family)
+        && msg.header.kind == RouteType::Local
         && msg.header.destination_prefix_length == 0
         && table == pr.table
         && oif == Some(LOOPBACK_IFINDEX)
 }
 
 fn address_matches(msg: &AddressMessage) -> bool {
-    msg.header.index == LOOPBACK_IFINDEX
+    msg.header.family == AddressFamily::Inet6
+        && msg.header.index == LOOPBACK_IFINDEX
         && msg.header.prefix_len == 128
         && msg.attributes.iter().any(|a| {
             matches!(a, AddressAttribute::Address(IpAddr::V6(ip)) | AddressAttribute::Local(IpAddr::V6(ip)) if *ip == PASSTHROUGH_V6)
         })
 }
 
-/// The kernel's rules/routes/addresses of the item's kind and family.
-fn list(rtnl: &mut Rtnl, item: Item) -> Result<Vec<RouteNetlinkMessage>, DataplaneError> {
-    let (request, what) = match item {
-        Item::Rule(pr) => {
-            let mut msg = RuleMessage::default();
-            msg.header.family = address_family(pr.family);
-            (RouteNetlinkMessage::GetRule(msg), "list rules")
-        }
-        Item::Route(pr) => {
-            let mut msg = RouteMessage::default();
-            msg.header.address_family = address_family(pr.family);
-            (RouteNetlinkMessage::GetRoute(msg), "list routes")
-        }
-        Item::PassthroughV6 => {
+/// What one dump lists: every family's rules or routes (`AF_UNSPEC`, which the kernel answers
+/// by walking each family in turn), or the IPv6 addresses.
+enum Listing {
+    Rules,
+    Routes,
+    AddressesV6,
+}
+
+/// The kernel's objects of one [`Listing`].
+fn list(rtnl: &mut Rtnl, listing: Listing) -> Result<Vec<RouteNetlinkMessage>, DataplaneError> {
+    let (request, what) = match listing {
+        Listing::Rules => (
+            RouteNetlinkMessage::GetRule(RuleMessage::default()),
+            "list rules",
+        ),
+        Listing::Routes => (
+            RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+            "list routes",
+        ),
+        Listing::AddressesV6 => {
             let mut msg = AddressMessage::default();
             msg.header.family = AddressFamily::Inet6;
-            (RouteNetlinkMessage::GetAddress(msg), "list addresses")
+            (RouteNetlinkMessage::GetAddress(msg), "list IPv6 addresses")
         }
     };
     match rtnl.dump(request) {
         Ok(answers) => Ok(answers),
         // No IPv6 in this namespace (ipv6.disable=1): nothing of that family can exist.
         Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => Ok(Vec::new()),
-        Err(e) => Err(rtnl.error(format!("{what} ({item})"), e)),
+        Err(e) => Err(rtnl.error(what.to_owned(), e)),
     }
 }
 
 impl Routes for Rtnl {
-    fn exists(&mut self, item: Item) -> Result<bool, DataplaneError> {
-        exists(self, item)
+    fn present(&mut self, candidates: &[Item]) -> Result<Vec<Item>, DataplaneError> {
+        present_in_kernel(self, candidates)
     }
 
     fn add(&mut self, item: Item) -> Result<bool, DataplaneError> {
@@ -344,14 +347,37 @@ impl Routes for Rtnl {
     }
 }
 
-fn exists(rtnl: &mut Rtnl, item: Item) -> Result<bool, DataplaneError> {
-    let answers = list(rtnl, item)?;
-    Ok(answers.iter().any(|m| match (item, m) {
+/// One dump per kind of item among `candidates`, each covering both families: at most three
+/// round trips, however many families and items are asked about.
+fn present_in_kernel(rtnl: &mut Rtnl, candidates: &[Item]) -> Result<Vec<Item>, DataplaneError> {
+    let mut rules: Option<Vec<RouteNetlinkMessage>> = None;
+    let (mut routes, mut addresses) = (None, None);
+    let mut found = Vec::new();
+    for &item in candidates {
+        let (listed, listing) = match item {
+            Item::Rule(_) => (&mut rules, Listing::Rules),
+            Item::Route(_) => (&mut routes, Listing::Routes),
+            Item::PassthroughV6 => (&mut addresses, Listing::AddressesV6),
+        };
+        let answers = match listed {
+            Some(answers) => answers,
+            None => listed.insert(list(rtnl, listing)?),
+        };
+        if answers.iter().any(|m| matches(item, m)) {
+            found.push(item);
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the kernel's object `msg` is `item`.
+fn matches(item: Item, msg: &RouteNetlinkMessage) -> bool {
+    match (item, msg) {
         (Item::Rule(pr), RouteNetlinkMessage::NewRule(r)) => rule_matches(r, pr),
         (Item::Route(pr), RouteNetlinkMessage::NewRoute(r)) => route_matches(r, pr),
         (Item::PassthroughV6, RouteNetlinkMessage::NewAddress(a)) => address_matches(a),
         _ => false,
-    }))
+    }
 }
 
 /// Adds `item`; `Ok(false)` when it was already there.

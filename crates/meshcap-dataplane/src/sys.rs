@@ -117,7 +117,8 @@ impl Spawned {
 
 /// The TPROXY routing items of one namespace (rtnetlink on a [`Host`]).
 pub trait Routes {
-    fn exists(&mut self, item: Item) -> Result<bool, DataplaneError>;
+    /// The `candidates` that exist now, in their order.
+    fn present(&mut self, candidates: &[Item]) -> Result<Vec<Item>, DataplaneError>;
     /// Adds `item`; `Ok(false)` when it was already there.
     fn add(&mut self, item: Item) -> Result<bool, DataplaneError>;
     /// Deletes `item`; `Ok(false)` when it was not there.

@@ -354,31 +354,36 @@ fn run_on(
 pub fn replace(rulesets: &[Ruleset]) -> Result<(), NftError> {
     let op = "replace";
     let mut conn = Conn::open(op)?;
-    let mut present = Vec::new();
-    for rs in rulesets {
-        if table_exists(&mut conn, op, rs.family)? {
-            present.push(rs.family);
-        }
-    }
+    let present = tables_present(&mut conn, op, rulesets.iter().map(|rs| rs.family))?;
     run_on(conn, op, |seq| {
         build_replace(rulesets, seq, &|f| present.contains(&f))
     })
 }
 
-/// Whether meshcap's table of `family` exists (one NFT_MSG_GETTABLE round trip).
-fn table_exists(conn: &mut Conn, op: &'static str, family: Family) -> Result<bool, NftError> {
-    match conn.request(NFT_MSG_GETTABLE, nfproto(family), &table_attrs())? {
-        Ok(_) => Ok(true),
-        Err(Errno::ENOENT) => Ok(false),
-        Err(errno) => Err(NftError::Kernel {
+/// Which of `families` hold meshcap's table: one dump of every family's tables
+/// (`NFPROTO_UNSPEC`), so one round trip however many families are asked about. A pod's
+/// namespace holds few tables, usually none.
+fn tables_present(
+    conn: &mut Conn,
+    op: &'static str,
+    families: impl IntoIterator<Item = Family>,
+) -> Result<Vec<Family>, NftError> {
+    let tables = conn
+        .dump(NFT_MSG_GETTABLE, NFPROTO_UNSPEC, &Attrs::new())?
+        .map_err(|errno| NftError::Kernel {
             op,
-            request: match family {
-                Family::V4 => "get table ip meshcap",
-                Family::V6 => "get table ip6 meshcap",
-            },
+            request: "NFT_MSG_GETTABLE",
             errno,
-        }),
-    }
+        })?;
+    let is_meshcap = |payload: &[u8], family: Family| {
+        payload.first() == Some(&nfproto(family))
+            && AttrIter::new(payload.get(NFGENMSG_LEN..).unwrap_or(&[]))
+                .any(|(ty, v)| ty == NFTA_TABLE_NAME && attr_str(v) == NFT_TABLE)
+    };
+    Ok(families
+        .into_iter()
+        .filter(|family| tables.messages.iter().any(|p| is_meshcap(p, *family)))
+        .collect())
 }
 
 /// Removes meshcap's tables of `families` in one batch; succeeds when they are absent.
@@ -387,12 +392,7 @@ pub fn delete(families: &[Family]) -> Result<(), NftError> {
     let mut conn = Conn::open(op)?;
     // As in `replace`: touch only tables that exist, so a DEL with nothing to remove sends no
     // transaction and leaves nothing on the kernel's destroy list.
-    let mut present = Vec::new();
-    for family in families {
-        if table_exists(&mut conn, op, *family)? {
-            present.push(*family);
-        }
-    }
+    let present = tables_present(&mut conn, op, families.iter().copied())?;
     if present.is_empty() {
         return Ok(());
     }

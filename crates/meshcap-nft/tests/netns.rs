@@ -551,6 +551,13 @@ fn delete_when_absent_and_present() -> Result<()> {
     assert!(ns.run(|| list(Family::V6))??.is_none());
     assert!(ns.run(|| list(Family::V4))??.is_some());
     ns.run(|| verify(&[fixture(Family::V4), empty_v6]))??;
+    // Meshcap's tables are found by family and name in one listing: with only the IPv4 one
+    // there, and another family's table of the same name beside it, the replace deletes the
+    // IPv4 table and creates the IPv6 one (a table believed absent is created exclusively).
+    ns.exec(&["nft", "add", "table", "inet", "meshcap"], None)?;
+    ns.run(|| replace(&fixtures()))??;
+    ns.run(|| verify(&fixtures()))??;
+    ns.exec(&["nft", "delete", "table", "inet", "meshcap"], None)?;
     // Other tables are never touched.
     ns.exec(&["nft", "add", "table", "ip", "other"], None)?;
     ns.run(|| delete(&Family::ALL))??;
