@@ -252,16 +252,12 @@ impl Journal {
             }
             text.push('\n');
         }
-        let err = |source| DataplaneError::Lock {
-            path: path.to_owned(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        crate::write_replacing(path, ".tmp", text.as_bytes()).map_err(|source| {
+            DataplaneError::Lock {
+                path: path.to_owned(),
+                source,
+            }
+        })
     }
 
     pub fn drop(path: &Path) {

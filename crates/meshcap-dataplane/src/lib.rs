@@ -316,6 +316,25 @@ pub fn remove_run_state(run_dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Writes `bytes` to `path` through a temporary file beside it (its name plus `tmp_suffix`),
+/// renamed into place: a reader sees the whole file or none. Creates the directory; removes
+/// the temporary file again when a step fails.
+pub(crate) fn write_replacing(path: &Path, tmp_suffix: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(tmp_suffix);
+    let tmp = PathBuf::from(tmp);
+    let written = match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir),
+        None => Ok(()),
+    }
+    .and_then(|()| std::fs::write(&tmp, bytes))
+    .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// The journal of what an iptables-mode apply of namespace `id` may create (see
 /// `iptables::Journal`).
 fn journal_path(run_dir: &Path, id: NetnsId) -> PathBuf {

@@ -62,16 +62,8 @@ impl TemplateStore {
     /// reader sees the whole file or none), then evicts beyond the bound; returns its file.
     pub(crate) fn keep(&self, family: Family, key: &str, bytes: &[u8]) -> io::Result<PathBuf> {
         let path = self.path(family, key);
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(format!("{TMP_MARK}{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let written = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written?;
+        let tmp_suffix = format!("{TMP_MARK}{}", std::process::id());
+        crate::write_replacing(&path, &tmp_suffix, bytes)?;
         self.evict();
         Ok(path)
     }

@@ -12,7 +12,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
 use crate::sys::*;
-use crate::wire::{message, nft_type, parse_messages, Attrs, BatchInfo};
+use crate::wire::{attr_str, message, nft_type, parse_messages, AttrIter, Attrs, BatchInfo};
 use crate::NftError;
 
 /// How long one recv may wait. The kernel answers nf_tables requests synchronously, so only a
@@ -258,6 +258,28 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Every table of every family in the namespace, as `(nfproto, name)`: one dump
+    /// (`NFPROTO_UNSPEC`), one round trip. A pod's namespace holds few tables.
+    pub fn tables(&mut self) -> Result<Vec<(u8, String)>, NftError> {
+        let dump = self
+            .dump(NFT_MSG_GETTABLE, NFPROTO_UNSPEC, &Attrs::new())?
+            .map_err(|errno| NftError::Kernel {
+                op: self.op,
+                request: "NFT_MSG_GETTABLE",
+                errno,
+            })?;
+        Ok(dump
+            .messages
+            .iter()
+            .filter_map(|payload| {
+                let family = *payload.first()?;
+                AttrIter::new(payload.get(NFGENMSG_LEN..).unwrap_or(&[]))
+                    .find(|(ty, _)| *ty == NFTA_TABLE_NAME)
+                    .map(|(_, name)| (family, attr_str(name)))
+            })
+            .collect())
     }
 }
 

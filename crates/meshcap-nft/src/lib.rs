@@ -354,35 +354,25 @@ fn run_on(
 pub fn replace(rulesets: &[Ruleset]) -> Result<(), NftError> {
     let op = "replace";
     let mut conn = Conn::open(op)?;
-    let present = tables_present(&mut conn, op, rulesets.iter().map(|rs| rs.family))?;
+    let present = tables_present(&mut conn, rulesets.iter().map(|rs| rs.family))?;
     run_on(conn, op, |seq| {
         build_replace(rulesets, seq, &|f| present.contains(&f))
     })
 }
 
-/// Which of `families` hold meshcap's table: one dump of every family's tables
-/// (`NFPROTO_UNSPEC`), so one round trip however many families are asked about. A pod's
-/// namespace holds few tables, usually none.
+/// Which of `families` hold meshcap's table, from one listing of the namespace's tables.
 fn tables_present(
     conn: &mut Conn,
-    op: &'static str,
     families: impl IntoIterator<Item = Family>,
 ) -> Result<Vec<Family>, NftError> {
-    let tables = conn
-        .dump(NFT_MSG_GETTABLE, NFPROTO_UNSPEC, &Attrs::new())?
-        .map_err(|errno| NftError::Kernel {
-            op,
-            request: "NFT_MSG_GETTABLE",
-            errno,
-        })?;
-    let is_meshcap = |payload: &[u8], family: Family| {
-        payload.first() == Some(&nfproto(family))
-            && AttrIter::new(payload.get(NFGENMSG_LEN..).unwrap_or(&[]))
-                .any(|(ty, v)| ty == NFTA_TABLE_NAME && attr_str(v) == NFT_TABLE)
-    };
+    let tables = conn.tables()?;
     Ok(families
         .into_iter()
-        .filter(|family| tables.messages.iter().any(|p| is_meshcap(p, *family)))
+        .filter(|family| {
+            tables
+                .iter()
+                .any(|(proto, name)| *proto == nfproto(*family) && name == NFT_TABLE)
+        })
         .collect())
 }
 
@@ -392,7 +382,7 @@ pub fn delete(families: &[Family]) -> Result<(), NftError> {
     let mut conn = Conn::open(op)?;
     // As in `replace`: touch only tables that exist, so a DEL with nothing to remove sends no
     // transaction and leaves nothing on the kernel's destroy list.
-    let present = tables_present(&mut conn, op, families.iter().copied())?;
+    let present = tables_present(&mut conn, families.iter().copied())?;
     if present.is_empty() {
         return Ok(());
     }

@@ -106,19 +106,7 @@ pub fn shapes_of(
     let op = "list xtables tables";
     let mut conn = Conn::open(op)?;
     let kernel = |request| move |errno| NftError::Kernel { op, request, errno };
-    let tables = conn
-        .dump(NFT_MSG_GETTABLE, NFPROTO_UNSPEC, &Attrs::new())?
-        .map_err(kernel("NFT_MSG_GETTABLE"))?;
-    let present: Vec<(u8, String)> = tables
-        .messages
-        .iter()
-        .filter_map(|payload| {
-            let family = *payload.first()?;
-            AttrIter::new(payload.get(NFGENMSG_LEN..).unwrap_or(&[]))
-                .find(|(ty, _)| *ty == NFTA_TABLE_NAME)
-                .map(|(_, v)| (family, attr_str(v)))
-        })
-        .collect();
+    let present = conn.tables()?;
     let mut out = Vec::new();
     for family in families {
         let proto = nfproto(*family);
