@@ -255,7 +255,9 @@ pub fn run_with(args: &AgentArgs, also: impl FnOnce() -> anyhow::Result<()>) -> 
             thread::Builder::new()
                 .name("metrics".into())
                 .spawn(move || {
-                    metrics::serve(&listener, &metrics, &ready, &stop);
+                    if let Err(e) = metrics::serve(listener, metrics, ready, &stop) {
+                        tracing::error!(error = %e, "the metrics endpoint stopped");
+                    }
                 })?,
         );
     }

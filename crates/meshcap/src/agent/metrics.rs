@@ -1,4 +1,5 @@
-//! The agent's Prometheus metrics, served as text format 0.0.4 on `GET /metrics`.
+//! The agent's Prometheus metrics, served in the Prometheus text format (0.0.4) on
+//! `GET /metrics`.
 //!
 //! | metric | type | what |
 //! |---|---|---|
@@ -27,39 +28,57 @@
 //! Counters start from the log's contents when the agent starts, as Prometheus expects of a
 //! restarted target.
 //!
-//! The HTTP side is deliberately small: `GET /metrics`, `/healthz` (the agent runs) and
-//! `/readyz` (the plugin is installed and chained last), a thread per connection (at most
-//! [`MAX_CONNECTIONS`]), a bounded request head and a deadline for the whole request, so idle
-//! or slow clients never hold up a scrape or a probe.
+//! The exposition is `prometheus-client`'s (the Prometheus project's Rust client): counters,
+//! gauges and the histogram are its types, registered once; the fast path's figures are read
+//! from its pinned maps at each scrape by a collector. The HTTP side is hyper's HTTP/1 server
+//! on a single-threaded tokio runtime that the agent's metrics thread owns: the agent's other
+//! duties are blocking loops that gain nothing from async, but this endpoint is where
+//! clients from outside connect, and hyper bounds what they may send. Each connection serves
+//! one request within [`REQUEST_DEADLINE`], at most [`MAX_CONNECTIONS`] at once, so idle or
+//! slow clients never hold up a scrape or a probe.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::convert::Infallible;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use meshcap_fastpath::PinDir;
 use meshcap_records::{parse_outcome_line, OUTCOMES_FILE};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 
 use super::Stop;
 
 /// Rotate the outcome log past this size (about 100 000 invocations).
 const ROTATE_AT: u64 = 1 << 20;
+/// Largest request head read (hyper's smallest read buffer); a larger one gets a 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// The whole request (head read and reply write) must be done within this.
+/// The whole exchange (head read and reply written) must be done within this.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// Connections served at once; more are closed without a reply. Far more than scrapers and
 /// probes ever open, so that a crowd of idle clients (each cut off after [`REQUEST_DEADLINE`])
 /// does not turn a scrape away; below the common soft limit of 1024 open files.
 const MAX_CONNECTIONS: usize = 512;
-/// Stack of a connection's thread: it parses a request head and writes a reply.
-const CONNECTION_STACK: usize = 128 * 1024;
 
 /// Upper bounds (seconds) of the ADD latency histogram's buckets: a fast ADD takes about a
 /// millisecond, one in iptables mode several, one on a busy node tens.
@@ -67,39 +86,16 @@ const ADD_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
 ];
 
-/// A Prometheus histogram: counts per bucket (not cumulative), the sum and the count.
-#[derive(Default, Clone)]
-struct Histogram {
-    buckets: [u64; ADD_BUCKETS.len()],
-    sum_us: u64,
-    count: u64,
+/// One line of the outcome log: the plugin's command and its CNI code (0: success).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Invocation {
+    command: String,
+    code: u32,
 }
 
-impl Histogram {
-    fn observe(&mut self, micros: u64) {
-        let seconds = micros as f64 / 1e6;
-        if let Some(i) = ADD_BUCKETS.iter().position(|le| seconds <= *le) {
-            self.buckets[i] += 1;
-        }
-        self.sum_us += micros;
-        self.count += 1;
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    repairs: u64,
-    repair_failures: u64,
-    scans: u64,
-    attachments: u64,
-    adoptions: u64,
-    adoption_failures: u64,
-    config_rewrites: u64,
-    config_restore_failures: u64,
-    /// (command, code) -> count.
-    cni: BTreeMap<(String, u32), u64>,
-    /// mode -> latency of successful ADDs.
-    add_latency: BTreeMap<String, Histogram>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabel {
+    mode: String,
 }
 
 /// Where the agent is in the outcome log.
@@ -111,59 +107,142 @@ struct Tail {
 }
 
 pub struct Metrics {
-    counters: Mutex<Counters>,
+    registry: Registry,
+    repairs: Counter,
+    repair_failures: Counter,
+    scans: Counter,
+    attachments: Gauge,
+    adoptions: Counter,
+    adoption_failures: Counter,
+    config_rewrites: Counter,
+    config_restore_failures: Counter,
+    cni_invocations: Family<Invocation, Counter>,
+    cni_adds: Counter,
+    cni_failures: Family<Invocation, Counter>,
+    add_duration: Family<ModeLabel, Histogram, fn() -> Histogram>,
     tail: Mutex<Tail>,
-    pin_dir: PathBuf,
 }
 
 impl Metrics {
     pub fn new(state_root: &Path, pin_dir: &Path) -> Metrics {
-        Metrics {
-            counters: Mutex::default(),
+        let mut m = Metrics {
+            registry: Registry::default(),
+            repairs: Counter::default(),
+            repair_failures: Counter::default(),
+            scans: Counter::default(),
+            attachments: Gauge::default(),
+            adoptions: Counter::default(),
+            adoption_failures: Counter::default(),
+            config_rewrites: Counter::default(),
+            config_restore_failures: Counter::default(),
+            cni_invocations: Family::default(),
+            cni_adds: Counter::default(),
+            cni_failures: Family::default(),
+            add_duration: Family::new_with_constructor(|| Histogram::new(ADD_BUCKETS)),
             tail: Mutex::new(Tail {
                 path: state_root.join(OUTCOMES_FILE),
                 ino: None,
                 offset: 0,
             }),
+        };
+        // The registry appends the final full stop to each help text.
+        let r = &mut m.registry;
+        r.register(
+            "meshcap_repairs",
+            "Pods whose drifted capture rules the agent re-applied",
+            m.repairs.clone(),
+        );
+        r.register(
+            "meshcap_repair_failures",
+            "Repair attempts that failed (retried on the next scan)",
+            m.repair_failures.clone(),
+        );
+        r.register(
+            "meshcap_repair_scans",
+            "Passes over the attachment records",
+            m.scans.clone(),
+        );
+        r.register(
+            "meshcap_attachments",
+            "Attachment records seen by the last scan",
+            m.attachments.clone(),
+        );
+        r.register(
+            "meshcap_adoptions",
+            "Pods set up before meshcap was installed whose capture rules the agent installed in place",
+            m.adoptions.clone(),
+        );
+        r.register(
+            "meshcap_adoption_failures",
+            "Adoption attempts that failed (retried on the next scan)",
+            m.adoption_failures.clone(),
+        );
+        r.register(
+            "meshcap_config_rewrites",
+            "Rewrites of the primary CNI config that dropped or moved meshcap's entry, undone by the agent",
+            m.config_rewrites.clone(),
+        );
+        r.register(
+            "meshcap_config_restore_failures",
+            "Failed attempts to put meshcap's CNI entry back",
+            m.config_restore_failures.clone(),
+        );
+        r.register(
+            "meshcap_cni_invocations",
+            "meshcap-cni invocations by command and CNI result code (0: success)",
+            m.cni_invocations.clone(),
+        );
+        r.register(
+            "meshcap_cni_adds",
+            "meshcap-cni ADD invocations",
+            m.cni_adds.clone(),
+        );
+        r.register(
+            "meshcap_cni_failures",
+            "Failed meshcap-cni invocations by command and CNI error code",
+            m.cni_failures.clone(),
+        );
+        r.register_collector(Box::new(FastPathStatus {
             pin_dir: pin_dir.to_owned(),
-        }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut Counters) -> T) -> T {
-        f(&mut self.counters.lock().unwrap_or_else(|e| e.into_inner()))
+        }));
+        r.register(
+            "meshcap_cni_add_duration_seconds",
+            "Time meshcap-cni spent on a successful ADD, from its start to its result (the exec not included), by mode",
+            m.add_duration.clone(),
+        );
+        m
     }
 
     pub fn repaired(&self) {
-        self.with(|c| c.repairs += 1);
+        self.repairs.inc();
     }
 
     pub fn repair_failed(&self) {
-        self.with(|c| c.repair_failures += 1);
+        self.repair_failures.inc();
     }
 
     /// A scan finished having seen `attachments` records.
     pub fn scanned(&self, attachments: u64) {
-        self.with(|c| {
-            c.scans += 1;
-            c.attachments = attachments;
-        });
+        self.scans.inc();
+        self.attachments
+            .set(i64::try_from(attachments).unwrap_or(i64::MAX));
         self.read_outcomes();
     }
 
     pub fn adopted(&self) {
-        self.with(|c| c.adoptions += 1);
+        self.adoptions.inc();
     }
 
     pub fn adoption_failed(&self) {
-        self.with(|c| c.adoption_failures += 1);
+        self.adoption_failures.inc();
     }
 
     pub fn config_rewrite_seen(&self) {
-        self.with(|c| c.config_rewrites += 1);
+        self.config_rewrites.inc();
     }
 
     pub fn config_restore_failed(&self) {
-        self.with(|c| c.config_restore_failures += 1);
+        self.config_restore_failures.inc();
     }
 
     /// Reads the outcome log's new lines (and rotates it when it grew large).
@@ -202,183 +281,73 @@ impl Metrics {
         // A line still being written (never in practice: each is one write) waits.
         let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         let text = String::from_utf8_lossy(&buf[..complete]);
-        self.with(|c| {
-            for line in text.lines().filter_map(parse_outcome_line) {
-                *c.cni
-                    .entry((line.command.to_owned(), line.code))
-                    .or_default() += 1;
-                if let (("ADD", 0), Some((mode, micros))) = ((line.command, line.code), line.timing)
-                {
-                    c.add_latency
-                        .entry(mode.to_owned())
-                        .or_default()
-                        .observe(micros);
+        for line in text.lines().filter_map(parse_outcome_line) {
+            let invocation = Invocation {
+                command: line.command.to_owned(),
+                code: line.code,
+            };
+            self.cni_invocations.get_or_create(&invocation).inc();
+            if line.code != 0 {
+                self.cni_failures.get_or_create(&invocation).inc();
+            }
+            if line.command == "ADD" {
+                self.cni_adds.inc();
+                if let (0, Some((mode, micros))) = (line.code, line.timing) {
+                    self.add_duration
+                        .get_or_create(&ModeLabel {
+                            mode: mode.to_owned(),
+                        })
+                        .observe(micros as f64 / 1e6);
                 }
             }
-        });
+        }
         complete as u64
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
         self.read_outcomes();
-        let c = self.with(|c| {
-            (
-                c.repairs,
-                c.repair_failures,
-                c.scans,
-                c.attachments,
-                (c.adoptions, c.adoption_failures),
-                c.config_rewrites,
-                c.config_restore_failures,
-                c.cni.clone(),
-                c.add_latency.clone(),
-            )
-        });
-        let (
-            repairs,
-            repair_failures,
-            scans,
-            attachments,
-            (adoptions, adoption_failures),
-            rewrites,
-            restore_failures,
-            cni,
-            add_latency,
-        ) = c;
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        let one = |v: u64| [(String::new(), v)];
-        metric(
-            "meshcap_repairs_total",
-            "counter",
-            "Pods whose drifted capture rules the agent re-applied.",
-            &one(repairs),
-        );
-        metric(
-            "meshcap_repair_failures_total",
-            "counter",
-            "Repair attempts that failed (retried on the next scan).",
-            &one(repair_failures),
-        );
-        metric(
-            "meshcap_repair_scans_total",
-            "counter",
-            "Passes over the attachment records.",
-            &one(scans),
-        );
-        metric(
-            "meshcap_attachments",
-            "gauge",
-            "Attachment records seen by the last scan.",
-            &one(attachments),
-        );
-        metric(
-            "meshcap_adoptions_total",
-            "counter",
-            "Pods set up before meshcap was installed whose capture rules the agent installed in place.",
-            &one(adoptions),
-        );
-        metric(
-            "meshcap_adoption_failures_total",
-            "counter",
-            "Adoption attempts that failed (retried on the next scan).",
-            &one(adoption_failures),
-        );
-        metric("meshcap_config_rewrites_total", "counter", "Rewrites of the primary CNI config that dropped or moved meshcap's entry, undone by the agent.", &one(rewrites));
-        metric(
-            "meshcap_config_restore_failures_total",
-            "counter",
-            "Failed attempts to put meshcap's CNI entry back.",
-            &one(restore_failures),
-        );
-        let label =
-            |(command, code): &(String, u32)| format!("{{command=\"{command}\",code=\"{code}\"}}");
-        let invocations: Vec<_> = cni.iter().map(|(k, v)| (label(k), *v)).collect();
-        metric(
-            "meshcap_cni_invocations_total",
-            "counter",
-            "meshcap-cni invocations by command and CNI result code (0: success).",
-            &invocations,
-        );
-        let adds = cni
-            .iter()
-            .filter(|((cmd, _), _)| cmd == "ADD")
-            .map(|(_, v)| v)
-            .sum();
-        metric(
-            "meshcap_cni_adds_total",
-            "counter",
-            "meshcap-cni ADD invocations.",
-            &one(adds),
-        );
-        let failures: Vec<_> = cni
-            .iter()
-            .filter(|((_, code), _)| *code != 0)
-            .map(|(k, v)| (label(k), *v))
-            .collect();
-        metric(
-            "meshcap_cni_failures_total",
-            "counter",
-            "Failed meshcap-cni invocations by command and CNI error code.",
-            &failures,
-        );
+        prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
 
+/// The fast path's figures, read from its pinned maps at each scrape (zero when it is not
+/// installed).
+#[derive(Debug)]
+struct FastPathStatus {
+    pin_dir: PathBuf,
+}
+
+impl Collector for FastPathStatus {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let status = PinDir::new(&self.pin_dir).status(None).ok();
         let available = status.as_ref().is_some_and(|s| s.available.is_ok());
         let (pods, bytes) = status.filter(|_| available).map_or((0, 0), |s| {
-            (s.registered_pods as u64, s.counters.redirected_bytes)
+            (s.registered_pods as i64, s.counters.redirected_bytes)
         });
-        metric(
+        let gauge = ConstGauge::new(i64::from(available));
+        gauge.encode(encoder.encode_descriptor(
             "meshcap_fastpath_available",
-            "gauge",
             "1 when the eBPF fast path is installed on this node.",
-            &one(u64::from(available)),
-        );
-        metric(
+            None,
+            gauge.metric_type(),
+        )?)?;
+        let gauge = ConstGauge::new(pods);
+        gauge.encode(encoder.encode_descriptor(
             "meshcap_fastpath_pods",
-            "gauge",
             "Pods registered with the eBPF fast path.",
-            &one(pods),
-        );
-        metric(
-            "meshcap_fastpath_redirected_bytes_total",
-            "counter",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        let counter = ConstCounter::new(bytes);
+        counter.encode(encoder.encode_descriptor(
+            "meshcap_fastpath_redirected_bytes",
             "Bytes the fast path delivered socket to socket.",
-            &one(bytes),
-        );
-        let name = "meshcap_cni_add_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time meshcap-cni spent on a successful ADD, from its start to its result (the exec not included), by mode.\n# TYPE {name} histogram"
-        );
-        for (mode, h) in &add_latency {
-            let mut cumulative = 0;
-            for (le, n) in ADD_BUCKETS.iter().zip(h.buckets) {
-                cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{mode=\"{mode}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{mode=\"{mode}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{mode=\"{mode}\"}} {}",
-                h.sum_us as f64 / 1e6
-            );
-            let _ = writeln!(out, "{name}_count{{mode=\"{mode}\"}} {}", h.count);
-        }
-        out
+            None,
+            counter.metric_type(),
+        )?)
     }
 }
 
@@ -387,104 +356,91 @@ impl Metrics {
 pub type Readiness = dyn Fn() -> Result<(), String> + Send + Sync;
 
 /// Serves `GET /metrics`, `/healthz` and `/readyz` until `stop` is set (the caller then
-/// connects once to wake accept). Each connection gets its own thread and a deadline for the
-/// whole request, so an idle or slow client costs one thread for at most [`REQUEST_DEADLINE`]
-/// and never delays another scrape; past [`MAX_CONNECTIONS`] in flight, new connections are
-/// closed at once.
-pub fn serve(listener: &TcpListener, metrics: &Arc<Metrics>, ready: &Arc<Readiness>, stop: &Stop) {
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stop.is_set() {
-            return;
-        }
-        match conn {
-            Ok(stream) => {
-                if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                    tracing::debug!("metrics endpoint busy; closing a connection");
+/// connects once to wake the accept). Returns early only if the runtime cannot be built.
+pub fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+    stop: &Stop,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    runtime.block_on(async {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let accepted = listener.accept().await;
+            if stop.is_set() {
+                return Ok(());
+            }
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a metrics connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
-                let (metrics, ready, count) = (metrics.clone(), ready.clone(), in_flight.clone());
-                let spawned = thread::Builder::new()
-                    .name("metrics-conn".into())
-                    .stack_size(CONNECTION_STACK)
-                    .spawn(move || {
-                        if let Err(e) = respond(stream, &metrics, &*ready) {
-                            tracing::debug!(error = %e, "metrics request failed");
-                        }
-                        count.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "no thread for a metrics connection");
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!("metrics endpoint busy; closing a connection");
+                continue;
+            };
+            let (metrics, ready) = (metrics.clone(), ready.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let reply = respond(&req, &metrics, &*ready);
+                    async move { Ok::<_, Infallible>(reply) }
+                });
+                let exchange = http1::Builder::new()
+                    .keep_alive(false)
+                    .max_buf_size(MAX_REQUEST_HEAD)
+                    .serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(REQUEST_DEADLINE, exchange).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "metrics request failed"),
+                    Err(_) => tracing::debug!("metrics client too slow; connection closed"),
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a metrics connection failed");
-                stop.sleep(Duration::from_millis(100));
-            }
+                drop(slot);
+            });
         }
-    }
+    })
 }
 
-/// Reads the request head within the deadline: a client that sends a byte a second never
-/// gets more than [`REQUEST_DEADLINE`] in total.
-fn read_head(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST_HEAD {
-            return Ok(None);
-        }
+fn respond(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, String::new());
     }
-    Ok(Some(head))
-}
-
-fn respond(mut stream: TcpStream, metrics: &Metrics, ready: &Readiness) -> std::io::Result<()> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
-    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
-    let Some(head) = read_head(&mut stream, deadline)? else {
-        return reply(&mut stream, "431 Request Header Fields Too Large", "");
-    };
-    let head = String::from_utf8_lossy(&head);
-    let mut words = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => reply(&mut stream, "200 OK", &metrics.render()),
-        ("GET", "/healthz") => reply(&mut stream, "200 OK", "ok\n"),
-        ("GET", "/readyz") => match ready() {
-            Ok(()) => reply(&mut stream, "200 OK", "ready\n"),
-            Err(why) => reply(&mut stream, "503 Service Unavailable", &format!("{why}\n")),
+    match req.uri().path() {
+        "/metrics" => match metrics.render() {
+            Ok(text) => reply(StatusCode::OK, text),
+            Err(_) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding the metrics failed\n".into(),
+            ),
         },
-        ("GET", _) => reply(
-            &mut stream,
-            "404 Not Found",
-            "served: /metrics, /healthz, /readyz\n",
+        "/healthz" => reply(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match ready() {
+            Ok(()) => reply(StatusCode::OK, "ready\n".into()),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "served: /metrics, /healthz, /readyz\n".into(),
         ),
-        _ => reply(&mut stream, "405 Method Not Allowed", ""),
     }
 }
 
-fn reply(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(prometheus_text::CONTENT_TYPE),
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
+    response
 }
 
 #[cfg(test)]
@@ -499,9 +455,9 @@ mod tests {
         let m = Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins"));
         meshcap_records::count_outcome(&dir, "ADD", 0);
         meshcap_records::count_outcome(&dir, "ADD", 100);
-        let text = m.render();
+        let text = m.render().unwrap();
         meshcap_records::count_outcome(&dir, "DEL", 0);
-        let text2 = m.render();
+        let text2 = m.render().unwrap();
         assert!(text.contains("meshcap_cni_adds_total 2\n"), "{text}");
         assert!(
             text.contains("meshcap_cni_failures_total{command=\"ADD\",code=\"100\"} 1\n"),
@@ -521,7 +477,7 @@ mod tests {
         meshcap_records::record_outcome(&dir, "ADD", 100, Some(("nftables", ms(9))));
         meshcap_records::record_outcome(&dir, "ADD", 0, Some(("iptables", ms(7))));
         meshcap_records::record_outcome(&dir, "DEL", 0, Some(("iptables", ms(20))));
-        let hist = m.render();
+        let hist = m.render().unwrap();
         let _ = fs::remove_dir_all(&dir);
         for line in [
             "# TYPE meshcap_cni_add_duration_seconds histogram\n",
@@ -540,12 +496,84 @@ mod tests {
         m.adopted();
         m.adoption_failed();
         m.adoption_failed();
-        let text3 = m.render();
+        let text3 = m.render().unwrap();
         assert!(text3.contains("meshcap_adoptions_total 1\n"), "{text3}");
         assert!(
             text3.contains("meshcap_adoption_failures_total 2\n"),
             "{text3}"
         );
+    }
+
+    /// Sends `request` raw and returns what came back before the server closed.
+    fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        use std::io::Write as _;
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The server may answer (431) and close before it has read all of a large request.
+        let _ = conn.write_all(request);
+        let mut reply = Vec::new();
+        let _ = conn.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    #[test]
+    fn the_endpoint_routes_and_bounds_requests() {
+        let dir = std::env::temp_dir().join(format!("meshcap-agent-serve-{}", std::process::id()));
+        let metrics = Arc::new(Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins")));
+        let ready: Arc<Readiness> = Arc::new(|| Err("meshcap-cni is not installed".into()));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(Stop::default());
+        let server = {
+            let stop = stop.clone();
+            std::thread::spawn(move || serve(listener, metrics, ready, &stop))
+        };
+        let get = |path: &str| {
+            exchange(
+                addr,
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+            )
+        };
+
+        let scrape = get("/metrics?x=1");
+        assert!(scrape.starts_with("HTTP/1.1 200 OK\r\n"), "{scrape}");
+        assert!(
+            scrape.contains("\r\ncontent-type: text/plain; version=0.0.4"),
+            "{scrape}"
+        );
+        assert!(scrape.contains("\nmeshcap_cni_adds_total 0\n"), "{scrape}");
+        assert!(get("/healthz").ends_with("\r\n\r\nok\n"));
+        let not_ready = get("/readyz");
+        assert!(not_ready.starts_with("HTTP/1.1 503 "), "{not_ready}");
+        assert!(
+            not_ready.ends_with("meshcap-cni is not installed\n"),
+            "{not_ready}"
+        );
+        assert!(get("/nope").starts_with("HTTP/1.1 404 "));
+        let post = exchange(
+            addr,
+            b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+        let mut huge = b"GET /metrics HTTP/1.1\r\nHost: a\r\nX-Padding: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 2 * MAX_REQUEST_HEAD));
+        huge.extend_from_slice(b"\r\n\r\n");
+        let refused = exchange(addr, &huge);
+        assert!(refused.starts_with("HTTP/1.1 431 "), "{refused}");
+        // Half a request, then silence: closed at the deadline, without a reply.
+        let started = std::time::Instant::now();
+        let cut = exchange(addr, b"GET /metr");
+        assert_eq!(cut, "");
+        assert!(
+            (REQUEST_DEADLINE..REQUEST_DEADLINE + Duration::from_secs(2))
+                .contains(&started.elapsed()),
+            "a silent client was cut off after {:?}",
+            started.elapsed()
+        );
+
+        stop.set();
+        let _ = std::net::TcpStream::connect(addr);
+        server.join().unwrap().unwrap();
     }
 
     #[test]
@@ -556,10 +584,10 @@ mod tests {
         let lines = (ROTATE_AT / 6 + 10) as usize;
         fs::write(dir.join(OUTCOMES_FILE), "ADD 0\n".repeat(lines)).unwrap();
         let m = Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins"));
-        let first = m.render();
+        let first = m.render().unwrap();
         let rotated = !dir.join(OUTCOMES_FILE).exists();
         meshcap_records::count_outcome(&dir, "ADD", 0);
-        let second = m.render();
+        let second = m.render().unwrap();
         let _ = fs::remove_dir_all(&dir);
         assert!(first.contains(&format!("meshcap_cni_adds_total {lines}\n")));
         assert!(rotated, "the log was moved aside and drained");
