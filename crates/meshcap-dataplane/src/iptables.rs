@@ -215,7 +215,10 @@ impl Journal {
         let Ok(text) = std::fs::read_to_string(path) else {
             return Vec::new();
         };
-        text.lines()
+        // Complete lines only: a writer killed in its one write leaves at most a cut last one.
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        complete
+            .lines()
             .filter_map(|line| {
                 let mut words = line.split(' ');
                 let family = match words.next()? {
@@ -236,7 +239,11 @@ impl Journal {
             .collect()
     }
 
-    /// Replaces the journal with `entries` (atomically: a temp file renamed over it).
+    /// Writes `entries` as the journal. The first journal of a namespace is created in place
+    /// (one directory operation, on every fresh pod's apply): only the holder of the
+    /// namespace's lock reads or writes it, and [`Journal::read`] takes complete lines only.
+    /// An existing one is replaced atomically (a temp file renamed over it), so its entries
+    /// are never lost in between.
     pub fn write(path: &Path, entries: &[CreatedTable]) -> Result<(), DataplaneError> {
         let mut text = String::new();
         for c in entries {
@@ -252,16 +259,34 @@ impl Journal {
             }
             text.push('\n');
         }
-        crate::write_replacing(path, ".tmp", text.as_bytes()).map_err(|source| {
-            DataplaneError::Lock {
-                path: path.to_owned(),
-                source,
+        let create_new = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+        };
+        match crate::create_in_dir(path, create_new) {
+            Ok(mut file) => {
+                use std::io::Write as _;
+                file.write_all(text.as_bytes())
             }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                crate::write_replacing(path, ".tmp", text.as_bytes())
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|source| DataplaneError::Lock {
+            path: path.to_owned(),
+            source,
         })
     }
 
     pub fn drop(path: &Path) {
-        let _ = std::fs::remove_file(path);
+        // Most namespaces have none (nftables mode, a settled apply): looking needs no lock
+        // on the directory, removing takes it exclusively.
+        if path.symlink_metadata().is_ok() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -1040,9 +1065,47 @@ COMMIT
                 chains: vec!["PREROUTING".into()],
             },
         ];
+        Journal::write(&path, &entries[..1]).unwrap();
+        assert_eq!(Journal::read(&path), entries[..1]);
+        // A later apply replaces it whole.
         Journal::write(&path, &entries).unwrap();
         assert_eq!(Journal::read(&path), entries);
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers,
+            [path.file_name().unwrap()],
+            "no temporary file left"
+        );
         Journal::drop(&path);
+        assert_eq!(Journal::read(&path), Vec::new());
+        Journal::drop(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A writer killed in its write leaves a cut last line: only the complete lines count.
+    #[test]
+    fn a_cut_journal_line_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("meshcap-journal-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("xtables-1-2");
+        std::fs::write(
+            &path,
+            "ipv4 nat table PREROUTING OUTPUT\nipv6 mangle chains PRE",
+        )
+        .unwrap();
+        assert_eq!(
+            Journal::read(&path),
+            [CreatedTable {
+                family: Family::V4,
+                table: "nat".into(),
+                whole_table: true,
+                chains: vec!["PREROUTING".into(), "OUTPUT".into()],
+            }]
+        );
+        std::fs::write(&path, "ipv4 nat table PRE").unwrap();
         assert_eq!(Journal::read(&path), Vec::new());
         let _ = std::fs::remove_dir_all(&dir);
     }

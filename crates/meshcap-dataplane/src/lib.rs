@@ -323,16 +323,31 @@ pub(crate) fn write_replacing(path: &Path, tmp_suffix: &str, bytes: &[u8]) -> st
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(tmp_suffix);
     let tmp = PathBuf::from(tmp);
-    let written = match path.parent() {
-        Some(dir) => std::fs::create_dir_all(dir),
-        None => Ok(()),
-    }
-    .and_then(|()| std::fs::write(&tmp, bytes))
-    .and_then(|()| std::fs::rename(&tmp, path));
+    let written = create_in_dir(path, || std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Runs `create`, which makes a file next to `path`; when `path`'s directory does not exist
+/// yet, creates it and runs `create` again. The directories exist after the first pod, and
+/// creating them every time would lock their parent exclusively (even `mkdir` of one that
+/// exists does), which pods started together would queue on.
+pub(crate) fn create_in_dir<T>(
+    path: &Path,
+    create: impl Fn() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            create()
+        }
+        done => done,
+    }
 }
 
 /// The journal of what an iptables-mode apply of namespace `id` may create (see

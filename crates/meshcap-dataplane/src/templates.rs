@@ -18,6 +18,10 @@ use nix::sys::time::TimeSpec;
 /// Templates kept per node: about 16 KiB each, so at most a few MiB of tmpfs.
 pub(crate) const CAPACITY: usize = 256;
 
+/// How fine the use marks are: a template marked used this recently is not marked again, so
+/// the pods that replay it together do not queue on its inode to set its mtime.
+const USE_RESOLUTION: Duration = Duration::from_secs(60);
+
 /// A writer's temporary file older than this was left by a writer that died before its rename.
 const ABANDONED_AFTER: Duration = Duration::from_secs(60);
 
@@ -44,12 +48,20 @@ impl TemplateStore {
         std::fs::read(self.path(family, key)).ok()
     }
 
-    /// Marks the template of `key` as just used, so eviction takes others first; returns its
-    /// file.
+    /// Marks the template of `key` as just used (to [`USE_RESOLUTION`]), so eviction takes
+    /// others first; returns its file.
     pub(crate) fn used(&self, family: Family, key: &str) -> PathBuf {
         let path = self.path(family, key);
-        let now = TimeSpec::UTIME_NOW;
-        let _ = utimensat(None, &path, &now, &now, UtimensatFlags::NoFollowSymlink);
+        let recent = path
+            .symlink_metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+            .is_some_and(|age| age < USE_RESOLUTION);
+        if !recent {
+            let now = TimeSpec::UTIME_NOW;
+            let _ = utimensat(None, &path, &now, &now, UtimensatFlags::NoFollowSymlink);
+        }
         path
     }
 
@@ -171,6 +183,28 @@ mod tests {
         assert!(s.read(Family::V4, "b").is_none());
         assert!(s.read(Family::V4, "c").is_some());
         assert!(s.read(Family::V4, "d").is_some());
+    }
+
+    #[test]
+    fn a_use_is_marked_once_per_resolution() {
+        let (_dir, s) = store(8);
+        let path = s.keep(Family::V4, "a", b"a").unwrap();
+        let mtime = |p: &Path| p.metadata().unwrap().modified().unwrap();
+        age(&path, 10);
+        let recent = mtime(&path);
+        s.used(Family::V4, "a");
+        assert_eq!(
+            mtime(&path),
+            recent,
+            "marked again within {USE_RESOLUTION:?}"
+        );
+        age(&path, USE_RESOLUTION.as_secs() + 10);
+        s.used(Family::V4, "a");
+        let age_now = SystemTime::now().duration_since(mtime(&path)).unwrap();
+        assert!(
+            age_now < Duration::from_secs(5),
+            "not marked: {age_now:?} old"
+        );
     }
 
     #[test]

@@ -289,17 +289,28 @@ impl StateDir {
     /// Writes `record` atomically, replacing any earlier one (a retried ADD).
     pub fn write(&self, record: &AttachmentRecord) -> Result<PathBuf, StateError> {
         let dir = self.network_dir(&record.network);
-        private_dirs(&dir).map_err(io_err("create directory", &dir))?;
         let path = self.record_path(&record.network, &record.container_id, &record.ifname);
         let temp = dir.join(temp_name());
         let body = serde_json::to_vec_pretty(record).expect("a record always serializes");
-        let written = (|| {
-            let mut f = fs::OpenOptions::new()
+        let create = || {
+            fs::OpenOptions::new()
                 .mode(0o644)
                 .write(true)
                 .create_new(true)
                 .open(&temp)
-                .map_err(io_err("create", &temp))?;
+        };
+        let written = (|| {
+            // The directories exist after a network's first pod. Creating them on every write
+            // would lock the state directory exclusively each time (even `mkdir` of one that
+            // exists does), and pods started together would queue on it.
+            let mut f = match create() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    private_dirs(&dir).map_err(io_err("create directory", &dir))?;
+                    create()
+                }
+                opened => opened,
+            }
+            .map_err(io_err("create", &temp))?;
             f.write_all(&body).map_err(io_err("write", &temp))?;
             // No fsync: records live under /run, which a reboot empties anyway (and is tmpfs
             // on real nodes); the rename alone keeps readers from seeing a partial record.
