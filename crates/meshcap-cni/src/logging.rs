@@ -77,20 +77,28 @@ pub fn init(log_file: Option<&Path>, level: LogLevel, state_dir: &Path) -> Defau
 }
 
 fn open_log_file(path: &Path) -> std::io::Result<File> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        {
-            use std::os::unix::fs::DirBuilderExt as _;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)?;
-        }
-    }
     // 0640: logs name pods and namespaces; explicit so a permissive umask cannot widen it.
-    std::os::unix::fs::OpenOptionsExt::mode(&mut OpenOptions::new(), 0o640)
-        .create(true)
-        .append(true)
-        .open(path)
+    let open = || {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut OpenOptions::new(), 0o640)
+            .create(true)
+            .append(true)
+            .open(path)
+    };
+    // The directory is there after the first run; `mkdir` of an existing one would still
+    // lock its parent exclusively on every pod start.
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                use std::os::unix::fs::DirBuilderExt as _;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)?;
+            }
+            open()
+        }
+        opened => opened,
+    }
 }
 
 fn install(level: LevelFilter, file: Option<File>, agent: Option<AgentSink>) -> DefaultGuard {
