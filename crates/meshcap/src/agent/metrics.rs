@@ -33,7 +33,8 @@
 //! from its pinned maps at each scrape by a collector. The HTTP side is hyper's HTTP/1 server
 //! on a single-threaded tokio runtime that the agent's metrics thread owns: the agent's other
 //! duties are blocking loops that gain nothing from async, but this endpoint is where
-//! clients from outside connect, and hyper bounds what they may send. Each connection serves
+//! clients from outside connect, and hyper bounds what they may send. Handlers, which read
+//! files and pinned maps, run on the runtime's few blocking threads. Each connection serves
 //! one request within [`REQUEST_DEADLINE`], at most [`MAX_CONNECTIONS`] at once, so idle or
 //! slow clients never hold up a scrape or a probe.
 
@@ -366,6 +367,9 @@ pub fn serve(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        // Scrapes and probes are rare and short; more at once wait their turn.
+        .max_blocking_threads(4)
+        .thread_name("metrics-handler")
         .build()?;
     runtime.block_on(async {
         listener.set_nonblocking(true)?;
@@ -390,9 +394,24 @@ pub fn serve(
             };
             let (metrics, ready) = (metrics.clone(), ready.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let reply = respond(&req, &metrics, &*ready);
-                    async move { Ok::<_, Infallible>(reply) }
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (metrics, ready) = (metrics.clone(), ready.clone());
+                    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                    async move {
+                        // Scrapes and readiness read files and pinned maps: off the thread
+                        // that accepts and times out the other connections.
+                        let reply = tokio::task::spawn_blocking(move || {
+                            respond(&method, &path, &metrics, &*ready)
+                        })
+                        .await
+                        .unwrap_or_else(|_| {
+                            reply(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "the request's handler failed\n".into(),
+                            )
+                        });
+                        Ok::<_, Infallible>(reply)
+                    }
                 });
                 let exchange = http1::Builder::new()
                     .keep_alive(false)
@@ -409,11 +428,16 @@ pub fn serve(
     })
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
+fn respond(
+    method: &Method,
+    path: &str,
+    metrics: &Metrics,
+    ready: &Readiness,
+) -> Response<Full<Bytes>> {
+    if method != Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, String::new());
     }
-    match req.uri().path() {
+    match path {
         "/metrics" => match metrics.render() {
             Ok(text) => reply(StatusCode::OK, text),
             Err(_) => reply(
