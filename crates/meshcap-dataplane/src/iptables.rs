@@ -709,6 +709,7 @@ impl Xtables<'_> {
             let Some(key) = template_key(tools, &input) else {
                 continue;
             };
+            let stored = store.read(tools.family, &key);
             fresh.push(FreshFamily {
                 family: tools.family,
                 tables: to.tables.keys().map(|t| t.name()).collect(),
@@ -722,9 +723,10 @@ impl Xtables<'_> {
                     .values()
                     .flat_map(|t| t.chains.iter().cloned())
                     .collect(),
-                template: store
-                    .read(tools.family, &key)
-                    .and_then(|bytes| Template::decode(&bytes, &key)),
+                template: stored
+                    .as_ref()
+                    .and_then(|stored| Template::decode(&stored.bytes, &key)),
+                used_at: stored.and_then(|stored| stored.used_at),
                 key,
             });
         }
@@ -749,12 +751,16 @@ impl Xtables<'_> {
                 fresh: Vec::new(),
             };
         }
-        let files: Vec<String> = fresh
-            .iter()
-            .filter(|f| f.template.is_some())
-            .map(|f| store.used(f.family, &f.key).display().to_string())
-            .collect();
-        tracing::debug!(?files, "xtables rules written from templates");
+        let written = || fresh.iter().filter(|f| f.template.is_some());
+        for f in written() {
+            store.used(f.family, &f.key, f.used_at);
+        }
+        tracing::debug!(
+            files = ?written()
+                .map(|f| store.path(f.family, &f.key).display().to_string())
+                .collect::<Vec<_>>(),
+            "xtables rules written from templates"
+        );
         let mut replayed = Vec::new();
         let mut rest = Vec::new();
         for (tools, from, to) in plans {
@@ -966,6 +972,8 @@ struct FreshFamily {
     key: String,
     /// The stored template of `key`, verified when it was kept.
     template: Option<Template>,
+    /// When the stored template was last marked used.
+    used_at: Option<std::time::SystemTime>,
 }
 
 /// What a template stands for: the restore input it replaces, for this family, written by

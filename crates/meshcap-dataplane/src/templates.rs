@@ -7,7 +7,7 @@
 //! replay marks its template used (its mtime); keeping a new one evicts the least recently
 //! used beyond the bound. An evicted template only costs its next pod a restore.
 
-use std::io;
+use std::io::{self, Read as _};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +28,12 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(60);
 /// Marks the temporary file a writer renames into place.
 const TMP_MARK: &str = ".tmp";
 
+/// A stored template's bytes, and when it was last marked used (its mtime).
+pub(crate) struct Stored {
+    pub bytes: Vec<u8>,
+    pub used_at: Option<SystemTime>,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct TemplateStore {
     dir: PathBuf,
@@ -43,26 +49,29 @@ impl TemplateStore {
         Self { dir, capacity }
     }
 
-    /// The stored bytes for `key`, if any (the caller compares the key held inside).
-    pub(crate) fn read(&self, family: Family, key: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.path(family, key)).ok()
+    /// What is stored for `key`, if anything (the caller compares the key held inside).
+    pub(crate) fn read(&self, family: Family, key: &str) -> Option<Stored> {
+        let mut file = std::fs::File::open(self.path(family, key)).ok()?;
+        let meta = file.metadata().ok();
+        let mut bytes = Vec::with_capacity(meta.as_ref().map_or(0, |m| m.len() as usize));
+        file.read_to_end(&mut bytes).ok()?;
+        Some(Stored {
+            bytes,
+            used_at: meta.and_then(|m| m.modified().ok()),
+        })
     }
 
-    /// Marks the template of `key` as just used (to [`USE_RESOLUTION`]), so eviction takes
-    /// others first; returns its file.
-    pub(crate) fn used(&self, family: Family, key: &str) -> PathBuf {
-        let path = self.path(family, key);
-        let recent = path
-            .symlink_metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+    /// Marks the template of `key` as just used, so eviction takes others first, unless
+    /// `used_at` (what [`TemplateStore::read`] found) is within [`USE_RESOLUTION`].
+    pub(crate) fn used(&self, family: Family, key: &str, used_at: Option<SystemTime>) {
+        let recent = used_at
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
             .is_some_and(|age| age < USE_RESOLUTION);
         if !recent {
             let now = TimeSpec::UTIME_NOW;
+            let path = self.path(family, key);
             let _ = utimensat(None, &path, &now, &now, UtimensatFlags::NoFollowSymlink);
         }
-        path
     }
 
     /// Drops the template of `key` (one the kernel refused).
@@ -110,7 +119,7 @@ impl TemplateStore {
         }
     }
 
-    fn path(&self, family: Family, key: &str) -> PathBuf {
+    pub(crate) fn path(&self, family: Family, key: &str) -> PathBuf {
         self.dir
             .join(format!("{family}-{:016x}", fnv1a(key.as_bytes())))
     }
@@ -145,6 +154,16 @@ mod tests {
             .unwrap();
     }
 
+    fn bytes(store: &TemplateStore, family: Family, key: &str) -> Option<Vec<u8>> {
+        store.read(family, key).map(|stored| stored.bytes)
+    }
+
+    /// A replay's use of `key`: read, then marked.
+    fn use_once(store: &TemplateStore, family: Family, key: &str) {
+        let used_at = store.read(family, key).and_then(|stored| stored.used_at);
+        store.used(family, key, used_at);
+    }
+
     fn names(store: &TemplateStore) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&store.dir)
             .unwrap()
@@ -159,12 +178,12 @@ mod tests {
         let (_dir, s) = store(8);
         s.keep(Family::V4, "a", b"four").unwrap();
         s.keep(Family::V6, "a", b"six").unwrap();
-        assert_eq!(s.read(Family::V4, "a").as_deref(), Some(&b"four"[..]));
-        assert_eq!(s.read(Family::V6, "a").as_deref(), Some(&b"six"[..]));
-        assert_eq!(s.read(Family::V4, "b"), None);
+        assert_eq!(bytes(&s, Family::V4, "a").as_deref(), Some(&b"four"[..]));
+        assert_eq!(bytes(&s, Family::V6, "a").as_deref(), Some(&b"six"[..]));
+        assert_eq!(bytes(&s, Family::V4, "b"), None);
         s.forget(Family::V4, "a");
-        assert_eq!(s.read(Family::V4, "a"), None);
-        assert_eq!(s.read(Family::V6, "a").as_deref(), Some(&b"six"[..]));
+        assert_eq!(bytes(&s, Family::V4, "a"), None);
+        assert_eq!(bytes(&s, Family::V6, "a").as_deref(), Some(&b"six"[..]));
     }
 
     #[test]
@@ -176,7 +195,7 @@ mod tests {
             age(&path, 300 - 100 * i as u64);
         }
         // A replay of `a` makes it the most recently used: `b` goes first.
-        s.used(Family::V4, "a");
+        use_once(&s, Family::V4, "a");
         s.keep(Family::V4, "d", b"d").unwrap();
         assert_eq!(names(&s).len(), 3);
         assert!(s.read(Family::V4, "a").is_some());
@@ -192,14 +211,14 @@ mod tests {
         let mtime = |p: &Path| p.metadata().unwrap().modified().unwrap();
         age(&path, 10);
         let recent = mtime(&path);
-        s.used(Family::V4, "a");
+        use_once(&s, Family::V4, "a");
         assert_eq!(
             mtime(&path),
             recent,
             "marked again within {USE_RESOLUTION:?}"
         );
         age(&path, USE_RESOLUTION.as_secs() + 10);
-        s.used(Family::V4, "a");
+        use_once(&s, Family::V4, "a");
         let age_now = SystemTime::now().duration_since(mtime(&path)).unwrap();
         assert!(
             age_now < Duration::from_secs(5),

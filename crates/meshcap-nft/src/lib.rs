@@ -87,6 +87,24 @@ pub enum NftError {
 }
 
 impl NftError {
+    /// The kernel refused the message `seq` of `batch` (the bytes [`Batch::finish`] returned
+    /// with `info`), or the commit: named by its message, else as "the transaction".
+    pub(crate) fn rejected(
+        op: &'static str,
+        info: &wire::BatchInfo,
+        batch: &[u8],
+        seq: u32,
+        errno: Errno,
+    ) -> NftError {
+        NftError::Rejected {
+            op,
+            message: info
+                .describe(seq, batch)
+                .unwrap_or_else(|| "the transaction".to_string()),
+            errno,
+        }
+    }
+
     /// The kernel's errno, when the kernel refused something.
     pub fn errno(&self) -> Option<i32> {
         match self {
@@ -339,11 +357,9 @@ fn run_on(
     conn.reserve_seqs(info.entries.len() as u32 + 1);
     match conn.run_batch(&bytes, &info)? {
         BatchOutcome::Committed => Ok(()),
-        BatchOutcome::Rejected(seq, errno) => Err(NftError::Rejected {
-            op,
-            message: info.refused(seq, &bytes),
-            errno,
-        }),
+        BatchOutcome::Rejected(seq, errno) => {
+            Err(NftError::rejected(op, &info, &bytes, seq, errno))
+        }
     }
 }
 

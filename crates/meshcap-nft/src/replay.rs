@@ -246,11 +246,9 @@ pub fn replay(templates: &[&Template]) -> Result<(), NftError> {
     conn.reserve_seqs(u32::try_from(info.entries.len() + 1).unwrap_or(u32::MAX));
     match conn.run_batch(&bytes, &info)? {
         BatchOutcome::Committed => Ok(()),
-        BatchOutcome::Rejected(seq, errno) => Err(NftError::Rejected {
-            op,
-            message: info.refused(seq, &bytes),
-            errno,
-        }),
+        BatchOutcome::Rejected(seq, errno) => {
+            Err(NftError::rejected(op, &info, &bytes, seq, errno))
+        }
     }
 }
 

@@ -170,13 +170,6 @@ pub struct BatchInfo {
 }
 
 impl BatchInfo {
-    /// What the kernel refused at `seq` in `batch` (the bytes [`Batch::finish`] returned with
-    /// this), for an error message: the message's name, else "the transaction".
-    pub fn refused(&self, seq: u32, batch: &[u8]) -> String {
-        self.describe(seq, batch)
-            .unwrap_or_else(|| "the transaction".to_string())
-    }
-
     /// Names the message of `seq` in `batch`, the bytes [`Batch::finish`] returned with this.
     pub fn describe(&self, seq: u32, batch: &[u8]) -> Option<String> {
         let (_, offset, what) = self.entries.iter().find(|(s, _, _)| *s == seq)?;

@@ -298,11 +298,7 @@ pub fn remove_if_unused(
             BatchOutcome::Rejected(_, Errno::EBUSY | Errno::ENOENT | Errno::ENOTEMPTY)
                 if attempt < 2 => {}
             BatchOutcome::Rejected(seq, errno) => {
-                return Err(NftError::Rejected {
-                    op,
-                    message: info.refused(seq, &bytes),
-                    errno,
-                })
+                return Err(NftError::rejected(op, &info, &bytes, seq, errno))
             }
         }
     }
@@ -627,11 +623,7 @@ pub fn remove_prefixed(
             BatchOutcome::Rejected(_, Errno::EBUSY | Errno::ENOENT | Errno::ENOTEMPTY)
                 if attempt < 2 => {}
             BatchOutcome::Rejected(seq, errno) => {
-                return Err(NftError::Rejected {
-                    op,
-                    message: info.refused(seq, &bytes),
-                    errno,
-                })
+                return Err(NftError::rejected(op, &info, &bytes, seq, errno))
             }
         }
     }

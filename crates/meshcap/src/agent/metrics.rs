@@ -328,20 +328,21 @@ impl Collector for FastPathStatus {
         let (pods, bytes) = status.filter(|_| available).map_or((0, 0), |s| {
             (s.registered_pods as i64, s.counters.redirected_bytes)
         });
-        let gauge = ConstGauge::new(i64::from(available));
-        gauge.encode(encoder.encode_descriptor(
-            "meshcap_fastpath_available",
-            "1 when the eBPF fast path is installed on this node.",
-            None,
-            gauge.metric_type(),
-        )?)?;
-        let gauge = ConstGauge::new(pods);
-        gauge.encode(encoder.encode_descriptor(
-            "meshcap_fastpath_pods",
-            "Pods registered with the eBPF fast path.",
-            None,
-            gauge.metric_type(),
-        )?)?;
+        for (name, help, value) in [
+            (
+                "meshcap_fastpath_available",
+                "1 when the eBPF fast path is installed on this node.",
+                i64::from(available),
+            ),
+            (
+                "meshcap_fastpath_pods",
+                "Pods registered with the eBPF fast path.",
+                pods,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
         let counter = ConstCounter::new(bytes);
         counter.encode(encoder.encode_descriptor(
             "meshcap_fastpath_redirected_bytes",
