@@ -946,7 +946,15 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
         let restarted_cookie = meshcap_fastpath::netns_cookie_at(&pin).unwrap();
         assert_ne!(m.registered(&pin), Some(false), "{mode}");
         node.stop_containerd();
-        let _ = Command::new("umount").arg(&pin).output();
+        // As containerd drops a pin (a lazy unmount, then the file): the agent's scans open
+        // every pod's pin for a moment, and a plain unmount then fails with EBUSY.
+        let out = Command::new("umount").arg("-l").arg(&pin).output().unwrap();
+        assert!(
+            out.status.success(),
+            "umount -l {}: {}",
+            pin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         fs::remove_file(&pin).unwrap();
         node.start_containerd();
         node.stop_and_remove(&restarted).unwrap_or_else(|e| {
