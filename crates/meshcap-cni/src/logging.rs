@@ -84,21 +84,20 @@ fn open_log_file(path: &Path) -> std::io::Result<File> {
             .append(true)
             .open(path)
     };
-    // The directory is there after the first run; `mkdir` of an existing one would still
-    // lock its parent exclusively on every pod start.
-    match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    meshcap_dataplane::create_in_dir(
+        open,
+        || match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => {
                 use std::os::unix::fs::DirBuilderExt as _;
                 fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o755)
-                    .create(parent)?;
+                    .create(parent)
             }
-            open()
-        }
-        opened => opened,
-    }
+            None => Ok(()),
+        },
+        |e| e,
+    )
 }
 
 fn install(level: LevelFilter, file: Option<File>, agent: Option<AgentSink>) -> DefaultGuard {

@@ -265,7 +265,7 @@ impl Journal {
                 .create_new(true)
                 .open(path)
         };
-        match crate::create_in_dir(path, create_new) {
+        match crate::create_in_dir(create_new, || crate::create_parent(path), |e| e) {
             Ok(mut file) => {
                 use std::io::Write as _;
                 file.write_all(text.as_bytes())

@@ -323,30 +323,41 @@ pub(crate) fn write_replacing(path: &Path, tmp_suffix: &str, bytes: &[u8]) -> st
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(tmp_suffix);
     let tmp = PathBuf::from(tmp);
-    let written = create_in_dir(path, || std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
+    let written = create_in_dir(
+        || std::fs::write(&tmp, bytes),
+        || create_parent(path),
+        |e| e,
+    )
+    .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
 }
 
-/// Runs `create`, which makes a file next to `path`; when `path`'s directory does not exist
-/// yet, creates it and runs `create` again. The directories exist after the first pod, and
-/// creating them every time would lock their parent exclusively (even `mkdir` of one that
-/// exists does), which pods started together would queue on.
-pub(crate) fn create_in_dir<T>(
-    path: &Path,
+/// Creates `path`'s directory and those above it, as the process umask allows.
+pub(crate) fn create_parent(path: &Path) -> std::io::Result<()> {
+    path.parent().map_or(Ok(()), std::fs::create_dir_all)
+}
+
+/// Runs `create`, which makes a file in a directory; when that fails because the directory
+/// does not exist yet, runs `make_dir` and then `create` once more. `create_failed` turns a
+/// failure of `create` into the caller's error, `make_dir` returns its own.
+///
+/// meshcap's directories (records, journals, templates, the log file's) exist after a node's
+/// first pod, and creating them every time would lock their parent exclusively (even `mkdir`
+/// of one that exists does), which pods started together would queue on.
+pub fn create_in_dir<T, E>(
     create: impl Fn() -> std::io::Result<T>,
-) -> std::io::Result<T> {
+    make_dir: impl FnOnce() -> Result<(), E>,
+    create_failed: impl FnOnce(std::io::Error) -> E,
+) -> Result<T, E> {
     match create() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            create()
+            make_dir()?;
+            create().map_err(create_failed)
         }
-        done => done,
+        done => done.map_err(create_failed),
     }
 }
 

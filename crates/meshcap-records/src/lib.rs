@@ -300,17 +300,11 @@ impl StateDir {
                 .open(&temp)
         };
         let written = (|| {
-            // The directories exist after a network's first pod. Creating them on every write
-            // would lock the state directory exclusively each time (even `mkdir` of one that
-            // exists does), and pods started together would queue on it.
-            let mut f = match create() {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    private_dirs(&dir).map_err(io_err("create directory", &dir))?;
-                    create()
-                }
-                opened => opened,
-            }
-            .map_err(io_err("create", &temp))?;
+            let mut f = meshcap_dataplane::create_in_dir(
+                create,
+                || private_dirs(&dir).map_err(io_err("create directory", &dir)),
+                io_err("create", &temp),
+            )?;
             f.write_all(&body).map_err(io_err("write", &temp))?;
             // No fsync: records live under /run, which a reboot empties anyway (and is tmpfs
             // on real nodes); the rename alone keeps readers from seeing a partial record.
