@@ -33,6 +33,7 @@ fn every_family(rulesets: &[Ruleset]) -> Vec<Ruleset> {
                     family,
                     tables: Vec::new(),
                     policy_route: None,
+                    passthrough_source: false,
                 })
         })
         .collect()

@@ -4,8 +4,9 @@
 //! delivering it to the proxy; marked packets therefore look up a table whose only route is
 //! `local default dev lo` (Documentation/networking/tproxy.rst). Per family that means
 //! `ip rule add fwmark 1337 lookup 133` and `ip route add local default dev lo table 133`.
-//! For IPv6, Istio also puts `::6/128` on `lo`: the sidecar binds it as the source of
-//! inbound passthrough connections (IPv4 needs nothing, `127.0.0.6` is in `127/8`).
+//! For IPv6, Istio and Kuma also put `::6/128` on `lo`: their sidecar binds it as the source
+//! of inbound passthrough connections (IPv4 needs nothing, `127.0.0.6` is in `127/8`); a
+//! Linkerd pod gets no address, as linkerd-cni adds none.
 //!
 //! Everything is idempotent (look before adding, `NLM_F_EXCL`, tolerate `EEXIST`), and
 //! [`sync`] records what it changed so that a failed apply can be undone.
@@ -90,7 +91,10 @@ pub(crate) fn wanted(rulesets: &[Ruleset]) -> Vec<Item> {
             items.push(Item::Rule(pr));
         }
     }
-    if rulesets.iter().any(|r| r.family == Family::V6) {
+    if rulesets
+        .iter()
+        .any(|r| r.family == Family::V6 && r.passthrough_source)
+    {
         items.push(Item::PassthroughV6);
     }
     items

@@ -134,6 +134,36 @@ fn iptables_apply_writes_routes_then_v4_then_v6() {
 }
 
 #[test]
+fn a_proxy_without_the_passthrough_source_gets_no_v6_address() {
+    let s = setup("dp-no-passthrough");
+    let mut rulesets = redirect();
+    for rs in &mut rulesets {
+        rs.passthrough_source = false;
+    }
+    s.dataplane
+        .apply(&s.ns, Backend::Nftables, &rulesets)
+        .unwrap();
+    assert_eq!(
+        s.fake.calls(),
+        strs(&[ENTER, "nft replace ip,ip6"]),
+        "IPv6 rules, and no ::6 on lo"
+    );
+    // With the source (Istio's and Kuma's proxies), the same rules bring ::6.
+    let s = setup("dp-passthrough");
+    s.dataplane
+        .apply(&s.ns, Backend::Nftables, &redirect())
+        .unwrap();
+    assert_eq!(
+        s.fake.calls(),
+        strs(&[
+            ENTER,
+            "route add ip -6 addr ::6/128 dev lo",
+            "nft replace ip,ip6"
+        ])
+    );
+}
+
+#[test]
 fn iptables_reapply_of_the_same_rules_changes_nothing() {
     let s = setup("dp-reapply");
     let rulesets = redirect();

@@ -193,6 +193,7 @@ fn ruleset(family: Family, outbound_port: u16, tproxy: bool) -> Ruleset {
             mark: 1337,
             table: 133,
         }),
+        passthrough_source: true,
     }
 }
 

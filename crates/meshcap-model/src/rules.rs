@@ -272,6 +272,10 @@ pub struct Ruleset {
     pub family: Family,
     pub tables: Vec<TableRules>,
     pub policy_route: Option<PolicyRoute>,
+    /// The proxy hands inbound connections to the app from the inbound passthrough source
+    /// ([`Family::inbound_passthrough_source`]), so an IPv6 ruleset needs `::6` on `lo`
+    /// (Istio's and Kuma's proxies do; Linkerd's does not, and linkerd-cni adds no address).
+    pub passthrough_source: bool,
 }
 
 impl Ruleset {

@@ -742,11 +742,13 @@ mod tests {
                     chains,
                 }],
                 policy_route: None,
+                passthrough_source: true,
             },
             Ruleset {
                 family: Family::V6,
                 tables: vec![],
                 policy_route: None,
+                passthrough_source: true,
             },
         ]
     }

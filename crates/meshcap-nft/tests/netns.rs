@@ -363,6 +363,7 @@ fn fixture(family: Family) -> Ruleset {
         family,
         tables: vec![raw, mangle, nat],
         policy_route: None,
+        passthrough_source: true,
     }
 }
 
@@ -546,6 +547,7 @@ fn delete_when_absent_and_present() -> Result<()> {
         family: Family::V6,
         tables: vec![],
         policy_route: None,
+        passthrough_source: true,
     };
     ns.run(|| replace(&[fixture(Family::V4), empty_v6.clone()]))??;
     assert!(ns.run(|| list(Family::V6))??.is_none());
@@ -700,6 +702,7 @@ fn tproxy_without_socket_drops() -> Result<()> {
             )],
         }],
         policy_route: None,
+        passthrough_source: true,
     };
     ns.run(|| -> Result<()> {
         let app = TcpListener::bind("127.0.0.1:8080")?;
@@ -793,6 +796,7 @@ fn socketless_packets_never_match_a_negated_owner_in_any_backend() -> Result<()>
             )],
         }],
         policy_route: None,
+        passthrough_source: true,
     };
     let rendered = iptables::render(&ruleset);
     assert!(

@@ -5,8 +5,10 @@
 //! names and cosmetic differences do not matter, any order that could change a verdict does)
 //! through both renderers of the pod's model, through `meshcap render -f` of the pod in both
 //! formats, and through a real ADD of the pod (its annotations passed by the runtime) in both
-//! modes, read back from the namespace. The pods have no IPv6 address and the peers write no
-//! IPv6 rules for them: meshcap must write none either.
+//! modes, read back from the namespace. Every fixture runs as a v4-only pod and as a
+//! dual-stack pod: a `NAME.rules` with a second block holds the IPv6 rules the peer adds when
+//! the pod has an IPv6 address; without one (or for a v4-only pod) the peer writes no IPv6
+//! rules and meshcap must write none either.
 //!
 //! Shared with the Istio suite: [`meshcap_tests::conformance`].
 
@@ -22,9 +24,51 @@ use serde_json::{json, Value};
 /// Fixtures meshcap does not match yet, with why. Empty when every fixture matches.
 const PENDING: &[(&str, &str)] = &[];
 
-/// Both families: the peers write IPv4 rules only for these pods, so meshcap's IPv6 rules must
-/// be empty too.
+/// Both families are always compared: where the peer writes no IPv6 rules, meshcap's must be
+/// empty too.
 const FAMILIES: [Fam; 2] = [Fam::V4, Fam::V6];
+
+/// The pod each fixture runs as, in every path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PodShape {
+    V4Only,
+    DualStack,
+}
+
+impl PodShape {
+    const ALL: [PodShape; 2] = [PodShape::V4Only, PodShape::DualStack];
+
+    fn has_ipv6(self) -> bool {
+        self == PodShape::DualStack
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            PodShape::V4Only => "v4-only pod",
+            PodShape::DualStack => "dual-stack pod",
+        }
+    }
+
+    /// The pod's addresses (what the primary plugin's prevResult and the pod's `status.podIPs`
+    /// carry).
+    fn addresses(self) -> &'static [&'static str] {
+        match self {
+            PodShape::V4Only => &["10.244.0.5"],
+            PodShape::DualStack => &["10.244.0.5", "fd00:10:244::5"],
+        }
+    }
+
+    /// The prevResult's `ips`.
+    fn prev_result_ips(self) -> Vec<Value> {
+        self.addresses()
+            .iter()
+            .map(|a| {
+                let prefix = if a.contains(':') { 64 } else { 24 };
+                json!({"address": format!("{a}/{prefix}"), "interface": 0})
+            })
+            .collect()
+    }
+}
 
 struct Fixture {
     /// `linkerd/NAME` or `kuma/NAME`.
@@ -33,7 +77,13 @@ struct Fixture {
     pod_file: PathBuf,
     /// The object of the manifest (a Pod, or a workload with a pod template).
     object: Value,
-    expected: BTreeMap<Fam, Flat>,
+    /// The peer's IPv4 rules (the first block of `NAME.rules`).
+    v4: Flat,
+    /// The peer's IPv6 rules (the second block), if it writes any for this pod.
+    v6: Option<Flat>,
+    /// The plugin configuration's `linkerd` object (`NAME.linkerd.json`): the node's
+    /// linkerd-cni settings, the chart's defaults when absent.
+    linkerd: Option<Value>,
 }
 
 impl Fixture {
@@ -59,6 +109,30 @@ impl Fixture {
             .to_owned()
     }
 
+    /// The peer's rules for a pod of `shape`. kuma-cni writes its IPv6 rules only for a pod
+    /// with an IPv6 address; linkerd-cni writes them whenever its `ipv6` setting is on.
+    fn expected(&self, shape: PodShape) -> BTreeMap<Fam, Flat> {
+        let v6 = match &self.v6 {
+            Some(v6) if shape.has_ipv6() || self.mesh == Mesh::Linkerd => v6.clone(),
+            _ => Flat::new(),
+        };
+        [(Fam::V4, self.v4.clone()), (Fam::V6, v6)].into()
+    }
+
+    /// The node's linkerd-cni settings, as the plugin reads its `linkerd` object.
+    fn linkerd_node(&self) -> LinkerdNode {
+        self.linkerd
+            .as_ref()
+            .map_or_else(LinkerdNode::default, |v| {
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{}: {e}", self.name))
+            })
+    }
+
+    /// `name (shape)`: one case per fixture and pod shape.
+    fn case(&self, shape: PodShape) -> String {
+        format!("{} ({})", self.name, shape.name())
+    }
+
     fn annotations(&self) -> Value {
         self.pod()
             .pointer("/metadata/annotations")
@@ -78,6 +152,13 @@ fn fixtures() -> Vec<Fixture> {
             .collect();
         names.sort();
         for file in &names {
+            if let Some(stem) = file.strip_suffix(".linkerd.json") {
+                assert!(
+                    mesh == Mesh::Linkerd && names.contains(&format!("{stem}.pod.yaml")),
+                    "{dir}/{file}: linkerd settings for no Linkerd pod"
+                );
+                continue;
+            }
             if let Some(stem) = file.strip_suffix(".rules") {
                 assert!(
                     names.contains(&format!("{stem}.pod.yaml")),
@@ -86,13 +167,24 @@ fn fixtures() -> Vec<Fixture> {
                 continue;
             }
             let Some(stem) = file.strip_suffix(".pod.yaml") else {
-                panic!("{dir}/{file}: neither NAME.pod.yaml nor NAME.rules");
+                panic!("{dir}/{file}: not NAME.pod.yaml, NAME.rules or NAME.linkerd.json");
             };
             let rules = conformance::read_repo_file(&format!("tests/peer/{dir}/{stem}.rules"));
             let blocks = meshcap_tests::peer::parse_iptables_blocks(&rules)
                 .unwrap_or_else(|e| panic!("{dir}/{stem}.rules: {e}"));
-            assert_eq!(blocks.len(), 1, "{dir}/{stem}.rules: one (IPv4) block");
-            let expected = [(Fam::V4, meshcap_tests::peer::flatten(&blocks[0]).unwrap())].into();
+            assert!(
+                matches!(blocks.len(), 1 | 2),
+                "{dir}/{stem}.rules: an IPv4 block, then at most an IPv6 one"
+            );
+            let mut flat = blocks.iter().map(|b| {
+                meshcap_tests::peer::flatten(b).unwrap_or_else(|e| panic!("{dir}/{stem}: {e}"))
+            });
+            let (v4, v6) = (flat.next().unwrap(), flat.next());
+            let linkerd = path.join(format!("{stem}.linkerd.json")).exists().then(|| {
+                let text =
+                    conformance::read_repo_file(&format!("tests/peer/{dir}/{stem}.linkerd.json"));
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{dir}/{stem}: {e}"))
+            });
             let pod_file = path.join(file);
             // One object (`linkerd inject` ends its output with a document separator).
             let text = std::fs::read_to_string(&pod_file).unwrap();
@@ -110,20 +202,27 @@ fn fixtures() -> Vec<Fixture> {
                 mesh,
                 pod_file,
                 object,
-                expected,
+                v4,
+                v6,
+                linkerd,
             });
         }
     }
-    assert!(out.len() >= 6, "fixtures found: {}", out.len());
+    assert!(out.len() >= 8, "fixtures found: {}", out.len());
+    assert!(
+        out.iter().any(|f| f.v6.is_some()),
+        "no fixture has IPv6 rules: the dual-stack pods would compare nothing but empty sets"
+    );
     out
 }
 
-fn compare(f: &Fixture, what: &str, actual: &BTreeMap<Fam, Flat>) -> Vec<String> {
+fn compare(f: &Fixture, shape: PodShape, what: &str, actual: &BTreeMap<Fam, Flat>) -> Vec<String> {
     let peer = match f.mesh {
         Mesh::Linkerd => "linkerd-cni",
         _ => "kuma-cni",
     };
-    conformance::compare(&f.name, peer, &FAMILIES, what, &f.expected, actual)
+    let expected = f.expected(shape);
+    conformance::compare(&f.case(shape), peer, &FAMILIES, what, &expected, actual)
 }
 
 /// Each pod's model (the front end every path shares) through both renderers.
@@ -135,27 +234,32 @@ fn linkerd_and_kuma_fixtures_both_renderers() {
         let claims = mesh::claims(&pod);
         assert_eq!(claims, [f.mesh], "{}: claimed by {claims:?}", f.name);
         let view = PodView::from_pod(&pod).unwrap();
-        let seen = mesh::Seen {
-            pod: &view,
-            spec_seen: true,
-            namespace: view.namespace.as_deref(),
-            has_ipv6: false,
-        };
-        let node = mesh::NodeSettings {
-            istio: &NodeDefaults::default(),
-            linkerd: &LinkerdNode::default(),
-        };
-        let resolved = mesh::resolve(f.mesh, &seen, &node, &|p| std::fs::read_to_string(p))
-            .unwrap_or_else(|e| panic!("{}: {e}", f.name));
-        let (ipt, nft) = conformance::renderings(&resolved.model, &FAMILIES);
-        let mut diffs = compare(&f, "iptables renderer", &ipt);
-        diffs.extend(compare(&f, "nftables renderer", &nft));
-        results.insert(f.name, diffs);
+        for shape in PodShape::ALL {
+            let seen = mesh::Seen {
+                pod: &view,
+                spec_seen: true,
+                namespace: view.namespace.as_deref(),
+                has_ipv6: shape.has_ipv6(),
+            };
+            let linkerd = f.linkerd_node();
+            let node = mesh::NodeSettings {
+                istio: &NodeDefaults::default(),
+                linkerd: &linkerd,
+            };
+            let resolved = mesh::resolve(f.mesh, &seen, &node, &|p| std::fs::read_to_string(p))
+                .unwrap_or_else(|e| panic!("{}: {e}", f.case(shape)));
+            let (ipt, nft) = conformance::renderings(&resolved.model, &FAMILIES);
+            let mut diffs = compare(&f, shape, "iptables renderer", &ipt);
+            diffs.extend(compare(&f, shape, "nftables renderer", &nft));
+            results.insert(f.case(shape), diffs);
+        }
     }
     conformance::judge("linkerd and kuma", PENDING, results);
 }
 
-/// `meshcap render -f` of each fixture's manifest, both formats.
+/// `meshcap render -f` of each fixture's manifest, both formats: the manifest itself for the
+/// v4-only pod (it has no status, so no IPv6 address), and for the dual-stack pod the pod with
+/// a `status.podIPs` of both families, which is where `render -f` learns them.
 #[test]
 fn linkerd_and_kuma_fixtures_through_render_f() {
     let meshcap = match meshcap_tests::bins::meshcap() {
@@ -167,28 +271,53 @@ fn linkerd_and_kuma_fixtures_through_render_f() {
             )
         }
     };
+    let scratch = meshcap_testkit::ScratchDir::new("mesh-peer-render");
     let mut results = BTreeMap::new();
     for f in fixtures() {
-        let text = conformance::render_f(&meshcap, &f.pod_file, "iptables", "both", &[]);
-        assert!(
-            text.contains(&format!("# captured ({} pod)", f.mesh)),
-            "{}: {text}",
-            f.name
-        );
-        let ipt = conformance::flat_iptables_blocks(&text).unwrap();
-        let nft_text = conformance::render_f(&meshcap, &f.pod_file, "nftables", "both", &[]);
-        let nft = conformance::flat_nft(&nft_text).unwrap();
-        let mut diffs = compare(&f, "render -f iptables", &ipt);
-        diffs.extend(compare(&f, "render -f nftables", &nft));
-        results.insert(f.name, diffs);
+        for shape in PodShape::ALL {
+            let file = match shape {
+                PodShape::V4Only => f.pod_file.clone(),
+                PodShape::DualStack => {
+                    // A workload's pod template becomes the Pod it makes.
+                    let mut pod = f.pod();
+                    pod["apiVersion"] = json!("v1");
+                    pod["kind"] = json!("Pod");
+                    pod["status"]["podIPs"] = shape
+                        .addresses()
+                        .iter()
+                        .map(|ip| json!({ "ip": ip }))
+                        .collect();
+                    let file = scratch.0.join(format!("{}.json", f.name.replace('/', "-")));
+                    std::fs::write(&file, pod.to_string()).unwrap();
+                    file
+                }
+            };
+            let linkerd = f.linkerd.as_ref().map(Value::to_string);
+            let extra: Vec<&str> = match &linkerd {
+                Some(json) => vec!["--linkerd", json],
+                None => Vec::new(),
+            };
+            let text = conformance::render_f(&meshcap, &file, "iptables", "both", &extra);
+            assert!(
+                text.contains(&format!("# captured ({} pod)", f.mesh)),
+                "{}: {text}",
+                f.case(shape)
+            );
+            let ipt = conformance::flat_iptables_blocks(&text).unwrap();
+            let nft_text = conformance::render_f(&meshcap, &file, "nftables", "both", &extra);
+            let nft = conformance::flat_nft(&nft_text).unwrap();
+            let mut diffs = compare(&f, shape, "render -f iptables", &ipt);
+            diffs.extend(compare(&f, shape, "render -f nftables", &nft));
+            results.insert(f.case(shape), diffs);
+        }
     }
     conformance::judge("linkerd and kuma (render -f)", PENDING, results);
 }
 
-/// A real ADD per fixture and mode: the runtime passes the pod's annotations (the
+/// A real ADD per fixture, pod shape and mode: the runtime passes the pod's annotations (the
 /// runtime-annotation path, with the node's default `linkerd` settings, the linkerd2-cni
-/// chart's, which the fixtures assume); the rules read back from the namespace give the peer's
-/// verdicts, and DEL leaves nothing.
+/// chart's, which the fixtures assume) and the primary plugin's prevResult the pod's addresses;
+/// the rules read back from the namespace give the peer's verdicts, and DEL leaves nothing.
 #[test]
 fn linkerd_and_kuma_fixtures_through_add() {
     const TEST: &str = "linkerd_and_kuma_fixtures_through_add";
@@ -204,36 +333,62 @@ fn linkerd_and_kuma_fixtures_through_add() {
     let state = std::env::temp_dir().join(format!("meshcap-mesh-peer-add-{}", std::process::id()));
     let mut results = BTreeMap::new();
     for f in fixtures() {
-        let mut diffs = Vec::new();
         let cni_args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME=peer",
             f.namespace()
         );
-        for mode in ["iptables", "nftables"] {
-            let ns = meshcap_tests::netns::Netns::new("mpeer").unwrap();
-            let path = ns.path().to_str().unwrap().to_owned();
-            let config = json!({
-                "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
-                "runtimeConfig": {"io.kubernetes.cri.pod-annotations": f.annotations()},
-                "prevResult": {"cniVersion": "1.0.0",
-                    "interfaces": [{"name": "eth0", "sandbox": path}],
-                    "ips": [{"address": "10.244.0.5/24", "interface": 0}]},
-            });
-            let add = conformance::invoke(&plugin, "ADD", &path, &state, Some(&cni_args), &config);
-            assert!(add.0, "{} {mode}: ADD failed: {}", f.name, add.1);
-            let actual = conformance::read_back(&ns, mode);
-            diffs.extend(compare(&f, &format!("ADD, {mode}"), &actual));
-            let del = conformance::invoke(&plugin, "DEL", &path, &state, Some(&cni_args), &config);
-            assert!(del.0, "{} {mode}: DEL failed: {}", f.name, del.1);
-            let after = conformance::read_back(&ns, mode);
-            assert!(
-                after.values().all(|flat| flat.is_empty()),
-                "{} {mode}: rules left after DEL: {after:?}",
-                f.name
-            );
+        for shape in PodShape::ALL {
+            let case = f.case(shape);
+            let mut diffs = Vec::new();
+            for mode in ["iptables", "nftables"] {
+                let ns = meshcap_tests::netns::Netns::new("mpeer").unwrap();
+                let path = ns.path().to_str().unwrap().to_owned();
+                let mut config = json!({
+                    "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
+                    "runtimeConfig": {"io.kubernetes.cri.pod-annotations": f.annotations()},
+                    "prevResult": {"cniVersion": "1.0.0",
+                        "interfaces": [{"name": "eth0", "sandbox": path}],
+                        "ips": shape.prev_result_ips()},
+                });
+                if let Some(linkerd) = &f.linkerd {
+                    config["linkerd"] = linkerd.clone();
+                }
+                let add =
+                    conformance::invoke(&plugin, "ADD", &path, &state, Some(&cni_args), &config);
+                assert!(add.0, "{case} {mode}: ADD failed: {}", add.1);
+                let actual = conformance::read_back(&ns, mode);
+                diffs.extend(compare(&f, shape, &format!("ADD, {mode}"), &actual));
+                // kuma-cni puts the inbound passthrough source ::6 on lo with its IPv6 rules;
+                // linkerd-cni adds no address.
+                let has_v6_rules = actual.get(&Fam::V6).is_some_and(|flat| !flat.is_empty());
+                assert_eq!(
+                    lo_has_passthrough_v6(&ns),
+                    has_v6_rules && f.mesh == Mesh::Kuma,
+                    "{case} {mode}: ::6/128 on lo"
+                );
+                let del =
+                    conformance::invoke(&plugin, "DEL", &path, &state, Some(&cni_args), &config);
+                assert!(del.0, "{case} {mode}: DEL failed: {}", del.1);
+                let after = conformance::read_back(&ns, mode);
+                assert!(
+                    after.values().all(|flat| flat.is_empty()),
+                    "{case} {mode}: rules left after DEL: {after:?}"
+                );
+                assert!(
+                    !lo_has_passthrough_v6(&ns),
+                    "{case} {mode}: ::6/128 left on lo after DEL"
+                );
+            }
+            results.insert(case, diffs);
         }
-        results.insert(f.name, diffs);
     }
     let _ = std::fs::remove_dir_all(&state);
     conformance::judge("linkerd and kuma (ADD)", PENDING, results);
+}
+
+/// Whether `lo` in `ns` holds `::6/128`, the IPv6 inbound passthrough source.
+fn lo_has_passthrough_v6(ns: &meshcap_tests::netns::Netns) -> bool {
+    ns.exec("ip", &["-6", "addr", "show", "dev", "lo"])
+        .unwrap()
+        .contains("inet6 ::6/128")
 }

@@ -127,6 +127,7 @@ impl RedirectModel {
                 family,
                 tables: Vec::new(),
                 policy_route: None,
+                passthrough_source: false,
             };
         }
         let tproxy = self.interception == InterceptionMode::Tproxy;
@@ -177,6 +178,7 @@ impl RedirectModel {
             family,
             tables,
             policy_route,
+            passthrough_source: self.inbound_passthrough,
         }
     }
 }

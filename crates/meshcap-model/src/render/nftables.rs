@@ -955,11 +955,13 @@ mod tests {
                 },
             ],
             policy_route: None,
+            passthrough_source: true,
         };
         let v6 = Ruleset {
             family: Family::V6,
             tables: vec![],
             policy_route: None,
+            passthrough_source: true,
         };
         let want = "\
 table ip meshcap
@@ -1028,6 +1030,7 @@ delete table ip6 meshcap
                 ],
             }],
             policy_route: None,
+            passthrough_source: true,
         };
         let want = "\
 table ip6 meshcap
