@@ -319,7 +319,8 @@ fn render_any_pod(
         istio: defaults,
         linkerd: &linkerd,
     };
-    let resolved = mesh::resolve(mesh, &seen, &node, &|path| std::fs::read_to_string(path))?;
+    let read = |path: &str| std::fs::read_to_string(path);
+    let resolved = mesh::resolve(mesh, &seen, &node, &read)?;
     let (model, warnings) = (resolved.model, resolved.warnings);
     for w in &warnings {
         println!("# warning: {w}");
@@ -331,6 +332,20 @@ fn render_any_pod(
         model.ports.inbound,
         model.ports.outbound
     );
+    // A manifest rarely has a status: say when the pod's IPv6 rules hang on an address it
+    // does not show (Kuma's `dualstack`).
+    let with_ipv6 = mesh::Seen {
+        has_ipv6: true,
+        ..seen
+    };
+    if !model.families.v6
+        && mesh::resolve(mesh, &with_ipv6, &node, &read).is_ok_and(|r| r.model.families.v6)
+    {
+        println!(
+            "# IPv6: no rules, as the manifest gives the pod no IPv6 address (status.podIPs); \
+             with one, the pod gets IPv6 rules too"
+        );
+    }
     print_rules(args, &model);
     Ok(())
 }

@@ -444,3 +444,38 @@ fn linkerd_and_kuma_pods_with_the_nodes_settings() {
         assert_eq!(out.contains("--dport 6443"), skips, "{ns}: {out}");
     }
 }
+
+/// A Kuma `dualstack` pod gets IPv6 rules only with an IPv6 address, which a manifest shows
+/// only in `status.podIPs`: without one, `render -f` says why there are none.
+#[test]
+fn kuma_dualstack_pod_without_an_ipv6_address_says_why_it_has_no_ipv6_rules() {
+    const NOTE: &str = "# IPv6: no rules, as the manifest gives the pod no IPv6 address";
+    let dualstack = fixture("../../../../tests/peer/kuma/gateway-dualstack.pod.yaml");
+    let (code, out, err) = render(&["-f", dualstack.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(NOTE), "{out}");
+    assert!(!out.contains("ip6tables-restore"), "{out}");
+
+    let mut pod: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&dualstack).unwrap()).unwrap();
+    pod["status"]["podIPs"] = serde_json::json!([{"ip": "10.244.0.5"}, {"ip": "fd00::5"}]);
+    let file = std::env::temp_dir().join(format!(
+        "meshcap-render-kuma-dualstack-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(&file, pod.to_string()).unwrap();
+    let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(NOTE), "{out}");
+    assert!(out.contains("ip6tables-restore"), "{out}");
+
+    // `ipFamilyMode: ipv4`: no IPv6 rules whatever the pod's addresses, so nothing to explain.
+    let ipv4 = fixture("../../../../tests/peer/kuma/inject-34.pod.yaml");
+    let (code, out, err) = render(&["-f", ipv4.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains(NOTE) && !out.contains("ip6tables-restore"),
+        "{out}"
+    );
+}
