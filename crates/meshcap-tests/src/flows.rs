@@ -731,6 +731,9 @@ pub fn flows() -> Vec<Flow> {
         // loopback address is captured inbound (compare the loopback-CIDR pod).
         flow!("proxy-lo2-v4", "default", Proxy, Tcp, Lo4b:8080, In),
         flow!("passthrough-127.0.0.6", "default", Proxy, Tcp, P4:8080, bind "127.0.0.6", Direct),
+        // IPv6's passthrough source is an address meshcap puts on lo: without it the pod's
+        // answer to ::6 would leave by the default route.
+        flow!("passthrough-::6", "default", Proxy, Tcp, P6:8080, bind "::6", Direct),
         // DNS capture.
         flow!("dns-udp-v4", "dns", App, Udp, R4:53, Dns),
         flow!("dns-tcp-v4", "dns", App, Tcp, R4:53, Dns),
@@ -899,6 +902,7 @@ pub fn flows() -> Vec<Flow> {
         flow!("kuma-proxy-out-v4", "kuma", Proxy, Tcp, R4:80, Direct),
         flow!("kuma-proxy-self-v4", "kuma", Proxy, Tcp, P4:8080, In),
         flow!("kuma-passthrough-127.0.0.6", "kuma", Proxy, Tcp, P4:8080, bind "127.0.0.6", Direct),
+        flow!("kuma-passthrough-::6", "kuma", Proxy, Tcp, P6:8080, bind "::6", Direct),
         flow!("kuma-app-self-v4", "kuma", App, Tcp, P4:8080, Direct),
         // Pods meshcap must leave alone.
         flow!("unmeshed-out-v4", "unmeshed", App, Tcp, R4:80, Direct),
