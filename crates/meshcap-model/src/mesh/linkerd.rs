@@ -188,7 +188,15 @@ pub fn model(
             v => Err(AnnotationError::new(what, &v.to_string(), "out of range")),
         }
     };
-    // IPv6 rules repeat every subnet through ip6tables, which refuses an IPv4 one.
+    // linkerd-cni writes every subnet into its IPv4 rules, always, where iptables refuses an
+    // IPv6 one; and with `ipv6` into its IPv6 rules too, where ip6tables refuses an IPv4 one.
+    if let Some(net) = subnets.iter().find(|n| n.addr().is_ipv6()) {
+        return Err(AnnotationError::new(
+            SKIP_SUBNETS,
+            &net.to_string(),
+            "an IPv6 subnet cannot be skipped in the IPv4 rules linkerd-cni always writes",
+        ));
+    }
     if node.ipv6 {
         if let Some(net) = subnets.iter().find(|n| n.addr().is_ipv4()) {
             return Err(AnnotationError::new(
@@ -381,6 +389,20 @@ mod tests {
             ..LinkerdNode::default()
         };
         assert!(model(&ann(&[(SKIP_SUBNETS, "10.0.0.0/8")]), None, &node, &mut w).is_err());
+        // An IPv6 subnet fails whatever `ipv6` says: linkerd-cni always writes IPv4 rules.
+        for node in [LinkerdNode::default(), node] {
+            let err = model(&ann(&[(SKIP_SUBNETS, "fd00::1/8")]), None, &node, &mut w).unwrap_err();
+            assert_eq!(err.annotation, SKIP_SUBNETS);
+            assert!(err.to_string().contains("fd00::/8"), "{err}");
+        }
+        // An IPv4 subnet is fine without `ipv6`.
+        model(
+            &ann(&[(SKIP_SUBNETS, "10.0.0.0/8")]),
+            None,
+            &LinkerdNode::default(),
+            &mut w,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -34,16 +34,49 @@ fn invalid_annotations() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// Inputs of Linkerd and Kuma pods their own CNI plugins refuse (a failed ADD there too), each
+/// with the annotation the error must name.
+fn invalid_mesh_annotations() -> Vec<(&'static str, BTreeMap<String, String>)> {
+    let linkerd = |key: &str, value: &str| {
+        BTreeMap::from([
+            (LINKERD_PROXY_VERSION.to_string(), "stable-2.14".to_string()),
+            (key.to_string(), value.to_string()),
+        ])
+    };
+    let kuma = |config: &str| {
+        BTreeMap::from([
+            (KUMA_INJECTED.to_string(), "true".to_string()),
+            (KUMA_TPROXY_CONFIG.to_string(), config.to_string()),
+        ])
+    };
+    vec![
+        (SKIP_SUBNETS, linkerd(SKIP_SUBNETS, "not-a-cidr")),
+        // linkerd-cni always writes IPv4 rules, where iptables refuses an IPv6 subnet.
+        (SKIP_SUBNETS, linkerd(SKIP_SUBNETS, "fd00::/8")),
+        (PROXY_UID_LINKERD, linkerd(PROXY_UID_LINKERD, "abc")),
+        (KUMA_TPROXY_CONFIG, kuma("ipFamilyMode: both\n")),
+        (
+            KUMA_TPROXY_CONFIG,
+            kuma("redirect:\n  outbound:\n    excludePortsForUIDs: [\"tcp:80:*\"]\n"),
+        ),
+    ]
+}
+
+const SKIP_SUBNETS: &str = "config.linkerd.io/skip-subnets";
+const PROXY_UID_LINKERD: &str = "config.linkerd.io/proxy-uid";
+
 #[test]
 fn invalid_annotation_fails_add_with_code_7_and_changes_nothing() {
     privileged!("invalid_annotation_fails_add_with_code_7_and_changes_nothing");
     for mode in crate::modes() {
         let node = Node::new(&format!("badann-{}", crate::tag(&mode))).expect("node");
         let chain = node.chain(&mode.meshcap);
-        for (key, value) in invalid_annotations() {
-            let mut pod = node
-                .unattached_pod("bad", &chain, crate::meshed(&[(key, value)]))
-                .unwrap();
+        let istio = invalid_annotations()
+            .into_iter()
+            .map(|(key, value)| (key, crate::meshed(&[(key, value)])));
+        for (key, annotations) in istio.chain(invalid_mesh_annotations()) {
+            let value = annotations[key].clone();
+            let mut pod = node.unattached_pod("bad", &chain, annotations).unwrap();
             let before = pod.state().unwrap();
             let err = pod
                 .add()
