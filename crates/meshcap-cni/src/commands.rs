@@ -356,11 +356,14 @@ fn decide_from_api(
 /// default or the mesh's default rather than the pod (on the runtime path: every spec-derived
 /// one). The pod's addresses come from the prevResult, read once; an Istio pod's address
 /// families follow from them ([`result::pod_families`]); CHECK then takes the ones the record
-/// says ADD installed.
+/// says ADD installed. A Kuma `dualstack` pod without an IPv6 address there still gets IPv6
+/// rules when `netns` holds one (kuma-cni's test, [`Dataplane::has_ipv6_address`]); the
+/// namespace is opened only then.
 fn model_for(
     config: &Config,
     args: &CniArgs,
     capture: &Capture,
+    netns: Option<&mut PodNetnsOnDemand<'_>>,
 ) -> Result<(RedirectModel, FrontEnd), CommandError> {
     let mesh_of_pod = capture.mesh.unwrap_or(Mesh::Istio);
     let addresses = result::pod_addresses(config.prev_result.as_ref())?;
@@ -374,13 +377,28 @@ fn model_for(
         istio: &config.istio_defaults,
         linkerd: &config.linkerd,
     };
-    let resolved = mesh::resolve(mesh_of_pod, &seen, &node, &|path| {
-        std::fs::read_to_string(path)
-    })
-    .map_err(|e| match e {
-        FrontEndError::Annotation(e) => CommandError::Annotation(e),
-        FrontEndError::Input(e) => CommandError::Input(e),
-    })?;
+    let resolve = |seen: &mesh::Seen<'_>| {
+        mesh::resolve(mesh_of_pod, seen, &node, &|path| {
+            std::fs::read_to_string(path)
+        })
+        .map_err(|e| match e {
+            FrontEndError::Annotation(e) => CommandError::Annotation(e),
+            FrontEndError::Input(e) => CommandError::Input(e),
+        })
+    };
+    let mut resolved = resolve(&seen)?;
+    if let (Mesh::Kuma, false, Some(netns)) = (mesh_of_pod, seen.has_ipv6, netns) {
+        let with_ipv6 = resolve(&mesh::Seen {
+            has_ipv6: true,
+            ..seen
+        })?;
+        if with_ipv6.model.families.v6 && netns.has_ipv6_address()? {
+            tracing::debug!(
+                "no IPv6 address in the prevResult, one in the namespace: IPv6 rules too, as kuma-cni"
+            );
+            resolved = with_ipv6;
+        }
+    }
     if !resolved.defaulted.is_empty() {
         tracing::info!(
             source = capture.source,
@@ -398,6 +416,49 @@ fn model_for(
         model.families = result::pod_families(&addresses);
     }
     Ok((model, resolved.front_end))
+}
+
+/// The pod's namespace, opened the first time it is needed and kept for the rest of the
+/// command.
+struct PodNetnsOnDemand<'a> {
+    path: &'a Path,
+    mode: Mode,
+    ns: Option<PodNetns>,
+}
+
+impl<'a> PodNetnsOnDemand<'a> {
+    fn new(path: &'a Path, mode: Mode) -> Self {
+        PodNetnsOnDemand {
+            path,
+            mode,
+            ns: None,
+        }
+    }
+
+    fn get(&mut self) -> Result<&PodNetns, CommandError> {
+        if self.ns.is_none() {
+            self.ns = Some(open_netns(self.path, self.mode)?);
+        }
+        Ok(self.ns.as_ref().expect("opened above"))
+    }
+
+    fn into_netns(mut self) -> Result<PodNetns, CommandError> {
+        self.get()?;
+        Ok(self.ns.take().expect("opened above"))
+    }
+
+    fn has_ipv6_address(&mut self) -> Result<bool, CommandError> {
+        let (path, mode) = (self.path, self.mode);
+        dataplane::has_ipv6_address(self.get()?).map_err(|source| match source {
+            DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
+            source => CommandError::Dataplane {
+                op: "reading the namespace's IPv6 addresses",
+                mode: mode.as_str(),
+                netns: path.to_owned(),
+                source: Box::new(source),
+            },
+        })
+    }
 }
 
 fn open_netns(path: &Path, mode: Mode) -> Result<PodNetns, CommandError> {
@@ -439,13 +500,14 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
         Decision::Capture(c) => c,
     };
     tracing::debug!(source = capture.source, "capturing");
-    let (model, front_end) = model_for(config, args, &capture)?;
+    let netns = required_netns(env);
+    let mode = config.mode;
+    let mut pod_netns = PodNetnsOnDemand::new(netns, mode);
+    let (model, front_end) = model_for(config, args, &capture, Some(&mut pod_netns))?;
     let rulesets = model.rulesets();
     phases.mark("selection");
 
-    let netns = required_netns(env);
-    let mode = config.mode;
-    let ns = open_netns(netns, mode)?;
+    let ns = pod_netns.into_netns()?;
     phases.mark("netns");
     let dp = Dataplane::default().with_xtables_templates(config.iptables_templates);
     let dataplane_err = |op: &'static str| {
@@ -702,16 +764,17 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
         Decision::Capture(c) => c,
     };
     let record = state.read(&config.name, &env.container_id, &env.ifname);
-    let (mut model, _) = model_for(config, args, &capture)?;
+    let netns = required_netns(env);
+    let mode = config.mode;
+    let mut pod_netns = PodNetnsOnDemand::new(netns, mode);
+    let (mut model, _) = model_for(config, args, &capture, Some(&mut pod_netns))?;
     if let Ok(Some(rec)) = &record {
         // The families ADD installed (a record of an earlier release lists both, whatever
         // addresses the pod has).
         model.families = Families::from_names(&rec.families);
     }
     let rulesets = model.rulesets();
-    let netns = required_netns(env);
-    let mode = config.mode;
-    let ns = open_netns(netns, mode)?;
+    let ns = pod_netns.into_netns()?;
     dataplane::check(&ns, mode.backend(), &rulesets).map_err(|source| match source {
         DataplaneError::Drift { details } => CommandError::Drift {
             netns: netns.to_owned(),
@@ -894,7 +957,7 @@ mod tests {
         match decide(&c, &k8s_args("default")).unwrap() {
             Decision::Capture(cap) => {
                 assert_eq!(cap.mesh, Some(Mesh::Linkerd));
-                let (m, _) = model_for(&c, &k8s_args("default"), &cap).unwrap();
+                let (m, _) = model_for(&c, &k8s_args("default"), &cap, None).unwrap();
                 assert_eq!((m.ports.inbound, m.ports.outbound), (4143, 4140));
                 assert_eq!(m.chain_prefix, "MESHCAP_LINKERD");
             }
@@ -926,7 +989,7 @@ mod tests {
             panic!("kuma pod not captured");
         };
         assert!(matches!(
-            model_for(&c, &k8s_args("default"), &cap),
+            model_for(&c, &k8s_args("default"), &cap, None),
             Err(CommandError::Annotation(e)) if e.annotation == "traffic.kuma.io/transparent-proxy-config"
         ));
     }
@@ -941,7 +1004,7 @@ mod tests {
             let Decision::Capture(cap) = decide(&c, &k8s_args(ns)).unwrap() else {
                 panic!("{ns}: not captured");
             };
-            let (m, fe) = model_for(&c, &k8s_args(ns), &cap).unwrap();
+            let (m, fe) = model_for(&c, &k8s_args(ns), &cap, None).unwrap();
             let FrontEnd::Linkerd(s) = &fe else {
                 panic!("{fe:?}");
             };

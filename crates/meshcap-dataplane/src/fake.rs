@@ -590,4 +590,14 @@ impl Routes for FakeRoutes<'_> {
         st.kernel.routes.retain(|i| *i != item);
         Ok(st.kernel.routes.len() != before)
     }
+
+    /// The fake namespace has only `lo`: `::1`, and `::6` once added.
+    fn ipv6_addresses(&mut self) -> Result<Vec<std::net::Ipv6Addr>, DataplaneError> {
+        let routes = &self.0.state().kernel.routes;
+        let mut out = vec![std::net::Ipv6Addr::LOCALHOST];
+        if routes.contains(&Item::PassthroughV6) {
+            out.push(crate::routes::PASSTHROUGH_V6);
+        }
+        Ok(out)
+    }
 }

@@ -245,6 +245,15 @@ impl Dataplane {
         }
     }
 
+    /// Whether an interface of `ns` holds an IPv6 address other than `::1`, link-local and
+    /// tentative ones included: kuma-cni's test (`HasLocalIPv6`, run in the pod's namespace)
+    /// for whether a `dualstack` pod gets IPv6 rules.
+    pub fn has_ipv6_address(&self, ns: &PodNetns) -> Result<bool, DataplaneError> {
+        let sys = &*self.sys;
+        let addresses = run_in(sys, ns, || sys.routes(ns.path())?.ipv6_addresses())??;
+        Ok(addresses.iter().any(|a| !a.is_loopback()))
+    }
+
     /// Everything meshcap has in the namespace, whichever backend put it there.
     pub fn inspect(&self, ns: &PodNetns) -> Result<Inspection, DataplaneError> {
         let _lock = lock::lock_netns(ns)?;
@@ -503,6 +512,11 @@ pub fn forget(id: NetnsId) -> Result<(), DataplaneError> {
 /// [`Dataplane::backend_ready`] with the default search path.
 pub fn backend_ready(backend: Backend) -> Result<(), DataplaneError> {
     Dataplane::default().backend_ready(backend)
+}
+
+/// [`Dataplane::has_ipv6_address`] on the host.
+pub fn has_ipv6_address(ns: &PodNetns) -> Result<bool, DataplaneError> {
+    Dataplane::default().has_ipv6_address(ns)
 }
 
 /// [`Dataplane::inspect`] with the default search path and run directory.

@@ -36,7 +36,7 @@ pub use meshcap_model::model::{TPROXY_MARK, TPROXY_ROUTE_TABLE};
 const LOOPBACK_IFINDEX: u32 = 1;
 
 /// The IPv6 inbound passthrough source (`::6`).
-const PASSTHROUGH_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+pub(crate) const PASSTHROUGH_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
 /// One piece of kernel state this module manages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,6 +348,21 @@ impl Routes for Rtnl {
 
     fn del(&mut self, item: Item) -> Result<bool, DataplaneError> {
         del(self, item)
+    }
+
+    fn ipv6_addresses(&mut self) -> Result<Vec<Ipv6Addr>, DataplaneError> {
+        let mut out = Vec::new();
+        for msg in list(self, Listing::AddressesV6)? {
+            let RouteNetlinkMessage::NewAddress(a) = msg else {
+                continue;
+            };
+            // IFA_ADDRESS is the address itself (IFA_LOCAL only differs on point-to-point).
+            out.extend(a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            }));
+        }
+        Ok(out)
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 
 use meshcap_model::rules::{Family, Ruleset};
@@ -123,6 +124,8 @@ pub trait Routes {
     fn add(&mut self, item: Item) -> Result<bool, DataplaneError>;
     /// Deletes `item`; `Ok(false)` when it was not there.
     fn del(&mut self, item: Item) -> Result<bool, DataplaneError>;
+    /// Every IPv6 address of every interface, tentative ones included.
+    fn ipv6_addresses(&mut self) -> Result<Vec<Ipv6Addr>, DataplaneError>;
 }
 
 /// What the dataplane asks of the kernel and of the xtables programs. Every method but

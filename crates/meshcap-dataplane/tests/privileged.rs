@@ -770,6 +770,39 @@ fn policy_routes_follow_the_rulesets() -> Result<()> {
     Ok(())
 }
 
+/// kuma-cni's "has a local IPv6 address": anything but `::1`, the kernel's link-local
+/// address of an interface that came up included.
+#[test]
+fn ipv6_address_test_counts_link_local_but_not_loopback() -> Result<()> {
+    if !privileged("ipv6_address_test_counts_link_local_but_not_loopback") {
+        return Ok(());
+    }
+    let t = TestNs::new("v6addr")?;
+    let ns = t.open()?;
+    let dp = Dataplane::default();
+    ensure!(t.exec("ip", &["-6", "addr"])?.contains("::1/128"));
+    ensure!(!dp.has_ipv6_address(&ns)?, "only ::1 on lo");
+
+    // A veth pair inside the namespace: both ends up, so the kernel gives each a link-local
+    // address (tentative until DAD ends, which counts too).
+    t.exec(
+        "ip",
+        &["link", "add", "v6a", "type", "veth", "peer", "name", "v6b"],
+    )?;
+    t.exec("ip", &["link", "set", "v6a", "up"])?;
+    t.exec("ip", &["link", "set", "v6b", "up"])?;
+    ensure!(t
+        .exec("ip", &["-6", "addr", "show", "dev", "v6a"])?
+        .contains("inet6 fe80::"));
+    ensure!(dp.has_ipv6_address(&ns)?, "a link-local address counts");
+
+    // An interface whose IPv6 is off has none.
+    t.exec("sysctl", &["-qw", "net.ipv6.conf.v6a.disable_ipv6=1"])?;
+    t.exec("sysctl", &["-qw", "net.ipv6.conf.v6b.disable_ipv6=1"])?;
+    ensure!(!dp.has_ipv6_address(&ns)?, "IPv6 off on both ends");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // inspect, readiness, concurrency
 

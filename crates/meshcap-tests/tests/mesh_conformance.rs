@@ -6,9 +6,10 @@
 //! through both renderers of the pod's model, through `meshcap render -f` of the pod in both
 //! formats, and through a real ADD of the pod (its annotations passed by the runtime) in both
 //! modes, read back from the namespace. Every fixture runs as a v4-only pod and as a
-//! dual-stack pod: a `NAME.rules` with a second block holds the IPv6 rules the peer adds when
-//! the pod has an IPv6 address; without one (or for a v4-only pod) the peer writes no IPv6
-//! rules and meshcap must write none either.
+//! dual-stack pod, and through ADD also as a v4-only pod with a link-local IPv6 address: a
+//! `NAME.rules` with a second block holds the IPv6 rules the peer adds for such pods (see
+//! [`Fixture::expected`]); without one (or for a v4-only pod) the peer writes no IPv6 rules and
+//! meshcap must write none either.
 //!
 //! Shared with the Istio suite: [`meshcap_tests::conformance`].
 
@@ -33,10 +34,21 @@ const FAMILIES: [Fam; 2] = [Fam::V4, Fam::V6];
 enum PodShape {
     V4Only,
     DualStack,
+    /// A v4-only pod (no IPv6 address in the prevResult) whose namespace has an interface with
+    /// the kernel's link-local IPv6 address, as a pod in an IPv4 cluster has where IPv6 is
+    /// not switched off. Only a real ADD can show this pod.
+    V4OnlyWithLinkLocal,
 }
 
 impl PodShape {
+    /// The shapes the renderers and `render -f` can express.
     const ALL: [PodShape; 2] = [PodShape::V4Only, PodShape::DualStack];
+    /// The shapes a real ADD runs as.
+    const ADD: [PodShape; 3] = [
+        PodShape::V4Only,
+        PodShape::DualStack,
+        PodShape::V4OnlyWithLinkLocal,
+    ];
 
     fn has_ipv6(self) -> bool {
         self == PodShape::DualStack
@@ -46,6 +58,7 @@ impl PodShape {
         match self {
             PodShape::V4Only => "v4-only pod",
             PodShape::DualStack => "dual-stack pod",
+            PodShape::V4OnlyWithLinkLocal => "v4-only pod with a link-local IPv6 address",
         }
     }
 
@@ -53,7 +66,7 @@ impl PodShape {
     /// carry).
     fn addresses(self) -> &'static [&'static str] {
         match self {
-            PodShape::V4Only => &["10.244.0.5"],
+            PodShape::V4Only | PodShape::V4OnlyWithLinkLocal => &["10.244.0.5"],
             PodShape::DualStack => &["10.244.0.5", "fd00:10:244::5"],
         }
     }
@@ -109,11 +122,15 @@ impl Fixture {
             .to_owned()
     }
 
-    /// The peer's rules for a pod of `shape`. kuma-cni writes its IPv6 rules only for a pod
-    /// with an IPv6 address; linkerd-cni writes them whenever its `ipv6` setting is on.
+    /// The peer's rules for a pod of `shape`. kuma-cni writes its IPv6 rules only when the
+    /// pod's namespace has an IPv6 address other than `::1` (a link-local one counts:
+    /// `HasLocalIPv6` in kumahq/kuma@348b6528 pkg/transparentproxy/config/utils.go, called by
+    /// `Config.Initialize` inside the namespace, app/cni/pkg/cni/injector_linux.go);
+    /// linkerd-cni writes them whenever its `ipv6` setting is on.
     fn expected(&self, shape: PodShape) -> BTreeMap<Fam, Flat> {
+        let namespace_has_ipv6 = shape != PodShape::V4Only;
         let v6 = match &self.v6 {
-            Some(v6) if shape.has_ipv6() || self.mesh == Mesh::Linkerd => v6.clone(),
+            Some(v6) if namespace_has_ipv6 || self.mesh == Mesh::Linkerd => v6.clone(),
             _ => Flat::new(),
         };
         [(Fam::V4, self.v4.clone()), (Fam::V6, v6)].into()
@@ -275,22 +292,21 @@ fn linkerd_and_kuma_fixtures_through_render_f() {
     let mut results = BTreeMap::new();
     for f in fixtures() {
         for shape in PodShape::ALL {
-            let file = match shape {
-                PodShape::V4Only => f.pod_file.clone(),
-                PodShape::DualStack => {
-                    // A workload's pod template becomes the Pod it makes.
-                    let mut pod = f.pod();
-                    pod["apiVersion"] = json!("v1");
-                    pod["kind"] = json!("Pod");
-                    pod["status"]["podIPs"] = shape
-                        .addresses()
-                        .iter()
-                        .map(|ip| json!({ "ip": ip }))
-                        .collect();
-                    let file = scratch.0.join(format!("{}.json", f.name.replace('/', "-")));
-                    std::fs::write(&file, pod.to_string()).unwrap();
-                    file
-                }
+            let file = if shape.has_ipv6() {
+                // A workload's pod template becomes the Pod it makes.
+                let mut pod = f.pod();
+                pod["apiVersion"] = json!("v1");
+                pod["kind"] = json!("Pod");
+                pod["status"]["podIPs"] = shape
+                    .addresses()
+                    .iter()
+                    .map(|ip| json!({ "ip": ip }))
+                    .collect();
+                let file = scratch.0.join(format!("{}.json", f.name.replace('/', "-")));
+                std::fs::write(&file, pod.to_string()).unwrap();
+                file
+            } else {
+                f.pod_file.clone()
             };
             let linkerd = f.linkerd.as_ref().map(Value::to_string);
             let extra: Vec<&str> = match &linkerd {
@@ -337,12 +353,28 @@ fn linkerd_and_kuma_fixtures_through_add() {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME=peer",
             f.namespace()
         );
-        for shape in PodShape::ALL {
+        for shape in PodShape::ADD {
             let case = f.case(shape);
             let mut diffs = Vec::new();
             for mode in ["iptables", "nftables"] {
                 let ns = meshcap_tests::netns::Netns::new("mpeer").unwrap();
                 let path = ns.path().to_str().unwrap().to_owned();
+                if shape == PodShape::V4OnlyWithLinkLocal {
+                    // Both ends up: the kernel gives each a link-local address.
+                    for args in [
+                        &[
+                            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+                        ][..],
+                        &["link", "set", "eth0", "up"],
+                        &["link", "set", "peer0", "up"],
+                    ] {
+                        ns.exec("ip", args).unwrap();
+                    }
+                    let addrs = ns
+                        .exec("ip", &["-6", "addr", "show", "dev", "eth0"])
+                        .unwrap();
+                    assert!(addrs.contains("inet6 fe80::"), "{case}: {addrs}");
+                }
                 let mut config = json!({
                     "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
                     "runtimeConfig": {"io.kubernetes.cri.pod-annotations": f.annotations()},

@@ -332,8 +332,8 @@ fn render_any_pod(
         model.ports.inbound,
         model.ports.outbound
     );
-    // A manifest rarely has a status: say when the pod's IPv6 rules hang on an address it
-    // does not show (Kuma's `dualstack`).
+    // A manifest rarely has a status, and never the namespace's link-local addresses: say
+    // when the pod's IPv6 rules hang on an address it does not show (Kuma's `dualstack`).
     let with_ipv6 = mesh::Seen {
         has_ipv6: true,
         ..seen
@@ -343,7 +343,8 @@ fn render_any_pod(
     {
         println!(
             "# IPv6: no rules, as the manifest gives the pod no IPv6 address (status.podIPs); \
-             with one, the pod gets IPv6 rules too"
+             at ADD it gets them too if its namespace has any IPv6 address but ::1, a \
+             link-local one included (kuma-cni's test)"
         );
     }
     print_rules(args, &model);
