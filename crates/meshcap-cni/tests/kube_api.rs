@@ -8,7 +8,8 @@
 //! any request; retry with backoff (500 then 200); the deadline (a server that never answers,
 //! one that always answers 503, a closed port); and, as root, that an ADD through the API path
 //! installs exactly the rules an ADD with the annotations passed installs, in both backends,
-//! with the proxy uid from the pod honoured.
+//! with the proxy uid from the pod honoured; Linkerd and Kuma pods selected and set up from
+//! the spec as their own CNI plugins read it.
 
 use std::collections::HashMap;
 use std::fs;
@@ -893,6 +894,133 @@ fn privileged_linkerd_pods_through_the_api_path() {
         ] {
             let r = invoke("DEL", &ns.path(), &s.state(), a, &cfg);
             assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+        }
+    }
+}
+
+/// Kuma pods through the API path, where the plugin reads the spec kuma-cni reads: the
+/// injector's pod (the peer conformance fixture) gets exactly the rules its passed annotations
+/// give; the same pod with a `kuma-init` init container (it sets up its own rules), without a
+/// `kuma-sidecar` container, or in an excluded namespace is left alone.
+#[test]
+fn privileged_kuma_pods_through_the_api_path() {
+    const TEST: &str = "privileged_kuma_pods_through_the_api_path";
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
+        return skip_or_fail(TEST, &reason);
+    }
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/peer/kuma/inject-34.pod.yaml"
+    );
+    let mut injected: Value = serde_yaml::from_str(&fs::read_to_string(fixture).unwrap()).unwrap();
+    injected["metadata"]["namespace"] = json!("shop");
+    let annotations = injected["metadata"]["annotations"].clone();
+    assert!(
+        injected["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .chain(injected["spec"]["initContainers"].as_array())
+            .flatten()
+            .any(|c| c["name"] == "kuma-sidecar"),
+        "the fixture has a kuma-sidecar container"
+    );
+    let variant = |name: &str, edit: &dyn Fn(&mut Value)| {
+        let mut pod = injected.clone();
+        pod["metadata"]["name"] = json!(name);
+        edit(&mut pod);
+        pod
+    };
+    let own_init = variant("own-init", &|p| {
+        p["spec"]["initContainers"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, json!({"name": "kuma-init", "image": "kuma/kuma-init"}));
+    });
+    let no_sidecar = variant("no-sidecar", &|p| {
+        for list in ["containers", "initContainers"] {
+            if let Some(cs) = p["spec"][list].as_array_mut() {
+                cs.retain(|c| c["name"] != "kuma-sidecar");
+            }
+        }
+    });
+    let excluded = variant("excluded", &|p| {
+        p["metadata"]["namespace"] = json!("kuma-system")
+    });
+    let name = injected["metadata"]["name"].as_str().unwrap().to_owned();
+    let api = FakeApi::start(vec![
+        (pod_path("shop", &name), vec![Reply::Json(200, injected)]),
+        (
+            pod_path("shop", "own-init"),
+            vec![Reply::Json(200, own_init)],
+        ),
+        (
+            pod_path("shop", "no-sidecar"),
+            vec![Reply::Json(200, no_sidecar)],
+        ),
+        (
+            pod_path("kuma-system", "excluded"),
+            vec![Reply::Json(200, excluded)],
+        ),
+    ]);
+    let s = scratch("kuma-api");
+    let kc = s.kubeconfig(&api.url());
+    let kuma = json!({"exclude_namespaces": ["kube-system", "kuma-system"]});
+    for mode in ["iptables", "nftables"] {
+        let m = &mode[..3];
+        // The API path, and the runtime path with the annotations passed.
+        let fetched = Netns::create(&format!("mk-kuma-api-{m}"));
+        let args = k8s_args("shop", &name);
+        let cfg = api_config(&kc, &fetched.path(), json!({"mode": mode, "kuma": kuma}));
+        let r = invoke("ADD", &fetched.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.ok(), passthrough(&fetched.path()), "{mode}");
+        let via_api = fetched.rules(mode);
+        assert!(via_api.contains("MESHCAP_KUMA"), "{mode}: {via_api}");
+        assert!(
+            via_api.contains("15055"),
+            "{mode}: the pod's inbound port: {via_api}"
+        );
+
+        let passed = Netns::create(&format!("mk-kuma-rt-{m}"));
+        let mut cfg_rt = api_config(&kc, &passed.path(), json!({"mode": mode, "kuma": kuma}));
+        cfg_rt["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": annotations});
+        let r = invoke("ADD", &passed.path(), &s.state(), &args, &cfg_rt);
+        assert_eq!(r.ok(), passthrough(&passed.path()), "{mode}");
+        assert_eq!(
+            passed.rules(mode),
+            via_api,
+            "{mode}: API path and passed annotations differ"
+        );
+
+        // Left alone: no rules, the prevResult passed through.
+        for (ns_name, pod_name) in [
+            ("shop", "own-init"),
+            ("shop", "no-sidecar"),
+            ("kuma-system", "excluded"),
+        ] {
+            let ns = Netns::create(&format!("mk-kuma-{}-{m}", &pod_name[..3]));
+            let a = k8s_args(ns_name, pod_name);
+            let cfg = api_config(&kc, &ns.path(), json!({"mode": mode, "kuma": kuma}));
+            let r = invoke("ADD", &ns.path(), &s.state(), &a, &cfg);
+            assert_eq!(r.ok(), passthrough(&ns.path()), "{mode} {pod_name}");
+            let rules = ns.rules(mode);
+            assert!(
+                !rules.contains("MESHCAP") && !rules.contains("meshcap"),
+                "{mode} {pod_name}: {rules}"
+            );
+            let r = invoke("DEL", &ns.path(), &s.state(), &a, &cfg);
+            assert_eq!(
+                r.code, 0,
+                "{mode} {pod_name}: DEL: {}{}",
+                r.stdout, r.stderr
+            );
+        }
+        for (ns, cfg) in [(&fetched, cfg), (&passed, cfg_rt)] {
+            let r = invoke("DEL", &ns.path(), &s.state(), &args, &cfg);
+            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+            assert!(
+                !ns.rules(mode).contains("MESHCAP"),
+                "{mode}: rules left after DEL"
+            );
         }
     }
 }
