@@ -202,6 +202,19 @@ pub struct RedirectModel {
     /// With DNS capture, the proxy's upstream queries and the apps' queries get separate
     /// conntrack zones.
     pub dns_conntrack_zones: bool,
+    /// Networks behind an interface in the pod (a Docker bridge, a VM's network: Kuma's
+    /// `redirect.vnet.networks`) whose traffic leaving them is the pod's outbound: arriving on
+    /// the interface, DNS goes to the proxy's DNS port and TCP not addressed within the network
+    /// to its outbound port. Per family, one network per interface (the last named).
+    pub virtual_networks: Vec<VirtualNetwork>,
+}
+
+/// A network behind `interface` ([`RedirectModel::virtual_networks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualNetwork {
+    /// An exact interface name.
+    pub interface: String,
+    pub net: IpNet,
 }
 
 /// An inclusive range of ports.
@@ -263,6 +276,7 @@ impl Default for RedirectModel {
             owner_port_exclusions: Vec::new(),
             dns_scope: DnsScope::UdpAndTcp,
             dns_conntrack_zones: true,
+            virtual_networks: Vec::new(),
         }
     }
 }
@@ -480,6 +494,22 @@ impl RedirectModel {
         if let Some(servers) = &self.dns_servers {
             if servers.len() > ann::MAX_LIST_LEN {
                 return field("dns_servers", format!("{servers:?}"), "too many resolvers");
+            }
+        }
+        if self.virtual_networks.len() > ann::MAX_LIST_LEN {
+            return field(
+                "virtual_networks",
+                format!("{} networks", self.virtual_networks.len()),
+                "too many virtual networks",
+            );
+        }
+        for vn in &self.virtual_networks {
+            if !ann::is_valid_interface_name(&vn.interface) {
+                return field(
+                    "virtual_networks",
+                    vn.interface.clone(),
+                    "not a valid interface name (an exact name; no wildcard)",
+                );
             }
         }
         Ok(())

@@ -225,7 +225,7 @@ fn fixtures() -> Vec<Fixture> {
             });
         }
     }
-    assert!(out.len() >= 8, "fixtures found: {}", out.len());
+    assert!(out.len() >= 9, "fixtures found: {}", out.len());
     assert!(
         out.iter().any(|f| f.v6.is_some()),
         "no fixture has IPv6 rules: the dual-stack pods would compare nothing but empty sets"

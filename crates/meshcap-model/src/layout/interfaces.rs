@@ -1,11 +1,20 @@
 //! Interfaces: excluded ones bypass capture in both directions (`excludeInterfaces`); traffic
 //! arriving on a virtual interface (a KubeVirt VM's tap, `istio.io/reroute-virtual-interfaces`)
-//! is the VM's outbound traffic and is captured as such.
+//! is the VM's outbound traffic and is captured as such, and so is traffic leaving a virtual
+//! network behind an interface (Kuma's `redirect.vnet.networks`).
 
-use super::{jump, rule, to, TableBuilder};
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+
+use super::{dport, jump, not_to, rule, tcp, to, TableBuilder};
 use crate::annotations::Selector;
-use crate::model::{RedirectModel, OUTPUT, PREROUTING, REDIRECT};
-use crate::rules::{Family, Match, Target};
+use crate::model::{RedirectModel, DNS_PORT, OUTPUT, PREROUTING, REDIRECT};
+use crate::rules::{Family, Match, Proto, Target};
+
+fn udp() -> Match {
+    Match::Protocol(Proto::Udp)
+}
 
 fn in_iface(name: &str) -> Match {
     Match::InInterface {
@@ -46,6 +55,41 @@ pub(super) fn reroute_virtual(model: &RedirectModel, family: Family, nat: &mut T
                 "reroute-virtual-interfaces: nothing else from the VM is captured",
                 vec![in_iface(vif)],
                 Target::Return,
+            ),
+        );
+    }
+}
+
+/// nat PREROUTING: what leaves a virtual network behind an interface in the pod is the pod's
+/// outbound traffic: its DNS goes to the proxy's DNS port (whether DNS capture is on or not, as
+/// kuma-cni does), its TCP not addressed within the network to the outbound port. Interfaces
+/// in name order, one network each per family (the last named), as kuma-cni writes them.
+pub(super) fn virtual_networks(model: &RedirectModel, family: Family, nat: &mut TableBuilder) {
+    let nets: BTreeMap<&str, IpNet> = model
+        .virtual_networks
+        .iter()
+        .filter(|vn| family.contains(&vn.net))
+        .map(|vn| (vn.interface.as_str(), vn.net.trunc()))
+        .collect();
+    for (interface, net) in nets {
+        nat.push(
+            PREROUTING,
+            rule(
+                "virtual network: its DNS goes to the proxy DNS port",
+                vec![in_iface(interface), udp(), dport(DNS_PORT)],
+                Target::Redirect {
+                    port: model.ports.dns,
+                },
+            ),
+        );
+        nat.push(
+            PREROUTING,
+            rule(
+                "virtual network: its TCP out of the network is captured outbound",
+                vec![not_to(net), in_iface(interface), tcp()],
+                Target::Redirect {
+                    port: model.ports.outbound,
+                },
             ),
         );
     }

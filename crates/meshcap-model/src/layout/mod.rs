@@ -151,6 +151,7 @@ impl RedirectModel {
 
         let mut nat = TableBuilder::new(Table::Nat, NAT_CHAINS);
         interfaces::reroute_virtual(self, family, &mut nat);
+        interfaces::virtual_networks(self, family, &mut nat);
         interfaces::exclude_nat(self, &mut nat);
         if !tproxy {
             inbound::redirect(self, family, &mut nat);

@@ -16,11 +16,14 @@
 //! | `redirect.dns.enabled/port/captureAll/skipConntrackZoneSplit/resolvConfigPath` | DNS capture | false / 15053 / false / false / /etc/resolv.conf |
 //! | `dropInvalidPackets` | drop conntrack-invalid packets | false |
 //!
-//! Differences, each deliberate: `redirect.vnet.networks` is refused (code 7, not supported);
-//! `log` (LOG rules) and `insertRedirectInsteadOfAppend` are ignored with a warning (meshcap
-//! owns its entry chains); a port of 0 is refused like Kuma's loader does, except the DNS port
-//! while DNS capture is off (Kuma's injector writes `port: 0` there when its builtin DNS is
-//! off, and the value is never used).
+//! | `redirect.vnet.networks` | `IFACE:CIDR` networks behind an interface: their DNS and their TCP out of the network are captured | - |
+//!
+//! Differences, each deliberate: a virtual network's interface wildcard (`br+`) is refused
+//! (code 7, not supported); `log` (LOG rules) and `insertRedirectInsteadOfAppend` are ignored
+//! with a warning (meshcap owns its entry chains); a port of 0 is refused like Kuma's loader
+//! does, except the DNS port while DNS capture is off and no virtual network is set (Kuma's
+//! injector writes `port: 0` there when its builtin DNS is off, and the value is then never
+//! used; kuma-cni would redirect a virtual network's DNS to port 0).
 
 use std::net::IpAddr;
 
@@ -29,7 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::annotations::{AnnotationError, Annotations, InputKind, Selector};
-use crate::model::{DnsScope, Families, OwnerPortExclusion, PortRange, ProxyPorts, RedirectModel};
+use crate::model::{
+    DnsScope, Families, OwnerPortExclusion, PortRange, ProxyPorts, RedirectModel, VirtualNetwork,
+};
 use crate::rules::Proto;
 
 pub const SIDECAR_CONTAINER: &str = "kuma-sidecar";
@@ -210,13 +215,7 @@ pub fn model(
             ))
         }
     };
-    if !cfg.redirect.vnet.networks.is_empty() {
-        return Err(bad(
-            "redirect.vnet.networks",
-            &cfg.redirect.vnet.networks.join(","),
-            "virtual networks are not supported by meshcap",
-        ));
-    }
+    let virtual_networks = virtual_networks(&cfg.redirect.vnet.networks)?;
     if cfg.log.as_ref().is_some_and(|l| l.enabled) {
         warnings.push("kuma: log.enabled ignored: meshcap writes no LOG rules".into());
     }
@@ -238,7 +237,8 @@ pub fn model(
     let outbound_on = outbound.enabled.unwrap_or(true);
     let inbound_port = port_field("redirect.inbound.port", inbound.port.as_ref(), 15006)?;
     let outbound_port = port_field("redirect.outbound.port", outbound.port.as_ref(), 15001)?;
-    let dns_port = if dns.enabled {
+    // Virtual networks' DNS goes to this port even with DNS capture off.
+    let dns_port = if dns.enabled || !virtual_networks.is_empty() {
         port_field("redirect.dns.port", dns.port.as_ref(), 15053)?
     } else {
         port_field("redirect.dns.port", dns.port.as_ref(), 15053).unwrap_or(15053)
@@ -328,6 +328,7 @@ pub fn model(
         },
         chain_prefix: CHAIN_PREFIX.to_owned(),
         exclude_outbound_udp: false,
+        virtual_networks,
         ..RedirectModel::default()
     };
     if !outbound_on {
@@ -375,6 +376,42 @@ fn ports_field(field: &str, v: Option<&Value>) -> Result<Vec<u16>, AnnotationErr
     let mut out = Vec::new();
     for p in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         out.push(parse_port(field, p)?);
+    }
+    Ok(out)
+}
+
+/// Kuma's `VNet.Initialize`: each entry is `IFACE:CIDR`, split at the first `:` (so an IPv6
+/// CIDR keeps its colons), the CIDR with a prefix length (host bits allowed, masked in the
+/// rules as iptables masks them). An interface wildcard (`br+`) is refused: meshcap's netlink
+/// rules match interface names exactly.
+fn virtual_networks(entries: &[String]) -> Result<Vec<VirtualNetwork>, AnnotationError> {
+    const FIELD: &str = "redirect.vnet.networks";
+    let mut out = Vec::new();
+    for entry in entries {
+        let Some((interface, cidr)) = entry.split_once(':') else {
+            return Err(bad(
+                FIELD,
+                entry,
+                "invalid virtual network definition (IFACE:CIDR)",
+            ));
+        };
+        let net = cidr
+            .parse::<IpNet>()
+            .map_err(|_| bad(FIELD, entry, format!("invalid CIDR definition for {cidr}")))?;
+        if interface.ends_with(['+', '*']) {
+            return Err(bad(
+                FIELD,
+                entry,
+                "interface wildcards are not supported by meshcap (name the interface)",
+            ));
+        }
+        if !crate::annotations::is_valid_interface_name(interface) {
+            return Err(bad(FIELD, entry, "not a valid interface name"));
+        }
+        out.push(VirtualNetwork {
+            interface: interface.to_owned(),
+            net,
+        });
     }
     Ok(out)
 }
@@ -509,6 +546,44 @@ mod tests {
 
     fn no_file(_: &str) -> std::io::Result<String> {
         Err(std::io::Error::other("no file in this test"))
+    }
+
+    #[test]
+    fn virtual_networks_parse_as_kuma_reads_them() {
+        let mut w = Vec::new();
+        let yaml =
+            "redirect:\n  vnet:\n    networks:\n    - docker0:172.17.0.1/16\n    - iface:::1/64\n";
+        let m = model(&ann(yaml), true, &no_file, &mut w).unwrap();
+        assert_eq!(
+            m.virtual_networks,
+            vec![
+                VirtualNetwork {
+                    interface: "docker0".into(),
+                    net: "172.17.0.1/16".parse().unwrap(),
+                },
+                VirtualNetwork {
+                    interface: "iface".into(),
+                    net: "::1/64".parse().unwrap(),
+                },
+            ]
+        );
+        // Their DNS goes to the DNS port, default 15053, though DNS capture is off.
+        assert!(!m.dns_capture);
+        assert_eq!(m.ports.dns, 15053);
+        for (entry, why) in [
+            ("docker0", "IFACE:CIDR"),
+            ("docker0:172.17.0.1", "invalid CIDR"),
+            ("br+:172.18.0.0/16", "wildcards"),
+            (":10.0.0.0/8", "interface name"),
+        ] {
+            let yaml = format!("redirect:\n  vnet:\n    networks:\n    - \"{entry}\"\n");
+            let err = model(&ann(&yaml), true, &no_file, &mut w).unwrap_err();
+            assert!(err.to_string().contains(why), "{entry}: {err}");
+        }
+        // kuma-cni would send their DNS to port 0: refused.
+        let yaml = "redirect:\n  dns:\n    enabled: false\n    port: 0\n  vnet:\n    networks:\n    - docker0:172.17.0.0/16\n";
+        let err = model(&ann(yaml), true, &no_file, &mut w).unwrap_err();
+        assert!(err.to_string().contains("redirect.dns.port"), "{err}");
     }
 
     #[test]
