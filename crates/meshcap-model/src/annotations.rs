@@ -260,8 +260,9 @@ pub fn cidrs(
 /// An interface name as the kernel accepts it (`dev_valid_name`): 1-15 bytes, not `.` or `..`,
 /// no `/`, `:` or whitespace. meshcap is stricter and also refuses control characters and
 /// quotes, which no real interface needs and which would only make rules hard to read, and a
-/// trailing `+` or `*`: iptables reads `eth+` as a wildcard and nftables text `eth*`, while the
-/// netlink backend matches exactly, so such a name would mean different things per backend.
+/// trailing `+` or `*`: iptables reads `eth+` as a wildcard and nftables text `eth*`, so a name
+/// here is always exact; where a wildcard is meant (Kuma's virtual networks), the caller takes
+/// `NAME+` apart and checks `NAME`.
 pub fn is_valid_interface_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < 16

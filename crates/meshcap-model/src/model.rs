@@ -212,7 +212,8 @@ pub struct RedirectModel {
 /// A network behind `interface` ([`RedirectModel::virtual_networks`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualNetwork {
-    /// An exact interface name.
+    /// An interface name, or iptables' wildcard `PREFIX+` for every interface whose name
+    /// starts with `PREFIX` (nftables: `iifname "PREFIX*"`).
     pub interface: String,
     pub net: IpNet,
 }
@@ -504,11 +505,13 @@ impl RedirectModel {
             );
         }
         for vn in &self.virtual_networks {
-            if !ann::is_valid_interface_name(&vn.interface) {
+            // A name, or iptables' wildcard `PREFIX+` (every interface whose name starts so).
+            let name = vn.interface.strip_suffix('+').unwrap_or(&vn.interface);
+            if !ann::is_valid_interface_name(name) {
                 return field(
                     "virtual_networks",
                     vn.interface.clone(),
-                    "not a valid interface name (an exact name; no wildcard)",
+                    "not an interface name or a NAME+ wildcard",
                 );
             }
         }

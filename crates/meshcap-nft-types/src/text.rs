@@ -255,13 +255,17 @@ fn match_text(
         }
         (Loaded::Meta(key @ (MetaKey::Iifname | MetaKey::Oifname)), None) => {
             let bytes = data.as_bytes();
-            let end = bytes.iter().position(|b| *b == 0)?;
-            // nft compares the whole NUL-padded name; a shorter compare would be a prefix match.
-            if bytes.len() != IFNAMSIZ {
+            // The whole NUL-padded name is an exact match; a shorter compare without a NUL is a
+            // prefix match, which nft writes as a wildcard.
+            let (name, wildcard) = if bytes.len() == IFNAMSIZ {
+                (&bytes[..bytes.iter().position(|b| *b == 0)?], "")
+            } else if !bytes.is_empty() && !bytes.contains(&0) {
+                (bytes, "*")
+            } else {
                 return None;
-            }
-            let name = std::str::from_utf8(&bytes[..end]).ok()?;
-            Some(format!("{key} {ne}\"{name}\""))
+            };
+            let name = std::str::from_utf8(name).ok()?;
+            Some(format!("{key} {ne}\"{name}{wildcard}\""))
         }
         (Loaded::Meta(key @ (MetaKey::Skuid | MetaKey::Skgid)), None) => {
             Some(format!("meta {key} {ne}{}", data.to_u32()?))

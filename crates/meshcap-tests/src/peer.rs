@@ -812,7 +812,13 @@ fn parse_nft_rule(toks: &[String]) -> Result<PRule, String> {
                 i += 1;
                 let (neg, vals) = value(&mut i);
                 let key = if t == "iifname" { "iif" } else { "oif" };
-                conds.insert(cond(neg, key, vals[0].trim_matches('"')));
+                // nft's wildcard `eth*` is iptables' `eth+`.
+                let name = vals[0].trim_matches('"');
+                let name = match name.strip_suffix('*') {
+                    Some(prefix) => format!("{prefix}+"),
+                    None => name.to_owned(),
+                };
+                conds.insert(cond(neg, key, &name));
             }
             "ct" => {
                 i += 1;

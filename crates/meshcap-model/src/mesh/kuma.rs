@@ -18,8 +18,7 @@
 //!
 //! | `redirect.vnet.networks` | `IFACE:CIDR` networks behind an interface: their DNS and their TCP out of the network are captured | - |
 //!
-//! Differences, each deliberate: a virtual network's interface wildcard (`br+`) is refused
-//! (code 7, not supported); `log` (LOG rules) and `insertRedirectInsteadOfAppend` are ignored
+//! Differences, each deliberate: `log` (LOG rules) and `insertRedirectInsteadOfAppend` are ignored
 //! with a warning (meshcap owns its entry chains); a port of 0 is refused like Kuma's loader
 //! does, except the DNS port while DNS capture is off and no virtual network is set (Kuma's
 //! injector writes `port: 0` there when its builtin DNS is off, and the value is then never
@@ -382,8 +381,8 @@ fn ports_field(field: &str, v: Option<&Value>) -> Result<Vec<u16>, AnnotationErr
 
 /// Kuma's `VNet.Initialize`: each entry is `IFACE:CIDR`, split at the first `:` (so an IPv6
 /// CIDR keeps its colons), the CIDR with a prefix length (host bits allowed, masked in the
-/// rules as iptables masks them). An interface wildcard (`br+`) is refused: meshcap's netlink
-/// rules match interface names exactly.
+/// rules as iptables masks them). `IFACE` may be iptables' wildcard `PREFIX+` (`br+`: every
+/// Docker bridge), which kuma-cni passes to iptables as it is.
 fn virtual_networks(entries: &[String]) -> Result<Vec<VirtualNetwork>, AnnotationError> {
     const FIELD: &str = "redirect.vnet.networks";
     let mut out = Vec::new();
@@ -398,15 +397,13 @@ fn virtual_networks(entries: &[String]) -> Result<Vec<VirtualNetwork>, Annotatio
         let net = cidr
             .parse::<IpNet>()
             .map_err(|_| bad(FIELD, entry, format!("invalid CIDR definition for {cidr}")))?;
-        if interface.ends_with(['+', '*']) {
+        let name = interface.strip_suffix('+').unwrap_or(interface);
+        if !crate::annotations::is_valid_interface_name(name) {
             return Err(bad(
                 FIELD,
                 entry,
-                "interface wildcards are not supported by meshcap (name the interface)",
+                "not an interface name or a NAME+ wildcard",
             ));
-        }
-        if !crate::annotations::is_valid_interface_name(interface) {
-            return Err(bad(FIELD, entry, "not a valid interface name"));
         }
         out.push(VirtualNetwork {
             interface: interface.to_owned(),
@@ -552,7 +549,7 @@ mod tests {
     fn virtual_networks_parse_as_kuma_reads_them() {
         let mut w = Vec::new();
         let yaml =
-            "redirect:\n  vnet:\n    networks:\n    - docker0:172.17.0.1/16\n    - iface:::1/64\n";
+            "redirect:\n  vnet:\n    networks:\n    - docker0:172.17.0.1/16\n    - iface:::1/64\n    - br+:172.18.0.0/16\n";
         let m = model(&ann(yaml), true, &no_file, &mut w).unwrap();
         assert_eq!(
             m.virtual_networks,
@@ -565,6 +562,10 @@ mod tests {
                     interface: "iface".into(),
                     net: "::1/64".parse().unwrap(),
                 },
+                VirtualNetwork {
+                    interface: "br+".into(),
+                    net: "172.18.0.0/16".parse().unwrap(),
+                },
             ]
         );
         // Their DNS goes to the DNS port, default 15053, though DNS capture is off.
@@ -573,7 +574,8 @@ mod tests {
         for (entry, why) in [
             ("docker0", "IFACE:CIDR"),
             ("docker0:172.17.0.1", "invalid CIDR"),
-            ("br+:172.18.0.0/16", "wildcards"),
+            ("br*:172.18.0.0/16", "NAME+ wildcard"),
+            ("+:172.18.0.0/16", "NAME+ wildcard"),
             (":10.0.0.0/8", "interface name"),
         ] {
             let yaml = format!("redirect:\n  vnet:\n    networks:\n    - \"{entry}\"\n");

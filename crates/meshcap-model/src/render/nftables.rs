@@ -452,9 +452,17 @@ fn address(
 }
 
 /// An interface name as nft compares it: all IFNAMSIZ bytes, NUL-padded.
+/// The compare data of an interface name: the whole NUL-padded name, or for iptables'
+/// wildcard `PREFIX+` only the prefix, which the kernel's `cmp` then matches as a prefix (as
+/// `nft` encodes `iifname "PREFIX*"`).
 fn ifname(name: &str) -> Result<Value, Unexpressible> {
     if name.is_empty() || name.len() >= IFNAMSIZ {
         return Err(Unexpressible::InterfaceName(name.to_string()));
+    }
+    if let Some(prefix) = name.strip_suffix('+') {
+        return Value::new(prefix.as_bytes())
+            .filter(|_| !prefix.is_empty())
+            .ok_or_else(|| Unexpressible::InterfaceName(name.to_string()));
     }
     let mut buf = [0u8; IFNAMSIZ];
     buf[..name.len()].copy_from_slice(name.as_bytes());
@@ -851,6 +859,38 @@ mod tests {
             rule_text(Table::Nat, &bare, Family::V4),
             "th dport 53 accept"
         );
+    }
+
+    // Case: iptables' `br+` is a compare of the prefix's bytes only, which reads back as
+    // nft's `br*`; an exact name compares all 16 NUL-padded bytes.
+    #[test]
+    fn interface_wildcard_is_a_prefix_compare() {
+        let iface = |name: &str| {
+            Rule::new(
+                vec![Match::InInterface { name: name.into() }],
+                Target::Accept,
+            )
+        };
+        let rules = nft_rules(Table::Nat, &iface("br+"), Family::V4).unwrap();
+        assert!(
+            rules
+                .iter()
+                .flat_map(|r| &r.exprs)
+                .any(|e| matches!(e, Expr::Cmp { data, .. } if data.as_bytes() == b"br")),
+            "{rules:?}"
+        );
+        assert_eq!(
+            rule_text(Table::Nat, &iface("br+"), Family::V4),
+            "iifname \"br*\" accept"
+        );
+        assert_eq!(
+            rule_text(Table::Nat, &iface("eth0"), Family::V4),
+            "iifname \"eth0\" accept"
+        );
+        assert!(matches!(
+            nft_rules(Table::Nat, &iface("+"), Family::V4),
+            Err(Unexpressible::InterfaceName(_))
+        ));
     }
 
     // Case: byte-aligned prefixes load only their bytes; others load the address and mask it.
