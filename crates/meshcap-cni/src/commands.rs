@@ -448,29 +448,35 @@ impl<'a> PodNetnsOnDemand<'a> {
     }
 
     fn has_ipv6_address(&mut self) -> Result<bool, CommandError> {
-        let (path, mode) = (self.path, self.mode);
-        dataplane::has_ipv6_address(self.get()?).map_err(|source| match source {
-            DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
-            source => CommandError::Dataplane {
-                op: "reading the namespace's IPv6 addresses",
-                mode: mode.as_str(),
-                netns: path.to_owned(),
-                source: Box::new(source),
-            },
-        })
+        let error = dataplane_error(
+            "reading the namespace's IPv6 addresses",
+            self.mode,
+            self.path,
+        );
+        dataplane::has_ipv6_address(self.get()?).map_err(error)
+    }
+}
+
+/// How a command reports a dataplane failure of `op` on `netns`: a vanished namespace is an
+/// error of its own.
+fn dataplane_error<'a>(
+    op: &'static str,
+    mode: Mode,
+    netns: &'a Path,
+) -> impl Fn(DataplaneError) -> CommandError + 'a {
+    move |source| match source {
+        DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
+        source => CommandError::Dataplane {
+            op,
+            mode: mode.as_str(),
+            netns: netns.to_owned(),
+            source: Box::new(source),
+        },
     }
 }
 
 fn open_netns(path: &Path, mode: Mode) -> Result<PodNetns, CommandError> {
-    PodNetns::open(path).map_err(|e| match e {
-        DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
-        source => CommandError::Dataplane {
-            op: "opening the namespace",
-            mode: mode.as_str(),
-            netns: path.to_owned(),
-            source: Box::new(source),
-        },
-    })
+    PodNetns::open(path).map_err(dataplane_error("opening the namespace", mode, path))
 }
 
 /// ADD and CHECK have a validated, non-empty `CNI_NETNS` ([`crate::env`]).
@@ -510,17 +516,7 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     let ns = pod_netns.into_netns()?;
     phases.mark("netns");
     let dp = Dataplane::default().with_xtables_templates(config.iptables_templates);
-    let dataplane_err = |op: &'static str| {
-        move |source| match source {
-            DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
-            source => CommandError::Dataplane {
-                op,
-                mode: mode.as_str(),
-                netns: netns.to_owned(),
-                source: Box::new(source),
-            },
-        }
-    };
+    let dataplane_err = |op| dataplane_error(op, mode, netns);
     // The rules and the record change under the namespace's lock, so the agent's repair sees
     // both or neither.
     let locked = dp.lock(&ns).map_err(dataplane_err("apply"))?;
@@ -775,18 +771,13 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
     }
     let rulesets = model.rulesets();
     let ns = pod_netns.into_netns()?;
+    let other_error = dataplane_error("check", mode, netns);
     dataplane::check(&ns, mode.backend(), &rulesets).map_err(|source| match source {
         DataplaneError::Drift { details } => CommandError::Drift {
             netns: netns.to_owned(),
             details,
         },
-        DataplaneError::NetnsVanished { path } => CommandError::NetnsVanished { path },
-        source => CommandError::Dataplane {
-            op: "check",
-            mode: mode.as_str(),
-            netns: netns.to_owned(),
-            source: Box::new(source),
-        },
+        source => other_error(source),
     })?;
     match record {
         Ok(Some(_)) => {}
