@@ -424,3 +424,126 @@ fn lo_has_passthrough_v6(ns: &meshcap_tests::netns::Netns) -> bool {
         .unwrap()
         .contains("inet6 ::6/128")
 }
+
+/// Traffic of a Kuma virtual network through the rules a real ADD installs, in both modes: a
+/// container behind `docker0` in the pod (Docker in the pod, matched by the wildcard
+/// `docker+`) reaches the proxy's outbound port when it dials out of its network, the
+/// inbound port when it dials the pod within the network, and the DNS port with its DNS.
+#[test]
+fn kuma_virtual_network_traffic_goes_to_the_proxy() {
+    use std::io::ErrorKind;
+    use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    const TEST: &str = "kuma_virtual_network_traffic_goes_to_the_proxy";
+    if let Some(why) = meshcap_tests::missing_root_or_tools(&["ip", "iptables-save", "nft"]) {
+        return meshcap_tests::skip_or_fail(TEST, &why);
+    }
+    let plugin = match meshcap_tests::bins::meshcap_cni() {
+        Ok(p) => p,
+        Err(e) => return meshcap_tests::skip_or_fail(TEST, &format!("no meshcap-cni: {e}")),
+    };
+    let state = std::env::temp_dir().join(format!("meshcap-mesh-vnet-{}", std::process::id()));
+    let config_yaml = "cniMode: true\nipFamilyMode: ipv4\nredirect:\n  vnet:\n    networks:\n    - docker+:172.17.0.0/16\n";
+    let annotations = json!({
+        "kuma.io/sidecar-injected": "true",
+        "traffic.kuma.io/transparent-proxy-config": config_yaml,
+    });
+    // Accepts one connection within a second, if one came.
+    let accepted = |listener: &TcpListener| {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match listener.accept() {
+                Ok(_) => return true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(_) => return false,
+            }
+        }
+    };
+    for mode in ["iptables", "nftables"] {
+        let pod = meshcap_tests::netns::Netns::new("mvnet").unwrap();
+        let container = meshcap_tests::netns::Netns::new("mvnetc").unwrap();
+        pod.ip(&[
+            "link", "add", "docker0", "type", "veth", "peer", "name", "c0",
+        ])
+        .unwrap();
+        pod.ip(&["link", "set", "c0", "netns", container.name()])
+            .unwrap();
+        pod.ip(&["addr", "add", "172.17.0.1/16", "dev", "docker0"])
+            .unwrap();
+        pod.ip(&["link", "set", "docker0", "up"]).unwrap();
+        container
+            .ip(&["addr", "add", "172.17.0.2/16", "dev", "c0"])
+            .unwrap();
+        container.ip(&["link", "set", "c0", "up"]).unwrap();
+        container
+            .ip(&["route", "add", "default", "via", "172.17.0.1"])
+            .unwrap();
+        let listen = |port: u16| {
+            pod.run(move || {
+                let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+                l.set_nonblocking(true).unwrap();
+                l
+            })
+            .unwrap()
+        };
+        let (outbound, inbound) = (listen(15001), listen(15006));
+        let dns = pod
+            .run(|| {
+                let s = UdpSocket::bind("0.0.0.0:15053").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s
+            })
+            .unwrap();
+        let dial = |to: &str| {
+            let to: SocketAddr = to.parse().unwrap();
+            container
+                .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok())
+                .unwrap()
+        };
+        // Without the rules nothing is out there.
+        assert!(
+            !dial("10.99.0.1:80"),
+            "{mode}: reached 10.99.0.1 before ADD"
+        );
+
+        let path = pod.path().to_str().unwrap().to_owned();
+        let config = json!({
+            "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
+            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
+            "prevResult": {"cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": path}],
+                "ips": [{"address": "10.244.0.5/24", "interface": 0}]},
+        });
+        let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=vnet";
+        let add = conformance::invoke(&plugin, "ADD", &path, &state, Some(cni_args), &config);
+        assert!(add.0, "{mode}: ADD failed: {}", add.1);
+
+        assert!(dial("10.99.0.1:80"), "{mode}: out of the network");
+        assert!(accepted(&outbound), "{mode}: out of the network, at 15001");
+        assert!(dial("172.17.0.1:8080"), "{mode}: within the network");
+        assert!(accepted(&inbound), "{mode}: within the network, at 15006");
+        assert!(
+            !accepted(&outbound),
+            "{mode}: within the network, not at 15001"
+        );
+        container
+            .run(|| {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.send_to(b"query", "10.99.0.1:53").unwrap();
+            })
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let got = dns.recv_from(&mut buf);
+        assert!(
+            matches!(got, Ok((5, _))),
+            "{mode}: DNS from the network at 15053: {got:?}"
+        );
+
+        let del = conformance::invoke(&plugin, "DEL", &path, &state, Some(cni_args), &config);
+        assert!(del.0, "{mode}: DEL failed: {}", del.1);
+    }
+    let _ = std::fs::remove_dir_all(&state);
+}
