@@ -377,26 +377,22 @@ fn model_for(
         istio: &config.istio_defaults,
         linkerd: &config.linkerd,
     };
-    let resolve = |seen: &mesh::Seen<'_>| {
-        mesh::resolve(mesh_of_pod, seen, &node, &|path| {
-            std::fs::read_to_string(path)
-        })
-        .map_err(|e| match e {
-            FrontEndError::Annotation(e) => CommandError::Annotation(e),
-            FrontEndError::Input(e) => CommandError::Input(e),
-        })
+    let read = |path: &str| std::fs::read_to_string(path);
+    let front_end_error = |e| match e {
+        FrontEndError::Annotation(e) => CommandError::Annotation(e),
+        FrontEndError::Input(e) => CommandError::Input(e),
     };
-    let mut resolved = resolve(&seen)?;
-    if let (Mesh::Kuma, false, Some(netns)) = (mesh_of_pod, seen.has_ipv6, netns) {
-        let with_ipv6 = resolve(&mesh::Seen {
-            has_ipv6: true,
-            ..seen
-        })?;
-        if with_ipv6.model.families.v6 && netns.has_ipv6_address()? {
-            tracing::debug!(
-                "no IPv6 address in the prevResult, one in the namespace: IPv6 rules too, as kuma-cni"
-            );
-            resolved = with_ipv6;
+    let mut resolved = mesh::resolve(mesh_of_pod, &seen, &node, &read).map_err(front_end_error)?;
+    if let Some(netns) = netns {
+        let with_ipv6 = mesh::resolve_with_namespace_ipv6(mesh_of_pod, &seen, &node, &read)
+            .map_err(front_end_error)?;
+        if let Some(with_ipv6) = with_ipv6 {
+            if netns.has_ipv6_address()? {
+                tracing::debug!(
+                    "no IPv6 address in the prevResult, one in the namespace: IPv6 rules too, as kuma-cni"
+                );
+                resolved = with_ipv6;
+            }
         }
     }
     if !resolved.defaulted.is_empty() {
@@ -763,11 +759,21 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
     let netns = required_netns(env);
     let mode = config.mode;
     let mut pod_netns = PodNetnsOnDemand::new(netns, mode);
-    let (mut model, _) = model_for(config, args, &capture, Some(&mut pod_netns))?;
-    if let Ok(Some(rec)) = &record {
+    let recorded = match &record {
+        Ok(Some(rec)) => Some(Families::from_names(&rec.families)),
+        _ => None,
+    };
+    // With a record its families stand, so the namespace's addresses are not needed.
+    let (mut model, _) = model_for(
+        config,
+        args,
+        &capture,
+        recorded.is_none().then_some(&mut pod_netns),
+    )?;
+    if let Some(families) = recorded {
         // The families ADD installed (a record of an earlier release lists both, whatever
         // addresses the pod has).
-        model.families = Families::from_names(&rec.families);
+        model.families = families;
     }
     let rulesets = model.rulesets();
     let ns = pod_netns.into_netns()?;

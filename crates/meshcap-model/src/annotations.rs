@@ -263,6 +263,12 @@ pub fn cidrs(
 /// trailing `+` or `*`: iptables reads `eth+` as a wildcard and nftables text `eth*`, so a name
 /// here is always exact; where a wildcard is meant (Kuma's virtual networks), the caller takes
 /// `NAME+` apart and checks `NAME`.
+/// [`is_valid_interface_name`], or iptables' wildcard `NAME+` (every interface whose name
+/// starts with `NAME`) of a valid `NAME`.
+pub fn is_valid_interface_pattern(pattern: &str) -> bool {
+    is_valid_interface_name(pattern.strip_suffix('+').unwrap_or(pattern))
+}
+
 pub fn is_valid_interface_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < 16

@@ -505,9 +505,7 @@ impl RedirectModel {
             );
         }
         for vn in &self.virtual_networks {
-            // A name, or iptables' wildcard `PREFIX+` (every interface whose name starts so).
-            let name = vn.interface.strip_suffix('+').unwrap_or(&vn.interface);
-            if !ann::is_valid_interface_name(name) {
+            if !ann::is_valid_interface_pattern(&vn.interface) {
                 return field(
                     "virtual_networks",
                     vn.interface.clone(),

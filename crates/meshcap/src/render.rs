@@ -334,13 +334,7 @@ fn render_any_pod(
     );
     // A manifest rarely has a status, and never the namespace's link-local addresses: say
     // when the pod's IPv6 rules hang on an address it does not show (Kuma's `dualstack`).
-    let with_ipv6 = mesh::Seen {
-        has_ipv6: true,
-        ..seen
-    };
-    if !model.families.v6
-        && mesh::resolve(mesh, &with_ipv6, &node, &read).is_ok_and(|r| r.model.families.v6)
-    {
+    if mesh::resolve_with_namespace_ipv6(mesh, &seen, &node, &read).is_ok_and(|r| r.is_some()) {
         println!(
             "# IPv6: no rules, as the manifest gives the pod no IPv6 address (status.podIPs); \
              at ADD it gets them too if its namespace has any IPv6 address but ::1, a \

@@ -2,16 +2,12 @@
 //! resolver or only to the listed ones; conntrack zones keep the proxy's upstream queries
 //! apart from the apps' queries to the proxy, so their UDP flows never collide.
 
-use super::{dport, jump, proxy_owners, rule, to, TableBuilder};
+use super::{dport, jump, proxy_owners, rule, to, udp, TableBuilder};
 use crate::model::{
     DnsScope, RedirectModel, DNS, DNS_PORT, DNS_ZONE_CLIENT, DNS_ZONE_UPSTREAM, INBOUND, OUTPUT,
     PREROUTING,
 };
 use crate::rules::{Family, Match, Proto, Rule, Target};
-
-fn udp() -> Match {
-    Match::Protocol(Proto::Udp)
-}
 
 fn from(net: ipnet::IpNet) -> Match {
     Match::Source { net, negate: false }

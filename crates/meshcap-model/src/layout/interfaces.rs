@@ -7,14 +7,10 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-use super::{dport, jump, not_to, rule, tcp, to, TableBuilder};
+use super::{dport, jump, not_to, rule, tcp, to, udp, TableBuilder};
 use crate::annotations::Selector;
 use crate::model::{RedirectModel, DNS_PORT, OUTPUT, PREROUTING, REDIRECT};
-use crate::rules::{Family, Match, Proto, Target};
-
-fn udp() -> Match {
-    Match::Protocol(Proto::Udp)
-}
+use crate::rules::{Family, Match, Target};
 
 fn in_iface(name: &str) -> Match {
     Match::InInterface {

@@ -220,6 +220,10 @@ fn tcp() -> Match {
     Match::Protocol(Proto::Tcp)
 }
 
+fn udp() -> Match {
+    Match::Protocol(Proto::Udp)
+}
+
 fn dport(port: u16) -> Match {
     Match::DestPort {
         ports: vec![port],

@@ -397,8 +397,7 @@ fn virtual_networks(entries: &[String]) -> Result<Vec<VirtualNetwork>, Annotatio
         let net = cidr
             .parse::<IpNet>()
             .map_err(|_| bad(FIELD, entry, format!("invalid CIDR definition for {cidr}")))?;
-        let name = interface.strip_suffix('+').unwrap_or(interface);
-        if !crate::annotations::is_valid_interface_name(name) {
+        if !crate::annotations::is_valid_interface_pattern(interface) {
             return Err(bad(
                 FIELD,
                 entry,

@@ -235,6 +235,29 @@ pub fn resolve(
     })
 }
 
+/// For a pod `seen` without an IPv6 address whose mesh writes IPv6 rules when the pod's
+/// namespace holds any IPv6 address but `::1` (kuma-cni's `HasLocalIPv6`, a link-local one
+/// included): its resolution with such an address, when that has IPv6 rules. `None` for a pod
+/// with an IPv6 address, for other meshes (Istio follows the pod's addresses, linkerd-cni its
+/// `ipv6` setting) and for a Kuma pod that gets no IPv6 rules either way (`ipv4` mode). The
+/// caller looks at the namespace only when this is `Some`.
+pub fn resolve_with_namespace_ipv6(
+    mesh: Mesh,
+    seen: &Seen<'_>,
+    node: &NodeSettings<'_>,
+    read_file: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<Option<Resolved>, FrontEndError> {
+    if mesh != Mesh::Kuma || seen.has_ipv6 {
+        return Ok(None);
+    }
+    let with_ipv6 = Seen {
+        has_ipv6: true,
+        ..*seen
+    };
+    let resolved = resolve(mesh, &with_ipv6, node, read_file)?;
+    Ok(resolved.model.families.v6.then_some(resolved))
+}
+
 /// The pod's annotations (empty when absent or not strings).
 pub fn annotations_of(pod: &Value) -> Annotations {
     pod.pointer("/metadata/annotations")
