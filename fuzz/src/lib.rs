@@ -104,7 +104,8 @@ impl AnnotationsInput {
 
 // ---- well-formed models ----
 
-/// A typed network, normalised to a valid CIDR (prefix in range, host bits cleared).
+/// A typed network with its prefix length in range. Written with host bits as they come
+/// (Istio accepts them); parsed, they are cleared.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub enum Net {
     V4([u8; 4], u8),
@@ -112,6 +113,15 @@ pub enum Net {
 }
 
 impl Net {
+    /// The annotation text: the address as given, and the length.
+    pub fn text(self) -> String {
+        match self {
+            Net::V4(a, len) => format!("{}/{}", Ipv4Addr::from(a), len % 33),
+            Net::V6(a, len) => format!("{}/{}", Ipv6Addr::from(a), len % 129),
+        }
+    }
+
+    /// The network the text stands for (host bits cleared).
     pub fn net(self) -> IpNet {
         match self {
             Net::V4(a, len) => IpNet::V4(
@@ -128,24 +138,40 @@ impl Net {
     }
 }
 
-/// A port, mapped into 1-65535.
+/// A port, 0-65535 (Istio accepts 0; iptables matches it).
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub struct Port(pub u16);
 
 impl Port {
     pub fn get(self) -> u16 {
-        self.0.max(1)
+        self.0
     }
 }
 
-/// An interface name, mapped into what [`ann::is_valid_interface_name`] accepts (so including
-/// `$`, `;`, backticks and other shell and nft metacharacters, and `*`, `+` anywhere but at
-/// the end).
+/// An interface name, mapped into what Istio's annotations accept
+/// ([`ann::is_istio_interface_name`]), or ([`Iface::hostile`]) into what the model accepts
+/// ([`ann::is_valid_interface_name`]: the kernel's names, so including `$`, `;`, backticks and
+/// other shell and nft metacharacters, and `*`, `+` anywhere but at the end).
 #[derive(Arbitrary, Debug, Clone)]
 pub struct Iface(pub Vec<u8>);
 
 impl Iface {
     pub fn name(&self) -> String {
+        const FIRST: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCXYZ";
+        const REST: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_.ABCXYZ";
+        let mut bytes = self.0.iter().take(15);
+        let first = bytes
+            .next()
+            .map_or(b'x', |b| FIRST[*b as usize % FIRST.len()]);
+        let name: String = std::iter::once(first)
+            .chain(bytes.map(|b| REST[*b as usize % REST.len()]))
+            .map(char::from)
+            .collect();
+        debug_assert!(ann::is_istio_interface_name(&name), "{name:?}");
+        name
+    }
+
+    pub fn hostile(&self) -> String {
         const ALPHABET: &[u8] =
             b"abcdefghijklmnopqrstuvwxyz0123456789-_.@+*$;`&|<>(){}[]#!?%=,~^ABCXYZ";
         let mut name: String = self
@@ -154,8 +180,6 @@ impl Iface {
             .take(15)
             .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
             .collect();
-        // `,` separates list items and a lone `.`/`..` is refused: keep the name one valid item.
-        name = name.replace(',', "c");
         // A trailing `+` or `*` would be a wildcard in one backend and a literal in another, so
         // the validator refuses it (`+`/`*` elsewhere in the name are fine).
         if name.ends_with(['+', '*']) {
@@ -200,6 +224,9 @@ pub struct ModelInput {
     pub dns: Option<bool>,
     pub json_proxy_config: bool,
     pub spaced: bool,
+    /// After parsing, put the interface names' [`Iface::hostile`] forms into the model, which
+    /// the renderers must handle although no annotation can carry them.
+    pub hostile_names: bool,
     /// `securityContext.runAsUser`/`runAsGroup` of the sidecar, as a pod may state them.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -238,14 +265,15 @@ impl ModelInput {
             Some(Ranges::All) => put(ann::INCLUDE_OUTBOUND_IP_RANGES, "*".into()),
             Some(Ranges::Only(n)) => put(
                 ann::INCLUDE_OUTBOUND_IP_RANGES,
-                join(n, s, |n| n.net().to_string()),
+                // Istio refuses whitespace around a CIDR.
+                join(n, false, |n| n.text()),
             ),
             None => {}
         }
         if let Some(n) = &self.exclude_ranges {
             put(
                 ann::EXCLUDE_OUTBOUND_IP_RANGES,
-                join(n, s, |n| n.net().to_string()),
+                join(n, false, |n| n.text()),
             );
         }
         match &self.include_inbound {
@@ -310,6 +338,15 @@ impl ModelInput {
             assert_eq!(model.reroute_virtual_interfaces, names(i));
         }
         assert_eq!(model.dns_capture, self.dns == Some(true));
+        if self.hostile_names {
+            let hostile = |v: &[Iface]| dedup(v.iter().take(MAX_LIST_LEN).map(Iface::hostile));
+            if let Some(i) = &self.exclude_ifaces {
+                model.exclude_interfaces = hostile(i);
+            }
+            if let Some(i) = self.reroute.as_ref().or(self.kubevirt.as_ref()) {
+                model.reroute_virtual_interfaces = hostile(i);
+            }
+        }
         // PodView::id accepts 0..=4294967294 (u32::MAX is the kernel's "no id").
         if let Some(uid) = self.uid {
             model.proxy_uids = vec![uid.min(u32::MAX - 1)];
@@ -559,7 +596,10 @@ pub fn check_nft_reply(data: &[u8]) {
     };
     let mut payloads = Vec::with_capacity(messages.len());
     for m in &messages {
-        assert!(m.payload.len() <= data.len(), "payload longer than the datagram");
+        assert!(
+            m.payload.len() <= data.len(),
+            "payload longer than the datagram"
+        );
         let _ = m.error_code();
         let attrs: Vec<_> = m.attrs().collect();
         walk(m.payload.get(NFGENMSG_LEN..).unwrap_or(&[]), 0);

@@ -194,7 +194,76 @@ pub fn parse_port(name: &str, value: &str, item: &str) -> Result<u16, Annotation
     }
 }
 
-/// A port list; `allow_all` admits the value `*`.
+/// Split an Istio list value as istio-cni does (`strings.Split` on `,`), bounding its length.
+/// `""` is the empty list; every other value has at least one entry.
+fn istio_items<'a>(name: &str, value: &'a str) -> Result<Vec<&'a str>, AnnotationError> {
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    let items: Vec<&str> = value.split(',').collect();
+    if items.len() > MAX_LIST_LEN {
+        return Err(AnnotationError::new(
+            name,
+            value,
+            format!("more than {MAX_LIST_LEN} entries"),
+        ));
+    }
+    Ok(items)
+}
+
+/// One entry of an Istio port list, as istio-cni checks it (`parsePort`: whitespace around it
+/// trimmed, then decimal 0-65535) and as iptables then reads it (`--dport`, `strtoul` with base
+/// 0: a leading 0 makes the entry octal, so `010` is port 8 and `08` is refused).
+pub fn istio_port(name: &str, value: &str, item: &str) -> Result<u16, AnnotationError> {
+    let digits = istio_port_entry(name, value, item)?;
+    iptables_port(name, value, digits)
+}
+
+/// [`istio_port`]'s first half: the entry istio-cni accepts, trimmed.
+fn istio_port_entry<'a>(
+    name: &str,
+    value: &str,
+    item: &'a str,
+) -> Result<&'a str, AnnotationError> {
+    let digits = item.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AnnotationError::new(
+            name,
+            value,
+            format!("{item:?} is not a port number (0-65535)"),
+        ));
+    }
+    if digits.parse::<u16>().is_err() {
+        return Err(AnnotationError::new(
+            name,
+            value,
+            format!("port {digits} is out of range (0-65535)"),
+        ));
+    }
+    Ok(digits)
+}
+
+/// [`istio_port`]'s second half: the port iptables reads from an entry istio-cni accepted.
+fn iptables_port(name: &str, value: &str, digits: &str) -> Result<u16, AnnotationError> {
+    if digits.len() > 1 && digits.starts_with('0') {
+        // Below the decimal value, so within range.
+        return u16::from_str_radix(digits, 8).map_err(|_| {
+            AnnotationError::new(
+                name,
+                value,
+                format!(
+                    "iptables refuses port {digits}: a leading 0 makes it octal, and 8 and 9 are \
+                     not octal digits"
+                ),
+            )
+        });
+    }
+    Ok(digits.parse().expect("checked by istio_port_entry"))
+}
+
+/// An Istio port list, exactly as istio-cni checks it and iptables reads it (each entry as
+/// [`istio_port`]; duplicates dropped). `""` is no ports; `*` alone, where `allow_all`, is
+/// every port. Elsewhere istio-cni lets `*` through, and iptables then refuses it.
 pub fn ports(
     annotations: &Annotations,
     name: &str,
@@ -203,22 +272,67 @@ pub fn ports(
     let Some(value) = raw(annotations, name)? else {
         return Ok(None);
     };
-    if value.trim() == "*" {
-        return if allow_all {
-            Ok(Some(Selector::All))
-        } else {
-            Err(AnnotationError::new(name, value, "`*` is not allowed here"))
-        };
-    }
-    let ports = items(name, value)?
-        .into_iter()
-        .map(|item| parse_port(name, value, item))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(Selector::Only(dedup(ports))))
+    istio_ports(name, value, allow_all).map(Some)
 }
 
-/// A CIDR list of either family; `allow_all` admits `*`. A bare address means a host route
-/// (/32 or /128). Host bits must be zero, as the kernel would silently drop them otherwise.
+fn istio_ports(name: &str, value: &str, allow_all: bool) -> Result<Selector<u16>, AnnotationError> {
+    if value == "*" {
+        return if allow_all {
+            Ok(Selector::All)
+        } else {
+            Err(AnnotationError::new(
+                name,
+                value,
+                "`*` is not a port here (iptables refuses it)",
+            ))
+        };
+    }
+    let ports = istio_items(name, value)?
+        .into_iter()
+        .map(|item| istio_port(name, value, item))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Selector::Only(dedup(ports)))
+}
+
+/// `traffic.sidecar.istio.io/excludeInboundPorts` as istio-cni takes it: the value trimmed,
+/// each entry checked as [`istio_port`]'s first half, `*` allowed. The ports reach iptables
+/// only when every inbound port is captured (`rendered`); only then are they read as iptables
+/// reads them, so only then can iptables refuse one.
+pub fn exclude_inbound_ports(
+    annotations: &Annotations,
+    rendered: bool,
+) -> Result<Vec<u16>, AnnotationError> {
+    let name = EXCLUDE_INBOUND_PORTS;
+    let Some(value) = raw(annotations, name)? else {
+        return Ok(Vec::new());
+    };
+    let value = value.trim();
+    if value == "*" {
+        return if rendered {
+            Err(AnnotationError::new(
+                name,
+                value,
+                "`*` is not a port here (iptables refuses it)",
+            ))
+        } else {
+            Ok(Vec::new())
+        };
+    }
+    let mut ports = Vec::new();
+    for item in istio_items(name, value)? {
+        let digits = istio_port_entry(name, value, item)?;
+        if rendered {
+            ports.push(iptables_port(name, value, digits)?);
+        }
+    }
+    Ok(dedup(ports))
+}
+
+/// An Istio CIDR list, as istio-cni checks it (`validateCIDRList`: Go's `netip.ParsePrefix` on
+/// each entry as written) and istio-iptables uses it: `ADDRESS/LEN` of either family, with
+/// nothing around it (no whitespace, no bare address). Host bits are allowed and cleared, as
+/// iptables clears them when it stores the rule. `""` is no ranges; `*` alone, where
+/// `allow_all`, is every destination.
 pub fn cidrs(
     annotations: &Annotations,
     name: &str,
@@ -227,7 +341,7 @@ pub fn cidrs(
     let Some(value) = raw(annotations, name)? else {
         return Ok(None);
     };
-    if value.trim() == "*" {
+    if value == "*" {
         return if allow_all {
             Ok(Some(Selector::All))
         } else {
@@ -235,26 +349,54 @@ pub fn cidrs(
         };
     }
     let mut nets = Vec::new();
-    for item in items(name, value)? {
-        let net = if item.contains('/') {
-            item.parse::<IpNet>()
-                .map_err(|_| AnnotationError::new(name, value, format!("{item:?} is not a CIDR")))?
-        } else {
-            let addr = item.parse::<std::net::IpAddr>().map_err(|_| {
-                AnnotationError::new(name, value, format!("{item:?} is not a CIDR or address"))
-            })?;
-            IpNet::from(addr)
-        };
-        if net.trunc() != net {
-            return Err(AnnotationError::new(
-                name,
-                value,
-                format!("{item} has host bits set (did you mean {}?)", net.trunc()),
-            ));
-        }
+    for item in istio_items(name, value)? {
+        let net = go_prefix(item).map_err(|reason| AnnotationError::new(name, value, reason))?;
         nets.push(net);
     }
     Ok(Some(Selector::Only(dedup(nets))))
+}
+
+/// Go's `netip.ParsePrefix`: an address, `/`, and a decimal length without sign or leading
+/// zero; the address's host bits then cleared (iptables' reading of the same text).
+fn go_prefix(item: &str) -> Result<IpNet, String> {
+    if item.trim() != item {
+        return Err(format!(
+            "{item:?} has whitespace around it (istio-cni refuses it)"
+        ));
+    }
+    let Some((addr, bits)) = item.split_once('/') else {
+        return Err(if item.parse::<std::net::IpAddr>().is_ok() {
+            format!("{item:?} has no prefix length (one address is {item}/32 or /128)")
+        } else {
+            format!("{item:?} is not a CIDR")
+        });
+    };
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{item:?} is not a CIDR"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let canonical = !bits.is_empty()
+        && bits.len() <= 3
+        && bits.bytes().all(|b| b.is_ascii_digit())
+        && (bits == "0" || !bits.starts_with('0'));
+    match bits.parse::<u8>() {
+        Ok(len) if canonical && len <= max => {
+            Ok(IpNet::new(addr, len).expect("length checked").trunc())
+        }
+        _ => Err(format!("{item:?}: the prefix length is not 0-{max}")),
+    }
+}
+
+/// An interface name of an Istio annotation, as istio-cni checks it
+/// (`ValidateInterfaceNames`): a letter, then letters, digits, `_`, `.` or `-`, at most 15
+/// bytes in all. Narrower than what the kernel accepts, and no `+` wildcard.
+pub fn is_istio_interface_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..16).contains(&bytes.len())
+        && bytes[0].is_ascii_alphabetic()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// An interface name as the kernel accepts it (`dev_valid_name`): 1-15 bytes, not `.` or `..`,
@@ -288,12 +430,20 @@ pub fn interfaces(
         return Ok(None);
     };
     let mut names = Vec::new();
-    for item in items(name, value)? {
-        if !is_valid_interface_name(item) {
+    for item in istio_items(name, value)? {
+        // istio-cni trims each name; iptables-restore, which reads the rule's words, too.
+        let item = item.trim();
+        if item.is_empty() {
+            return Err(AnnotationError::new(name, value, "empty interface name"));
+        }
+        if !is_istio_interface_name(item) {
             return Err(AnnotationError::new(
                 name,
                 value,
-                format!("{item:?} is not a valid interface name"),
+                format!(
+                    "{item:?} is not an interface name Istio accepts (a letter, then letters, \
+                     digits, _ . or -; at most 15 bytes)"
+                ),
             ));
         }
         names.push(item.to_owned());
@@ -501,41 +651,74 @@ mod tests {
         [(name.to_owned(), value.to_owned())].into_iter().collect()
     }
 
+    // Case: port lists as istio-cni checks them (`validatePortList`: entries trimmed, decimal
+    // 0-65535, `*` alone) and as iptables-restore then reads each entry (checked with iptables
+    // 1.8.9: `--dport 010` is stored as 8, `--dport 08` refused, `--dport 0` stored as 0).
     #[test]
-    fn ports_parse_strictly() {
-        let n = EXCLUDE_INBOUND_PORTS;
+    fn ports_follow_istio_cni_and_iptables() {
+        let n = EXCLUDE_OUTBOUND_PORTS;
+        let got = |v: &str| ports(&one(n, v), n, false);
         assert_eq!(
-            ports(&one(n, "80, 443,80"), n, false).unwrap(),
+            got("80, 443,80").unwrap(),
             Some(Selector::Only(vec![80, 443]))
         );
+        assert_eq!(got("").unwrap(), Some(Selector::Only(vec![])));
+        assert_eq!(got("0").unwrap(), Some(Selector::Only(vec![0])));
+        assert_eq!(got(" 8080 ").unwrap(), Some(Selector::Only(vec![8080])));
         assert_eq!(
-            ports(&one(n, ""), n, false).unwrap(),
-            Some(Selector::Only(vec![]))
+            got("010,65535").unwrap(),
+            Some(Selector::Only(vec![8, 65535]))
         );
         assert_eq!(ports(&Annotations::new(), n, false).unwrap(), None);
         for bad in [
-            "0",
             "65536",
             "-1",
             "+80",
             "80;rm -rf /",
             "http",
             "80,",
+            ",80",
             "8 0",
             "*",
+            " ",
             "0x50",
+            "08",
+            "0080",
         ] {
-            let err = ports(&one(n, bad), n, false).unwrap_err();
+            let err = got(bad).unwrap_err();
             assert_eq!(err.annotation, n, "{bad}");
         }
+        assert!(got("08").unwrap_err().reason.contains("octal"));
+        let inc = |v: &str| ports(&one(INCLUDE_INBOUND_PORTS, v), INCLUDE_INBOUND_PORTS, true);
+        assert_eq!(inc("*").unwrap(), Some(Selector::All));
+        // istio-cni compares the value with "*" untrimmed, then fails to parse " * ".
+        assert!(inc(" * ").is_err());
+    }
+
+    // Case: excludeInboundPorts is trimmed as a whole and reaches iptables only when every
+    // inbound port is captured; an entry iptables refuses matters only then.
+    #[test]
+    fn excluded_inbound_ports_are_read_only_where_rendered() {
+        let a = |v: &str| one(EXCLUDE_INBOUND_PORTS, v);
         assert_eq!(
-            ports(
-                &one(INCLUDE_INBOUND_PORTS, " * "),
-                INCLUDE_INBOUND_PORTS,
-                true
-            )
-            .unwrap(),
-            Some(Selector::All)
+            exclude_inbound_ports(&a(" 80,010 "), true).unwrap(),
+            vec![80, 8]
+        );
+        assert!(exclude_inbound_ports(&a("08"), true).is_err());
+        assert!(exclude_inbound_ports(&a("*"), true).is_err());
+        assert_eq!(
+            exclude_inbound_ports(&a("08"), false).unwrap(),
+            Vec::<u16>::new()
+        );
+        assert_eq!(
+            exclude_inbound_ports(&a(" * "), false).unwrap(),
+            Vec::<u16>::new()
+        );
+        assert!(exclude_inbound_ports(&a("http"), false).is_err());
+        assert!(exclude_inbound_ports(&a("80,,81"), false).is_err());
+        assert_eq!(
+            exclude_inbound_ports(&Annotations::new(), true).unwrap(),
+            Vec::<u16>::new()
         );
     }
 
@@ -552,41 +735,98 @@ mod tests {
         assert!(text.contains("99999"), "{text}");
     }
 
+    // Case: CIDR lists as istio-cni checks them (Go's `netip.ParsePrefix` on each entry as
+    // written): a prefix length always, nothing around the entry, host bits allowed and
+    // cleared (as iptables stores `-d 10.0.0.1/8`: 10.0.0.0/8).
     #[test]
-    fn cidrs_of_both_families() {
+    fn cidrs_follow_istio_cni() {
         let n = EXCLUDE_OUTBOUND_IP_RANGES;
-        let got = cidrs(&one(n, "10.0.0.0/8,fd00::/8, 192.168.1.1"), n, false).unwrap();
+        let got = cidrs(
+            &one(n, "10.0.0.0/8,fd00::/8,192.168.1.1/32,10.1.2.3/16"),
+            n,
+            false,
+        );
         assert_eq!(
-            got,
+            got.unwrap(),
             Some(Selector::Only(vec![
                 "10.0.0.0/8".parse().unwrap(),
                 "fd00::/8".parse().unwrap(),
                 "192.168.1.1/32".parse().unwrap(),
+                "10.1.0.0/16".parse().unwrap(),
             ]))
         );
+        assert_eq!(
+            cidrs(&one(n, ""), n, false).unwrap(),
+            Some(Selector::Only(vec![]))
+        );
         for bad in [
-            "10.0.0.1/8",
+            "192.168.1.1",
+            "10.0.0.0/8, 192.168.0.0/16",
+            " 10.0.0.0/8",
             "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0.0/08",
+            "10.0.0.0/+8",
+            "10.0.0.0/",
+            "010.0.0.0/8",
+            "fe80::1%eth0/64",
             "not-a-cidr",
             "*",
-            "10.0.0.0/8,,",
+            " ",
+            "10.0.0.0/8,",
         ] {
             assert!(cidrs(&one(n, bad), n, false).is_err(), "{bad}");
         }
-        assert_eq!(
+        let reason = cidrs(&one(n, "192.168.1.1"), n, false).unwrap_err().reason;
+        assert!(reason.contains("192.168.1.1/32"), "{reason}");
+        let inc = |v: &str| {
             cidrs(
-                &one(INCLUDE_OUTBOUND_IP_RANGES, "*"),
+                &one(INCLUDE_OUTBOUND_IP_RANGES, v),
                 INCLUDE_OUTBOUND_IP_RANGES,
-                true
+                true,
             )
-            .unwrap(),
-            Some(Selector::All)
+        };
+        assert_eq!(inc("*").unwrap(), Some(Selector::All));
+        assert!(inc(" *").is_err());
+    }
+
+    // Case: interface names as istio-cni checks them (`ValidateInterfaceNames`), each trimmed.
+    #[test]
+    fn interface_names_follow_istio_cni() {
+        let n = EXCLUDE_INTERFACES;
+        let got = |v: &str| interfaces(&one(n, v), n);
+        assert_eq!(
+            got("eth1, net-2.a_b ,abcdefghijklmno").unwrap(),
+            Some(vec![
+                "eth1".into(),
+                "net-2.a_b".into(),
+                "abcdefghijklmno".into()
+            ])
         );
+        assert_eq!(got("").unwrap(), Some(vec![]));
+        for bad in [
+            " ",
+            "eth1,",
+            "eth1,,eth2",
+            "1eth",
+            "_x",
+            "veth@x",
+            "eth+",
+            "eth*",
+            "+",
+            "a/b",
+            "a:b",
+            "a\"b",
+            "abcdefghijklmnop",
+            "$(x)x",
+        ] {
+            assert!(got(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
     fn interface_names_follow_the_kernel() {
-        for good in ["eth0", "net1", "veth-a.b_c@x", "abcdefghijklmno"] {
+        for good in ["eth0", "net1", "veth-a.b_c@x", "abcdefghijklmno", "1x"] {
             assert!(is_valid_interface_name(good), "{good}");
         }
         for bad in [

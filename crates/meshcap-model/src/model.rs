@@ -307,11 +307,10 @@ impl RedirectModel {
         if let Some(sel) = ann::ports(annotations, ann::INCLUDE_INBOUND_PORTS, true)? {
             model.include_inbound_ports = sel;
         }
-        if let Some(sel) = ann::ports(annotations, ann::EXCLUDE_INBOUND_PORTS, false)? {
-            for port in only(sel, ann::EXCLUDE_INBOUND_PORTS)? {
-                if !model.exclude_inbound_ports.contains(&port) {
-                    model.exclude_inbound_ports.push(port);
-                }
+        let rendered = model.include_inbound_ports == Selector::All;
+        for port in ann::exclude_inbound_ports(annotations, rendered)? {
+            if !model.exclude_inbound_ports.contains(&port) {
+                model.exclude_inbound_ports.push(port);
             }
         }
         if let Some(sel) = ann::ports(annotations, ann::INCLUDE_OUTBOUND_PORTS, false)? {
@@ -323,10 +322,12 @@ impl RedirectModel {
         if let Some(names) = ann::interfaces(annotations, ann::EXCLUDE_INTERFACES)? {
             model.exclude_interfaces = names;
         }
-        // The old name is still validated, so a typo in it is not silently ignored.
-        let old = ann::interfaces(annotations, ann::KUBEVIRT_INTERFACES)?;
-        let new = ann::interfaces(annotations, ann::REROUTE_VIRTUAL_INTERFACES)?;
-        if let Some(names) = new.or(old) {
+        // istio-cni reads (and checks) the old name only when the new one is absent.
+        let rerouted = match ann::interfaces(annotations, ann::REROUTE_VIRTUAL_INTERFACES)? {
+            Some(names) => Some(names),
+            None => ann::interfaces(annotations, ann::KUBEVIRT_INTERFACES)?,
+        };
+        if let Some(names) = rerouted {
             model.reroute_virtual_interfaces = names;
         }
         // Each virtual interface gets one rule per included range: bound the product so a few
@@ -504,6 +505,15 @@ impl RedirectModel {
                 "too many virtual networks",
             );
         }
+        for name in self
+            .exclude_interfaces
+            .iter()
+            .chain(&self.reroute_virtual_interfaces)
+        {
+            if !ann::is_valid_interface_name(name) {
+                return field("interfaces", name.clone(), "not an interface name");
+            }
+        }
         for vn in &self.virtual_networks {
             if !ann::is_valid_interface_pattern(&vn.interface) {
                 return field(
@@ -580,7 +590,7 @@ mod tests {
     }
 
     #[test]
-    fn new_virtual_interface_name_wins_but_old_is_validated() {
+    fn new_virtual_interface_name_wins_and_the_old_is_read_only_without_it() {
         let m = RedirectModel::from_annotations(&ann(&[
             (ann::REROUTE_VIRTUAL_INTERFACES, "net1"),
             (ann::KUBEVIRT_INTERFACES, "net2"),
@@ -590,11 +600,15 @@ mod tests {
         let m =
             RedirectModel::from_annotations(&ann(&[(ann::KUBEVIRT_INTERFACES, "net2")])).unwrap();
         assert_eq!(m.reroute_virtual_interfaces, vec!["net2".to_string()]);
-        let err = RedirectModel::from_annotations(&ann(&[
+        // As istio-cni: the old name is not even checked when the new one is present.
+        let m = RedirectModel::from_annotations(&ann(&[
             (ann::REROUTE_VIRTUAL_INTERFACES, "net1"),
             (ann::KUBEVIRT_INTERFACES, "bad/name"),
         ]))
-        .unwrap_err();
+        .unwrap();
+        assert_eq!(m.reroute_virtual_interfaces, vec!["net1".to_string()]);
+        let err = RedirectModel::from_annotations(&ann(&[(ann::KUBEVIRT_INTERFACES, "bad/name")]))
+            .unwrap_err();
         assert_eq!(err.annotation, ann::KUBEVIRT_INTERFACES);
     }
 

@@ -294,21 +294,32 @@ fn istio_goldens_through_render_f() {
 /// read back from the namespace with the stock tools give Istio's verdicts.
 #[test]
 fn istio_goldens_through_add() {
-    const TEST: &str = "istio_goldens_through_add";
+    if let Some(results) = through_add("istio_goldens_through_add", &applicable()) {
+        judge(results);
+    }
+}
+
+/// Each case's differences from Istio after a real ADD in each mode; `None` when the test
+/// cannot run here (and may skip).
+fn through_add(test: &str, cases: &[Case]) -> Option<BTreeMap<String, Vec<String>>> {
     if let Some(why) =
         meshcap_tests::missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"])
     {
-        return meshcap_tests::skip_or_fail(TEST, &why);
+        meshcap_tests::skip_or_fail(test, &why);
+        return None;
     }
     let plugin = match meshcap_tests::bins::meshcap_cni() {
         Ok(p) => p,
-        Err(e) => return meshcap_tests::skip_or_fail(TEST, &format!("no meshcap-cni: {e}")),
+        Err(e) => {
+            meshcap_tests::skip_or_fail(test, &format!("no meshcap-cni: {e}"));
+            return None;
+        }
     };
-    let state = std::env::temp_dir().join(format!("meshcap-peer-add-{}", std::process::id()));
+    let state = std::env::temp_dir().join(format!("meshcap-{test}-{}", std::process::id()));
     let mut results = BTreeMap::new();
-    for case in applicable() {
+    for case in cases {
         let mut diffs = Vec::new();
-        let exp = expected(&case);
+        let exp = expected(case);
         for mode in ["iptables", "nftables"] {
             let ns = meshcap_tests::netns::Netns::new("peer").unwrap();
             let path = ns.path().to_str().unwrap().to_owned();
@@ -326,14 +337,82 @@ fn istio_goldens_through_add() {
             let add = conformance::invoke(&plugin, "ADD", &path, &state, None, &config);
             assert!(add.0, "{} {mode}: ADD failed: {}", case.name, add.1);
             let actual = conformance::read_back(&ns, mode);
-            diffs.extend(compare(&case, &format!("ADD, {mode}"), &exp, &actual));
+            diffs.extend(compare(case, &format!("ADD, {mode}"), &exp, &actual));
             let del = conformance::invoke(&plugin, "DEL", &path, &state, None, &config);
             assert!(del.0, "{} {mode}: DEL failed: {}", case.name, del.1);
         }
         results.insert(case.id(), diffs);
     }
     let _ = std::fs::remove_dir_all(&state);
-    judge(results);
+    Some(results)
+}
+
+/// Another spelling of an annotation value of Istio's cases that istio-cni accepts and that
+/// reaches iptables-restore as the same rules: host bits in a CIDR (iptables clears them),
+/// whitespace around list entries (istio-cni trims it, iptables-restore splits words on it),
+/// ports with a leading 0 (iptables reads them as octal; istio-cni first reads them as
+/// decimal, which must be at most 65535), an entry iptables never sees
+/// (excluded inbound ports when only listed ports are captured).
+fn respelled(value: &str) -> Option<&'static str> {
+    Some(match value {
+        "1.1.0.0/16" => "1.1.77.9/16",
+        "9.9.0.0/16" => "9.9.1.1/16",
+        "10.0.0.0/8" => "10.20.30.40/8",
+        "2001:db8::/32" => "2001:db8:ff::1/32",
+        "4000,5000" => " 07640 , 011610",
+        "32000,31000" => " 32000 ,31000",
+        "6000,7000" => " 6000,08, 7000 ",
+        "eth0,eth1" => " eth0 , eth1",
+        "eth1,eth2" => "eth1 ,eth2 ",
+        "not-istio-nic" => " not-istio-nic ",
+        _ => return None,
+    })
+}
+
+/// Istio's cases again, with their annotations spelled as [`respelled`] gives (and, where the
+/// pod reroutes virtual interfaces, the old annotation name holding a value istio-cni would
+/// refuse, as it reads the old name only without the new one): through both renderers and a
+/// real ADD in each mode, Istio's goldens still hold.
+#[test]
+fn istio_goldens_from_other_spellings_istio_accepts() {
+    let mut cases = Vec::new();
+    for case in applicable() {
+        let mut changed = false;
+        let mut annotations: Vec<(&'static str, &'static str)> = Vec::new();
+        for &(key, value) in case.annotations {
+            match respelled(value) {
+                Some(other) => {
+                    changed = true;
+                    annotations.push((key, other));
+                }
+                None => annotations.push((key, value)),
+            }
+            if key == "istio.io/reroute-virtual-interfaces" {
+                annotations.push(("traffic.sidecar.istio.io/kubevirtInterfaces", "not/a name"));
+            }
+        }
+        if changed {
+            cases.push(Case {
+                annotations: Box::leak(annotations.into_boxed_slice()),
+                ..case
+            });
+        }
+    }
+    assert!(cases.len() >= 12, "only {} cases respelled", cases.len());
+    let mut results: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for case in &cases {
+        let exp = expected(case);
+        let model = model_of(case);
+        let (ipt, nft) = conformance::renderings(&model, &families(case));
+        let mut diffs = compare(case, "iptables renderer", &exp, &ipt);
+        diffs.extend(compare(case, "nftables renderer", &exp, &nft));
+        results.insert(case.id(), diffs);
+    }
+    let added = through_add("istio_goldens_from_other_spellings_istio_accepts", &cases);
+    for (id, diffs) in added.into_iter().flatten() {
+        results.entry(id).or_default().extend(diffs);
+    }
+    conformance::judge("istio respelled", &[], results);
 }
 
 /// Istio's nftables-only case (no iptables twin), TPROXY with no inbound ports, against

@@ -29,6 +29,13 @@ fn write(out: &std::path::Path, stem: &str, model: &RedirectModel) -> Result<()>
     Ok(())
 }
 
+/// Annotations, then interface names to exclude and to reroute, set on the model directly.
+type HostileModel = (
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let corpus = PathBuf::from(args.next().context("CORPUS_DIR")?);
@@ -36,31 +43,36 @@ fn main() -> Result<()> {
     let max: usize = args.next().map(|m| m.parse()).transpose()?.unwrap_or(200);
     std::fs::create_dir_all(&out)?;
 
-    // Fixed hostile-but-valid models first.
-    let fixed: &[&[(&str, &str)]] = &[
-        &[(
-            ann::EXCLUDE_INTERFACES,
-            "a$(id)b,`x`;y,{}#!,eth+,eth*,@x&|<>",
-        )],
-        &[
-            (ann::INTERCEPTION_MODE, "TPROXY"),
-            (ann::REROUTE_VIRTUAL_INTERFACES, "net1;rm,%s%n,~^=?[]"),
-            (
-                ann::INCLUDE_OUTBOUND_IP_RANGES,
-                "10.0.0.0/8,fd00::/8,127.0.0.1",
-            ),
-            (
-                ann::PROXY_CONFIG,
-                "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}",
-            ),
-        ],
+    // Fixed hostile-but-valid models first. Istio's annotations admit only plain interface
+    // names, so the hostile ones (valid for the kernel) go into the model directly.
+    let hostile: [HostileModel; 2] = [
+        (&[], &["a$(id)b", "`x`;y", "{}#!", "@x&|<>"], &[]),
+        (
+            &[
+                (ann::INTERCEPTION_MODE, "TPROXY"),
+                (
+                    ann::INCLUDE_OUTBOUND_IP_RANGES,
+                    "10.0.0.0/8,fd00::/8,127.0.0.1/32",
+                ),
+                (
+                    ann::PROXY_CONFIG,
+                    "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}",
+                ),
+            ],
+            &[],
+            &["net1;rm", "%s%n", "~^=?[]"],
+        ),
     ];
-    for (i, pairs) in fixed.iter().enumerate() {
+    for (i, (pairs, excluded, rerouted)) in hostile.iter().enumerate() {
         let a: Annotations = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let model = RedirectModel::from_annotations(&a).with_context(|| format!("fixed {i}"))?;
+        let mut model =
+            RedirectModel::from_annotations(&a).with_context(|| format!("fixed {i}"))?;
+        model.exclude_interfaces = excluded.iter().map(|s| s.to_string()).collect();
+        model.reroute_virtual_interfaces = rerouted.iter().map(|s| s.to_string()).collect();
+        model.validate().with_context(|| format!("fixed {i}"))?;
         write(&out, &format!("fixed-{i}"), &model)?;
     }
 
@@ -83,7 +95,7 @@ fn main() -> Result<()> {
     }
     println!(
         "{} fixed + {n} corpus models rendered into {}",
-        fixed.len(),
+        hostile.len(),
         out.display()
     );
     Ok(())
