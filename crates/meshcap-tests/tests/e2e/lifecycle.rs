@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use meshcap_tests::chain::Attachment;
-use meshcap_tests::flows::{run_flow, INTERCEPTION_MODE};
+use meshcap_tests::flows::{
+    run_flow, EXCLUDE_INTERFACES, EXCLUDE_OUTBOUND_IP_RANGES, EXCLUDE_OUTBOUND_PORTS,
+    INTERCEPTION_MODE,
+};
 use meshcap_tests::node::Node;
 
 #[test]
@@ -17,6 +20,16 @@ fn retried_add_leaves_one_copy_of_each_rule() {
         for (name, ann) in [
             ("default", crate::meshed(&[])),
             ("tproxy", crate::meshed(&[(INTERCEPTION_MODE, "TPROXY")])),
+            // Values Istio accepts that are stored as something else: port 0, an octal port
+            // (8), host bits (10.0.0.0/8), a name with spaces around it.
+            (
+                "spellings",
+                crate::meshed(&[
+                    (EXCLUDE_OUTBOUND_PORTS, "0, 010"),
+                    (EXCLUDE_OUTBOUND_IP_RANGES, "10.1.2.3/8"),
+                    (EXCLUDE_INTERFACES, " net1 "),
+                ]),
+            ),
         ] {
             let pod = node.pod(name, &chain, ann).expect("ADD");
             let first = pod.state().unwrap();
@@ -130,6 +143,16 @@ fn check_passes_after_add_and_fails_after_drift() {
         for (name, ann) in [
             ("default", crate::meshed(&[])),
             ("tproxy", crate::meshed(&[(INTERCEPTION_MODE, "TPROXY")])),
+            // Values Istio accepts that are stored as something else: port 0, an octal port
+            // (8), host bits (10.0.0.0/8), a name with spaces around it.
+            (
+                "spellings",
+                crate::meshed(&[
+                    (EXCLUDE_OUTBOUND_PORTS, "0, 010"),
+                    (EXCLUDE_OUTBOUND_IP_RANGES, "10.1.2.3/8"),
+                    (EXCLUDE_INTERFACES, " net1 "),
+                ]),
+            ),
         ] {
             let pod = node.pod(name, &chain, ann).expect("ADD");
             pod.meshcap("CHECK")
