@@ -9,7 +9,7 @@ use crate::annotations::{self, Annotations};
 #[serde(rename_all = "lowercase")]
 pub enum Selection {
     /// Only pods that carry a sidecar: `sidecar.istio.io/status` present and
-    /// `sidecar.istio.io/inject` not `"false"` (what istio-cni checks).
+    /// `sidecar.istio.io/inject` not false (what istio-cni checks).
     #[default]
     Injected,
     /// Every attachment of this network, for runtimes without Kubernetes (podman).
@@ -21,11 +21,13 @@ impl Selection {
         match self {
             Selection::All => true,
             Selection::Injected => {
+                // istio-cni reads the opt-out with Go's `strconv.ParseBool` (`False`, `0`, `f`
+                // too) and ignores a value that is not a boolean.
                 annotations.contains_key(annotations::SIDECAR_STATUS)
                     && annotations
                         .get(annotations::SIDECAR_INJECT)
-                        .map(String::as_str)
-                        != Some("false")
+                        .map(|v| annotations::go_bool(annotations::SIDECAR_INJECT, v).ok())
+                        != Some(Some(false))
             }
         }
     }
@@ -51,6 +53,21 @@ mod tests {
             (annotations::SIDECAR_INJECT, "true")
         ])));
         assert!(!s.wants_capture(&ann(&[(annotations::SIDECAR_INJECT, "true")])));
+        // Go's ParseBool spellings of false opt out; a non-boolean is ignored, as istio-cni does.
+        for off in ["0", "f", "F", "FALSE", "False"] {
+            let a = ann(&[
+                (annotations::SIDECAR_STATUS, "{}"),
+                (annotations::SIDECAR_INJECT, off),
+            ]);
+            assert!(!s.wants_capture(&a), "{off}");
+        }
+        for other in ["no", "", "disabled"] {
+            let a = ann(&[
+                (annotations::SIDECAR_STATUS, "{}"),
+                (annotations::SIDECAR_INJECT, other),
+            ]);
+            assert!(s.wants_capture(&a), "{other:?}");
+        }
     }
 
     #[test]

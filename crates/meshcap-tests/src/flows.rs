@@ -634,7 +634,8 @@ pub fn pods() -> Vec<PodSpec> {
             proxy: ISTIO,
             istio: None,
             spec: None,
-            annotations: meshed(&[(INJECT, "false")]),
+            // Go's ParseBool spelling of false that is not "false": istio-cni opts out on it.
+            annotations: meshed(&[(INJECT, "False")]),
         },
         PodSpec {
             name: "linkerd",
