@@ -1,9 +1,11 @@
-//! Istio-compatible pod annotations: names, strict parsing and validation.
+//! Istio-compatible pod annotations: names, parsing and validation.
 //!
 //! Annotation values are written by pod authors, so they are untrusted data: each one is
 //! parsed into a typed value (ports, CIDRs, interface names, a mode) with bounded length and
-//! list size, and anything else is an [`AnnotationError`] naming the annotation. Nothing here
-//! ever reaches a shell: the renderers only print typed values.
+//! list size, and anything else is an [`AnnotationError`] naming the annotation. A value is
+//! accepted exactly where istio-cni accepts it, and means what iptables makes of the text
+//! istio-iptables writes from it (docs/CONFIGURATION.md, "Validation"). Nothing here ever
+//! reaches a shell: the renderers only print typed values.
 
 use std::collections::{BTreeMap, BTreeSet};
 
