@@ -389,6 +389,66 @@ fn go_prefix(item: &str) -> Result<IpNet, String> {
     }
 }
 
+/// What the rules make of annotation values written otherwise, one line each, for the log and
+/// `meshcap render`: host bits of a CIDR (cleared), a port with a leading 0 (octal), the old
+/// name of the rerouted interfaces next to the new one (ignored). The values are valid and the
+/// pod gets what istio-cni gives it, which may not be what its author meant. Call it on
+/// annotations the model accepted.
+pub fn reading_notes(annotations: &Annotations) -> Vec<String> {
+    let mut notes = Vec::new();
+    for name in [INCLUDE_OUTBOUND_IP_RANGES, EXCLUDE_OUTBOUND_IP_RANGES] {
+        let Some(value) = annotations.get(name).filter(|v| *v != "*") else {
+            continue;
+        };
+        for item in value.split(',') {
+            let Ok(net) = go_prefix(item) else { continue };
+            let written = item.split_once('/').and_then(|(a, _)| a.parse().ok());
+            if written != Some(net.addr()) {
+                notes.push(format!(
+                    "{name}: {item} is {net} (iptables clears the host bits, as under istio-cni)"
+                ));
+            }
+        }
+    }
+    // Excluded inbound ports reach iptables only when every inbound port is captured.
+    let every_inbound = annotations
+        .get(INCLUDE_INBOUND_PORTS)
+        .is_none_or(|v| v == "*");
+    for name in [
+        INCLUDE_INBOUND_PORTS,
+        EXCLUDE_INBOUND_PORTS,
+        INCLUDE_OUTBOUND_PORTS,
+        EXCLUDE_OUTBOUND_PORTS,
+    ] {
+        if name == EXCLUDE_INBOUND_PORTS && !every_inbound {
+            continue;
+        }
+        let Some(value) = annotations.get(name) else {
+            continue;
+        };
+        for digits in value.split(',').map(str::trim) {
+            let octal = digits.len() > 1
+                && digits.starts_with('0')
+                && digits.bytes().all(|b| b.is_ascii_digit());
+            if let Some(port) = octal.then(|| u16::from_str_radix(digits, 8).ok()).flatten() {
+                notes.push(format!(
+                    "{name}: {digits} is port {port} (iptables reads a leading 0 as octal, as \
+                     under istio-cni)"
+                ));
+            }
+        }
+    }
+    if annotations.contains_key(REROUTE_VIRTUAL_INTERFACES)
+        && annotations.contains_key(KUBEVIRT_INTERFACES)
+    {
+        notes.push(format!(
+            "{KUBEVIRT_INTERFACES} is ignored: {REROUTE_VIRTUAL_INTERFACES} is set (istio-cni \
+             reads the old name only without the new one)"
+        ));
+    }
+    notes
+}
+
 /// An interface name of an Istio annotation, as istio-cni checks it
 /// (`ValidateInterfaceNames`): a letter, then letters, digits, `_`, `.` or `-`, at most 15
 /// bytes in all. Narrower than what the kernel accepts, and no `+` wildcard.
@@ -790,6 +850,41 @@ mod tests {
         };
         assert_eq!(inc("*").unwrap(), Some(Selector::All));
         assert!(inc(" *").is_err());
+    }
+
+    // Case: values the rules read otherwise than they are written are named, each once.
+    #[test]
+    fn values_read_otherwise_are_noted() {
+        let a = from_pairs(&[
+            (
+                EXCLUDE_OUTBOUND_IP_RANGES,
+                "10.1.2.3/8,10.0.0.0/8,fd00::1/8,FD00::/8",
+            ),
+            (EXCLUDE_OUTBOUND_PORTS, " 010,0,80"),
+            (EXCLUDE_INBOUND_PORTS, "017"),
+            (REROUTE_VIRTUAL_INTERFACES, "net1"),
+            (KUBEVIRT_INTERFACES, "net2"),
+        ]);
+        let notes = reading_notes(&a);
+        assert_eq!(notes.len(), 5, "{notes:#?}");
+        assert!(notes[0].contains("10.1.2.3/8 is 10.0.0.0/8"), "{notes:#?}");
+        assert!(notes[1].contains("fd00::1/8 is fd00::/8"), "{notes:#?}");
+        assert!(
+            notes.iter().any(|n| n.contains("010 is port 8")),
+            "{notes:#?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("017 is port 15")),
+            "{notes:#?}"
+        );
+        assert!(notes[4].starts_with(KUBEVIRT_INTERFACES), "{notes:#?}");
+        // Excluded inbound ports that never reach the rules are not explained.
+        let listed = from_pairs(&[
+            (INCLUDE_INBOUND_PORTS, "80"),
+            (EXCLUDE_INBOUND_PORTS, "017"),
+        ]);
+        assert!(reading_notes(&listed).is_empty());
+        assert!(reading_notes(&from_pairs(&[(INCLUDE_OUTBOUND_IP_RANGES, "*")])).is_empty());
     }
 
     // Case: interface names as istio-cni checks them (`ValidateInterfaceNames`), each trimmed.

@@ -12,7 +12,7 @@ use meshcap_model::mesh::istio::{self, NodeDefaults};
 use meshcap_model::mesh::{self, Mesh};
 use meshcap_model::pod::{PodSelection, PodView};
 use meshcap_model::render::{iptables, nftables};
-use meshcap_model::{Annotations, Family, RedirectModel, Selection};
+use meshcap_model::{annotations, Annotations, Family, RedirectModel, Selection};
 use serde_json::Value;
 
 // The module sits next to main.rs; it is declared here so `-f` stays within render's files.
@@ -191,7 +191,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
     if !selection.wants_capture(&annotations) {
         println!(
             "# not captured: selection \"injected\" needs sidecar.istio.io/status and no \
-             sidecar.istio.io/inject=\"false\""
+             sidecar.istio.io/inject set to false"
         );
         return Ok(());
     }
@@ -200,9 +200,17 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         ..PodView::default()
     };
     let resolved = istio::resolve(&pod, &args.node_defaults()?)?;
+    print_reading_notes(&pod.annotations);
     print_defaulted(&resolved.defaulted());
     print_rules(args, &resolved.model);
     Ok(())
+}
+
+/// Annotation values the rules read otherwise than they are written (as the plugin logs them).
+fn print_reading_notes(pod_annotations: &Annotations) {
+    for note in annotations::reading_notes(pod_annotations) {
+        println!("# warning: {note}");
+    }
 }
 
 /// The settings the pod did not state, and the default each took (as the plugin logs them).
@@ -378,6 +386,7 @@ fn render_pod(
         join_ids(&model.proxy_uids),
         join_ids(&model.proxy_gids)
     );
+    print_reading_notes(&pod.annotations);
     print_defaulted(&resolved.defaulted());
     if pod.has_istio_init {
         println!(

@@ -479,3 +479,59 @@ fn kuma_dualstack_pod_without_an_ipv6_address_says_why_it_has_no_ipv6_rules() {
         "{out}"
     );
 }
+
+/// Values Istio accepts but reads otherwise than they are written are rendered as istio-cni
+/// reads them, and `render` says so, from flags and from a manifest alike.
+#[test]
+fn values_read_otherwise_are_explained() {
+    let (code, out, err) = render(&[
+        "--family",
+        "v4",
+        "-a",
+        "sidecar.istio.io/status={}",
+        "-a",
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges=10.1.2.3/8",
+        "-a",
+        "traffic.sidecar.istio.io/excludeOutboundPorts=010",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "# warning: traffic.sidecar.istio.io/excludeOutboundIPRanges: 10.1.2.3/8 is 10.0.0.0/8",
+        "# warning: traffic.sidecar.istio.io/excludeOutboundPorts: 010 is port 8",
+        "-d 10.0.0.0/8 ",
+        "--dport 8 ",
+    ] {
+        assert!(out.contains(line), "{line:?} missing:\n{out}");
+    }
+    let dir = std::env::temp_dir().join(format!("meshcap-render-notes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pod.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  annotations:
+    sidecar.istio.io/status: "{}"
+    istio.io/reroute-virtual-interfaces: net1
+    traffic.sidecar.istio.io/kubevirtInterfaces: "not/a name"
+spec:
+  containers:
+  - {name: app}
+  - {name: istio-proxy, args: [proxy, sidecar]}
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = render(&["--family", "v4", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "# warning: traffic.sidecar.istio.io/kubevirtInterfaces is ignored: \
+             istio.io/reroute-virtual-interfaces is set"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("-i net1 "), "{out}");
+}

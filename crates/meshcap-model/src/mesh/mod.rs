@@ -143,7 +143,7 @@ impl FrontEnd {
     /// The pod's model from its annotations and these settings: the one step from a pod to its
     /// model that ADD, CHECK, `meshcap render` and the agent's repair share. `read_file` reads
     /// a node file a front end names (Kuma's resolv.conf); `warnings` gets what a front end
-    /// ignored, one line each.
+    /// ignored or reads otherwise than it is written, one line each.
     pub fn model(
         &self,
         annotations: &Annotations,
@@ -151,7 +151,11 @@ impl FrontEnd {
         warnings: &mut Vec<String>,
     ) -> Result<RedirectModel, FrontEndError> {
         match self {
-            FrontEnd::Istio(s) => istio::model(annotations, s).map_err(FrontEndError::Input),
+            FrontEnd::Istio(s) => {
+                let model = istio::model(annotations, s).map_err(FrontEndError::Input)?;
+                warnings.extend(crate::annotations::reading_notes(annotations));
+                Ok(model)
+            }
             FrontEnd::Linkerd(s) => {
                 linkerd::model(annotations, s, warnings).map_err(FrontEndError::Annotation)
             }
@@ -189,7 +193,8 @@ pub struct Resolved {
     pub model: RedirectModel,
     /// Settings that came from a node default or the mesh's default rather than the pod.
     pub defaulted: Vec<String>,
-    /// Inputs the front end ignored (as the mesh's own plugin does), one line each.
+    /// Inputs the front end ignored, or reads otherwise than they are written (as the mesh's
+    /// own plugin does), one line each.
     pub warnings: Vec<String>,
 }
 
