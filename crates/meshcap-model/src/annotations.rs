@@ -308,7 +308,7 @@ pub fn exclude_inbound_ports(
     let Some(value) = raw(annotations, name)? else {
         return Ok(Vec::new());
     };
-    let value = value.trim();
+    // istio-cni checks the value as written (`*` alone, not ` * `), then trims it.
     if value == "*" {
         return if rendered {
             Err(AnnotationError::new(
@@ -321,7 +321,7 @@ pub fn exclude_inbound_ports(
         };
     }
     let mut ports = Vec::new();
-    for item in istio_items(name, value)? {
+    for item in istio_items(name, value.trim())? {
         let digits = istio_port_entry(name, value, item)?;
         if rendered {
             ports.push(iptables_port(name, value, digits)?);
@@ -772,10 +772,7 @@ mod tests {
             exclude_inbound_ports(&a("08"), false).unwrap(),
             Vec::<u16>::new()
         );
-        assert_eq!(
-            exclude_inbound_ports(&a(" * "), false).unwrap(),
-            Vec::<u16>::new()
-        );
+        assert!(exclude_inbound_ports(&a(" * "), false).is_err());
         assert!(exclude_inbound_ports(&a("http"), false).is_err());
         assert!(exclude_inbound_ports(&a("80,,81"), false).is_err());
         assert_eq!(
