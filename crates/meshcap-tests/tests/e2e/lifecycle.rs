@@ -20,16 +20,6 @@ fn retried_add_leaves_one_copy_of_each_rule() {
         for (name, ann) in [
             ("default", crate::meshed(&[])),
             ("tproxy", crate::meshed(&[(INTERCEPTION_MODE, "TPROXY")])),
-            // Values Istio accepts that are stored as something else: port 0, an octal port
-            // (8), host bits (10.0.0.0/8), a name with spaces around it.
-            (
-                "spellings",
-                crate::meshed(&[
-                    (EXCLUDE_OUTBOUND_PORTS, "0, 010"),
-                    (EXCLUDE_OUTBOUND_IP_RANGES, "10.1.2.3/8"),
-                    (EXCLUDE_INTERFACES, " net1 "),
-                ]),
-            ),
         ] {
             let pod = node.pod(name, &chain, ann).expect("ADD");
             let first = pod.state().unwrap();
