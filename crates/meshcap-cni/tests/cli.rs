@@ -699,10 +699,17 @@ fn privileged_nftables_check_compares_expressions_not_comments() {
         "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"}},
         "prevResult": prev_result_1x(&path),
     });
+    let mut refused = extra.clone();
+    refused["runtimeConfig"]["io.kubernetes.cri.pod-annotations"]
+        ["traffic.sidecar.istio.io/excludeOutboundIPRanges"] = json!("10.0.0.1");
+    let refused = conf("1.1.0", refused);
     let config = conf("1.1.0", extra);
     run_plugin(&attach_env("ADD", &path, &state), &config).ok();
     let check = attach_env("CHECK", &path, &state);
     assert_eq!(run_plugin(&check, &config).ok(), None, "CHECK after ADD");
+    // A value istio-cni refuses (a bare address, which an earlier release took for /32): CHECK
+    // of such a pod names it, code 7.
+    run_plugin(&check, &refused).error(7, "traffic.sidecar.istio.io/excludeOutboundIPRanges");
 
     // The outbound redirect, with its handle and comment.
     let chain = "nat_MESHCAP_REDIRECT";

@@ -275,3 +275,44 @@ fn recompute(rec: &AttachmentRecord, annotations: &Annotations) -> Result<Redire
 fn same_attachment(now: &AttachmentRecord, seen: &AttachmentRecord) -> bool {
     now.netns == seen.netns && (now.netns_dev, now.netns_ino) == (seen.netns_dev, seen.netns_ino)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the previous release wrote it for an Istio pod, with `annotations`.
+    fn istio_record(annotations: &str) -> AttachmentRecord {
+        serde_json::from_str(&format!(
+            r#"{{"format":3,"network":"net","container_id":"c1","ifname":"eth0",
+            "netns":"/run/netns/a","mode":"nftables","families":["ipv4"],"pod_namespace":"ns",
+            "pod_name":"p","pod_uid":null,"ebpf_registered":false,"added_at_unix":1,
+            "annotations":{annotations},"proxy_uid":1337,"istio_settings":{{"proxy_uids":[1337],
+            "proxy_gids":[1337],"dns_capture":false,"invalid_drop":false,"dual_stack":false,
+            "owner_groups_include":"*","owner_groups_exclude":"","ipv4_loopback_cidr":"127.0.0.1/32",
+            "proxy_listen_port":15001,"proxy_inbound_listen_port":15006}}}}"#
+        ))
+        .unwrap()
+    }
+
+    // Case: a pod an earlier release set up from a value istio-cni refuses (a bare address,
+    // which that release took for /32) cannot be recomputed: the agent leaves its rules and
+    // names the annotation; the same pod written as istio-cni reads it recomputes.
+    #[test]
+    fn a_value_istio_refuses_leaves_the_record_unrepairable() {
+        for (value, ok) in [("10.0.0.1", false), ("10.0.0.1/32", true)] {
+            let annotations = format!(
+                r#"{{"sidecar.istio.io/status":"{{}}","traffic.sidecar.istio.io/excludeOutboundIPRanges":"{value}"}}"#
+            );
+            let rec = istio_record(&annotations);
+            let got = recompute(&rec, rec.annotations.as_ref().unwrap());
+            match (got, ok) {
+                (Ok(_), true) => {}
+                (Err(why), false) => assert!(
+                    why.contains("traffic.sidecar.istio.io/excludeOutboundIPRanges"),
+                    "{why}"
+                ),
+                (got, _) => panic!("{value}: {got:?}"),
+            }
+        }
+    }
+}
