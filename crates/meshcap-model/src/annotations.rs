@@ -245,9 +245,14 @@ fn istio_port_entry<'a>(
     Ok(digits)
 }
 
+/// Whether iptables reads a port entry istio-cni accepted as octal (a leading 0).
+fn is_octal(digits: &str) -> bool {
+    digits.len() > 1 && digits.starts_with('0')
+}
+
 /// [`istio_port`]'s second half: the port iptables reads from an entry istio-cni accepted.
 fn iptables_port(name: &str, value: &str, digits: &str) -> Result<u16, AnnotationError> {
-    if digits.len() > 1 && digits.starts_with('0') {
+    if is_octal(digits) {
         // Below the decimal value, so within range.
         return u16::from_str_radix(digits, 8).map_err(|_| {
             AnnotationError::new(
@@ -277,16 +282,17 @@ pub fn ports(
     istio_ports(name, value, allow_all).map(Some)
 }
 
+/// `*` where istio-cni lets it through and iptables then refuses it as a port.
+fn star_refused(name: &str, value: &str) -> AnnotationError {
+    AnnotationError::new(name, value, "`*` is not a port here (iptables refuses it)")
+}
+
 fn istio_ports(name: &str, value: &str, allow_all: bool) -> Result<Selector<u16>, AnnotationError> {
     if value == "*" {
         return if allow_all {
             Ok(Selector::All)
         } else {
-            Err(AnnotationError::new(
-                name,
-                value,
-                "`*` is not a port here (iptables refuses it)",
-            ))
+            Err(star_refused(name, value))
         };
     }
     let ports = istio_items(name, value)?
@@ -311,11 +317,7 @@ pub fn exclude_inbound_ports(
     // istio-cni checks the value as written (`*` alone, not ` * `), then trims it.
     if value == "*" {
         return if rendered {
-            Err(AnnotationError::new(
-                name,
-                value,
-                "`*` is not a port here (iptables refuses it)",
-            ))
+            Err(star_refused(name, value))
         } else {
             Ok(Vec::new())
         };
@@ -353,13 +355,13 @@ pub fn cidrs(
     let mut nets = Vec::new();
     for item in istio_items(name, value)? {
         let net = go_prefix(item).map_err(|reason| AnnotationError::new(name, value, reason))?;
-        nets.push(net);
+        nets.push(net.trunc());
     }
     Ok(Some(Selector::Only(dedup(nets))))
 }
 
 /// Go's `netip.ParsePrefix`: an address, `/`, and a decimal length without sign or leading
-/// zero; the address's host bits then cleared (iptables' reading of the same text).
+/// zero, as written (host bits kept: iptables clears them, `IpNet::trunc`).
 fn go_prefix(item: &str) -> Result<IpNet, String> {
     if item.trim() != item {
         return Err(format!(
@@ -382,9 +384,7 @@ fn go_prefix(item: &str) -> Result<IpNet, String> {
         && bits.bytes().all(|b| b.is_ascii_digit())
         && (bits == "0" || !bits.starts_with('0'));
     match bits.parse::<u8>() {
-        Ok(len) if canonical && len <= max => {
-            Ok(IpNet::new(addr, len).expect("length checked").trunc())
-        }
+        Ok(len) if canonical && len <= max => Ok(IpNet::new(addr, len).expect("length checked")),
         _ => Err(format!("{item:?}: the prefix length is not 0-{max}")),
     }
 }
@@ -400,12 +400,11 @@ pub fn reading_notes(annotations: &Annotations) -> Vec<String> {
         let Some(value) = annotations.get(name).filter(|v| *v != "*") else {
             continue;
         };
-        for item in value.split(',') {
-            let Ok(net) = go_prefix(item) else { continue };
-            let written = item.split_once('/').and_then(|(a, _)| a.parse().ok());
-            if written != Some(net.addr()) {
+        for written in value.split(',').filter_map(|item| go_prefix(item).ok()) {
+            if written != written.trunc() {
                 notes.push(format!(
-                    "{name}: {item} is {net} (iptables clears the host bits, as under istio-cni)"
+                    "{name}: {written} is {} (iptables clears the host bits, as under istio-cni)",
+                    written.trunc()
                 ));
             }
         }
@@ -426,11 +425,14 @@ pub fn reading_notes(annotations: &Annotations) -> Vec<String> {
         let Some(value) = annotations.get(name) else {
             continue;
         };
-        for digits in value.split(',').map(str::trim) {
-            let octal = digits.len() > 1
-                && digits.starts_with('0')
-                && digits.bytes().all(|b| b.is_ascii_digit());
-            if let Some(port) = octal.then(|| u16::from_str_radix(digits, 8).ok()).flatten() {
+        for item in value.split(',') {
+            let Ok(digits) = istio_port_entry(name, value, item) else {
+                continue;
+            };
+            if !is_octal(digits) {
+                continue;
+            }
+            if let Ok(port) = iptables_port(name, value, digits) {
                 notes.push(format!(
                     "{name}: {digits} is port {port} (iptables reads a leading 0 as octal, as \
                      under istio-cni)"

@@ -28,6 +28,14 @@ fn render(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Writes `contents` to a file of this test process's own (`name` keeps tests apart); the
+/// caller removes it.
+fn scratch_file(name: &str, contents: &str) -> PathBuf {
+    let file = std::env::temp_dir().join(format!("meshcap-render-{}-{name}", std::process::id()));
+    std::fs::write(&file, contents).unwrap();
+    file
+}
+
 /// Compares with a golden file; `MESHCAP_BLESS=1` rewrites it.
 fn golden(name: &str, actual: &str) {
     let path = fixture(name);
@@ -78,11 +86,8 @@ fn injected_deployment_golden_iptables_and_nftables() {
 
 #[test]
 fn selection_and_errors() {
-    let dir = std::env::temp_dir().join(format!("meshcap-render-f-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("m.yaml");
-    std::fs::write(
-        &file,
+    let file = scratch_file(
+        "m.yaml",
         r#"apiVersion: v1
 kind: ConfigMap
 metadata: {name: cfg}
@@ -105,10 +110,9 @@ spec:
       annotations: {sidecar.istio.io/status: "{}", sidecar.istio.io/interceptionMode: BOGUS}
     spec: {containers: [{name: istio-proxy}]}
 "#,
-    )
-    .unwrap();
+    );
     let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_file(&file).unwrap();
     assert!(out.contains("# ConfigMap cfg: carries no pod"), "{out}");
     assert!(out.contains("# Secret s: carries no pod"), "{out}");
     assert!(
@@ -326,11 +330,8 @@ fn deploy_manifests() {
 /// process of the app bypass outbound capture.
 #[test]
 fn tproxy_pod_with_run_as_user_zero_exempts_1337_not_root() {
-    let dir = std::env::temp_dir().join(format!("meshcap-render-uid0-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("pod.yaml");
-    std::fs::write(
-        &manifest,
+    let manifest = scratch_file(
+        "uid0.yaml",
         r#"apiVersion: v1
 kind: Pod
 metadata:
@@ -350,8 +351,7 @@ spec:
       runAsUser: 0
       runAsGroup: 1337
 "#,
-    )
-    .unwrap();
+    );
     for format in ["iptables", "nftables"] {
         let (code, out, err) = render(&["-f", manifest.to_str().unwrap(), "--format", format]);
         assert_eq!(code, 0, "{err}");
@@ -361,7 +361,7 @@ spec:
             .any(|l| l.contains("--uid-owner 0 ") || l.contains("skuid 0 "));
         assert!(!exempts_root, "{format} exempts uid 0:\n{out}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_file(&manifest).unwrap();
 }
 
 /// Linkerd and Kuma pods: `-f` takes the node's `linkerd` and `kuma` settings as the plugin
@@ -406,9 +406,7 @@ fn linkerd_and_kuma_pods_with_the_nodes_settings() {
     let mut in_shop: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(kuma).unwrap()).unwrap();
     in_shop["metadata"]["namespace"] = "shop".into();
-    let file =
-        std::env::temp_dir().join(format!("meshcap-render-kuma-{}.json", std::process::id()));
-    std::fs::write(&file, in_shop.to_string()).unwrap();
+    let file = scratch_file("kuma.json", &in_shop.to_string());
     let file_arg = file.to_str().unwrap();
     let (code, out, _) = render(&[
         "-f",
@@ -459,11 +457,7 @@ fn kuma_dualstack_pod_without_an_ipv6_address_says_why_it_has_no_ipv6_rules() {
     let mut pod: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(&dualstack).unwrap()).unwrap();
     pod["status"]["podIPs"] = serde_json::json!([{"ip": "10.244.0.5"}, {"ip": "fd00::5"}]);
-    let file = std::env::temp_dir().join(format!(
-        "meshcap-render-kuma-dualstack-{}.json",
-        std::process::id()
-    ));
-    std::fs::write(&file, pod.to_string()).unwrap();
+    let file = scratch_file("kuma-dualstack.json", &pod.to_string());
     let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
     std::fs::remove_file(&file).unwrap();
     assert_eq!(code, 0, "{err}");
@@ -503,11 +497,8 @@ fn values_read_otherwise_are_explained() {
     ] {
         assert!(out.contains(line), "{line:?} missing:\n{out}");
     }
-    let dir = std::env::temp_dir().join(format!("meshcap-render-notes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("pod.yaml");
-    std::fs::write(
-        &file,
+    let file = scratch_file(
+        "notes.yaml",
         r#"apiVersion: v1
 kind: Pod
 metadata:
@@ -521,10 +512,9 @@ spec:
   - {name: app}
   - {name: istio-proxy, args: [proxy, sidecar]}
 "#,
-    )
-    .unwrap();
+    );
     let (code, out, err) = render(&["--family", "v4", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_file(&file).unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
