@@ -429,8 +429,7 @@ mod tests {
             (
                 CommandError::from(crate::kube::KubeError::Unavailable {
                     target: Box::new(crate::kube::Target {
-                        namespace: "ns".into(),
-                        name: "p".into(),
+                        object: "pod ns/p".into(),
                         server: "https://10.96.0.1".into(),
                         kubeconfig: "/k".into(),
                     }),
@@ -443,8 +442,7 @@ mod tests {
             (
                 CommandError::from(crate::kube::KubeError::Refused {
                     target: Box::new(crate::kube::Target {
-                        namespace: "ns".into(),
-                        name: "p".into(),
+                        object: "pod ns/p".into(),
                         server: "https://10.96.0.1".into(),
                         kubeconfig: "/k".into(),
                     }),

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use meshcap_dataplane::{self as dataplane, Dataplane, DataplaneError, PodNetns};
 use meshcap_model::mesh::istio::InputError;
@@ -331,12 +332,17 @@ fn decide_from_api(
         MeshRoute::Istio => {}
         MeshRoute::Skip(reason) => return Ok(Decision::Skip(reason)),
         MeshRoute::Other(m) => {
+            let mut view = view;
+            if m == Mesh::Linkerd && mesh::linkerd::reads_namespace(&view.annotations) {
+                let left = config.kube_timeout.saturating_sub(started.elapsed());
+                linkerd_namespace_defaults(&client, namespace, left, &mut view.annotations)?;
+            }
             return Ok(Decision::Capture(Box::new(Capture {
                 pod: view,
                 source: "kubernetes-api",
                 mesh: Some(m),
                 spec_seen: true,
-            })))
+            })));
         }
     }
     match view.selection(config.selection) {
@@ -348,6 +354,41 @@ fn decide_from_api(
             spec_seen: true,
         }))),
     }
+}
+
+/// linkerd-cni's namespace defaults: each `config.linkerd.io/*` key it reads that the pod
+/// leaves unset or empty comes from the pod's Namespace (`getAnnotationOverride`), read within
+/// what is `left` of the API deadline. As with linkerd-cni, a Namespace that cannot be read
+/// fails the ADD. The filled annotations are the pod's effective ones from here on: the record
+/// keeps them, so the agent's repair reinstalls the same rules.
+fn linkerd_namespace_defaults(
+    client: &kube::Client,
+    namespace: &str,
+    left: Duration,
+    annotations: &mut Annotations,
+) -> Result<(), CommandError> {
+    let ns = client.get_namespace(namespace, left)?;
+    let namespace_annotations: Annotations = ns
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect();
+    let taken = mesh::linkerd::fill_from_namespace(annotations, &namespace_annotations);
+    if taken.is_empty() {
+        tracing::debug!(
+            namespace,
+            "the namespace states none of linkerd-cni's settings"
+        );
+    } else {
+        tracing::info!(
+            namespace,
+            keys = %taken.join(", "),
+            "settings the pod leaves unset taken from its namespace, as linkerd-cni"
+        );
+    }
+    Ok(())
 }
 
 /// The model of a captured pod and the front-end settings it was made from (kept in the

@@ -168,6 +168,18 @@ fn pod_path(ns: &str, name: &str) -> String {
     format!("/api/v1/namespaces/{ns}/pods/{name}")
 }
 
+fn namespace_path(ns: &str) -> String {
+    format!("/api/v1/namespaces/{ns}")
+}
+
+fn namespace(name: &str, annotations: Value) -> Value {
+    json!({
+        "kind": "Namespace", "apiVersion": "v1",
+        "metadata": {"name": name, "annotations": annotations},
+        "status": {"phase": "Active"}
+    })
+}
+
 // ---- pods, as the API server returns them ----
 
 /// The traffic annotations of an injected pod; the privileged test passes the same map via
@@ -807,6 +819,10 @@ fn privileged_linkerd_pods_through_the_api_path() {
             pod_path("shop", "own-init"),
             vec![Reply::Json(200, with_init)],
         ),
+        (
+            namespace_path("l5d-cp"),
+            vec![Reply::Json(200, namespace("l5d-cp", json!({})))],
+        ),
     ]);
     let s = scratch("linkerd-api");
     let kc = s.kubeconfig(&api.url());
@@ -845,7 +861,11 @@ fn privileged_linkerd_pods_through_the_api_path() {
         let before = api.seen().len();
         let r = invoke("ADD", &meshed.path(), &s.state(), &args, &cfg_rt);
         assert_eq!(r.ok(), passthrough(&meshed.path()), "{mode}");
-        assert_eq!(api.seen().len(), before + 1, "{mode}: the pod was read");
+        assert_eq!(
+            api.seen().len(),
+            before + 2,
+            "{mode}: the pod and its namespace were read"
+        );
         assert_eq!(
             meshed.rules(mode),
             a,
@@ -896,6 +916,218 @@ fn privileged_linkerd_pods_through_the_api_path() {
             assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
         }
     }
+}
+
+/// A Linkerd pod read from the API that leaves `config.linkerd.io/*` settings unset gets them
+/// from its Namespace, as linkerd-cni (`getAnnotationOverride`): the pod's own value wins, an
+/// empty value on either counts as unset. The rules equal those of the same pod with the
+/// filled annotations passed by the runtime; the record keeps the filled annotations (the
+/// agent's repair reinstalls from them) and CHECK agrees. A pod stating all five settings is
+/// read alone, without its Namespace.
+#[test]
+fn privileged_linkerd_settings_from_the_namespace() {
+    const TEST: &str = "privileged_linkerd_settings_from_the_namespace";
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
+        return skip_or_fail(TEST, &reason);
+    }
+    let l5d = |annotations: Value| {
+        let mut a = json!({"linkerd.io/proxy-version": "stable-2.14"});
+        a.as_object_mut()
+            .unwrap()
+            .extend(annotations.as_object().unwrap().clone());
+        a
+    };
+    let containers = json!([{"name": "app"}, {"name": "linkerd-proxy"}]);
+    let partial = pod(
+        "l5d-app",
+        "web-0",
+        l5d(json!({
+            "config.linkerd.io/skip-inbound-ports": "9000",
+            "config.linkerd.io/skip-subnets": ""
+        })),
+        containers.clone(),
+        json!([]),
+    );
+    let stated = json!({
+        "config.linkerd.io/skip-inbound-ports": "9100",
+        "config.linkerd.io/skip-outbound-ports": "5432",
+        "config.linkerd.io/skip-subnets": "10.20.0.0/16",
+        "config.linkerd.io/proxy-uid": "2102",
+        "config.linkerd.io/proxy-gid": "2102"
+    });
+    let full = pod("l5d-app", "full-0", l5d(stated), containers, json!([]));
+    let api = FakeApi::start(vec![
+        (
+            pod_path("l5d-app", "web-0"),
+            vec![Reply::Json(200, partial)],
+        ),
+        (pod_path("l5d-app", "full-0"), vec![Reply::Json(200, full)]),
+        (
+            namespace_path("l5d-app"),
+            vec![Reply::Json(
+                200,
+                namespace(
+                    "l5d-app",
+                    json!({
+                        "config.linkerd.io/skip-inbound-ports": "7777",
+                        "config.linkerd.io/skip-outbound-ports": "3306",
+                        "config.linkerd.io/skip-subnets": "10.9.0.0/16",
+                        "config.linkerd.io/proxy-gid": ""
+                    }),
+                ),
+            )],
+        ),
+    ]);
+    // What linkerd-cni reads for web-0: its own skip-inbound-ports, the rest from the namespace.
+    let effective = l5d(json!({
+        "config.linkerd.io/skip-inbound-ports": "9000",
+        "config.linkerd.io/skip-outbound-ports": "3306",
+        "config.linkerd.io/skip-subnets": "10.9.0.0/16"
+    }));
+    let s = scratch("linkerd-ns");
+    let kc = s.kubeconfig(&api.url());
+    for mode in ["iptables", "nftables"] {
+        let fetched = Netns::create(&format!("mk-l5d-ns-{}", &mode[..3]));
+        let passed = Netns::create(&format!("mk-l5d-np-{}", &mode[..3]));
+        let stating = Netns::create(&format!("mk-l5d-nf-{}", &mode[..3]));
+        let args = k8s_args("l5d-app", "web-0");
+
+        let cfg = api_config(&kc, &fetched.path(), json!({"mode": mode}));
+        let before = api.seen().len();
+        let r = invoke("ADD", &fetched.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.ok(), passthrough(&fetched.path()), "{mode}");
+        let paths: Vec<String> = api.seen()[before..]
+            .iter()
+            .map(|s| s.path.clone())
+            .collect();
+        assert_eq!(
+            paths,
+            [pod_path("l5d-app", "web-0"), namespace_path("l5d-app")],
+            "{mode}"
+        );
+        assert!(
+            r.stderr.contains("taken from its namespace"),
+            "{mode}: the log says so: {}",
+            r.stderr
+        );
+        let a = fetched.rules(mode);
+        for wanted in ["3306", "10.9.0.0/16", "9000"] {
+            assert!(a.contains(wanted), "{mode}: {wanted} not in {a}");
+        }
+        assert!(!a.contains("7777"), "{mode}: the pod's own value wins: {a}");
+
+        let mut cfg_rt = api_config(&kc, &passed.path(), json!({"mode": mode}));
+        cfg_rt["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": effective});
+        let r = invoke("ADD", &passed.path(), &s.state(), &args, &cfg_rt);
+        assert_eq!(r.ok(), passthrough(&passed.path()), "{mode}");
+        assert_eq!(
+            passed.rules(mode),
+            a,
+            "{mode}: the namespace's settings differ from the same settings on the pod"
+        );
+
+        let rec: Value = serde_json::from_str(
+            &fs::read_to_string(
+                std::path::Path::new(&s.state())
+                    .join("meshnet")
+                    .join(format!("{}@eth0.json", container_id(&fetched.path()))),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rec["annotations"], effective, "{mode}: {rec}");
+        let r = invoke("CHECK", &fetched.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);
+
+        let full_args = k8s_args("l5d-app", "full-0");
+        let cfg_full = api_config(&kc, &stating.path(), json!({"mode": mode}));
+        let before = api.seen().len();
+        let r = invoke("ADD", &stating.path(), &s.state(), &full_args, &cfg_full);
+        assert_eq!(r.ok(), passthrough(&stating.path()), "{mode}");
+        let paths: Vec<String> = api.seen()[before..]
+            .iter()
+            .map(|s| s.path.clone())
+            .collect();
+        assert_eq!(paths, [pod_path("l5d-app", "full-0")], "{mode}");
+        let f = stating.rules(mode);
+        assert!(f.contains("5432") && !f.contains("3306"), "{mode}: {f}");
+
+        for (ns, a, cfg) in [
+            (&fetched, &args, cfg),
+            (&passed, &args, cfg_rt),
+            (&stating, &full_args, cfg_full),
+        ] {
+            let r = invoke("DEL", &ns.path(), &s.state(), a, &cfg);
+            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+        }
+    }
+}
+
+/// linkerd-cni fails the ADD when it cannot read the Namespace it needs; so does meshcap,
+/// before touching the pod's network namespace: refused is code 7 naming the namespace and
+/// the missing permission, unavailable until the deadline is code 11.
+#[test]
+fn an_unreadable_namespace_fails_a_linkerd_pod_closed() {
+    let l5d_pod = |ns: &str| {
+        pod(
+            ns,
+            "web-0",
+            json!({"linkerd.io/proxy-version": "stable-2.14"}),
+            json!([{"name": "app"}, {"name": "linkerd-proxy"}]),
+            json!([]),
+        )
+    };
+    let api = FakeApi::start(vec![
+        (pod_path("locked", "web-0"), vec![Reply::Json(200, l5d_pod("locked"))]),
+        (
+            namespace_path("locked"),
+            vec![Reply::Json(
+                403,
+                status_body(403, "Forbidden", "namespaces \"locked\" is forbidden: User \"system:serviceaccount:meshcap-system:meshcap\" cannot get resource \"namespaces\""),
+            )],
+        ),
+        (pod_path("busy", "web-0"), vec![Reply::Json(200, l5d_pod("busy"))]),
+        (
+            namespace_path("busy"),
+            vec![Reply::Json(
+                503,
+                status_body(503, "ServiceUnavailable", "apiserver is shutting down"),
+            )],
+        ),
+    ]);
+    let s = scratch("linkerd-ns-closed");
+    let kc = s.kubeconfig(&api.url());
+    let netns = missing_netns("linkerd-ns-closed");
+    let config = api_config(
+        &kc,
+        &netns,
+        json!({"kubernetes": {"kubeconfig": kc, "timeout_ms": 800}}),
+    );
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("locked", "web-0"),
+        &config,
+    );
+    r.error(
+        7,
+        &[
+            "namespace locked",
+            &kc,
+            "HTTP 403",
+            "may not get namespaces",
+        ],
+    );
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("busy", "web-0"),
+        &config,
+    );
+    r.error(11, &["namespace busy", "try again later", "HTTP 503"]);
+    assert_eq!(s.records(), 0);
 }
 
 /// Kuma pods through the API path, where the plugin reads the spec kuma-cni reads: the

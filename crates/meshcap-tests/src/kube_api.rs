@@ -1,7 +1,8 @@
 //! A minimal stand-in for the Kubernetes API server, for pods whose capture settings live in
 //! their spec (the `istio-proxy` container's env and securityContext, `istio-init`'s env and
 //! arguments): it answers `GET /api/v1/namespaces/NS/pods/NAME` with the pod registered under
-//! that name and 404 (a `Status` body) otherwise. It listens on the loopback address of the
+//! that name, `GET /api/v1/namespaces/NS` with that pod's Namespace (read for a Linkerd pod, as
+//! linkerd-cni reads it), and 404 (a `Status` body) otherwise. It listens on the loopback address of the
 //! namespace the plugins run in, over plain HTTP, and writes the kubeconfig that points there.
 
 use std::collections::HashMap;
@@ -68,14 +69,18 @@ impl FakeApi {
         &self.kubeconfig
     }
 
-    /// Serve `pod` (its metadata's name and namespace are set here) as `namespace/name`.
+    /// Serve `pod` (its metadata's name and namespace are set here) as `namespace/name`, and
+    /// its Namespace (without annotations) unless one is served already.
     pub fn insert(&self, namespace: &str, name: &str, mut pod: Value) {
         pod["metadata"]["name"] = json!(name);
         pod["metadata"]["namespace"] = json!(namespace);
-        self.pods
-            .lock()
-            .unwrap()
-            .insert(format!("/api/v1/namespaces/{namespace}/pods/{name}"), pod);
+        let mut objects = self.pods.lock().unwrap();
+        objects.insert(format!("/api/v1/namespaces/{namespace}/pods/{name}"), pod);
+        objects
+            .entry(format!("/api/v1/namespaces/{namespace}"))
+            .or_insert_with(|| {
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            });
     }
 }
 

@@ -4,12 +4,14 @@
 //! and `kubectl get -o yaml` print them; a `kind: List` is expanded). Each object becomes an
 //! [`Object`]: a Pod is read as is; a Deployment, DaemonSet, StatefulSet, ReplicaSet,
 //! ReplicationController or Job by its `spec.template`, a CronJob by
-//! `spec.jobTemplate.spec.template`, a PodTemplate by `template`. Everything else (Service,
-//! ConfigMap, Secret, ...) carries no pod and is reported as such, not as an error. Pods are
+//! `spec.jobTemplate.spec.template`, a PodTemplate by `template`. A Namespace is kept for its
+//! annotations (linkerd-cni reads settings a pod leaves unset from there). Everything else
+//! (Service, ConfigMap, Secret, ...) carries no pod and is reported as such, not as an error. Pods are
 //! read by [`meshcap_model::pod::PodView`], the code the CNI plugin's API path uses.
 
 use anyhow::Context;
 use meshcap_model::pod::PodView;
+use meshcap_model::Annotations;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -32,6 +34,8 @@ pub enum Content {
         /// the Linkerd and Kuma front ends read.
         raw: Box<Value>,
     },
+    /// A Namespace: its annotations.
+    Namespace(Annotations),
     /// An object that carries no pod.
     NoPod,
     /// A pod-carrying kind whose pod cannot be read (wrong shape); the message says where.
@@ -112,6 +116,14 @@ fn object(v: &Value) -> Object {
     let namespace = text(meta, "namespace");
     let name = text(meta, "name");
     let content = match template_path(&kind) {
+        None if kind == "Namespace" => Content::Namespace(
+            meta.and_then(|m| m.get("annotations"))
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect(),
+        ),
         None => Content::NoPod,
         Some((path, from)) => {
             let mut t = Some(v);

@@ -3,6 +3,7 @@
 //! ([`manifests`]), decided and modelled by the same [`PodView`] code as the CNI plugin's
 //! Kubernetes API path.
 
+use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::PathBuf;
 
@@ -57,7 +58,8 @@ pub struct RenderArgs {
     selection: Option<SelectionArg>,
     /// A Kubernetes manifest (YAML or JSON, several documents allowed; `-` for stdin): print,
     /// per Pod or pod template (Deployment, DaemonSet, StatefulSet, ReplicaSet, Job, CronJob,
-    /// ...), whether meshcap would capture it and the rules it would get.
+    /// ...), whether meshcap would capture it and the rules it would get. A Namespace in the
+    /// manifest gives its Linkerd pods the settings linkerd-cni reads from it.
     #[arg(
         short = 'f',
         long = "filename",
@@ -243,6 +245,14 @@ fn run_manifest(args: &RenderArgs, path: &std::path::Path) -> anyhow::Result<()>
         Selection::Injected => "injected",
         Selection::All => "all",
     };
+    // Namespaces by name, for the settings linkerd-cni reads from a Linkerd pod's namespace.
+    let namespaces: BTreeMap<&str, &Annotations> = objects
+        .iter()
+        .filter_map(|o| match &o.content {
+            manifests::Content::Namespace(a) => Some((o.name.as_deref()?, a)),
+            _ => None,
+        })
+        .collect();
     let mut failed = Vec::new();
     for (i, obj) in objects.iter().enumerate() {
         if i > 0 {
@@ -253,14 +263,31 @@ fn run_manifest(args: &RenderArgs, path: &std::path::Path) -> anyhow::Result<()>
             manifests::Content::NoPod => {
                 println!("# {title}: carries no pod; nothing to capture");
             }
+            manifests::Content::Namespace(_) => {
+                println!(
+                    "# {title}: carries no pod; a Linkerd pod in it takes the config.linkerd.io/* \
+                     settings it leaves unset from here, as linkerd-cni"
+                );
+            }
             manifests::Content::Invalid(reason) => {
                 println!("# {title}: cannot read its pod: {reason}");
                 failed.push(format!("{title}: {reason}"));
             }
             manifests::Content::Pod { from, pod, raw } => {
                 println!("# {title} ({from})");
-                if let Err(e) = render_any_pod(args, pod, raw, &defaults, selection, selection_name)
-                {
+                let namespace = pod
+                    .namespace
+                    .as_deref()
+                    .map(|ns| (ns, namespaces.get(ns).copied()));
+                if let Err(e) = render_any_pod(
+                    args,
+                    pod,
+                    raw,
+                    namespace,
+                    &defaults,
+                    selection,
+                    selection_name,
+                ) {
                     println!("# error: {e}; an ADD of this pod fails (CNI code 7)");
                     failed.push(format!("{title}: {e}"));
                 }
@@ -283,6 +310,7 @@ fn render_any_pod(
     args: &RenderArgs,
     pod: &PodView,
     raw: &serde_json::Value,
+    namespace: Option<(&str, Option<&Annotations>)>,
     defaults: &NodeDefaults,
     selection: Selection,
     selection_name: &str,
@@ -316,6 +344,31 @@ fn render_any_pod(
                     .is_some_and(|s| s.contains(':'))
             })
         });
+    let filled;
+    let mut pod = pod;
+    if mesh == Mesh::Linkerd && mesh::linkerd::reads_namespace(&pod.annotations) {
+        match namespace {
+            Some((name, Some(ns_annotations))) => {
+                let mut with_namespace = pod.clone();
+                let taken = mesh::linkerd::fill_from_namespace(
+                    &mut with_namespace.annotations,
+                    ns_annotations,
+                );
+                if !taken.is_empty() {
+                    println!(
+                        "# from Namespace {name} (the pod leaves them unset, as linkerd-cni reads them): {}",
+                        taken.join(", ")
+                    );
+                }
+                filled = with_namespace;
+                pod = &filled;
+            }
+            _ => println!(
+                "# note: linkerd-cni takes the config.linkerd.io/* settings the pod leaves unset \
+                 from its Namespace; add the Namespace to the manifest to render them"
+            ),
+        }
+    }
     let seen = mesh::Seen {
         pod,
         spec_seen: true,

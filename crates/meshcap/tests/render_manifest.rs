@@ -525,3 +525,67 @@ spec:
     );
     assert!(out.contains("-i net1 "), "{out}");
 }
+
+/// A Linkerd pod takes the `config.linkerd.io/*` settings it leaves unset from its Namespace
+/// when the manifest holds it (linkerd-cni's `getAnnotationOverride`), its own values first;
+/// without the Namespace, render says what it cannot show.
+#[test]
+fn linkerd_pods_take_unset_settings_from_their_namespace_in_the_manifest() {
+    let file = scratch_file(
+        "linkerd-namespace.yaml",
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  annotations:
+    config.linkerd.io/skip-outbound-ports: "3306"
+    config.linkerd.io/skip-inbound-ports: "7777"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+  namespace: shop
+  annotations:
+    linkerd.io/proxy-version: stable
+    config.linkerd.io/skip-inbound-ports: "9000"
+spec:
+  containers: [{name: app}, {name: linkerd-proxy}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: other
+  annotations:
+    linkerd.io/proxy-version: stable
+spec:
+  containers: [{name: app}, {name: linkerd-proxy}]
+"#,
+    );
+    let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let (in_shop, elsewhere) = out
+        .split_once("# Pod other/web-1")
+        .expect("both pods rendered");
+    assert!(
+        in_shop.contains(
+            "# from Namespace shop (the pod leaves them unset, as linkerd-cni reads them): \
+             config.linkerd.io/skip-outbound-ports"
+        ),
+        "{out}"
+    );
+    assert!(
+        in_shop.contains("--dport 3306 ") && in_shop.contains("--dport 9000 "),
+        "{out}"
+    );
+    assert!(
+        !in_shop.contains("7777"),
+        "the pod's own value wins:\n{out}"
+    );
+    assert!(
+        elsewhere.contains("add the Namespace to the manifest") && !elsewhere.contains("3306"),
+        "{out}"
+    );
+}

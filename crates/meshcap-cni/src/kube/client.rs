@@ -1,5 +1,6 @@
-//! Reading one pod: the request path, retries with backoff until the deadline, and the errors
-//! that say which pod, which server and which kubeconfig.
+//! Reading one object (a pod, or a Linkerd pod's namespace): the request path, retries with
+//! backoff until the deadline, and the errors that say which object, which server and which
+//! kubeconfig.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use serde_json::Value;
 
 use super::transport::{self, Attempt, Server};
 
-/// The default overall deadline for reading one pod.
+/// The default overall deadline for reading a pod (and, for a Linkerd pod, its namespace).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most a configuration may ask for; runtimes time a whole ADD out at a few minutes.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -19,17 +20,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Less time than this left is not worth another request.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 
-/// Why the pod could not be read. Every message names the pod and the kubeconfig.
+/// Why an object could not be read. Every message names the object and the kubeconfig.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error("kubeconfig {path}: {reason}")]
     Kubeconfig { path: PathBuf, reason: String },
-    #[error("pod {namespace}/{name}: {reason}")]
-    InvalidName {
-        namespace: String,
-        name: String,
-        reason: String,
-    },
+    #[error("{object}: {reason}")]
+    InvalidName { object: String, reason: String },
     #[error(
         "reading {target} was refused: {reason}; refusing to start a possibly meshed pod \
          without capture"
@@ -51,11 +48,10 @@ pub enum KubeError {
     },
 }
 
-/// The pod being read and where from, for messages.
+/// The object being read (`pod NS/NAME`, `namespace NS`) and where from, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub namespace: String,
-    pub name: String,
+    pub object: String,
     pub server: String,
     pub kubeconfig: PathBuf,
 }
@@ -64,9 +60,8 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "pod {}/{} from {} (kubeconfig {})",
-            self.namespace,
-            self.name,
+            "{} from {} (kubeconfig {})",
+            self.object,
             self.server,
             self.kubeconfig.display()
         )
@@ -122,24 +117,37 @@ impl Client {
         name: &str,
         timeout: Duration,
     ) -> Result<Value, KubeError> {
+        let object = format!("pod {namespace}/{name}");
         for (what, value) in [("namespace", namespace), ("name", name)] {
-            if let Err(reason) = validate_name(value) {
-                return Err(KubeError::InvalidName {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    reason: format!("{what} {value:?} {reason}"),
-                });
-            }
+            check_name(&object, what, value)?;
         }
-        let path = format!(
-            "{}/api/v1/namespaces/{namespace}/pods/{name}",
-            self.server.base
-        );
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+        self.get(object, "pods", &path, timeout)
+    }
+
+    /// `GET /api/v1/namespaces/{namespace}` within `timeout`, as [`Client::get_pod`]. Returns
+    /// the Namespace as JSON.
+    pub fn get_namespace(&self, namespace: &str, timeout: Duration) -> Result<Value, KubeError> {
+        let object = format!("namespace {namespace}");
+        check_name(&object, "name", namespace)?;
+        let path = format!("/api/v1/namespaces/{namespace}");
+        self.get(object, "namespaces", &path, timeout)
+    }
+
+    /// One GET of `path` with retries; `object` and `resource` (the RBAC resource) are for
+    /// the messages.
+    fn get(
+        &self,
+        object: String,
+        resource: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Value, KubeError> {
+        let path = format!("{}{path}", self.server.base);
         let deadline = Instant::now() + timeout;
         let target = || {
             Box::new(Target {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
+                object: object.clone(),
                 server: self.server.url(),
                 kubeconfig: self.kubeconfig.clone(),
             })
@@ -185,10 +193,10 @@ impl Client {
                 }
                 Ok((status, body)) => {
                     let what = match status {
-                        401 => "unauthorized (bad or expired token or certificate)",
-                        403 => "forbidden (the service account may not get pods)",
-                        404 => "the pod does not exist",
-                        _ => "unexpected status",
+                        401 => "unauthorized (bad or expired token or certificate)".to_owned(),
+                        403 => format!("forbidden (the service account may not get {resource})"),
+                        404 => format!("the {} does not exist", object_kind(&object)),
+                        _ => "unexpected status".to_owned(),
                     };
                     return Err(refused(
                         Some(status),
@@ -211,6 +219,19 @@ impl Client {
             }
         }
     }
+}
+
+/// `pod` of `pod NS/NAME`.
+fn object_kind(object: &str) -> &str {
+    object.split(' ').next().unwrap_or(object)
+}
+
+/// Refuses a `value` that would change the request's URL, before any request.
+fn check_name(object: &str, what: &str, value: &str) -> Result<(), KubeError> {
+    validate_name(value).map_err(|reason| KubeError::InvalidName {
+        object: object.to_owned(),
+        reason: format!("{what} {value:?} {reason}"),
+    })
 }
 
 /// The `message` of a Kubernetes `Status` body, else a short excerpt of the body.

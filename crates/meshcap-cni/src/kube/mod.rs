@@ -1,10 +1,11 @@
 //! The Kubernetes API path: read one pod (`GET /api/v1/namespaces/NS/pods/NAME`) with the
-//! configured kubeconfig when the runtime passed no pod annotations.
+//! configured kubeconfig when the runtime passed no pod annotations, and for a Linkerd pod that
+//! leaves settings unset its Namespace (`GET /api/v1/namespaces/NS`), as linkerd-cni does.
 //!
 //! Why a lean synchronous client and not `kube` + `hyper` + tokio: the plugin is a
-//! short-lived process that makes exactly one GET per ADD/CHECK, on the pod-startup hot path,
-//! with many copies running in parallel on a node (docs/DESIGN.md, "The plugin's hot path":
-//! no async runtime). A blocking `TcpStream` with per-attempt timeouts derived from one deadline is
+//! short-lived process that makes one GET per ADD/CHECK (two for such a Linkerd pod), on the
+//! pod-startup hot path, with many copies running in parallel on a node (docs/DESIGN.md, "The
+//! plugin's hot path": no async runtime). A blocking `TcpStream` with per-attempt timeouts derived from one deadline is
 //! simple to bound, and `rustls` (ring provider) is the only TLS dependency. No public root
 //! store is compiled in: the API server is trusted only through the kubeconfig's CA, exactly
 //! as `kubectl` does. `ureq` was considered; its TLS feature drags in the public webpki root
@@ -26,7 +27,7 @@
 //!
 //! Three modules: `kubeconfig` reads the kubeconfig and what it references into a
 //! [`Client`]; `transport` does one HTTP/1.1 exchange over TCP or TLS within a deadline;
-//! `client` reads a pod with retries and turns failures into [`KubeError`].
+//! `client` reads a pod or a namespace with retries and turns failures into [`KubeError`].
 
 mod client;
 mod kubeconfig;

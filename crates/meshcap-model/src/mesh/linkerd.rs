@@ -41,6 +41,15 @@ pub const SKIP_OUTBOUND_PORTS: &str = "config.linkerd.io/skip-outbound-ports";
 pub const SKIP_SUBNETS: &str = "config.linkerd.io/skip-subnets";
 pub const PROXY_UID: &str = "config.linkerd.io/proxy-uid";
 pub const PROXY_GID: &str = "config.linkerd.io/proxy-gid";
+/// The annotations linkerd-cni reads from the pod's Namespace when the pod has none or an
+/// empty one (`getAnnotationOverride`).
+pub const NAMESPACE_FALLBACK: [&str; 5] = [
+    SKIP_OUTBOUND_PORTS,
+    SKIP_INBOUND_PORTS,
+    SKIP_SUBNETS,
+    PROXY_UID,
+    PROXY_GID,
+];
 /// Label of Linkerd's control-plane pods: they also skip the API server's ports outbound.
 pub const CONTROL_PLANE_LABEL: &str = "linkerd.io/control-plane-component";
 /// The ports linkerd-cni skips for control-plane pods when it cannot read the `kubernetes`
@@ -241,6 +250,34 @@ pub fn model(
     Ok(model)
 }
 
+/// Whether linkerd-cni would read the pod's Namespace: one of [`NAMESPACE_FALLBACK`] is unset
+/// or empty on the pod.
+pub fn reads_namespace(annotations: &Annotations) -> bool {
+    NAMESPACE_FALLBACK
+        .iter()
+        .any(|key| non_empty(annotations, key).is_none())
+}
+
+/// The pod's annotations with each of [`NAMESPACE_FALLBACK`] the pod leaves unset or empty
+/// taken from its Namespace's annotations, where that one is not empty. Returns the keys
+/// taken.
+pub fn fill_from_namespace(
+    annotations: &mut Annotations,
+    namespace_annotations: &Annotations,
+) -> Vec<&'static str> {
+    let mut taken = Vec::new();
+    for key in NAMESPACE_FALLBACK {
+        if non_empty(annotations, key).is_some() {
+            continue;
+        }
+        if let Some(value) = non_empty(namespace_annotations, key) {
+            annotations.insert(key.to_owned(), value.to_owned());
+            taken.push(key);
+        }
+    }
+    taken
+}
+
 fn non_empty<'a>(annotations: &'a Annotations, key: &str) -> Option<&'a str> {
     annotations
         .get(key)
@@ -363,6 +400,51 @@ mod tests {
             (m.proxy_uids.clone(), m.proxy_gids.clone()),
             (vec![3000], vec![3001])
         );
+    }
+
+    #[test]
+    fn namespace_fills_what_the_pod_leaves_unset_or_empty() {
+        let pod: Annotations = [
+            (SKIP_INBOUND_PORTS, "9000"),
+            (SKIP_SUBNETS, ""),
+            (PROXY_VERSION, "stable"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert!(reads_namespace(&pod));
+        let namespace: Annotations = [
+            (SKIP_INBOUND_PORTS, "7000"),
+            (SKIP_SUBNETS, "10.1.0.0/16"),
+            (SKIP_OUTBOUND_PORTS, "3306"),
+            (PROXY_GID, ""),
+            ("config.linkerd.io/proxy-cpu-limit", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut filled = pod.clone();
+        let taken = fill_from_namespace(&mut filled, &namespace);
+        assert_eq!(taken, [SKIP_OUTBOUND_PORTS, SKIP_SUBNETS]);
+        assert_eq!(
+            filled[SKIP_INBOUND_PORTS], "9000",
+            "the pod's own value wins"
+        );
+        assert_eq!(
+            filled[SKIP_SUBNETS], "10.1.0.0/16",
+            "an empty pod value is unset"
+        );
+        assert_eq!(filled[SKIP_OUTBOUND_PORTS], "3306");
+        assert!(
+            !filled.contains_key(PROXY_GID),
+            "an empty namespace value is unset"
+        );
+        assert!(!filled.contains_key("config.linkerd.io/proxy-cpu-limit"));
+        let all: Annotations = NAMESPACE_FALLBACK
+            .iter()
+            .map(|k| (k.to_string(), "1".to_owned()))
+            .collect();
+        assert!(!reads_namespace(&all));
     }
 
     #[test]
