@@ -19,7 +19,10 @@
 //! passthrough, no hairpin of the proxy's own connections to the pod address.
 //!
 //! Input handling is Linkerd's: a malformed port entry is logged and dropped (the ADD
-//! succeeds, `makeMultiportDestinations`); a bad subnet or uid fails the ADD.
+//! succeeds, `makeMultiportDestinations`); a bad subnet or uid fails the ADD; a subnet means
+//! what iptables makes of it as linkerd-cni writes it (host bits cleared, a prefix length with a
+//! leading 0 octal). Settings the pod leaves unset come from its Namespace where the caller can
+//! read it ([`fill_from_namespace`]).
 
 use std::collections::BTreeMap;
 
@@ -168,15 +171,10 @@ pub fn model(
     let mut subnets = Vec::new();
     if let Some(v) = non_empty(annotations, SKIP_SUBNETS) {
         for entry in v.split(',') {
-            let trimmed = entry.trim();
-            let net: IpNet = trimmed.parse().map_err(|_| {
-                AnnotationError::new(
-                    SKIP_SUBNETS,
-                    v,
-                    format!("{trimmed} is not a valid CIDR address"),
-                )
-            })?;
-            subnets.push(net.trunc());
+            let (net, note) =
+                skip_subnet(entry).map_err(|why| AnnotationError::new(SKIP_SUBNETS, v, why))?;
+            warnings.extend(note.map(|n| format!("{SKIP_SUBNETS}: {n}")));
+            subnets.push(net);
         }
     }
     let mut uid = node.proxy_uid;
@@ -285,6 +283,56 @@ fn non_empty<'a>(annotations: &'a Annotations, key: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// One `config.linkerd.io/skip-subnets` entry as linkerd-cni checks it and iptables then reads
+/// it. linkerd-cni trims the entry and checks it with Go's `net.ParseCIDR` (the length in
+/// decimal, leading zeros allowed), then hands it to iptables as written, which reads a length
+/// with a leading 0 as octal (`/010` is /8, `/032` is /26) and refuses `/08` and `/09`, failing
+/// linkerd-cni's ADD. iptables also clears host bits. Returns the subnet the rules match and, when
+/// that is not what the entry looks like, a note saying why.
+fn skip_subnet(entry: &str) -> Result<(IpNet, Option<String>), String> {
+    let trimmed = entry.trim();
+    let invalid = || format!("{trimmed} is not a valid CIDR address");
+    let (addr, bits) = trimmed.split_once('/').ok_or_else(invalid)?;
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| invalid())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    // Go's `dtoi`: at least one decimal digit and nothing else; then at most the address's bits.
+    if bits.is_empty() || !bits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let decimal = bits
+        .bytes()
+        .try_fold(0u32, |n, b| {
+            n.checked_mul(10)?.checked_add(u32::from(b - b'0'))
+        })
+        .filter(|n| *n <= max)
+        .ok_or_else(invalid)?;
+    let octal = bits.len() > 1 && bits.starts_with('0');
+    let len = if octal {
+        // Below the decimal value, so within range.
+        u8::from_str_radix(bits, 8).map_err(|_| {
+            format!(
+                "iptables refuses the prefix length of {trimmed}: a leading 0 makes it octal, and \
+                 8 and 9 are not octal digits (linkerd-cni's ADD fails on it too)"
+            )
+        })?
+    } else {
+        decimal as u8
+    };
+    let net = IpNet::new(addr, len).expect("length checked").trunc();
+    let note = if octal && u32::from(len) != decimal {
+        Some(format!(
+            "{trimmed} is {net} (iptables reads a leading 0 as octal, as under linkerd-cni)"
+        ))
+    } else if net.addr() != addr {
+        Some(format!(
+            "{trimmed} is {net} (iptables clears the host bits, as under linkerd-cni)"
+        ))
+    } else {
+        None
+    };
+    Ok((net, note))
+}
+
 /// Go's `strconv.Atoi`: optional sign, decimal digits, nothing else.
 fn go_atoi(s: &str) -> Option<i64> {
     let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
@@ -391,7 +439,9 @@ mod tests {
                 last: 3306
             }]
         );
-        assert_eq!(w.len(), 2, "{w:?}");
+        // Two dropped port entries, and the subnet's host bits cleared.
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("10.1.1.1/24 is 10.1.1.0/24"), "{w:?}");
         assert_eq!(
             m.exclude_inbound_sources,
             vec!["10.1.1.0/24".parse::<IpNet>().unwrap()]
@@ -445,6 +495,41 @@ mod tests {
             .map(|k| (k.to_string(), "1".to_owned()))
             .collect();
         assert!(!reads_namespace(&all));
+    }
+
+    #[test]
+    fn skip_subnets_read_as_linkerd_cni_checks_and_iptables_reads_them() {
+        let net = |e: &str| skip_subnet(e).map(|(n, _)| n.to_string());
+        // Go's ParseCIDR takes the length in decimal, leading zeros too; iptables reads those
+        // as octal (checked with iptables 1.8.9: `-s 10.1.0.0/010` is stored as 10.0.0.0/8).
+        assert_eq!(net("10.1.0.0/010").unwrap(), "10.0.0.0/8");
+        assert_eq!(net("10.1.0.0/032").unwrap(), "10.1.0.0/26");
+        assert_eq!(net("10.1.0.0/0000010").unwrap(), "10.0.0.0/8");
+        assert_eq!(net("10.1.0.0/00").unwrap(), "0.0.0.0/0");
+        assert_eq!(net(" 10.1.2.3/16 ").unwrap(), "10.1.0.0/16");
+        assert_eq!(net("10.1.0.0/16").unwrap(), "10.1.0.0/16");
+        assert!(skip_subnet("10.1.0.0/16").unwrap().1.is_none());
+        let (_, note) = skip_subnet("10.1.0.0/010").unwrap();
+        assert!(note.unwrap().contains("octal"));
+        let (_, note) = skip_subnet("10.1.2.3/16").unwrap();
+        assert!(note.unwrap().contains("host bits"));
+        // iptables refuses these; linkerd-cni's ADD fails.
+        for e in ["10.1.0.0/08", "10.1.0.0/09", "10.1.0.0/0000008"] {
+            assert!(net(e).unwrap_err().contains("octal"), "{e}");
+        }
+        // Go's ParseCIDR refuses these.
+        for e in [
+            "10.0.0.1",
+            "10.1.0.0/33",
+            "10.1.0.0/033",
+            "10.1.0.0/+8",
+            "10.1.0.0/",
+            "10.01.0.0/16",
+            "fe80::1%eth0/64",
+            "10.1.0.0/99999999999",
+        ] {
+            assert!(net(e).unwrap_err().contains("not a valid CIDR"), "{e}");
+        }
     }
 
     #[test]
