@@ -278,7 +278,7 @@ fn run_manifest(args: &RenderArgs, path: &std::path::Path) -> anyhow::Result<()>
                 let namespace = pod
                     .namespace
                     .as_deref()
-                    .map(|ns| (ns, namespaces.get(ns).copied()));
+                    .and_then(|ns| Some((ns, *namespaces.get(ns)?)));
                 if let Err(e) = render_any_pod(
                     args,
                     pod,
@@ -305,12 +305,13 @@ fn run_manifest(args: &RenderArgs, path: &std::path::Path) -> anyhow::Result<()>
 }
 
 /// A pod of whichever mesh injected it: Linkerd and Kuma pods through their front ends with
-/// the node defaults of the plugin config, everything else as an Istio pod.
+/// the node defaults of the plugin config, everything else as an Istio pod. `namespace` is the
+/// pod's Namespace and its annotations when the manifest holds it.
 fn render_any_pod(
     args: &RenderArgs,
     pod: &PodView,
     raw: &serde_json::Value,
-    namespace: Option<(&str, Option<&Annotations>)>,
+    namespace: Option<(&str, &Annotations)>,
     defaults: &NodeDefaults,
     selection: Selection,
     selection_name: &str,
@@ -348,7 +349,7 @@ fn render_any_pod(
     let mut pod = pod;
     if mesh == Mesh::Linkerd && mesh::linkerd::reads_namespace(&pod.annotations) {
         match namespace {
-            Some((name, Some(ns_annotations))) => {
+            Some((name, ns_annotations)) => {
                 let mut with_namespace = pod.clone();
                 let taken = mesh::linkerd::fill_from_namespace(
                     &mut with_namespace.annotations,
@@ -363,7 +364,7 @@ fn render_any_pod(
                 filled = with_namespace;
                 pod = &filled;
             }
-            _ => println!(
+            None => println!(
                 "# note: linkerd-cni takes the config.linkerd.io/* settings the pod leaves unset \
                  from its Namespace; add the Namespace to the manifest to render them"
             ),
