@@ -139,6 +139,9 @@ pub struct Capture {
     /// Whether `pod` holds the pod's spec and labels (read from the API), not only its
     /// annotations.
     pub spec_seen: bool,
+    /// A Linkerd control-plane pod's API server ports, from the `default/kubernetes` Service
+    /// (API path; `None`: not read, or unreadable).
+    pub api_server_ports: Option<Vec<u16>>,
 }
 
 impl Capture {
@@ -151,6 +154,7 @@ impl Capture {
             source,
             mesh: None,
             spec_seen: false,
+            api_server_ports: None,
         }
     }
 }
@@ -333,15 +337,22 @@ fn decide_from_api(
         MeshRoute::Skip(reason) => return Ok(Decision::Skip(reason)),
         MeshRoute::Other(m) => {
             let mut view = view;
-            if m == Mesh::Linkerd && mesh::linkerd::reads_namespace(&view.annotations) {
-                let left = config.kube_timeout.saturating_sub(started.elapsed());
-                linkerd_namespace_defaults(&client, namespace, left, &mut view.annotations)?;
+            let mut api_server_ports = None;
+            if m == Mesh::Linkerd {
+                let left = || config.kube_timeout.saturating_sub(started.elapsed());
+                if mesh::linkerd::reads_namespace(&view.annotations) {
+                    linkerd_namespace_defaults(&client, namespace, left(), &mut view.annotations)?;
+                }
+                if mesh::linkerd::is_control_plane(&view.labels) {
+                    api_server_ports = linkerd_api_server_ports(&client, left());
+                }
             }
             return Ok(Decision::Capture(Box::new(Capture {
                 pod: view,
                 source: "kubernetes-api",
                 mesh: Some(m),
                 spec_seen: true,
+                api_server_ports,
             })));
         }
     }
@@ -352,6 +363,7 @@ fn decide_from_api(
             source: "kubernetes-api",
             mesh: None,
             spec_seen: true,
+            api_server_ports: None,
         }))),
     }
 }
@@ -391,6 +403,36 @@ fn linkerd_namespace_defaults(
     Ok(())
 }
 
+/// The ports a Linkerd control-plane pod skips outbound, as linkerd-cni reads them
+/// (`getAPIServerPorts`): those of the `default/kubernetes` Service, read within what is `left`
+/// of the API deadline. Any failure falls back to 443 and 6443, as linkerd-cni does, with a
+/// warning.
+fn linkerd_api_server_ports(client: &kube::Client, left: Duration) -> Option<Vec<u16>> {
+    let read = client
+        .get_service("default", "kubernetes", left)
+        .map_err(|e| e.to_string())
+        .and_then(|service| {
+            mesh::linkerd::api_server_ports(&service)
+                .ok_or_else(|| "it has no readable spec.ports".to_owned())
+        });
+    match read {
+        Ok(ports) => {
+            tracing::debug!(
+                ?ports,
+                "the API server's ports, from Service default/kubernetes"
+            );
+            Some(ports)
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot read Service default/kubernetes: skipping ports 443 and 6443, as linkerd-cni"
+            );
+            None
+        }
+    }
+}
+
 /// The model of a captured pod and the front-end settings it was made from (kept in the
 /// record for CHECK's families and the agent's repair), by [`mesh::resolve`], the step
 /// `meshcap render -f` and the agent share. The log says which settings came from a node
@@ -413,6 +455,7 @@ fn model_for(
         spec_seen: capture.spec_seen,
         namespace: args.k8s_pod_namespace.as_deref(),
         has_ipv6: addresses.iter().any(IpAddr::is_ipv6),
+        api_server_ports: capture.api_server_ports.as_deref(),
     };
     let node = mesh::NodeSettings {
         istio: &config.istio_defaults,

@@ -863,8 +863,8 @@ fn privileged_linkerd_pods_through_the_api_path() {
         assert_eq!(r.ok(), passthrough(&meshed.path()), "{mode}");
         assert_eq!(
             api.seen().len(),
-            before + 2,
-            "{mode}: the pod and its namespace were read"
+            before + 3,
+            "{mode}: the pod, its namespace and the kubernetes Service were read"
         );
         assert_eq!(
             meshed.rules(mode),
@@ -914,6 +914,119 @@ fn privileged_linkerd_pods_through_the_api_path() {
         ] {
             let r = invoke("DEL", &ns.path(), &s.state(), a, &cfg);
             assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+        }
+    }
+}
+
+/// A Linkerd control-plane pod read from the API skips outbound the API server's ports as
+/// linkerd-cni reads them from the `default/kubernetes` Service (each port, and its target port
+/// when a number), and its record keeps them for the agent's repair. When the Service cannot be
+/// read (404 here, or an API that keeps failing until the deadline) it skips 443 and 6443, as
+/// linkerd-cni does, and the log says so.
+#[test]
+fn privileged_linkerd_control_plane_skips_the_api_servers_ports() {
+    const TEST: &str = "privileged_linkerd_control_plane_skips_the_api_servers_ports";
+    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
+        return skip_or_fail(TEST, &reason);
+    }
+    let mut control_plane = pod(
+        "l5d-cp",
+        "destination-0",
+        json!({"linkerd.io/proxy-version": "stable-2.14"}),
+        json!([{"name": "destination"}, {"name": "linkerd-proxy"}]),
+        json!([]),
+    );
+    control_plane["metadata"]["labels"] =
+        json!({"linkerd.io/control-plane-component": "destination"});
+    let service_path = "/api/v1/namespaces/default/services/kubernetes".to_string();
+    let service = json!({
+        "kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "kubernetes", "namespace": "default"},
+        "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 8443}]}
+    });
+    let routes = |service_reply: Option<Reply>| {
+        let mut r = vec![
+            (
+                pod_path("l5d-cp", "destination-0"),
+                vec![Reply::Json(200, control_plane.clone())],
+            ),
+            (
+                namespace_path("l5d-cp"),
+                vec![Reply::Json(200, namespace("l5d-cp", json!({})))],
+            ),
+        ];
+        r.extend(service_reply.map(|reply| (service_path.clone(), vec![reply])));
+        r
+    };
+    let with_service = FakeApi::start(routes(Some(Reply::Json(200, service))));
+    let without_service = FakeApi::start(routes(None));
+    let failing = FakeApi::start(routes(Some(Reply::Json(
+        503,
+        status_body(503, "ServiceUnavailable", "apiserver is shutting down"),
+    ))));
+    let s = scratch("linkerd-api-ports");
+    let args = k8s_args("l5d-cp", "destination-0");
+    let record = |ns: &Netns| -> Value {
+        serde_json::from_str(
+            &fs::read_to_string(
+                std::path::Path::new(&s.state())
+                    .join("meshnet")
+                    .join(format!("{}@eth0.json", container_id(&ns.path()))),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    for mode in ["iptables", "nftables"] {
+        let read = Netns::create(&format!("mk-l5d-svc-{}", &mode[..3]));
+        let kc = s.kubeconfig(&with_service.url());
+        let cfg = api_config(&kc, &read.path(), json!({"mode": mode}));
+        let r = invoke("ADD", &read.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.ok(), passthrough(&read.path()), "{mode}");
+        let rules = read.rules(mode);
+        assert!(
+            rules.contains("dport 443 ") && rules.contains("dport 8443 "),
+            "{mode}: the Service's port and target port: {rules}"
+        );
+        assert!(!rules.contains("dport 6443 "), "{mode}: {rules}");
+        assert_eq!(
+            record(&read)["linkerd_settings"]["api_server_ports"],
+            json!([443, 8443]),
+            "{mode}"
+        );
+        let r = invoke("CHECK", &read.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);
+        let r = invoke("DEL", &read.path(), &s.state(), &args, &cfg);
+        assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+
+        for (api, what) in [(&without_service, "404"), (&failing, "503")] {
+            let fallback = Netns::create(&format!("mk-l5d-f{what}-{}", &mode[..3]));
+            let kc = s.kubeconfig(&api.url());
+            let cfg = api_config(
+                &kc,
+                &fallback.path(),
+                json!({"mode": mode, "kubernetes": {"kubeconfig": kc, "timeout_ms": 1000}}),
+            );
+            let r = invoke("ADD", &fallback.path(), &s.state(), &args, &cfg);
+            assert_eq!(r.ok(), passthrough(&fallback.path()), "{mode} {what}");
+            assert!(
+                r.stderr.contains("cannot read Service default/kubernetes")
+                    && r.stderr.contains(&format!("HTTP {what}")),
+                "{mode} {what}: {}",
+                r.stderr
+            );
+            let rules = fallback.rules(mode);
+            assert!(
+                rules.contains("dport 443 ") && rules.contains("dport 6443 "),
+                "{mode} {what}: linkerd-cni's fallback: {rules}"
+            );
+            assert_eq!(
+                record(&fallback)["linkerd_settings"].get("api_server_ports"),
+                None,
+                "{mode} {what}"
+            );
+            let r = invoke("DEL", &fallback.path(), &s.state(), &args, &cfg);
+            assert_eq!(r.code, 0, "{mode} {what}: DEL: {}{}", r.stdout, r.stderr);
         }
     }
 }

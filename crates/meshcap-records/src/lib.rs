@@ -604,6 +604,7 @@ mod tests {
                 FrontEnd::Linkerd(linkerd::PodSettings {
                     node,
                     control_plane: true,
+                    api_server_ports: Some(vec![443, 8443]),
                 }),
             ),
             (

@@ -257,6 +257,7 @@ fn linkerd_and_kuma_fixtures_both_renderers() {
                 spec_seen: true,
                 namespace: view.namespace.as_deref(),
                 has_ipv6: shape.has_ipv6(),
+                api_server_ports: None,
             };
             let linkerd = f.linkerd_node();
             let node = mesh::NodeSettings {

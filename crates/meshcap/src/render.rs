@@ -174,6 +174,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             spec_seen: false,
             namespace: args.namespace.as_deref(),
             has_ipv6: !matches!(args.family, FamilyArg::V4),
+            api_server_ports: None,
         };
         let linkerd = args.linkerd_node()?;
         let istio = args.node_defaults()?;
@@ -186,6 +187,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             println!("# warning: {w}");
         }
         println!("# captured ({m} pod, from its annotations)");
+        print_control_plane(&resolved.front_end);
         print_rules(args, &resolved.model);
         return Ok(());
     }
@@ -212,6 +214,16 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
 fn print_reading_notes(pod_annotations: &Annotations) {
     for note in annotations::reading_notes(pod_annotations) {
         println!("# warning: {note}");
+    }
+}
+
+/// What a Linkerd control-plane pod skips besides its settings, and where an ADD reads it.
+fn print_control_plane(front_end: &mesh::FrontEnd) {
+    if matches!(front_end, mesh::FrontEnd::Linkerd(s) if s.control_plane) {
+        println!(
+            "# control-plane pod: also skips outbound 443 and 6443 (linkerd-cni's fallback; an ADD \
+             on the API path skips the ports of Service default/kubernetes, as linkerd-cni)"
+        );
     }
 }
 
@@ -375,6 +387,7 @@ fn render_any_pod(
         spec_seen: true,
         namespace: pod.namespace.as_deref(),
         has_ipv6,
+        api_server_ports: None,
     };
     let linkerd = args.linkerd_node()?;
     let node = mesh::NodeSettings {
@@ -383,6 +396,7 @@ fn render_any_pod(
     };
     let read = |path: &str| std::fs::read_to_string(path);
     let resolved = mesh::resolve(mesh, &seen, &node, &read)?;
+    print_control_plane(&resolved.front_end);
     let (model, warnings) = (resolved.model, resolved.warnings);
     for w in &warnings {
         println!("# warning: {w}");

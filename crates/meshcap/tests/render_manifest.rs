@@ -280,6 +280,12 @@ fn deploy_manifests() {
     let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
     for rule in role["rules"].as_array().unwrap() {
         assert_eq!(rule["apiGroups"], serde_json::json!([""]));
+        // Services: only `default/kubernetes`'s ports are read, get only.
+        if rule["resources"] == serde_json::json!(["services"]) {
+            assert_eq!(rule["resourceNames"], serde_json::json!(["kubernetes"]));
+            assert_eq!(rule["verbs"], serde_json::json!(["get"]));
+            continue;
+        }
         for r in rule["resources"].as_array().unwrap() {
             assert!(["pods", "namespaces"].contains(&r.as_str().unwrap()), "{r}");
         }
@@ -440,6 +446,11 @@ fn linkerd_and_kuma_pods_with_the_nodes_settings() {
         );
         assert!(out.contains("MESHCAP_LINKERD"), "{out}");
         assert_eq!(out.contains("--dport 6443"), skips, "{ns}: {out}");
+        assert_eq!(
+            out.contains("# control-plane pod: also skips outbound 443 and 6443"),
+            skips,
+            "{ns}: {out}"
+        );
     }
 }
 

@@ -1,6 +1,6 @@
-//! Reading one object (a pod, or a Linkerd pod's namespace): the request path, retries with
-//! backoff until the deadline, and the errors that say which object, which server and which
-//! kubeconfig.
+//! Reading one object (a pod; for a Linkerd pod its namespace and the `kubernetes` Service):
+//! the request path, retries with backoff until the deadline, and the errors that say which
+//! object, which server and which kubeconfig.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,6 +132,22 @@ impl Client {
         check_name(&object, "name", namespace)?;
         let path = format!("/api/v1/namespaces/{namespace}");
         self.get(object, "namespaces", &path, timeout)
+    }
+
+    /// `GET /api/v1/namespaces/{namespace}/services/{name}` within `timeout`, as
+    /// [`Client::get_pod`]. Returns the Service as JSON.
+    pub fn get_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Value, KubeError> {
+        let object = format!("service {namespace}/{name}");
+        for (what, value) in [("namespace", namespace), ("name", name)] {
+            check_name(&object, what, value)?;
+        }
+        let path = format!("/api/v1/namespaces/{namespace}/services/{name}");
+        self.get(object, "services", &path, timeout)
     }
 
     /// One GET of `path` with retries; `object` and `resource` (the RBAC resource) are for

@@ -1,9 +1,11 @@
 //! The Kubernetes API path: read one pod (`GET /api/v1/namespaces/NS/pods/NAME`) with the
-//! configured kubeconfig when the runtime passed no pod annotations, and for a Linkerd pod that
-//! leaves settings unset its Namespace (`GET /api/v1/namespaces/NS`), as linkerd-cni does.
+//! configured kubeconfig when the runtime passed no pod annotations; for a Linkerd pod, as
+//! linkerd-cni does, also its Namespace when it leaves settings unset
+//! (`GET /api/v1/namespaces/NS`) and the Service `default/kubernetes` when it is a
+//! control-plane pod.
 //!
 //! Why a lean synchronous client and not `kube` + `hyper` + tokio: the plugin is a
-//! short-lived process that makes one GET per ADD/CHECK (two for such a Linkerd pod), on the
+//! short-lived process that makes one GET per ADD/CHECK (up to three for a Linkerd pod), on the
 //! pod-startup hot path, with many copies running in parallel on a node (docs/DESIGN.md, "The
 //! plugin's hot path": no async runtime). A blocking `TcpStream` with per-attempt timeouts derived from one deadline is
 //! simple to bound, and `rustls` (ring provider) is the only TLS dependency. No public root
@@ -27,7 +29,7 @@
 //!
 //! Three modules: `kubeconfig` reads the kubeconfig and what it references into a
 //! [`Client`]; `transport` does one HTTP/1.1 exchange over TCP or TLS within a deadline;
-//! `client` reads a pod or a namespace with retries and turns failures into [`KubeError`].
+//! `client` reads a pod, a namespace or a service with retries and turns failures into [`KubeError`].
 
 mod client;
 mod kubeconfig;

@@ -55,9 +55,9 @@ pub const NAMESPACE_FALLBACK: [&str; 5] = [
 ];
 /// Label of Linkerd's control-plane pods: they also skip the API server's ports outbound.
 pub const CONTROL_PLANE_LABEL: &str = "linkerd.io/control-plane-component";
-/// The ports linkerd-cni skips for control-plane pods when it cannot read the `kubernetes`
-/// Service (meshcap never reads it).
-pub const API_SERVER_PORTS: [&str; 2] = ["443", "6443"];
+/// The ports linkerd-cni skips outbound for control-plane pods when it cannot read the
+/// `default/kubernetes` Service (and meshcap wherever it does not read it).
+pub const API_SERVER_PORTS: [u16; 2] = [443, 6443];
 pub const CHAIN_PREFIX: &str = "MESHCAP_LINKERD";
 
 /// Node-wide settings linkerd-cni keeps in its own CNI config (`linkerd` in meshcap's
@@ -105,6 +105,11 @@ pub struct PodSettings {
     #[serde(deserialize_with = "known_node_settings")]
     pub node: LinkerdNode,
     pub control_plane: bool,
+    /// For a control-plane pod, the API server's ports as the `default/kubernetes` Service
+    /// states them (each port, and its target port when a number), where the path read the
+    /// Service (the plugin's API path); `None`: [`API_SERVER_PORTS`], linkerd-cni's fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_server_ports: Option<Vec<u16>>,
 }
 
 /// A [`LinkerdNode`] from a stored record, keys this release does not know left out.
@@ -126,7 +131,7 @@ impl PodSettings {
         namespace: Option<&str>,
     ) -> PodSettings {
         let control_plane = match labels {
-            Some(l) => l.get(CONTROL_PLANE_LABEL).is_some_and(|v| !v.is_empty()),
+            Some(l) => is_control_plane(l),
             None => {
                 namespace.is_some_and(|ns| node.control_plane_namespaces.iter().any(|n| n == ns))
             }
@@ -134,8 +139,38 @@ impl PodSettings {
         PodSettings {
             node: node.clone(),
             control_plane,
+            api_server_ports: None,
         }
     }
+
+    /// The API server's ports read from the `default/kubernetes` Service, kept for a
+    /// control-plane pod only.
+    pub fn with_api_server_ports(mut self, ports: Option<&[u16]>) -> PodSettings {
+        self.api_server_ports = ports.filter(|_| self.control_plane).map(<[u16]>::to_vec);
+        self
+    }
+}
+
+/// Whether the pod's labels make it a Linkerd control-plane component.
+pub fn is_control_plane(labels: &BTreeMap<String, String>) -> bool {
+    labels
+        .get(CONTROL_PLANE_LABEL)
+        .is_some_and(|v| !v.is_empty())
+}
+
+/// The ports linkerd-cni skips outbound for a control-plane pod from the `default/kubernetes`
+/// Service (`getAPIServerPorts`): each port, and its target port when that is a number (a
+/// named target port adds nothing). `None` when the object is not such a Service.
+pub fn api_server_ports(service: &Value) -> Option<Vec<u16>> {
+    let port = |v: &Value| v.as_u64().and_then(|n| u16::try_from(n).ok());
+    let mut out = Vec::new();
+    for p in service.pointer("/spec/ports")?.as_array()? {
+        out.push(port(p.get("port")?)?);
+        if let Some(target) = p.get("targetPort").and_then(port) {
+            out.push(target);
+        }
+    }
+    Some(out)
 }
 
 /// Whether linkerd-cni would set this pod up: a `linkerd-proxy` container (or native sidecar)
@@ -186,7 +221,11 @@ pub fn model(
         gid = go_atoi(v).ok_or_else(|| AnnotationError::new(PROXY_GID, v, "not an integer"))?;
     }
     if settings.control_plane {
-        outbound_ignored.extend(API_SERVER_PORTS.iter().map(|p| p.to_string()));
+        let ports = settings
+            .api_server_ports
+            .as_deref()
+            .unwrap_or(&API_SERVER_PORTS);
+        outbound_ignored.extend(ports.iter().map(u16::to_string));
     }
     let id = |v: i64, what: &str| -> Result<Vec<u32>, AnnotationError> {
         match v {
@@ -450,6 +489,39 @@ mod tests {
             (m.proxy_uids.clone(), m.proxy_gids.clone()),
             (vec![3000], vec![3001])
         );
+    }
+
+    #[test]
+    fn control_plane_pods_skip_the_api_servers_ports_from_the_service_else_443_and_6443() {
+        let service = serde_json::json!({"kind": "Service", "spec": {"ports": [
+            {"name": "https", "port": 443, "targetPort": 8443},
+            {"name": "alt", "port": 7443, "targetPort": "https"}
+        ]}});
+        assert_eq!(api_server_ports(&service), Some(vec![443, 8443, 7443]));
+        assert_eq!(
+            api_server_ports(&serde_json::json!({"kind": "Status"})),
+            None
+        );
+        let labels: BTreeMap<String, String> =
+            [(CONTROL_PLANE_LABEL.to_owned(), "destination".to_owned())].into();
+        let node = LinkerdNode::default();
+        let skipped = |s: &PodSettings| {
+            let m = super::model(&Annotations::new(), s, &mut Vec::new()).unwrap();
+            m.exclude_outbound_port_ranges
+                .iter()
+                .map(|r| r.first)
+                .collect::<Vec<_>>()
+        };
+        let read = PodSettings::resolve(&node, Some(&labels), None)
+            .with_api_server_ports(Some(&[443, 8443]));
+        assert_eq!(skipped(&read), [443, 8443]);
+        let fallback = PodSettings::resolve(&node, Some(&labels), None).with_api_server_ports(None);
+        assert_eq!(skipped(&fallback), API_SERVER_PORTS);
+        // Not a control-plane pod: the ports are neither kept nor skipped.
+        let app = PodSettings::resolve(&node, Some(&BTreeMap::new()), None)
+            .with_api_server_ports(Some(&[443, 8443]));
+        assert_eq!(app.api_server_ports, None);
+        assert!(skipped(&app).is_empty());
     }
 
     #[test]

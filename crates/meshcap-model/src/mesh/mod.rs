@@ -177,6 +177,9 @@ pub struct Seen<'a> {
     /// Whether the pod has an IPv6 address (the plugin: the prevResult; `render -f`:
     /// `status.podIPs`).
     pub has_ipv6: bool,
+    /// The API server's ports from the `default/kubernetes` Service, where the path read it
+    /// (the plugin's API path, for a Linkerd control-plane pod).
+    pub api_server_ports: Option<&'a [u16]>,
 }
 
 /// The node's settings for each mesh (the plugin configuration's `istio` and `linkerd`).
@@ -218,7 +221,8 @@ pub fn resolve(
         }
         Mesh::Linkerd => {
             let labels = seen.spec_seen.then_some(&seen.pod.labels);
-            let s = linkerd::PodSettings::resolve(node.linkerd, labels, seen.namespace);
+            let s = linkerd::PodSettings::resolve(node.linkerd, labels, seen.namespace)
+                .with_api_server_ports(seen.api_server_ports);
             if !seen.spec_seen {
                 defaulted.push(format!(
                     "control-plane pod from linkerd.control_plane_namespaces ({})",
