@@ -142,6 +142,9 @@ pub struct Capture {
     /// A Linkerd control-plane pod's API server ports, from the `default/kubernetes` Service
     /// (API path; `None`: not read, or unreadable).
     pub api_server_ports: Option<Vec<u16>>,
+    /// The annotations in `pod` that came from its Namespace (a Linkerd pod on the API path),
+    /// so that an error names where a bad value was written.
+    pub from_namespace: Vec<&'static str>,
 }
 
 impl Capture {
@@ -155,6 +158,7 @@ impl Capture {
             mesh: None,
             spec_seen: false,
             api_server_ports: None,
+            from_namespace: Vec::new(),
         }
     }
 }
@@ -338,10 +342,16 @@ fn decide_from_api(
         MeshRoute::Other(m) => {
             let mut view = view;
             let mut api_server_ports = None;
+            let mut from_namespace = Vec::new();
             if m == Mesh::Linkerd {
                 let left = || config.kube_timeout.saturating_sub(started.elapsed());
                 if mesh::linkerd::reads_namespace(&view.annotations) {
-                    linkerd_namespace_defaults(&client, namespace, left(), &mut view.annotations)?;
+                    from_namespace = linkerd_namespace_defaults(
+                        &client,
+                        namespace,
+                        left(),
+                        &mut view.annotations,
+                    )?;
                 }
                 if mesh::linkerd::is_control_plane(&view.labels) {
                     api_server_ports = linkerd_api_server_ports(&client, left());
@@ -353,6 +363,7 @@ fn decide_from_api(
                 mesh: Some(m),
                 spec_seen: true,
                 api_server_ports,
+                from_namespace,
             })));
         }
     }
@@ -364,6 +375,7 @@ fn decide_from_api(
             mesh: None,
             spec_seen: true,
             api_server_ports: None,
+            from_namespace: Vec::new(),
         }))),
     }
 }
@@ -372,13 +384,13 @@ fn decide_from_api(
 /// leaves unset or empty comes from the pod's Namespace (`getAnnotationOverride`), read within
 /// what is `left` of the API deadline. As with linkerd-cni, a Namespace that cannot be read
 /// fails the ADD. The filled annotations are the pod's effective ones from here on: the record
-/// keeps them, so the agent's repair reinstalls the same rules.
+/// keeps them, so the agent's repair reinstalls the same rules. Returns the keys filled.
 fn linkerd_namespace_defaults(
     client: &kube::Client,
     namespace: &str,
     left: Duration,
     annotations: &mut Annotations,
-) -> Result<(), CommandError> {
+) -> Result<Vec<&'static str>, CommandError> {
     let ns = client.get_namespace(namespace, left)?;
     let namespace_annotations: Annotations = ns
         .pointer("/metadata/annotations")
@@ -400,7 +412,7 @@ fn linkerd_namespace_defaults(
             "settings the pod leaves unset taken from its namespace, as linkerd-cni"
         );
     }
-    Ok(())
+    Ok(taken)
 }
 
 /// The ports a Linkerd control-plane pod skips outbound, as linkerd-cni reads them
@@ -463,6 +475,17 @@ fn model_for(
     };
     let read = |path: &str| std::fs::read_to_string(path);
     let front_end_error = |e| match e {
+        FrontEndError::Annotation(e) if capture.from_namespace.contains(&e.annotation.as_str()) => {
+            CommandError::Input(InputError {
+                origin: format!(
+                    "annotation {} of Namespace {}",
+                    e.annotation,
+                    seen.namespace.unwrap_or("-")
+                ),
+                value: e.value,
+                reason: e.reason,
+            })
+        }
         FrontEndError::Annotation(e) => CommandError::Annotation(e),
         FrontEndError::Input(e) => CommandError::Input(e),
     };

@@ -1178,9 +1178,10 @@ fn privileged_linkerd_settings_from_the_namespace() {
 
 /// linkerd-cni fails the ADD when it cannot read the Namespace it needs; so does meshcap,
 /// before touching the pod's network namespace: refused is code 7 naming the namespace and
-/// the missing permission, unavailable until the deadline is code 11.
+/// the missing permission, unavailable until the deadline is code 11. A bad value the
+/// Namespace gives is code 7 naming the Namespace, not the pod.
 #[test]
-fn an_unreadable_namespace_fails_a_linkerd_pod_closed() {
+fn an_unreadable_or_bad_namespace_fails_a_linkerd_pod_closed() {
     let l5d_pod = |ns: &str| {
         pod(
             ns,
@@ -1200,6 +1201,14 @@ fn an_unreadable_namespace_fails_a_linkerd_pod_closed() {
             )],
         ),
         (pod_path("busy", "web-0"), vec![Reply::Json(200, l5d_pod("busy"))]),
+        (pod_path("typo", "web-0"), vec![Reply::Json(200, l5d_pod("typo"))]),
+        (
+            namespace_path("typo"),
+            vec![Reply::Json(
+                200,
+                namespace("typo", json!({"config.linkerd.io/proxy-uid": "21O2"})),
+            )],
+        ),
         (
             namespace_path("busy"),
             vec![Reply::Json(
@@ -1240,6 +1249,21 @@ fn an_unreadable_namespace_fails_a_linkerd_pod_closed() {
         &config,
     );
     r.error(11, &["namespace busy", "try again later", "HTTP 503"]);
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("typo", "web-0"),
+        &config,
+    );
+    r.error(
+        7,
+        &[
+            "annotation config.linkerd.io/proxy-uid of Namespace typo",
+            "21O2",
+            "not an integer",
+        ],
+    );
     assert_eq!(s.records(), 0);
 }
 
