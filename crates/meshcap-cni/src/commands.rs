@@ -13,7 +13,7 @@ use std::time::Duration;
 use meshcap_dataplane::{self as dataplane, Dataplane, DataplaneError, PodNetns};
 use meshcap_model::mesh::istio::InputError;
 use meshcap_model::mesh::{self, FrontEnd, FrontEndError, Mesh, MeshError};
-use meshcap_model::pod::{PodError, PodSelection, PodView};
+use meshcap_model::pod::{object_annotations, PodError, PodSelection, PodView};
 use meshcap_model::{AnnotationError, Annotations, Families, RedirectModel};
 use serde_json::Value;
 
@@ -392,14 +392,7 @@ fn linkerd_namespace_defaults(
     annotations: &mut Annotations,
 ) -> Result<Vec<&'static str>, CommandError> {
     let ns = client.get_namespace(namespace, left)?;
-    let namespace_annotations: Annotations = ns
-        .pointer("/metadata/annotations")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-        .collect();
-    let taken = mesh::linkerd::fill_from_namespace(annotations, &namespace_annotations);
+    let taken = mesh::linkerd::fill_from_namespace(annotations, &object_annotations(&ns));
     if taken.is_empty() {
         tracing::debug!(
             namespace,

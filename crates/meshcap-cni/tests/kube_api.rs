@@ -281,6 +281,16 @@ impl Scratch {
             .map(|rd| rd.count())
             .unwrap_or(0)
     }
+
+    /// The attachment record of the pod in `netns` (one per namespace, see [`invoke`]).
+    fn record(&self, netns: &str) -> Value {
+        let path = self
+            .0
+            .join("state")
+            .join("meshnet")
+            .join(format!("{}@eth0.json", container_id(netns)));
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap()
+    }
 }
 
 fn invoke(command: &str, netns: &str, state: &str, cni_args: &str, config: &Value) -> Run {
@@ -841,15 +851,7 @@ fn privileged_linkerd_pods_through_the_api_path() {
             a.contains("dport 443 ") && a.contains("dport 6443 "),
             "{mode}: API server ports: {a}"
         );
-        let rec: Value = serde_json::from_str(
-            &fs::read_to_string(
-                std::path::Path::new(&s.state())
-                    .join("meshnet")
-                    .join(format!("{}@eth0.json", container_id(&fetched.path()))),
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let rec = s.record(&fetched.path());
         assert_eq!(rec["linkerd_settings"]["control_plane"], true, "{rec}");
         let r = invoke("CHECK", &fetched.path(), &s.state(), &args, &cfg);
         assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);
@@ -966,17 +968,6 @@ fn privileged_linkerd_control_plane_skips_the_api_servers_ports() {
     ))));
     let s = scratch("linkerd-api-ports");
     let args = k8s_args("l5d-cp", "destination-0");
-    let record = |ns: &Netns| -> Value {
-        serde_json::from_str(
-            &fs::read_to_string(
-                std::path::Path::new(&s.state())
-                    .join("meshnet")
-                    .join(format!("{}@eth0.json", container_id(&ns.path()))),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
     for mode in ["iptables", "nftables"] {
         let read = Netns::create(&format!("mk-l5d-svc-{}", &mode[..3]));
         let kc = s.kubeconfig(&with_service.url());
@@ -990,7 +981,7 @@ fn privileged_linkerd_control_plane_skips_the_api_servers_ports() {
         );
         assert!(!rules.contains("dport 6443 "), "{mode}: {rules}");
         assert_eq!(
-            record(&read)["linkerd_settings"]["api_server_ports"],
+            s.record(&read.path())["linkerd_settings"]["api_server_ports"],
             json!([443, 8443]),
             "{mode}"
         );
@@ -1021,7 +1012,7 @@ fn privileged_linkerd_control_plane_skips_the_api_servers_ports() {
                 "{mode} {what}: linkerd-cni's fallback: {rules}"
             );
             assert_eq!(
-                record(&fallback)["linkerd_settings"].get("api_server_ports"),
+                s.record(&fallback.path())["linkerd_settings"].get("api_server_ports"),
                 None,
                 "{mode} {what}"
             );
@@ -1139,15 +1130,7 @@ fn privileged_linkerd_settings_from_the_namespace() {
             "{mode}: the namespace's settings differ from the same settings on the pod"
         );
 
-        let rec: Value = serde_json::from_str(
-            &fs::read_to_string(
-                std::path::Path::new(&s.state())
-                    .join("meshnet")
-                    .join(format!("{}@eth0.json", container_id(&fetched.path()))),
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let rec = s.record(&fetched.path());
         assert_eq!(rec["annotations"], effective, "{mode}: {rec}");
         let r = invoke("CHECK", &fetched.path(), &s.state(), &args, &cfg);
         assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);

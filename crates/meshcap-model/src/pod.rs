@@ -342,6 +342,18 @@ fn string(v: Option<&Value>, path: &str) -> Result<Option<String>, PodError> {
     }
 }
 
+/// The `metadata.annotations` of any Kubernetes object (a Namespace, say), string values only:
+/// the API server stores nothing else, so anything else is not an annotation to read.
+pub fn object_annotations(object: &Value) -> Annotations {
+    object
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect()
+}
+
 fn string_map(v: Option<&Value>, path: &str) -> Result<BTreeMap<String, String>, PodError> {
     let Some(v) = present(v) else {
         return Ok(BTreeMap::new());

@@ -10,7 +10,7 @@
 //! read by [`meshcap_model::pod::PodView`], the code the CNI plugin's API path uses.
 
 use anyhow::Context;
-use meshcap_model::pod::PodView;
+use meshcap_model::pod::{object_annotations, PodView};
 use meshcap_model::Annotations;
 use serde::Deserialize;
 use serde_json::Value;
@@ -116,14 +116,7 @@ fn object(v: &Value) -> Object {
     let namespace = text(meta, "namespace");
     let name = text(meta, "name");
     let content = match template_path(&kind) {
-        None if kind == "Namespace" => Content::Namespace(
-            meta.and_then(|m| m.get("annotations"))
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect(),
-        ),
+        None if kind == "Namespace" => Content::Namespace(object_annotations(v)),
         None => Content::NoPod,
         Some((path, from)) => {
             let mut t = Some(v);

@@ -117,16 +117,22 @@ impl Client {
         name: &str,
         timeout: Duration,
     ) -> Result<Value, KubeError> {
-        let object = format!("pod {namespace}/{name}");
-        for (what, value) in [("namespace", namespace), ("name", name)] {
-            check_name(&object, what, value)?;
-        }
-        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
-        self.get(object, "pods", &path, timeout)
+        self.get_namespaced("pod", "pods", namespace, name, timeout)
     }
 
-    /// `GET /api/v1/namespaces/{namespace}` within `timeout`, as [`Client::get_pod`]. Returns
-    /// the Namespace as JSON.
+    /// `GET /api/v1/namespaces/{namespace}/services/{name}`, as [`Client::get_pod`]. Returns
+    /// the Service as JSON.
+    pub fn get_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Value, KubeError> {
+        self.get_namespaced("service", "services", namespace, name, timeout)
+    }
+
+    /// `GET /api/v1/namespaces/{namespace}`, as [`Client::get_pod`]. Returns the Namespace as
+    /// JSON.
     pub fn get_namespace(&self, namespace: &str, timeout: Duration) -> Result<Value, KubeError> {
         let object = format!("namespace {namespace}");
         check_name(&object, "name", namespace)?;
@@ -134,20 +140,22 @@ impl Client {
         self.get(object, "namespaces", &path, timeout)
     }
 
-    /// `GET /api/v1/namespaces/{namespace}/services/{name}` within `timeout`, as
-    /// [`Client::get_pod`]. Returns the Service as JSON.
-    pub fn get_service(
+    /// One namespaced object (`kind` for messages, `resource` for the URL and RBAC), its
+    /// names checked before any request.
+    fn get_namespaced(
         &self,
+        kind: &str,
+        resource: &str,
         namespace: &str,
         name: &str,
         timeout: Duration,
     ) -> Result<Value, KubeError> {
-        let object = format!("service {namespace}/{name}");
+        let object = format!("{kind} {namespace}/{name}");
         for (what, value) in [("namespace", namespace), ("name", name)] {
             check_name(&object, what, value)?;
         }
-        let path = format!("/api/v1/namespaces/{namespace}/services/{name}");
-        self.get(object, "services", &path, timeout)
+        let path = format!("/api/v1/namespaces/{namespace}/{resource}/{name}");
+        self.get(object, resource, &path, timeout)
     }
 
     /// One GET of `path` with retries; `object` and `resource` (the RBAC resource) are for
