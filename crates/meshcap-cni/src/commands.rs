@@ -504,7 +504,13 @@ fn model_for(
         );
     }
     for w in &resolved.warnings {
-        tracing::warn!("{w}");
+        match capture.from_namespace.iter().find(|key| about(w, key)) {
+            Some(_) => tracing::warn!(
+                namespace = seen.namespace.unwrap_or("-"),
+                "{w} (the value of the pod's Namespace)"
+            ),
+            None => tracing::warn!("{w}"),
+        }
     }
     let mut model = resolved.model;
     if mesh_of_pod == Mesh::Istio {
@@ -512,6 +518,13 @@ fn model_for(
         model.families = result::pod_families(&addresses);
     }
     Ok((model, resolved.front_end))
+}
+
+/// Whether a front end's warning is about annotation `key` (see [`mesh::Resolved::warnings`]).
+fn about(warning: &str, key: &str) -> bool {
+    warning
+        .strip_prefix(key)
+        .is_some_and(|rest| rest.starts_with(':'))
 }
 
 /// The pod's namespace, opened the first time it is needed and kept for the rest of the

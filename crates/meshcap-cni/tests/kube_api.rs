@@ -1075,7 +1075,7 @@ fn privileged_linkerd_settings_from_the_namespace() {
                     json!({
                         "config.linkerd.io/skip-inbound-ports": "7777",
                         "config.linkerd.io/skip-outbound-ports": "3306",
-                        "config.linkerd.io/skip-subnets": "10.9.0.0/16",
+                        "config.linkerd.io/skip-subnets": "10.9.0.1/16",
                         "config.linkerd.io/proxy-gid": ""
                     }),
                 ),
@@ -1086,7 +1086,7 @@ fn privileged_linkerd_settings_from_the_namespace() {
     let effective = l5d(json!({
         "config.linkerd.io/skip-inbound-ports": "9000",
         "config.linkerd.io/skip-outbound-ports": "3306",
-        "config.linkerd.io/skip-subnets": "10.9.0.0/16"
+        "config.linkerd.io/skip-subnets": "10.9.0.1/16"
     }));
     let s = scratch("linkerd-ns");
     let kc = s.kubeconfig(&api.url());
@@ -1113,6 +1113,17 @@ fn privileged_linkerd_settings_from_the_namespace() {
             r.stderr.contains("taken from its namespace"),
             "{mode}: the log says so: {}",
             r.stderr
+        );
+        // The subnet's host bits are cleared, as iptables does; the warning says whose value
+        // that was.
+        let warning = r
+            .stderr
+            .lines()
+            .find(|l| l.contains("config.linkerd.io/skip-subnets:"))
+            .unwrap_or_else(|| panic!("{mode}: no skip-subnets warning: {}", r.stderr));
+        assert!(
+            warning.contains("of the pod's Namespace") && warning.contains("l5d-app"),
+            "{mode}: the warning names the Namespace: {warning}"
         );
         let a = fetched.rules(mode);
         for wanted in ["3306", "10.9.0.0/16", "9000"] {

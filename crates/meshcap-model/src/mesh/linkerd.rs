@@ -194,14 +194,27 @@ pub fn model(
     warnings: &mut Vec<String>,
 ) -> Result<RedirectModel, AnnotationError> {
     let node = &settings.node;
-    let mut inbound_ignored = node.inbound_ports_to_ignore.clone();
-    let mut outbound_ignored = node.outbound_ports_to_ignore.clone();
+    // Each entry with where it was written, for the warning that drops it.
+    let from_node = |key: &'static str, entries: &[String]| -> Vec<(&'static str, String)> {
+        entries.iter().map(|e| (key, e.clone())).collect()
+    };
+    let mut inbound_ignored = from_node(
+        "linkerd.inbound_ports_to_ignore",
+        &node.inbound_ports_to_ignore,
+    );
+    let mut outbound_ignored = from_node(
+        "linkerd.outbound_ports_to_ignore",
+        &node.outbound_ports_to_ignore,
+    );
     // linkerd-cni splits on "," without trimming, so " 80" is a malformed entry there too.
     if let Some(v) = non_empty(annotations, SKIP_OUTBOUND_PORTS) {
-        outbound_ignored = v.split(',').map(str::to_owned).collect();
+        outbound_ignored = v
+            .split(',')
+            .map(|e| (SKIP_OUTBOUND_PORTS, e.to_owned()))
+            .collect();
     }
     if let Some(v) = non_empty(annotations, SKIP_INBOUND_PORTS) {
-        inbound_ignored.extend(v.split(',').map(str::to_owned));
+        inbound_ignored.extend(v.split(',').map(|e| (SKIP_INBOUND_PORTS, e.to_owned())));
     }
     let mut subnets = Vec::new();
     if let Some(v) = non_empty(annotations, SKIP_SUBNETS) {
@@ -225,7 +238,11 @@ pub fn model(
             .api_server_ports
             .as_deref()
             .unwrap_or(&API_SERVER_PORTS);
-        outbound_ignored.extend(ports.iter().map(u16::to_string));
+        outbound_ignored.extend(
+            ports
+                .iter()
+                .map(|p| ("the API server's ports", p.to_string())),
+        );
     }
     let id = |v: i64, what: &str| -> Result<Vec<u32>, AnnotationError> {
         match v {
@@ -394,9 +411,9 @@ fn parse_port_range(s: &str) -> Option<PortRange> {
     (first <= last).then_some(PortRange { first, last })
 }
 
-fn port_ranges(entries: &[String], warnings: &mut Vec<String>) -> Vec<PortRange> {
+fn port_ranges(entries: &[(&'static str, String)], warnings: &mut Vec<String>) -> Vec<PortRange> {
     let mut out = Vec::new();
-    for entry in entries {
+    for (origin, entry) in entries {
         match parse_port_range(entry) {
             Some(r) => {
                 if !out.contains(&r) {
@@ -404,7 +421,7 @@ fn port_ranges(entries: &[String], warnings: &mut Vec<String>) -> Vec<PortRange>
                 }
             }
             None => warnings.push(format!(
-                "linkerd: ignoring invalid port entry {entry:?} (as linkerd-cni does)"
+                "{origin}: ignoring invalid port entry {entry:?} (as linkerd-cni does)"
             )),
         }
     }
@@ -481,6 +498,19 @@ mod tests {
         // Two dropped port entries, and the subnet's host bits cleared.
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].contains("10.1.1.1/24 is 10.1.1.0/24"), "{w:?}");
+        // Each warning starts with the annotation that held the value.
+        assert!(
+            w[0].starts_with("config.linkerd.io/skip-subnets: "),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("config.linkerd.io/skip-inbound-ports: ") && w[1].contains("\" 9\""),
+            "{w:?}"
+        );
+        assert!(
+            w[2].starts_with("config.linkerd.io/skip-outbound-ports: ") && w[2].contains("\"x\""),
+            "{w:?}"
+        );
         assert_eq!(
             m.exclude_inbound_sources,
             vec!["10.1.1.0/24".parse::<IpNet>().unwrap()]

@@ -197,7 +197,8 @@ pub struct Resolved {
     /// Settings that came from a node default or the mesh's default rather than the pod.
     pub defaulted: Vec<String>,
     /// Inputs the front end ignored, or reads otherwise than they are written (as the mesh's
-    /// own plugin does), one line each.
+    /// own plugin does), one line each; a line about an annotation's value starts with the
+    /// annotation's name and a colon.
     pub warnings: Vec<String>,
 }
 
