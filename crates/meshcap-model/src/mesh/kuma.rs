@@ -10,7 +10,7 @@
 //! | YAML field | meaning | default |
 //! |---|---|---|
 //! | `kumaDPUser` | the proxy uid (numeric) | 5678 |
-//! | `ipFamilyMode` | `dualstack` (IPv6 rules when the pod has IPv6) or `ipv4` | dualstack |
+//! | `ipFamilyMode` | `dualstack` (IPv6 rules when the pod has IPv6) or `ipv4`, any letter case, but only `ipv4` as written drops the IPv6 rules (as Kuma compares it) | dualstack |
 //! | `redirect.inbound.enabled/port/excludePorts/excludePortsForIPs/includePorts` | inbound capture | true / 15006 / - |
 //! | `redirect.outbound.enabled/port/excludePorts/excludePortsForUIDs/excludePortsForIPs/includePorts` | outbound capture | true / 15001 / - |
 //! | `redirect.dns.enabled/port/captureAll/skipConntrackZoneSplit/resolvConfigPath` | DNS capture | false / 15053 / false / false / /etc/resolv.conf |
@@ -198,22 +198,28 @@ pub fn model(
             }
         }
     };
-    let v6_allowed = match cfg
-        .ip_family_mode
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("") | Some("dualstack") => true,
-        Some("ipv4") => false,
-        Some(other) => {
+    // Kuma checks the mode in any letter case but keeps it as written, and writes IPv4 rules
+    // only for exactly `ipv4` (`IPFamilyMode.Set`, then `c.IPFamilyMode == IPFamilyModeIPv4`):
+    // `IPv4` gets IPv6 rules too.
+    let mode = cfg.ip_family_mode.as_deref().unwrap_or("");
+    let v6_allowed = match mode.to_lowercase().as_str() {
+        "" | "dualstack" => true,
+        "ipv4" if mode == "ipv4" => false,
+        "ipv4" => {
+            warnings.push(format!(
+                "kuma: ipFamilyMode {mode:?} keeps the IPv6 rules, as kuma-cni (only \"ipv4\" as written drops them)"
+            ));
+            true
+        }
+        _ => {
             return Err(bad(
                 "ipFamilyMode",
-                other,
+                mode,
                 "must be one of 'dualstack' or 'ipv4'",
             ))
         }
     };
+
     let virtual_networks = virtual_networks(&cfg.redirect.vnet.networks)?;
     if cfg.log.as_ref().is_some_and(|l| l.enabled) {
         warnings.push("kuma: log.enabled ignored: meshcap writes no LOG rules".into());
@@ -542,6 +548,31 @@ mod tests {
 
     fn no_file(_: &str) -> std::io::Result<String> {
         Err(std::io::Error::other("no file in this test"))
+    }
+
+    #[test]
+    fn only_ipv4_as_written_drops_the_ipv6_rules() {
+        for (mode, v6, warned) in [
+            ("ipv4", false, false),
+            ("IPv4", true, true),
+            ("IPV4", true, true),
+            ("DualStack", true, false),
+            ("\"\"", true, false),
+        ] {
+            let mut w = Vec::new();
+            let m = model(
+                &ann(&format!("ipFamilyMode: {mode}\n")),
+                true,
+                &no_file,
+                &mut w,
+            )
+            .unwrap();
+            assert_eq!(m.families.v6, v6, "{mode}");
+            assert_eq!(!w.is_empty(), warned, "{mode}: {w:?}");
+        }
+        let mut w = Vec::new();
+        let e = model(&ann("ipFamilyMode: ipv6\n"), true, &no_file, &mut w).unwrap_err();
+        assert!(e.reason.contains("dualstack"), "{e}");
     }
 
     #[test]

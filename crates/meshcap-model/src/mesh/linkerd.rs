@@ -277,8 +277,8 @@ pub fn model(
         },
         exclude_inbound_ports: Vec::new(),
         exclude_outbound_ports: Vec::new(),
-        exclude_inbound_port_ranges: port_ranges(&inbound_ignored, warnings),
-        exclude_outbound_port_ranges: port_ranges(&outbound_ignored, warnings),
+        exclude_inbound_port_ranges: port_ranges(&inbound_ignored, warnings)?,
+        exclude_outbound_port_ranges: port_ranges(&outbound_ignored, warnings)?,
         exclude_inbound_sources: subnets,
         proxy_uids: id(uid, PROXY_UID)?,
         proxy_gids: id(gid, PROXY_GID)?,
@@ -411,7 +411,13 @@ fn parse_port_range(s: &str) -> Option<PortRange> {
     (first <= last).then_some(PortRange { first, last })
 }
 
-fn port_ranges(entries: &[(&'static str, String)], warnings: &mut Vec<String>) -> Vec<PortRange> {
+/// The port entries linkerd-cni keeps: a malformed entry is logged and dropped. A list with
+/// entries none of which is valid fails, as it does under linkerd-cni: its multiport grouping
+/// then hands iptables an empty `--dports`, which iptables refuses.
+fn port_ranges(
+    entries: &[(&'static str, String)],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<PortRange>, AnnotationError> {
     let mut out = Vec::new();
     for (origin, entry) in entries {
         match parse_port_range(entry) {
@@ -425,7 +431,20 @@ fn port_ranges(entries: &[(&'static str, String)], warnings: &mut Vec<String>) -
             )),
         }
     }
-    out
+    if let (true, Some((origin, _))) = (out.is_empty(), entries.first()) {
+        let written: Vec<&str> = entries.iter().map(|(_, e)| e.as_str()).collect();
+        let error = AnnotationError::new(
+            origin,
+            &written.join(","),
+            "no valid port entry (N or A-B): linkerd-cni's iptables command would get an empty port list and fail",
+        );
+        return Err(if origin.starts_with("linkerd.") {
+            error.of_kind(InputKind::PluginSetting)
+        } else {
+            error
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -469,6 +488,31 @@ mod tests {
             ]
         );
         assert!(!m.families.v6 && w.is_empty());
+    }
+
+    #[test]
+    fn a_port_list_with_no_valid_entry_fails_as_under_linkerd_cni() {
+        let node = LinkerdNode::default();
+        for bad in ["abc", ",", " 80", "80-x,y"] {
+            let mut w = Vec::new();
+            let e = model(&ann(&[(SKIP_OUTBOUND_PORTS, bad)]), None, &node, &mut w).unwrap_err();
+            assert_eq!(e.annotation, SKIP_OUTBOUND_PORTS, "{bad:?}");
+            assert!(e.reason.contains("no valid port entry"), "{e}");
+        }
+        // The inbound list keeps the node's valid entries, so bad annotation entries drop.
+        let mut w = Vec::new();
+        let m = model(&ann(&[(SKIP_INBOUND_PORTS, "abc")]), None, &node, &mut w).unwrap();
+        assert_eq!(m.exclude_inbound_port_ranges.len(), 2);
+        assert_eq!(w.len(), 1, "{w:?}");
+        let only_bad = LinkerdNode {
+            inbound_ports_to_ignore: vec!["x".into()],
+            ..LinkerdNode::default()
+        };
+        let e = model(&Annotations::new(), None, &only_bad, &mut w).unwrap_err();
+        assert_eq!(
+            (e.annotation.as_str(), e.kind),
+            ("linkerd.inbound_ports_to_ignore", InputKind::PluginSetting)
+        );
     }
 
     #[test]
