@@ -442,6 +442,81 @@ fn injected_pods_are_selected() {
     assert_eq!(api.seen().len(), 2);
 }
 
+/// The runtime passes annotations but not labels, and istio-cni lets the label
+/// `sidecar.istio.io/inject` override the annotation of that name: an injected pod whose
+/// annotation opts out is read from the API (one GET) and captured when its label opts in,
+/// skipped otherwise. Without a kubeconfig the skip says what could not be read.
+#[test]
+fn an_annotation_opt_out_is_decided_with_the_pods_labels() {
+    let mut opted_out = injected_annotations();
+    opted_out["sidecar.istio.io/inject"] = json!("false");
+    let mut label_in = injected_pod("shop", "label-in");
+    label_in["metadata"]["annotations"] = opted_out.clone();
+    label_in["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true");
+    let mut no_label = injected_pod("shop", "no-label");
+    no_label["metadata"]["annotations"] = opted_out.clone();
+    let api = FakeApi::start(vec![
+        (
+            pod_path("shop", "label-in"),
+            vec![Reply::Json(200, label_in)],
+        ),
+        (
+            pod_path("shop", "no-label"),
+            vec![Reply::Json(200, no_label)],
+        ),
+    ]);
+    let s = scratch("opt-out-labels");
+    let kc = s.kubeconfig(&api.url());
+    let netns = missing_netns("opt-out-labels");
+    let runtime = |cfg: Value| {
+        let mut cfg = cfg;
+        cfg["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": opted_out});
+        cfg
+    };
+    let cfg = runtime(api_config(&kc, &netns, json!({})));
+
+    // Selected: the plugin goes on to enter the namespace, which does not exist (code 4).
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "label-in"),
+        &cfg,
+    );
+    r.error(4, &["does not exist"]);
+    assert!(r.stderr.contains("reading its labels"), "{}", r.stderr);
+    assert_eq!(api.seen().len(), 1);
+
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "no-label"),
+        &cfg,
+    );
+    assert_eq!(r.ok(), passthrough(&netns));
+    assert!(r.stderr.contains("not capturing"), "{}", r.stderr);
+    assert_eq!(api.seen().len(), 2);
+
+    let mut no_kubeconfig = cfg.clone();
+    no_kubeconfig["kubernetes"] = json!({});
+    let r = invoke(
+        "ADD",
+        &netns,
+        &s.state(),
+        &k8s_args("shop", "label-in"),
+        &no_kubeconfig,
+    );
+    assert_eq!(r.ok(), passthrough(&netns));
+    assert!(
+        r.stderr.contains("needs kubernetes.kubeconfig"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(api.seen().len(), 2);
+    assert_eq!(s.records(), 0);
+}
+
 #[test]
 fn own_pods_and_excluded_namespaces_are_skipped_before_any_api_call() {
     // The server would fail everything: a skip must not depend on it.

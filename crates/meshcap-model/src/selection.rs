@@ -17,6 +17,19 @@ pub enum Selection {
 }
 
 impl Selection {
+    /// Whether the annotations alone cannot decide: they carry an injected sidecar's status
+    /// and opt out with `sidecar.istio.io/inject`, and istio-cni lets the pod's label of that
+    /// name, which the runtime does not pass, override the annotation (`sidecar.istio.io/inject:
+    /// "true"` as label and `"false"` as annotation is a captured pod).
+    pub fn opt_out_needs_labels(self, annotations: &Annotations) -> bool {
+        self == Selection::Injected
+            && annotations.contains_key(annotations::SIDECAR_STATUS)
+            && annotations
+                .get(annotations::SIDECAR_INJECT)
+                .and_then(|v| annotations::go_bool(annotations::SIDECAR_INJECT, v).ok())
+                == Some(false)
+    }
+
     pub fn wants_capture(self, annotations: &Annotations) -> bool {
         match self {
             Selection::All => true,
@@ -67,6 +80,23 @@ mod tests {
                 (annotations::SIDECAR_INJECT, other),
             ]);
             assert!(s.wants_capture(&a), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_opt_out_of_an_injected_pod_needs_the_labels() {
+        let s = Selection::Injected;
+        let status = (annotations::SIDECAR_STATUS, "{}");
+        for (a, needs) in [
+            (ann(&[status, (annotations::SIDECAR_INJECT, "false")]), true),
+            (ann(&[status, (annotations::SIDECAR_INJECT, "0")]), true),
+            (ann(&[status, (annotations::SIDECAR_INJECT, "true")]), false),
+            (ann(&[status, (annotations::SIDECAR_INJECT, "no")]), false),
+            (ann(&[status]), false),
+            (ann(&[(annotations::SIDECAR_INJECT, "false")]), false),
+        ] {
+            assert_eq!(s.opt_out_needs_labels(&a), needs, "{a:?}");
+            assert!(!Selection::All.opt_out_needs_labels(&a));
         }
     }
 

@@ -192,6 +192,14 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let selection = args.selection.unwrap_or(SelectionArg::All).selection();
+    if selection.opt_out_needs_labels(&annotations) {
+        println!(
+            "# not captured, unless the pod's label sidecar.istio.io/inject opts in: istio-cni \
+             prefers that label to the annotation (the plugin reads the pod's labels from the API \
+             for such a pod; render -f a manifest to see them)"
+        );
+        return Ok(());
+    }
     if !selection.wants_capture(&annotations) {
         println!(
             "# not captured: selection \"injected\" needs sidecar.istio.io/status and no \
