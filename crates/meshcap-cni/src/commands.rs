@@ -243,27 +243,26 @@ pub fn decide_with(
             )));
         }
     }
-    let capture =
-        match (&config.pod_annotations, args.kubernetes_pod()) {
-            // `kubernetes.read_pod: meshed`: a pod the annotations call meshed is read from the API
-            // so its spec, not the node defaults, gives the spec-derived settings.
-            (Some(a), Some((namespace, name)))
-                if config.read_pod == ReadPod::Meshed
-                    && api == ApiLookup::Allowed
-                    && (config.selection.wants_capture(a)
-                        || !mesh::claims_by_annotations(a).is_empty()) =>
-            {
-                let kubeconfig = config.kubeconfig.as_deref().unwrap_or(Path::new(""));
-                return decide_from_api(config, kubeconfig, namespace, name);
-            }
-            // An injected pod whose annotation opts out: istio-cni lets the pod's label override
-            // the annotation, and only the API shows labels.
-            (Some(a), Some((namespace, name)))
-                if api == ApiLookup::Allowed
-                    && config.selection.opt_out_needs_labels(a)
-                    && mesh::claims_by_annotations(a) == [Mesh::Istio] =>
-            {
-                match config.kubeconfig.as_deref() {
+    let capture = match (&config.pod_annotations, args.kubernetes_pod()) {
+        // `kubernetes.read_pod: meshed`: a pod the annotations call meshed is read from the API
+        // so its spec, not the node defaults, gives the spec-derived settings.
+        (Some(a), Some((namespace, name)))
+            if config.read_pod == ReadPod::Meshed
+                && api == ApiLookup::Allowed
+                && (config.selection.wants_capture(a)
+                    || !mesh::claims_by_annotations(a).is_empty()) =>
+        {
+            let kubeconfig = config.kubeconfig.as_deref().unwrap_or(Path::new(""));
+            return decide_from_api(config, kubeconfig, namespace, name);
+        }
+        // An injected pod whose annotation opts out: istio-cni lets the pod's label override
+        // the annotation, and only the API shows labels.
+        (Some(a), Some((namespace, name)))
+            if api == ApiLookup::Allowed
+                && config.selection.opt_out_needs_labels(a)
+                && mesh::claims_by_annotations(a) == [Mesh::Istio] =>
+        {
+            match config.kubeconfig.as_deref() {
                 Some(kubeconfig) => {
                     tracing::info!(
                         "the annotations opt an injected pod out; reading its labels, which istio-cni lets override them"
@@ -277,26 +276,26 @@ pub fn decide_with(
                     )))
                 }
             }
+        }
+        (Some(a), _) => Capture::annotations_only(a.clone(), "runtime"),
+        (None, Some((namespace, name))) => match (&config.kubeconfig, api) {
+            (Some(kubeconfig), ApiLookup::Allowed) => {
+                return decide_from_api(config, kubeconfig, namespace, name)
             }
-            (Some(a), _) => Capture::annotations_only(a.clone(), "runtime"),
-            (None, Some((namespace, name))) => match (&config.kubeconfig, api) {
-                (Some(kubeconfig), ApiLookup::Allowed) => {
-                    return decide_from_api(config, kubeconfig, namespace, name)
-                }
-                (kubeconfig, _) => {
-                    return Err(CommandError::AnnotationsUnavailable {
-                        namespace: namespace.to_string(),
-                        name: name.to_string(),
-                        why: if kubeconfig.is_none() {
-                            "no kubernetes.kubeconfig is configured for the API path"
-                        } else {
-                            "DEL does not read the API"
-                        },
-                    })
-                }
-            },
-            (None, None) => Capture::annotations_only(Annotations::new(), "none"),
-        };
+            (kubeconfig, _) => {
+                return Err(CommandError::AnnotationsUnavailable {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    why: if kubeconfig.is_none() {
+                        "no kubernetes.kubeconfig is configured for the API path"
+                    } else {
+                        "DEL does not read the API"
+                    },
+                })
+            }
+        },
+        (None, None) => Capture::annotations_only(Annotations::new(), "none"),
+    };
     let claims = mesh::claims_by_annotations(&capture.pod.annotations);
     match route_mesh(
         config,

@@ -360,6 +360,24 @@ pub fn cidrs(
     Ok(Some(Selector::Only(dedup(nets))))
 }
 
+/// Whether a CIDR list names a loopback address as written, before iptables clears host bits
+/// (`127.0.0.1/7` does), as Go's `netip.Addr.IsLoopback` reads it: `127.0.0.0/8`, `::1`, and
+/// an IPv4-mapped `::ffff:127.x.y.z`. Entries [`cidrs`] refuses count for nothing.
+pub fn written_with_loopback(annotations: &Annotations, name: &str) -> bool {
+    let Some(value) = annotations.get(name).filter(|v| *v != "*") else {
+        return false;
+    };
+    value
+        .split(',')
+        .filter_map(|item| go_prefix(item).ok())
+        .any(|net| match net.addr() {
+            std::net::IpAddr::V4(a) => a.is_loopback(),
+            std::net::IpAddr::V6(a) => a
+                .to_ipv4_mapped()
+                .map_or(a.is_loopback(), |a| a.is_loopback()),
+        })
+}
+
 /// Go's `netip.ParsePrefix`: an address, `/`, and a decimal length without sign or leading
 /// zero, as written (host bits kept: iptables clears them, `IpNet::trunc`).
 fn go_prefix(item: &str) -> Result<IpNet, String> {
@@ -416,10 +434,13 @@ pub fn reading_notes(annotations: &Annotations) -> Vec<String> {
     for name in [
         INCLUDE_INBOUND_PORTS,
         EXCLUDE_INBOUND_PORTS,
+        crate::mesh::istio::STATUS_PORT,
         INCLUDE_OUTBOUND_PORTS,
         EXCLUDE_OUTBOUND_PORTS,
     ] {
-        if name == EXCLUDE_INBOUND_PORTS && !every_inbound {
+        if [EXCLUDE_INBOUND_PORTS, crate::mesh::istio::STATUS_PORT].contains(&name)
+            && !every_inbound
+        {
             continue;
         }
         let Some(value) = annotations.get(name) else {
@@ -538,49 +559,64 @@ pub fn interception_mode(
 /// ignored: the annotation carries the whole proxy configuration.
 #[derive(Debug, Default, Deserialize)]
 struct ProxyConfigSubset {
+    // `null` (or `~`) is no metadata, as Go's YAML reads it into a map.
     #[serde(default, rename = "proxyMetadata")]
-    proxy_metadata: BTreeMap<String, serde_yaml::Value>,
+    proxy_metadata: Option<BTreeMap<String, serde_yaml::Value>>,
 }
 
-/// Whether `proxy.istio.io/config` turns DNS capture on (`proxyMetadata.ISTIO_META_DNS_CAPTURE`).
-/// The value is YAML (JSON is valid YAML). Booleans follow Go's `strconv.ParseBool`, as Istio's
-/// agent reads them.
-pub fn dns_capture(annotations: &Annotations) -> Result<bool, AnnotationError> {
+/// `proxyMetadata` of the `proxy.istio.io/config` annotation (YAML; JSON is valid YAML), each
+/// value as the string Istio's agent sees in its environment: a YAML boolean or number as
+/// written, `null` as empty.
+pub fn proxy_metadata(
+    annotations: &Annotations,
+) -> Result<BTreeMap<String, String>, AnnotationError> {
     let Some(value) = raw(annotations, PROXY_CONFIG)? else {
-        return Ok(false);
+        return Ok(BTreeMap::new());
     };
     if value.trim().is_empty() {
-        return Ok(false);
+        return Ok(BTreeMap::new());
     }
-    let config: ProxyConfigSubset = serde_yaml::from_str(value).map_err(|e| {
+    // A document that is only `null` sets nothing, as with Go's YAML.
+    let config: Option<ProxyConfigSubset> = serde_yaml::from_str(value).map_err(|e| {
         AnnotationError::new(
             PROXY_CONFIG,
             value,
             format!("not a ProxyConfig document: {e}"),
         )
     })?;
-    let Some(flag) = config.proxy_metadata.get("ISTIO_META_DNS_CAPTURE") else {
-        return Ok(false);
-    };
-    let text = match flag {
-        serde_yaml::Value::Bool(b) => return Ok(*b),
-        serde_yaml::Value::String(s) => s.as_str(),
-        _ => {
-            return Err(AnnotationError::new(
+    let mut out = BTreeMap::new();
+    for (k, v) in config.and_then(|c| c.proxy_metadata).unwrap_or_default() {
+        let text = match v {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Null => String::new(),
+            _ => {
+                return Err(AnnotationError::new(
+                    PROXY_CONFIG,
+                    value,
+                    format!("proxyMetadata.{k} must be a string"),
+                ))
+            }
+        };
+        out.insert(k, text);
+    }
+    Ok(out)
+}
+
+/// Whether `proxy.istio.io/config` turns DNS capture on (`proxyMetadata.ISTIO_META_DNS_CAPTURE`).
+/// Booleans follow Go's `strconv.ParseBool`, as Istio's agent reads them; empty is false.
+pub fn dns_capture(annotations: &Annotations) -> Result<bool, AnnotationError> {
+    match proxy_metadata(annotations)?.get("ISTIO_META_DNS_CAPTURE") {
+        None => Ok(false),
+        Some(v) if v.is_empty() => Ok(false),
+        Some(v) => go_bool(PROXY_CONFIG, v).map_err(|_| {
+            AnnotationError::new(
                 PROXY_CONFIG,
-                value,
-                "proxyMetadata.ISTIO_META_DNS_CAPTURE must be a string \"true\" or \"false\"",
-            ))
-        }
-    };
-    match text {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" | "" => Ok(false),
-        _ => Err(AnnotationError::new(
-            PROXY_CONFIG,
-            value,
-            format!("proxyMetadata.ISTIO_META_DNS_CAPTURE={text:?} is not a boolean"),
-        )),
+                annotations.get(PROXY_CONFIG).map_or("", String::as_str),
+                format!("proxyMetadata.ISTIO_META_DNS_CAPTURE={v:?} is not a boolean"),
+            )
+        }),
     }
 }
 

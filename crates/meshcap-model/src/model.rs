@@ -146,6 +146,9 @@ pub struct RedirectModel {
     pub interception: InterceptionMode,
     /// `*` or the CIDRs captured outbound (either family).
     pub include_outbound_ranges: Selector<IpNet>,
+    /// An included outbound range was written with a loopback address (Istio's
+    /// `HasLoopBackIP`, either family): the "over lo is not captured" rules are left out.
+    pub include_outbound_loopback: bool,
     pub exclude_outbound_ranges: Vec<IpNet>,
     /// `*` (all but the excluded) or the ports captured inbound.
     pub include_inbound_ports: Selector<u16>,
@@ -250,6 +253,7 @@ impl Default for RedirectModel {
         RedirectModel {
             interception: InterceptionMode::Redirect,
             include_outbound_ranges: Selector::All,
+            include_outbound_loopback: false,
             exclude_outbound_ranges: Vec::new(),
             include_inbound_ports: Selector::All,
             exclude_inbound_ports: ALWAYS_EXCLUDED_INBOUND_PORTS.to_vec(),
@@ -300,6 +304,8 @@ impl RedirectModel {
         }
         if let Some(sel) = ann::cidrs(annotations, ann::INCLUDE_OUTBOUND_IP_RANGES, true)? {
             model.include_outbound_ranges = sel;
+            model.include_outbound_loopback =
+                ann::written_with_loopback(annotations, ann::INCLUDE_OUTBOUND_IP_RANGES);
         }
         if let Some(sel) = ann::cidrs(annotations, ann::EXCLUDE_OUTBOUND_IP_RANGES, false)? {
             model.exclude_outbound_ranges = only(sel, ann::EXCLUDE_OUTBOUND_IP_RANGES)?;
@@ -382,10 +388,7 @@ impl RedirectModel {
     /// Istio skips the "app talking to itself over lo" bypass when loopback is explicitly
     /// included outbound (in either family).
     pub(crate) fn includes_loopback(&self) -> bool {
-        match &self.include_outbound_ranges {
-            Selector::All => false,
-            Selector::Only(nets) => nets.iter().any(|n| n.addr().is_loopback()),
-        }
+        self.include_outbound_loopback && self.include_outbound_ranges != Selector::All
     }
 
     /// The "explicitly local" destination range of `family`.
@@ -562,6 +565,27 @@ mod tests {
     use crate::rules::{PolicyRoute, Table, Target};
 
     use crate::annotations::from_pairs as ann;
+
+    #[test]
+    fn an_included_loopback_is_read_as_written_as_istio_reads_it() {
+        for (written, loopback) in [
+            ("127.0.0.1/32", true),
+            ("127.0.0.1/7", true),
+            ("10.0.0.0/8,::1/127", true),
+            ("::ffff:127.0.0.1/128", true),
+            ("126.0.0.0/7", false),
+            ("10.0.0.0/8", false),
+            ("::ffff:10.0.0.1/128", false),
+            ("*", false),
+        ] {
+            let m = RedirectModel::from_annotations(&ann(&[(
+                ann::INCLUDE_OUTBOUND_IP_RANGES,
+                written,
+            )]))
+            .unwrap();
+            assert_eq!(m.includes_loopback(), loopback, "{written}");
+        }
+    }
 
     #[test]
     fn defaults_are_istios() {

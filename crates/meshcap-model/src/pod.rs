@@ -75,17 +75,18 @@ pub struct PodView {
     pub proxy_uid: Option<u32>,
     /// `istio-proxy`'s `securityContext.runAsGroup`.
     pub proxy_gid: Option<u32>,
-    /// `istio-proxy`'s environment: the literal `value` of each variable (a `valueFrom`
-    /// variable is not known from the spec and is left out). istio-cni reads
+    /// `istio-proxy`'s environment: the literal `value` of each variable (`""` for a
+    /// `valueFrom` variable, as istio-cni reads it; the last entry of a name wins). istio-cni reads
     /// `ISTIO_META_DNS_CAPTURE`, `INVALID_DROP` and `ISTIO_DUAL_STACK` from here.
     pub proxy_env: BTreeMap<String, String>,
     /// The `istio-init` (or, in Istio's CNI mode, `istio-validation`) init container's args:
     /// the injector writes the mesh config's `proxyListenPort`/`proxyInboundListenPort` there
     /// as `-p`/`-z`.
     pub init_args: Vec<String>,
-    /// That container's literal environment: istio-iptables reads
+    /// `istio-init`'s literal environment (empty for `istio-validation`): istio-iptables reads
     /// `ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE)` and `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` from its
-    /// own environment.
+    /// own environment, which is istio-init's in the init-container mode and istio-cni's node
+    /// agent's in the CNI mode.
     pub init_env: BTreeMap<String, String>,
     /// JSON path of that container, for error messages (`spec.initContainers[0]`).
     pub init_path: Option<String>,
@@ -179,7 +180,7 @@ impl PodView {
                     && (name == ISTIO_INIT
                         || (name == ISTIO_VALIDATION && view.init_path.is_none()))
                 {
-                    view.read_init(c, &c_path)?;
+                    view.read_init(c, &c_path, name == ISTIO_INIT)?;
                 }
                 if name != ISTIO_PROXY {
                     continue;
@@ -204,7 +205,8 @@ impl PodView {
                 self.proxy_type = args.get(1).and_then(Value::as_str).map(str::to_owned);
             }
         }
-        self.proxy_env = env_values(c.get("env"), &format!("{path}.env"))?;
+        // istio-cni reads the sidecar's `env[].value` as written: `""` for a `valueFrom`.
+        self.proxy_env = env_values(c.get("env"), &format!("{path}.env"), Some(""))?;
         if let Some(v) = self.proxy_env.get("DISABLE_ENVOY") {
             self.disable_envoy = parse_go_bool(v) == Some(true);
         }
@@ -221,7 +223,12 @@ impl PodView {
         Ok(())
     }
 
-    fn read_init(&mut self, c: &Map<String, Value>, path: &str) -> Result<(), PodError> {
+    fn read_init(
+        &mut self,
+        c: &Map<String, Value>,
+        path: &str,
+        path_is_istio_init: bool,
+    ) -> Result<(), PodError> {
         let args_path = format!("{path}.args");
         self.init_args = match present(c.get("args")) {
             None => Vec::new(),
@@ -236,7 +243,14 @@ impl PodView {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(shape(&args_path, "a list of strings")),
         };
-        self.init_env = env_values(c.get("env"), &format!("{path}.env"))?;
+        // istio-iptables reads its own environment only where it runs in the pod: under
+        // istio-init. istio-validation carries the proxy's metadata too, but in that mode
+        // istio-cni runs istio-iptables with its node agent's environment, not the pod's.
+        self.init_env = if path_is_istio_init {
+            env_values(c.get("env"), &format!("{path}.env"), None)?
+        } else {
+            BTreeMap::new()
+        };
         self.init_path = Some(path.to_owned());
         Ok(())
     }
@@ -264,7 +278,12 @@ impl PodView {
         if self.disable_envoy {
             return PodSelection::Skip(SkipReason::DisableEnvoy);
         }
-        if let Some(t) = self.proxy_type.as_deref().filter(|t| *t != "sidecar") {
+        // istio-cni takes an empty type for a sidecar too.
+        if let Some(t) = self
+            .proxy_type
+            .as_deref()
+            .filter(|t| !t.is_empty() && *t != "sidecar")
+        {
             return PodSelection::Skip(SkipReason::NotASidecar(t.to_owned()));
         }
         let inject = self
@@ -281,9 +300,14 @@ impl PodView {
     }
 }
 
-/// A container's `env` as name -> literal value. Variables with `valueFrom` (or no value) are
-/// left out: their value is only known to the kubelet.
-fn env_values(v: Option<&Value>, path: &str) -> Result<BTreeMap<String, String>, PodError> {
+/// A container's `env` as name -> literal value, the last entry of a name winning. A variable
+/// with `valueFrom` (or no value) reads as `unset`, or is left out when that is `None` (its
+/// value is then only known to the kubelet).
+fn env_values(
+    v: Option<&Value>,
+    path: &str,
+    unset: Option<&str>,
+) -> Result<BTreeMap<String, String>, PodError> {
     let mut out = BTreeMap::new();
     let Some(v) = present(v) else {
         return Ok(out);
@@ -297,8 +321,17 @@ fn env_values(v: Option<&Value>, path: &str) -> Result<BTreeMap<String, String>,
         let Some(name) = string(e.get("name"), &format!("{e_path}.name"))? else {
             continue;
         };
-        if let Some(value) = string(e.get("value"), &format!("{e_path}.value"))? {
-            out.insert(name, value);
+        match string(e.get("value"), &format!("{e_path}.value"))? {
+            Some(value) => {
+                out.insert(name, value);
+            }
+            None => {
+                if let Some(unset) = unset {
+                    out.insert(name, unset.to_owned());
+                } else {
+                    out.remove(&name);
+                }
+            }
         }
     }
     Ok(out)
@@ -502,6 +535,35 @@ mod tests {
     }
 
     #[test]
+    fn a_valuefrom_proxy_variable_is_empty_and_the_last_entry_wins() {
+        let mut v = injected();
+        v["spec"]["containers"][1]["env"] = json!([
+            {"name": "ISTIO_META_DNS_CAPTURE", "value": "true"},
+            {"name": "ISTIO_META_DNS_CAPTURE", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}},
+            {"name": "INVALID_DROP", "value": "false"},
+            {"name": "INVALID_DROP", "value": "true"}
+        ]);
+        v["spec"]["containers"][1]["args"] = json!(["proxy", ""]);
+        let p = view(&v);
+        assert_eq!(p.proxy_env["ISTIO_META_DNS_CAPTURE"], "");
+        assert_eq!(p.proxy_env["INVALID_DROP"], "true");
+        // An empty proxy type is a sidecar to istio-cni.
+        assert_eq!(p.selection(Selection::Injected), PodSelection::Capture);
+    }
+
+    #[test]
+    fn istio_validations_environment_is_not_istio_iptables_environment() {
+        let mut v = injected();
+        v["spec"]["initContainers"] = json!([
+            {"name": "istio-validation", "args": ["istio-iptables", "-p", "15002"],
+             "env": [{"name": "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "value": "1000"}]}
+        ]);
+        let p = view(&v);
+        assert_eq!(p.init_args, ["istio-iptables", "-p", "15002"]);
+        assert!(p.init_env.is_empty(), "{:?}", p.init_env);
+    }
+
+    #[test]
     fn proxy_env_and_init_container_are_read() {
         let mut v = injected();
         v["spec"]["containers"][1]["env"] = json!([
@@ -520,8 +582,8 @@ mod tests {
                 .map(String::as_str),
             Some("true")
         );
-        // A valueFrom variable's value is not in the spec.
-        assert!(!p.proxy_env.contains_key("POD_NAME"));
+        // A valueFrom variable reads as empty, as istio-cni reads `env[].value`.
+        assert_eq!(p.proxy_env.get("POD_NAME").map(String::as_str), Some(""));
         // istio-init wins over istio-validation.
         assert_eq!(p.init_args, ["istio-iptables", "-p", "15001"]);
         assert_eq!(p.init_path.as_deref(), Some("spec.initContainers[1]"));

@@ -301,6 +301,7 @@ mod tests {
         redirect.include_inbound_ports = Selector::Only(vec![80]);
         redirect.include_outbound_ranges = Selector::Only(vec!["10.0.0.0/8".parse().unwrap()]);
         all.include_outbound_ranges = Selector::Only(vec!["127.0.0.0/8".parse().unwrap()]);
+        all.include_outbound_loopback = true;
         vec![RedirectModel::default(), all, redirect]
     }
 

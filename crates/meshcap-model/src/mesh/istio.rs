@@ -383,7 +383,7 @@ pub fn resolve(pod: &PodView, defaults: &NodeDefaults) -> Result<Resolved, Input
 
     // The proxy's boolean environment: the injector writes the merged proxyMetadata (mesh
     // default, then the pod's `proxy.istio.io/config`) into it; istio-cni reads the env.
-    let metadata = proxy_metadata(annotations)?;
+    let metadata = ann::proxy_metadata(annotations)?;
     let bools = [
         (
             "DNS capture",
@@ -562,8 +562,9 @@ fn set_groups(s: &mut SpecSettings, include: bool, v: &str) {
     }
 }
 
-/// `status.sidecar.istio.io/port`: the injector adds it to the excluded inbound ports; `0`
-/// (or empty) means no status port.
+/// `status.sidecar.istio.io/port`: the injector appends it, trimmed, to the excluded inbound
+/// ports (`excludeInboundPort` in its templates), so it is read as an entry of that list is
+/// (a leading 0 is octal to iptables); `0` (or empty) means no status port.
 fn status_port(annotations: &Annotations) -> Result<Option<u16>, InputError> {
     let Some(v) = annotations.get(STATUS_PORT) else {
         return Ok(None);
@@ -572,56 +573,9 @@ fn status_port(annotations: &Annotations) -> Result<Option<u16>, InputError> {
     if t.is_empty() || t == "0" {
         return Ok(None);
     }
-    ann::parse_port(STATUS_PORT, v, t)
+    ann::istio_port(STATUS_PORT, v, t)
         .map(Some)
         .map_err(InputError::from)
-}
-
-/// `proxyMetadata` of the `proxy.istio.io/config` annotation, values as strings.
-fn proxy_metadata(annotations: &Annotations) -> Result<BTreeMap<String, String>, InputError> {
-    #[derive(Deserialize, Default)]
-    struct Subset {
-        #[serde(default, rename = "proxyMetadata")]
-        proxy_metadata: BTreeMap<String, serde_yaml::Value>,
-    }
-    let Some(text) = annotations.get(ann::PROXY_CONFIG) else {
-        return Ok(BTreeMap::new());
-    };
-    if text.len() > ann::MAX_VALUE_LEN {
-        return Err(InputError::new(
-            format!("annotation {}", ann::PROXY_CONFIG),
-            text,
-            format!("value is longer than {} bytes", ann::MAX_VALUE_LEN),
-        ));
-    }
-    if text.trim().is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let parsed: Subset = serde_yaml::from_str(text).map_err(|e| {
-        InputError::new(
-            format!("annotation {}", ann::PROXY_CONFIG),
-            text,
-            format!("not a ProxyConfig document: {e}"),
-        )
-    })?;
-    let mut out = BTreeMap::new();
-    for (k, v) in parsed.proxy_metadata {
-        let s = match v {
-            serde_yaml::Value::String(s) => s,
-            serde_yaml::Value::Bool(b) => b.to_string(),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Null => String::new(),
-            _ => {
-                return Err(InputError::new(
-                    format!("annotation {}", ann::PROXY_CONFIG),
-                    text,
-                    format!("proxyMetadata.{k} must be a string"),
-                ))
-            }
-        };
-        out.insert(k, s);
-    }
-    Ok(out)
 }
 
 /// Go's `strconv.ParseBool`, as Istio reads the proxy's boolean env. Istio only warns on a
@@ -783,6 +737,21 @@ mod tests {
     }
 
     #[test]
+    fn a_null_proxy_config_or_metadata_sets_nothing() {
+        for doc in [
+            "proxyMetadata: null",
+            "proxyMetadata: ~",
+            "proxyMetadata:",
+            "null",
+            "~",
+        ] {
+            let mut v = injected();
+            v["metadata"]["annotations"]["proxy.istio.io/config"] = json!(doc);
+            assert_eq!(model_of(&v), RedirectModel::default(), "{doc:?}");
+        }
+    }
+
+    #[test]
     fn bad_env_values_name_their_source() {
         for var in [ENV_DNS_CAPTURE, ENV_INVALID_DROP, ENV_DUAL_STACK] {
             let mut v = injected();
@@ -883,6 +852,12 @@ mod tests {
         assert!(model_of(&v).exclude_inbound_ports.contains(&15999));
         v["metadata"]["annotations"][STATUS_PORT] = json!("0");
         assert_eq!(model_of(&v), RedirectModel::default());
+        // An entry of excludeInboundPorts once injected: iptables reads a leading 0 as octal.
+        v["metadata"]["annotations"][STATUS_PORT] = json!(" 010 ");
+        let m = model_of(&v);
+        assert!(m.exclude_inbound_ports.contains(&8) && !m.exclude_inbound_ports.contains(&10));
+        let notes = crate::annotations::reading_notes(&ann::from_pairs(&[(STATUS_PORT, "010")]));
+        assert!(notes.iter().any(|n| n.contains("is port 8")), "{notes:?}");
     }
 
     #[test]
