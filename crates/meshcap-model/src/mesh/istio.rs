@@ -22,7 +22,6 @@
 //! plugin that could not see the pod says which default it used. Every input is validated:
 //! a bad value is an [`InputError`] naming its source (CNI code 7).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -626,6 +625,7 @@ mod tests {
     use super::*;
     use crate::model::OwnerGroups;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn injected() -> Value {
         json!({
