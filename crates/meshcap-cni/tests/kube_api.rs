@@ -1697,9 +1697,10 @@ fn privileged_bad_spec_values_are_code_7_naming_the_source() {
     }
 }
 
-/// The seed's `istioctl kube-inject` Deployment (the fixture `meshcap render -f` is tested
-/// with): a pod of it, read through the API path, gets exactly the rules `render -f` prints
-/// for its template (the same renderers, loaded with the stock restore tools).
+/// A Deployment as `istioctl kube-inject` prints it (the fixture `meshcap render -f` is
+/// tested with, crates/meshcap/tests/fixtures/kube-inject-deployment.yaml): a pod of it, read
+/// through the API path, gets exactly the rules `render -f` prints for its template (the same
+/// renderers, loaded with the stock restore tools).
 #[test]
 fn privileged_kube_inject_pod_via_api_matches_render_f() {
     const TEST: &str = "privileged_kube_inject_pod_via_api_matches_render_f";

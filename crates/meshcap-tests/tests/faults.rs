@@ -65,7 +65,7 @@ use meshcap_tests::node::{Node, Pod};
 use meshcap_tests::state::{sorted_nft_blocks, NetfilterState};
 use serde_json::{json, Value};
 
-/// crates/meshcap-cni/src/state.rs `OUTCOMES_FILE`.
+/// crates/meshcap-records/src/lib.rs `OUTCOMES_FILE`.
 const OUTCOMES_FILE: &str = ".outcomes";
 
 /// Return early (skipping by name) when the test cannot run; panics under `CI=true`.
@@ -240,7 +240,8 @@ impl Fixture {
     }
 
     /// Attachment records and temp files in the state dir. The outcome log (`.outcomes`, one
-    /// line per invocation, rotated by the agent: crates/meshcap-cni/src/state.rs) is documented to stay.
+    /// line per invocation, rotated by the agent: crates/meshcap-records/src/lib.rs) is
+    /// documented to stay.
     fn records(&self) -> Vec<PathBuf> {
         meshcap_tests::files_below(&self.node.env.state_dir)
             .into_iter()

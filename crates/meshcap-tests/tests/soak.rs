@@ -55,7 +55,7 @@ const RSS_TOLERANCE_KB: u64 = 4096;
 const LOCK_DIR: &str = "/run/meshcap/locks";
 /// Where its iptables-mode applies keep their journal until the record holds what they created.
 const JOURNAL_DIR: &str = "/run/meshcap/pending";
-/// crates/meshcap-cni/src/state.rs `OUTCOMES_FILE`.
+/// crates/meshcap-records/src/lib.rs `OUTCOMES_FILE`.
 const OUTCOMES_FILE: &str = ".outcomes";
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -368,7 +368,7 @@ fn soak_mode(mode: &str, mut conf: Value, fastpath: Option<&FastPath>) -> ModeRe
     let outcomes = std::fs::read_to_string(state_dir.join(OUTCOMES_FILE)).unwrap_or_default();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for line in outcomes.lines() {
-        // `<COMMAND> <code> <mode> <microseconds>` (crates/meshcap-cni/src/state.rs).
+        // `<COMMAND> <code> <mode> <microseconds>` (crates/meshcap-records/src/lib.rs).
         let words: Vec<&str> = line.split(' ').collect();
         assert!(
             words.len() == 4 && mode.starts_with(words[2]) && words[3].parse::<u64>().is_ok(),

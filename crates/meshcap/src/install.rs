@@ -88,7 +88,8 @@ pub const UNINSTALLING_MARKER: &str = ".meshcap-uninstalling";
 /// rewriting the file in a loop may overwrite it before the agent's first look.
 pub const ENTRY_FILE: &str = ".meshcap-entry";
 
-/// The plugin's kubeconfig, in the CNI config dir (written by `meshcap kubeconfig`).
+/// The plugin's kubeconfig, in the CNI config dir (written by `meshcap node install`, `meshcap
+/// node agent` and `meshcap node kubeconfig`).
 pub const KUBECONFIG_NAME: &str = "meshcap-kubeconfig";
 
 #[derive(Args, Clone)]
