@@ -205,6 +205,13 @@ pub struct RedirectModel {
     /// With DNS capture, the proxy's upstream queries and the apps' queries get separate
     /// conntrack zones.
     pub dns_conntrack_zones: bool,
+    /// With listed resolvers (`dns_servers`), a family without one gets no conntrack zone at
+    /// all, as Kuma turns DNS off for it; otherwise (Istio) the proxy's own DNS keeps its zones.
+    pub dns_zones_need_family_resolver: bool,
+    /// A loopback resolver's UDP to the family's localhost address is in the upstream zone
+    /// too (Kuma: Docker's resolver at 127.0.0.11 answers through a DNAT that changes the
+    /// query's port).
+    pub dns_loopback_resolver_zone: bool,
     /// Networks behind an interface in the pod (a Docker bridge, a VM's network: Kuma's
     /// `redirect.vnet.networks`) whose traffic leaving them is the pod's outbound: arriving on
     /// the interface, DNS goes to the proxy's DNS port and TCP not addressed within the network
@@ -281,6 +288,8 @@ impl Default for RedirectModel {
             owner_port_exclusions: Vec::new(),
             dns_scope: DnsScope::UdpAndTcp,
             dns_conntrack_zones: true,
+            dns_zones_need_family_resolver: false,
+            dns_loopback_resolver_zone: false,
             virtual_networks: Vec::new(),
         }
     }

@@ -208,6 +208,16 @@ pub(super) fn conntrack_zones(model: &RedirectModel, family: Family, raw: &mut T
                         Target::CtZone(DNS_ZONE_CLIENT),
                     ),
                 );
+                if model.dns_loopback_resolver_zone && server.addr().is_loopback() {
+                    raw.push(
+                        DNS,
+                        rule(
+                            "DNS capture: replies of a loopback resolver to localhost are in the upstream zone",
+                            vec![from(server), to(model.loopback(family)), udp()],
+                            Target::CtZone(DNS_ZONE_UPSTREAM),
+                        ),
+                    );
+                }
                 raw.push(
                     INBOUND,
                     rule(

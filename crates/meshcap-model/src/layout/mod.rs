@@ -133,7 +133,9 @@ impl RedirectModel {
         let tproxy = self.interception == InterceptionMode::Tproxy;
 
         let mut raw = TableBuilder::new(Table::Raw, RAW_CHAINS);
-        if self.captures_dns() && self.dns_conntrack_zones {
+        let family_has_zones = !self.dns_zones_need_family_resolver
+            || self.dns_servers_of(family).is_none_or(|s| !s.is_empty());
+        if self.captures_dns() && self.dns_conntrack_zones && family_has_zones {
             dns::conntrack_zones(self, family, &mut raw);
         }
 
@@ -302,7 +304,38 @@ mod tests {
         redirect.include_outbound_ranges = Selector::Only(vec!["10.0.0.0/8".parse().unwrap()]);
         all.include_outbound_ranges = Selector::Only(vec!["127.0.0.0/8".parse().unwrap()]);
         all.include_outbound_loopback = true;
-        vec![RedirectModel::default(), all, redirect]
+        // Kuma's resolver handling: a loopback resolver, and no IPv6 one.
+        let mut resolvers = redirect.clone();
+        resolvers.dns_servers = Some(vec!["127.0.0.53".parse().unwrap()]);
+        resolvers.dns_zones_need_family_resolver = true;
+        resolvers.dns_loopback_resolver_zone = true;
+        vec![RedirectModel::default(), all, redirect, resolvers]
+    }
+
+    #[test]
+    fn resolver_zones_follow_the_families_resolvers_where_the_model_says_so() {
+        let m = models().pop().unwrap();
+        let raw = |family| -> Vec<String> {
+            m.ruleset(family)
+                .tables
+                .into_iter()
+                .filter(|t| t.table == Table::Raw)
+                .flat_map(|t| t.chains)
+                .flat_map(|c| c.rules)
+                .map(|r| r.purpose.to_string())
+                .collect()
+        };
+        let v4 = raw(Family::V4);
+        assert!(v4.iter().any(|p| p.contains("loopback resolver")), "{v4:?}");
+        assert_eq!(raw(Family::V6), Vec::<String>::new());
+        // Istio keeps the proxy's own zones in a family without a resolver.
+        let mut istio = m.clone();
+        istio.dns_zones_need_family_resolver = false;
+        istio.dns_loopback_resolver_zone = false;
+        let v6 = istio.ruleset(Family::V6);
+        assert!(v6.tables.iter().any(|t| t.table == Table::Raw));
+        let v4 = istio.ruleset(Family::V4);
+        assert!(!format!("{v4:?}").contains("loopback resolver"));
     }
 
     use crate::annotations::Selector;

@@ -171,6 +171,16 @@ pub fn model(
             "is required for transparent proxy configuration (as kuma-cni requires it)",
         ));
     };
+    if yaml.len() > crate::annotations::MAX_VALUE_LEN {
+        return Err(AnnotationError::new(
+            TPROXY_CONFIG,
+            yaml,
+            format!(
+                "value is longer than {} bytes",
+                crate::annotations::MAX_VALUE_LEN
+            ),
+        ));
+    }
     let cfg: Config = serde_yaml::from_str(yaml).map_err(|e| {
         AnnotationError::new(
             TPROXY_CONFIG,
@@ -238,7 +248,21 @@ pub fn model(
     let inbound = &cfg.redirect.inbound;
     let outbound = &cfg.redirect.outbound;
     let dns = &cfg.redirect.dns;
-    let inbound_on = inbound.enabled.unwrap_or(true);
+    // kuma-cni parses inbound uid exclusions as it parses outbound ones, but its inbound chain
+    // matches them by source address only, which they lack: each becomes a rule returning every
+    // inbound packet, so any entry turns inbound capture off (the proxy's hairpin stays).
+    let in_uid_exclusions = uid_exclusions(
+        "redirect.inbound.excludePortsForUIDs",
+        &inbound.exclude_ports_for_uids,
+    )?;
+    if !in_uid_exclusions.is_empty() && inbound.enabled.unwrap_or(true) {
+        warnings.push(
+            "kuma: redirect.inbound.excludePortsForUIDs turns inbound capture off, as under \
+             kuma-cni (its inbound rule for an entry matches every packet)"
+                .into(),
+        );
+    }
+    let inbound_on = inbound.enabled.unwrap_or(true) && in_uid_exclusions.is_empty();
     let outbound_on = outbound.enabled.unwrap_or(true);
     let inbound_port = port_field("redirect.inbound.port", inbound.port.as_ref(), 15006)?;
     let outbound_port = port_field("redirect.outbound.port", outbound.port.as_ref(), 15001)?;
@@ -272,7 +296,10 @@ pub fn model(
         "redirect.outbound.excludePortsForIPs",
         &outbound.exclude_ports_for_ips,
     )?;
-    let uid_exclusions = uid_exclusions(&outbound.exclude_ports_for_uids)?;
+    let uid_exclusions = uid_exclusions(
+        "redirect.outbound.excludePortsForUIDs",
+        &outbound.exclude_ports_for_uids,
+    )?;
 
     let dns_servers = if dns.enabled && !dns.capture_all {
         let path = dns
@@ -318,6 +345,8 @@ pub fn model(
         dns_servers,
         dns_scope: DnsScope::UdpOnly,
         dns_conntrack_zones: !dns.skip_conntrack_zone_split,
+        dns_zones_need_family_resolver: true,
+        dns_loopback_resolver_zone: true,
         proxy_uids: vec![uid],
         proxy_gids: Vec::new(),
         drop_invalid: cfg.drop_invalid_packets,
@@ -459,8 +488,10 @@ fn uint_range(field: &str, s: &str) -> Result<(u32, u32), AnnotationError> {
 
 /// Kuma's `parseExcludePortsForUIDs`: `[proto:][ports:]uids`; ports `*` or empty for all,
 /// proto `*` or empty for TCP and UDP, uids one value or a range, never `*` or a list.
-fn uid_exclusions(entries: &[String]) -> Result<Vec<OwnerPortExclusion>, AnnotationError> {
-    const FIELD: &str = "redirect.outbound.excludePortsForUIDs";
+fn uid_exclusions(
+    field: &str,
+    entries: &[String],
+) -> Result<Vec<OwnerPortExclusion>, AnnotationError> {
     let mut out = Vec::new();
     for entry in entries {
         let parts: Vec<&str> = entry.split(':').collect();
@@ -468,15 +499,15 @@ fn uid_exclusions(entries: &[String]) -> Result<Vec<OwnerPortExclusion>, Annotat
             [u] => ("*", "*", *u),
             [p, u] => ("*", *p, *u),
             [pr, p, u] => (*pr, *p, *u),
-            _ => return Err(bad(FIELD, entry, "expected <protocol:>?<ports:>?<uids>")),
+            _ => return Err(bad(field, entry, "expected <protocol:>?<ports:>?<uids>")),
         };
         if uids == "*" {
-            return Err(bad(FIELD, entry, "wildcard '*' is not allowed for UIDs"));
+            return Err(bad(field, entry, "wildcard '*' is not allowed for UIDs"));
         }
         if uids.contains(',') {
-            return Err(bad(FIELD, entry, "UIDs must be a single item or a range"));
+            return Err(bad(field, entry, "UIDs must be a single item or a range"));
         }
-        let uids = uint_range(FIELD, uids)?;
+        let uids = uint_range(field, uids)?;
         let ports = if ports == "*" || ports.is_empty() {
             "1-65535"
         } else {
@@ -484,7 +515,7 @@ fn uid_exclusions(entries: &[String]) -> Result<Vec<OwnerPortExclusion>, Annotat
         };
         let mut ranges = Vec::new();
         for p in ports.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (first, last) = uint_range(FIELD, p)?;
+            let (first, last) = uint_range(field, p)?;
             ranges.push(PortRange {
                 first: first as u16,
                 last: last as u16,
@@ -500,7 +531,7 @@ fn uid_exclusions(entries: &[String]) -> Result<Vec<OwnerPortExclusion>, Annotat
                     "udp" => Proto::Udp,
                     _ => {
                         return Err(bad(
-                            FIELD,
+                            field,
                             entry,
                             format!("invalid or unsupported protocol: '{p}'"),
                         ))
@@ -573,6 +604,40 @@ mod tests {
         let mut w = Vec::new();
         let e = model(&ann("ipFamilyMode: ipv6\n"), true, &no_file, &mut w).unwrap_err();
         assert!(e.reason.contains("dualstack"), "{e}");
+    }
+
+    #[test]
+    fn inbound_uid_exclusions_turn_inbound_capture_off_as_under_kuma_cni() {
+        let base = "redirect:\n  inbound:\n    excludePorts: [9000]\n";
+        let mut w = Vec::new();
+        let on = model(&ann(base), false, &no_file, &mut w).unwrap();
+        assert_eq!(on.include_inbound_ports, Selector::All);
+        let yaml = format!("{base}    excludePortsForUIDs: [\"tcp:22:1000\"]\n");
+        let off = model(&ann(&yaml), false, &no_file, &mut w).unwrap();
+        let disabled = model(
+            &ann("redirect:\n  inbound:\n    enabled: false\n"),
+            false,
+            &no_file,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(off, disabled);
+        assert!(w.iter().any(|l| l.contains("inbound capture off")), "{w:?}");
+        // A bad entry fails, as kuma-cni's parser refuses it.
+        let yaml = format!("{base}    excludePortsForUIDs: [\"tcp:22:*\"]\n");
+        let e = model(&ann(&yaml), false, &no_file, &mut w).unwrap_err();
+        assert!(
+            e.annotation
+                .contains("redirect.inbound.excludePortsForUIDs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_config_is_bounded_like_every_annotation() {
+        let yaml = format!("kumaDPUser: \"5678\"\n#{}\n", "x".repeat(20_000));
+        let e = model(&ann(&yaml), false, &no_file, &mut Vec::new()).unwrap_err();
+        assert!(e.reason.contains("longer than"), "{e}");
     }
 
     #[test]
@@ -657,7 +722,7 @@ mod tests {
 
     #[test]
     fn uid_exclusions_expand_protocols() {
-        let e = uid_exclusions(&["53,3000-5000:106-108".to_string()]).unwrap();
+        let e = uid_exclusions("f", &["53,3000-5000:106-108".to_string()]).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].uids, (106, 108));
         assert_eq!(
