@@ -11,6 +11,8 @@
 //! reader or a crash never sees half a record; each attachment has its own file, so parallel
 //! ADDs of different pods never contend.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
