@@ -165,6 +165,12 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
     {
         // A Linkerd or Kuma pod as the plugin's runtime path sees it: its annotations, with
         // the node's settings standing in for its spec.
+        if m == Mesh::Kuma {
+            if let Err(reason) = mesh::kuma::wants_annotations(&annotations) {
+                println!("# not captured (kuma-cni would skip it): {reason}");
+                return Ok(());
+            }
+        }
         let pod = PodView {
             annotations,
             ..PodView::default()

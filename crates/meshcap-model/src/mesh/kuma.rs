@@ -87,12 +87,35 @@ pub fn wants_pod(pod: &Value, node: &KumaNode) -> Result<(), String> {
     wants_annotations(&super::annotations_of(pod))
 }
 
-/// The annotation half of [`wants_pod`] (the runtime path sees only annotations).
+/// The annotation half of [`wants_pod`] (the runtime path sees only annotations). A config
+/// with `dryRun: true` makes kuma-cni install nothing (`iptables.Setup` prints the rules
+/// instead), so the pod is left alone too.
 pub fn wants_annotations(annotations: &Annotations) -> Result<(), String> {
     if annotations.get(SIDECAR_INJECTED).map(String::as_str) != Some("true") {
         return Err(format!("{SIDECAR_INJECTED} is not \"true\""));
     }
+    if dry_run(annotations) {
+        return Err(format!(
+            "{TPROXY_CONFIG} sets dryRun, with which kuma-cni installs nothing"
+        ));
+    }
     Ok(())
+}
+
+/// Whether the config says `dryRun: true`. A config that does not parse is not a dry run:
+/// [`model`] then reports what is wrong with it.
+fn dry_run(annotations: &Annotations) -> bool {
+    #[derive(Deserialize)]
+    struct DryRun {
+        #[serde(default, rename = "dryRun")]
+        dry_run: bool,
+    }
+    annotations
+        .get(TPROXY_CONFIG)
+        .filter(|yaml| yaml.len() <= crate::annotations::MAX_VALUE_LEN)
+        .and_then(|yaml| serde_yaml::from_str::<Option<DryRun>>(yaml).ok())
+        .flatten()
+        .is_some_and(|c| c.dry_run)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -631,6 +654,16 @@ mod tests {
                 .contains("redirect.inbound.excludePortsForUIDs"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_dry_run_config_leaves_the_pod_alone_as_kuma_cni_does() {
+        assert!(wants_annotations(&ann("kumaDPUser: \"5678\"\n")).is_ok());
+        assert!(wants_annotations(&ann("dryRun: false\n")).is_ok());
+        let why = wants_annotations(&ann("dryRun: true\nkumaDPUser: \"5678\"\n")).unwrap_err();
+        assert!(why.contains("dryRun"), "{why}");
+        // Not a config: the model says why.
+        assert!(wants_annotations(&ann("dryRun: [")).is_ok());
     }
 
     #[test]
