@@ -22,6 +22,7 @@ CASES=(
   "saddr_oifname_return|ip|nat output -100|ip saddr 127.0.0.6/32 oifname \"lo\" return"
   "daddr_masked_drop|ip|nat output -100|ip daddr != 10.0.0.0/12 drop"
   "owner_jump|ip|nat output -100|iifname \"lo\" meta skuid != 1337 meta skgid 1337 jump target"
+  "owner_range_return|ip|nat output -100|meta skuid 1000-2000 return"
   "ct_state_marks|ip|filter prerouting -150|meta l4proto tcp ct state established,related meta mark 0x539 ct mark 0x539 jump target"
   "ct_state_invalid_drop|ip|filter prerouting -150|ct state invalid drop"
   "tproxy_v4|ip|filter prerouting -150|meta l4proto tcp tproxy to :15006 meta mark set 0x539 accept"

@@ -47,9 +47,6 @@ pub const DNS_ZONE_CLIENT: u16 = 2;
 pub const DEFAULT_IPV4_LOOPBACK: &str = "127.0.0.1/32";
 /// Most proxy uids or gids a model may list (each repeats a handful of rules).
 pub const MAX_PROXY_IDS: usize = 16;
-/// Most uids one owner port exclusion may span: each uid is one rule (nftables has no
-/// host-order uid range without a byte-order conversion meshcap does not emit).
-pub const MAX_UID_RANGE: u32 = 64;
 /// Most owner groups an include list may hold: all of them go into one rule
 /// (Istio's `maxOwnerGroupsInclude`, tools/common/config/validation.go).
 pub const MAX_OWNER_GROUPS_INCLUDE: usize = 64;
@@ -497,11 +494,11 @@ impl RedirectModel {
             }
         }
         for e in &self.owner_port_exclusions {
-            if e.uids.0 > e.uids.1 || e.uids.1 - e.uids.0 >= MAX_UID_RANGE {
+            if e.uids.0 > e.uids.1 {
                 return field(
                     "owner_port_exclusions",
                     format!("{:?}", e.uids),
-                    "uid range must be ascending and span at most 64 uids",
+                    "uid range must be ascending",
                 );
             }
         }

@@ -144,6 +144,9 @@ pub enum Match {
     /// --uid-owner U` / `meta skuid != U`, so packets the kernel sends without a socket or from
     /// its own sockets (RSTs, ICMP errors) get the same verdict in both backends.
     UidOwner { uid: u32, negate: bool },
+    /// `-m owner --uid-owner A-B` / `meta skuid A-B` (nft converts the host-order uid to
+    /// network order to compare it): an inclusive range, `first < last`.
+    UidOwnerRange { first: u32, last: u32 },
     /// `-m owner --gid-owner G` / `meta skgid G`; an owner is required as for [`Match::UidOwner`].
     GidOwner { gid: u32, negate: bool },
     /// `-m mark --mark V` / `meta mark V` (full 32-bit mask).

@@ -103,6 +103,15 @@ fn ir(name: &str) -> (Table, Family, Rule) {
             ],
             jump,
         ),
+        "owner_range_return" => (
+            Table::Nat,
+            Family::V4,
+            vec![Match::UidOwnerRange {
+                first: 1000,
+                last: 2000,
+            }],
+            Target::Return,
+        ),
         "ct_state_marks" => (
             Table::Mangle,
             Family::V4,

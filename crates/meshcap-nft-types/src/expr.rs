@@ -56,6 +56,12 @@ impl Value {
         Value::new(&v.to_ne_bytes()).expect("2 bytes")
     }
 
+    /// A u32 in network order: a host-order value after `byteorder hton`, which compares
+    /// byte-wise in numeric order.
+    pub fn be32(v: u32) -> Value {
+        Value::new(&v.to_be_bytes()).expect("4 bytes")
+    }
+
     /// A port, in network order as the packet carries it.
     pub fn port(port: u16) -> Value {
         Value::new(&port.to_be_bytes()).expect("2 bytes")
@@ -81,6 +87,11 @@ impl Value {
     /// The value read as a host-order u16, when it is 2 bytes.
     pub fn to_u16(&self) -> Option<u16> {
         Some(u16::from_ne_bytes(self.as_bytes().try_into().ok()?))
+    }
+
+    /// The value read as a network-order u32, when it is 4 bytes.
+    pub fn to_be32(&self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.as_bytes().try_into().ok()?))
     }
 
     /// The value read as a network-order port, when it is 2 bytes.
@@ -248,6 +259,42 @@ impl fmt::Display for PayloadBase {
     }
 }
 
+/// `enum nft_byteorder_ops`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ByteorderOp {
+    Ntoh,
+    Hton,
+    Other(u32),
+}
+
+impl ByteorderOp {
+    pub fn from_raw(raw: u32) -> ByteorderOp {
+        match raw {
+            NFT_BYTEORDER_NTOH => ByteorderOp::Ntoh,
+            NFT_BYTEORDER_HTON => ByteorderOp::Hton,
+            other => ByteorderOp::Other(other),
+        }
+    }
+
+    pub fn raw(self) -> u32 {
+        match self {
+            ByteorderOp::Ntoh => NFT_BYTEORDER_NTOH,
+            ByteorderOp::Hton => NFT_BYTEORDER_HTON,
+            ByteorderOp::Other(raw) => raw,
+        }
+    }
+}
+
+impl fmt::Display for ByteorderOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ByteorderOp::Ntoh => f.write_str("ntoh"),
+            ByteorderOp::Hton => f.write_str("hton"),
+            ByteorderOp::Other(raw) => write!(f, "op{raw}"),
+        }
+    }
+}
+
 /// `enum nft_cmp_ops`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CmpOp {
@@ -397,6 +444,15 @@ pub enum Expr {
     },
     /// `cmp OP reg S DATA`.
     Cmp { sreg: u32, op: CmpOp, data: Value },
+    /// `byteorder reg D = OP(reg S, SIZE, LEN)`: `len` bytes of `size`-byte words converted
+    /// (`hton` makes a host-order value compare in numeric order).
+    Byteorder {
+        sreg: u32,
+        dreg: u32,
+        op: ByteorderOp,
+        len: u32,
+        size: u32,
+    },
     /// `bitwise reg D = ( reg S & MASK ) ^ XOR` (the boolean operation).
     Bitwise {
         sreg: u32,
@@ -461,6 +517,7 @@ impl Expr {
             Expr::CtLoad { .. } | Expr::CtSet { .. } => "ct",
             Expr::Payload { .. } => "payload",
             Expr::Cmp { .. } => "cmp",
+            Expr::Byteorder { .. } => "byteorder",
             Expr::Bitwise { .. } => "bitwise",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Redir { .. } => "redir",
@@ -517,6 +574,19 @@ impl Expr {
                 d.nested(NFTA_CMP_DATA, |v| {
                     v.put(NFTA_DATA_VALUE, data.as_bytes());
                 });
+            }
+            Expr::Byteorder {
+                sreg,
+                dreg,
+                op,
+                len,
+                size,
+            } => {
+                d.put_be32(NFTA_BYTEORDER_SREG, *sreg)
+                    .put_be32(NFTA_BYTEORDER_DREG, *dreg)
+                    .put_be32(NFTA_BYTEORDER_OP, op.raw())
+                    .put_be32(NFTA_BYTEORDER_LEN, *len)
+                    .put_be32(NFTA_BYTEORDER_SIZE, *size);
             }
             Expr::Bitwise {
                 sreg,
@@ -632,6 +702,13 @@ impl Expr {
                 sreg: attrs.need_be32(NFTA_CMP_SREG)?,
                 op: CmpOp::from_raw(attrs.need_be32(NFTA_CMP_OP)?),
                 data: attrs.value(NFTA_CMP_DATA)?,
+            }),
+            "byteorder" => Some(Expr::Byteorder {
+                sreg: attrs.need_be32(NFTA_BYTEORDER_SREG)?,
+                dreg: attrs.need_be32(NFTA_BYTEORDER_DREG)?,
+                op: ByteorderOp::from_raw(attrs.need_be32(NFTA_BYTEORDER_OP)?),
+                len: attrs.need_be32(NFTA_BYTEORDER_LEN)?,
+                size: attrs.need_be32(NFTA_BYTEORDER_SIZE)?,
             }),
             "bitwise"
                 if attrs.be32(NFTA_BITWISE_OP).unwrap_or(NFT_BITWISE_BOOL) == NFT_BITWISE_BOOL =>
@@ -774,6 +851,13 @@ impl<'a> Fields<'a> {
                 NFTA_PAYLOAD_LEN,
             ],
             Expr::Cmp { .. } => &[NFTA_CMP_SREG, NFTA_CMP_OP, NFTA_CMP_DATA],
+            Expr::Byteorder { .. } => &[
+                NFTA_BYTEORDER_SREG,
+                NFTA_BYTEORDER_DREG,
+                NFTA_BYTEORDER_OP,
+                NFTA_BYTEORDER_LEN,
+                NFTA_BYTEORDER_SIZE,
+            ],
             Expr::Bitwise { .. } => &[
                 NFTA_BITWISE_SREG,
                 NFTA_BITWISE_DREG,
@@ -817,6 +901,13 @@ impl fmt::Display for Expr {
                 dreg,
             } => write!(f, "payload load {len}b @ {base} + {offset} => reg {dreg}")?,
             Expr::Cmp { sreg, op, data } => write!(f, "cmp {op} reg {sreg} {data}")?,
+            Expr::Byteorder {
+                sreg,
+                dreg,
+                op,
+                len,
+                size,
+            } => write!(f, "byteorder reg {dreg} = {op}(reg {sreg}, {size}, {len})")?,
             Expr::Bitwise {
                 sreg,
                 dreg,

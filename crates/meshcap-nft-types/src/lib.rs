@@ -25,5 +25,5 @@ pub mod rule;
 pub mod sys;
 pub mod text;
 
-pub use expr::{CmpOp, CtKey, Expr, MetaKey, ParseError, PayloadBase, Value, Verdict};
+pub use expr::{ByteorderOp, CmpOp, CtKey, Expr, MetaKey, ParseError, PayloadBase, Value, Verdict};
 pub use rule::{NftRule, COMMENT_MAX_LEN};

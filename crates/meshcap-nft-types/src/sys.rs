@@ -220,6 +220,15 @@ pub const NFTA_REDIR_FLAGS: u16 = 3;
 /// `NF_NAT_RANGE_PROTO_SPECIFIED` (nf_nat.h): the port register is meaningful.
 pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 0x2;
 
+// enum nft_byteorder_attributes, enum nft_byteorder_ops
+pub const NFTA_BYTEORDER_SREG: u16 = 1;
+pub const NFTA_BYTEORDER_DREG: u16 = 2;
+pub const NFTA_BYTEORDER_OP: u16 = 3;
+pub const NFTA_BYTEORDER_LEN: u16 = 4;
+pub const NFTA_BYTEORDER_SIZE: u16 = 5;
+pub const NFT_BYTEORDER_NTOH: u32 = 0;
+pub const NFT_BYTEORDER_HTON: u32 = 1;
+
 // enum nft_tproxy_attributes
 pub const NFTA_TPROXY_FAMILY: u16 = 1;
 pub const NFTA_TPROXY_REG_ADDR: u16 = 2;

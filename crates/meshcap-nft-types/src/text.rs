@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::expr::{CmpOp, CtKey, Expr, MetaKey, PayloadBase, Value, Verdict};
+use crate::expr::{ByteorderOp, CmpOp, CtKey, Expr, MetaKey, PayloadBase, Value, Verdict};
 use crate::sys::*;
 
 /// What register 1 holds while a statement is being read.
@@ -35,8 +35,11 @@ pub fn rule_text(exprs: &[Expr], nfproto: u8) -> String {
     let mut l4: Option<u8> = None;
     let mut loaded: Option<Loaded> = None;
     let mut mask: Option<Value> = None;
-    // The lower bound of a port range whose upper bound comes next.
+    // The lower bound of a port (or owner) range whose upper bound comes next.
     let mut range_from: Option<Value> = None;
+    // Register 1 holds a host-order owner id converted to network order (`byteorder hton`),
+    // as nft loads one for a range: `meta skuid 1000-2000`.
+    let mut swapped = false;
     // The expressions read into `loaded`/`mask`, printed raw if no pattern uses them.
     let mut pending: Vec<&Expr> = Vec::new();
     for expr in exprs {
@@ -71,7 +74,22 @@ pub fn rule_text(exprs: &[Expr], nfproto: u8) -> String {
                 mask = Some(*m);
                 Step::Hold
             }
-            // `tcp dport 4190-4191`: two compares of the same load.
+            Expr::Byteorder {
+                sreg,
+                dreg,
+                op: ByteorderOp::Hton,
+                len: 4,
+                size: 4,
+            } if *sreg == NFT_REG_1
+                && *dreg == NFT_REG_1
+                && !swapped
+                && mask.is_none()
+                && matches!(loaded, Some(Loaded::Meta(MetaKey::Skuid | MetaKey::Skgid))) =>
+            {
+                swapped = true;
+                Step::Hold
+            }
+            // `tcp dport 4190-4191`, `meta skuid 1000-2000`: two compares of the same load.
             Expr::Cmp {
                 sreg,
                 op: CmpOp::Gte,
@@ -79,10 +97,23 @@ pub fn rule_text(exprs: &[Expr], nfproto: u8) -> String {
             } if *sreg == NFT_REG_1
                 && range_from.is_none()
                 && mask.is_none()
-                && port_field(loaded).is_some() =>
+                && (port_field(loaded).is_some() || swapped) =>
             {
                 range_from = Some(*data);
                 Step::Hold
+            }
+            Expr::Cmp {
+                sreg,
+                op: CmpOp::Lte,
+                data,
+            } if *sreg == NFT_REG_1 && range_from.is_some() && swapped => {
+                let first = range_from.and_then(|v| v.to_be32());
+                match (loaded, first, data.to_be32()) {
+                    (Some(Loaded::Meta(key)), Some(first), Some(last)) => {
+                        Step::Word(format!("meta {key} {first}-{last}"))
+                    }
+                    _ => Step::Raw,
+                }
             }
             Expr::Cmp {
                 sreg,
@@ -97,9 +128,13 @@ pub fn rule_text(exprs: &[Expr], nfproto: u8) -> String {
                     _ => Step::Raw,
                 }
             }
-            Expr::Cmp { sreg, op, data } if *sreg == NFT_REG_1 && range_from.is_none() => loaded
-                .and_then(|l| match_text(l, mask, *op, data, nfproto, &mut l4))
-                .map_or(Step::Raw, Step::Word),
+            Expr::Cmp { sreg, op, data }
+                if *sreg == NFT_REG_1 && range_from.is_none() && !swapped =>
+            {
+                loaded
+                    .and_then(|l| match_text(l, mask, *op, data, nfproto, &mut l4))
+                    .map_or(Step::Raw, Step::Word)
+            }
             Expr::MetaSet { key, sreg } if *sreg == NFT_REG_1 && mask.is_none() => {
                 match (key, loaded) {
                     (MetaKey::Mark, Some(Loaded::Immediate(v))) => {
@@ -156,6 +191,7 @@ pub fn rule_text(exprs: &[Expr], nfproto: u8) -> String {
                 loaded = Some(what);
                 mask = None;
                 range_from = None;
+                swapped = false;
                 pending.push(expr);
                 continue;
             }
@@ -177,6 +213,7 @@ pub fn rule_text(exprs: &[Expr], nfproto: u8) -> String {
         loaded = None;
         mask = None;
         range_from = None;
+        swapped = false;
     }
     flush(&mut out, &mut pending);
     out
@@ -443,6 +480,45 @@ mod tests {
         assert_eq!(
             rule_text(&exprs, NFPROTO_IPV4),
             "[ meta load mark => reg 1 ] meta mark 0x1"
+        );
+    }
+
+    #[test]
+    fn an_owner_range_reads_as_nft_writes_it() {
+        let load = Expr::MetaLoad {
+            key: MetaKey::Skuid,
+            dreg: NFT_REG_1,
+        };
+        let hton = Expr::Byteorder {
+            sreg: NFT_REG_1,
+            dreg: NFT_REG_1,
+            op: ByteorderOp::Hton,
+            len: 4,
+            size: 4,
+        };
+        let cmp = |op, v| Expr::Cmp {
+            sreg: NFT_REG_1,
+            op,
+            data: Value::be32(v),
+        };
+        let exprs = [
+            load.clone(),
+            hton.clone(),
+            cmp(CmpOp::Gte, 1000),
+            cmp(CmpOp::Lte, 2000),
+            Expr::Verdict(Verdict::Return),
+        ];
+        assert_eq!(
+            rule_text(&exprs, NFPROTO_IPV4),
+            "meta skuid 1000-2000 return"
+        );
+        assert_eq!(hton.to_string(), "[ byteorder reg 1 = hton(reg 1, 4, 4) ]");
+        // A converted value compared for equality is no pattern here: shown raw, not misread.
+        let exprs = [load, hton, cmp(CmpOp::Eq, 1000)];
+        assert!(
+            rule_text(&exprs, NFPROTO_IPV4).contains("byteorder"),
+            "{}",
+            rule_text(&exprs, NFPROTO_IPV4)
         );
     }
 

@@ -9,7 +9,7 @@ mod fixtures;
 use meshcap_nft_types::attr::{comment_userdata, Attrs};
 use meshcap_nft_types::sys::*;
 use meshcap_nft_types::text::rule_text;
-use meshcap_nft_types::{CmpOp, CtKey, Expr, MetaKey, PayloadBase, Value, Verdict};
+use meshcap_nft_types::{ByteorderOp, CmpOp, CtKey, Expr, MetaKey, PayloadBase, Value, Verdict};
 
 fn meta(key: MetaKey) -> Expr {
     Expr::MetaLoad {
@@ -176,6 +176,19 @@ fn expected(name: &str) -> Vec<Expr> {
             cmp(Eq, Value::u32(1337)),
             verdict(Verdict::Jump("target".into())),
         ],
+        "owner_range_return" => vec![
+            meta(MetaKey::Skuid),
+            Expr::Byteorder {
+                sreg: NFT_REG_1,
+                dreg: NFT_REG_1,
+                op: ByteorderOp::Hton,
+                len: 4,
+                size: 4,
+            },
+            cmp(CmpOp::Gte, Value::be32(1000)),
+            cmp(CmpOp::Lte, Value::be32(2000)),
+            verdict(Verdict::Return),
+        ],
         "ct_state_marks" => [
             &tcp()[..],
             &[
@@ -272,7 +285,7 @@ fn typed_rules_print_as_nft_does() {
 // until it is added to the match, and then fails until a case captures it).
 #[test]
 fn every_expression_kind_is_captured() {
-    let mut seen = [false; 11];
+    let mut seen = [false; 12];
     for case in fixtures::load() {
         for e in expected(&case.name) {
             let i = match e {
@@ -287,6 +300,7 @@ fn every_expression_kind_is_captured() {
                 Expr::Verdict(_) => 8,
                 Expr::Redir { .. } => 9,
                 Expr::Tproxy { .. } => 10,
+                Expr::Byteorder { .. } => 11,
                 Expr::Other { .. } => panic!("meshcap never emits an opaque expression"),
             };
             seen[i] = true;

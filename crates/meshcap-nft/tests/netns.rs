@@ -330,6 +330,13 @@ fn fixture(family: Family) -> Ruleset {
                         Target::Return,
                     ),
                     rule(
+                        vec![Match::UidOwnerRange {
+                            first: 1000,
+                            last: 2000,
+                        }],
+                        Target::Return,
+                    ),
+                    rule(
                         vec![Match::Destination {
                             net: net(odd),
                             negate: true,
@@ -397,6 +404,7 @@ fn fixture_covers_every_variant() {
                     Match::OutInterface { .. } => "OutInterface",
                     Match::UidOwner { negate: false, .. } => "UidOwner",
                     Match::UidOwner { negate: true, .. } => "UidOwner!",
+                    Match::UidOwnerRange { .. } => "UidOwnerRange",
                     Match::GidOwner { negate: false, .. } => "GidOwner",
                     Match::GidOwner { negate: true, .. } => "GidOwner!",
                     Match::Mark { negate: false, .. } => "Mark",
@@ -420,7 +428,7 @@ fn fixture_covers_every_variant() {
             });
         }
     }
-    assert_eq!(seen.len(), 20 + 10, "{seen:?}");
+    assert_eq!(seen.len(), 21 + 10, "{seen:?}");
 }
 
 // The netlink batch installs what `nft -f` of the rendered script installs, rule for rule and
@@ -591,7 +599,7 @@ fn verify_detects_drift() -> Result<()> {
     assert!(
         d.iter()
             .any(|s| s
-                .contains("chain nat_MESHCAP_OUTPUT of table ip meshcap has 0 rules, expected 6")),
+                .contains("chain nat_MESHCAP_OUTPUT of table ip meshcap has 0 rules, expected 7")),
         "{d:?}"
     );
     assert!(d.iter().all(|s| s.contains("nat_MESHCAP_OUTPUT")), "{d:?}");

@@ -120,21 +120,23 @@ pub(super) fn nat(model: &RedirectModel, family: Family, nat: &mut TableBuilder)
 /// destinations. Nothing after them (DNS capture included) sees their traffic.
 fn entry_bypasses(model: &RedirectModel, family: Family, nat: &mut TableBuilder) {
     for e in &model.owner_port_exclusions {
-        for uid in e.uids.0..=e.uids.1 {
-            for range in &e.ports {
-                nat.push(
-                    OUTPUT,
-                    rule(
-                        "excluded uid and port are not captured outbound",
-                        vec![
-                            Match::Protocol(e.proto),
-                            super::port_range(*range),
-                            Match::UidOwner { uid, negate: false },
-                        ],
-                        Target::Return,
-                    ),
-                );
-            }
+        let owner = match e.uids {
+            (uid, last) if uid == last => Match::UidOwner { uid, negate: false },
+            (first, last) => Match::UidOwnerRange { first, last },
+        };
+        for range in &e.ports {
+            nat.push(
+                OUTPUT,
+                rule(
+                    "excluded uid and port are not captured outbound",
+                    vec![
+                        Match::Protocol(e.proto),
+                        super::port_range(*range),
+                        owner.clone(),
+                    ],
+                    Target::Return,
+                ),
+            );
         }
     }
     for net in model

@@ -754,6 +754,20 @@ mod tests {
     }
 
     #[test]
+    fn a_wide_uid_range_is_one_rule_per_port_range_as_kuma_writes_it() {
+        // Kuma's own example of the annotation.
+        let yaml = "redirect:\n  outbound:\n    excludePortsForUIDs: [\"tcp:22:1000-2000\"]\n";
+        let m = model(&ann(yaml), false, &no_file, &mut Vec::new()).unwrap();
+        assert_eq!(m.owner_port_exclusions.len(), 1);
+        assert_eq!(m.owner_port_exclusions[0].uids, (1000, 2000));
+        let rules = crate::render::iptables::render(&m.ruleset(crate::rules::Family::V4));
+        assert_eq!(rules.matches("--uid-owner 1000-2000").count(), 1, "{rules}");
+        // A reversed range matches nothing under Kuma; meshcap refuses it.
+        let yaml = "redirect:\n  outbound:\n    excludePortsForUIDs: [\"tcp:22:2000-1000\"]\n";
+        assert!(model(&ann(yaml), false, &no_file, &mut Vec::new()).is_err());
+    }
+
+    #[test]
     fn uid_exclusions_expand_protocols() {
         let e = uid_exclusions("f", &["53,3000-5000:106-108".to_string()]).unwrap();
         assert_eq!(e.len(), 2);

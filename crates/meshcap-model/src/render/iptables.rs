@@ -183,19 +183,38 @@ fn jump_target(line: &str) -> Option<&str> {
     None
 }
 
-/// [`transition`] as it is fed to iptables-restore: the same rules, with the owner range
-/// spelt `0:4294967294`. iptables' owner match first looks each `--uid-owner`/`--gid-owner`
+/// [`transition`] as it is fed to iptables-restore: the same rules, with owner ranges spelt
+/// `A:B` (`0:4294967294`). iptables' owner match first looks each `--uid-owner`/`--gid-owner`
 /// argument up as a user or group name (getpwnam/getgrnam) and only then parses it as ids;
 /// `0-4294967294` is a valid name to NSS modules such as systemd's, which then probe userdb
 /// directories and sockets (about 200 system calls per restore on a systemd host), while no
 /// name can hold `:`. The kernel gets the same range, and iptables-save prints it with `-`.
 pub fn restore_input(from: &Installed, to: &Installed) -> Option<String> {
-    transition(from, to).map(|text| {
-        text.replace(
-            &format!("-owner {ANY_ID} "),
-            &format!("-owner {ANY_ID_RESTORE} "),
-        )
-    })
+    transition(from, to).map(|text| owner_ranges_with_colons(&text))
+}
+
+fn owner_ranges_with_colons(text: &str) -> String {
+    const OWNER: &str = "-owner ";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(OWNER) {
+        let (head, tail) = rest.split_at(at + OWNER.len());
+        out.push_str(head);
+        let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        let (word, after) = tail.split_at(end);
+        let ids = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        match word.split_once('-') {
+            Some((first, last)) if ids(first) && ids(last) => {
+                out.push_str(first);
+                out.push(':');
+                out.push_str(last);
+            }
+            _ => out.push_str(word),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `iptables-restore --noflush` input that moves a namespace's meshcap state from `from` to
@@ -319,8 +338,6 @@ fn net(n: &IpNet) -> String {
 /// Every valid uid or gid (4294967295 is the kernel's "no id"): an owner range that holds
 /// exactly when the packet's socket has an owner.
 const ANY_ID: &str = "0-4294967294";
-/// [`ANY_ID`] as [`restore_input`] spells it.
-const ANY_ID_RESTORE: &str = "0:4294967294";
 
 fn bang(negate: bool) -> &'static str {
     if negate {
@@ -423,6 +440,9 @@ pub fn rule_line(chain: &str, rule: &Rule, family: Family) -> String {
                 } else {
                     let _ = write!(line, " -m owner --uid-owner {uid}");
                 }
+            }
+            Match::UidOwnerRange { first, last } => {
+                let _ = write!(line, " -m owner --uid-owner {first}-{last}");
             }
             Match::GidOwner { gid, negate } => {
                 if *negate {
@@ -604,6 +624,19 @@ COMMIT
         assert!(text.contains("--gid-owner 0-4294967294 -m owner ! --gid-owner 1337"));
         assert!(!input.contains("0-4294967294"));
         assert_eq!(input.replace("0:4294967294", "0-4294967294"), text);
+    }
+
+    #[test]
+    fn every_owner_range_and_only_ranges_get_the_colon() {
+        let text = "-A O -m owner --uid-owner 1000-2000 -j RETURN\n\
+                    -A O -m owner --gid-owner 7 -m comment --comment \"a-b\" -j RETURN\n\
+                    -A O -m owner --uid-owner 4-5\n";
+        assert_eq!(
+            owner_ranges_with_colons(text),
+            "-A O -m owner --uid-owner 1000:2000 -j RETURN\n\
+             -A O -m owner --gid-owner 7 -m comment --comment \"a-b\" -j RETURN\n\
+             -A O -m owner --uid-owner 4:5\n"
+        );
     }
 
     #[test]

@@ -50,7 +50,9 @@ use meshcap_nft_types::sys::{
     CT_STATE_ESTABLISHED_RELATED, CT_STATE_INVALID, IFNAMSIZ, NFPROTO_IPV4, NFPROTO_IPV6,
     NFT_REG_1, NF_NAT_RANGE_PROTO_SPECIFIED,
 };
-use meshcap_nft_types::{CmpOp, CtKey, Expr, MetaKey, NftRule, PayloadBase, Value, Verdict};
+use meshcap_nft_types::{
+    ByteorderOp, CmpOp, CtKey, Expr, MetaKey, NftRule, PayloadBase, Value, Verdict,
+};
 
 use crate::rules::{
     format_marker, Chain, Family, Hook, Match, Rule, Ruleset, Table, Target, NFT_TABLE,
@@ -380,6 +382,28 @@ pub fn match_exprs(
             Match::UidOwner { uid, negate } => {
                 load_meta(out, MetaKey::Skuid);
                 cmp(out, *negate, Value::u32(*uid));
+            }
+            // The uid is in host order; in network order it compares byte-wise in numeric
+            // order, as nft writes `meta skuid A-B`.
+            Match::UidOwnerRange { first, last } => {
+                load_meta(out, MetaKey::Skuid);
+                out.push(Expr::Byteorder {
+                    sreg: NFT_REG_1,
+                    dreg: NFT_REG_1,
+                    op: ByteorderOp::Hton,
+                    len: 4,
+                    size: 4,
+                });
+                out.push(Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: CmpOp::Gte,
+                    data: Value::be32(*first),
+                });
+                out.push(Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: CmpOp::Lte,
+                    data: Value::be32(*last),
+                });
             }
             Match::GidOwner { gid, negate } => {
                 load_meta(out, MetaKey::Skgid);
