@@ -218,7 +218,29 @@ fn istio_items<'a>(name: &str, value: &'a str) -> Result<Vec<&'a str>, Annotatio
 /// 0: a leading 0 makes the entry octal, so `010` is port 8 and `08` is refused).
 pub fn istio_port(name: &str, value: &str, item: &str) -> Result<u16, AnnotationError> {
     let digits = istio_port_entry(name, value, item)?;
+    iptables_word(name, value, item)?;
     iptables_port(name, value, digits)
+}
+
+/// An entry istio-cni checks trimmed but hands to iptables as written: around the word,
+/// iptables-restore separates on spaces and tabs only, so any other whitespace (a
+/// non-breaking space pasted from a web page, a newline) stays in the word: a port iptables
+/// refuses, or an interface name no interface has.
+fn iptables_word(name: &str, value: &str, item: &str) -> Result<(), AnnotationError> {
+    match item
+        .chars()
+        .find(|c| c.is_whitespace() && !matches!(c, ' ' | '\t'))
+    {
+        Some(c) => Err(AnnotationError::new(
+            name,
+            value,
+            format!(
+                "{item:?} holds {c:?}, which iptables does not read as a space (istio-cni \
+                 passes the entry on as written)"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// [`istio_port`]'s first half: the entry istio-cni accepts, trimmed.
@@ -326,6 +348,7 @@ pub fn exclude_inbound_ports(
     for item in istio_items(name, value.trim())? {
         let digits = istio_port_entry(name, value, item)?;
         if rendered {
+            iptables_word(name, value, item)?;
             ports.push(iptables_port(name, value, digits)?);
         }
     }
@@ -517,6 +540,7 @@ pub fn interfaces(
     let mut names = Vec::new();
     for item in istio_items(name, value)? {
         // istio-cni trims each name; iptables-restore, which reads the rule's words, too.
+        iptables_word(name, value, item)?;
         let item = item.trim();
         if item.is_empty() {
             return Err(AnnotationError::new(name, value, "empty interface name"));
@@ -765,6 +789,15 @@ mod tests {
         assert_eq!(got("").unwrap(), Some(Selector::Only(vec![])));
         assert_eq!(got("0").unwrap(), Some(Selector::Only(vec![0])));
         assert_eq!(got(" 8080 ").unwrap(), Some(Selector::Only(vec![8080])));
+        assert_eq!(got("\t80").unwrap(), Some(Selector::Only(vec![80])));
+        // Whitespace iptables does not separate on stays in the port it refuses.
+        for odd in ["80,\u{a0}9000", "80\n", "\u{2003}443"] {
+            let e = got(odd).unwrap_err();
+            assert!(e.reason.contains("does not read as a space"), "{odd:?}: {e}");
+        }
+        let iface = |v: &str| interfaces(&one(EXCLUDE_INTERFACES, v), EXCLUDE_INTERFACES);
+        assert!(iface("eth1, eth2").is_ok());
+        assert!(iface("eth1,\u{a0}eth2").is_err());
         assert_eq!(
             got("010,65535").unwrap(),
             Some(Selector::Only(vec![8, 65535]))
