@@ -793,7 +793,10 @@ mod tests {
         // Whitespace iptables does not separate on stays in the port it refuses.
         for odd in ["80,\u{a0}9000", "80\n", "\u{2003}443"] {
             let e = got(odd).unwrap_err();
-            assert!(e.reason.contains("does not read as a space"), "{odd:?}: {e}");
+            assert!(
+                e.reason.contains("does not read as a space"),
+                "{odd:?}: {e}"
+            );
         }
         let iface = |v: &str| interfaces(&one(EXCLUDE_INTERFACES, v), EXCLUDE_INTERFACES);
         assert!(iface("eth1, eth2").is_ok());
