@@ -111,6 +111,10 @@ pub struct Families {
 
 impl Families {
     pub const BOTH: Families = Families { v4: true, v6: true };
+    pub const NONE: Families = Families {
+        v4: false,
+        v6: false,
+    };
 
     /// The families named in `names` (`ipv4`, `ipv6`: [`Family`]'s `Display`, as attachment
     /// records list what ADD installed).
@@ -161,6 +165,10 @@ pub struct RedirectModel {
     /// without a listed resolver gets no DNS redirect; an empty list turns DNS capture off, as
     /// Istio does.
     pub dns_servers: Option<Vec<IpAddr>>,
+    /// Families whose DNS is captured to any address although `dns_servers` lists resolvers
+    /// (Kuma: a resolv.conf `nameserver` that is no address counts as an IPv6 resolver, and
+    /// its rules, without an address, match all of that family's DNS).
+    pub dns_any_resolver: Families,
     /// The proxy's uids and gids (istio-iptables `-u`/`-g` lists): their traffic bypasses
     /// capture. The per-id rules repeat for each, in order. Never empty.
     pub proxy_uids: Vec<u32>,
@@ -267,6 +275,7 @@ impl Default for RedirectModel {
             reroute_virtual_interfaces: Vec::new(),
             dns_capture: false,
             dns_servers: None,
+            dns_any_resolver: Families::NONE,
             proxy_uids: vec![PROXY_UID],
             proxy_gids: vec![PROXY_GID],
             outbound_owner_groups: OwnerGroups::All,
@@ -407,6 +416,9 @@ impl RedirectModel {
 
     /// With DNS capture, the resolvers of `family` whose queries are captured: `None` for all.
     pub(crate) fn dns_servers_of(&self, family: Family) -> Option<Vec<IpNet>> {
+        if self.dns_any_resolver.has(family) {
+            return None;
+        }
         self.dns_servers.as_ref().map(|servers| {
             servers
                 .iter()
@@ -419,7 +431,9 @@ impl RedirectModel {
     /// Whether DNS is captured at all: Istio turns it off when only listed resolvers are to be
     /// captured and there are none.
     pub(crate) fn captures_dns(&self) -> bool {
-        self.dns_capture && self.dns_servers.as_ref().is_none_or(|s| !s.is_empty())
+        self.dns_capture
+            && (self.dns_servers.as_ref().is_none_or(|s| !s.is_empty())
+                || self.dns_any_resolver != Families::NONE)
     }
 
     /// Check the fields a front end sets directly (everything `from_annotations` does not

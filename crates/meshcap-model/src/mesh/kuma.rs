@@ -324,6 +324,7 @@ pub fn model(
         &outbound.exclude_ports_for_uids,
     )?;
 
+    let mut any_resolver_v6 = false;
     let dns_servers = if dns.enabled && !dns.capture_all {
         let path = dns
             .resolv_config_path
@@ -336,7 +337,15 @@ pub fn model(
                 format!("unable to read: {e}"),
             )
         })?;
-        Some(nameservers(&text))
+        let (servers, unreadable) = nameservers(&text);
+        if let Some(entry) = unreadable.first() {
+            warnings.push(format!(
+                "kuma: nameserver {entry:?} of {path} is no address: kuma-cni counts it as an \
+                 IPv6 resolver without an address, so all IPv6 DNS is captured, here too"
+            ));
+        }
+        any_resolver_v6 = !unreadable.is_empty();
+        Some(servers)
     } else {
         None
     };
@@ -366,6 +375,10 @@ pub fn model(
         owner_port_exclusions: uid_exclusions,
         dns_capture: dns.enabled,
         dns_servers,
+        dns_any_resolver: Families {
+            v4: false,
+            v6: any_resolver_v6,
+        },
         dns_scope: DnsScope::UdpOnly,
         dns_conntrack_zones: !dns.skip_conntrack_zone_split,
         dns_zones_need_family_resolver: true,
@@ -574,17 +587,27 @@ fn uid_exclusions(
     Ok(out)
 }
 
-/// The `nameserver` addresses of a resolv.conf.
-pub fn nameservers(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some("nameserver"))
-                .then(|| words.next())
-                .flatten()
-                .and_then(|a| a.parse().ok())
-        })
-        .collect()
+/// The `nameserver` entries of a resolv.conf: the addresses, and the entries that are none
+/// (Go's `net.ParseIP` refuses them too: a zone such as `fe80::1%eth0`).
+pub fn nameservers(text: &str) -> (Vec<IpAddr>, Vec<String>) {
+    let (mut servers, mut unreadable) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        if let Some(entry) = words.next() {
+            match entry.parse::<IpAddr>() {
+                // Go keeps an IPv4-mapped address as IPv4 (`To4`).
+                Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => {
+                    servers.push(IpAddr::V4(v6.to_ipv4_mapped().expect("checked")))
+                }
+                Ok(address) => servers.push(address),
+                Err(_) => unreadable.push(entry.to_owned()),
+            }
+        }
+    }
+    (servers, unreadable)
 }
 
 #[cfg(test)]
@@ -664,6 +687,37 @@ mod tests {
         assert!(why.contains("dryRun"), "{why}");
         // Not a config: the model says why.
         assert!(wants_annotations(&ann("dryRun: [")).is_ok());
+    }
+
+    #[test]
+    fn a_nameserver_that_is_no_address_captures_all_ipv6_dns_as_under_kuma_cni() {
+        let (servers, unreadable) = nameservers(
+            "nameserver 10.96.0.10\nnameserver fe80::1%eth0\nnameserver ::ffff:10.0.0.2\n",
+        );
+        assert_eq!(
+            servers,
+            [
+                "10.96.0.10".parse::<IpAddr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
+        );
+        assert_eq!(unreadable, ["fe80::1%eth0"]);
+
+        let resolv = |_: &str| Ok("nameserver 10.96.0.10\nnameserver fe80::1%eth0\n".to_owned());
+        let yaml = "redirect:\n  dns:\n    enabled: true\n";
+        let mut w = Vec::new();
+        let m = model(&ann(yaml), true, &resolv, &mut w).unwrap();
+        assert!(w.iter().any(|l| l.contains("fe80::1%eth0")), "{w:?}");
+        assert_eq!(m.dns_servers_of(crate::rules::Family::V6), None);
+        assert_eq!(
+            m.dns_servers_of(crate::rules::Family::V4),
+            Some(vec!["10.96.0.10/32".parse().unwrap()])
+        );
+        let v6 = crate::render::iptables::render(&m.ruleset(crate::rules::Family::V6));
+        assert!(
+            v6.contains("-p udp -m udp --dport 53 -m comment --comment \"DNS capture: UDP DNS goes to the proxy DNS port\" -j REDIRECT"),
+            "{v6}"
+        );
     }
 
     #[test]
