@@ -365,6 +365,15 @@ pub fn cidrs(
     name: &str,
     allow_all: bool,
 ) -> Result<Option<Selector<IpNet>>, AnnotationError> {
+    Ok(cidrs_as_written(annotations, name, allow_all)?.map(cleared))
+}
+
+/// [`cidrs`] before iptables clears the host bits: each entry as written, in order.
+pub fn cidrs_as_written(
+    annotations: &Annotations,
+    name: &str,
+    allow_all: bool,
+) -> Result<Option<Selector<IpNet>>, AnnotationError> {
     let Some(value) = raw(annotations, name)? else {
         return Ok(None);
     };
@@ -375,30 +384,30 @@ pub fn cidrs(
             Err(AnnotationError::new(name, value, "`*` is not allowed here"))
         };
     }
-    let mut nets = Vec::new();
-    for item in istio_items(name, value)? {
-        let net = go_prefix(item).map_err(|reason| AnnotationError::new(name, value, reason))?;
-        nets.push(net.trunc());
-    }
-    Ok(Some(Selector::Only(dedup(nets))))
+    let nets = istio_items(name, value)?
+        .into_iter()
+        .map(|item| go_prefix(item).map_err(|reason| AnnotationError::new(name, value, reason)))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Selector::Only(nets)))
 }
 
-/// Whether a CIDR list names a loopback address as written, before iptables clears host bits
-/// (`127.0.0.1/7` does), as Go's `netip.Addr.IsLoopback` reads it: `127.0.0.0/8`, `::1`, and
-/// an IPv4-mapped `::ffff:127.x.y.z`. Entries [`cidrs`] refuses count for nothing.
-pub fn written_with_loopback(annotations: &Annotations, name: &str) -> bool {
-    let Some(value) = annotations.get(name).filter(|v| *v != "*") else {
-        return false;
-    };
-    value
-        .split(',')
-        .filter_map(|item| go_prefix(item).ok())
-        .any(|net| match net.addr() {
-            std::net::IpAddr::V4(a) => a.is_loopback(),
-            std::net::IpAddr::V6(a) => a
-                .to_ipv4_mapped()
-                .map_or(a.is_loopback(), |a| a.is_loopback()),
-        })
+/// Written CIDRs as iptables stores them: host bits cleared, duplicates dropped.
+pub fn cleared(written: Selector<IpNet>) -> Selector<IpNet> {
+    match written {
+        Selector::All => Selector::All,
+        Selector::Only(nets) => Selector::Only(dedup(nets.iter().map(IpNet::trunc).collect())),
+    }
+}
+
+/// Whether an address is loopback as Go's `netip.Addr.IsLoopback` reads it: `127.0.0.0/8`,
+/// `::1`, and an IPv4-mapped `::ffff:127.x.y.z`.
+pub fn go_loopback(address: std::net::IpAddr) -> bool {
+    match address {
+        std::net::IpAddr::V4(a) => a.is_loopback(),
+        std::net::IpAddr::V6(a) => a
+            .to_ipv4_mapped()
+            .map_or(a.is_loopback(), |a| a.is_loopback()),
+    }
 }
 
 /// Go's `netip.ParsePrefix`: an address, `/`, and a decimal length without sign or leading

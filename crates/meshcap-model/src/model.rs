@@ -317,10 +317,14 @@ impl RedirectModel {
         if let Some(mode) = ann::interception_mode(annotations)? {
             model.interception = mode;
         }
-        if let Some(sel) = ann::cidrs(annotations, ann::INCLUDE_OUTBOUND_IP_RANGES, true)? {
-            model.include_outbound_ranges = sel;
-            model.include_outbound_loopback =
-                ann::written_with_loopback(annotations, ann::INCLUDE_OUTBOUND_IP_RANGES);
+        if let Some(written) =
+            ann::cidrs_as_written(annotations, ann::INCLUDE_OUTBOUND_IP_RANGES, true)?
+        {
+            // Istio tests the address as written, before iptables clears host bits
+            // (`127.0.0.1/7` is loopback to it).
+            model.include_outbound_loopback = matches!(&written,
+                Selector::Only(nets) if nets.iter().any(|n| ann::go_loopback(n.addr())));
+            model.include_outbound_ranges = ann::cleared(written);
         }
         if let Some(sel) = ann::cidrs(annotations, ann::EXCLUDE_OUTBOUND_IP_RANGES, false)? {
             model.exclude_outbound_ranges = only(sel, ann::EXCLUDE_OUTBOUND_IP_RANGES)?;

@@ -24,26 +24,26 @@ impl Selection {
     pub fn opt_out_needs_labels(self, annotations: &Annotations) -> bool {
         self == Selection::Injected
             && annotations.contains_key(annotations::SIDECAR_STATUS)
-            && annotations
-                .get(annotations::SIDECAR_INJECT)
-                .and_then(|v| annotations::go_bool(annotations::SIDECAR_INJECT, v).ok())
-                == Some(false)
+            && opts_out(annotations)
     }
 
     pub fn wants_capture(self, annotations: &Annotations) -> bool {
         match self {
             Selection::All => true,
             Selection::Injected => {
-                // istio-cni reads the opt-out with Go's `strconv.ParseBool` (`False`, `0`, `f`
-                // too) and ignores a value that is not a boolean.
-                annotations.contains_key(annotations::SIDECAR_STATUS)
-                    && annotations
-                        .get(annotations::SIDECAR_INJECT)
-                        .map(|v| annotations::go_bool(annotations::SIDECAR_INJECT, v).ok())
-                        != Some(Some(false))
+                annotations.contains_key(annotations::SIDECAR_STATUS) && !opts_out(annotations)
             }
         }
     }
+}
+
+/// Whether `sidecar.istio.io/inject` opts the pod out: istio-cni reads it with Go's
+/// `strconv.ParseBool` (`False`, `0`, `f` too) and ignores a value that is not a boolean.
+fn opts_out(annotations: &Annotations) -> bool {
+    annotations
+        .get(annotations::SIDECAR_INJECT)
+        .and_then(|v| annotations::go_bool(annotations::SIDECAR_INJECT, v).ok())
+        == Some(false)
 }
 
 #[cfg(test)]

@@ -110,9 +110,11 @@ fn dry_run(annotations: &Annotations) -> bool {
         #[serde(default, rename = "dryRun")]
         dry_run: bool,
     }
+    // The injector leaves the key out unless it is set (`omitempty`): most pods are answered
+    // without a second parse of their config.
     annotations
         .get(TPROXY_CONFIG)
-        .filter(|yaml| yaml.len() <= crate::annotations::MAX_VALUE_LEN)
+        .filter(|yaml| yaml.contains("dryRun") && yaml.len() <= crate::annotations::MAX_VALUE_LEN)
         .and_then(|yaml| serde_yaml::from_str::<Option<DryRun>>(yaml).ok())
         .flatten()
         .is_some_and(|c| c.dry_run)
@@ -599,10 +601,7 @@ pub fn nameservers(text: &str) -> (Vec<IpAddr>, Vec<String>) {
         if let Some(entry) = words.next() {
             match entry.parse::<IpAddr>() {
                 // Go keeps an IPv4-mapped address as IPv4 (`To4`).
-                Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => {
-                    servers.push(IpAddr::V4(v6.to_ipv4_mapped().expect("checked")))
-                }
-                Ok(address) => servers.push(address),
+                Ok(address) => servers.push(address.to_canonical()),
                 Err(_) => unreadable.push(entry.to_owned()),
             }
         }

@@ -311,6 +311,21 @@ fn cmp(out: &mut Vec<Expr>, negate: bool, data: Value) {
     });
 }
 
+/// Register 1 between `first` and `last`, inclusive, compared byte-wise (network order), as
+/// nft writes a range `A-B`.
+fn within(out: &mut Vec<Expr>, first: Value, last: Value) {
+    out.push(Expr::Cmp {
+        sreg: NFT_REG_1,
+        op: CmpOp::Gte,
+        data: first,
+    });
+    out.push(Expr::Cmp {
+        sreg: NFT_REG_1,
+        op: CmpOp::Lte,
+        data: last,
+    });
+}
+
 fn mask(out: &mut Vec<Expr>, mask: Value) {
     out.push(Expr::Bitwise {
         sreg: NFT_REG_1,
@@ -354,16 +369,7 @@ pub fn match_exprs(
             // Ports are big-endian on the wire, so byte-wise comparison orders them.
             Match::DestPortRange { first, last } => {
                 load_payload(out, PayloadBase::Transport, 2, 2);
-                out.push(Expr::Cmp {
-                    sreg: NFT_REG_1,
-                    op: CmpOp::Gte,
-                    data: Value::port(*first),
-                });
-                out.push(Expr::Cmp {
-                    sreg: NFT_REG_1,
-                    op: CmpOp::Lte,
-                    data: Value::port(*last),
-                });
+                within(out, Value::port(*first), Value::port(*last));
             }
             Match::SourcePort { port } => {
                 load_payload(out, PayloadBase::Transport, 0, 2);
@@ -394,16 +400,7 @@ pub fn match_exprs(
                     len: 4,
                     size: 4,
                 });
-                out.push(Expr::Cmp {
-                    sreg: NFT_REG_1,
-                    op: CmpOp::Gte,
-                    data: Value::be32(*first),
-                });
-                out.push(Expr::Cmp {
-                    sreg: NFT_REG_1,
-                    op: CmpOp::Lte,
-                    data: Value::be32(*last),
-                });
+                within(out, Value::be32(*first), Value::be32(*last));
             }
             Match::GidOwner { gid, negate } => {
                 load_meta(out, MetaKey::Skgid);
