@@ -542,6 +542,15 @@ fn model_for(
     Ok((model, resolved.front_end))
 }
 
+/// Why a pod its mesh's plugin sets up still gets nothing installed, once its inputs built a
+/// model (so that bad inputs fail first, as under that plugin): a Kuma dry run.
+fn installs_nothing(capture: &Capture) -> Option<String> {
+    match capture.mesh {
+        Some(Mesh::Kuma) => mesh::kuma::dry_run(&capture.pod.annotations),
+        _ => None,
+    }
+}
+
 /// Whether a front end's warning is about annotation `key` (see [`mesh::Resolved::warnings`]).
 fn about(warning: &str, key: &str) -> bool {
     warning
@@ -641,6 +650,10 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     let mode = config.mode;
     let mut pod_netns = PodNetnsOnDemand::new(netns, mode);
     let (model, front_end) = model_for(config, args, &capture, Some(&mut pod_netns))?;
+    if let Some(reason) = installs_nothing(&capture) {
+        tracing::info!(%reason, "not capturing; passing prevResult through");
+        return Ok(output);
+    }
     let rulesets = model.rulesets();
     phases.mark("selection");
 
@@ -909,6 +922,10 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
         &capture,
         recorded.is_none().then_some(&mut pod_netns),
     )?;
+    if let Some(reason) = installs_nothing(&capture) {
+        tracing::debug!(%reason, "not captured; nothing to check");
+        return Ok(());
+    }
     if let Some(families) = recorded {
         // The families ADD installed (a record of an earlier release lists both, whatever
         // addresses the pod has).

@@ -419,6 +419,58 @@ fn linkerd_and_kuma_fixtures_through_add() {
     conformance::judge("linkerd and kuma (ADD)", PENDING, results);
 }
 
+/// A Kuma pod whose config sets `dryRun: true` starts with nothing installed (kuma-cni prints
+/// the rules instead), in both modes: ADD passes the prevResult through, CHECK has nothing to
+/// check, and the namespace holds no rule and no `::6` on lo.
+#[test]
+fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
+    const TEST: &str = "a_kuma_dry_run_starts_the_pod_with_nothing_installed";
+    if let Some(why) =
+        meshcap_tests::missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"])
+    {
+        return meshcap_tests::skip_or_fail(TEST, &why);
+    }
+    let plugin = match meshcap_tests::bins::meshcap_cni() {
+        Ok(p) => p,
+        Err(e) => return meshcap_tests::skip_or_fail(TEST, &format!("no meshcap-cni: {e}")),
+    };
+    let state = std::env::temp_dir().join(format!("meshcap-kuma-dry-run-{}", std::process::id()));
+    let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=dry";
+    let annotations = json!({
+        "kuma.io/sidecar-injected": "true",
+        "traffic.kuma.io/transparent-proxy-config": "kumaDPUser: \"5678\"\ndryRun: true\n",
+    });
+    for mode in ["iptables", "nftables"] {
+        let ns = meshcap_tests::netns::Netns::new("kdry").unwrap();
+        let path = ns.path().to_str().unwrap().to_owned();
+        let config = json!({
+            "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
+            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
+            "prevResult": {"cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": path}],
+                "ips": PodShape::DualStack.prev_result_ips()},
+        });
+        let add = conformance::invoke(&plugin, "ADD", &path, &state, Some(cni_args), &config);
+        assert!(add.0, "{mode}: ADD failed: {}", add.1);
+        assert!(
+            add.1.contains("dryRun"),
+            "{mode}: the log says why: {}",
+            add.1
+        );
+        let rules = conformance::read_back(&ns, mode);
+        assert!(
+            rules.values().all(|flat| flat.is_empty()),
+            "{mode}: a dry run installed {rules:?}"
+        );
+        assert!(!lo_has_passthrough_v6(&ns), "{mode}: ::6/128 on lo");
+        let check = conformance::invoke(&plugin, "CHECK", &path, &state, Some(cni_args), &config);
+        assert!(check.0, "{mode}: CHECK failed: {}", check.1);
+        let del = conformance::invoke(&plugin, "DEL", &path, &state, Some(cni_args), &config);
+        assert!(del.0, "{mode}: DEL failed: {}", del.1);
+    }
+    let _ = std::fs::remove_dir_all(&state);
+}
+
 /// Whether `lo` in `ns` holds `::6/128`, the IPv6 inbound passthrough source.
 fn lo_has_passthrough_v6(ns: &meshcap_tests::netns::Netns) -> bool {
     ns.exec("ip", &["-6", "addr", "show", "dev", "lo"])

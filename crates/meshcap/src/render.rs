@@ -192,6 +192,10 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         for w in &resolved.warnings {
             println!("# warning: {w}");
         }
+        if let Some(reason) = installs_nothing(m, &pod.annotations) {
+            println!("# not captured: {reason}");
+            return Ok(());
+        }
         println!("# captured ({m} pod, from its annotations)");
         print_control_plane(&resolved.front_end);
         print_rules(args, &resolved.model);
@@ -415,6 +419,10 @@ fn render_any_pod(
     for w in &warnings {
         println!("# warning: {w}");
     }
+    if let Some(reason) = installs_nothing(mesh, &pod.annotations) {
+        println!("# not captured: {reason}");
+        return Ok(());
+    }
     println!(
         "# captured ({mesh} pod): proxy uid {} gid {}; inbound port {}, outbound port {}",
         or_none(join_ids(&model.proxy_uids)),
@@ -433,6 +441,14 @@ fn render_any_pod(
     }
     print_rules(args, &model);
     Ok(())
+}
+
+/// Why the plugin installs nothing for a pod whose model was built (as its ADD decides).
+fn installs_nothing(pod_mesh: Mesh, pod_annotations: &Annotations) -> Option<String> {
+    match pod_mesh {
+        Mesh::Kuma => mesh::kuma::dry_run(pod_annotations),
+        _ => None,
+    }
 }
 
 fn or_none(ids: String) -> String {

@@ -454,6 +454,47 @@ fn linkerd_and_kuma_pods_with_the_nodes_settings() {
     }
 }
 
+/// A Kuma config with `dryRun: true` installs nothing, once it is valid: kuma-cni validates the
+/// config before it looks at dryRun, so a bad one still fails. Both paths say so.
+#[test]
+fn a_kuma_dry_run_renders_nothing_unless_its_config_is_bad() {
+    let config = |yaml: &str| format!("traffic.kuma.io/transparent-proxy-config={yaml}");
+    for (yaml, fails) in [
+        ("dryRun: true\n", false),
+        ("dryRun: true\nipFamilyMode: both\n", true),
+    ] {
+        let (code, out, err) =
+            render(&["-a", "kuma.io/sidecar-injected=true", "-a", &config(yaml)]);
+        if fails {
+            assert_ne!(code, 0, "{yaml:?}: {out}");
+            assert!(err.contains("ipFamilyMode"), "{yaml:?}: {err}");
+        } else {
+            assert_eq!(code, 0, "{yaml:?}: {err}");
+            assert!(
+                out.contains(
+                    "# not captured: traffic.kuma.io/transparent-proxy-config sets dryRun"
+                ),
+                "{yaml:?}: {out}"
+            );
+            assert!(!out.contains("iptables-restore"), "{out}");
+        }
+    }
+
+    let kuma = fixture("../../../../tests/peer/kuma/inject-34.pod.yaml");
+    let mut pod: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kuma).unwrap()).unwrap();
+    let annotations = &mut pod["metadata"]["annotations"];
+    let key = "traffic.kuma.io/transparent-proxy-config";
+    let yaml = format!("{}\ndryRun: true\n", annotations[key].as_str().unwrap());
+    annotations[key] = yaml.into();
+    let file = scratch_file("kuma-dry-run.json", &pod.to_string());
+    let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("# not captured: "), "{out}");
+    assert!(!out.contains("# captured"), "{out}");
+}
+
 /// A Kuma `dualstack` pod gets IPv6 rules only with an IPv6 address, which a manifest shows
 /// only in `status.podIPs`: without one, `render -f` says why there are none.
 #[test]

@@ -87,24 +87,19 @@ pub fn wants_pod(pod: &Value, node: &KumaNode) -> Result<(), String> {
     wants_annotations(&super::annotations_of(pod))
 }
 
-/// The annotation half of [`wants_pod`] (the runtime path sees only annotations). A config
-/// with `dryRun: true` makes kuma-cni install nothing (`iptables.Setup` prints the rules
-/// instead), so the pod is left alone too.
+/// The annotation half of [`wants_pod`] (the runtime path sees only annotations).
 pub fn wants_annotations(annotations: &Annotations) -> Result<(), String> {
     if annotations.get(SIDECAR_INJECTED).map(String::as_str) != Some("true") {
         return Err(format!("{SIDECAR_INJECTED} is not \"true\""));
     }
-    if dry_run(annotations) {
-        return Err(format!(
-            "{TPROXY_CONFIG} sets dryRun, with which kuma-cni installs nothing"
-        ));
-    }
     Ok(())
 }
 
-/// Whether the config says `dryRun: true`. A config that does not parse is not a dry run:
-/// [`model`] then reports what is wrong with it.
-fn dry_run(annotations: &Annotations) -> bool {
+/// Why kuma-cni would install nothing for a pod whose config [`model`] accepted: with
+/// `dryRun: true` it validates the config (`Initialize`) and then prints the rules instead of
+/// installing them (`iptables.Setup`). Asked after the model is built, so that a bad config
+/// fails the ADD first, as under kuma-cni.
+pub fn dry_run(annotations: &Annotations) -> Option<String> {
     #[derive(Deserialize)]
     struct DryRun {
         #[serde(default, rename = "dryRun")]
@@ -118,6 +113,7 @@ fn dry_run(annotations: &Annotations) -> bool {
         .and_then(|yaml| serde_yaml::from_str::<Option<DryRun>>(yaml).ok())
         .flatten()
         .is_some_and(|c| c.dry_run)
+        .then(|| format!("{TPROXY_CONFIG} sets dryRun, with which kuma-cni installs nothing"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -680,12 +676,15 @@ mod tests {
 
     #[test]
     fn a_dry_run_config_leaves_the_pod_alone_as_kuma_cni_does() {
-        assert!(wants_annotations(&ann("kumaDPUser: \"5678\"\n")).is_ok());
-        assert!(wants_annotations(&ann("dryRun: false\n")).is_ok());
-        let why = wants_annotations(&ann("dryRun: true\nkumaDPUser: \"5678\"\n")).unwrap_err();
+        assert_eq!(dry_run(&ann("kumaDPUser: \"5678\"\n")), None);
+        assert_eq!(dry_run(&ann("dryRun: false\n")), None);
+        let why = dry_run(&ann("dryRun: true\nkumaDPUser: \"5678\"\n")).unwrap();
         assert!(why.contains("dryRun"), "{why}");
-        // Not a config: the model says why.
-        assert!(wants_annotations(&ann("dryRun: [")).is_ok());
+        // A dry run is still selected: its config is validated like any other, and a bad one
+        // fails (kuma-cni's `Initialize` runs before `Setup` looks at dryRun).
+        let bad = ann("dryRun: true\nipFamilyMode: both\n");
+        assert!(wants_annotations(&bad).is_ok());
+        assert!(model(&bad, false, &no_file, &mut Vec::new()).is_err());
     }
 
     #[test]

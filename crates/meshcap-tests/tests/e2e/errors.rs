@@ -59,6 +59,11 @@ fn invalid_mesh_annotations() -> Vec<(&'static str, BTreeMap<String, String>)> {
             KUMA_TPROXY_CONFIG,
             kuma("redirect:\n  outbound:\n    excludePortsForUIDs: [\"tcp:80:*\"]\n"),
         ),
+        // kuma-cni validates a dry run's config before it decides to install nothing.
+        (
+            KUMA_TPROXY_CONFIG,
+            kuma("dryRun: true\nipFamilyMode: both\n"),
+        ),
     ]
 }
 
