@@ -201,8 +201,11 @@ fn execute(
         .map_err(Failure::early)
         .and_then(|config| {
             mode = Some(config.mode.as_str());
-            let _logging =
-                logging::init(config.log_file.as_deref(), config.log_level, &env.state_dir);
+            let log_file = config
+                .log_file
+                .as_deref()
+                .map(|path| logging::LogFile::new(path, config.log_file_max_bytes));
+            let _logging = logging::init(log_file, config.log_level, &env.state_dir);
             if !config.unknown_keys.is_empty() {
                 tracing::warn!(keys = ?config.unknown_keys, "ignoring unknown config keys");
             }

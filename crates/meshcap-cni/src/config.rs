@@ -134,6 +134,10 @@ pub struct Config {
     /// `/sys/fs/bpf/meshcap`, the agent's default). Must match the agent's `--pin-dir`.
     pub ebpf_pin_dir: PathBuf,
     pub log_file: Option<PathBuf>,
+    /// `log_file_max_bytes`: once `log_file` holds this much, the next invocation moves it to
+    /// `<log_file>.1` and starts a new one (0: never), so the log stays bounded over a node's
+    /// life. Default [`DEFAULT_LOG_FILE_MAX_BYTES`].
+    pub log_file_max_bytes: u64,
     pub log_level: LogLevel,
     /// `iptables_templates` (default on): iptables mode writes a fresh pod whose restore this
     /// node has run before from the verified template of that restore; off, it always runs
@@ -158,6 +162,10 @@ pub struct Config {
     pub kuma: KumaNode,
 }
 
+/// `log_file_max_bytes` when the config does not set it: 10 MiB, as the kubelet's container
+/// logs (`containerLogMaxSize`).
+pub const DEFAULT_LOG_FILE_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
 /// Top-level keys the plugin reads, plus those the CNI spec lets a runtime insert.
 const KNOWN_KEYS: &[&str] = &[
     "cniVersion",
@@ -175,6 +183,7 @@ const KNOWN_KEYS: &[&str] = &[
     "ebpf",
     "istio",
     "log_file",
+    "log_file_max_bytes",
     "log_level",
     "iptables_templates",
     "meshes",
@@ -358,6 +367,8 @@ impl Config {
             log_file: field::<String>(&obj, "log_file")?
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
+            log_file_max_bytes: field(&obj, "log_file_max_bytes")?
+                .unwrap_or(DEFAULT_LOG_FILE_MAX_BYTES),
             log_level: field(&obj, "log_level")?.unwrap_or_default(),
             iptables_templates: field(&obj, "iptables_templates")?.unwrap_or(true),
             pod_annotations,
@@ -545,6 +556,7 @@ mod tests {
         );
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.log_file, None);
+        assert_eq!(c.log_file_max_bytes, DEFAULT_LOG_FILE_MAX_BYTES);
         assert_eq!(c.pod_annotations, None);
         assert_eq!(c.prev_result, None);
         assert_eq!(c.valid_attachments, None);
@@ -744,6 +756,8 @@ mod tests {
             ("selection", json!("some"), "selection"),
             ("log_level", json!("verbose"), "log_level"),
             ("log_file", json!(false), "log_file"),
+            ("log_file_max_bytes", json!(-1), "log_file_max_bytes"),
+            ("log_file_max_bytes", json!("10M"), "log_file_max_bytes"),
             ("iptables_templates", json!("no"), "iptables_templates"),
             (
                 "exclude_namespaces",

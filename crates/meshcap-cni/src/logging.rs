@@ -58,14 +58,35 @@ impl std::io::Write for AgentSink {
     }
 }
 
+/// The configured `log_file` and the size at which it is rotated.
+#[derive(Debug, Clone, Copy)]
+pub struct LogFile<'a> {
+    path: &'a Path,
+    /// 0: never rotated.
+    max_bytes: u64,
+}
+
+impl<'a> LogFile<'a> {
+    pub fn new(path: &'a Path, max_bytes: u64) -> LogFile<'a> {
+        LogFile { path, max_bytes }
+    }
+
+    /// Where the file goes when it is rotated: one older file is kept beside it.
+    pub fn rotated_path(&self) -> PathBuf {
+        let mut path = self.path.as_os_str().to_owned();
+        path.push(".1");
+        path.into()
+    }
+}
+
 /// Stderr plus `log_file` (append; its parent directory is created), filtered by `level`.
 /// When the file cannot be opened the reason goes to stderr and logging continues there.
-pub fn init(log_file: Option<&Path>, level: LogLevel, state_dir: &Path) -> DefaultGuard {
+pub fn init(log_file: Option<LogFile<'_>>, level: LogLevel, state_dir: &Path) -> DefaultGuard {
     let mut open_error = None;
-    let file = log_file.and_then(|path| match open_log_file(path) {
+    let file = log_file.and_then(|log| match open_log_file(log) {
         Ok(f) => Some(f),
         Err(e) => {
-            open_error = Some((path.to_owned(), e));
+            open_error = Some((log.path.to_owned(), e));
             None
         }
     });
@@ -76,7 +97,38 @@ pub fn init(log_file: Option<&Path>, level: LogLevel, state_dir: &Path) -> Defau
     guard
 }
 
-fn open_log_file(path: &Path) -> std::io::Result<File> {
+/// Opens the log for appending, rotated first once it holds `max_bytes`: the file becomes
+/// `<path>.1` (replacing the older one) and a new one is started, so the log and its one
+/// older file stay near twice that over a node's life. The size is the one `fstat` of an ADD;
+/// a failed rotation is not an error (the lines go on to the file as it is).
+fn open_log_file(log: LogFile<'_>) -> std::io::Result<File> {
+    let file = open_append(log.path)?;
+    if log.max_bytes == 0 || file.metadata()?.len() < log.max_bytes {
+        return Ok(file);
+    }
+    rotate(log, file);
+    open_append(log.path)
+}
+
+/// Moves a full log aside. Plugins start in parallel and may all find it full: the one that
+/// moves it holds an exclusive `flock` on the file and moves it only while the path still
+/// names that file, so a log is moved once and a new one is never moved over the older file.
+/// The others write on to the file they opened (by then the older one): no line is lost.
+fn rotate(log: LogFile<'_>, file: File) {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(locked) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return;
+    };
+    let same = |a: &fs::Metadata, b: &fs::Metadata| (a.dev(), a.ino()) == (b.dev(), b.ino());
+    if let (Ok(ours), Ok(named)) = (locked.metadata(), fs::metadata(log.path)) {
+        if same(&ours, &named) {
+            let _ = fs::rename(log.path, log.rotated_path());
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
     // 0640: logs name pods and namespaces; explicit so a permissive umask cannot widen it.
     let open = || {
         std::os::unix::fs::OpenOptionsExt::mode(&mut OpenOptions::new(), 0o640)
@@ -139,7 +191,7 @@ mod tests {
         let tmp = TempDir::new("logging-file");
         let path = tmp.0.join("sub/dir/meshcap-cni.log");
         {
-            let _g = init(Some(&path), LogLevel::Info, &tmp.0);
+            let _g = init(Some(LogFile::new(&path, 0)), LogLevel::Info, &tmp.0);
             let span = tracing::info_span!("cni", command = "ADD", container_id = "c1");
             let _e = span.enter();
             tracing::info!(pod = "default/web", "hello from the test");
@@ -158,7 +210,7 @@ mod tests {
         assert!(!text.contains("filtered out"), "{text}");
         // Append, not truncate.
         {
-            let _g = init(Some(&path), LogLevel::Debug, &tmp.0);
+            let _g = init(Some(LogFile::new(&path, 0)), LogLevel::Debug, &tmp.0);
             tracing::debug!("second run");
         }
         let text = fs::read_to_string(&path).unwrap();
@@ -166,6 +218,73 @@ mod tests {
             text.contains("hello from the test") && text.contains("second run"),
             "{text}"
         );
+    }
+
+    /// Eight writers open the full log at once and write a line each; returns the older file
+    /// after checking that it holds the whole full log, the new one none of it, and each line
+    /// is in one of the two.
+    fn rotate_concurrently(log: LogFile<'_>, round: usize) -> String {
+        use std::io::Write as _;
+        let old = fs::read_to_string(log.path).unwrap();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let (path, max_bytes) = (log.path.to_owned(), log.max_bytes);
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut f = open_log_file(LogFile::new(&path, max_bytes)).unwrap();
+                    // One write per line, as the fmt layer writes each event.
+                    f.write_all(format!("writer {i}\n").as_bytes()).unwrap();
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let older = fs::read_to_string(log.rotated_path()).unwrap();
+        let newer = fs::read_to_string(log.path).unwrap();
+        assert!(older.starts_with(&old), "round {round}: {older}");
+        assert!(!newer.contains(&old), "round {round}: {newer}");
+        for i in 0..8 {
+            let line = format!("writer {i}\n");
+            assert_eq!(
+                older.matches(&line).count() + newer.matches(&line).count(),
+                1,
+                "round {round}: {line:?} in\n{older}---\n{newer}"
+            );
+        }
+        older
+    }
+
+    #[test]
+    fn a_full_log_is_moved_aside_once_and_no_line_is_lost() {
+        let tmp = TempDir::new("logging-rotate");
+        let path = tmp.0.join("meshcap-cni.log");
+        let old = "an old line\n".repeat(8);
+        // The writers' lines below fit in a new file of this size: it is not rotated again.
+        let max_bytes = old.len() as u64;
+        let log = LogFile::new(&path, max_bytes);
+        fs::write(&path, &old).unwrap();
+        // Below the limit nothing moves.
+        {
+            let _g = init(Some(LogFile::new(&path, 1 << 20)), LogLevel::Info, &tmp.0);
+            tracing::info!("still the first file");
+        }
+        assert!(!log.rotated_path().exists());
+        let older = rotate_concurrently(log, 1);
+        assert!(older.contains("still the first file"), "{older}");
+        // Plugins starting together all find the file full: it is moved once, and every line
+        // is in one of the two files. Rounds, for the race to show where there is one.
+        for round in 0..200 {
+            fs::write(&path, &old).unwrap();
+            fs::remove_file(log.rotated_path()).unwrap();
+            rotate_concurrently(log, round);
+        }
+        // 0 never rotates.
+        fs::write(&path, &old).unwrap();
+        drop(open_log_file(LogFile::new(&path, 0)).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), old);
     }
 
     #[test]
@@ -197,7 +316,7 @@ mod tests {
         // A directory where the file should be.
         let path = tmp.0.join("is-a-dir");
         fs::create_dir_all(&path).unwrap();
-        let _g = init(Some(&path), LogLevel::Info, &tmp.0);
+        let _g = init(Some(LogFile::new(&path, 0)), LogLevel::Info, &tmp.0);
         tracing::info!("still logging");
     }
 }

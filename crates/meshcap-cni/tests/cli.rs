@@ -561,6 +561,22 @@ fn logs_go_to_stderr_and_the_log_file_never_stdout() {
         r.stderr
     );
 
+    // Past log_file_max_bytes the log moves to .1 and the invocation starts a new one.
+    let before = fs::read_to_string(&log).unwrap();
+    let extra = json!({
+        "log_file": log.to_str().unwrap(),
+        "log_file_max_bytes": before.len(),
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}}
+    });
+    run_plugin(&env, &conf("1.0.0", extra)).ok().unwrap();
+    let older = fs::read_to_string(s.0.join("logs/sub/meshcap-cni.log.1")).unwrap();
+    let newer = fs::read_to_string(&log).unwrap();
+    assert_eq!(older, before);
+    assert!(
+        newer.contains("not capturing") && !newer.contains("code=7"),
+        "{newer}"
+    );
+
     // An unopenable log file does not fail the command.
     let extra = json!({"log_file": "/proc/meshcap/nope.log", "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}}});
     let r = run_plugin(&env, &conf("1.0.0", extra));

@@ -76,6 +76,10 @@ pub struct InstallArgs {
     pub ebpf_pin_dir: Option<PathBuf>,
     #[arg(long, default_value = "/var/log/meshcap-cni.log")]
     pub log_file: PathBuf,
+    /// `log_file_max_bytes`: the size at which the plugin moves its log to `<log-file>.1` and
+    /// starts a new one (0: never); the plugin's default (10 MiB) when not given.
+    #[arg(long, value_name = "BYTES")]
+    pub log_file_max_bytes: Option<u64>,
 }
 
 /// Present in the CNI config dir while `uninstall` runs: the agent's config watch must not put
@@ -167,6 +171,9 @@ pub fn plugin_entry(args: &InstallArgs) -> anyhow::Result<Value> {
     });
     if let Some(dir) = &args.ebpf_pin_dir {
         entry["ebpf"]["pin_dir"] = json!(dir);
+    }
+    if let Some(bytes) = args.log_file_max_bytes {
+        entry["log_file_max_bytes"] = json!(bytes);
     }
     if let Some(kc) = &args.kubeconfig {
         entry["kubernetes"] = json!({"kubeconfig": kc});
@@ -554,6 +561,7 @@ mod tests {
                 ebpf: false,
                 ebpf_pin_dir: None,
                 log_file: "/var/log/meshcap-cni.log".into(),
+                log_file_max_bytes: None,
             }
         }
         fn uargs(&self) -> UninstallArgs {
@@ -686,6 +694,18 @@ mod tests {
             plugin_entry(&args).unwrap()["ebpf"],
             json!({"enabled": true, "pin_dir": "/sys/fs/bpf/meshcap-alt"})
         );
+    }
+
+    #[test]
+    fn log_file_max_bytes_is_written_only_when_given() {
+        let t = TempDir::new("log-max");
+        let mut args = t.args();
+        assert!(plugin_entry(&args)
+            .unwrap()
+            .get("log_file_max_bytes")
+            .is_none());
+        args.log_file_max_bytes = Some(0);
+        assert_eq!(plugin_entry(&args).unwrap()["log_file_max_bytes"], json!(0));
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct NodeArgs {
     pub ebpf: bool,
     #[arg(long, env = "MESHCAP_METRICS_ADDR", default_value = "0.0.0.0:15099")]
     pub metrics_addr: String,
+    /// The plugin's `log_file_max_bytes` (`meshcap install --log-file-max-bytes`); unset
+    /// leaves the plugin's default.
+    #[arg(long, env = "MESHCAP_LOG_FILE_MAX_BYTES")]
+    pub log_file_max_bytes: Option<u64>,
     /// `text` or `json` (the agent's log).
     #[arg(long, env = "MESHCAP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -138,6 +142,7 @@ impl NodeArgs {
             ebpf: self.ebpf,
             ebpf_pin_dir: None,
             log_file: "/var/log/meshcap-cni.log".into(),
+            log_file_max_bytes: self.log_file_max_bytes,
         }
     }
 
