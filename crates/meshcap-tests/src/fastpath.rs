@@ -84,7 +84,7 @@ pub fn shared() -> std::result::Result<(), String> {
             std::thread::Builder::new()
                 .name("meshcap-agent".into())
                 .spawn(move || {
-                    match Agent::start_with(Path::new(DEFAULT_PIN_DIR), true) {
+                    match Agent::start_with(Path::new(DEFAULT_PIN_DIR), true, None) {
                         Ok(agent) => {
                             let _ = tx.send(Ok(()));
                             // Keep the agent (and this thread, its parent for
@@ -154,8 +154,9 @@ pub struct Agent {
     child: Option<Child>,
     pin_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
-    // An empty attachment-record dir of its own, so the agent never repairs real pods.
-    _state: crate::chain::Scratch,
+    // An empty attachment-record dir of its own, so the agent never repairs real pods (none
+    // for an agent started over a test node's records).
+    _state: Option<crate::chain::Scratch>,
 }
 
 /// `meshcap agent --help`, to pass only the options this build of the agent knows.
@@ -183,23 +184,38 @@ impl Agent {
     /// Starts `meshcap agent --pin-dir PIN_DIR` and waits until it has pinned a fresh sock_ops
     /// link (so a restart is only "done" once the new agent serves).
     pub fn start(pin_dir: &Path) -> Result<Agent> {
-        Self::start_with(pin_dir, false)
+        Self::start_with(pin_dir, false, None)
     }
 
-    fn start_with(pin_dir: &Path, term_with_parent: bool) -> Result<Agent> {
+    /// [`Agent::start`] for a test node's own records (`state_dir`): this agent also repairs
+    /// and reclaims them, scanning every 200 ms; it adopts nothing.
+    pub fn start_over_records(pin_dir: &Path, state_dir: &Path) -> Result<Agent> {
+        Self::start_with(pin_dir, false, Some(state_dir))
+    }
+
+    fn start_with(pin_dir: &Path, term_with_parent: bool, records: Option<&Path>) -> Result<Agent> {
         let before = link_inode(pin_dir);
         let mut cmd = Command::new(crate::bins::meshcap()?);
         cmd.arg("agent").arg("--pin-dir").arg(pin_dir);
         // Newer agents also repair recorded pods, watch the node's CNI config and serve
         // metrics on a fixed port: a test's agent must do none of that to the real node, and
         // two of them (the shared one and a test's own) must not fight over the port.
-        let state = crate::chain::Scratch::new("agent-state")?;
+        let scratch = match records {
+            Some(_) => None,
+            None => Some(crate::chain::Scratch::new("agent-state")?),
+        };
+        let state_dir = records.or(scratch.as_ref().map(|s| s.path())).unwrap();
         let help = agent_help()?;
-        for (flag, value) in [
+        let mut flags = vec![
             ("--no-config-watch", None),
             ("--metrics-addr", Some(std::ffi::OsStr::new("127.0.0.1:0"))),
-            ("--state-dir", Some(state.path().as_os_str())),
-        ] {
+            ("--state-dir", Some(state_dir.as_os_str())),
+        ];
+        if records.is_some() {
+            flags.push(("--no-adopt", None));
+            flags.push(("--repair-interval-ms", Some(std::ffi::OsStr::new("200"))));
+        }
+        for (flag, value) in flags {
             if help.contains(flag) {
                 cmd.arg(flag);
                 if let Some(v) = value {
@@ -233,7 +249,7 @@ impl Agent {
             child: Some(child),
             pin_dir: pin_dir.to_path_buf(),
             stderr,
-            _state: state,
+            _state: scratch,
         };
         let start = Instant::now();
         loop {

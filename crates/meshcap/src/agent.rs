@@ -263,7 +263,7 @@ pub fn run_with(args: &AgentArgs, also: impl FnOnce() -> anyhow::Result<()>) -> 
     }
     {
         let (metrics, stop) = (metrics.clone(), stop.clone());
-        let mut repairer = repair::Repairer::new(&args.state_dir);
+        let mut repairer = repair::Repairer::new(&args.state_dir, &args.pin_dir);
         let interval = Duration::from_millis(args.repair_interval_ms);
         tracing::info!(state_dir = %args.state_dir.display(), interval_ms = args.repair_interval_ms, "repairing drifted pod rules");
         let mut adopter = if args.no_adopt {

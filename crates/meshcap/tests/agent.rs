@@ -636,6 +636,93 @@ fn privileged_flushed_rules_are_repaired_and_capture_works_again() {
     assert_eq!(agent.metric("meshcap_attachments"), 0.0);
 }
 
+/// A pod whose namespace went away without a DEL has its record reclaimed by the agent on the
+/// second scan that finds it so (counted), in both modes; a running pod keeps its record, and
+/// the DEL that may still come succeeds.
+#[test]
+fn privileged_a_pod_gone_without_del_is_reclaimed() {
+    const TEST: &str = "privileged_a_pod_gone_without_del_is_reclaimed";
+    let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
+        return;
+    };
+    let s = Scratch::new("reclaim");
+    let state = s.0.join("state");
+    let kept = Netns::create("mcagent-kept");
+    let gone = Netns::create("mcagent-gone");
+    let gone_path = gone.path();
+    for (mode, cid, path) in [
+        ("nftables", "kept", kept.path()),
+        ("iptables", "gone", gone.path()),
+    ] {
+        let (ok, out) = invoke_plugin(
+            &plugin,
+            "ADD",
+            cid,
+            &path,
+            &state,
+            &plugin_conf(mode, &path),
+        );
+        assert!(ok, "{mode}: ADD: {out}");
+    }
+    let agent = Agent::start(
+        &s,
+        &[
+            "--no-config-watch",
+            "--no-adopt",
+            "--repair-interval-ms",
+            "200",
+        ],
+    );
+    agent.wait_for("a first scan", Duration::from_secs(5), || {
+        agent.metric("meshcap_repair_scans_total") >= 1.0
+    });
+    assert_eq!(agent.metric("meshcap_attachments"), 2.0);
+    drop(gone);
+    assert!(!Path::new(&gone_path).exists());
+    agent.wait_for("the record reclaimed", Duration::from_secs(5), || {
+        agent.metric("meshcap_reclaimed_attachments_total") == 1.0
+    });
+    agent.wait_for("one record left", Duration::from_secs(2), || {
+        agent.metric("meshcap_attachments") == 1.0
+    });
+    let records: Vec<String> = fs::read_dir(state.join("agentnet"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(records, ["kept@eth0.json"], "{}", agent.log());
+    assert!(
+        kept.outbound_captured(),
+        "the running pod is still captured"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("no DEL came for a pod whose namespace is gone")
+            && log.contains("pod=default/gone"),
+        "{log}"
+    );
+    let (ok, out) = invoke_plugin(
+        &plugin,
+        "DEL",
+        "gone",
+        &gone_path,
+        &state,
+        &plugin_conf("iptables", &gone_path),
+    );
+    assert!(ok, "a DEL after the reclaim: {out}");
+    let (ok, out) = invoke_plugin(
+        &plugin,
+        "DEL",
+        "kept",
+        &kept.path(),
+        &state,
+        &plugin_conf("nftables", &kept.path()),
+    );
+    assert!(ok, "DEL: {out}");
+}
+
 /// A Linkerd pod and a Kuma pod whose rules are flushed get their own mesh's rules back (the
 /// agent recomputes them from the record by the step the plugin took, with the node's
 /// `linkerd` settings ADD used, which the agent never reads elsewhere), never Istio's: the

@@ -265,6 +265,58 @@ fn agent_restart_keeps_established_and_pairs_new_connections() {
     second.stop().expect("stop the second agent");
 }
 
+/// A pod whose namespace went away without a DEL (a runtime that lost the pod, a network
+/// config that gets no CNI GC) loses its record and its fast-path entries to the agent within
+/// two scans; a pod still running keeps both, and the DEL that may still come succeeds.
+#[test]
+fn a_pod_gone_without_del_is_reclaimed_by_the_agent() {
+    const NAME: &str = "a_pod_gone_without_del_is_reclaimed_by_the_agent";
+    privileged!(NAME);
+    fastpath_test!(NAME);
+    let private = PrivatePins::new("reclaim");
+    let pins = private.pins();
+    let node = Node::new("fpreclaim").expect("node");
+    let agent = Agent::start_over_records(&private.dir, &node.env.state_dir).expect("agent");
+    let mode = ebpf_mode(Some(&private.dir));
+    let (mut kept, kept_cookie) = registered_pod(&node, &mode, &pins, "kept");
+    let (mut gone, gone_cookie) = registered_pod(&node, &mode, &pins, "gone");
+
+    // The namespace goes, and no DEL comes.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "del", gone.ns.name()])
+        .output()
+        .expect("ip netns del");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the agent to reclaim the pod", || {
+        Ok(record(&node, &gone).is_none() && pins.lookup(gone_cookie)?.is_none())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.stderr()));
+    assert!(
+        agent
+            .stderr()
+            .contains("no DEL came for a pod whose namespace is gone"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        record(&node, &kept).is_some(),
+        "a running pod's record went"
+    );
+    assert!(
+        pins.lookup(kept_cookie).unwrap().is_some(),
+        "a running pod's fast-path entry went"
+    );
+
+    gone.del().expect("a DEL after the reclaim");
+    kept.del().expect("DEL");
+    assert!(pins.lookup(kept_cookie).unwrap().is_none());
+    agent.stop().expect("stop the agent");
+}
+
 #[test]
 fn pods_start_with_rules_and_capture_when_no_agent_runs() {
     const NAME: &str = "pods_start_with_rules_and_capture_when_no_agent_runs";

@@ -6,6 +6,7 @@
 //! | `meshcap_repairs_total` | counter | pods whose drifted rules the agent re-applied |
 //! | `meshcap_repair_failures_total` | counter | repair attempts that failed (retried next scan) |
 //! | `meshcap_repair_scans_total` | counter | passes over the attachment records |
+//! | `meshcap_reclaimed_attachments_total` | counter | records (and fast-path entries) of pods whose namespace went away without a DEL, removed by the agent |
 //! | `meshcap_attachments` | gauge | attachment records seen by the last scan |
 //! | `meshcap_adoptions_total` | counter | pods set up before meshcap was installed whose capture the agent installed in place |
 //! | `meshcap_adoption_failures_total` | counter | adoption attempts that failed (retried next scan) |
@@ -111,6 +112,7 @@ pub struct Metrics {
     registry: Registry,
     repairs: Counter,
     repair_failures: Counter,
+    reclaimed: Counter,
     scans: Counter,
     attachments: Gauge,
     adoptions: Counter,
@@ -130,6 +132,7 @@ impl Metrics {
             registry: Registry::default(),
             repairs: Counter::default(),
             repair_failures: Counter::default(),
+            reclaimed: Counter::default(),
             scans: Counter::default(),
             attachments: Gauge::default(),
             adoptions: Counter::default(),
@@ -157,6 +160,11 @@ impl Metrics {
             "meshcap_repair_failures",
             "Repair attempts that failed (retried on the next scan)",
             m.repair_failures.clone(),
+        );
+        r.register(
+            "meshcap_reclaimed_attachments",
+            "Records (and fast-path entries) of pods whose namespace went away without a DEL, removed by the agent",
+            m.reclaimed.clone(),
         );
         r.register(
             "meshcap_repair_scans",
@@ -220,6 +228,10 @@ impl Metrics {
 
     pub fn repair_failed(&self) {
         self.repair_failures.inc();
+    }
+
+    pub fn reclaimed(&self) {
+        self.reclaimed.inc();
     }
 
     /// A scan finished having seen `attachments` records.

@@ -10,8 +10,13 @@
 //!
 //! Safety:
 //! - a record whose namespace is gone, or whose path now names another namespace (a recycled
-//!   `/proc/PID/ns/net`; dev/ino differ from what ADD recorded), is left alone: GC and DEL own
-//!   stale records;
+//!   `/proc/PID/ns/net`; dev/ino differ from what ADD recorded), is never repaired. The rules
+//!   went with the namespace; what outlives it (the record, the pod's fast-path entries, its
+//!   journal and lock files) is the runtime's DEL's to remove, or CNI GC's. Both may never
+//!   come (a runtime that lost the pod, a network config older than CNI 1.1, which gets no
+//!   GC), so a record found so on two scans in a row is reclaimed: the agent takes the steps
+//!   DEL takes for a namespace that is gone (see [`Repairer::reclaim`]). A DEL that comes
+//!   later, or runs at the same time, finds nothing left and succeeds;
 //! - the record is read again, and the rules checked and re-applied, under the namespace's
 //!   lock (a flock on the namespace), which the plugin's ADD and DEL hold while they change a
 //!   pod's rules and its record: a repair never puts back rules of a pod DEL tore down.
@@ -37,7 +42,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use meshcap_dataplane::{Dataplane, DataplaneError, PodNetns};
+use meshcap_dataplane::{Dataplane, DataplaneError, NetnsId, PodNetns};
+use meshcap_fastpath::PinDir;
 use meshcap_model::mesh::istio::SpecSettings;
 use meshcap_model::mesh::{self, FrontEnd, Mesh};
 use meshcap_model::{Annotations, Families, RedirectModel};
@@ -50,7 +56,10 @@ use super::metrics::Metrics;
 enum Verdict {
     InSync,
     Repaired(Vec<String>),
-    /// The namespace is gone or is another one now; nothing to do.
+    /// The namespace is gone or is another one now: nothing to repair, and the record is
+    /// stale unless a DEL is about to remove it.
+    NamespaceGone(&'static str),
+    /// The record changed or went away while it was checked; nothing to do.
     Gone(&'static str),
     Unrepairable(String),
     Failed(String),
@@ -59,13 +68,19 @@ enum Verdict {
 pub struct Repairer {
     state: StateDir,
     dataplane: Dataplane,
+    /// The fast path's pins (`--pin-dir`), where a reclaimed pod's entries are removed.
+    pin_dir: PathBuf,
     /// Records already reported as unrepairable (logged once, not every scan).
     reported: HashSet<PathBuf>,
+    /// Records whose namespace the last scan found gone: reclaimed if this one does too.
+    namespace_gone: HashSet<PathBuf>,
 }
 
 impl Repairer {
-    pub fn new(state_root: &Path) -> Repairer {
+    pub fn new(state_root: &Path, pin_dir: &Path) -> Repairer {
         Repairer {
+            pin_dir: pin_dir.to_owned(),
+            namespace_gone: HashSet::new(),
             state: StateDir::new(state_root),
             // The plugin's defaults; the per-namespace lock (a flock on the namespace) keeps each
             // check and apply from interleaving with the plugin's. Repairs run restores, never
@@ -80,6 +95,7 @@ impl Repairer {
     pub fn scan(&mut self, metrics: &Metrics) {
         let mut attachments = 0u64;
         let mut seen = HashSet::new();
+        let mut gone_now = HashSet::new();
         for network in self.networks() {
             let entries = match self.state.list(&network) {
                 Ok(e) => e,
@@ -100,13 +116,22 @@ impl Repairer {
                         continue;
                     }
                 };
-                attachments += 1;
                 let verdict = self.check_one(&entry.path, &record);
+                if let Verdict::NamespaceGone(why) = verdict {
+                    if self.namespace_gone.contains(&entry.path)
+                        && self.reclaim(&entry.path, &record, why, metrics)
+                    {
+                        continue;
+                    }
+                    gone_now.insert(entry.path.clone());
+                }
+                attachments += 1;
                 self.report(&entry.path, &record, verdict, metrics);
                 seen.insert(entry.path);
             }
         }
         self.reported.retain(|p| seen.contains(p));
+        self.namespace_gone = gone_now;
         metrics.scanned(attachments);
     }
 
@@ -128,12 +153,16 @@ impl Repairer {
     fn check_one(&self, path: &Path, rec: &AttachmentRecord) -> Verdict {
         let ns = match PodNetns::open(&rec.netns) {
             Ok(ns) => ns,
-            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
+            Err(DataplaneError::NetnsVanished { .. }) => {
+                return Verdict::NamespaceGone("namespace is gone")
+            }
             Err(e) => return Verdict::Failed(format!("opening the namespace: {e}")),
         };
         if let (Some(dev), Some(ino)) = (rec.netns_dev, rec.netns_ino) {
             if (ns.dev(), ns.ino()) != (dev, ino) {
-                return Verdict::Gone("the path names another namespace than ADD captured");
+                return Verdict::NamespaceGone(
+                    "the path names another namespace than ADD captured",
+                );
             }
         }
         // The record is read again, and the rules checked, repaired and recorded, under the
@@ -176,12 +205,16 @@ impl Repairer {
             }
             Ok(()) => return Verdict::InSync,
             Err(DataplaneError::Drift { details }) => details,
-            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
+            Err(DataplaneError::NetnsVanished { .. }) => {
+                return Verdict::NamespaceGone("namespace is gone")
+            }
             Err(e) => return Verdict::Failed(format!("check: {e}")),
         };
         let created = match locked.apply(backend, &rulesets) {
             Ok(c) => c,
-            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
+            Err(DataplaneError::NetnsVanished { .. }) => {
+                return Verdict::NamespaceGone("namespace is gone")
+            }
             Err(e) => return Verdict::Failed(format!("apply: {e}")),
         };
         // What the repair created (a table someone deleted with meshcap's rules in it) is
@@ -222,7 +255,7 @@ impl Repairer {
                     "repaired the pod's capture rules in place"
                 );
             }
-            Verdict::Gone(why) => {
+            Verdict::NamespaceGone(why) | Verdict::Gone(why) => {
                 tracing::debug!(%pod, netns = %rec.netns.display(), why, "not repairing");
             }
             Verdict::Unrepairable(why) => {
@@ -233,6 +266,59 @@ impl Repairer {
             Verdict::Failed(error) => {
                 metrics.repair_failed();
                 tracing::warn!(%pod, netns = %rec.netns.display(), %error, "repair failed; retrying next scan");
+            }
+        }
+    }
+}
+
+impl Repairer {
+    /// Removes what outlives a pod's namespace when no DEL came for it, as DEL does for a
+    /// namespace that is gone: the pod's fast-path entries, the namespace's journal and
+    /// legacy lock files ([`Dataplane::forget`]), then the record. Only a record still as
+    /// `seen` is reclaimed (one written again since belongs to a newer ADD). Returns whether
+    /// the record went; what failed is logged and retried on the next scan.
+    fn reclaim(&self, path: &Path, seen: &AttachmentRecord, why: &str, metrics: &Metrics) -> bool {
+        match state::read_record(path) {
+            Ok(Some(now)) if same_attachment(&now, seen) => {}
+            _ => return false,
+        }
+        let pod = format!(
+            "{}/{}",
+            seen.pod_namespace.as_deref().unwrap_or("-"),
+            seen.pod_name.as_deref().unwrap_or("-")
+        );
+        if seen.ebpf_registered {
+            match PinDir::new(&self.pin_dir).unregister_attachment(&seen.container_id, &seen.ifname)
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_available() => {}
+                Err(e) => {
+                    tracing::warn!(%pod, error = %e, "cannot remove a stale pod's fast-path entries; retrying next scan");
+                    return false;
+                }
+            }
+        }
+        if let Some((dev, ino)) = seen.netns_dev.zip(seen.netns_ino) {
+            if let Err(e) = self.dataplane.forget(NetnsId { dev, ino }) {
+                tracing::warn!(%pod, error = %e, "cannot remove a stale namespace's lock file");
+            }
+        }
+        match state::remove_file(path) {
+            Ok(_) => {
+                metrics.reclaimed();
+                tracing::info!(
+                    %pod,
+                    container_id = %seen.container_id,
+                    ifname = %seen.ifname,
+                    netns = %seen.netns.display(),
+                    why,
+                    "no DEL came for a pod whose namespace is gone: removed its record"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%pod, error = %e, "cannot remove a stale attachment record; retrying next scan");
+                false
             }
         }
     }
