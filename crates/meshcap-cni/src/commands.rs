@@ -869,8 +869,15 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
             tracing::warn!(error = %e, "could not remove the namespace's xtables lock file");
         }
     }
-    if let Some(rec) = record.as_ref().filter(|r| r.ebpf_registered) {
-        if let Err(e) = fastpath::unregister_pod(&config.ebpf_pin_dir, rec) {
+    let registered = match &record {
+        Some(rec) => rec.ebpf_registered,
+        // An ADD cut short between registering the pod and writing its record.
+        None => may_be_captured && config.ebpf_enabled,
+    };
+    if registered {
+        let unregistered =
+            fastpath::unregister_attachment(&config.ebpf_pin_dir, &env.container_id, &env.ifname);
+        if let Err(e) = unregistered {
             tracing::warn!(error = %e, "could not unregister from the eBPF fast path; GC will retry");
             return Ok(());
         }

@@ -72,7 +72,16 @@ pub fn register_pod(
 /// (DEL after the sandbox is gone) and succeeds when there is nothing to remove, including when
 /// the agent was uninstalled (its maps, and every entry in them, are gone with it).
 pub fn unregister_pod(pin_dir: &Path, record: &AttachmentRecord) -> Result<(), FastPathError> {
-    match PinDir::new(pin_dir).unregister_attachment(&record.container_id, &record.ifname) {
+    unregister_attachment(pin_dir, &record.container_id, &record.ifname)
+}
+
+/// [`unregister_pod`] by the attachment's key, for a pod without a record.
+pub fn unregister_attachment(
+    pin_dir: &Path,
+    container_id: &str,
+    ifname: &str,
+) -> Result<(), FastPathError> {
+    match PinDir::new(pin_dir).unregister_attachment(container_id, ifname) {
         Ok(n) => {
             tracing::debug!(entries = n, "unregistered from the eBPF fast path");
             Ok(())

@@ -37,19 +37,16 @@ fn ebpf_mode(pin_dir: Option<&Path>) -> Value {
 
 /// The plugin's attachment record for `pod` (in the node's state dir).
 fn record(node: &Node, pod: &Pod) -> Option<Value> {
+    let path = record_path(node, pod)?;
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Where the plugin keeps `pod`'s attachment record, when it has one.
+fn record_path(node: &Node, pod: &Pod) -> Option<PathBuf> {
     let want = format!("{}@{}.json", pod.att.container_id, pod.att.ifname);
-    let mut dirs: Vec<PathBuf> = vec![node.env.state_dir.clone()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.file_name().is_some_and(|n| n.to_string_lossy() == want) {
-                return serde_json::from_slice(&std::fs::read(&p).ok()?).ok();
-            }
-        }
-    }
-    None
+    walk(&node.env.state_dir)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == want))
 }
 
 /// ADDs a meshed pod (no servers: the test runs its own sidecar) and checks the fast path took it.
@@ -263,6 +260,43 @@ fn agent_restart_keeps_established_and_pairs_new_connections() {
     pod.del().expect("DEL");
     assert_eq!(pins.entries_for(c).unwrap(), [0; 4]);
     second.stop().expect("stop the second agent");
+}
+
+/// An ADD cut short between registering the pod with the fast path and writing its record
+/// leaves a map entry and no record: the DEL the runtime runs after the failed ADD removes the
+/// entry all the same.
+#[test]
+fn del_without_a_record_still_unregisters_the_pod() {
+    const NAME: &str = "del_without_a_record_still_unregisters_the_pod";
+    privileged!(NAME);
+    fastpath_test!(NAME);
+    let pins = PinDir::default();
+    let node = Node::new("fpnorec").expect("node");
+    let (mut pod, c) = registered_pod(&node, &ebpf_mode(None), &pins, "app");
+    std::fs::remove_file(record_path(&node, &pod).expect("the record")).unwrap();
+    assert!(pins.lookup(c).unwrap().is_some());
+    pod.del().expect("DEL");
+    assert!(
+        pins.lookup(c).unwrap().is_none(),
+        "DEL without a record left the pod registered"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files
 }
 
 /// A pod whose namespace went away without a DEL (a runtime that lost the pod, a network

@@ -14,9 +14,11 @@
 //!   went with the namespace; what outlives it (the record, the pod's fast-path entries, its
 //!   journal and lock files) is the runtime's DEL's to remove, or CNI GC's. Both may never
 //!   come (a runtime that lost the pod, a network config older than CNI 1.1, which gets no
-//!   GC), so a record found so on two scans in a row is reclaimed: the agent takes the steps
-//!   DEL takes for a namespace that is gone (see [`Repairer::reclaim`]). A DEL that comes
-//!   later, or runs at the same time, finds nothing left and succeeds;
+//!   GC), so a record whose namespace pin two scans in a row found removed is reclaimed: the
+//!   agent takes the steps DEL takes for a namespace that is gone (see
+//!   [`Repairer::reclaim`]). A DEL that comes later, or runs at the same time, finds nothing
+//!   left and succeeds. Only a pin the agent can tell was removed counts ([`pin_removed`]): a
+//!   `/proc` path or a directory the agent does not see leaves the record to DEL and GC;
 //! - the record is read again, and the rules checked and re-applied, under the namespace's
 //!   lock (a flock on the namespace), which the plugin's ADD and DEL hold while they change a
 //!   pod's rules and its record: a repair never puts back rules of a pod DEL tore down.
@@ -56,10 +58,11 @@ use super::metrics::Metrics;
 enum Verdict {
     InSync,
     Repaired(Vec<String>),
-    /// The namespace is gone or is another one now: nothing to repair, and the record is
-    /// stale unless a DEL is about to remove it.
+    /// The runtime removed the namespace's pin: nothing to repair, and the record is stale
+    /// unless a DEL is about to remove it.
     NamespaceGone(&'static str),
-    /// The record changed or went away while it was checked; nothing to do.
+    /// The namespace is gone, or is another one now, or cannot be seen from here; or the
+    /// record changed or went away while it was checked: nothing to do.
     Gone(&'static str),
     Unrepairable(String),
     Failed(String),
@@ -153,16 +156,17 @@ impl Repairer {
     fn check_one(&self, path: &Path, rec: &AttachmentRecord) -> Verdict {
         let ns = match PodNetns::open(&rec.netns) {
             Ok(ns) => ns,
-            Err(DataplaneError::NetnsVanished { .. }) => {
+            Err(DataplaneError::NetnsVanished { .. }) if pin_removed(&rec.netns) => {
                 return Verdict::NamespaceGone("namespace is gone")
+            }
+            Err(DataplaneError::NetnsVanished { .. }) => {
+                return Verdict::Gone("namespace is gone, or not visible to the agent")
             }
             Err(e) => return Verdict::Failed(format!("opening the namespace: {e}")),
         };
         if let (Some(dev), Some(ino)) = (rec.netns_dev, rec.netns_ino) {
             if (ns.dev(), ns.ino()) != (dev, ino) {
-                return Verdict::NamespaceGone(
-                    "the path names another namespace than ADD captured",
-                );
+                return Verdict::Gone("the path names another namespace than ADD captured");
             }
         }
         // The record is read again, and the rules checked, repaired and recorded, under the
@@ -205,16 +209,12 @@ impl Repairer {
             }
             Ok(()) => return Verdict::InSync,
             Err(DataplaneError::Drift { details }) => details,
-            Err(DataplaneError::NetnsVanished { .. }) => {
-                return Verdict::NamespaceGone("namespace is gone")
-            }
+            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
             Err(e) => return Verdict::Failed(format!("check: {e}")),
         };
         let created = match locked.apply(backend, &rulesets) {
             Ok(c) => c,
-            Err(DataplaneError::NetnsVanished { .. }) => {
-                return Verdict::NamespaceGone("namespace is gone")
-            }
+            Err(DataplaneError::NetnsVanished { .. }) => return Verdict::Gone("namespace is gone"),
             Err(e) => return Verdict::Failed(format!("apply: {e}")),
         };
         // What the repair created (a table someone deleted with meshcap's rules in it) is
@@ -357,6 +357,15 @@ fn recompute(rec: &AttachmentRecord, annotations: &Annotations) -> Result<Redire
         .map_err(|e| format!("recomputing the model: {e}"))
 }
 
+/// Whether a namespace path that no longer exists tells the agent the namespace is gone: a
+/// runtime's pin (`/var/run/netns/cni-...`) whose directory the agent sees, and that the runtime
+/// removed. A path under `/proc` names a process, which an agent in a container of its own
+/// PID namespace may not see at all, and a pin directory the agent's container does not mount
+/// shows nothing either: neither is taken as proof.
+fn pin_removed(netns: &Path) -> bool {
+    !netns.starts_with("/proc") && netns.parent().is_some_and(Path::is_dir)
+}
+
 /// Whether `now` (the record read under the lock) is still the attachment `seen` was.
 fn same_attachment(now: &AttachmentRecord, seen: &AttachmentRecord) -> bool {
     now.netns == seen.netns && (now.netns_dev, now.netns_ino) == (seen.netns_dev, seen.netns_ino)
@@ -365,6 +374,18 @@ fn same_attachment(now: &AttachmentRecord, seen: &AttachmentRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_removed_pin_in_a_visible_directory_counts_as_a_gone_namespace() {
+        let dir = std::env::temp_dir();
+        assert!(pin_removed(&dir.join("cni-0a1b2c")));
+        // A process's namespace, which the agent's own PID namespace may not show.
+        assert!(!pin_removed(Path::new("/proc/4242/ns/net")));
+        // A pin directory the agent does not see (not mounted into its container).
+        assert!(!pin_removed(Path::new(
+            "/meshcap-no-such-dir/netns/cni-0a1b2c"
+        )));
+    }
 
     /// A record as the previous release wrote it for an Istio pod, with `annotations`.
     fn istio_record(annotations: &str) -> AttachmentRecord {
