@@ -431,6 +431,11 @@ pub fn now_unix() -> u64 {
 /// with one).
 pub const OUTCOMES_FILE: &str = ".outcomes";
 
+/// The size past which the plugin empties the outcome log before it appends: a log nobody
+/// reads (a node with the plugin and no agent) stays bounded. The agent moves the log aside at
+/// 1 MiB on every scan, so with an agent running this is never reached.
+pub const OUTCOMES_UNREAD_CAP: u64 = 16 << 20;
+
 /// Appends one invocation's outcome to `<root>/`[`OUTCOMES_FILE`], without timing.
 pub fn count_outcome(root: &Path, command: &str, code: u32) {
     record_outcome(root, command, code, None);
@@ -438,7 +443,7 @@ pub fn count_outcome(root: &Path, command: &str, code: u32) {
 
 /// Appends one invocation's outcome to `<root>/`[`OUTCOMES_FILE`]; `timing` is the mode and
 /// the time the plugin spent. Best effort and cheap on the plugin's hot path: one
-/// `open(O_APPEND)` and one write of a few bytes, which the kernel appends whole for a regular
+/// `open(O_APPEND)`, one `fstat` (see [`OUTCOMES_UNREAD_CAP`]) and one write of a few bytes, which the kernel appends whole for a regular
 /// file, so concurrent plugins never interleave lines and no lock is taken. Never fails:
 /// metrics must not fail an ADD.
 pub fn record_outcome(
@@ -463,7 +468,13 @@ pub fn record_outcome(
         Some((mode, spent)) => format!("{command} {code} {mode} {}\n", spent.as_micros()),
         None => format!("{command} {code}\n"),
     };
-    let written = file.and_then(|mut f| f.write_all(line.as_bytes()));
+    let written = file.and_then(|mut f| {
+        // Appends land at the end whatever another plugin truncated meanwhile (O_APPEND).
+        if f.metadata()?.len() >= OUTCOMES_UNREAD_CAP {
+            f.set_len(0)?;
+        }
+        f.write_all(line.as_bytes())
+    });
     if let Err(e) = written {
         tracing::debug!(error = %e, path = %path.display(), "could not count the outcome");
     }
@@ -739,6 +750,25 @@ mod tests {
         let rec: AttachmentRecord = serde_json::from_str(old).unwrap();
         assert_eq!(rec.annotations, None);
         assert_eq!(rec.netns_ino, None);
+    }
+
+    #[test]
+    fn an_outcome_log_nobody_reads_stays_bounded() {
+        let tmp = TempDir::new("state-outcomes-cap");
+        let root = tmp.0.join("attachments");
+        count_outcome(&root, "ADD", 0);
+        let path = root.join(OUTCOMES_FILE);
+        // As an agent-less node leaves it after some millions of pods.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(OUTCOMES_UNREAD_CAP - 1)
+            .unwrap();
+        count_outcome(&root, "DEL", 0);
+        assert_eq!(fs::metadata(&path).unwrap().len(), OUTCOMES_UNREAD_CAP + 5);
+        count_outcome(&root, "ADD", 7);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "ADD 7\n");
     }
 
     #[test]
