@@ -99,8 +99,8 @@ pub fn init(log_file: Option<LogFile<'_>>, level: LogLevel, state_dir: &Path) ->
 
 /// Opens the log for appending, rotated first once it holds `max_bytes`: the file becomes
 /// `<path>.1` (replacing the older one) and a new one is started, so the log and its one
-/// older file stay near twice that over a node's life. The size is the one `fstat` of an ADD;
-/// a failed rotation is not an error (the lines go on to the file as it is).
+/// older file stay near twice that over a node's life. Checking costs one `fstat` per
+/// invocation; a failed rotation is not an error (the lines go on to the file as it is).
 fn open_log_file(log: LogFile<'_>) -> std::io::Result<File> {
     let file = open_append(log.path)?;
     if log.max_bytes == 0 || file.metadata()?.len() < log.max_bytes {
@@ -113,7 +113,8 @@ fn open_log_file(log: LogFile<'_>) -> std::io::Result<File> {
 /// Moves a full log aside. Plugins start in parallel and may all find it full: the one that
 /// moves it holds an exclusive `flock` on the file and moves it only while the path still
 /// names that file, so a log is moved once and a new one is never moved over the older file.
-/// The others write on to the file they opened (by then the older one): no line is lost.
+/// Every caller then opens the path again; a line written through a handle opened before the
+/// move lands in the older file: none is lost.
 fn rotate(log: LogFile<'_>, file: File) {
     use nix::fcntl::{Flock, FlockArg};
     use std::os::unix::fs::MetadataExt as _;
