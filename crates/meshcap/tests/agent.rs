@@ -638,7 +638,8 @@ fn privileged_flushed_rules_are_repaired_and_capture_works_again() {
 
 /// A pod whose namespace went away without a DEL has its record reclaimed by the agent on the
 /// second scan that finds it so (counted), in both modes; a running pod keeps its record, and
-/// the DEL that may still come succeeds.
+/// the DEL that may still come succeeds. Temp files a killed record writer left are removed
+/// once they are a minute old.
 #[test]
 fn privileged_a_pod_gone_without_del_is_reclaimed() {
     const TEST: &str = "privileged_a_pod_gone_without_del_is_reclaimed";
@@ -664,6 +665,21 @@ fn privileged_a_pod_gone_without_del_is_reclaimed() {
         );
         assert!(ok, "{mode}: ADD: {out}");
     }
+    // A record writer killed between its temp file and the rename, two minutes ago, and one
+    // writing now.
+    let network = state.join("agentnet");
+    let stale = network.join(".tmp-4242-0-1");
+    let fresh = network.join(".tmp-4243-0-1");
+    for temp in [&stale, &fresh] {
+        fs::write(temp, "{").unwrap();
+    }
+    let two_minutes_ago = std::time::SystemTime::now() - Duration::from_secs(120);
+    fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(two_minutes_ago)
+        .unwrap();
     let agent = Agent::start(
         &s,
         &[
@@ -677,6 +693,9 @@ fn privileged_a_pod_gone_without_del_is_reclaimed() {
         agent.metric("meshcap_repair_scans_total") >= 1.0
     });
     assert_eq!(agent.metric("meshcap_attachments"), 2.0);
+    assert!(!stale.exists(), "a stale temp file stays");
+    assert!(fresh.exists(), "a temp file being written was removed");
+    fs::remove_file(&fresh).unwrap();
     drop(gone);
     assert!(!Path::new(&gone_path).exists());
     agent.wait_for("the record reclaimed", Duration::from_secs(5), || {
@@ -685,7 +704,7 @@ fn privileged_a_pod_gone_without_del_is_reclaimed() {
     agent.wait_for("one record left", Duration::from_secs(2), || {
         agent.metric("meshcap_attachments") == 1.0
     });
-    let records: Vec<String> = fs::read_dir(state.join("agentnet"))
+    let records: Vec<String> = fs::read_dir(&network)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())

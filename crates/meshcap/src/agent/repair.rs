@@ -100,6 +100,16 @@ impl Repairer {
         let mut seen = HashSet::new();
         let mut gone_now = HashSet::new();
         for network in self.networks() {
+            // What a writer killed between its temp file and the rename left behind.
+            match self.state.remove_stale_temps(&network) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(%network, files = n, "removed stale temporary record files")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %network, "cannot remove stale temporary record files")
+                }
+            }
             let entries = match self.state.list(&network) {
                 Ok(e) => e,
                 Err(e) => {
