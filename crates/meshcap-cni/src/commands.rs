@@ -809,10 +809,11 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
             .pod_annotations
             .as_ref()
             .is_some_and(|a| config.selection.opt_out_needs_labels(a))
-        || !matches!(
-            decide_with(config, args, ApiLookup::Never),
-            Ok(Decision::Skip(_))
-        );
+        || match decide_with(config, args, ApiLookup::Never) {
+            Ok(Decision::Skip(_)) => false,
+            Ok(Decision::Capture(capture)) => installs_nothing(&capture).is_none(),
+            Err(_) => true,
+        };
     let mode = record.as_ref().map_or(config.mode, |r| r.mode);
     phases.mark("selection");
     // The path may name another namespace than ADD captured (a recycled /proc/PID/ns/net):

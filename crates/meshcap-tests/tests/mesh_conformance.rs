@@ -421,7 +421,7 @@ fn linkerd_and_kuma_fixtures_through_add() {
 
 /// A Kuma pod whose config sets `dryRun: true` starts with nothing installed (kuma-cni prints
 /// the rules instead), in both modes: ADD passes the prevResult through, CHECK has nothing to
-/// check, and the namespace holds no rule and no `::6` on lo.
+/// check, the namespace holds no rule and no `::6` on lo, and DEL does not touch it.
 #[test]
 fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
     const TEST: &str = "a_kuma_dry_run_starts_the_pod_with_nothing_installed";
@@ -445,6 +445,7 @@ fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
         let path = ns.path().to_str().unwrap().to_owned();
         let config = json!({
             "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
+            "log_level": "debug",
             "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
             "prevResult": {"cniVersion": "1.0.0",
                 "interfaces": [{"name": "eth0", "sandbox": path}],
@@ -465,8 +466,10 @@ fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
         assert!(!lo_has_passthrough_v6(&ns), "{mode}: ::6/128 on lo");
         let check = conformance::invoke(&plugin, "CHECK", &path, &state, Some(cni_args), &config);
         assert!(check.0, "{mode}: CHECK failed: {}", check.1);
+        // DEL leaves the namespace alone, as for any pod that was never captured.
         let del = conformance::invoke(&plugin, "DEL", &path, &state, Some(cni_args), &config);
         assert!(del.0, "{mode}: DEL failed: {}", del.1);
+        assert!(del.1.contains("never captured"), "{mode}: {}", del.1);
     }
     let _ = std::fs::remove_dir_all(&state);
 }
@@ -565,6 +568,7 @@ fn kuma_virtual_network_traffic_goes_to_the_proxy() {
         let path = pod.path().to_str().unwrap().to_owned();
         let config = json!({
             "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
+            "log_level": "debug",
             "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
             "prevResult": {"cniVersion": "1.0.0",
                 "interfaces": [{"name": "eth0", "sandbox": path}],
@@ -595,8 +599,10 @@ fn kuma_virtual_network_traffic_goes_to_the_proxy() {
             "{mode}: DNS from the network at 15053: {got:?}"
         );
 
+        // DEL leaves the namespace alone, as for any pod that was never captured.
         let del = conformance::invoke(&plugin, "DEL", &path, &state, Some(cni_args), &config);
         assert!(del.0, "{mode}: DEL failed: {}", del.1);
+        assert!(del.1.contains("never captured"), "{mode}: {}", del.1);
     }
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -11,8 +11,8 @@
 //! Safety:
 //! - a record whose namespace is gone, or whose path now names another namespace (a recycled
 //!   `/proc/PID/ns/net`; dev/ino differ from what ADD recorded), is never repaired. The rules
-//!   went with the namespace; what outlives it (the record, the pod's fast-path entries, its
-//!   journal and lock files) is the runtime's DEL's to remove, or CNI GC's. Both may never
+//!   went with the namespace; what outlives it (the record, the pod's fast-path entries) is
+//!   the runtime's DEL's to remove, or CNI GC's. Both may never
 //!   come (a runtime that lost the pod, a network config older than CNI 1.1, which gets no
 //!   GC), so a record whose namespace pin two scans in a row found removed is reclaimed: the
 //!   agent takes the steps DEL takes for a namespace that is gone (see
@@ -44,7 +44,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use meshcap_dataplane::{Dataplane, DataplaneError, NetnsId, PodNetns};
+use meshcap_dataplane::{Dataplane, DataplaneError, PodNetns};
 use meshcap_fastpath::PinDir;
 use meshcap_model::mesh::istio::SpecSettings;
 use meshcap_model::mesh::{self, FrontEnd, Mesh};
@@ -283,14 +283,17 @@ impl Repairer {
 
 impl Repairer {
     /// Removes what outlives a pod's namespace when no DEL came for it, as DEL does for a
-    /// namespace that is gone: the pod's fast-path entries, the namespace's journal and
-    /// legacy lock files ([`Dataplane::forget`]), then the record. Only a record still as
-    /// `seen` is reclaimed (one written again since belongs to a newer ADD). Returns whether
-    /// the record went; what failed is logged and retried on the next scan.
+    /// namespace that is gone: the pod's fast-path entries, then the record. Only a record
+    /// still as `seen` is reclaimed (one written again since belongs to a newer ADD), checked
+    /// again right before each step. The namespace's journal and legacy lock files are left:
+    /// they are named by its inode number, which the kernel soon gives to a new namespace
+    /// whose files they would then be, and that namespace's ADD or DEL replaces or drops them.
+    /// Returns whether the record is gone; what failed is logged and retried on the next scan.
     fn reclaim(&self, path: &Path, seen: &AttachmentRecord, why: &str, metrics: &Metrics) -> bool {
-        match state::read_record(path) {
-            Ok(Some(now)) if same_attachment(&now, seen) => {}
-            _ => return false,
+        let unchanged =
+            || matches!(state::read_record(path), Ok(Some(now)) if same_attachment(&now, seen));
+        if !unchanged() {
+            return false;
         }
         let pod = format!(
             "{}/{}",
@@ -307,14 +310,12 @@ impl Repairer {
                     return false;
                 }
             }
-        }
-        if let Some((dev, ino)) = seen.netns_dev.zip(seen.netns_ino) {
-            if let Err(e) = self.dataplane.forget(NetnsId { dev, ino }) {
-                tracing::warn!(%pod, error = %e, "cannot remove a stale namespace's lock file");
+            if !unchanged() {
+                return false;
             }
         }
         match state::remove_file(path) {
-            Ok(_) => {
+            Ok(true) => {
                 metrics.reclaimed();
                 tracing::info!(
                     %pod,
@@ -326,6 +327,8 @@ impl Repairer {
                 );
                 true
             }
+            // A DEL running at the same time removed it first.
+            Ok(false) => true,
             Err(e) => {
                 tracing::warn!(%pod, error = %e, "cannot remove a stale attachment record; retrying next scan");
                 false
@@ -371,7 +374,8 @@ fn recompute(rec: &AttachmentRecord, annotations: &Annotations) -> Result<Redire
 /// runtime's pin (`/var/run/netns/cni-...`) whose directory the agent sees, and that the runtime
 /// removed. A path under `/proc` names a process, which an agent in a container of its own
 /// PID namespace may not see at all, and a pin directory the agent's container does not mount
-/// shows nothing either: neither is taken as proof.
+/// shows nothing either: neither is taken as proof. (The shipped image has no directories of
+/// its own where pins could be, only the host's mounts.)
 fn pin_removed(netns: &Path) -> bool {
     !netns.starts_with("/proc") && netns.parent().is_some_and(Path::is_dir)
 }
