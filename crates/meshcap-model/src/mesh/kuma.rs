@@ -5,7 +5,8 @@
 //! transparent-proxy config the injector folded every other setting into (the
 //! `traffic.kuma.io/exclude-*` annotations, `kuma.io/gateway`, the probe port, the control
 //! plane's runtime config). meshcap reads the same YAML over the same defaults
-//! (`DefaultConfig`); a pod without it fails the ADD, as with kuma-cni.
+//! (`DefaultConfig`), its keys in any letter case as Kuma's loader reads them; a pod without it
+//! fails the ADD, as with kuma-cni.
 //!
 //! | YAML field | meaning | default |
 //! |---|---|---|
@@ -107,13 +108,97 @@ pub fn dry_run(annotations: &Annotations) -> Option<String> {
     }
     // The injector leaves the key out unless it is set (`omitempty`): most pods are answered
     // without a second parse of their config.
+    let names_it = |yaml: &str| {
+        yaml.as_bytes()
+            .windows("dryrun".len())
+            .any(|w| w.eq_ignore_ascii_case(b"dryrun"))
+    };
     annotations
         .get(TPROXY_CONFIG)
-        .filter(|yaml| yaml.contains("dryRun") && yaml.len() <= crate::annotations::MAX_VALUE_LEN)
-        .and_then(|yaml| serde_yaml::from_str::<Option<DryRun>>(yaml).ok())
+        .filter(|yaml| names_it(yaml) && yaml.len() <= crate::annotations::MAX_VALUE_LEN)
+        .and_then(|yaml| parse_as_kuma::<Option<DryRun>>(yaml).ok())
         .flatten()
         .is_some_and(|c| c.dry_run)
         .then(|| format!("{TPROXY_CONFIG} sets dryRun, with which kuma-cni installs nothing"))
+}
+
+/// Every config key meshcap reads, spelled as Kuma's `Config` names it (its `json` tags).
+const KEYS: &[&str] = &[
+    "kumaDPUser",
+    "ipFamilyMode",
+    "redirect",
+    "dropInvalidPackets",
+    "dryRun",
+    "log",
+    "enabled",
+    "inbound",
+    "outbound",
+    "dns",
+    "vnet",
+    "networks",
+    "port",
+    "includePorts",
+    "excludePorts",
+    "excludePortsForUIDs",
+    "excludePortsForIPs",
+    "insertRedirectInsteadOfAppend",
+    "captureAll",
+    "skipConntrackZoneSplit",
+    "resolvConfigPath",
+];
+
+/// Reads the config as Kuma's loader does: `sigs.k8s.io/yaml` turns it into JSON for Go's
+/// `encoding/json`, which takes a key in any letter case for a field (`KumaDPUser` is
+/// `kumaDPUser`; of two spellings of one key, the later wins). A config whose keys are all
+/// spelled as the fields are (what the injector writes) is read as it is; otherwise every key
+/// that names a field is respelled first, and an error then names no line, since the lines
+/// are those of the respelled text. (Go also folds the Kelvin sign and the long s into `k` and
+/// `s`; only ASCII case is folded here.)
+fn parse_as_kuma<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, String> {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+    if !respell_keys(&mut value) {
+        return serde_yaml::from_str(yaml).map_err(|e| e.to_string());
+    }
+    let respelled = serde_yaml::to_string(&value).map_err(|e| e.to_string())?;
+    serde_yaml::from_str(&respelled).map_err(|e| {
+        let message = e.to_string();
+        match e.location() {
+            Some(at) => message
+                .trim_end_matches(&format!(" at line {} column {}", at.line(), at.column()))
+                .to_owned(),
+            None => message,
+        }
+    })
+}
+
+/// Spells every mapping key that names a field in another letter case as the field does;
+/// returns whether any key changed.
+fn respell_keys(value: &mut serde_yaml::Value) -> bool {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            let mut changed = false;
+            for (key, mut item) in std::mem::take(map) {
+                changed |= respell_keys(&mut item);
+                let field = key
+                    .as_str()
+                    .and_then(|k| KEYS.iter().find(|f| f.eq_ignore_ascii_case(k) && **f != k));
+                let key = match field {
+                    Some(field) => {
+                        changed = true;
+                        serde_yaml::Value::String((*field).to_owned())
+                    }
+                    None => key,
+                };
+                map.insert(key, item);
+            }
+            changed
+        }
+        serde_yaml::Value::Sequence(items) => items
+            .iter_mut()
+            .fold(false, |changed, item| respell_keys(item) | changed),
+        serde_yaml::Value::Tagged(tagged) => respell_keys(&mut tagged.value),
+        _ => false,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,7 +287,7 @@ pub fn model(
             ),
         ));
     }
-    let cfg: Config = serde_yaml::from_str(yaml).map_err(|e| {
+    let cfg: Config = parse_as_kuma(yaml).map_err(|e| {
         AnnotationError::new(
             TPROXY_CONFIG,
             yaml,
@@ -777,6 +862,22 @@ mod tests {
         assert_eq!(m.exclude_inbound_ports, vec![9000]);
         assert!(m.dns_capture && m.dns_servers.is_none());
         assert!(!m.families.v6);
+    }
+
+    #[test]
+    fn keys_are_read_in_any_letter_case_as_kumas_loader_reads_them() {
+        let yaml = "KumaDPUser: \"1000\"\nIPFAMILYMODE: ipv4\nRedirect:\n  Inbound:\n    ExcludePorts:\n    - 9000\n  DNS:\n    Enabled: true\n    captureall: true\n  outbound:\n    port: 15002\n    Port: 15003\n";
+        let mut w = Vec::new();
+        let m = model(&ann(yaml), true, &no_file, &mut w).unwrap();
+        assert_eq!(m.proxy_uids, vec![1000]);
+        assert!(!m.families.v6);
+        assert_eq!(m.exclude_inbound_ports, vec![9000]);
+        assert!(m.dns_capture && m.dns_servers.is_none());
+        // Of two spellings of one key, the later wins, as in Go.
+        assert_eq!(m.ports.outbound, 15003);
+        assert!(dry_run(&ann("DryRun: true\n")).is_some());
+        // A key no field has in any case is ignored, as Kuma ignores it.
+        assert!(model(&ann("kumaDPUserName: x\n"), true, &no_file, &mut w).is_ok());
     }
 
     #[test]
