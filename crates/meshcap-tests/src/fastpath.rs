@@ -214,6 +214,8 @@ impl Agent {
         if records.is_some() {
             flags.push(("--no-adopt", None));
             flags.push(("--repair-interval-ms", Some(std::ffi::OsStr::new("200"))));
+            // What each scan found, for a test that waits on one.
+            cmd.env("RUST_LOG", "info,meshcap::agent::repair=debug");
         }
         for (flag, value) in flags {
             if help.contains(flag) {

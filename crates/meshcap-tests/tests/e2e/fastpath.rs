@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use meshcap_tests::fastpath::{
     cookie, lo_tx_bytes, open_app_connection, wait_for, Agent, EchoSidecar, PinDir, PrivatePins,
@@ -325,10 +326,17 @@ fn a_pod_gone_without_del_is_reclaimed_by_the_agent() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for("the agent to reclaim the pod", || {
-        Ok(record(&node, &gone).is_none() && pins.lookup(gone_cookie)?.is_none())
-    })
-    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.stderr()));
+    // Two scans, each of which checks the other pod's rules: seconds on an emulated CPU.
+    let reclaimed =
+        meshcap_testkit::poll(Duration::from_secs(30), Duration::from_millis(50), || {
+            anyhow::Ok(record(&node, &gone).is_none() && pins.lookup(gone_cookie)?.is_none())
+        })
+        .unwrap();
+    assert!(
+        reclaimed,
+        "the agent did not reclaim the pod; agent log:\n{}",
+        agent.stderr()
+    );
     assert!(
         agent
             .stderr()
