@@ -698,7 +698,8 @@ fn privileged_a_pod_gone_without_del_is_reclaimed() {
     fs::remove_file(&fresh).unwrap();
     drop(gone);
     assert!(!Path::new(&gone_path).exists());
-    agent.wait_for("the record reclaimed", Duration::from_secs(5), || {
+    // Two scans after the namespace went.
+    agent.wait_for("the record reclaimed", Duration::from_secs(15), || {
         agent.metric("meshcap_reclaimed_attachments_total") == 1.0
     });
     agent.wait_for("one record left", Duration::from_secs(2), || {
