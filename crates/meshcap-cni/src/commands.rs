@@ -542,13 +542,12 @@ fn model_for(
     Ok((model, resolved.front_end))
 }
 
-/// Why a pod its mesh's plugin sets up still gets nothing installed, once its inputs built a
-/// model (so that bad inputs fail first, as under that plugin): a Kuma dry run.
+/// [`mesh::installs_nothing`] for a captured pod (Istio when no other mesh claims it).
 fn installs_nothing(capture: &Capture) -> Option<String> {
-    match capture.mesh {
-        Some(Mesh::Kuma) => mesh::kuma::dry_run(&capture.pod.annotations),
-        _ => None,
-    }
+    mesh::installs_nothing(
+        capture.mesh.unwrap_or(Mesh::Istio),
+        &capture.pod.annotations,
+    )
 }
 
 /// Whether a front end's warning is about annotation `key` (see [`mesh::Resolved::warnings`]).

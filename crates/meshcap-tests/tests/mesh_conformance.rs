@@ -338,14 +338,9 @@ fn linkerd_and_kuma_fixtures_through_render_f() {
 #[test]
 fn linkerd_and_kuma_fixtures_through_add() {
     const TEST: &str = "linkerd_and_kuma_fixtures_through_add";
-    if let Some(why) =
-        meshcap_tests::missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"])
-    {
-        return meshcap_tests::skip_or_fail(TEST, &why);
-    }
-    let plugin = match meshcap_tests::bins::meshcap_cni() {
-        Ok(p) => p,
-        Err(e) => return meshcap_tests::skip_or_fail(TEST, &format!("no meshcap-cni: {e}")),
+    let Some(plugin) = privileged_plugin(TEST, &["ip", "iptables-save", "ip6tables-save", "nft"])
+    else {
+        return;
     };
     let state = std::env::temp_dir().join(format!("meshcap-mesh-peer-add-{}", std::process::id()));
     let mut results = BTreeMap::new();
@@ -425,14 +420,9 @@ fn linkerd_and_kuma_fixtures_through_add() {
 #[test]
 fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
     const TEST: &str = "a_kuma_dry_run_starts_the_pod_with_nothing_installed";
-    if let Some(why) =
-        meshcap_tests::missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"])
-    {
-        return meshcap_tests::skip_or_fail(TEST, &why);
-    }
-    let plugin = match meshcap_tests::bins::meshcap_cni() {
-        Ok(p) => p,
-        Err(e) => return meshcap_tests::skip_or_fail(TEST, &format!("no meshcap-cni: {e}")),
+    let Some(plugin) = privileged_plugin(TEST, &["ip", "iptables-save", "ip6tables-save", "nft"])
+    else {
+        return;
     };
     let state = std::env::temp_dir().join(format!("meshcap-kuma-dry-run-{}", std::process::id()));
     let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=dry";
@@ -474,6 +464,22 @@ fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
+/// The plugin binary for a privileged test that needs `tools`; `None` once the test was
+/// skipped (or, under `CI=true`, failed) for want of root, a tool or the binary.
+fn privileged_plugin(test: &str, tools: &[&str]) -> Option<PathBuf> {
+    if let Some(why) = meshcap_tests::missing_root_or_tools(tools) {
+        meshcap_tests::skip_or_fail(test, &why);
+        return None;
+    }
+    match meshcap_tests::bins::meshcap_cni() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            meshcap_tests::skip_or_fail(test, &format!("no meshcap-cni: {e}"));
+            None
+        }
+    }
+}
+
 /// Whether `lo` in `ns` holds `::6/128`, the IPv6 inbound passthrough source.
 fn lo_has_passthrough_v6(ns: &meshcap_tests::netns::Netns) -> bool {
     ns.exec("ip", &["-6", "addr", "show", "dev", "lo"])
@@ -492,12 +498,8 @@ fn kuma_virtual_network_traffic_goes_to_the_proxy() {
     use std::time::{Duration, Instant};
 
     const TEST: &str = "kuma_virtual_network_traffic_goes_to_the_proxy";
-    if let Some(why) = meshcap_tests::missing_root_or_tools(&["ip", "iptables-save", "nft"]) {
-        return meshcap_tests::skip_or_fail(TEST, &why);
-    }
-    let plugin = match meshcap_tests::bins::meshcap_cni() {
-        Ok(p) => p,
-        Err(e) => return meshcap_tests::skip_or_fail(TEST, &format!("no meshcap-cni: {e}")),
+    let Some(plugin) = privileged_plugin(TEST, &["ip", "iptables-save", "nft"]) else {
+        return;
     };
     let state = std::env::temp_dir().join(format!("meshcap-mesh-vnet-{}", std::process::id()));
     let config_yaml = "cniMode: true\nipFamilyMode: ipv4\nredirect:\n  vnet:\n    networks:\n    - docker+:172.17.0.0/16\n";

@@ -192,7 +192,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         for w in &resolved.warnings {
             println!("# warning: {w}");
         }
-        if let Some(reason) = installs_nothing(m, &pod.annotations) {
+        if let Some(reason) = mesh::installs_nothing(m, &pod.annotations) {
             println!("# not captured: {reason}");
             return Ok(());
         }
@@ -419,7 +419,7 @@ fn render_any_pod(
     for w in &warnings {
         println!("# warning: {w}");
     }
-    if let Some(reason) = installs_nothing(mesh, &pod.annotations) {
+    if let Some(reason) = mesh::installs_nothing(mesh, &pod.annotations) {
         println!("# not captured: {reason}");
         return Ok(());
     }
@@ -441,14 +441,6 @@ fn render_any_pod(
     }
     print_rules(args, &model);
     Ok(())
-}
-
-/// Why the plugin installs nothing for a pod whose model was built (as its ADD decides).
-fn installs_nothing(pod_mesh: Mesh, pod_annotations: &Annotations) -> Option<String> {
-    match pod_mesh {
-        Mesh::Kuma => mesh::kuma::dry_run(pod_annotations),
-        _ => None,
-    }
 }
 
 fn or_none(ids: String) -> String {

@@ -155,6 +155,9 @@ const KEYS: &[&str] = &[
 /// are those of the respelled text. (Go also folds the Kelvin sign and the long s into `k` and
 /// `s`; only ASCII case is folded here.)
 fn parse_as_kuma<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, String> {
+    if !may_misspell_a_key(yaml) {
+        return serde_yaml::from_str(yaml).map_err(|e| e.to_string());
+    }
     let mut value: serde_yaml::Value = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
     if !respell_keys(&mut value) {
         return serde_yaml::from_str(yaml).map_err(|e| e.to_string());
@@ -168,6 +171,17 @@ fn parse_as_kuma<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, String
                 .to_owned(),
             None => message,
         }
+    })
+}
+
+/// Whether the text holds a field's name in another letter case anywhere (a key, or by chance
+/// a value): only then is the config read through a generic value to respell its keys, so a
+/// config as the injector writes it is parsed once.
+fn may_misspell_a_key(yaml: &str) -> bool {
+    let text = yaml.as_bytes();
+    KEYS.iter().any(|field| {
+        text.windows(field.len())
+            .any(|w| w.eq_ignore_ascii_case(field.as_bytes()) && w != field.as_bytes())
     })
 }
 

@@ -110,6 +110,16 @@ fn names(meshes: &[Mesh]) -> String {
         .join(" and ")
 }
 
+/// Why a pod that `mesh`'s own plugin sets up still gets nothing installed, asked once its
+/// inputs built a model (so that bad inputs fail first, as under that plugin): a Kuma dry run.
+/// ADD, CHECK, DEL and `meshcap render` all ask here.
+pub fn installs_nothing(mesh: Mesh, annotations: &Annotations) -> Option<String> {
+    match mesh {
+        Mesh::Kuma => kuma::dry_run(annotations),
+        Mesh::Istio | Mesh::Linkerd => None,
+    }
+}
+
 /// What a pod's front end resolved besides its annotations: the settings its mesh takes from
 /// the pod spec, the node's plugin configuration or the pod's addresses. The plugin keeps it in
 /// the attachment record, so the node agent recomputes a pod's rules with [`FrontEnd::model`],

@@ -244,11 +244,7 @@ impl Repairer {
     }
 
     fn report(&mut self, path: &Path, rec: &AttachmentRecord, verdict: Verdict, metrics: &Metrics) {
-        let pod = format!(
-            "{}/{}",
-            rec.pod_namespace.as_deref().unwrap_or("-"),
-            rec.pod_name.as_deref().unwrap_or("-")
-        );
+        let pod = pod_label(rec);
         match verdict {
             Verdict::InSync => {
                 tracing::debug!(%pod, netns = %rec.netns.display(), "rules in place");
@@ -295,11 +291,7 @@ impl Repairer {
         if !unchanged() {
             return false;
         }
-        let pod = format!(
-            "{}/{}",
-            seen.pod_namespace.as_deref().unwrap_or("-"),
-            seen.pod_name.as_deref().unwrap_or("-")
-        );
+        let pod = pod_label(seen);
         if seen.ebpf_registered {
             match PinDir::new(&self.pin_dir).unregister_attachment(&seen.container_id, &seen.ifname)
             {
@@ -378,6 +370,15 @@ fn recompute(rec: &AttachmentRecord, annotations: &Annotations) -> Result<Redire
 /// its own where pins could be, only the host's mounts.)
 fn pin_removed(netns: &Path) -> bool {
     !netns.starts_with("/proc") && netns.parent().is_some_and(Path::is_dir)
+}
+
+/// `namespace/name` of the record's pod for the log (`-` for what the runtime did not pass).
+fn pod_label(rec: &AttachmentRecord) -> String {
+    format!(
+        "{}/{}",
+        rec.pod_namespace.as_deref().unwrap_or("-"),
+        rec.pod_name.as_deref().unwrap_or("-")
+    )
 }
 
 /// Whether `now` (the record read under the lock) is still the attachment `seen` was.
