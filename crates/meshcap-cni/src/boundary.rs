@@ -12,6 +12,7 @@
 //! | 50 | STATUS: the rule backend is not ready |
 //! | 100 | a dataplane operation (apply, remove, check) failed |
 //! | 101 | CHECK: the installed rules drifted from the model |
+//! | 102 | the plugin panicked (a bug in meshcap): printed by [`report_panics_as_cni_errors`]'s hook before the process aborts |
 //! | 11 | a dataplane operation met a transient kernel condition (EAGAIN, EBUSY, EINTR, ENOBUFS), or the API server did not answer within `kubernetes.timeout_ms` (connection errors, timeouts, 429, 5xx): retry later |
 //!
 //! Nothing else is ever written to stdout: logs go to stderr and the log file. Each invocation
@@ -20,7 +21,7 @@
 //! as metrics.
 
 use std::ffi::OsString;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use serde_json::{json, Value};
 
@@ -39,6 +40,41 @@ pub const MAX_STDIN: usize = 1 << 20;
 /// Plugin-specific error codes (CNI reserves 0-99 for the spec).
 pub const CODE_DATAPLANE: u32 = 100;
 pub const CODE_DRIFT: u32 = 101;
+pub const CODE_INTERNAL: u32 = 102;
+const _: () = assert!(CODE_INTERNAL >= 100, "CNI reserves 0-99");
+
+/// The `cniVersion` of this invocation's configuration, for an error printed by the panic hook.
+static INVOCATION_VERSION: std::sync::OnceLock<CniVersion> = std::sync::OnceLock::new();
+
+/// Makes a panic print a CNI error on stdout before the process ends. The shipped plugin aborts
+/// on panic (no unwinding), so without this the runtime would get an empty stdout and report
+/// an unparsable result instead of what went wrong. Called once, by the executable.
+pub fn report_panics_as_cni_errors() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // The usual message (and backtrace when asked for) goes to stderr, as always.
+        default_hook(info);
+        let version = INVOCATION_VERSION
+            .get()
+            .copied()
+            .unwrap_or(CniVersion::LATEST);
+        let body = internal_error_json(version, &info.to_string());
+        // The stdout lock is reentrant: a panic while main holds it still gets through.
+        let mut stdout = io::stdout().lock();
+        let _ = writeln!(stdout, "{body}");
+        let _ = stdout.flush();
+    }));
+}
+
+/// The CNI error for a panic whose message is `panic`.
+pub fn internal_error_json(version: CniVersion, panic: &str) -> Value {
+    json!({
+        "cniVersion": version.as_str(),
+        "code": CODE_INTERNAL,
+        "msg": "meshcap-cni failed on an internal error (a bug in meshcap; please report it with the details)",
+        "details": panic,
+    })
+}
 
 /// Any failure of one invocation.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +180,7 @@ pub fn run(lookup: impl Fn(&str) -> Option<OsString>, stdin: impl Read) -> Outco
         Err(_) => &[],
     };
     let fallback_version = config::peek_version(bytes);
+    let _ = INVOCATION_VERSION.set(fallback_version);
 
     match execute(lookup, input.as_deref()) {
         Ok(Some(value)) => Outcome {
@@ -296,6 +333,15 @@ mod tests {
     use super::*;
     use meshcap_testkit::ScratchDir as TempDir;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_panic_is_reported_as_a_cni_error_with_its_message() {
+        let body = internal_error_json(CniVersion::V0_4_0, "panicked at src/x.rs:1:2:\nboom");
+        assert_eq!(body["cniVersion"], "0.4.0");
+        assert_eq!(body["code"], CODE_INTERNAL);
+        assert!(body["msg"].as_str().unwrap().contains("internal error"));
+        assert_eq!(body["details"], "panicked at src/x.rs:1:2:\nboom");
+    }
 
     fn run_with(env: &[(&str, &str)], stdin: &str) -> (Outcome, Option<Value>) {
         let map: HashMap<String, OsString> = env

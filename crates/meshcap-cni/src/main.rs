@@ -13,6 +13,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    meshcap_cni::boundary::report_panics_as_cni_errors();
     let stdin = std::io::stdin();
     // Someone running `CNI_COMMAND=VERSION meshcap-cni` by hand should not hang waiting for
     // input; runtimes always pass a pipe or a file.

@@ -368,9 +368,22 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
     if fs::metadata(&args.cni_conf_dir).is_ok() {
         let mut text = serde_json::to_vec_pretty(&entry)?;
         text.push(b'\n');
-        write_atomic(&args.cni_conf_dir.join(ENTRY_FILE), &text, 0o644)?;
+        let path = args.cni_conf_dir.join(ENTRY_FILE);
+        // Unchanged, it is left alone: the runtime reloads its CNI config on any write in
+        // the directory, and the node agent re-installs every few seconds.
+        if fs::read(&path).ok().as_deref() != Some(&text[..]) {
+            write_atomic(&path, &text, 0o644)?;
+        }
     }
     ensure_entry(&args.cni_conf_dir, &entry).map(|(file, _)| file)
+}
+
+/// Whether meshcap is installed in `conf_dir` and no `uninstall` is running there: the last
+/// `install` left its [`ENTRY_FILE`], which `uninstall` removes. What keeps an install in
+/// place (the node agent's refresh, the config watch) does nothing otherwise, so an
+/// uninstall stays done while they run.
+pub fn is_installed(conf_dir: &Path) -> bool {
+    conf_dir.join(ENTRY_FILE).exists() && !conf_dir.join(UNINSTALLING_MARKER).exists()
 }
 
 /// The entry recorded by the last `install` ([`ENTRY_FILE`]); `None` when there is none or it

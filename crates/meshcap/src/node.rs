@@ -203,8 +203,23 @@ pub fn spawn_refresher(args: &NodeArgs) -> anyhow::Result<()> {
         .name("node-refresh".into())
         .spawn(move || {
             let mut last_token = fs::read(args.sa_dir.join("token")).ok();
+            let conf_dir = args.on_host(&args.cni_conf_dir);
+            let mut said_uninstalled = false;
             loop {
                 std::thread::sleep(Duration::from_secs(args.refresh_interval.max(1)));
+                // `meshcap uninstall` ran on this node (or is running): put nothing back. The
+                // next `node install` (a new pod of the DaemonSet) installs again.
+                if !install::is_installed(&conf_dir) {
+                    if !said_uninstalled {
+                        tracing::info!(
+                            conf_dir = %conf_dir.display(),
+                            "meshcap is not installed here (uninstalled): not re-installing"
+                        );
+                        said_uninstalled = true;
+                    }
+                    continue;
+                }
+                said_uninstalled = false;
                 let token = fs::read(args.sa_dir.join("token")).ok();
                 if token.is_some() && token != last_token {
                     match write_kubeconfig_if_in_cluster(&args) {

@@ -269,3 +269,94 @@ fn the_agent_keeps_running_when_its_log_reader_is_gone() {
     }
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// `meshcap uninstall` on a node whose DaemonSet still runs: the agent's periodic re-install
+/// (and its config watch) leave the node uninstalled, with no binary, entry or kubeconfig put
+/// back, where before the next refresh wrote them all again.
+#[test]
+fn a_running_node_agent_leaves_an_uninstall_done() {
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!(
+        "meshcap-cli-uninstall-under-agent-{}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    let host = dir.join("host");
+    let conf = host.join("etc/cni/net.d");
+    let bin = host.join("opt/cni/bin");
+    fs::create_dir_all(&conf).unwrap();
+    fs::create_dir_all(&bin).unwrap();
+    fs::write(conf.join("10-bridge.conflist"), BRIDGE).unwrap();
+    fs::write(dir.join("plugin"), b"#!plugin").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut agent = Command::new(MESHCAP)
+        .args(["node", "agent", "--host-root"])
+        .arg(&host)
+        .arg("--sa-dir")
+        .arg(dir.join("no-sa"))
+        .arg("--plugin-binary")
+        .arg(dir.join("plugin"))
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--refresh-interval", "1"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("MESHCAP_STATE_DIR", dir.join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let chained = || {
+        fs::read_to_string(conf.join("10-bridge.conflist"))
+            .unwrap_or_default()
+            .contains("meshcap-cni")
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(chained() && bin.join("meshcap-cni").exists()) {
+        assert!(Instant::now() < deadline, "node agent never installed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let one refresh run against the installed node first.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let out = Command::new(MESHCAP)
+        .arg("uninstall")
+        .arg("--cni-conf-dir")
+        .arg(&conf)
+        .arg("--cni-bin-dir")
+        .arg(&bin)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--pin-dir")
+        .arg(dir.join("pins"))
+        .args(["--grace-ms", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!chained(), "uninstall took meshcap out of the chain");
+    // Three refreshes and several config-watch polls later, nothing is back.
+    std::thread::sleep(Duration::from_millis(3500));
+    let exited = agent.try_wait().unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let output = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(exited.is_none(), "the agent died: {log}");
+    assert!(!chained(), "meshcap chained again under the agent:\n{log}");
+    assert!(
+        !bin.join("meshcap-cni").exists(),
+        "the plugin binary came back:\n{log}"
+    );
+    assert!(!conf.join(".meshcap-entry").exists(), "{log}");
+    assert!(
+        log.contains("not re-installing"),
+        "the agent says why it leaves the node alone:\n{log}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
