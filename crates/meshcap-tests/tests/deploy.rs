@@ -2,7 +2,9 @@
 //! `kubectl kustomize` into what they claim, and the node image (deploy/Containerfile, FROM
 //! scratch, built offline with `podman build --network=none`) does the node's setup with
 //! `meshcap node` against a mounted host root: the plugin lands in the bin dir, the conflist
-//! is chained, the kubeconfig is 0600, and the agent answers its probes and metrics.
+//! is chained, the kubeconfig is 0600, and the agent answers its probes and metrics; the
+//! image's own plugin installs and removes a pod's capture in iptables mode with the image's
+//! xtables (what repair and adoption run inside the agent's container).
 //!
 //! The image test needs root, podman and the static binaries (`MESHCAP_STATIC_DIR`, which
 //! scripts/test.sh sets from scripts/build-static.sh); the kustomize test needs `kubectl`. When
@@ -206,6 +208,15 @@ fn kustomize_base_and_components_render() {
         // Adoption runs the plugin with the node's paths: the config dir at its node path too.
         assert!(mounts_of(&spec["containers"][0]).contains(&("cni-conf".into(), conf.into())));
     }
+    // The plugin's records and run state as the plugin on the node has them (/var/run is /run
+    // there, not in the image): repair and adoption share apply journals and templates.
+    let agent_mounts = mounts_of(agent);
+    for path in ["/var/run/meshcap", "/run/meshcap"] {
+        assert!(
+            agent_mounts.contains(&("run-meshcap".into(), path.into())),
+            "{path}: {agent_mounts:?}"
+        );
+    }
 }
 
 fn tools_missing(tools: &[&str]) -> Option<String> {
@@ -285,13 +296,16 @@ fn image_builds_offline_and_sets_up_a_host_root() {
         container: format!("meshcap-deploy-test-agent-{pid}"),
     };
 
-    // The build context holds what the Containerfile copies, where it copies it from.
+    // The build context as scripts/build-image.sh stages it.
     let ctx = s.0.join("context");
-    let release = ctx.join("target/x86_64-unknown-linux-musl/release");
-    fs::create_dir_all(&release).unwrap();
-    for bin in ["meshcap", "meshcap-cni"] {
-        fs::copy(bins.join(bin), release.join(bin)).unwrap();
-    }
+    ok(
+        Command::new(repo().join("scripts/stage-image.sh"))
+            .arg(&bins)
+            .arg(&ctx)
+            .output()
+            .unwrap(),
+        "scripts/stage-image.sh",
+    );
     let started = Instant::now();
     ok(
         Command::new("podman")
@@ -318,6 +332,8 @@ fn image_builds_offline_and_sets_up_a_host_root() {
         .output()
         .unwrap();
     assert!(!no_shell.status.success(), "the image has a shell");
+
+    iptables_mode_runs_in_the_image(&objects.image, &s.0);
 
     // A host root as a k3s node has it (CNI paths other than the defaults, so that only the
     // DaemonSet's env can have told install and agent where they are): bridge's conflist, an
@@ -473,4 +489,71 @@ fn image_builds_offline_and_sets_up_a_host_root() {
     let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(parsed["level"], "INFO", "{line}");
     drop(objects);
+}
+
+/// The image's own plugin in iptables mode, as the agent's adoption runs it (and repair runs
+/// the same backend): ADD in a pod namespace installs the capture with the image's xtables,
+/// which the node's `iptables-nft-save` reads back, and DEL removes it.
+fn iptables_mode_runs_in_the_image(image: &str, scratch: &Path) {
+    let ns = meshcap_tests::netns::Netns::new("image").unwrap();
+    let netns = ns.path().display().to_string();
+    let state = scratch.join("image-state");
+    fs::create_dir_all(&state).unwrap();
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "podnet", "type": "meshcap-cni", "mode": "iptables",
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"sidecar.istio.io/status": "{}"}},
+        "prevResult": {"cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": netns}],
+            "ips": [{"address": "10.88.0.9/16", "interface": 0}]},
+    })
+    .to_string();
+    let plugin = |command: &str| {
+        let mut child = Command::new("podman")
+            .args(["run", "--rm", "-i", "--network=none", "--privileged"])
+            .args(["-v", "/run/netns:/run/netns"])
+            .arg("-v")
+            .arg(format!("{}:/state", state.display()))
+            .args(["-e", "MESHCAP_STATE_DIR=/state"])
+            .args(["-e", &format!("CNI_COMMAND={command}")])
+            .args(["-e", "CNI_CONTAINERID=image-test"])
+            .args(["-e", &format!("CNI_NETNS={netns}")])
+            .args(["-e", "CNI_IFNAME=eth0"])
+            .args(["-e", "CNI_PATH=/opt/cni/bin"])
+            .args([
+                "-e",
+                "CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME=image-test",
+            ])
+            .args(["--entrypoint", "/usr/local/bin/meshcap-cni", image])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(config.as_bytes())
+            .unwrap();
+        ok(
+            child.wait_with_output().unwrap(),
+            &format!("{command} by the image's meshcap-cni"),
+        )
+    };
+    let save = || ns.exec("iptables-nft-save", &[]).unwrap();
+    let result = plugin("ADD");
+    assert!(result.contains("10.88.0.9/16"), "ADD's result: {result}");
+    let rules = save();
+    for want in [
+        "-j MESHCAP_PREROUTING",
+        "-j MESHCAP_OUTPUT",
+        "-j REDIRECT --to-ports 15001",
+        "-j REDIRECT --to-ports 15006",
+        "--uid-owner 1337 -m comment --comment \"proxy uid bypasses outbound capture\" -j RETURN",
+    ] {
+        assert!(rules.contains(want), "{want:?} not installed:\n{rules}");
+    }
+    plugin("DEL");
+    let after = save();
+    assert!(!after.contains("MESHCAP"), "DEL left rules:\n{after}");
 }
