@@ -124,24 +124,10 @@ pub fn pod_addresses(prev: Option<&Map<String, Value>>) -> Result<Vec<IpAddr>, R
         .collect()
 }
 
-/// The address families an Istio pod gets rules for, from its [`pod_addresses`]: IPv4 always
-/// (istio-iptables writes its IPv4 rules for every pod), IPv6 when the pod has an IPv6 address
-/// that is not link-local (Istio's `getLocalIP` with `ISTIO_DUAL_STACK`; without it Istio
-/// looks only at the first address and leaves a dual-stack pod's IPv6 uncaptured, which
-/// meshcap does not copy). Without any address, both: what the pod has is unknown, and
-/// capturing a family too many costs less than missing one.
+/// The address families an Istio pod gets rules for, from its [`pod_addresses`]
+/// ([`meshcap_model::mesh::istio::families_of`], which `meshcap render -f` shares).
 pub fn pod_families(addresses: &[IpAddr]) -> Families {
-    if addresses.is_empty() {
-        return Families::BOTH;
-    }
-    let v6 = addresses.iter().any(|a| match a {
-        IpAddr::V6(a) => {
-            let link_local = (a.segments()[0] & 0xffc0) == 0xfe80;
-            a.to_ipv4_mapped().is_none() && !link_local
-        }
-        IpAddr::V4(_) => false,
-    });
-    Families { v4: true, v6 }
+    meshcap_model::mesh::istio::families_of(addresses)
 }
 
 /// "4" or "6" from `address` (CIDR). An IPv4-mapped IPv6 address counts as 4, as Go's

@@ -245,7 +245,8 @@ impl PodView {
         };
         // istio-iptables reads its own environment only where it runs in the pod: under
         // istio-init. istio-validation carries the proxy's metadata too, but in that mode
-        // istio-cni runs istio-iptables with its node agent's environment, not the pod's.
+        // istio-cni reads these variables in its plugin process (sidecar_iptables_linux.go),
+        // whose environment is the container runtime's, not the pod's.
         self.init_env = if path_is_istio_init {
             env_values(c.get("env"), &format!("{path}.env"), None)?
         } else {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -362,19 +363,17 @@ fn render_any_pod(
             Mesh::Kuma
         }
         Some(Mesh::Istio) | None => {
-            return render_pod(args, pod, defaults, selection, selection_name)
+            return render_pod(
+                args,
+                pod,
+                &pod_ips(raw),
+                defaults,
+                selection,
+                selection_name,
+            )
         }
     };
-    let has_ipv6 = raw
-        .pointer("/status/podIPs")
-        .and_then(|v| v.as_array())
-        .is_some_and(|ips| {
-            ips.iter().any(|ip| {
-                ip.get("ip")
-                    .and_then(|v| v.as_str())
-                    .is_some_and(|s| s.contains(':'))
-            })
-        });
+    let has_ipv6 = pod_ips(raw).iter().any(IpAddr::is_ipv6);
     let filled;
     let mut pod = pod;
     if mesh == Mesh::Linkerd && mesh::linkerd::reads_namespace(&pod.annotations) {
@@ -451,9 +450,38 @@ fn or_none(ids: String) -> String {
     }
 }
 
+/// The pod's addresses in a manifest read back from the API (`status.podIPs`, else
+/// `status.podIP`); none for a template or a pod not yet started.
+fn pod_ips(raw: &serde_json::Value) -> Vec<IpAddr> {
+    let listed = raw
+        .pointer("/status/podIPs")
+        .and_then(|v| v.as_array())
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip.get("ip").and_then(|v| v.as_str()))
+                .collect::<Vec<_>>()
+        })
+        .filter(|ips| !ips.is_empty());
+    let single = || {
+        raw.pointer("/status/podIP")
+            .and_then(|v| v.as_str())
+            .into_iter()
+            .collect()
+    };
+    listed
+        .unwrap_or_else(single)
+        .into_iter()
+        .filter_map(|ip| ip.trim().parse().ok())
+        .collect()
+}
+
+/// An Istio pod. `addresses` are the pod's own when the manifest has them: its families then
+/// follow from them as in the plugin (a v4-only pod gets no ip6 rules); without them the
+/// families are `--family`'s.
 fn render_pod(
     args: &RenderArgs,
     pod: &PodView,
+    addresses: &[IpAddr],
     defaults: &NodeDefaults,
     selection: Selection,
     selection_name: &str,
@@ -462,7 +490,20 @@ fn render_pod(
         println!("# not captured (selection \"{selection_name}\"): {reason}");
         return Ok(());
     }
-    let resolved = istio::resolve(pod, defaults)?;
+    let mut resolved = istio::resolve(pod, defaults)?;
+    let families_note = (!addresses.is_empty()).then(|| {
+        resolved.model.families = istio::families_of(addresses);
+        let listed: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+        format!(
+            "# address families from status.podIPs ({}): {}",
+            listed.join(", "),
+            if resolved.model.families.v6 {
+                "IPv4 and IPv6"
+            } else {
+                "IPv4 only"
+            }
+        )
+    });
     let model = &resolved.model;
     let sidecar = if pod.native_sidecar {
         "istio-proxy native sidecar (init container, restartPolicy Always)"
@@ -478,6 +519,9 @@ fn render_pod(
     );
     print_reading_notes(&pod.annotations);
     print_defaulted(&resolved.defaulted());
+    if let Some(note) = families_note {
+        println!("{note}");
+    }
     if pod.has_istio_init {
         println!(
             "# note: the template still has the privileged istio-init container; with meshcap, \

@@ -641,3 +641,51 @@ spec:
         "{out}"
     );
 }
+
+/// An Istio Pod read back from the API carries its addresses: a v4-only pod gets no ip6 rules
+/// in `render -f`, as its ADD installs none, and a dual-stack pod gets both. A template has no
+/// addresses and keeps `--family`'s default (both).
+#[test]
+fn an_istio_pods_own_addresses_decide_its_families() {
+    let pod = |status: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: default\n  annotations:\n    sidecar.istio.io/status: '{{}}'\nspec:\n  containers:\n  - name: app\n    image: app\n  - name: istio-proxy\n    image: proxyv2\n{status}"
+        )
+    };
+    let cases = [
+        (
+            "v4-only",
+            "status:\n  podIP: 10.0.0.5\n  podIPs:\n  - ip: 10.0.0.5\n",
+            Some("(10.0.0.5): IPv4 only"),
+            false,
+        ),
+        (
+            "dual-stack",
+            "status:\n  podIP: 10.0.0.5\n  podIPs:\n  - ip: 10.0.0.5\n  - ip: fd00::5\n",
+            Some("(10.0.0.5, fd00::5): IPv4 and IPv6"),
+            true,
+        ),
+        (
+            "podIP-only",
+            "status:\n  podIP: 10.0.0.5\n",
+            Some("(10.0.0.5): IPv4 only"),
+            false,
+        ),
+        ("no-status", "", None, true),
+    ];
+    for (name, status, note, v6) in cases {
+        let file = scratch_file(&format!("families-{name}.yaml"), &pod(status));
+        let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(out.contains("# iptables-restore"), "{name}: {out}");
+        assert_eq!(out.contains("# ip6tables-restore"), v6, "{name}: {out}");
+        match note {
+            Some(note) => assert!(
+                out.contains(&format!("# address families from status.podIPs {note}")),
+                "{name}: {out}"
+            ),
+            None => assert!(!out.contains("status.podIPs"), "{name}: {out}"),
+        }
+    }
+}

@@ -12,7 +12,7 @@
 //! | DNS capture | `istio-proxy` env `ISTIO_META_DNS_CAPTURE` | pod env, `proxy.istio.io/config` proxyMetadata, node default, off |
 //! | invalid drop | `istio-proxy` env `INVALID_DROP` | pod env, proxyMetadata, node default, off |
 //! | dual stack | `istio-proxy` env `ISTIO_DUAL_STACK` | pod env, proxyMetadata, node default, off (validated only: the prevResult's addresses decide the families) |
-//! | owner groups include / exclude | istio-iptables' own env `ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE)` (istio-cni: the node agent's) | `istio-init` env, node default, `*` |
+//! | owner groups include / exclude | istio-iptables' own env `ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE)` (istio-cni: its plugin process's, i.e. the container runtime's) | `istio-init` env, node default, `*` |
 //! | IPv4 loopback CIDR | istio-iptables' own env `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` | `istio-init` env, node default, 127.0.0.1/32 |
 //! | proxy ports | mesh config `proxyListenPort`/`proxyInboundListenPort`, as `istio-init -p/-z` (istio-cni: always 15001/15006) | `istio-init`/`istio-validation` args, node default, 15001/15006 |
 //! | status port | `status.sidecar.istio.io/port`, which the injector adds to `excludeInboundPorts` | annotation |
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::annotations::{self as ann, AnnotationError, Annotations};
-use crate::model::{ProxyPorts, RedirectModel, MAX_PROXY_IDS, PROXY_GID, PROXY_UID};
+use crate::model::{Families, ProxyPorts, RedirectModel, MAX_PROXY_IDS, PROXY_GID, PROXY_UID};
 use crate::pod::{PodView, ISTIO_PROXY};
 
 /// `istio-proxy` env: DNS capture by the agent (Istio's `DNSCaptureByAgent`).
@@ -338,6 +338,27 @@ impl Resolved {
     }
 }
 
+/// The address families an Istio pod gets rules for, from its addresses (the prevResult's
+/// `ips` in the plugin, `status.podIPs` in `render -f`): IPv4 always (istio-iptables writes
+/// its IPv4 rules for every pod), IPv6 when the pod has an IPv6 address that is not
+/// link-local (Istio's `getLocalIP` with `ISTIO_DUAL_STACK`; without it Istio looks only at
+/// the first address and leaves a dual-stack pod's IPv6 uncaptured, which meshcap does not
+/// copy: see docs/CONFIGURATION.md). Without any address, both: what the pod has is unknown,
+/// and capturing a family too many fails closed where missing one would bypass the proxy.
+pub fn families_of(addresses: &[IpAddr]) -> Families {
+    if addresses.is_empty() {
+        return Families::BOTH;
+    }
+    let v6 = addresses.iter().any(|a| match a {
+        IpAddr::V6(a) => {
+            let link_local = (a.segments()[0] & 0xffc0) == 0xfe80;
+            a.to_ipv4_mapped().is_none() && !link_local
+        }
+        IpAddr::V4(_) => false,
+    });
+    Families { v4: true, v6 }
+}
+
 /// The one pod-to-model function for Istio, used by the plugin (runtime annotations and the
 /// Kubernetes API), `meshcap render` and the agent. `pod` holds whatever the path can see: on
 /// the runtime path only its annotations.
@@ -422,7 +443,8 @@ pub fn resolve(pod: &PodView, defaults: &NodeDefaults) -> Result<Resolved, Input
     [s.dns_capture, s.invalid_drop, s.dual_stack] = values;
 
     // istio-iptables' own environment: istio-init's in the init-container mode; istio-cni
-    // runs it with the node agent's environment, which the node defaults stand in for.
+    // reads it in its plugin process, which the container runtime starts with its own
+    // environment (in practice Istio's defaults); the node defaults stand in for it.
     let init_env_source = |var: &str| {
         format!(
             "env {var} of {}",
