@@ -20,8 +20,9 @@
 //! | `redirect.vnet.networks` | `IFACE:CIDR` networks behind an interface: their DNS and their TCP out of the network are captured | - |
 //!
 //! Differences, each deliberate: `log` (LOG rules) and `insertRedirectInsteadOfAppend` are ignored
-//! with a warning (meshcap owns its entry chains); a port of 0 is refused like Kuma's loader
-//! does, except the DNS port while DNS capture is off and no virtual network is set (Kuma's
+//! with a warning (meshcap owns its entry chains); a bad port (0, out of range, quoted) is
+//! refused like Kuma's loader does, used or not, except a DNS port of 0 while DNS capture is
+//! off and no virtual network is set (Kuma's
 //! injector writes `port: 0` there when its builtin DNS is off, and the value is then never
 //! used; kuma-cni would redirect a virtual network's DNS to port 0).
 
@@ -386,11 +387,13 @@ pub fn model(
     let outbound_on = outbound.enabled.unwrap_or(true);
     let inbound_port = port_field("redirect.inbound.port", inbound.port.as_ref(), 15006)?;
     let outbound_port = port_field("redirect.outbound.port", outbound.port.as_ref(), 15001)?;
-    // Virtual networks' DNS goes to this port even with DNS capture off.
-    let dns_port = if dns.enabled || !virtual_networks.is_empty() {
-        port_field("redirect.dns.port", dns.port.as_ref(), 15053)?
-    } else {
-        port_field("redirect.dns.port", dns.port.as_ref(), 15053).unwrap_or(15053)
+    // Virtual networks' DNS goes to this port even with DNS capture off. Kuma's injector
+    // writes `port: 0` when its builtin DNS is off; the port is then never used, so that 0
+    // alone is let through. Any other bad value is refused, as Kuma's loader refuses it.
+    let dns_port_used = dns.enabled || !virtual_networks.is_empty();
+    let dns_port = match port_field("redirect.dns.port", dns.port.as_ref(), 15053) {
+        Err(_) if !dns_port_used && dns.port.as_ref().and_then(Value::as_u64) == Some(0) => 15053,
+        port => port?,
     };
     let in_include = ports_field(
         "redirect.inbound.includePorts",
@@ -526,9 +529,16 @@ fn parse_port(field: &str, s: &str) -> Result<u16, AnnotationError> {
     })
 }
 
+/// Kuma's `Port`, which parses the raw JSON of the value: a number, never a quoted one (a
+/// list of ports, [`ports_field`], takes strings too).
 fn port_field(field: &str, v: Option<&Value>, default: u16) -> Result<u16, AnnotationError> {
     match v {
         None | Some(Value::Null) => Ok(default),
+        Some(Value::String(s)) => Err(bad(
+            field,
+            &format!("{s:?}"),
+            "a port is a number, not a string (Kuma's loader refuses a quoted port)",
+        )),
         Some(v) => parse_port(field, &scalar(v)),
     }
 }
@@ -865,6 +875,40 @@ mod tests {
         let yaml = "redirect:\n  dns:\n    enabled: false\n    port: 0\n  vnet:\n    networks:\n    - docker0:172.17.0.0/16\n";
         let err = model(&ann(yaml), true, &no_file, &mut w).unwrap_err();
         assert!(err.to_string().contains("redirect.dns.port"), "{err}");
+    }
+
+    #[test]
+    fn bad_ports_are_refused_as_kumas_loader_refuses_them() {
+        let mut w = Vec::new();
+        // The injector's `port: 0` with its DNS off is let through: the port is never used.
+        let yaml = "redirect:\n  dns:\n    enabled: false\n    port: 0\n";
+        let m = model(&ann(yaml), true, &no_file, &mut w).unwrap();
+        assert_eq!(m.ports.dns, 15053);
+        for (field, value, why) in [
+            ("dns", "abc", "not a string"),
+            ("dns", "70000", "not a valid port"),
+            ("dns", "-1", "not a valid port"),
+            ("dns", "\"15053\"", "not a string"),
+            ("inbound", "\"15006\"", "not a string"),
+            ("outbound", "0", "not a valid port"),
+        ] {
+            let dns = if field == "dns" {
+                "    enabled: false\n"
+            } else {
+                ""
+            };
+            let yaml = format!("redirect:\n  {field}:\n{dns}    port: {value}\n");
+            let err = model(&ann(&yaml), true, &no_file, &mut w).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("redirect.{field}.port")) && text.contains(why),
+                "{field} {value}: {text}"
+            );
+        }
+        // A list of ports takes strings, as Kuma's `Ports` does.
+        let yaml = "redirect:\n  inbound:\n    excludePorts:\n    - \"9000\"\n    - 9001\n";
+        let m = model(&ann(yaml), true, &no_file, &mut w).unwrap();
+        assert_eq!(m.exclude_inbound_ports, vec![9000, 9001]);
     }
 
     #[test]
