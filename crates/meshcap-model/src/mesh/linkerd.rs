@@ -226,7 +226,8 @@ pub fn model(
         }
     }
     let mut uid = node.proxy_uid;
-    if let Some(v) = non_empty(annotations, PROXY_UID) {
+    let uid_annotated = non_empty(annotations, PROXY_UID);
+    if let Some(v) = uid_annotated {
         uid = go_atoi(v).ok_or_else(|| AnnotationError::new(PROXY_UID, v, "not an integer"))?;
     }
     let mut gid = node.proxy_gid;
@@ -243,6 +244,19 @@ pub fn model(
                 .iter()
                 .map(|p| ("the API server's ports", p.to_string())),
         );
+    }
+    // linkerd-cni writes the uid rule only for a uid above 0 and the gid rule only for a gid
+    // above 0; with neither, its rules send the proxy's own connections back to the proxy.
+    // meshcap refuses that pod instead, naming where the uid came from.
+    if uid <= 0 && gid <= 0 {
+        const WHY: &str = "with no proxy gid either, no rule exempts the proxy's own traffic, \
+                           which would loop back to the proxy (linkerd-cni writes no uid rule for \
+                           a uid of 0 or less)";
+        return Err(match uid_annotated {
+            Some(v) => AnnotationError::new(PROXY_UID, v, WHY),
+            None => AnnotationError::new("linkerd.proxy_uid", &uid.to_string(), WHY)
+                .of_kind(InputKind::PluginSetting),
+        });
     }
     let id = |v: i64, what: &str| -> Result<Vec<u32>, AnnotationError> {
         match v {
@@ -464,6 +478,36 @@ mod tests {
             &PodSettings::resolve(node, labels, None),
             warnings,
         )
+    }
+
+    #[test]
+    fn a_proxy_without_a_positive_uid_or_gid_is_refused_naming_the_source() {
+        let mut w = Vec::new();
+        let node = LinkerdNode::default();
+        for uid in ["0", "-1"] {
+            let err = model(&ann(&[(PROXY_UID, uid)]), None, &node, &mut w).unwrap_err();
+            assert_eq!(err.annotation, PROXY_UID, "{err}");
+            assert_eq!(err.kind, InputKind::Annotation, "{err}");
+            assert!(err.to_string().contains("loop back"), "{err}");
+        }
+        // A gid alone exempts the proxy, as linkerd-cni's gid rule does.
+        let m = model(
+            &ann(&[(PROXY_UID, "0"), (PROXY_GID, "2102")]),
+            None,
+            &node,
+            &mut w,
+        )
+        .unwrap();
+        assert!(m.proxy_uids.is_empty());
+        assert_eq!(m.proxy_gids, vec![2102]);
+        // From the node's setting: named as the plugin setting.
+        let node = LinkerdNode {
+            proxy_uid: 0,
+            ..LinkerdNode::default()
+        };
+        let err = model(&Annotations::new(), None, &node, &mut w).unwrap_err();
+        assert_eq!(err.annotation, "linkerd.proxy_uid", "{err}");
+        assert_eq!(err.kind, InputKind::PluginSetting, "{err}");
     }
 
     #[test]
