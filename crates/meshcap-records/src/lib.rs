@@ -214,7 +214,7 @@ impl AttachmentRecord {
             return Some(FrontEnd::Linkerd(s.clone()));
         }
         if let Some(s) = &self.kuma_settings {
-            return Some(FrontEnd::Kuma(*s));
+            return Some(FrontEnd::Kuma(s.clone()));
         }
         self.istio_settings.clone().map(FrontEnd::Istio)
     }
@@ -622,7 +622,17 @@ mod tests {
             ),
             (
                 "c4",
-                FrontEnd::Kuma(kuma::PodSettings { pod_has_ipv6: true }),
+                FrontEnd::Kuma(kuma::PodSettings {
+                    pod_has_ipv6: true,
+                    resolv_conf: None,
+                }),
+            ),
+            (
+                "c5",
+                FrontEnd::Kuma(kuma::PodSettings {
+                    pod_has_ipv6: false,
+                    resolv_conf: Some("nameserver 10.0.0.10\n".into()),
+                }),
             ),
         ] {
             let mut rec = record("net", cid, "eth0");

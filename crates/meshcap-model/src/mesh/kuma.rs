@@ -64,10 +64,15 @@ impl Default for KumaNode {
 }
 
 /// What a Kuma pod's model takes besides its annotations, as resolved when the pod was set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PodSettings {
     /// Whether the pod had an IPv6 address (Kuma writes IPv6 rules only then).
     pub pod_has_ipv6: bool,
+    /// The resolv.conf that DNS capture limited to its nameservers read when the pod was set up
+    /// (`redirect.dns.resolvConfigPath`, on the node). Later models (CHECK, the agent's repair)
+    /// take the servers from here: in the agent's container that path names another file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<String>,
 }
 
 /// Whether kuma-cni would set this pod up (`getAndValidatePodAnnotations`).

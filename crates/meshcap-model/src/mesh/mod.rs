@@ -169,8 +169,14 @@ impl FrontEnd {
             FrontEnd::Linkerd(s) => {
                 linkerd::model(annotations, s, warnings).map_err(FrontEndError::Annotation)
             }
-            FrontEnd::Kuma(s) => kuma::model(annotations, s.pod_has_ipv6, read_file, warnings)
-                .map_err(FrontEndError::Annotation),
+            FrontEnd::Kuma(s) => {
+                let stored_or_read = |path: &str| match &s.resolv_conf {
+                    Some(text) => Ok(text.clone()),
+                    None => read_file(path),
+                };
+                kuma::model(annotations, s.pod_has_ipv6, &stored_or_read, warnings)
+                    .map_err(FrontEndError::Annotation)
+            }
         }
     }
 }
@@ -242,9 +248,27 @@ pub fn resolve(
             }
             FrontEnd::Linkerd(s)
         }
-        Mesh::Kuma => FrontEnd::Kuma(kuma::PodSettings {
-            pod_has_ipv6: seen.has_ipv6,
-        }),
+        Mesh::Kuma => {
+            // What the model reads of the node's resolv.conf is kept with the settings.
+            let read_text = std::cell::RefCell::new(None);
+            let reading = |path: &str| {
+                let text = read_file(path)?;
+                *read_text.borrow_mut() = Some(text.clone());
+                Ok(text)
+            };
+            let model = kuma::model(annotations, seen.has_ipv6, &reading, &mut warnings)
+                .map_err(FrontEndError::Annotation)?;
+            let front_end = FrontEnd::Kuma(kuma::PodSettings {
+                pod_has_ipv6: seen.has_ipv6,
+                resolv_conf: read_text.into_inner(),
+            });
+            return Ok(Resolved {
+                front_end,
+                model,
+                defaulted,
+                warnings,
+            });
+        }
     };
     let model = front_end.model(annotations, read_file, &mut warnings)?;
     Ok(Resolved {
@@ -318,6 +342,61 @@ pub(crate) fn has_init_container(spec: Option<&Value>, name: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The servers a Kuma pod's DNS capture took from the node's resolv.conf at ADD stay its
+    /// servers in every later model, though the file the agent's container sees names others.
+    #[test]
+    fn a_kuma_pods_resolv_conf_is_the_one_read_when_it_was_set_up() {
+        let annotations: Annotations = [
+            (kuma::SIDECAR_INJECTED, "true"),
+            (
+                kuma::TPROXY_CONFIG,
+                "redirect:\n  dns:\n    enabled: true\n    captureAll: false\n",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let pod = PodView {
+            annotations: annotations.clone(),
+            ..PodView::default()
+        };
+        let seen = Seen {
+            pod: &pod,
+            spec_seen: false,
+            namespace: Some("default"),
+            has_ipv6: false,
+            api_server_ports: None,
+        };
+        let node = NodeSettings {
+            istio: &istio::NodeDefaults::default(),
+            linkerd: &linkerd::LinkerdNode::default(),
+        };
+        let on_the_node = |_: &str| Ok("nameserver 10.0.0.10\n".to_owned());
+        let resolved = resolve(Mesh::Kuma, &seen, &node, &on_the_node).unwrap();
+        let servers = |m: &RedirectModel| m.dns_servers_of(crate::rules::Family::V4);
+        assert_eq!(
+            servers(&resolved.model),
+            Some(vec!["10.0.0.10/32".parse().unwrap()])
+        );
+        let in_the_agent = |_: &str| Ok("nameserver 10.96.0.10\n".to_owned());
+        let mut w = Vec::new();
+        let later = resolved
+            .front_end
+            .model(&annotations, &in_the_agent, &mut w)
+            .unwrap();
+        assert_eq!(later, resolved.model);
+        // A record written before the text was kept reads the file, as before.
+        let old = FrontEnd::Kuma(kuma::PodSettings {
+            pod_has_ipv6: false,
+            resolv_conf: None,
+        });
+        let reread = old.model(&annotations, &in_the_agent, &mut w).unwrap();
+        assert_eq!(
+            servers(&reread),
+            Some(vec!["10.96.0.10/32".parse().unwrap()])
+        );
+    }
 
     #[test]
     fn claims_come_from_sidecar_containers() {
