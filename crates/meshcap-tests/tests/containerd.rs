@@ -945,6 +945,9 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
         let pin = node.netns(&restarted);
         let restarted_cookie = meshcap_fastpath::netns_cookie_at(&pin).unwrap();
         assert_ne!(m.registered(&pin), Some(false), "{mode}");
+        // The agent stops first: its reclaim of a pod whose pin is gone would otherwise do
+        // what this checks DEL does.
+        drop(agent);
         node.stop_containerd();
         // As containerd drops a pin (a lazy unmount, then the file): the agent's scans open
         // every pod's pin for a moment, and a plain unmount then fails with EBUSY.
@@ -974,7 +977,14 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
                 "{mode}: DEL without a netns unregistered the pod"
             );
         }
-        drop(agent);
+        let plugin_log = fs::read_to_string(&log_file).unwrap_or_default();
+        assert!(
+            plugin_log.lines().any(|l| l.contains("command=DEL")
+                && l.contains(&restarted)
+                && l.contains("netns=-")
+                && l.contains("the namespace, and the rules in it, are gone")),
+            "{mode}: the plugin ran DEL with an empty CNI_NETNS:\n{plugin_log}"
+        );
 
         // Uninstall while meshed pods run (the early one, adopted), then they go away cleanly.
         // It also unpins the fast path (this mode's own pins; elsewhere a directory that was
