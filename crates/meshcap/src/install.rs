@@ -504,6 +504,9 @@ fn uninstall_marked(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
         }
     }
     let _ = fs::remove_dir(&backup_dir);
+    // The plugin's log, as the last install configured it (read before the entry goes).
+    let log_file = recorded_entry(&args.cni_conf_dir)
+        .and_then(|e| e.get("log_file").and_then(Value::as_str).map(PathBuf::from));
     remove_if_present(&args.cni_conf_dir.join(KUBECONFIG_NAME))?;
     remove_if_present(&args.cni_conf_dir.join(ENTRY_FILE))?;
     if restored.is_some() {
@@ -520,6 +523,12 @@ fn uninstall_marked(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
         let _ = fs::remove_dir(parent);
     }
     remove_if_present(&args.cni_bin_dir.join(PLUGIN_TYPE))?;
+    if let Some(log) = log_file.filter(|p| p.is_absolute()) {
+        remove_if_present(&log)?;
+        let mut moved_aside = log.into_os_string();
+        moved_aside.push(".1");
+        remove_if_present(Path::new(&moved_aside))?;
+    }
     meshcap_dataplane::remove_run_state(&args.run_dir)
         .with_context(|| format!("removing meshcap's state under {}", args.run_dir.display()))?;
     if !args.keep_fast_path {
@@ -573,7 +582,7 @@ mod tests {
                 kuma: Vec::new(),
                 ebpf: false,
                 ebpf_pin_dir: None,
-                log_file: "/var/log/meshcap-cni.log".into(),
+                log_file: self.0.join("log/meshcap-cni.log"),
                 log_file_max_bytes: None,
             }
         }
@@ -756,7 +765,15 @@ mod tests {
         fs::write(t.0.join("run/templates/ipv4-0123456789abcdef"), "template").unwrap();
         fs::write(t.0.join("run/pending/xtables-1-2"), "journal").unwrap();
         fs::write(t.0.join("bpf/meshcap/link_sockops"), "").unwrap();
+        // The plugin's log and the one it moved aside; another file beside them stays.
+        fs::create_dir_all(t.0.join("log")).unwrap();
+        for file in ["meshcap-cni.log", "meshcap-cni.log.1", "other.log"] {
+            fs::write(t.0.join("log").join(file), "line\n").unwrap();
+        }
         uninstall(&t.uargs()).unwrap();
+        assert!(!t.0.join("log/meshcap-cni.log").exists());
+        assert!(!t.0.join("log/meshcap-cni.log.1").exists());
+        assert!(t.0.join("log/other.log").exists());
         assert_eq!(fs::read_to_string(&conf).unwrap(), FLANNEL);
         assert_eq!(mode_of(&conf).unwrap(), 0o640);
         assert!(

@@ -87,6 +87,13 @@ pub struct NodeArgs {
     pub ebpf: bool,
     #[arg(long, env = "MESHCAP_METRICS_ADDR", default_value = "0.0.0.0:15099")]
     pub metrics_addr: String,
+    /// The plugin's `log_file`, as the node sees it (`meshcap install --log-file`).
+    #[arg(
+        long,
+        env = "MESHCAP_LOG_FILE",
+        default_value = "/var/log/meshcap-cni.log"
+    )]
+    pub log_file: PathBuf,
     /// The plugin's `log_file_max_bytes` (`meshcap install --log-file-max-bytes`); unset
     /// leaves the plugin's default.
     #[arg(long, env = "MESHCAP_LOG_FILE_MAX_BYTES")]
@@ -141,7 +148,7 @@ impl NodeArgs {
             kuma: words(&self.kuma),
             ebpf: self.ebpf,
             ebpf_pin_dir: None,
-            log_file: "/var/log/meshcap-cni.log".into(),
+            log_file: self.log_file.clone(),
             log_file_max_bytes: self.log_file_max_bytes,
         }
     }

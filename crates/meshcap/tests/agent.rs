@@ -146,6 +146,8 @@ fn conflist_rewritten_in_a_loop_by_another_component() {
         .arg("--plugin-binary")
         .arg(s.0.join("fake-plugin"))
         .args(["--mode", "nftables", "--exclude-namespace", "infra"])
+        .arg("--log-file")
+        .arg(s.0.join("meshcap-cni.log"))
         .output()
         .unwrap();
     assert!(
@@ -199,6 +201,8 @@ fn config_rewrite_by_another_component_is_undone_and_counted() {
         .arg("--plugin-binary")
         .arg(s.0.join("fake-plugin"))
         .args(["--mode", "nftables", "--exclude-namespace", "infra"])
+        .arg("--log-file")
+        .arg(s.0.join("meshcap-cni.log"))
         .output()
         .unwrap();
     assert!(

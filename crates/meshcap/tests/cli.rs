@@ -109,6 +109,8 @@ fn every_subcommand_ends_quietly_in_a_closed_pipe() {
             d("bin"),
             "--plugin-binary".into(),
             d("plugin"),
+            "--log-file".into(),
+            d("meshcap-cni.log"),
         ],
         vec![
             "uninstall".into(),
@@ -302,6 +304,8 @@ fn a_running_node_agent_leaves_an_uninstall_done() {
         .arg(dir.join("plugin"))
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .args(["--refresh-interval", "1"])
+        .arg("--log-file")
+        .arg(dir.join("log/meshcap-cni.log"))
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("MESHCAP_STATE_DIR", dir.join("state"))
         .stdout(Stdio::null())
@@ -320,6 +324,9 @@ fn a_running_node_agent_leaves_an_uninstall_done() {
     }
     // Let one refresh run against the installed node first.
     std::thread::sleep(Duration::from_millis(1500));
+    // The plugin's log, as pods' ADDs would have written it.
+    fs::create_dir_all(dir.join("log")).unwrap();
+    fs::write(dir.join("log/meshcap-cni.log"), "ADD\n").unwrap();
 
     let out = Command::new(MESHCAP)
         .arg("uninstall")
@@ -354,6 +361,10 @@ fn a_running_node_agent_leaves_an_uninstall_done() {
         "the plugin binary came back:\n{log}"
     );
     assert!(!conf.join(".meshcap-entry").exists(), "{log}");
+    assert!(
+        !dir.join("log/meshcap-cni.log").exists(),
+        "uninstall removed the plugin's log"
+    );
     assert!(
         log.contains("not re-installing"),
         "the agent says why it leaves the node alone:\n{log}"
