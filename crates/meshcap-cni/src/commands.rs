@@ -180,6 +180,13 @@ fn route_mesh(
     annotations: &Annotations,
 ) -> Result<MeshRoute, CommandError> {
     let Some(found) = mesh::single(claims)? else {
+        // A pod no mesh claims is captured with Istio's rules under `selection: all`: not on
+        // a node that does not serve Istio.
+        if !config.meshes.contains(&Mesh::Istio) {
+            return Ok(MeshRoute::Skip(
+                "no mesh claims the pod, and the plugin config's meshes does not list istio".into(),
+            ));
+        }
         return Ok(MeshRoute::Istio);
     };
     if !config.meshes.contains(&found) {
@@ -1138,6 +1145,21 @@ mod tests {
             decide(&config(v), &k8s_args("default")).unwrap(),
             Decision::Skip(r) if r.contains("linkerd")
         ));
+        // A pod no mesh claims is Istio's under `selection: all`, unless the node does not
+        // serve Istio.
+        for (meshes, captured) in [
+            (json!(["linkerd", "kuma"]), false),
+            (json!(["istio"]), true),
+        ] {
+            let mut v = annotated(json!({}));
+            v["selection"] = json!("all");
+            v["meshes"] = meshes.clone();
+            match decide(&config(v), &k8s_args("default")).unwrap() {
+                Decision::Capture(cap) => assert!(captured && cap.mesh.is_none(), "{meshes}"),
+                Decision::Skip(r) => assert!(!captured && r.contains("istio"), "{meshes}: {r}"),
+                other => panic!("{meshes}: {other:?}"),
+            }
+        }
         // Kuma: its excluded namespaces, and its required config annotation.
         let kuma = json!({"kuma.io/sidecar-injected": "true"});
         let c = config(annotated(kuma));

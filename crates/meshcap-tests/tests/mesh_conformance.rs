@@ -225,7 +225,24 @@ fn fixtures() -> Vec<Fixture> {
             });
         }
     }
-    assert!(out.len() >= 9, "fixtures found: {}", out.len());
+    // Every fixture the docs count (docs/CONFIGURATION.md): one that went missing fails here.
+    let mut names: Vec<&str> = out.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "kuma/exclusions-dns",
+            "kuma/gateway-dualstack",
+            "kuma/inject-34",
+            "kuma/vnet",
+            "linkerd/cni-default",
+            "linkerd/invalid-port-dropped",
+            "linkerd/ipv6",
+            "linkerd/multiport-split",
+            "linkerd/skip-annotations",
+            "linkerd/skip-subnets-as-iptables-reads",
+        ]
+    );
     assert!(
         out.iter().any(|f| f.v6.is_some()),
         "no fixture has IPv6 rules: the dual-stack pods would compare nothing but empty sets"

@@ -1,7 +1,7 @@
 //! meshcap's eBPF fast path: short-circuits the loopback hop between an app and its sidecar.
 //!
 //! With the capture rules in place an app's outbound connection is NAT-redirected to the
-//! sidecar on 127.0.0.1:15001, so each byte crosses the TCP/IP stack twice on loopback. These
+//! sidecar's outbound port (Istio's 127.0.0.1:15001), so each byte crosses the TCP/IP stack twice on loopback. These
 //! programs pair the two ends of that hop and let `sk_msg` move each message straight into the
 //! peer socket's receive queue (`bpf_msg_redirect_hash` with `BPF_F_INGRESS`):
 //!
@@ -9,10 +9,12 @@
 //!   context and record the caller's uid/gid by socket cookie. The sock_ops callbacks that see
 //!   the connection established run in softirq context, where `bpf_get_current_uid_gid` would
 //!   name whatever task happened to be interrupted, so the uid must be captured here. This is how
-//!   the sidecar's own upstream connections (uid/gid 1337) are told apart and never paired.
+//!   the sidecar's own upstream connections (the pod's registered proxy uid/gid, Istio's 1337)
+//!   are told apart and never paired.
 //! - `meshcap_sockops` (attached to the cgroup v2 root) inserts, for pods registered in
 //!   `MESHCAP_PODS` by netns cookie, the app's socket on ACTIVE_ESTABLISHED and the sidecar's
-//!   accepted socket (local port 15001/15006) on PASSIVE_ESTABLISHED into `MESHCAP_SOCKS`, both
+//!   accepted socket (local port: the pod's registered outbound or inbound port) on
+//!   PASSIVE_ESTABLISHED into `MESHCAP_SOCKS`, both
 //!   keyed by the app's endpoint (see `SockKey`).
 //! - `meshcap_skmsg` (attached to `MESHCAP_SOCKS`) redirects each message to the paired peer
 //!   and passes it to the normal TCP path when there is none.
@@ -244,7 +246,7 @@ fn on_passive_established(ctx: &SockOpsContext) {
         return;
     };
     // Only sockets whose peer is a paired-up app socket in this namespace: connections from
-    // other hosts (inbound on 15006) would gain nothing and pay the sk_msg cost.
+    // other hosts (on the inbound port) would gain nothing and pay the sk_msg cost.
     let app = SockKey {
         netns_cookie,
         ip,
