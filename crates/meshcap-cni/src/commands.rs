@@ -884,9 +884,11 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
     if registered {
         let unregistered =
             fastpath::unregister_attachment(&config.ebpf_pin_dir, &env.container_id, &env.ifname);
+        // The record goes all the same: kept, it would have the agent's repair put the rules
+        // DEL just removed back into a namespace on its way out. GC's sweep removes fast-path
+        // entries of attachments the runtime no longer knows, with or without a record.
         if let Err(e) = unregistered {
             tracing::warn!(error = %e, "could not unregister from the eBPF fast path; GC will retry");
-            return Ok(());
         }
     }
     phases.mark("remove");
