@@ -32,7 +32,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-TARGETS=(cni_config cni_args cni_env annotations render iptables_save pod_view manifests nft_reply
+TARGETS=(cni_config cni_args cni_env annotations render iptables_save pod_view manifests nft_reply mesh_pod cni_cache
     kubeconfig kube_response)
 seconds=60
 validate=false

@@ -390,16 +390,95 @@ pub fn check_model(model: &RedirectModel) {
         ann::Selector::Only(nets) => nets.len(),
     };
     let bound = 16 * MAX_LIST_LEN + 64 + model.reroute_virtual_interfaces.len() * ranges;
-    let rulesets = model.rulesets();
-    for rs in &rulesets {
+    for rs in &model.rulesets() {
         assert!(
             rs.rule_count() <= bound,
             "{} rules > {bound}",
             rs.rule_count()
         );
+    }
+    check_rendered(model);
+}
+
+/// Both renderings of any model a front end accepted: every iptables ruleset reads back as
+/// itself and holds only meshcap's statements, and the nftables text is well-formed.
+pub fn check_rendered(model: &RedirectModel) {
+    let rulesets = model.rulesets();
+    for rs in &rulesets {
         check_ruleset(rs);
     }
     check_nft(&nftables::render(&rulesets));
+}
+
+/// A Linkerd or Kuma pod as its front end reads it: the annotations those meshes define, with
+/// arbitrary values (Kuma's whole transparent-proxy config, a YAML document, among them), and
+/// the node's resolv.conf that Kuma's DNS capture may read.
+#[derive(Arbitrary, Debug)]
+pub struct MeshPodInput {
+    pub kuma: bool,
+    pub has_ipv6: bool,
+    pub kuma_config: String,
+    pub resolv_conf: String,
+    pub linkerd: Vec<(u8, String)>,
+}
+
+/// The Linkerd annotations the front end reads.
+pub const LINKERD_NAMES: &[&str] = &[
+    meshcap_model::mesh::linkerd::SKIP_INBOUND_PORTS,
+    meshcap_model::mesh::linkerd::SKIP_OUTBOUND_PORTS,
+    meshcap_model::mesh::linkerd::SKIP_SUBNETS,
+    meshcap_model::mesh::linkerd::PROXY_UID,
+    meshcap_model::mesh::linkerd::PROXY_GID,
+];
+
+/// The pod's model through `mesh::resolve`, the step ADD, CHECK, `render -f` and repair share:
+/// an accepted model renders cleanly and stays bounded; a refusal names an input of the pod.
+pub fn check_mesh_pod(input: &MeshPodInput) {
+    use meshcap_model::mesh::{self, istio, kuma, linkerd, Mesh};
+    let mut annotations = Annotations::new();
+    let mesh_of_pod = if input.kuma {
+        annotations.insert(kuma::SIDECAR_INJECTED.into(), "true".into());
+        annotations.insert(kuma::TPROXY_CONFIG.into(), input.kuma_config.clone());
+        Mesh::Kuma
+    } else {
+        annotations.insert(linkerd::PROXY_VERSION.into(), "stable".into());
+        for (key, value) in input.linkerd.iter().take(16) {
+            let key = LINKERD_NAMES[usize::from(*key) % LINKERD_NAMES.len()];
+            annotations.insert(key.into(), value.clone());
+        }
+        Mesh::Linkerd
+    };
+    let pod = meshcap_model::pod::PodView {
+        annotations,
+        ..Default::default()
+    };
+    let seen = mesh::Seen {
+        pod: &pod,
+        spec_seen: false,
+        namespace: Some("default"),
+        has_ipv6: input.has_ipv6,
+        api_server_ports: None,
+    };
+    let node = mesh::NodeSettings {
+        istio: &istio::NodeDefaults::default(),
+        linkerd: &linkerd::LinkerdNode::default(),
+    };
+    let read = |_: &str| Ok(input.resolv_conf.clone());
+    let Ok(resolved) = mesh::resolve(mesh_of_pod, &seen, &node, &read) else {
+        return;
+    };
+    let model = &resolved.model;
+    for rs in &model.rulesets() {
+        assert!(rs.rule_count() <= 64 * MAX_LIST_LEN, "{} rules", rs.rule_count());
+    }
+    check_rendered(model);
+    // What later models (CHECK, repair) compute from the stored settings is the same model.
+    let mut warnings = Vec::new();
+    let again = resolved
+        .front_end
+        .model(&pod.annotations, &|_: &str| Ok(String::new()), &mut warnings)
+        .expect("the stored settings build the model again");
+    assert_eq!(&again, model, "a later model differs from ADD's");
 }
 
 /// The iptables rendering of one ruleset: line grammar, and it reads back as itself.
@@ -606,9 +685,24 @@ pub fn check_nft_reply(data: &[u8]) {
         assert!(attrs.len() <= m.payload.len() / 4 + 1);
         payloads.push(m.payload.to_vec());
     }
+    // Each attribute as an expression list (what a rule's NFTA_RULE_EXPRESSIONS holds, read
+    // back by CHECK and the ADD retry) and its text.
+    for m in &messages {
+        for (_ty, v) in wire::AttrIter::new(m.payload.get(NFGENMSG_LEN..).unwrap_or(&[])) {
+            if let Ok(exprs) = meshcap_nft_types::Expr::parse_list(v) {
+                for nfproto in [2, 10] {
+                    let text = meshcap_nft_types::text::rule_text(&exprs, nfproto);
+                    assert!(!text.contains('\n'), "one rule, one line: {text:?}");
+                }
+            }
+            let _ = meshcap_nft_types::Expr::parse(v);
+        }
+    }
     // The same messages as a chain dump and as a rule dump, for the two table names DEL asks
     // about most.
     for table in ["nat", "mangle"] {
+        let rules = xtables::parse_rules(table, &payloads);
+        assert!(rules.len() <= payloads.len(), "more rules than rule messages");
         let shape = xtables::parse_shape(table, &payloads, &payloads);
         let rules: usize = shape.chains.iter().map(|c| c.rules).sum();
         assert!(rules <= payloads.len(), "more rules than rule messages");
