@@ -246,7 +246,61 @@ fn every_istio_golden_is_accounted_for() {
     assert!(missing.is_empty(), "goldens without a case: {missing:?}");
     let unknown: Vec<_> = covered.difference(&goldens).collect();
     assert!(unknown.is_empty(), "cases without a golden: {unknown:?}");
+
+    // Istio's side: every golden of its redirect code at the cited commit (tests/peer/istio/
+    // UPSTREAM) is a fixture here, citing that file, or is listed with why it is no sidecar
+    // pod's capture; and every fixture is one of them.
+    let upstream = std::fs::read_to_string(repo_root().join("tests/peer/istio/UPSTREAM")).unwrap();
+    let mut listed: BTreeSet<String> = BTreeSet::new();
+    let mut not_applicable = 0;
+    for line in upstream.lines().filter(|l| !l.starts_with('#')) {
+        let (path, what) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("UPSTREAM: no tab in {line:?}"));
+        if let Some(why) = what.strip_prefix("n/a: ") {
+            assert!(!why.trim().is_empty(), "UPSTREAM: {path} has no reason");
+            not_applicable += 1;
+            continue;
+        }
+        assert!(
+            goldens.contains(what),
+            "UPSTREAM: {path}: no fixture {what}"
+        );
+        let dir = repo_root()
+            .join("tests/peer/istio")
+            .join(what.split('/').next().unwrap());
+        let stem = what.split('/').nth(1).unwrap();
+        let fixture = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().split('.').next() == Some(stem))
+            .unwrap();
+        let head: String = std::fs::read_to_string(&fixture)
+            .unwrap()
+            .lines()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            head.contains(&format!("{ISTIO_COMMIT} {path}")),
+            "{} does not cite {path} at {ISTIO_COMMIT}",
+            fixture.display()
+        );
+        assert!(listed.insert(what.to_owned()), "UPSTREAM: {what} twice");
+    }
+    let unlisted: Vec<_> = goldens.difference(&listed).collect();
+    assert!(
+        unlisted.is_empty(),
+        "fixtures not in UPSTREAM: {unlisted:?}"
+    );
+    println!(
+        "Istio's goldens: {} with a fixture here, {not_applicable} no sidecar pod's capture",
+        listed.len()
+    );
 }
+
+/// The Istio commit every fixture of tests/peer/istio cites.
+const ISTIO_COMMIT: &str = "istio/istio@86c9f01fd735fb01d8192f5bcaf0d424afb7f14c";
 
 /// `meshcap render -f` of each case's pod (with the case's node defaults), both formats.
 #[test]
