@@ -73,6 +73,9 @@ pub struct LinkerdNode {
     pub ports_to_redirect: Vec<u16>,
     pub inbound_ports_to_ignore: Vec<String>,
     pub outbound_ports_to_ignore: Vec<String>,
+    /// Inbound sources never captured (linkerd-cni's `subnets-to-ignore`), for pods without
+    /// `config.linkerd.io/skip-subnets`, which replaces them.
+    pub subnets_to_ignore: Vec<String>,
     pub ipv6: bool,
     /// Where the pod's labels cannot be seen (the runtime-annotation path), pods of these
     /// namespaces count as control-plane components (the label
@@ -90,6 +93,7 @@ impl Default for LinkerdNode {
             ports_to_redirect: Vec::new(),
             inbound_ports_to_ignore: vec!["4191".into(), "4190".into()],
             outbound_ports_to_ignore: Vec::new(),
+            subnets_to_ignore: Vec::new(),
             ipv6: false,
             control_plane_namespaces: vec!["linkerd".into()],
         }
@@ -216,14 +220,29 @@ pub fn model(
     if let Some(v) = non_empty(annotations, SKIP_INBOUND_PORTS) {
         inbound_ignored.extend(v.split(',').map(|e| (SKIP_INBOUND_PORTS, e.to_owned())));
     }
+    // The annotation replaces the node's list, as linkerd-cni overrides `SubnetsToIgnore`.
+    // Errors name where the entries came from.
+    let (subnet_source, subnet_kind, subnet_entries): (&str, InputKind, Vec<String>) =
+        match non_empty(annotations, SKIP_SUBNETS) {
+            Some(v) => (
+                SKIP_SUBNETS,
+                InputKind::Annotation,
+                v.split(',').map(str::to_owned).collect(),
+            ),
+            None => (
+                "linkerd.subnets_to_ignore",
+                InputKind::PluginSetting,
+                node.subnets_to_ignore.clone(),
+            ),
+        };
+    let subnet_error = |value: &str, why: &str| {
+        AnnotationError::new(subnet_source, value, why).of_kind(subnet_kind)
+    };
     let mut subnets = Vec::new();
-    if let Some(v) = non_empty(annotations, SKIP_SUBNETS) {
-        for entry in v.split(',') {
-            let (net, note) =
-                skip_subnet(entry).map_err(|why| AnnotationError::new(SKIP_SUBNETS, v, why))?;
-            warnings.extend(note.map(|n| format!("{SKIP_SUBNETS}: {n}")));
-            subnets.push(net);
-        }
+    for entry in &subnet_entries {
+        let (net, note) = skip_subnet(entry).map_err(|why| subnet_error(entry, &why))?;
+        warnings.extend(note.map(|n| format!("{subnet_source}: {n}")));
+        subnets.push(net);
     }
     let mut uid = node.proxy_uid;
     let uid_annotated = non_empty(annotations, PROXY_UID);
@@ -268,16 +287,14 @@ pub fn model(
     // linkerd-cni writes every subnet into its IPv4 rules, always, where iptables refuses an
     // IPv6 one; and with `ipv6` into its IPv6 rules too, where ip6tables refuses an IPv4 one.
     if let Some(net) = subnets.iter().find(|n| n.addr().is_ipv6()) {
-        return Err(AnnotationError::new(
-            SKIP_SUBNETS,
+        return Err(subnet_error(
             &net.to_string(),
             "an IPv6 subnet cannot be skipped in the IPv4 rules linkerd-cni always writes",
         ));
     }
     if node.ipv6 {
         if let Some(net) = subnets.iter().find(|n| n.addr().is_ipv4()) {
-            return Err(AnnotationError::new(
-                SKIP_SUBNETS,
+            return Err(subnet_error(
                 &net.to_string(),
                 "an IPv4 subnet cannot be skipped in the IPv6 rules linkerd.ipv6 asks for",
             ));
@@ -508,6 +525,35 @@ mod tests {
         let err = model(&Annotations::new(), None, &node, &mut w).unwrap_err();
         assert_eq!(err.annotation, "linkerd.proxy_uid", "{err}");
         assert_eq!(err.kind, InputKind::PluginSetting, "{err}");
+    }
+
+    #[test]
+    fn the_nodes_subnets_to_ignore_unless_the_pod_names_its_own() {
+        let mut w = Vec::new();
+        let node = LinkerdNode {
+            subnets_to_ignore: vec!["10.1.0.0/16".into(), "192.168.0.0/24".into()],
+            ..LinkerdNode::default()
+        };
+        let m = model(&Annotations::new(), None, &node, &mut w).unwrap();
+        let nets: Vec<String> = m
+            .exclude_inbound_sources
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.1.0.0/16", "192.168.0.0/24"]);
+        // The annotation replaces the node's list, as linkerd-cni overrides it.
+        let m = model(&ann(&[(SKIP_SUBNETS, "10.9.0.0/16")]), None, &node, &mut w).unwrap();
+        assert_eq!(m.exclude_inbound_sources.len(), 1);
+        assert_eq!(m.exclude_inbound_sources[0].to_string(), "10.9.0.0/16");
+        // A bad entry of the node's is named as the plugin setting.
+        let node = LinkerdNode {
+            subnets_to_ignore: vec!["10.1.0.0/16".into(), "nope".into()],
+            ..LinkerdNode::default()
+        };
+        let err = model(&Annotations::new(), None, &node, &mut w).unwrap_err();
+        assert_eq!(err.annotation, "linkerd.subnets_to_ignore", "{err}");
+        assert_eq!(err.kind, InputKind::PluginSetting, "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
     }
 
     #[test]
