@@ -231,14 +231,20 @@ fn fixtures() -> Vec<Fixture> {
     assert_eq!(
         names,
         [
+            "kuma/dns-no-conntrack",
+            "kuma/excludedports-for-uids",
+            "kuma/excludedports-wildcards",
             "kuma/exclusions-dns",
             "kuma/gateway-dualstack",
             "kuma/inject-34",
+            "kuma/multiple-flags",
             "kuma/vnet",
             "linkerd/cni-default",
+            "linkerd/control-plane-identity",
             "linkerd/invalid-port-dropped",
             "linkerd/ipv6",
             "linkerd/multiport-split",
+            "linkerd/redirect-listed",
             "linkerd/skip-annotations",
             "linkerd/skip-subnets-as-iptables-reads",
         ]
