@@ -481,6 +481,7 @@ fn model_for(
     args: &CniArgs,
     capture: &Capture,
     netns: Option<&mut PodNetnsOnDemand<'_>>,
+    read: &dyn Fn(&str) -> std::io::Result<String>,
 ) -> Result<(RedirectModel, FrontEnd), CommandError> {
     let mesh_of_pod = capture.mesh.unwrap_or(Mesh::Istio);
     let addresses = result::pod_addresses(config.prev_result.as_ref())?;
@@ -495,7 +496,6 @@ fn model_for(
         istio: &config.istio_defaults,
         linkerd: &config.linkerd,
     };
-    let read = |path: &str| std::fs::read_to_string(path);
     let front_end_error = |e| match e {
         FrontEndError::Annotation(e) if capture.from_namespace.contains(&e.annotation.as_str()) => {
             CommandError::Input(InputError {
@@ -511,9 +511,9 @@ fn model_for(
         FrontEndError::Annotation(e) => CommandError::Annotation(e),
         FrontEndError::Input(e) => CommandError::Input(e),
     };
-    let mut resolved = mesh::resolve(mesh_of_pod, &seen, &node, &read).map_err(front_end_error)?;
+    let mut resolved = mesh::resolve(mesh_of_pod, &seen, &node, read).map_err(front_end_error)?;
     if let Some(netns) = netns {
-        let with_ipv6 = mesh::resolve_with_namespace_ipv6(mesh_of_pod, &seen, &node, &read)
+        let with_ipv6 = mesh::resolve_with_namespace_ipv6(mesh_of_pod, &seen, &node, read)
             .map_err(front_end_error)?;
         if let Some(with_ipv6) = with_ipv6 {
             if netns.has_ipv6_address()? {
@@ -655,7 +655,13 @@ pub fn add(inv: Invocation<'_>) -> Result<Value, CommandError> {
     let netns = required_netns(env);
     let mode = config.mode;
     let mut pod_netns = PodNetnsOnDemand::new(netns, mode);
-    let (model, front_end) = model_for(config, args, &capture, Some(&mut pod_netns))?;
+    let (model, front_end) = model_for(
+        config,
+        args,
+        &capture,
+        Some(&mut pod_netns),
+        &mesh::read_node_file,
+    )?;
     if let Some(reason) = installs_nothing(&capture) {
         tracing::info!(%reason, "not capturing; passing prevResult through");
         return Ok(output);
@@ -931,12 +937,26 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
         Ok(Some(rec)) => Some(Families::from_names(&rec.families)),
         _ => None,
     };
+    // A Kuma pod's nameservers as ADD read them, kept in its record: the node's resolv.conf
+    // may have changed since, and CHECK compares with what ADD installed (repair does too).
+    let stored_nameservers = match &record {
+        Ok(Some(rec)) => match rec.front_end() {
+            Some(FrontEnd::Kuma(kuma)) => kuma.nameservers,
+            _ => None,
+        },
+        _ => None,
+    };
+    let read = |path: &str| match &stored_nameservers {
+        Some(entries) => Ok(mesh::kuma::resolv_conf_of(entries)),
+        None => mesh::read_node_file(path),
+    };
     // With a record its families stand, so the namespace's addresses are not needed.
     let (mut model, _) = model_for(
         config,
         args,
         &capture,
         recorded.is_none().then_some(&mut pod_netns),
+        &read,
     )?;
     if let Some(reason) = installs_nothing(&capture) {
         tracing::debug!(%reason, "not captured; nothing to check");
@@ -1126,7 +1146,8 @@ mod tests {
         match decide(&c, &k8s_args("default")).unwrap() {
             Decision::Capture(cap) => {
                 assert_eq!(cap.mesh, Some(Mesh::Linkerd));
-                let (m, _) = model_for(&c, &k8s_args("default"), &cap, None).unwrap();
+                let (m, _) =
+                    model_for(&c, &k8s_args("default"), &cap, None, &mesh::read_node_file).unwrap();
                 assert_eq!((m.ports.inbound, m.ports.outbound), (4143, 4140));
                 assert_eq!(m.chain_prefix, "MESHCAP_LINKERD");
             }
@@ -1172,7 +1193,7 @@ mod tests {
             panic!("kuma pod not captured");
         };
         assert!(matches!(
-            model_for(&c, &k8s_args("default"), &cap, None),
+            model_for(&c, &k8s_args("default"), &cap, None, &mesh::read_node_file),
             Err(CommandError::Annotation(e)) if e.annotation == "traffic.kuma.io/transparent-proxy-config"
         ));
     }
@@ -1187,7 +1208,7 @@ mod tests {
             let Decision::Capture(cap) = decide(&c, &k8s_args(ns)).unwrap() else {
                 panic!("{ns}: not captured");
             };
-            let (m, fe) = model_for(&c, &k8s_args(ns), &cap, None).unwrap();
+            let (m, fe) = model_for(&c, &k8s_args(ns), &cap, None, &mesh::read_node_file).unwrap();
             let FrontEnd::Linkerd(s) = &fe else {
                 panic!("{fe:?}");
             };

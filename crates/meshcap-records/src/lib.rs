@@ -624,14 +624,14 @@ mod tests {
                 "c4",
                 FrontEnd::Kuma(kuma::PodSettings {
                     pod_has_ipv6: true,
-                    resolv_conf: None,
+                    nameservers: None,
                 }),
             ),
             (
                 "c5",
                 FrontEnd::Kuma(kuma::PodSettings {
                     pod_has_ipv6: false,
-                    resolv_conf: Some("nameserver 10.0.0.10\n".into()),
+                    nameservers: Some(vec!["10.0.0.10".into(), "fe80::1%eth0".into()]),
                 }),
             ),
         ] {

@@ -490,6 +490,77 @@ fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
+/// A Kuma pod whose DNS capture is limited to the servers of a resolv.conf keeps the servers
+/// ADD read: CHECK passes after the file changed (the rules are what ADD installed), and only
+/// the nameservers of the file reach the attachment record, never the rest of it.
+#[test]
+fn a_kuma_pods_nameservers_are_the_ones_add_read() {
+    const TEST: &str = "a_kuma_pods_nameservers_are_the_ones_add_read";
+    let Some(plugin) = privileged_plugin(TEST, &["ip", "iptables-save", "ip6tables-save", "nft"])
+    else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("meshcap-kuma-resolv-{}", std::process::id()));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let resolv = dir.join("resolv.conf");
+    let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=dns";
+    let annotations = json!({
+        "kuma.io/sidecar-injected": "true",
+        "traffic.kuma.io/transparent-proxy-config": format!(
+            "kumaDPUser: \"5678\"\nredirect:\n  dns:\n    enabled: true\n    captureAll: false\n    resolvConfigPath: {}\n",
+            resolv.display()
+        ),
+    });
+    for mode in ["iptables", "nftables"] {
+        std::fs::write(
+            &resolv,
+            "# a secret line\nsearch svc\nnameserver 10.96.0.10\n",
+        )
+        .unwrap();
+        let ns = meshcap_tests::netns::Netns::new("kres").unwrap();
+        let path = ns.path().to_str().unwrap().to_owned();
+        let config = json!({
+            "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
+            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
+            "prevResult": {"cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": path}],
+                "ips": PodShape::V4Only.prev_result_ips()},
+        });
+        let add = conformance::invoke(&plugin, "ADD", &path, &state, Some(cni_args), &config);
+        assert!(add.0, "{mode}: ADD failed: {}", add.1);
+        let records: Vec<String> = walk_files(&state)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        assert_eq!(records.len(), 1, "{mode}: {records:?}");
+        assert!(records[0].contains("10.96.0.10"), "{mode}: {}", records[0]);
+        assert!(!records[0].contains("secret"), "{mode}: {}", records[0]);
+        // The node's file changes; the pod keeps the rules ADD installed.
+        std::fs::write(&resolv, "nameserver 10.0.0.53\n").unwrap();
+        let check = conformance::invoke(&plugin, "CHECK", &path, &state, Some(cni_args), &config);
+        assert!(check.0, "{mode}: CHECK failed: {}", check.1);
+        let del = conformance::invoke(&plugin, "DEL", &path, &state, Some(cni_args), &config);
+        assert!(del.0, "{mode}: DEL failed: {}", del.1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every file under `dir`, recursively.
+fn walk_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// The plugin binary for a privileged test that needs `tools`; `None` once the test was
 /// skipped (or, under `CI=true`, failed) for want of root, a tool or the binary.
 fn privileged_plugin(test: &str, tools: &[&str]) -> Option<PathBuf> {

@@ -189,7 +189,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             istio: &istio,
             linkerd: &linkerd,
         };
-        let resolved = mesh::resolve(m, &seen, &node, &|path| std::fs::read_to_string(path))?;
+        let resolved = mesh::resolve(m, &seen, &node, &mesh::read_node_file)?;
         for w in &resolved.warnings {
             println!("# warning: {w}");
         }
@@ -411,7 +411,7 @@ fn render_any_pod(
         istio: defaults,
         linkerd: &linkerd,
     };
-    let read = |path: &str| std::fs::read_to_string(path);
+    let read = mesh::read_node_file;
     let resolved = mesh::resolve(mesh, &seen, &node, &read)?;
     print_control_plane(&resolved.front_end);
     let (model, warnings) = (resolved.model, resolved.warnings);

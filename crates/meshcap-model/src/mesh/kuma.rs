@@ -68,11 +68,34 @@ impl Default for KumaNode {
 pub struct PodSettings {
     /// Whether the pod had an IPv6 address (Kuma writes IPv6 rules only then).
     pub pod_has_ipv6: bool,
-    /// The resolv.conf that DNS capture limited to its nameservers read when the pod was set up
-    /// (`redirect.dns.resolvConfigPath`, on the node). Later models (CHECK, the agent's repair)
-    /// take the servers from here: in the agent's container that path names another file.
+    /// The `nameserver` entries of the resolv.conf that DNS capture limited to its servers read
+    /// when the pod was set up (`redirect.dns.resolvConfigPath`, on the node), in order; only
+    /// those, never the file (the pod names the path). Later models (CHECK, the agent's
+    /// repair) take the servers from here: in the agent's container that path names another
+    /// file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolv_conf: Option<String>,
+    pub nameservers: Option<Vec<String>>,
+}
+
+/// The words after `nameserver` in a resolv.conf, as [`nameservers`] reads them.
+pub fn nameserver_entries(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// A resolv.conf holding `entries`, read by [`nameservers`] as the file they came from.
+pub fn resolv_conf_of(entries: &[String]) -> String {
+    entries
+        .iter()
+        .map(|e| format!("nameserver {e}\n"))
+        .collect()
 }
 
 /// Whether kuma-cni would set this pod up (`getAndValidatePodAnnotations`).

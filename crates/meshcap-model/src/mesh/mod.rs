@@ -170,8 +170,8 @@ impl FrontEnd {
                 linkerd::model(annotations, s, warnings).map_err(FrontEndError::Annotation)
             }
             FrontEnd::Kuma(s) => {
-                let stored_or_read = |path: &str| match &s.resolv_conf {
-                    Some(text) => Ok(text.clone()),
+                let stored_or_read = |path: &str| match &s.nameservers {
+                    Some(entries) => Ok(kuma::resolv_conf_of(entries)),
                     None => read_file(path),
                 };
                 kuma::model(annotations, s.pod_has_ipv6, &stored_or_read, warnings)
@@ -218,6 +218,30 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
+/// The most of a node file a front end reads ([`read_node_file`]); a resolv.conf is a few
+/// hundred bytes.
+pub const MAX_NODE_FILE: u64 = 64 * 1024;
+
+/// Reads a node file a front end names (Kuma's `resolvConfigPath`, which the pod's own
+/// annotation may set): a regular file of at most [`MAX_NODE_FILE`] bytes, so a path such as
+/// `/dev/zero` or a FIFO cannot hold up or exhaust the plugin.
+pub fn read_node_file(path: &str) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read as _};
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_NODE_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_NODE_FILE {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {MAX_NODE_FILE} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// From a pod of `mesh` (Istio for a pod no mesh claims) to its front-end settings and model:
 /// the plugin's runtime-annotation and Kubernetes API paths and `meshcap render -f` all call it.
 /// Where the path cannot see the spec, the node's settings stand in for it.
@@ -249,18 +273,19 @@ pub fn resolve(
             FrontEnd::Linkerd(s)
         }
         Mesh::Kuma => {
-            // What the model reads of the node's resolv.conf is kept with the settings.
-            let read_text = std::cell::RefCell::new(None);
+            // The nameservers the model reads from the node's resolv.conf are kept with the
+            // settings (the entries only: the pod names the path).
+            let read_entries = std::cell::RefCell::new(None);
             let reading = |path: &str| {
                 let text = read_file(path)?;
-                *read_text.borrow_mut() = Some(text.clone());
+                *read_entries.borrow_mut() = Some(kuma::nameserver_entries(&text));
                 Ok(text)
             };
             let model = kuma::model(annotations, seen.has_ipv6, &reading, &mut warnings)
                 .map_err(FrontEndError::Annotation)?;
             let front_end = FrontEnd::Kuma(kuma::PodSettings {
                 pod_has_ipv6: seen.has_ipv6,
-                resolv_conf: read_text.into_inner(),
+                nameservers: read_entries.into_inner(),
             });
             return Ok(Resolved {
                 front_end,
@@ -372,8 +397,14 @@ mod tests {
             istio: &istio::NodeDefaults::default(),
             linkerd: &linkerd::LinkerdNode::default(),
         };
-        let on_the_node = |_: &str| Ok("nameserver 10.0.0.10\n".to_owned());
+        let on_the_node =
+            |_: &str| Ok("# node\nsearch svc.cluster.local\nnameserver 10.0.0.10\n".to_owned());
         let resolved = resolve(Mesh::Kuma, &seen, &node, &on_the_node).unwrap();
+        // The record keeps the nameservers, nothing else of the file.
+        let FrontEnd::Kuma(settings) = &resolved.front_end else {
+            panic!("{:?}", resolved.front_end);
+        };
+        assert_eq!(settings.nameservers, Some(vec!["10.0.0.10".to_owned()]));
         let servers = |m: &RedirectModel| m.dns_servers_of(crate::rules::Family::V4);
         assert_eq!(
             servers(&resolved.model),
@@ -389,13 +420,33 @@ mod tests {
         // A record written before the text was kept reads the file, as before.
         let old = FrontEnd::Kuma(kuma::PodSettings {
             pod_has_ipv6: false,
-            resolv_conf: None,
+            nameservers: None,
         });
         let reread = old.model(&annotations, &in_the_agent, &mut w).unwrap();
         assert_eq!(
             servers(&reread),
             Some(vec!["10.96.0.10/32".parse().unwrap()])
         );
+    }
+
+    /// A path the pod names reads only a small regular file.
+    #[test]
+    fn node_files_are_small_regular_files() {
+        assert!(read_node_file("/dev/zero").is_err(), "a device");
+        assert!(read_node_file("/").is_err(), "a directory");
+        let dir = std::env::temp_dir().join(format!("meshcap-node-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = dir.join("resolv.conf");
+        std::fs::write(&small, "nameserver 10.0.0.10\n").unwrap();
+        assert_eq!(
+            read_node_file(small.to_str().unwrap()).unwrap(),
+            "nameserver 10.0.0.10\n"
+        );
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'#'; MAX_NODE_FILE as usize + 1]).unwrap();
+        let err = read_node_file(big.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

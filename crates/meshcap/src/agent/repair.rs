@@ -358,7 +358,7 @@ fn recompute(rec: &AttachmentRecord, annotations: &Annotations) -> Result<Redire
     };
     let mut warnings = Vec::new();
     front_end
-        .model(annotations, &|path| fs::read_to_string(path), &mut warnings)
+        .model(annotations, &mesh::read_node_file, &mut warnings)
         .map_err(|e| format!("recomputing the model: {e}"))
 }
 
