@@ -51,12 +51,21 @@ for flavour in nft legacy; do
 done
 
 # The extension modules libxtables loads (-m owner, -j TPROXY, ...), from its compiled-in
-# directory, which sits next to libxtables itself.
+# directory: next to the library's real file, or under /usr/lib of its multiarch directory
+# when /lib is not merged into /usr.
 libxtables=$(ldd "${elves[0]}" | awk '$1 ~ /^libxtables/ {print $3}')
-extensions="$(dirname "$(readlink -f "$libxtables")")/xtables"
-if [ ! -d "$extensions" ]; then
-    # Merged /usr: the library resolves under /usr/lib, its directory is named as linked.
-    extensions="$(dirname "$libxtables")/xtables"
+multiarch=$(basename "$(dirname "$libxtables")")
+extensions=
+for candidate in "$(dirname "$(readlink -f "$libxtables")")/xtables" \
+    "/usr/lib/$multiarch/xtables" /usr/lib/xtables /usr/lib64/xtables; do
+    if compgen -G "$candidate/*.so" >/dev/null; then
+        extensions=$candidate
+        break
+    fi
+done
+if [ -z "$extensions" ]; then
+    echo "stage-image.sh: no xtables extension modules found for $libxtables" >&2
+    exit 1
 fi
 for module in "$extensions"/*.so; do
     put "$module"
@@ -70,6 +79,7 @@ done | sort -u | while read -r lib; do
     put "$lib"
 done
 
-# A readable trace of what the image holds, for review.
+# A readable trace of what the image holds, for review, and the xtables version it carries.
+"${elves[0]}" iptables --version > "$context/xtables.version"
 (cd "$rootfs" && find . -type f | sort) > "$context/rootfs.files"
 echo "stage-image.sh: $(wc -l < "$context/rootfs.files") files in $rootfs" >&2

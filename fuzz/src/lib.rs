@@ -464,8 +464,20 @@ pub fn check_mesh_pod(input: &MeshPodInput) {
         linkerd: &linkerd::LinkerdNode::default(),
     };
     let read = |_: &str| Ok(input.resolv_conf.clone());
-    let Ok(resolved) = mesh::resolve(mesh_of_pod, &seen, &node, &read) else {
-        return;
+    let resolved = match mesh::resolve(mesh_of_pod, &seen, &node, &read) {
+        Ok(resolved) => resolved,
+        Err(mesh::FrontEndError::Annotation(e)) => {
+            // Named by an annotation the pod has (Kuma's with the field in parentheses), or
+            // by the node setting it came from.
+            assert!(
+                pod.annotations.keys().any(|k| e.annotation.starts_with(k.as_str()))
+                    || e.annotation.starts_with("linkerd."),
+                "{e:?}"
+            );
+            assert!(e.value.len() <= 124, "{} bytes", e.value.len());
+            return;
+        }
+        Err(e) => panic!("a Linkerd or Kuma pod refused as an Istio input: {e:?}"),
     };
     let model = &resolved.model;
     for rs in &model.rulesets() {

@@ -46,9 +46,11 @@ const _: () = assert!(CODE_INTERNAL >= 100, "CNI reserves 0-99");
 /// The `cniVersion` of this invocation's configuration, for an error printed by the panic hook.
 static INVOCATION_VERSION: std::sync::OnceLock<CniVersion> = std::sync::OnceLock::new();
 
-/// Makes a panic print a CNI error on stdout before the process ends. The shipped plugin aborts
-/// on panic (no unwinding), so without this the runtime would get an empty stdout and report
-/// an unparsable result instead of what went wrong. Called once, by the executable.
+/// Makes a panic print a CNI error on stdout and end the process, on any thread and in any
+/// build: the shipped plugin aborts on panic (no unwinding), so without this the runtime would
+/// get an empty stdout and report an unparsable result instead of what went wrong; and a build
+/// that unwinds must not go on to print a second document after this one. Called once, by the
+/// executable.
 pub fn report_panics_as_cni_errors() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -63,6 +65,7 @@ pub fn report_panics_as_cni_errors() {
         let mut stdout = io::stdout().lock();
         let _ = writeln!(stdout, "{body}");
         let _ = stdout.flush();
+        std::process::abort();
     }));
 }
 
@@ -335,7 +338,7 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
-    fn a_panic_is_reported_as_a_cni_error_with_its_message() {
+    fn the_panic_hooks_error_is_a_cni_error_with_the_panic_message() {
         let body = internal_error_json(CniVersion::V0_4_0, "panicked at src/x.rs:1:2:\nboom");
         assert_eq!(body["cniVersion"], "0.4.0");
         assert_eq!(body["code"], CODE_INTERNAL);

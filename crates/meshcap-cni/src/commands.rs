@@ -890,11 +890,16 @@ pub fn del(inv: Invocation<'_>) -> Result<(), CommandError> {
     if registered {
         let unregistered =
             fastpath::unregister_attachment(&config.ebpf_pin_dir, &env.container_id, &env.ifname);
-        // The record goes all the same: kept, it would have the agent's repair put the rules
-        // DEL just removed back into a namespace on its way out. GC's sweep removes fast-path
-        // entries of attachments the runtime no longer knows, with or without a record.
+        // The record stays, so that something finishes the job: the agent's reclaim (once the
+        // namespace's pin is gone) and CNI GC take it from there, where not every runtime runs
+        // GC. Until then a repair may put rules back into this namespace, which is on its way
+        // out and carries no traffic of the pod's any more.
         if let Err(e) = unregistered {
-            tracing::warn!(error = %e, "could not unregister from the eBPF fast path; GC will retry");
+            tracing::warn!(
+                error = %e,
+                "could not unregister from the eBPF fast path; the record stays for the agent's reclaim and GC"
+            );
+            return Ok(());
         }
     }
     phases.mark("remove");

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::{json, Map, Value};
 
 pub const PLUGIN_TYPE: &str = "meshcap-cni";
@@ -206,6 +207,16 @@ pub fn plugin_entry(args: &InstallArgs) -> anyhow::Result<Value> {
     let linkerd =
         mesh_settings::<meshcap_model::mesh::linkerd::LinkerdNode>("linkerd", &args.linkerd)?;
     if !linkerd.is_empty() {
+        // Settings that would fail every Linkerd pod's ADD (a uid of 0 with no gid, a subnet
+        // that is no CIDR) are refused here, on a pod that states nothing of its own.
+        use meshcap_model::mesh::linkerd;
+        let node: linkerd::LinkerdNode = serde_json::from_value(Value::Object(linkerd.clone()))?;
+        linkerd::model(
+            &meshcap_model::Annotations::new(),
+            &linkerd::PodSettings::resolve(&node, None, None),
+            &mut Vec::new(),
+        )
+        .map_err(|e| anyhow::anyhow!("--linkerd: {e}"))?;
         entry["linkerd"] = Value::Object(linkerd);
     }
     let kuma = mesh_settings::<meshcap_model::mesh::kuma::KumaNode>("kuma", &args.kuma)?;
@@ -378,6 +389,17 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
     ensure_entry(&args.cni_conf_dir, &entry).map(|(file, _)| file)
 }
 
+/// An exclusive `flock` on the CNI config dir itself (no file of its own there: the runtime
+/// reloads its config on any new file in it). `uninstall` holds it for its whole run; the node
+/// agent's periodic re-install and the config watch hold it from their [`is_installed`] look to
+/// their last write, so an uninstall never lands between the two.
+pub fn lock_conf_dir(conf_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
+    let dir =
+        fs::File::open(conf_dir).with_context(|| format!("opening {}", conf_dir.display()))?;
+    Flock::lock(dir, FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", conf_dir.display()))
+}
+
 /// Whether meshcap is installed in `conf_dir` and no `uninstall` is running there: the last
 /// `install` left its [`ENTRY_FILE`], which `uninstall` removes. What keeps an install in
 /// place (the node agent's refresh, the config watch) does nothing otherwise, so an
@@ -438,9 +460,13 @@ pub fn conf_has_meshcap(conf: &Map<String, Value>) -> bool {
 /// Remove meshcap's entry (restoring the original bytes when nothing else changed) and binary.
 pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
     let marker = args.cni_conf_dir.join(UNINSTALLING_MARKER);
-    if args.cni_conf_dir.is_dir() {
+    let _locked = if args.cni_conf_dir.is_dir() {
+        let locked = lock_conf_dir(&args.cni_conf_dir)?;
         write_atomic(&marker, b"", 0o644)?;
-    }
+        Some(locked)
+    } else {
+        None
+    };
     let result = uninstall_marked(args);
     let _ = fs::remove_file(&marker);
     result
@@ -523,12 +549,6 @@ fn uninstall_marked(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
         let _ = fs::remove_dir(parent);
     }
     remove_if_present(&args.cni_bin_dir.join(PLUGIN_TYPE))?;
-    if let Some(log) = log_file.filter(|p| p.is_absolute()) {
-        remove_if_present(&log)?;
-        let mut moved_aside = log.into_os_string();
-        moved_aside.push(".1");
-        remove_if_present(Path::new(&moved_aside))?;
-    }
     meshcap_dataplane::remove_run_state(&args.run_dir)
         .with_context(|| format!("removing meshcap's state under {}", args.run_dir.display()))?;
     if !args.keep_fast_path {
@@ -540,7 +560,33 @@ fn uninstall_marked(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
             )
         })?;
     }
+    if let Some(log) = log_file {
+        remove_plugin_log(&log);
+    }
     Ok(restored)
+}
+
+/// Removes the plugin's log and the one it moved aside (`.1`), last and best effort (a log
+/// left behind is no reason to fail an uninstall), and only a file meshcap names as its own:
+/// a log path shared with other components (`/var/log/cni.log`) is left alone.
+fn remove_plugin_log(log: &Path) {
+    let ours = log.is_absolute()
+        && log
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains("meshcap"));
+    if !ours {
+        return;
+    }
+    let mut moved_aside = log.as_os_str().to_owned();
+    moved_aside.push(".1");
+    for file in [log, Path::new(&moved_aside)] {
+        if let Err(e) = fs::remove_file(file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("meshcap uninstall: leaving {}: {e}", file.display());
+            }
+        }
+    }
 }
 
 fn remove_if_present(file: &Path) -> anyhow::Result<()> {
@@ -774,6 +820,9 @@ mod tests {
         assert!(!t.0.join("log/meshcap-cni.log").exists());
         assert!(!t.0.join("log/meshcap-cni.log.1").exists());
         assert!(t.0.join("log/other.log").exists());
+        // A log shared with other components is not meshcap's to remove.
+        remove_plugin_log(&t.0.join("log/other.log"));
+        assert!(t.0.join("log/other.log").exists());
         assert_eq!(fs::read_to_string(&conf).unwrap(), FLANNEL);
         assert_eq!(mode_of(&conf).unwrap(), 0o640);
         assert!(
@@ -784,6 +833,30 @@ mod tests {
         assert!(!t.0.join("net.d").join(KUBECONFIG_NAME).exists());
         assert!(!t.0.join("bin/meshcap-cni").exists());
         assert!(!t.0.join("net.d").join(BACKUP_DIR).exists());
+    }
+
+    #[test]
+    fn linkerd_settings_that_fail_every_linkerd_pod_are_refused() {
+        let t = TempDir::new("linkerd-bad");
+        for (flags, why) in [
+            (vec!["proxy_uid=0"], "loop back"),
+            (vec!["subnets_to_ignore=[\"nope\"]"], "not a valid CIDR"),
+        ] {
+            let args = InstallArgs {
+                linkerd: flags.iter().map(|f| f.to_string()).collect(),
+                ..t.args()
+            };
+            let err = format!("{:#}", plugin_entry(&args).unwrap_err());
+            assert!(
+                err.contains("--linkerd") && err.contains(why),
+                "{flags:?}: {err}"
+            );
+        }
+        let args = InstallArgs {
+            linkerd: vec!["proxy_uid=0".into(), "proxy_gid=2102".into()],
+            ..t.args()
+        };
+        assert!(plugin_entry(&args).is_ok());
     }
 
     #[test]

@@ -274,7 +274,7 @@ fn the_agent_keeps_running_when_its_log_reader_is_gone() {
 
 /// `meshcap uninstall` on a node whose DaemonSet still runs: the agent's periodic re-install
 /// (and its config watch) leave the node uninstalled, with no binary, entry or kubeconfig put
-/// back, where before the next refresh wrote them all again.
+/// back, and the plugin's log is gone.
 #[test]
 fn a_running_node_agent_leaves_an_uninstall_done() {
     use std::time::{Duration, Instant};
@@ -363,7 +363,7 @@ fn a_running_node_agent_leaves_an_uninstall_done() {
     assert!(!conf.join(".meshcap-entry").exists(), "{log}");
     assert!(
         !dir.join("log/meshcap-cni.log").exists(),
-        "uninstall removed the plugin's log"
+        "the plugin's log is still there after uninstall"
     );
     assert!(
         log.contains("not re-installing"),

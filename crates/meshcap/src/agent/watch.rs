@@ -108,12 +108,17 @@ impl Watcher {
                 primary.display()
             ));
         };
-        if !self.plugin_binary.exists() || self.conf_dir.join(install::UNINSTALLING_MARKER).exists()
-        {
+        // Held to the last write: an uninstall cannot start between this look and the restore.
+        let _locked = match install::lock_conf_dir(&self.conf_dir) {
+            Ok(locked) => locked,
+            Err(e) => return self.note(format!("{e:#}")),
+        };
+        if !self.plugin_binary.exists() || !install::is_installed(&self.conf_dir) {
             return self.note(format!(
-                "meshcap's entry is not in {} and meshcap is uninstalled ({} absent) or being uninstalled: not restoring",
+                "meshcap's entry is not in {} and meshcap is uninstalled ({} or {} absent) or being uninstalled: not restoring",
                 primary.display(),
-                self.plugin_binary.display()
+                self.plugin_binary.display(),
+                self.conf_dir.join(install::ENTRY_FILE).display()
             ));
         }
         match install::ensure_entry(&self.conf_dir, &entry) {
