@@ -58,6 +58,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     step "apt-get install ${missing[*]}" \
         apt-get install -y -q -o Dpkg::Options::=--force-confold "${missing[@]}"
 fi
+# kubectl renders the deploy/ kustomizations in the tests. Machines of this kind carry it; where
+# one does not, the package of whichever source the machine has (Kubernetes' `kubectl`,
+# Debian's `kubernetes-client`) is tried, and the test says what is missing otherwise.
+if ! command -v kubectl >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q kubectl >>"$LOG" 2>&1 ||
+        apt-get install -y -q kubernetes-client >>"$LOG" 2>&1 ||
+        note "kubectl is not installed and no package provides it: the kustomize test cannot run"
+fi
 
 # --- Rust: the pinned nightly with rust-src (for -Z build-std=core) -----------------------
 if ! command -v rustup >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
