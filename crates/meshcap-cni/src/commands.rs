@@ -222,6 +222,15 @@ pub enum ApiLookup {
     Never,
 }
 
+/// Whether the runtime's annotations leave a pod this node may capture: claimed by a mesh in
+/// `meshes`, or, when `meshes` lists Istio, wanted by `selection`. Only such a pod is worth an
+/// API read under `read_pod: meshed`; any other is skipped from its annotations alone.
+fn may_capture_by_annotations(config: &Config, annotations: &Annotations) -> bool {
+    let claims = mesh::claims_by_annotations(annotations);
+    claims.iter().any(|m| config.meshes.contains(m))
+        || (config.meshes.contains(&Mesh::Istio) && config.selection.wants_capture(annotations))
+}
+
 /// [`decide_with`] for ADD and CHECK.
 pub fn decide(config: &Config, args: &CniArgs) -> Result<Decision, CommandError> {
     decide_with(config, args, ApiLookup::Allowed)
@@ -256,8 +265,7 @@ pub fn decide_with(
         (Some(a), Some((namespace, name)))
             if config.read_pod == ReadPod::Meshed
                 && api == ApiLookup::Allowed
-                && (config.selection.wants_capture(a)
-                    || !mesh::claims_by_annotations(a).is_empty()) =>
+                && may_capture_by_annotations(config, a) =>
         {
             let kubeconfig = config.kubeconfig.as_deref().unwrap_or(Path::new(""));
             return decide_from_api(config, kubeconfig, namespace, name);
@@ -1172,6 +1180,16 @@ mod tests {
         assert!(matches!(
             decide(&config(v), &k8s_args("default")).unwrap(),
             Decision::Skip(r) if r.contains("linkerd")
+        ));
+        // Under `read_pod: meshed`, such a pod is skipped without an API read (the kubeconfig
+        // here names no file: a read would fail the ADD).
+        let mut v = annotated(json!({}));
+        v["selection"] = json!("all");
+        v["meshes"] = json!(["linkerd"]);
+        v["kubernetes"] = json!({"read_pod": "meshed", "kubeconfig": "/nonexistent/kubeconfig"});
+        assert!(matches!(
+            decide(&config(v), &k8s_args("default")).unwrap(),
+            Decision::Skip(r) if r.contains("istio")
         ));
         // A pod no mesh claims is Istio's under `selection: all`, unless the node does not
         // serve Istio.
