@@ -1464,9 +1464,11 @@ fn privileged_kuma_pods_through_the_api_path() {
 }
 
 /// The settings Istio takes from the pod spec: a pod whose `istio-proxy` env turns on DNS
-/// capture and invalid drop (as `meshConfig.defaultConfig.proxyMetadata` does) gets them
-/// through the API path; the runtime path reaches the same rules with the node defaults, or
-/// with `kubernetes.read_pod: meshed`, and its log names the defaults it used. A bad env value
+/// capture and invalid drop (as `meshConfig.defaultConfig.proxyMetadata` does), whose proxy
+/// runs as uid 1500 and gid 1600, and whose `istio-validation` names other capture ports (the
+/// mesh config's `proxyListenPort`/`proxyInboundListenPort`) gets them through the API path;
+/// the runtime path reaches the same rules with the node defaults, or with
+/// `kubernetes.read_pod: meshed`, and its log names the defaults it used. A bad env value
 /// fails the ADD with code 7 naming the variable and leaves the namespace untouched.
 #[test]
 fn privileged_spec_settings_reach_every_path() {
@@ -1478,6 +1480,29 @@ fn privileged_spec_settings_reach_every_path() {
     meshed["spec"]["containers"][1]["env"] = json!([
         {"name": "ISTIO_META_DNS_CAPTURE", "value": "true"},
         {"name": "INVALID_DROP", "value": "true"}
+    ]);
+    meshed["spec"]["containers"][1]["securityContext"] =
+        json!({"runAsUser": 1500, "runAsGroup": 1600, "runAsNonRoot": true});
+    meshed["spec"]["initContainers"][0]["args"] = json!([
+        "istio-iptables",
+        "-p",
+        "15101",
+        "-z",
+        "15106",
+        "-u",
+        "1500",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--run-validation",
+        "--skip-rule-apply"
     ]);
     let mut bad = injected_pod("shop", "bad-env");
     bad["spec"]["containers"][1]["env"] = json!([{"name": "INVALID_DROP", "value": "sometimes"}]);
@@ -1510,12 +1535,26 @@ fn privileged_spec_settings_reach_every_path() {
             from_api.contains("INVALID") || from_api.contains("invalid"),
             "{mode}: no invalid drop:\n{from_api}"
         );
+        for (what, needle) in [
+            ("proxy uid", "1500"),
+            ("proxy gid", "1600"),
+            ("outbound port", "15101"),
+            ("inbound port", "15106"),
+        ] {
+            assert!(from_api.contains(needle), "{mode}: no {what}:\n{from_api}");
+        }
+        assert!(
+            !from_api.contains("1337"),
+            "{mode}: the default ids:\n{from_api}"
+        );
 
         // Runtime annotations plus the node defaults that match the mesh config.
         let mut cfg = api_config(
             &kc,
             &via_defaults.path(),
-            json!({"mode": mode, "istio": {"dns_capture": true, "invalid_drop": true}}),
+            json!({"mode": mode, "istio": {"dns_capture": true, "invalid_drop": true,
+                   "proxy_uids": [1500], "proxy_gids": [1600],
+                   "proxy_listen_port": 15101, "proxy_inbound_listen_port": 15106}}),
         );
         cfg["runtimeConfig"] = runtime.clone();
         let before = api.seen().len();
@@ -1525,7 +1564,9 @@ fn privileged_spec_settings_reach_every_path() {
         assert!(
             r.stderr
                 .contains("DNS capture from node default istio.dns_capture")
-                && r.stderr.contains("proxy uid from Istio's default"),
+                && r.stderr
+                    .contains("proxy uid from node default istio.proxy_uids")
+                && r.stderr.contains("IPv4 loopback CIDR from Istio's default"),
             "{mode}: the log names the defaults used: {}",
             r.stderr
         );
