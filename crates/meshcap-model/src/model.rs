@@ -520,6 +520,63 @@ impl RedirectModel {
                 );
             }
         }
+        // Every front end bounds each list it reads at MAX_LIST_LEN entries; a list may join
+        // two of them (a node's and a pod's) and the always-excluded ports. Past that a
+        // front end let an unbounded list through: refused before any rule is rendered.
+        const MAX_MODEL_LIST: usize = 2 * ann::MAX_LIST_LEN + 8;
+        let selector_len = |s: &ann::Selector<_>| match s {
+            ann::Selector::All => 0,
+            ann::Selector::Only(v) => v.len(),
+        };
+        for (name, len) in [
+            (
+                "include_outbound_ranges",
+                selector_len(&self.include_outbound_ranges),
+            ),
+            (
+                "exclude_outbound_ranges",
+                self.exclude_outbound_ranges.len(),
+            ),
+            (
+                "include_inbound_ports",
+                match &self.include_inbound_ports {
+                    ann::Selector::All => 0,
+                    ann::Selector::Only(v) => v.len(),
+                },
+            ),
+            ("exclude_inbound_ports", self.exclude_inbound_ports.len()),
+            ("include_outbound_ports", self.include_outbound_ports.len()),
+            ("exclude_outbound_ports", self.exclude_outbound_ports.len()),
+            ("exclude_interfaces", self.exclude_interfaces.len()),
+            (
+                "reroute_virtual_interfaces",
+                self.reroute_virtual_interfaces.len(),
+            ),
+            (
+                "exclude_inbound_port_ranges",
+                self.exclude_inbound_port_ranges.len(),
+            ),
+            (
+                "exclude_outbound_port_ranges",
+                self.exclude_outbound_port_ranges.len(),
+            ),
+            (
+                "exclude_inbound_sources",
+                self.exclude_inbound_sources.len(),
+            ),
+            ("bypass_outbound_ranges", self.bypass_outbound_ranges.len()),
+            (
+                "owner_port_exclusions",
+                self.owner_port_exclusions
+                    .iter()
+                    .map(|e| e.ports.len())
+                    .sum(),
+            ),
+        ] {
+            if len > MAX_MODEL_LIST {
+                return field(name, format!("{len} entries"), "too many entries");
+            }
+        }
         if let Some(servers) = &self.dns_servers {
             if servers.len() > ann::MAX_LIST_LEN {
                 return field("dns_servers", format!("{servers:?}"), "too many resolvers");
@@ -589,6 +646,33 @@ mod tests {
     use crate::rules::{PolicyRoute, Table, Target};
 
     use crate::annotations::from_pairs as ann;
+
+    /// The backstop under every front end's own bounds: no list reaches the renderers longer
+    /// than two inputs' worth.
+    #[test]
+    fn no_list_longer_than_two_inputs_worth_reaches_the_renderers() {
+        let mut m = RedirectModel {
+            exclude_outbound_ports: (1..=520).collect(),
+            ..RedirectModel::default()
+        };
+        assert!(m.validate().is_ok());
+        m.exclude_outbound_ports.push(521);
+        let err = m.validate().unwrap_err();
+        assert_eq!(err.annotation, "exclude_outbound_ports", "{err}");
+        let m = RedirectModel {
+            owner_port_exclusions: vec![
+                OwnerPortExclusion {
+                    proto: Proto::Tcp,
+                    ports: vec![PortRange { first: 1, last: 1 }; 300],
+                    uids: (5, 5),
+                };
+                2
+            ],
+            ..RedirectModel::default()
+        };
+        let err = m.validate().unwrap_err();
+        assert_eq!(err.annotation, "owner_port_exclusions", "{err}");
+    }
 
     #[test]
     fn an_included_loopback_is_read_as_written_as_istio_reads_it() {

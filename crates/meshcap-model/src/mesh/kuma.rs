@@ -32,7 +32,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::annotations::{AnnotationError, Annotations, InputKind, Selector};
+use crate::annotations::{AnnotationError, Annotations, InputKind, Selector, MAX_LIST_LEN};
 use crate::model::{
     DnsScope, Families, OwnerPortExclusion, PortRange, ProxyPorts, RedirectModel, VirtualNetwork,
 };
@@ -298,6 +298,19 @@ struct Dns {
     capture_all: bool,
     skip_conntrack_zone_split: bool,
     resolv_config_path: Option<String>,
+}
+
+/// A list of the config longer than [`MAX_LIST_LEN`] (a YAML alias repeats an entry for free,
+/// so the annotation's size alone does not bound it): refused, as Istio's lists are.
+fn at_most(field: &str, len: usize) -> Result<(), AnnotationError> {
+    if len > MAX_LIST_LEN {
+        return Err(bad(
+            field,
+            &format!("{len} entries"),
+            format!("more than {MAX_LIST_LEN} entries"),
+        ));
+    }
+    Ok(())
 }
 
 fn bad(field: &str, value: &str, reason: impl Into<String>) -> AnnotationError {
@@ -581,6 +594,7 @@ fn ports_field(field: &str, v: Option<&Value>) -> Result<Vec<u16>, AnnotationErr
     let mut out = Vec::new();
     for p in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         out.push(parse_port(field, p)?);
+        at_most(field, out.len())?;
     }
     Ok(out)
 }
@@ -591,6 +605,7 @@ fn ports_field(field: &str, v: Option<&Value>) -> Result<Vec<u16>, AnnotationErr
 /// Docker bridge), which kuma-cni passes to iptables as it is.
 fn virtual_networks(entries: &[String]) -> Result<Vec<VirtualNetwork>, AnnotationError> {
     const FIELD: &str = "redirect.vnet.networks";
+    at_most(FIELD, entries.len())?;
     let mut out = Vec::new();
     for entry in entries {
         let Some((interface, cidr)) = entry.split_once(':') else {
@@ -638,6 +653,7 @@ fn ip_list(field: &str, entries: &[String]) -> Result<Vec<IpNet>, AnnotationErro
                     )
                 })?;
             out.push(net.trunc());
+            at_most(field, out.len())?;
         }
     }
     Ok(out)
@@ -718,6 +734,8 @@ fn uid_exclusions(
                 uids,
             });
         }
+        // Each port range of each entry becomes a rule per protocol.
+        at_most(field, out.iter().map(|e| e.ports.len()).sum())?;
     }
     Ok(out)
 }
@@ -937,6 +955,48 @@ mod tests {
         let yaml = "redirect:\n  inbound:\n    excludePorts:\n    - \"9000\"\n    - 9001\n";
         let m = model(&ann(yaml), true, &no_file, &mut w).unwrap();
         assert_eq!(m.exclude_inbound_ports, vec![9000, 9001]);
+    }
+
+    /// YAML aliases repeat an entry for free: a config well inside the annotation's 16 KiB
+    /// would otherwise ask for a million rules. Every list is bounded as Istio's are.
+    #[test]
+    fn lists_are_bounded_whatever_yaml_aliases_repeat() {
+        let mut w = Vec::new();
+        let ports: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
+        let entry = format!("tcp:{}:5", ports[..200].join(","));
+        let aliases = "    - *x\n".repeat(50);
+        let yaml = format!(
+            "redirect:\n  outbound:\n    excludePortsForUIDs:\n    - &x \"{entry}\"\n{aliases}"
+        );
+        assert!(yaml.len() < 16 * 1024);
+        let err = model(&ann(&yaml), true, &no_file, &mut w).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("redirect.outbound.excludePortsForUIDs")
+                && err.to_string().contains("more than 256"),
+            "{err}"
+        );
+        for field in ["inbound.excludePorts", "outbound.includePorts"] {
+            let (side, key) = field.split_once('.').unwrap();
+            let yaml = format!("redirect:\n  {side}:\n    {key}: \"{}\"\n", ports.join(","));
+            let err = model(&ann(&yaml), true, &no_file, &mut w).unwrap_err();
+            assert!(err.to_string().contains("more than 256"), "{field}: {err}");
+        }
+        let ips: Vec<String> = (0..300)
+            .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
+            .collect();
+        let yaml = format!(
+            "redirect:\n  outbound:\n    excludePortsForIPs:\n    - \"{}\"\n",
+            ips.join(",")
+        );
+        let err = model(&ann(&yaml), true, &no_file, &mut w).unwrap_err();
+        assert!(err.to_string().contains("more than 256"), "{err}");
+        // At the bound, accepted.
+        let yaml = format!(
+            "redirect:\n  inbound:\n    excludePorts: \"{}\"\n",
+            ports[..256].join(",")
+        );
+        assert!(model(&ann(&yaml), true, &no_file, &mut w).is_ok());
     }
 
     #[test]

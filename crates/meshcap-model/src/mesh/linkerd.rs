@@ -30,7 +30,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::annotations::{AnnotationError, Annotations, InputKind, Selector};
+use crate::annotations::{AnnotationError, Annotations, InputKind, Selector, MAX_LIST_LEN};
 use crate::model::{Families, PortRange, ProxyPorts, RedirectModel};
 
 /// Linkerd's sidecar container.
@@ -238,6 +238,12 @@ pub fn model(
     let subnet_error = |value: &str, why: &str| {
         AnnotationError::new(subnet_source, value, why).of_kind(subnet_kind)
     };
+    if subnet_entries.len() > MAX_LIST_LEN {
+        return Err(subnet_error(
+            &format!("{} entries", subnet_entries.len()),
+            &format!("more than {MAX_LIST_LEN} entries"),
+        ));
+    }
     let mut subnets = Vec::new();
     for entry in &subnet_entries {
         let (net, note) = skip_subnet(entry).map_err(|why| subnet_error(entry, &why))?;
@@ -456,6 +462,18 @@ fn port_ranges(
                 if !out.contains(&r) {
                     out.push(r);
                 }
+                if out.len() > MAX_LIST_LEN {
+                    let error = AnnotationError::new(
+                        origin,
+                        &format!("{} entries", entries.len()),
+                        format!("more than {MAX_LIST_LEN} port entries"),
+                    );
+                    return Err(if origin.starts_with("linkerd.") {
+                        error.of_kind(InputKind::PluginSetting)
+                    } else {
+                        error
+                    });
+                }
             }
             None => warnings.push(format!(
                 "{origin}: ignoring invalid port entry {entry:?} (as linkerd-cni does)"
@@ -525,6 +543,34 @@ mod tests {
         let err = model(&Annotations::new(), None, &node, &mut w).unwrap_err();
         assert_eq!(err.annotation, "linkerd.proxy_uid", "{err}");
         assert_eq!(err.kind, InputKind::PluginSetting, "{err}");
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let mut w = Vec::new();
+        let node = LinkerdNode::default();
+        let ports: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
+        for key in [SKIP_INBOUND_PORTS, SKIP_OUTBOUND_PORTS] {
+            let err = model(&ann(&[(key, &ports.join(","))]), None, &node, &mut w).unwrap_err();
+            assert_eq!(err.annotation, key, "{err}");
+            assert!(err.to_string().contains("more than 256"), "{err}");
+        }
+        let nets: Vec<String> = (0..300).map(|i| format!("10.{}.0.0/16", i % 250)).collect();
+        let err = model(
+            &ann(&[(SKIP_SUBNETS, &nets.join(","))]),
+            None,
+            &node,
+            &mut w,
+        )
+        .unwrap_err();
+        assert_eq!(err.annotation, SKIP_SUBNETS, "{err}");
+        let m = model(
+            &ann(&[(SKIP_OUTBOUND_PORTS, &ports[..256].join(","))]),
+            None,
+            &node,
+            &mut w,
+        );
+        assert!(m.is_ok(), "{m:?}");
     }
 
     #[test]
