@@ -482,11 +482,16 @@ fn uninstall_marked(args: &UninstallArgs) -> anyhow::Result<Option<PathBuf>> {
             if let Some(plugins) = without.get_mut("plugins").and_then(Value::as_array_mut) {
                 plugins.retain(|p| !is_meshcap(p));
             }
-            // Which backup belongs to this file: same name, or the .conf it came from.
+            // Which backup belongs to this file: same name, or the single-plugin .conf or
+            // .json it came from.
             let candidates = [
                 primary.file_name().map(|n| backup_dir.join(n)),
                 primary
                     .with_extension("conf")
+                    .file_name()
+                    .map(|n| backup_dir.join(n)),
+                primary
+                    .with_extension("json")
                     .file_name()
                     .map(|n| backup_dir.join(n)),
             ];
@@ -876,6 +881,21 @@ mod tests {
         assert!(t.0.join("bpf/meshcap/link_sockops").exists());
         assert!(!t.0.join("run/templates").exists());
         assert!(t.0.join("run/someone-elses").exists());
+    }
+
+    #[test]
+    fn single_plugin_json_becomes_a_conflist_and_comes_back() {
+        let t = TempDir::new("json");
+        let original = r#"{"cniVersion":"1.0.0","name":"podnet","type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"10.88.0.0/16"}}"#;
+        let conf = t.0.join("net.d/10-bridge.json");
+        fs::write(&conf, original).unwrap();
+        let written = install(&t.args()).unwrap();
+        assert_eq!(written, t.0.join("net.d/10-bridge.conflist"));
+        assert!(!conf.exists());
+        uninstall(&t.uargs()).unwrap();
+        assert_eq!(fs::read_to_string(&conf).unwrap(), original);
+        assert!(!written.exists());
+        assert!(!t.0.join("net.d").join(BACKUP_DIR).exists());
     }
 
     #[test]
