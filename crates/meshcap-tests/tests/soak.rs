@@ -463,7 +463,12 @@ fn soak_parallel_add_del_every_mode() {
                 drop(pins);
             }
             Err(why) => {
-                // Not a skip of the soak: the fallback path is soaked instead, and said so.
+                // Under CI=true the fast path must be what is soaked. Elsewhere the fallback
+                // path is soaked instead, and said so.
+                assert!(
+                    !meshcap_testkit::gate::ci(),
+                    "{TEST}: iptables+ebpf cannot run its eBPF agent under CI=true: {why}"
+                );
                 eprintln!("{TEST}: iptables+ebpf: no eBPF agent can run here ({why}); soaking the rules-only fallback");
                 let mut r = soak_mode("iptables+ebpf", conf, None);
                 r.note = Some(format!("no agent ({why}): rules-only fallback"));
