@@ -264,7 +264,7 @@ flow() {
         sed -e "s/=$APP_IP:/=APP:/g" -e "s/=$REMOTE_IP:/=REMOTE:/g"
 }
 
-# The outcome every mode must give (SPEC "Observable behaviour").
+# The outcome every mode must give (docs/DESIGN.md "Observable behaviour").
 expected_flows() {
     cat <<'EOF'
 app-outbound client=ok seen=sidecar@15001 orig=REMOTE:80

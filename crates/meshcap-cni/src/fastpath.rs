@@ -49,7 +49,8 @@ pub fn register_pod(
     record: &AttachmentRecord,
     proxy: ProxyIdentity,
 ) -> Result<(), FastPathError> {
-    // Fail fast, before touching the pod's namespace, when no agent has pinned its maps.
+    // The cookie names the pod to the fast path; registering fails when no agent has pinned
+    // its maps.
     let cookie = meshcap_fastpath::netns_cookie_at(&record.netns)?;
     let mut pod = PodFastPath::new(cookie).for_attachment(&record.container_id, &record.ifname);
     pod.proxy_uid = proxy.uid;

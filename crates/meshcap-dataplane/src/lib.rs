@@ -69,10 +69,11 @@ impl fmt::Display for Backend {
 /// the namespace, no file).
 pub const DEFAULT_RUN_DIR: &str = "/run/meshcap";
 
-/// What the dataplane keeps under its run directory, one subdirectory each: verified xtables
-/// templates, the journals of iptables-mode applies, legacy xtables lock files.
+/// Under the run directory: the verified xtables templates.
 const TEMPLATES_DIR: &str = "templates";
+/// Under the run directory: the journals of iptables-mode applies.
 const JOURNALS_DIR: &str = "pending";
+/// Under the run directory: legacy xtables' per-namespace lock files.
 pub(crate) const LOCKS_DIR: &str = "locks";
 
 /// Where the dataplane finds its programs and keeps its lock files, and what it reaches the

@@ -139,10 +139,11 @@ pub fn status(netns_cookie: Option<u64>) -> Result<Status, FastPathError> {
 }
 
 /// The netns cookie (`SO_NETNS_COOKIE`, the value `bpf_get_netns_cookie` returns) of the
-/// network namespace `netns` refers to. Creates a socket in that namespace from a short-lived
-/// thread, so the caller's own namespace never changes.
+/// network namespace `netns` refers to: the calling thread enters it, creates a socket and
+/// returns to its own namespace before anything else runs on it (no thread is spawned: the
+/// plugin's ADD calls this).
 pub fn netns_cookie(netns: BorrowedFd<'_>) -> Result<u64, FastPathError> {
-    meshcap_netns::run_on_thread(netns, sys::current_netns_cookie)
+    meshcap_netns::run_in(netns, sys::current_netns_cookie)
         .map_err(|e| FastPathError::Syscall {
             call: "setns(CLONE_NEWNET)",
             source: e.source,

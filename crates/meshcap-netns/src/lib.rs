@@ -12,7 +12,7 @@
 //!   thread that plays a pod's app or sidecar).
 //!
 //! One case stays outside: entering between `fork` and `exec` (a `pre_exec` hook) must use only
-//! async-signal-safe calls, so the test kit's `setns_before_exec` calls `setns(2)` itself.
+//! async-signal-safe calls, so the end-to-end suite's `setns_before_exec` (`crates/meshcap-tests/src/sys.rs`) calls `setns(2)` itself.
 #![forbid(unsafe_code)]
 
 use std::fmt;

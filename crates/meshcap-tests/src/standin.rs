@@ -27,12 +27,12 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-/// The fixed ports of the sidecar (SPEC "Fixed values" and Istio's well-known ports).
+/// The fixed ports of the sidecar (docs/DESIGN.md "Fixed values", Istio's well-known ports).
 pub const SIDECAR_TCP_PORTS: [u16; 7] = [15001, 15006, 15008, 15020, 15021, 15090, 15053];
 /// The sidecar's UDP port (DNS capture).
 pub const SIDECAR_UDP_PORTS: [u16; 1] = [15053];
 /// The proxy's uid and gid.
-pub const PROXY_ID: u32 = 1337;
+pub const PROXY_ID: u32 = meshcap_model::model::PROXY_UID;
 
 /// What a server saw for one connection or datagram.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

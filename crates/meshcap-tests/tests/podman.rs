@@ -62,9 +62,8 @@ use meshcap_tests::node::{start_server, Proc};
 use meshcap_tests::standin::{read_records, ClientReport, Record, PROXY_ID, SIDECAR_TCP_PORTS};
 use meshcap_tests::state::{NetfilterState, COMMANDS};
 
-/// Where `meshcap-cni` keeps attachment records when `MESHCAP_STATE_DIR` is unset (SPEC:
-/// host-side state; `crates/meshcap-cni/src/env.rs`).
-const DEFAULT_STATE_DIR: &str = "/var/run/meshcap/attachments";
+/// Where `meshcap-cni` keeps attachment records when `MESHCAP_STATE_DIR` is unset.
+const DEFAULT_STATE_DIR: &str = meshcap_records::DEFAULT_STATE_DIR;
 /// libcni's result cache as podman's CNI backend writes it (libcni's default cache dir).
 const CNI_CACHE_DIR: &str = "/var/lib/cni";
 /// The port the remote serves and the apps dial.
