@@ -950,7 +950,16 @@ impl fmt::Display for Expr {
                     write!(f, " port reg {reg}")?;
                 }
             }
-            Expr::Other { name, data } => write!(f, "{name} <{} bytes not modelled>", data.len())?,
+            // The name is whatever the dump held: quoted and escaped unless it is one a
+            // kernel expression type could have, so a rule's text stays one line.
+            Expr::Other { name, data } => {
+                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    write!(f, "{name} <{} bytes not modelled>", data.len())?
+                } else {
+                    write!(f, "{name:?} <{} bytes not modelled>", data.len())?
+                }
+            }
         }
         f.write_str(" ]")
     }
@@ -959,6 +968,22 @@ impl fmt::Display for Expr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dump's unknown expression keeps the rule's text on one line whatever its name holds
+    /// (found by the nft_reply fuzz target).
+    #[test]
+    fn an_unknown_expressions_name_cannot_break_the_line() {
+        let odd = Expr::Other {
+            name: "\n".into(),
+            data: Vec::new(),
+        };
+        assert_eq!(odd.to_string(), "[ \"\\n\" <0 bytes not modelled> ]");
+        let plain = Expr::Other {
+            name: "quota".into(),
+            data: vec![0; 4],
+        };
+        assert_eq!(plain.to_string(), "[ quota <4 bytes not modelled> ]");
+    }
 
     fn meta_l4proto_tcp_return() -> Vec<Expr> {
         vec![
