@@ -228,7 +228,9 @@ pub enum ApiLookup {
 fn may_capture_by_annotations(config: &Config, annotations: &Annotations) -> bool {
     let claims = mesh::claims_by_annotations(annotations);
     claims.iter().any(|m| config.meshes.contains(m))
-        || (config.meshes.contains(&Mesh::Istio) && config.selection.wants_capture(annotations))
+        || (claims.is_empty()
+            && config.meshes.contains(&Mesh::Istio)
+            && config.selection.wants_capture(annotations))
 }
 
 /// [`decide_with`] for ADD and CHECK.
@@ -1181,16 +1183,28 @@ mod tests {
             decide(&config(v), &k8s_args("default")).unwrap(),
             Decision::Skip(r) if r.contains("linkerd")
         ));
-        // Under `read_pod: meshed`, such a pod is skipped without an API read (the kubeconfig
-        // here names no file: a read would fail the ADD).
-        let mut v = annotated(json!({}));
-        v["selection"] = json!("all");
-        v["meshes"] = json!(["linkerd"]);
-        v["kubernetes"] = json!({"read_pod": "meshed", "kubeconfig": "/nonexistent/kubeconfig"});
-        assert!(matches!(
-            decide(&config(v), &k8s_args("default")).unwrap(),
-            Decision::Skip(r) if r.contains("istio")
-        ));
+        // Under `read_pod: meshed`, a pod the node does not capture is skipped without an API
+        // read (the kubeconfig here names no file: a read would fail the ADD): one no mesh
+        // claims on a node without Istio, and a Linkerd pod on a node that serves only Istio,
+        // also under `selection: all`.
+        for (annotations, meshes, why) in [
+            (json!({}), json!(["linkerd"]), "istio"),
+            (
+                json!({"linkerd.io/proxy-version": "stable"}),
+                json!(["istio"]),
+                "linkerd",
+            ),
+        ] {
+            let mut v = annotated(annotations);
+            v["selection"] = json!("all");
+            v["meshes"] = meshes;
+            v["kubernetes"] =
+                json!({"read_pod": "meshed", "kubeconfig": "/nonexistent/kubeconfig"});
+            assert!(matches!(
+                decide(&config(v), &k8s_args("default")).unwrap(),
+                Decision::Skip(r) if r.contains(why)
+            ));
+        }
         // A pod no mesh claims is Istio's under `selection: all`, unless the node does not
         // serve Istio.
         for (meshes, captured) in [

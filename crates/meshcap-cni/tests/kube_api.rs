@@ -1535,9 +1535,13 @@ fn privileged_spec_settings_reach_every_path() {
             from_api.contains("INVALID") || from_api.contains("invalid"),
             "{mode}: no invalid drop:\n{from_api}"
         );
+        let (uid, gid) = match mode {
+            "iptables" => ("--uid-owner 1500", "--gid-owner 1600"),
+            _ => ("skuid 1500", "skgid 1600"),
+        };
         for (what, needle) in [
-            ("proxy uid", "1500"),
-            ("proxy gid", "1600"),
+            ("proxy uid", uid),
+            ("proxy gid", gid),
             ("outbound port", "15101"),
             ("inbound port", "15106"),
         ] {

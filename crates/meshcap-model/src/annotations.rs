@@ -597,6 +597,62 @@ struct ProxyConfigSubset {
     proxy_metadata: Option<BTreeMap<String, serde_yaml::Value>>,
 }
 
+/// Where a YAML document uses an anchor (`&a`) or an alias (`*a`), if it does: the byte offset.
+/// An alias repeats a value for free, so a document of a few KiB can stand for billions of
+/// values (serde_yaml bounds the replays, not what they build); the YAML of pod annotations
+/// never needs one (no injector writes any), so it is refused before it is parsed. The look is
+/// lexical: a `&` or `*` where a node starts, outside quoted scalars and comments (a block
+/// scalar's lines are not told apart, so such a line in one is refused too).
+pub fn yaml_anchor_or_alias(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut node_start = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'\n' => node_start = true,
+            b' ' | b'\t' | b'\r' => {}
+            b'#' if i == 0 || bytes[i - 1].is_ascii_whitespace() => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'&' | b'*' if node_start => return Some(i),
+            b'"' if node_start => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                node_start = false;
+            }
+            b'\'' if node_start => {
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == b'\'' {
+                        if bytes.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                node_start = false;
+            }
+            // What may come right before a node: a sequence entry, a mapping value or key, a
+            // flow collection's opening or separator.
+            b'-' | b':' | b'?' if bytes.get(i + 1).is_none_or(|n| n.is_ascii_whitespace()) => {
+                node_start = true
+            }
+            b'[' | b'{' | b',' => node_start = true,
+            _ => node_start = false,
+        }
+        i += 1;
+    }
+    None
+}
+
 /// `proxyMetadata` of the `proxy.istio.io/config` annotation (YAML; JSON is valid YAML), each
 /// value as the string Istio's agent sees in its environment: a YAML boolean or number as
 /// written, `null` as empty.
@@ -608,6 +664,16 @@ pub fn proxy_metadata(
     };
     if value.trim().is_empty() {
         return Ok(BTreeMap::new());
+    }
+    if let Some(at) = yaml_anchor_or_alias(value) {
+        return Err(AnnotationError::new(
+            PROXY_CONFIG,
+            value,
+            format!(
+                "a YAML anchor or alias at byte {at}: not accepted (an alias repeats a value \
+                 without bound, and no injector writes one)"
+            ),
+        ));
     }
     // A document that is only `null` sets nothing, as with Go's YAML.
     let config: Option<ProxyConfigSubset> = serde_yaml::from_str(value).map_err(|e| {
@@ -1060,6 +1126,41 @@ mod tests {
 #[cfg(test)]
 mod value_tests {
     use super::*;
+
+    #[test]
+    fn yaml_anchors_and_aliases_are_found_where_a_node_starts() {
+        for text in [
+            "a: *x",
+            "- &x [1]",
+            "[1, *a]",
+            "{k: *a}",
+            "a:\n  - *x\n",
+            "? *k\n: v",
+        ] {
+            assert!(yaml_anchor_or_alias(text).is_some(), "{text:?}");
+        }
+        for text in [
+            "cniMode: true",
+            "ports: \"*\"",
+            "excludePortsForUIDs:\n- \"*:*:0\"",
+            "- tcp:*:0",
+            "a: b # *x",
+            "# &x\na: 1",
+            "key: 'it''s *'",
+            "a: foo *bar &baz",
+            "n: -1",
+            "url: http://x/*",
+            "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n",
+        ] {
+            assert_eq!(yaml_anchor_or_alias(text), None, "{text:?}");
+        }
+        let with_alias = from_pairs(&[(
+            PROXY_CONFIG,
+            "x: &a [1, 2]\nproxyMetadata:\n  INVALID_DROP: *a\n",
+        )]);
+        let err = proxy_metadata(&with_alias).unwrap_err();
+        assert!(err.to_string().contains("anchor or alias"), "{err}");
+    }
     use crate::model::OwnerGroups;
 
     #[test]

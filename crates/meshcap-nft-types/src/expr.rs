@@ -407,6 +407,21 @@ impl Verdict {
     }
 }
 
+/// A name read from a dump (a chain, an expression type) as it goes into a rule's text: as
+/// it is when it is one printable word, else quoted and escaped, so the text stays one line
+/// and one token whatever the dump held.
+pub fn shown_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if plain {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(format!("{name:?}"))
+    }
+}
+
 /// libnftnl's notation (`jump -> CHAIN`).
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -416,8 +431,8 @@ impl fmt::Display for Verdict {
             Verdict::Continue => f.write_str("continue"),
             Verdict::Break => f.write_str("break"),
             Verdict::Return => f.write_str("return"),
-            Verdict::Jump(chain) => write!(f, "jump -> {chain}"),
-            Verdict::Goto(chain) => write!(f, "goto -> {chain}"),
+            Verdict::Jump(chain) => write!(f, "jump -> {}", shown_name(chain)),
+            Verdict::Goto(chain) => write!(f, "goto -> {}", shown_name(chain)),
             Verdict::Other(code) => write!(f, "verdict#{code}"),
         }
     }
@@ -950,16 +965,12 @@ impl fmt::Display for Expr {
                     write!(f, " port reg {reg}")?;
                 }
             }
-            // The name is whatever the dump held: quoted and escaped unless it is one a
-            // kernel expression type could have, so a rule's text stays one line.
-            Expr::Other { name, data } => {
-                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
-                    write!(f, "{name} <{} bytes not modelled>", data.len())?
-                } else {
-                    write!(f, "{name:?} <{} bytes not modelled>", data.len())?
-                }
-            }
+            Expr::Other { name, data } => write!(
+                f,
+                "{} <{} bytes not modelled>",
+                shown_name(name),
+                data.len()
+            )?,
         }
         f.write_str(" ]")
     }
@@ -969,10 +980,18 @@ impl fmt::Display for Expr {
 mod tests {
     use super::*;
 
-    /// A dump's unknown expression keeps the rule's text on one line whatever its name holds
-    /// (found by the nft_reply fuzz target).
+    /// A dump's unknown expression or a verdict's chain keeps the rule's text on one line
+    /// whatever its name holds.
     #[test]
     fn an_unknown_expressions_name_cannot_break_the_line() {
+        assert_eq!(
+            Verdict::Jump("A\nB".into()).to_string(),
+            "jump -> \"A\\nB\""
+        );
+        assert_eq!(
+            Verdict::Goto("KUBE-SVC".into()).to_string(),
+            "goto -> KUBE-SVC"
+        );
         let odd = Expr::Other {
             name: "\n".into(),
             data: Vec::new(),

@@ -247,8 +247,8 @@ fn push_word(out: &mut String, word: &str) {
 
 fn verdict_text(verdict: &Verdict) -> String {
     match verdict {
-        Verdict::Jump(chain) => format!("jump {chain}"),
-        Verdict::Goto(chain) => format!("goto {chain}"),
+        Verdict::Jump(chain) => format!("jump {}", crate::expr::shown_name(chain)),
+        Verdict::Goto(chain) => format!("goto {}", crate::expr::shown_name(chain)),
         other => other.to_string(),
     }
 }

@@ -184,6 +184,12 @@ const KEYS: &[&str] = &[
 /// are those of the respelled text. (Go also folds the Kelvin sign and the long s into `k` and
 /// `s`; only ASCII case is folded here.)
 fn parse_as_kuma<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, String> {
+    if let Some(at) = crate::annotations::yaml_anchor_or_alias(yaml) {
+        return Err(format!(
+            "a YAML anchor or alias at byte {at}: not accepted (an alias repeats a value without \
+             bound, and Kuma's injector writes none)"
+        ));
+    }
     if !may_misspell_a_key(yaml) {
         return serde_yaml::from_str(yaml).map_err(|e| e.to_string());
     }
@@ -707,13 +713,14 @@ fn uid_exclusions(
                 first: first as u16,
                 last: last as u16,
             });
+            at_most(field, ranges.len())?;
         }
         let protos: Vec<Proto> = if protos.is_empty() || protos == "*" {
             vec![Proto::Tcp, Proto::Udp]
         } else {
             let mut v = Vec::new();
             for p in protos.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                v.push(match p.to_ascii_lowercase().as_str() {
+                let proto = match p.to_ascii_lowercase().as_str() {
                     "tcp" => Proto::Tcp,
                     "udp" => Proto::Udp,
                     _ => {
@@ -723,10 +730,16 @@ fn uid_exclusions(
                             format!("invalid or unsupported protocol: '{p}'"),
                         ))
                     }
-                });
+                };
+                if !v.contains(&proto) {
+                    v.push(proto);
+                }
             }
             v
         };
+        // Each port range of each entry becomes a rule per protocol: counted before copying.
+        let so_far: usize = out.iter().map(|e: &OwnerPortExclusion| e.ports.len()).sum();
+        at_most(field, so_far + protos.len() * ranges.len())?;
         for proto in protos {
             out.push(OwnerPortExclusion {
                 proto,
@@ -734,8 +747,6 @@ fn uid_exclusions(
                 uids,
             });
         }
-        // Each port range of each entry becomes a rule per protocol.
-        at_most(field, out.iter().map(|e| e.ports.len()).sum())?;
     }
     Ok(out)
 }
@@ -957,10 +968,11 @@ mod tests {
         assert_eq!(m.exclude_inbound_ports, vec![9000, 9001]);
     }
 
-    /// YAML aliases repeat an entry for free: a config well inside the annotation's 16 KiB
-    /// would otherwise ask for a million rules. Every list is bounded as Istio's are.
+    /// YAML aliases repeat a value for free: a config well inside the annotation's 16 KiB
+    /// could otherwise stand for billions of values or a million rules, so anchors and aliases
+    /// are refused before the YAML is read; and every list is bounded as Istio's are.
     #[test]
-    fn lists_are_bounded_whatever_yaml_aliases_repeat() {
+    fn lists_are_bounded_and_yaml_aliases_refused() {
         let mut w = Vec::new();
         let ports: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
         let entry = format!("tcp:{}:5", ports[..200].join(","));
@@ -969,6 +981,20 @@ mod tests {
             "redirect:\n  outbound:\n    excludePortsForUIDs:\n    - &x \"{entry}\"\n{aliases}"
         );
         assert!(yaml.len() < 16 * 1024);
+        let err = model(&ann(&yaml), true, &no_file, &mut w).unwrap_err();
+        assert!(err.to_string().contains("anchor or alias"), "{err}");
+        // Nested aliases (billions of values once expanded) never reach the parser.
+        let scalars = vec!["1"; 2000].join(", ");
+        let yaml = format!(
+            "x: &a [{scalars}]\ny: &b [{}]\nredirect:\n  inbound:\n    includePorts: [{}]\n",
+            vec!["*a"; 500].join(", "),
+            vec!["*b"; 500].join(", ")
+        );
+        let err = model(&ann(&yaml), true, &no_file, &mut w).unwrap_err();
+        assert!(err.to_string().contains("anchor or alias"), "{err}");
+        // Without aliases, a list past the bound.
+        let entries = vec![format!("\"tcp:{}:5\"", ports[..200].join(",")); 2].join(", ");
+        let yaml = format!("redirect:\n  outbound:\n    excludePortsForUIDs: [{entries}]\n");
         let err = model(&ann(&yaml), true, &no_file, &mut w).unwrap_err();
         assert!(
             err.to_string()

@@ -306,6 +306,14 @@ pub fn model(
             ));
         }
     }
+    if node.ports_to_redirect.len() > MAX_LIST_LEN {
+        return Err(AnnotationError::new(
+            "linkerd.ports_to_redirect",
+            &format!("{} entries", node.ports_to_redirect.len()),
+            format!("more than {MAX_LIST_LEN} entries"),
+        )
+        .of_kind(InputKind::PluginSetting));
+    }
     let model = RedirectModel {
         include_inbound_ports: if node.ports_to_redirect.is_empty() {
             Selector::All
@@ -455,24 +463,33 @@ fn port_ranges(
     entries: &[(&'static str, String)],
     warnings: &mut Vec<String>,
 ) -> Result<Vec<PortRange>, AnnotationError> {
+    // Each source (the node's list, the pod's annotation) at most MAX_LIST_LEN entries.
+    let mut per_origin: BTreeMap<&str, usize> = BTreeMap::new();
+    for (origin, _) in entries {
+        let count = per_origin.entry(origin).or_default();
+        *count += 1;
+        if *count > MAX_LIST_LEN {
+            let error = AnnotationError::new(
+                origin,
+                &format!(
+                    "{} entries",
+                    entries.iter().filter(|(o, _)| o == origin).count()
+                ),
+                format!("more than {MAX_LIST_LEN} port entries"),
+            );
+            return Err(if origin.starts_with("linkerd.") {
+                error.of_kind(InputKind::PluginSetting)
+            } else {
+                error
+            });
+        }
+    }
     let mut out = Vec::new();
     for (origin, entry) in entries {
         match parse_port_range(entry) {
             Some(r) => {
                 if !out.contains(&r) {
                     out.push(r);
-                }
-                if out.len() > MAX_LIST_LEN {
-                    let error = AnnotationError::new(
-                        origin,
-                        &format!("{} entries", entries.len()),
-                        format!("more than {MAX_LIST_LEN} port entries"),
-                    );
-                    return Err(if origin.starts_with("linkerd.") {
-                        error.of_kind(InputKind::PluginSetting)
-                    } else {
-                        error
-                    });
                 }
             }
             None => warnings.push(format!(
@@ -571,6 +588,14 @@ mod tests {
             &mut w,
         );
         assert!(m.is_ok(), "{m:?}");
+        // The pod's 256 ignored inbound ports join the node's two: each source is bounded.
+        let m = model(
+            &ann(&[(SKIP_INBOUND_PORTS, &ports[..256].join(","))]),
+            None,
+            &node,
+            &mut w,
+        );
+        assert_eq!(m.unwrap().exclude_inbound_port_ranges.len(), 258);
     }
 
     #[test]
