@@ -961,9 +961,8 @@ pub fn check(inv: Invocation<'_>) -> Result<(), CommandError> {
         },
         _ => None,
     };
-    let read = |path: &str| match &stored_nameservers {
-        Some(entries) => Ok(mesh::kuma::resolv_conf_of(entries)),
-        None => mesh::read_node_file(path),
+    let read = |path: &str| {
+        mesh::kuma::stored_or_read(stored_nameservers.as_deref(), path, &mesh::read_node_file)
     };
     // With a record its families stand, so the namespace's addresses are not needed.
     let (mut model, _) = model_for(

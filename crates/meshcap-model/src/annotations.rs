@@ -136,6 +136,14 @@ impl<T> Selector<T> {
     pub fn is_empty(&self) -> bool {
         matches!(self, Selector::Only(v) if v.is_empty())
     }
+
+    /// How many entries an `Only` lists (0 for `All`).
+    pub fn listed(&self) -> usize {
+        match self {
+            Selector::All => 0,
+            Selector::Only(v) => v.len(),
+        }
+    }
 }
 
 /// Read a raw annotation value, enforcing the length bound.

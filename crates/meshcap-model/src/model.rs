@@ -524,26 +524,16 @@ impl RedirectModel {
         // two of them (a node's and a pod's) and the always-excluded ports. Past that a
         // front end let an unbounded list through: refused before any rule is rendered.
         const MAX_MODEL_LIST: usize = 2 * ann::MAX_LIST_LEN + 8;
-        let selector_len = |s: &ann::Selector<_>| match s {
-            ann::Selector::All => 0,
-            ann::Selector::Only(v) => v.len(),
-        };
         for (name, len) in [
             (
                 "include_outbound_ranges",
-                selector_len(&self.include_outbound_ranges),
+                self.include_outbound_ranges.listed(),
             ),
             (
                 "exclude_outbound_ranges",
                 self.exclude_outbound_ranges.len(),
             ),
-            (
-                "include_inbound_ports",
-                match &self.include_inbound_ports {
-                    ann::Selector::All => 0,
-                    ann::Selector::Only(v) => v.len(),
-                },
-            ),
+            ("include_inbound_ports", self.include_inbound_ports.listed()),
             ("exclude_inbound_ports", self.exclude_inbound_ports.len()),
             ("include_outbound_ports", self.include_outbound_ports.len()),
             ("exclude_outbound_ports", self.exclude_outbound_ports.len()),

@@ -508,7 +508,8 @@ fn iptables_mode_runs_in_the_image(image: &str, scratch: &Path) {
     })
     .to_string();
     let plugin = |command: &str| {
-        let mut child = Command::new("podman")
+        let mut podman = Command::new("podman");
+        podman
             .args(["run", "--rm", "-i", "--network=none", "--privileged"])
             .args(["-v", "/run/netns:/run/netns"])
             .arg("-v")
@@ -523,20 +524,14 @@ fn iptables_mode_runs_in_the_image(image: &str, scratch: &Path) {
                 "-e",
                 "CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME=image-test",
             ])
-            .args(["--entrypoint", "/usr/local/bin/meshcap-cni", image])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(config.as_bytes())
-            .unwrap();
+            .args(["--entrypoint", "/usr/local/bin/meshcap-cni", image]);
+        let out = meshcap_cni_runtime::invoke::run(podman, config.as_bytes(), None).unwrap();
         ok(
-            child.wait_with_output().unwrap(),
+            Output {
+                status: out.status,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            },
             &format!("{command} by the image's meshcap-cni"),
         )
     };

@@ -397,13 +397,12 @@ fn linkerd_and_kuma_fixtures_through_add() {
                         .unwrap();
                     assert!(addrs.contains("inet6 fe80::"), "{case}: {addrs}");
                 }
-                let mut config = json!({
-                    "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
-                    "runtimeConfig": {"io.kubernetes.cri.pod-annotations": f.annotations()},
-                    "prevResult": {"cniVersion": "1.0.0",
-                        "interfaces": [{"name": "eth0", "sandbox": path}],
-                        "ips": shape.prev_result_ips()},
-                });
+                let mut config = peer_config(
+                    mode,
+                    &path,
+                    &f.annotations(),
+                    json!(shape.prev_result_ips()),
+                );
                 if let Some(linkerd) = &f.linkerd {
                     config["linkerd"] = linkerd.clone();
                 }
@@ -459,14 +458,13 @@ fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
     for mode in ["iptables", "nftables"] {
         let ns = meshcap_tests::netns::Netns::new("kdry").unwrap();
         let path = ns.path().to_str().unwrap().to_owned();
-        let config = json!({
-            "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
-            "log_level": "debug",
-            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
-            "prevResult": {"cniVersion": "1.0.0",
-                "interfaces": [{"name": "eth0", "sandbox": path}],
-                "ips": PodShape::DualStack.prev_result_ips()},
-        });
+        let mut config = peer_config(
+            mode,
+            &path,
+            &annotations,
+            json!(PodShape::DualStack.prev_result_ips()),
+        );
+        config["log_level"] = json!("debug");
         let add = conformance::invoke(&plugin, "ADD", &path, &state, Some(cni_args), &config);
         assert!(add.0, "{mode}: ADD failed: {}", add.1);
         assert!(
@@ -520,16 +518,15 @@ fn a_kuma_pods_nameservers_are_the_ones_add_read() {
         .unwrap();
         let ns = meshcap_tests::netns::Netns::new("kres").unwrap();
         let path = ns.path().to_str().unwrap().to_owned();
-        let config = json!({
-            "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
-            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
-            "prevResult": {"cniVersion": "1.0.0",
-                "interfaces": [{"name": "eth0", "sandbox": path}],
-                "ips": PodShape::V4Only.prev_result_ips()},
-        });
+        let config = peer_config(
+            mode,
+            &path,
+            &annotations,
+            json!(PodShape::V4Only.prev_result_ips()),
+        );
         let add = conformance::invoke(&plugin, "ADD", &path, &state, Some(cni_args), &config);
         assert!(add.0, "{mode}: ADD failed: {}", add.1);
-        let records: Vec<String> = walk_files(&state)
+        let records: Vec<String> = meshcap_tests::files_below(&state)
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
             .map(|p| std::fs::read_to_string(p).unwrap())
@@ -547,18 +544,16 @@ fn a_kuma_pods_nameservers_are_the_ones_add_read() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Every file under `dir`, recursively.
-fn walk_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk_files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
+/// The network configuration a runtime streams for a pod in `netns` whose annotations the
+/// runtime passes and whose primary plugin gave it `ips`.
+fn peer_config(mode: &str, netns: &str, annotations: &Value, ips: Value) -> Value {
+    json!({
+        "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
+        "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
+        "prevResult": {"cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": netns}],
+            "ips": ips},
+    })
 }
 
 /// The plugin binary for a privileged test that needs `tools`; `None` once the test was
@@ -665,13 +660,12 @@ fn kuma_virtual_network_traffic_goes_to_the_proxy() {
         );
 
         let path = pod.path().to_str().unwrap().to_owned();
-        let config = json!({
-            "cniVersion": "1.0.0", "name": "peer", "type": "meshcap-cni", "mode": mode,
-            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
-            "prevResult": {"cniVersion": "1.0.0",
-                "interfaces": [{"name": "eth0", "sandbox": path}],
-                "ips": [{"address": "10.244.0.5/24", "interface": 0}]},
-        });
+        let config = peer_config(
+            mode,
+            &path,
+            &annotations,
+            json!([{"address": "10.244.0.5/24", "interface": 0}]),
+        );
         let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=vnet";
         let add = conformance::invoke(&plugin, "ADD", &path, &state, Some(cni_args), &config);
         assert!(add.0, "{mode}: ADD failed: {}", add.1);

@@ -390,22 +390,25 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// An exclusive `flock` on the CNI config dir itself (no file of its own there: the runtime
-/// reloads its config on any new file in it). `uninstall` holds it for its whole run; the node
-/// agent's periodic re-install and the config watch hold it from their [`is_installed`] look to
-/// their last write, so an uninstall never lands between the two.
-pub fn lock_conf_dir(conf_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
+/// reloads its config on any new file in it). `uninstall` holds it for its whole run; what keeps
+/// an install in place holds it through [`lock_if_installed`].
+fn lock_conf_dir(conf_dir: &Path) -> anyhow::Result<Flock<fs::File>> {
     let dir =
         fs::File::open(conf_dir).with_context(|| format!("opening {}", conf_dir.display()))?;
     Flock::lock(dir, FlockArg::LockExclusive)
         .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", conf_dir.display()))
 }
 
-/// Whether meshcap is installed in `conf_dir` and no `uninstall` is running there: the last
-/// `install` left its [`ENTRY_FILE`], which `uninstall` removes. What keeps an install in
-/// place (the node agent's refresh, the config watch) does nothing otherwise, so an
-/// uninstall stays done while they run.
-pub fn is_installed(conf_dir: &Path) -> bool {
-    conf_dir.join(ENTRY_FILE).exists() && !conf_dir.join(UNINSTALLING_MARKER).exists()
+/// For what keeps an install in place (the node agent's periodic re-install, the config
+/// watch): the config dir's lock, held from this look to the caller's last write so that an
+/// uninstall never lands between the two, when meshcap is installed in `conf_dir` and no
+/// `uninstall` is running there (the last `install` left its [`ENTRY_FILE`], which
+/// `uninstall` removes); `None` otherwise, so an uninstall stays done while they run.
+pub fn lock_if_installed(conf_dir: &Path) -> anyhow::Result<Option<Flock<fs::File>>> {
+    let locked = lock_conf_dir(conf_dir)?;
+    let installed =
+        conf_dir.join(ENTRY_FILE).exists() && !conf_dir.join(UNINSTALLING_MARKER).exists();
+    Ok(installed.then_some(locked))
 }
 
 /// The entry recorded by the last `install` ([`ENTRY_FILE`]); `None` when there is none or it
@@ -883,38 +886,28 @@ mod tests {
         assert!(t.0.join("run/someone-elses").exists());
     }
 
-    #[test]
-    fn single_plugin_json_becomes_a_conflist_and_comes_back() {
-        let t = TempDir::new("json");
-        let original = r#"{"cniVersion":"1.0.0","name":"podnet","type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"10.88.0.0/16"}}"#;
-        let conf = t.0.join("net.d/10-bridge.json");
-        fs::write(&conf, original).unwrap();
-        let written = install(&t.args()).unwrap();
-        assert_eq!(written, t.0.join("net.d/10-bridge.conflist"));
-        assert!(!conf.exists());
-        uninstall(&t.uargs()).unwrap();
-        assert_eq!(fs::read_to_string(&conf).unwrap(), original);
-        assert!(!written.exists());
-        assert!(!t.0.join("net.d").join(BACKUP_DIR).exists());
-    }
-
+    /// A single plugin config, `.conf` or `.json` (libcni reads both), becomes a conflist and
+    /// comes back byte for byte, its backup gone.
     #[test]
     fn single_conf_becomes_a_conflist_and_comes_back() {
-        let t = TempDir::new("conf");
-        let original = r#"{"cniVersion":"1.0.0","name":"podnet","type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"10.88.0.0/16"}}"#;
-        let conf = t.0.join("net.d/10-bridge.conf");
-        fs::write(&conf, original).unwrap();
-        let written = install(&t.args()).unwrap();
-        assert_eq!(written, t.0.join("net.d/10-bridge.conflist"));
-        assert!(!conf.exists());
-        let v: Value = serde_json::from_str(&fs::read_to_string(&written).unwrap()).unwrap();
-        assert_eq!(v["name"], "podnet");
-        assert_eq!(v["plugins"][0]["type"], "bridge");
-        assert!(v["plugins"][0].get("name").is_none());
-        assert_eq!(v["plugins"][1]["type"], PLUGIN_TYPE);
-        uninstall(&t.uargs()).unwrap();
-        assert_eq!(fs::read_to_string(&conf).unwrap(), original);
-        assert!(!written.exists());
+        for ext in ["conf", "json"] {
+            let t = TempDir::new(&format!("single-{ext}"));
+            let original = r#"{"cniVersion":"1.0.0","name":"podnet","type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"10.88.0.0/16"}}"#;
+            let conf = t.0.join(format!("net.d/10-bridge.{ext}"));
+            fs::write(&conf, original).unwrap();
+            let written = install(&t.args()).unwrap();
+            assert_eq!(written, t.0.join("net.d/10-bridge.conflist"), "{ext}");
+            assert!(!conf.exists(), "{ext}");
+            let v: Value = serde_json::from_str(&fs::read_to_string(&written).unwrap()).unwrap();
+            assert_eq!(v["name"], "podnet");
+            assert_eq!(v["plugins"][0]["type"], "bridge");
+            assert!(v["plugins"][0].get("name").is_none());
+            assert_eq!(v["plugins"][1]["type"], PLUGIN_TYPE);
+            uninstall(&t.uargs()).unwrap();
+            assert_eq!(fs::read_to_string(&conf).unwrap(), original, "{ext}");
+            assert!(!written.exists(), "{ext}");
+            assert!(!t.0.join("net.d").join(BACKUP_DIR).exists(), "{ext}");
+        }
     }
 
     #[test]

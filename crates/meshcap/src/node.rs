@@ -215,25 +215,24 @@ pub fn spawn_refresher(args: &NodeArgs) -> anyhow::Result<()> {
             loop {
                 std::thread::sleep(Duration::from_secs(args.refresh_interval.max(1)));
                 // `meshcap uninstall` ran on this node (or is running): put nothing back. The
-                // next `node install` (a new pod of the DaemonSet) installs again. The lock
-                // keeps an uninstall from starting between this look and the install below.
-                let _locked = match install::lock_conf_dir(&conf_dir) {
-                    Ok(locked) => locked,
+                // next `node install` (a new pod of the DaemonSet) installs again.
+                let _locked = match install::lock_if_installed(&conf_dir) {
+                    Ok(Some(locked)) => locked,
+                    Ok(None) => {
+                        if !said_uninstalled {
+                            tracing::info!(
+                                conf_dir = %conf_dir.display(),
+                                "meshcap is not installed here (uninstalled): not re-installing"
+                            );
+                            said_uninstalled = true;
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(error = format!("{e:#}"), "re-install skipped; retrying");
                         continue;
                     }
                 };
-                if !install::is_installed(&conf_dir) {
-                    if !said_uninstalled {
-                        tracing::info!(
-                            conf_dir = %conf_dir.display(),
-                            "meshcap is not installed here (uninstalled): not re-installing"
-                        );
-                        said_uninstalled = true;
-                    }
-                    continue;
-                }
                 said_uninstalled = false;
                 let token = fs::read(args.sa_dir.join("token")).ok();
                 if token.is_some() && token != last_token {

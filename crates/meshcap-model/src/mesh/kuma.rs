@@ -90,12 +90,21 @@ pub fn nameserver_entries(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// A resolv.conf holding `entries`, read by [`nameservers`] as the file they came from.
-pub fn resolv_conf_of(entries: &[String]) -> String {
-    entries
-        .iter()
-        .map(|e| format!("nameserver {e}\n"))
-        .collect()
+/// The resolv.conf at `path` as a Kuma pod's model reads it: a text of the `nameservers` its
+/// record kept from ADD when there are any (read by [`nameservers`] as the file they came
+/// from), else the file, through `read_file`.
+pub fn stored_or_read(
+    nameservers: Option<&[String]>,
+    path: &str,
+    read_file: &dyn Fn(&str) -> std::io::Result<String>,
+) -> std::io::Result<String> {
+    match nameservers {
+        Some(entries) => Ok(entries
+            .iter()
+            .map(|e| format!("nameserver {e}\n"))
+            .collect()),
+        None => read_file(path),
+    }
 }
 
 /// Whether kuma-cni would set this pod up (`getAndValidatePodAnnotations`).
@@ -755,17 +764,11 @@ fn uid_exclusions(
 /// (Go's `net.ParseIP` refuses them too: a zone such as `fe80::1%eth0`).
 pub fn nameservers(text: &str) -> (Vec<IpAddr>, Vec<String>) {
     let (mut servers, mut unreadable) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some("nameserver") {
-            continue;
-        }
-        if let Some(entry) = words.next() {
-            match entry.parse::<IpAddr>() {
-                // Go keeps an IPv4-mapped address as IPv4 (`To4`).
-                Ok(address) => servers.push(address.to_canonical()),
-                Err(_) => unreadable.push(entry.to_owned()),
-            }
+    for entry in nameserver_entries(text) {
+        match entry.parse::<IpAddr>() {
+            // Go keeps an IPv4-mapped address as IPv4 (`To4`).
+            Ok(address) => servers.push(address.to_canonical()),
+            Err(_) => unreadable.push(entry),
         }
     }
     (servers, unreadable)

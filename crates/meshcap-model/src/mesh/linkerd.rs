@@ -222,28 +222,13 @@ pub fn model(
     }
     // The annotation replaces the node's list, as linkerd-cni overrides `SubnetsToIgnore`.
     // Errors name where the entries came from.
-    let (subnet_source, subnet_kind, subnet_entries): (&str, InputKind, Vec<String>) =
+    let (subnet_source, subnet_entries): (&str, Vec<String>) =
         match non_empty(annotations, SKIP_SUBNETS) {
-            Some(v) => (
-                SKIP_SUBNETS,
-                InputKind::Annotation,
-                v.split(',').map(str::to_owned).collect(),
-            ),
-            None => (
-                "linkerd.subnets_to_ignore",
-                InputKind::PluginSetting,
-                node.subnets_to_ignore.clone(),
-            ),
+            Some(v) => (SKIP_SUBNETS, v.split(',').map(str::to_owned).collect()),
+            None => ("linkerd.subnets_to_ignore", node.subnets_to_ignore.clone()),
         };
-    let subnet_error = |value: &str, why: &str| {
-        AnnotationError::new(subnet_source, value, why).of_kind(subnet_kind)
-    };
-    if subnet_entries.len() > MAX_LIST_LEN {
-        return Err(subnet_error(
-            &format!("{} entries", subnet_entries.len()),
-            &format!("more than {MAX_LIST_LEN} entries"),
-        ));
-    }
+    let subnet_error = |value: &str, why: &str| source_error(subnet_source, value, why);
+    at_most(subnet_source, subnet_entries.len())?;
     let mut subnets = Vec::new();
     for entry in &subnet_entries {
         let (net, note) = skip_subnet(entry).map_err(|why| subnet_error(entry, &why))?;
@@ -278,9 +263,8 @@ pub fn model(
                            which would loop back to the proxy (linkerd-cni writes no uid rule for \
                            a uid of 0 or less)";
         return Err(match uid_annotated {
-            Some(v) => AnnotationError::new(PROXY_UID, v, WHY),
-            None => AnnotationError::new("linkerd.proxy_uid", &uid.to_string(), WHY)
-                .of_kind(InputKind::PluginSetting),
+            Some(v) => source_error(PROXY_UID, v, WHY),
+            None => source_error("linkerd.proxy_uid", &uid.to_string(), WHY),
         });
     }
     let id = |v: i64, what: &str| -> Result<Vec<u32>, AnnotationError> {
@@ -306,14 +290,7 @@ pub fn model(
             ));
         }
     }
-    if node.ports_to_redirect.len() > MAX_LIST_LEN {
-        return Err(AnnotationError::new(
-            "linkerd.ports_to_redirect",
-            &format!("{} entries", node.ports_to_redirect.len()),
-            format!("more than {MAX_LIST_LEN} entries"),
-        )
-        .of_kind(InputKind::PluginSetting));
-    }
+    at_most("linkerd.ports_to_redirect", node.ports_to_redirect.len())?;
     let model = RedirectModel {
         include_inbound_ports: if node.ports_to_redirect.is_empty() {
             Selector::All
@@ -456,6 +433,29 @@ fn parse_port_range(s: &str) -> Option<PortRange> {
     (first <= last).then_some(PortRange { first, last })
 }
 
+/// An error about an input named by `source`: a node setting (`linkerd.KEY`) or else what the
+/// pod wrote.
+fn source_error(source: &str, value: &str, why: impl Into<String>) -> AnnotationError {
+    let error = AnnotationError::new(source, value, why);
+    if source.starts_with("linkerd.") {
+        error.of_kind(InputKind::PluginSetting)
+    } else {
+        error
+    }
+}
+
+/// A list of `len` entries from `source`, at most [`MAX_LIST_LEN`] of them.
+fn at_most(source: &str, len: usize) -> Result<(), AnnotationError> {
+    if len > MAX_LIST_LEN {
+        return Err(source_error(
+            source,
+            &format!("{len} entries"),
+            format!("more than {MAX_LIST_LEN} entries"),
+        ));
+    }
+    Ok(())
+}
+
 /// The port entries linkerd-cni keeps: a malformed entry is logged and dropped. A list with
 /// entries none of which is valid fails, as it does under linkerd-cni: its multiport grouping
 /// then hands iptables an empty `--dports`, which iptables refuses.
@@ -466,23 +466,10 @@ fn port_ranges(
     // Each source (the node's list, the pod's annotation) at most MAX_LIST_LEN entries.
     let mut per_origin: BTreeMap<&str, usize> = BTreeMap::new();
     for (origin, _) in entries {
-        let count = per_origin.entry(origin).or_default();
-        *count += 1;
-        if *count > MAX_LIST_LEN {
-            let error = AnnotationError::new(
-                origin,
-                &format!(
-                    "{} entries",
-                    entries.iter().filter(|(o, _)| o == origin).count()
-                ),
-                format!("more than {MAX_LIST_LEN} port entries"),
-            );
-            return Err(if origin.starts_with("linkerd.") {
-                error.of_kind(InputKind::PluginSetting)
-            } else {
-                error
-            });
-        }
+        *per_origin.entry(origin).or_default() += 1;
+    }
+    for (origin, count) in per_origin {
+        at_most(origin, count)?;
     }
     let mut out = Vec::new();
     for (origin, entry) in entries {
@@ -499,16 +486,11 @@ fn port_ranges(
     }
     if let (true, Some((origin, _))) = (out.is_empty(), entries.first()) {
         let written: Vec<&str> = entries.iter().map(|(_, e)| e.as_str()).collect();
-        let error = AnnotationError::new(
+        return Err(source_error(
             origin,
             &written.join(","),
             "no valid port entry (N or A-B): linkerd-cni's iptables command would get an empty port list and fail",
-        );
-        return Err(if origin.starts_with("linkerd.") {
-            error.of_kind(InputKind::PluginSetting)
-        } else {
-            error
-        });
+        ));
     }
     Ok(out)
 }

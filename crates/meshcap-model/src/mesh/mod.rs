@@ -170,11 +170,9 @@ impl FrontEnd {
                 linkerd::model(annotations, s, warnings).map_err(FrontEndError::Annotation)
             }
             FrontEnd::Kuma(s) => {
-                let stored_or_read = |path: &str| match &s.nameservers {
-                    Some(entries) => Ok(kuma::resolv_conf_of(entries)),
-                    None => read_file(path),
-                };
-                kuma::model(annotations, s.pod_has_ipv6, &stored_or_read, warnings)
+                let read =
+                    |path: &str| kuma::stored_or_read(s.nameservers.as_deref(), path, read_file);
+                kuma::model(annotations, s.pod_has_ipv6, &read, warnings)
                     .map_err(FrontEndError::Annotation)
             }
         }

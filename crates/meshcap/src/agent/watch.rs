@@ -109,11 +109,11 @@ impl Watcher {
             ));
         };
         // Held to the last write: an uninstall cannot start between this look and the restore.
-        let _locked = match install::lock_conf_dir(&self.conf_dir) {
+        let locked = match install::lock_if_installed(&self.conf_dir) {
             Ok(locked) => locked,
             Err(e) => return self.note(format!("{e:#}")),
         };
-        if !self.plugin_binary.exists() || !install::is_installed(&self.conf_dir) {
+        if locked.is_none() || !self.plugin_binary.exists() {
             return self.note(format!(
                 "meshcap's entry is not in {} and meshcap is uninstalled ({} or {} absent) or being uninstalled: not restoring",
                 primary.display(),
