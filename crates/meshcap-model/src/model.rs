@@ -313,6 +313,17 @@ impl RedirectModel {
     /// Validate every model annotation and apply it over Istio's defaults. The first invalid
     /// annotation (in a fixed order) is the error; nothing partial is ever returned.
     pub fn from_annotations(annotations: &Annotations) -> Result<Self, AnnotationError> {
+        let mut model = RedirectModel::from_rule_annotations(annotations)?;
+        model.dns_capture = ann::dns_capture(annotations)?;
+        Ok(model)
+    }
+
+    /// [`RedirectModel::from_annotations`] without DNS capture, which the Istio front end
+    /// resolves from the proxy's environment, `proxy.istio.io/config` and the node defaults,
+    /// parsing that annotation's YAML once.
+    pub(crate) fn from_rule_annotations(
+        annotations: &Annotations,
+    ) -> Result<Self, AnnotationError> {
         let mut model = RedirectModel::default();
         if let Some(mode) = ann::interception_mode(annotations)? {
             model.interception = mode;
@@ -377,7 +388,6 @@ impl RedirectModel {
                 ));
             }
         }
-        model.dns_capture = ann::dns_capture(annotations)?;
         Ok(model)
     }
 

@@ -551,7 +551,7 @@ pub fn resolve(pod: &PodView, defaults: &NodeDefaults) -> Result<Resolved, Input
 /// The model of a pod from its annotations and its resolved spec settings: what ADD computes,
 /// and what the agent recomputes from an attachment record.
 pub fn model(annotations: &Annotations, s: &SpecSettings) -> Result<RedirectModel, InputError> {
-    let mut m = RedirectModel::from_annotations(annotations)?;
+    let mut m = RedirectModel::from_rule_annotations(annotations)?;
     if let Some(port) = status_port(annotations)? {
         if !m.exclude_inbound_ports.contains(&port) {
             m.exclude_inbound_ports.push(port);
