@@ -1,8 +1,8 @@
 //! The Kubernetes API path, end to end: the built `meshcap-cni` runs like a runtime runs it
 //! (cleared environment, `CNI_ARGS` naming a pod, no pod annotations in `runtimeConfig`) and
-//! reads the pod from a local HTTP server that answers like the API server
-//! (`GET /api/v1/namespaces/NS/pods/NAME`, `Status` bodies on errors, chunked 200s). No
-//! real API server installs here.
+//! reads the pod from the test kit's fake API server (`meshcap_testkit::kube_api`: `GET
+//! /api/v1/namespaces/NS/pods/NAME`, `Status` bodies on errors, chunked 200s, TLS). No real
+//! API server installs here.
 //!
 //! Covered: selected / skipped / fail-closed outcomes and their CNI codes; pods skipped before
 //! any request; retry with backoff (500 then 200); the deadline (a server that never answers,
@@ -11,15 +11,16 @@
 //! with the proxy uid from the pod honoured; Linkerd and Kuma pods selected and set up from
 //! the spec as their own CNI plugins read it.
 
-use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meshcap_testkit::kube_api::{
+    namespace_path, pod_path, status_body, write_kubeconfig, FakeApi, Reply, TokenFile,
+};
 use serde_json::{json, Value};
 
 mod common;
@@ -27,149 +28,30 @@ use common::{missing_root_or_tools, run_plugin, skip_or_fail, Netns, Run, Scratc
 
 const TOKEN: &str = "test-token-5e1f";
 
-// ---- a local server that answers like the API server ----
+/// Both rule backends; each privileged test runs in both.
+const MODES: [&str; 2] = ["iptables", "nftables"];
 
-#[derive(Clone)]
-enum Reply {
-    /// Status and JSON body with Content-Length.
-    Json(u16, Value),
-    /// Status and JSON body, chunked (what the API server sends for larger objects).
-    Chunked(u16, Value),
-    /// Accept, read the request, never answer.
-    Hang,
-}
-
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    authorization: Option<String>,
-}
-
-struct FakeApi {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl FakeApi {
-    /// `routes`: path -> replies in order; the last one repeats. Unknown paths get 404.
-    fn start(routes: Vec<(String, Vec<Reply>)>) -> FakeApi {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let routes: Arc<Mutex<HashMap<String, Vec<Reply>>>> =
-            Arc::new(Mutex::new(routes.into_iter().collect()));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (seen, routes, stop) = (seen2.clone(), routes.clone(), stop2.clone());
-                std::thread::spawn(move || serve(conn, &seen, &routes, &stop));
-            }
-        });
-        FakeApi { addr, seen, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Unblock accept().
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-fn serve(
-    mut conn: TcpStream,
-    seen: &Mutex<Vec<Seen>>,
-    routes: &Mutex<HashMap<String, Vec<Reply>>>,
-    stop: &AtomicBool,
-) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+/// Whether a privileged test can run here (root and the rule tools); says why when not.
+fn privileged(test: &str) -> bool {
+    match missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
+        None => true,
+        Some(reason) => {
+            skip_or_fail(test, &reason);
+            false
         }
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let mut lines = head.split("\r\n");
-    let path = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or("")
-        .to_string();
-    let authorization = lines
-        .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
-        .map(|l| l.split_once(':').unwrap().1.trim().to_string());
-    seen.lock().unwrap().push(Seen {
-        path: path.clone(),
-        authorization,
-    });
-    let reply = {
-        let mut routes = routes.lock().unwrap();
-        match routes.get_mut(&path) {
-            Some(list) if list.len() > 1 => list.remove(0),
-            Some(list) => list[0].clone(),
-            None => Reply::Json(
-                404,
-                status_body(404, "NotFound", &format!("{path} not found")),
-            ),
-        }
-    };
-    let (code, body, chunked) = match reply {
-        Reply::Json(c, b) => (c, b.to_string(), false),
-        Reply::Chunked(c, b) => (c, b.to_string(), true),
-        Reply::Hang => {
-            let until = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            return;
-        }
-    };
-    let mut out = format!(
-        "HTTP/1.1 {code} Whatever\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    );
-    if chunked {
-        out.push_str("Transfer-Encoding: chunked\r\n\r\n");
-        // Uneven chunks, to exercise the decoder.
-        for piece in body.as_bytes().chunks(97) {
-            out.push_str(&format!("{:x}\r\n", piece.len()));
-            out.push_str(std::str::from_utf8(piece).unwrap());
-            out.push_str("\r\n");
-        }
-        out.push_str("0\r\n\r\n");
-    } else {
-        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    }
-    let _ = conn.write_all(out.as_bytes());
 }
 
-fn status_body(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-           "message": message, "reason": reason, "code": code})
+// ---- what the fake API server answers ----
+
+/// `path` answers 200 with `body`, every time.
+fn serves(path: String, body: Value) -> (String, Vec<Reply>) {
+    (path, vec![Reply::Json(200, body)])
 }
 
-fn pod_path(ns: &str, name: &str) -> String {
-    format!("/api/v1/namespaces/{ns}/pods/{name}")
-}
-
-fn namespace_path(ns: &str) -> String {
-    format!("/api/v1/namespaces/{ns}")
+/// An error with its `Status` body.
+fn failure(code: u16, reason: &str, message: &str) -> Reply {
+    Reply::Json(code, status_body(code, reason, message))
 }
 
 fn namespace(name: &str, annotations: Value) -> Value {
@@ -178,6 +60,14 @@ fn namespace(name: &str, annotations: Value) -> Value {
         "metadata": {"name": name, "annotations": annotations},
         "status": {"phase": "Active"}
     })
+}
+
+/// The request paths the server has read since it had read `before` of them.
+fn paths_since(api: &FakeApi, before: usize) -> Vec<String> {
+    api.seen()[before..]
+        .iter()
+        .map(|s| s.path.clone())
+        .collect()
 }
 
 // ---- pods, as the API server returns them ----
@@ -223,6 +113,31 @@ fn injected_pod(ns: &str, name: &str) -> Value {
     )
 }
 
+/// An injected pod as `edit` changes it.
+fn injected_pod_with(ns: &str, name: &str, edit: impl FnOnce(&mut Value)) -> Value {
+    let mut p = injected_pod(ns, name);
+    edit(&mut p);
+    p
+}
+
+/// A pod with a `linkerd-proxy` container and the proxy-version annotation.
+fn linkerd_pod(ns: &str, name: &str, first: &str, init: Value) -> Value {
+    pod(
+        ns,
+        name,
+        json!({"linkerd.io/proxy-version": "stable-2.14"}),
+        json!([{"name": first}, {"name": "linkerd-proxy"}]),
+        init,
+    )
+}
+
+/// Linkerd's destination pod, a control-plane pod by its label.
+fn linkerd_control_plane_pod() -> Value {
+    let mut p = linkerd_pod("l5d-cp", "destination-0", "destination", json!([]));
+    p["metadata"]["labels"] = json!({"linkerd.io/control-plane-component": "destination"});
+    p
+}
+
 // ---- running the plugin ----
 
 impl Run {
@@ -254,6 +169,11 @@ impl Run {
         }
         v
     }
+
+    /// The log contains `needle`.
+    fn logged(&self, needle: &str) {
+        assert!(self.stderr.contains(needle), "{needle:?}: {}", self.stderr);
+    }
 }
 
 /// Scratch directory (state, kubeconfig), removed on drop.
@@ -261,18 +181,19 @@ fn scratch(test: &str) -> Scratch {
     Scratch::new("meshcap-kube", test)
 }
 
+/// A fake API server answering `routes`, a scratch directory named after `test`, and the
+/// kubeconfig in it that points at the server.
+fn serve(test: &str, routes: Vec<(String, Vec<Reply>)>) -> (FakeApi, Scratch, String) {
+    let api = FakeApi::start(routes).expect("start the fake API server");
+    let s = scratch(test);
+    let kc = s.kubeconfig(&api.url());
+    (api, s, kc)
+}
+
 impl Scratch {
     /// A kubeconfig for `server` with a tokenFile (relative, as kubectl resolves it).
     fn kubeconfig(&self, server: &str) -> String {
-        fs::write(self.0.join("token"), format!("{TOKEN}\n")).unwrap();
-        let path = self.0.join("kubeconfig");
-        fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: meshcap\nclusters:\n- name: local\n  cluster:\n    server: {server}\ncontexts:\n- name: meshcap\n  context:\n    cluster: local\n    user: meshcap-cni\nusers:\n- name: meshcap-cni\n  user:\n    tokenFile: token\n"
-            ),
-        )
-        .unwrap();
+        let path = write_kubeconfig(&self.0, server, TOKEN, TokenFile::Relative).unwrap();
         path.to_str().unwrap().to_string()
     }
 
@@ -282,7 +203,7 @@ impl Scratch {
             .unwrap_or(0)
     }
 
-    /// The attachment record of the pod in `netns` (one per namespace, see [`invoke`]).
+    /// The attachment record of the pod in `netns` (one per namespace, see [`Scratch::invoke`]).
     fn record(&self, netns: &str) -> Value {
         let path = self
             .0
@@ -291,14 +212,36 @@ impl Scratch {
             .join(format!("{}@eth0.json", container_id(netns)));
         serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap()
     }
-}
 
-fn invoke(command: &str, netns: &str, state: &str, cni_args: &str, config: &Value) -> Run {
-    // One attachment per namespace: the record key is network + container id + ifname.
-    let container_id = container_id(netns);
-    let mut env = meshcap_testkit::cni_env(command, &container_id, netns, cni_args);
-    env.push(("MESHCAP_STATE_DIR", state));
-    run_plugin(&env, &config.to_string())
+    /// Runs `command` for the pod `cni_args` names in `netns`, with this directory's state.
+    fn invoke(&self, command: &str, netns: &str, cni_args: &str, config: &Value) -> Run {
+        // One attachment per namespace: the record key is network + container id + ifname.
+        let container_id = container_id(netns);
+        let state = self.state();
+        let mut env = meshcap_testkit::cni_env(command, &container_id, netns, cni_args);
+        env.push(("MESHCAP_STATE_DIR", &state));
+        run_plugin(&env, &config.to_string())
+    }
+
+    /// An ADD that succeeds and passes the prevResult through unchanged.
+    fn add_passes(&self, netns: &str, cni_args: &str, config: &Value, what: &str) -> Run {
+        let r = self.invoke("ADD", netns, cni_args, config);
+        assert_eq!(r.ok(), passthrough(netns), "{what}");
+        r
+    }
+
+    /// A CHECK or DEL that exits 0.
+    fn succeeds(&self, command: &str, netns: &str, cni_args: &str, config: &Value, what: &str) {
+        let r = self.invoke(command, netns, cni_args, config);
+        assert_eq!(r.code, 0, "{what}: {command}: {}{}", r.stdout, r.stderr);
+    }
+
+    /// DELs that exit 0, of each pod (its `CNI_ARGS`) in its namespace with its config.
+    fn del_each(&self, mode: &str, added: &[(&Netns, &str, &Value)]) {
+        for (ns, cni_args, config) in added {
+            self.succeeds("DEL", &ns.path(), cni_args, config, mode);
+        }
+    }
 }
 
 fn container_id(netns: &str) -> String {
@@ -334,6 +277,17 @@ fn api_config(kubeconfig: &str, netns: &str, extra: Value) -> Value {
     v
 }
 
+/// [`api_config`] in backend `mode`.
+fn mode_config(kubeconfig: &str, netns: &str, mode: &str) -> Value {
+    api_config(kubeconfig, netns, json!({"mode": mode}))
+}
+
+/// `config` with `annotations` passed by the runtime, as containerd and CRI-O pass them.
+fn with_runtime_annotations(mut config: Value, annotations: &Value) -> Value {
+    config["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": annotations});
+    config
+}
+
 fn passthrough(netns: &str) -> Value {
     prev_result(netns)
 }
@@ -346,12 +300,23 @@ fn missing_netns(test: &str) -> String {
     )
 }
 
+/// A scratch namespace `mk-<tag>-<first three letters of mode>`.
+fn mode_netns(tag: &str, mode: &str) -> Netns {
+    Netns::create(&format!("mk-{tag}-{}", &mode[..3]))
+}
+
+/// Whether `rules` hold anything of meshcap's.
+fn has_meshcap_rules(rules: &str) -> bool {
+    rules.contains("MESHCAP") || rules.contains("meshcap")
+}
+
 // ---- selection, skipping and failing closed (no root needed) ----
 
 #[test]
 fn opted_out_and_sidecarless_pods_are_skipped_after_one_get() {
-    let mut opted_out = injected_pod("shop", "opted-out");
-    opted_out["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false");
+    let opted_out = injected_pod_with("shop", "opted-out", |p| {
+        p["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false")
+    });
     let no_sidecar = pod(
         "shop",
         "plain",
@@ -367,32 +332,21 @@ fn opted_out_and_sidecarless_pods_are_skipped_after_one_get() {
         json!([{"name": "app"}]),
         json!([]),
     );
-    let api = FakeApi::start(vec![
-        (
-            pod_path("shop", "opted-out"),
-            vec![Reply::Json(200, opted_out)],
-        ),
-        (
-            pod_path("shop", "plain"),
-            vec![Reply::Chunked(200, no_sidecar)],
-        ),
-        (
-            pod_path("shop", "status-only"),
-            vec![Reply::Json(200, status_only)],
-        ),
-    ]);
-    let s = scratch("skipped");
-    let kc = s.kubeconfig(&api.url());
+    let (api, s, kc) = serve(
+        "skipped",
+        vec![
+            serves(pod_path("shop", "opted-out"), opted_out),
+            (
+                pod_path("shop", "plain"),
+                vec![Reply::Chunked(200, no_sidecar)],
+            ),
+            serves(pod_path("shop", "status-only"), status_only),
+        ],
+    );
     let netns = missing_netns("skipped");
+    let config = api_config(&kc, &netns, json!({}));
     for name in ["opted-out", "plain", "status-only"] {
-        let r = invoke(
-            "ADD",
-            &netns,
-            &s.state(),
-            &k8s_args("shop", name),
-            &api_config(&kc, &netns, json!({})),
-        );
-        assert_eq!(r.ok(), passthrough(&netns), "{name}");
+        let r = s.add_passes(&netns, &k8s_args("shop", name), &config, name);
         assert!(r.stderr.contains("not capturing"), "{name}: {}", r.stderr);
     }
     assert_eq!(s.records(), 0);
@@ -408,36 +362,29 @@ fn opted_out_and_sidecarless_pods_are_skipped_after_one_get() {
 
 #[test]
 fn injected_pods_are_selected() {
-    let mut native = injected_pod("shop", "native");
     let mut proxy = proxy_container(1337);
     proxy["restartPolicy"] = json!("Always");
-    native["spec"]["containers"] = json!([{"name": "app"}]);
-    native["spec"]["initContainers"] = json!([{"name": "istio-validation"}, proxy]);
-    let api = FakeApi::start(vec![
-        (
-            pod_path("shop", "web-0"),
-            vec![Reply::Chunked(200, injected_pod("shop", "web-0"))],
-        ),
-        (pod_path("shop", "native"), vec![Reply::Json(200, native)]),
-    ]);
-    let s = scratch("selected");
-    let kc = s.kubeconfig(&api.url());
+    let native = injected_pod_with("shop", "native", |p| {
+        p["spec"]["containers"] = json!([{"name": "app"}]);
+        p["spec"]["initContainers"] = json!([{"name": "istio-validation"}, proxy]);
+    });
+    let (api, s, kc) = serve(
+        "selected",
+        vec![
+            (
+                pod_path("shop", "web-0"),
+                vec![Reply::Chunked(200, injected_pod("shop", "web-0"))],
+            ),
+            serves(pod_path("shop", "native"), native),
+        ],
+    );
     let netns = missing_netns("selected");
+    let config = api_config(&kc, &netns, json!({}));
     for name in ["web-0", "native"] {
         // Selected: the plugin goes on to enter the namespace, which does not exist (code 4).
-        let r = invoke(
-            "ADD",
-            &netns,
-            &s.state(),
-            &k8s_args("shop", name),
-            &api_config(&kc, &netns, json!({})),
-        );
+        let r = s.invoke("ADD", &netns, &k8s_args("shop", name), &config);
         r.error(4, &["does not exist"]);
-        assert!(
-            r.stderr.contains("read the pod from the Kubernetes API"),
-            "{}",
-            r.stderr
-        );
+        r.logged("read the pod from the Kubernetes API");
     }
     assert_eq!(api.seen().len(), 2);
 }
@@ -450,69 +397,42 @@ fn injected_pods_are_selected() {
 fn an_annotation_opt_out_is_decided_with_the_pods_labels() {
     let mut opted_out = injected_annotations();
     opted_out["sidecar.istio.io/inject"] = json!("false");
-    let mut label_in = injected_pod("shop", "label-in");
-    label_in["metadata"]["annotations"] = opted_out.clone();
-    label_in["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true");
-    let mut no_label = injected_pod("shop", "no-label");
-    no_label["metadata"]["annotations"] = opted_out.clone();
-    let api = FakeApi::start(vec![
-        (
-            pod_path("shop", "label-in"),
-            vec![Reply::Json(200, label_in)],
-        ),
-        (
-            pod_path("shop", "no-label"),
-            vec![Reply::Json(200, no_label)],
-        ),
-    ]);
-    let s = scratch("opt-out-labels");
-    let kc = s.kubeconfig(&api.url());
+    let label_in = injected_pod_with("shop", "label-in", |p| {
+        p["metadata"]["annotations"] = opted_out.clone();
+        p["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true");
+    });
+    let no_label = injected_pod_with("shop", "no-label", |p| {
+        p["metadata"]["annotations"] = opted_out.clone()
+    });
+    let (api, s, kc) = serve(
+        "opt-out-labels",
+        vec![
+            serves(pod_path("shop", "label-in"), label_in),
+            serves(pod_path("shop", "no-label"), no_label),
+        ],
+    );
     let netns = missing_netns("opt-out-labels");
-    let runtime = |cfg: Value| {
-        let mut cfg = cfg;
-        cfg["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": opted_out});
-        cfg
-    };
-    let cfg = runtime(api_config(&kc, &netns, json!({})));
+    let cfg = with_runtime_annotations(api_config(&kc, &netns, json!({})), &opted_out);
 
     // Selected: the plugin goes on to enter the namespace, which does not exist (code 4).
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "label-in"),
-        &cfg,
-    );
+    let r = s.invoke("ADD", &netns, &k8s_args("shop", "label-in"), &cfg);
     r.error(4, &["does not exist"]);
-    assert!(r.stderr.contains("reading its labels"), "{}", r.stderr);
+    r.logged("reading its labels");
     assert_eq!(api.seen().len(), 1);
 
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "no-label"),
-        &cfg,
-    );
-    assert_eq!(r.ok(), passthrough(&netns));
-    assert!(r.stderr.contains("not capturing"), "{}", r.stderr);
+    let r = s.add_passes(&netns, &k8s_args("shop", "no-label"), &cfg, "no label");
+    r.logged("not capturing");
     assert_eq!(api.seen().len(), 2);
 
     let mut no_kubeconfig = cfg.clone();
     no_kubeconfig["kubernetes"] = json!({});
-    let r = invoke(
-        "ADD",
+    let r = s.add_passes(
         &netns,
-        &s.state(),
         &k8s_args("shop", "label-in"),
         &no_kubeconfig,
+        "no kubeconfig",
     );
-    assert_eq!(r.ok(), passthrough(&netns));
-    assert!(
-        r.stderr.contains("needs kubernetes.kubeconfig"),
-        "{}",
-        r.stderr
-    );
+    r.logged("needs kubernetes.kubeconfig");
     assert_eq!(api.seen().len(), 2);
     assert_eq!(s.records(), 0);
 }
@@ -520,9 +440,7 @@ fn an_annotation_opt_out_is_decided_with_the_pods_labels() {
 #[test]
 fn own_pods_and_excluded_namespaces_are_skipped_before_any_api_call() {
     // The server would fail everything: a skip must not depend on it.
-    let api = FakeApi::start(vec![]);
-    let s = scratch("own-pods");
-    let kc = s.kubeconfig(&api.url());
+    let (api, s, kc) = serve("own-pods", vec![]);
     let netns = missing_netns("own-pods");
     let config = api_config(
         &kc,
@@ -537,38 +455,34 @@ fn own_pods_and_excluded_namespaces_are_skipped_before_any_api_call() {
         ("kube-system", "coredns-5d78c9869d-x"),
         ("infra", "meshcap-node-x7k2p"),
     ] {
-        let r = invoke("ADD", &netns, &s.state(), &k8s_args(ns, name), &config);
-        assert_eq!(r.ok(), passthrough(&netns), "{ns}/{name}");
+        s.add_passes(
+            &netns,
+            &k8s_args(ns, name),
+            &config,
+            &format!("{ns}/{name}"),
+        );
     }
     assert!(api.seen().is_empty(), "{:?}", api.seen());
 }
 
 #[test]
 fn unreadable_pods_fail_closed() {
-    let api = FakeApi::start(vec![
-        (
-            pod_path("shop", "forbidden"),
-            vec![Reply::Json(
-                403,
-                status_body(403, "Forbidden", "pods \"forbidden\" is forbidden: User \"system:serviceaccount:meshcap-system:meshcap\" cannot get resource \"pods\""),
-            )],
-        ),
-        (pod_path("shop", "garbage"), vec![Reply::Json(200, json!("not a pod"))]),
-    ]);
-    let s = scratch("fail-closed");
-    let kc = s.kubeconfig(&api.url());
+    let (api, s, kc) = serve(
+        "fail-closed",
+        vec![
+            (
+                pod_path("shop", "forbidden"),
+                vec![failure(403, "Forbidden", "pods \"forbidden\" is forbidden: User \"system:serviceaccount:meshcap-system:meshcap\" cannot get resource \"pods\"")],
+            ),
+            serves(pod_path("shop", "garbage"), json!("not a pod")),
+        ],
+    );
     let netns = missing_netns("fail-closed");
     let config = api_config(&kc, &netns, json!({}));
+    let add = |name: &str, config: &Value| s.invoke("ADD", &netns, &k8s_args("shop", name), config);
 
     // 404 (the default route): final at once, no retry, names the pod and the kubeconfig.
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "gone"),
-        &config,
-    );
-    r.error(
+    add("gone", &config).error(
         7,
         &[
             "shop/gone",
@@ -579,77 +493,50 @@ fn unreadable_pods_fail_closed() {
         ],
     );
     assert_eq!(api.seen().len(), 1, "404 is not retried");
-
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "forbidden"),
-        &config,
-    );
-    r.error(
+    add("forbidden", &config).error(
         7,
         &["shop/forbidden", &kc, "HTTP 403", "cannot get resource"],
     );
-
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "garbage"),
-        &config,
-    );
-    r.error(7, &["shop/garbage", "expected an object"]);
+    add("garbage", &config).error(7, &["shop/garbage", "expected an object"]);
 
     // An unreadable kubeconfig fails closed too, naming it.
     let mut missing = config.clone();
     missing["kubernetes"]["kubeconfig"] = json!("/nonexistent/meshcap-kubeconfig");
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "web-0"),
-        &missing,
-    );
-    r.error(7, &["/nonexistent/meshcap-kubeconfig", "cannot read"]);
+    add("web-0", &missing).error(7, &["/nonexistent/meshcap-kubeconfig", "cannot read"]);
 
     // No kubeconfig at all: the capability was not passed and there is no API path.
     let mut none = config.clone();
     none.as_object_mut().unwrap().remove("kubernetes");
-    let r = invoke("ADD", &netns, &s.state(), &k8s_args("shop", "web-0"), &none);
-    r.error(7, &["no kubernetes.kubeconfig is configured"]);
+    add("web-0", &none).error(7, &["no kubernetes.kubeconfig is configured"]);
     assert_eq!(s.records(), 0);
 }
 
 #[test]
 fn server_errors_are_retried_with_backoff() {
-    let api = FakeApi::start(vec![(
-        pod_path("shop", "flaky"),
-        vec![
-            Reply::Json(
-                500,
-                status_body(500, "InternalError", "etcdserver: leader changed"),
-            ),
-            Reply::Json(503, status_body(503, "ServiceUnavailable", "try later")),
-            Reply::Chunked(200, {
-                let mut p = injected_pod("shop", "flaky");
-                p["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false");
-                p
-            }),
-        ],
-    )]);
-    let s = scratch("retry");
-    let kc = s.kubeconfig(&api.url());
+    let (api, s, kc) = serve(
+        "retry",
+        vec![(
+            pod_path("shop", "flaky"),
+            vec![
+                failure(500, "InternalError", "etcdserver: leader changed"),
+                failure(503, "ServiceUnavailable", "try later"),
+                Reply::Chunked(
+                    200,
+                    injected_pod_with("shop", "flaky", |p| {
+                        p["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false")
+                    }),
+                ),
+            ],
+        )],
+    );
     let netns = missing_netns("retry");
     let started = Instant::now();
-    let r = invoke(
-        "ADD",
+    s.add_passes(
         &netns,
-        &s.state(),
         &k8s_args("shop", "flaky"),
         &api_config(&kc, &netns, json!({})),
+        "flaky",
     );
-    assert_eq!(r.ok(), passthrough(&netns));
     assert_eq!(api.seen().len(), 3);
     // Backoff 100 ms then 200 ms.
     assert!(
@@ -659,51 +546,47 @@ fn server_errors_are_retried_with_backoff() {
     );
 }
 
+/// The configuration of the API path with a deadline of `timeout_ms`.
+fn deadline_config(kc: &str, netns: &str, timeout_ms: u64) -> Value {
+    api_config(
+        kc,
+        netns,
+        json!({"kubernetes": {"kubeconfig": kc, "timeout_ms": timeout_ms}}),
+    )
+}
+
 #[test]
 fn a_server_that_never_answers_is_try_again_later_within_the_deadline() {
-    let api = FakeApi::start(vec![
-        (pod_path("shop", "hang"), vec![Reply::Hang]),
-        (
-            pod_path("shop", "down"),
-            vec![Reply::Json(
-                503,
-                status_body(503, "ServiceUnavailable", "apiserver is shutting down"),
-            )],
-        ),
-    ]);
-    let s = scratch("deadline");
-    let kc = s.kubeconfig(&api.url());
+    let (api, s, kc) = serve(
+        "deadline",
+        vec![
+            (pod_path("shop", "hang"), vec![Reply::Hang]),
+            (
+                pod_path("shop", "down"),
+                vec![failure(
+                    503,
+                    "ServiceUnavailable",
+                    "apiserver is shutting down",
+                )],
+            ),
+        ],
+    );
     let netns = missing_netns("deadline");
-    let config = api_config(
-        &kc,
-        &netns,
-        json!({"kubernetes": {"kubeconfig": kc, "timeout_ms": 1200}}),
-    );
+    let config = deadline_config(&kc, &netns, 1200);
+    let timed_add = |name: &str, config: &Value| {
+        let started = Instant::now();
+        let r = s.invoke("ADD", &netns, &k8s_args("shop", name), config);
+        (r, started.elapsed())
+    };
 
-    let started = Instant::now();
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "hang"),
-        &config,
-    );
-    let took = started.elapsed();
+    let (r, took) = timed_add("hang", &config);
     r.error(11, &["shop/hang", &kc, "try again later"]);
     assert!(
         took >= Duration::from_millis(1100) && took < Duration::from_secs(4),
         "{took:?}"
     );
 
-    let started = Instant::now();
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "down"),
-        &config,
-    );
-    let took = started.elapsed();
+    let (r, took) = timed_add("down", &config);
     r.error(11, &["shop/down", "HTTP 503", "apiserver is shutting down"]);
     assert!(took < Duration::from_secs(4), "{took:?}");
     let down = api
@@ -719,37 +602,23 @@ fn a_server_that_never_answers_is_try_again_later_within_the_deadline() {
         l.local_addr().unwrap()
     };
     let kc2 = s.kubeconfig(&format!("http://{closed}"));
-    let config = api_config(
-        &kc2,
-        &netns,
-        json!({"kubernetes": {"kubeconfig": kc2, "timeout_ms": 500}}),
-    );
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "web-0"),
-        &config,
-    );
+    let (r, _) = timed_add("web-0", &deadline_config(&kc2, &netns, 500));
     r.error(11, &["shop/web-0", "connecting to"]);
     assert_eq!(s.records(), 0);
 }
 
 #[test]
 fn del_never_waits_on_the_api() {
-    let api = FakeApi::start(vec![(pod_path("shop", "web-0"), vec![Reply::Hang])]);
-    let s = scratch("del");
-    let kc = s.kubeconfig(&api.url());
+    let (api, s, kc) = serve("del", vec![(pod_path("shop", "web-0"), vec![Reply::Hang])]);
     let netns = missing_netns("del");
     let started = Instant::now();
-    let r = invoke(
+    s.succeeds(
         "DEL",
         &netns,
-        &s.state(),
         &k8s_args("shop", "web-0"),
         &api_config(&kc, &netns, json!({})),
+        "web-0",
     );
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(api.seen().is_empty());
 }
@@ -758,42 +627,36 @@ fn del_never_waits_on_the_api() {
 
 #[test]
 fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
-    const TEST: &str = "privileged_api_path_installs_the_same_rules_as_passed_annotations";
-    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
-        return skip_or_fail(TEST, &reason);
+    if !privileged("privileged_api_path_installs_the_same_rules_as_passed_annotations") {
+        return;
     }
-    let mut custom = injected_pod("shop", "custom-uid");
-    custom["spec"]["containers"][1] = proxy_container(2345);
-    let api = FakeApi::start(vec![
-        (
-            pod_path("shop", "web-0"),
-            vec![Reply::Chunked(200, injected_pod("shop", "web-0"))],
-        ),
-        (
-            pod_path("shop", "custom-uid"),
-            vec![Reply::Json(200, custom)],
-        ),
-    ]);
-    let s = scratch("same-rules");
-    let kc = s.kubeconfig(&api.url());
-    for mode in ["iptables", "nftables"] {
-        let passed = Netns::create(&format!("mk-passed-{}", &mode[..3]));
-        let fetched = Netns::create(&format!("mk-api-{}", &mode[..3]));
-        let custom_ns = Netns::create(&format!("mk-uid-{}", &mode[..3]));
+    let custom = injected_pod_with("shop", "custom-uid", |p| {
+        p["spec"]["containers"][1] = proxy_container(2345)
+    });
+    let (api, s, kc) = serve(
+        "same-rules",
+        vec![
+            (
+                pod_path("shop", "web-0"),
+                vec![Reply::Chunked(200, injected_pod("shop", "web-0"))],
+            ),
+            serves(pod_path("shop", "custom-uid"), custom),
+        ],
+    );
+    let args = k8s_args("shop", "web-0");
+    let custom_args = k8s_args("shop", "custom-uid");
+    for mode in MODES {
+        let passed = mode_netns("passed", mode);
+        let fetched = mode_netns("api", mode);
+        let custom_ns = mode_netns("uid", mode);
 
         // ADD with the annotations passed by the runtime (the API must not be asked).
-        let mut with_annotations = api_config(&kc, &passed.path(), json!({"mode": mode}));
-        with_annotations["runtimeConfig"] =
-            json!({"io.kubernetes.cri.pod-annotations": injected_annotations()});
-        let before = api.seen().len();
-        let r = invoke(
-            "ADD",
-            &passed.path(),
-            &s.state(),
-            &k8s_args("shop", "web-0"),
-            &with_annotations,
+        let with_annotations = with_runtime_annotations(
+            mode_config(&kc, &passed.path(), mode),
+            &injected_annotations(),
         );
-        assert_eq!(r.ok(), passthrough(&passed.path()), "{mode}");
+        let before = api.seen().len();
+        s.add_passes(&passed.path(), &args, &with_annotations, mode);
         assert_eq!(
             api.seen().len(),
             before,
@@ -801,23 +664,13 @@ fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
         );
 
         // ADD of the same pod without them: the API path.
-        let cfg = api_config(&kc, &fetched.path(), json!({"mode": mode}));
-        let r = invoke(
-            "ADD",
-            &fetched.path(),
-            &s.state(),
-            &k8s_args("shop", "web-0"),
-            &cfg,
-        );
-        assert_eq!(r.ok(), passthrough(&fetched.path()), "{mode}");
+        let cfg = mode_config(&kc, &fetched.path(), mode);
+        s.add_passes(&fetched.path(), &args, &cfg, mode);
         assert_eq!(api.seen().len(), before + 1, "{mode}");
 
         let a = passed.rules(mode);
         let b = fetched.rules(mode);
-        assert!(
-            a.contains("MESHCAP") || a.contains("meshcap"),
-            "{mode}: no rules:\n{a}"
-        );
+        assert!(has_meshcap_rules(&a), "{mode}: no rules:\n{a}");
         assert!(
             a.contains("9000") && a.contains("8080"),
             "{mode}: annotations not applied:\n{a}"
@@ -825,44 +678,28 @@ fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
         assert_eq!(a, b, "{mode}: API path and annotation path differ");
 
         // CHECK through the API path passes right after ADD.
-        let r = invoke(
-            "CHECK",
-            &fetched.path(),
-            &s.state(),
-            &k8s_args("shop", "web-0"),
-            &cfg,
-        );
-        assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);
+        s.succeeds("CHECK", &fetched.path(), &args, &cfg, mode);
 
         // The proxy uid from istio-proxy's securityContext reaches the rules.
-        let cfg = api_config(&kc, &custom_ns.path(), json!({"mode": mode}));
-        let r = invoke(
-            "ADD",
-            &custom_ns.path(),
-            &s.state(),
-            &k8s_args("shop", "custom-uid"),
-            &cfg,
-        );
-        assert_eq!(r.ok(), passthrough(&custom_ns.path()), "{mode}");
+        let cfg = mode_config(&kc, &custom_ns.path(), mode);
+        s.add_passes(&custom_ns.path(), &custom_args, &cfg, mode);
         let c = custom_ns.rules(mode);
         assert!(c.contains("2345"), "{mode}: custom proxy uid missing:\n{c}");
         assert!(!a.contains("2345"), "{mode}");
         assert_ne!(a, c, "{mode}");
 
-        for (ns, name) in [
-            (&passed, "web-0"),
-            (&fetched, "web-0"),
-            (&custom_ns, "custom-uid"),
-        ] {
-            let r = invoke(
-                "DEL",
-                &ns.path(),
-                &s.state(),
-                &k8s_args("shop", name),
-                &api_config(&kc, &ns.path(), json!({"mode": mode})),
-            );
-            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
-        }
+        s.del_each(
+            mode,
+            &[
+                (&passed, &args, &mode_config(&kc, &passed.path(), mode)),
+                (&fetched, &args, &mode_config(&kc, &fetched.path(), mode)),
+                (
+                    &custom_ns,
+                    &custom_args,
+                    &mode_config(&kc, &custom_ns.path(), mode),
+                ),
+            ],
+        );
     }
 }
 
@@ -874,52 +711,31 @@ fn privileged_api_path_installs_the_same_rules_as_passed_annotations() {
 /// the same rules.
 #[test]
 fn privileged_linkerd_pods_through_the_api_path() {
-    const TEST: &str = "privileged_linkerd_pods_through_the_api_path";
-    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
-        return skip_or_fail(TEST, &reason);
+    if !privileged("privileged_linkerd_pods_through_the_api_path") {
+        return;
     }
     let annotations = json!({"linkerd.io/proxy-version": "stable-2.14"});
-    let mut control_plane = pod(
-        "l5d-cp",
-        "destination-0",
-        annotations.clone(),
-        json!([{"name": "destination"}, {"name": "linkerd-proxy"}]),
-        json!([]),
+    let with_init = linkerd_pod("shop", "own-init", "app", json!([{"name": "linkerd-init"}]));
+    let (api, s, kc) = serve(
+        "linkerd-api",
+        vec![
+            serves(
+                pod_path("l5d-cp", "destination-0"),
+                linkerd_control_plane_pod(),
+            ),
+            serves(pod_path("shop", "own-init"), with_init),
+            serves(namespace_path("l5d-cp"), namespace("l5d-cp", json!({}))),
+        ],
     );
-    control_plane["metadata"]["labels"] =
-        json!({"linkerd.io/control-plane-component": "destination"});
-    let with_init = pod(
-        "shop",
-        "own-init",
-        annotations.clone(),
-        json!([{"name": "app"}, {"name": "linkerd-proxy"}]),
-        json!([{"name": "linkerd-init"}]),
-    );
-    let api = FakeApi::start(vec![
-        (
-            pod_path("l5d-cp", "destination-0"),
-            vec![Reply::Json(200, control_plane)],
-        ),
-        (
-            pod_path("shop", "own-init"),
-            vec![Reply::Json(200, with_init)],
-        ),
-        (
-            namespace_path("l5d-cp"),
-            vec![Reply::Json(200, namespace("l5d-cp", json!({})))],
-        ),
-    ]);
-    let s = scratch("linkerd-api");
-    let kc = s.kubeconfig(&api.url());
-    for mode in ["iptables", "nftables"] {
-        let fetched = Netns::create(&format!("mk-l5d-api-{}", &mode[..3]));
-        let meshed = Netns::create(&format!("mk-l5d-rp-{}", &mode[..3]));
-        let init = Netns::create(&format!("mk-l5d-init-{}", &mode[..3]));
-        let args = k8s_args("l5d-cp", "destination-0");
+    let args = k8s_args("l5d-cp", "destination-0");
+    let init_args = k8s_args("shop", "own-init");
+    for mode in MODES {
+        let fetched = mode_netns("l5d-api", mode);
+        let meshed = mode_netns("l5d-rp", mode);
+        let init = mode_netns("l5d-init", mode);
 
-        let cfg = api_config(&kc, &fetched.path(), json!({"mode": mode}));
-        let r = invoke("ADD", &fetched.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.ok(), passthrough(&fetched.path()), "{mode}");
+        let cfg = mode_config(&kc, &fetched.path(), mode);
+        s.add_passes(&fetched.path(), &args, &cfg, mode);
         let a = fetched.rules(mode);
         assert!(a.contains("MESHCAP_LINKERD"), "{mode}: {a}");
         assert!(
@@ -928,16 +744,14 @@ fn privileged_linkerd_pods_through_the_api_path() {
         );
         let rec = s.record(&fetched.path());
         assert_eq!(rec["linkerd_settings"]["control_plane"], true, "{rec}");
-        let r = invoke("CHECK", &fetched.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);
+        s.succeeds("CHECK", &fetched.path(), &args, &cfg, mode);
 
         // The runtime passes the annotations; read_pod: meshed still reads the spec.
-        let mut cfg_rt = api_config(&kc, &meshed.path(), json!({"mode": mode}));
-        cfg_rt["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": annotations});
+        let mut cfg_rt =
+            with_runtime_annotations(mode_config(&kc, &meshed.path(), mode), &annotations);
         cfg_rt["kubernetes"]["read_pod"] = json!("meshed");
         let before = api.seen().len();
-        let r = invoke("ADD", &meshed.path(), &s.state(), &args, &cfg_rt);
-        assert_eq!(r.ok(), passthrough(&meshed.path()), "{mode}");
+        s.add_passes(&meshed.path(), &args, &cfg_rt, mode);
         assert_eq!(
             api.seen().len(),
             before + 3,
@@ -951,47 +765,32 @@ fn privileged_linkerd_pods_through_the_api_path() {
 
         // Without read_pod the runtime path cannot see the label, and the namespace is not
         // in linkerd.control_plane_namespaces: no API server ports skipped.
-        let plain = Netns::create(&format!("mk-l5d-pl-{}", &mode[..3]));
+        let plain = mode_netns("l5d-pl", mode);
         let mut cfg_plain = cfg_rt.clone();
         cfg_plain["kubernetes"]["read_pod"] = json!("when-needed");
         cfg_plain["prevResult"] = prev_result(&plain.path());
-        let r = invoke("ADD", &plain.path(), &s.state(), &args, &cfg_plain);
-        assert_eq!(r.ok(), passthrough(&plain.path()), "{mode}");
+        s.add_passes(&plain.path(), &args, &cfg_plain, mode);
         let p = plain.rules(mode);
         assert!(
             p.contains("MESHCAP_LINKERD") && !p.contains("dport 6443 "),
             "{mode}: {p}"
         );
-        let r = invoke("DEL", &plain.path(), &s.state(), &args, &cfg_plain);
-        assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+        s.succeeds("DEL", &plain.path(), &args, &cfg_plain, mode);
 
         // linkerd-init present: left alone, no rules, no record.
-        let init_args = k8s_args("shop", "own-init");
-        let cfg = api_config(&kc, &init.path(), json!({"mode": mode}));
-        let r = invoke("ADD", &init.path(), &s.state(), &init_args, &cfg);
-        assert_eq!(r.ok(), passthrough(&init.path()), "{mode}");
+        let cfg_init = mode_config(&kc, &init.path(), mode);
+        s.add_passes(&init.path(), &init_args, &cfg_init, mode);
         let rules = init.rules(mode);
-        assert!(
-            !rules.contains("MESHCAP") && !rules.contains("meshcap"),
-            "{mode}: {rules}"
-        );
+        assert!(!has_meshcap_rules(&rules), "{mode}: {rules}");
 
-        for (ns, a, cfg) in [
-            (
-                &fetched,
-                &args,
-                api_config(&kc, &fetched.path(), json!({"mode": mode})),
-            ),
-            (&meshed, &args, cfg_rt.clone()),
-            (
-                &init,
-                &init_args,
-                api_config(&kc, &init.path(), json!({"mode": mode})),
-            ),
-        ] {
-            let r = invoke("DEL", &ns.path(), &s.state(), a, &cfg);
-            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
-        }
+        s.del_each(
+            mode,
+            &[
+                (&fetched, &args, &cfg),
+                (&meshed, &args, &cfg_rt),
+                (&init, &init_args, &cfg_init),
+            ],
+        );
     }
 }
 
@@ -1002,53 +801,40 @@ fn privileged_linkerd_pods_through_the_api_path() {
 /// linkerd-cni does, and the log says so.
 #[test]
 fn privileged_linkerd_control_plane_skips_the_api_servers_ports() {
-    const TEST: &str = "privileged_linkerd_control_plane_skips_the_api_servers_ports";
-    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
-        return skip_or_fail(TEST, &reason);
+    if !privileged("privileged_linkerd_control_plane_skips_the_api_servers_ports") {
+        return;
     }
-    let mut control_plane = pod(
-        "l5d-cp",
-        "destination-0",
-        json!({"linkerd.io/proxy-version": "stable-2.14"}),
-        json!([{"name": "destination"}, {"name": "linkerd-proxy"}]),
-        json!([]),
-    );
-    control_plane["metadata"]["labels"] =
-        json!({"linkerd.io/control-plane-component": "destination"});
     let service_path = "/api/v1/namespaces/default/services/kubernetes".to_string();
     let service = json!({
         "kind": "Service", "apiVersion": "v1",
         "metadata": {"name": "kubernetes", "namespace": "default"},
         "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 8443}]}
     });
-    let routes = |service_reply: Option<Reply>| {
+    let start = |service_reply: Option<Reply>| {
         let mut r = vec![
-            (
+            serves(
                 pod_path("l5d-cp", "destination-0"),
-                vec![Reply::Json(200, control_plane.clone())],
+                linkerd_control_plane_pod(),
             ),
-            (
-                namespace_path("l5d-cp"),
-                vec![Reply::Json(200, namespace("l5d-cp", json!({})))],
-            ),
+            serves(namespace_path("l5d-cp"), namespace("l5d-cp", json!({}))),
         ];
         r.extend(service_reply.map(|reply| (service_path.clone(), vec![reply])));
-        r
+        FakeApi::start(r).expect("start the fake API server")
     };
-    let with_service = FakeApi::start(routes(Some(Reply::Json(200, service))));
-    let without_service = FakeApi::start(routes(None));
-    let failing = FakeApi::start(routes(Some(Reply::Json(
+    let with_service = start(Some(Reply::Json(200, service)));
+    let without_service = start(None);
+    let failing = start(Some(failure(
         503,
-        status_body(503, "ServiceUnavailable", "apiserver is shutting down"),
-    ))));
+        "ServiceUnavailable",
+        "apiserver is shutting down",
+    )));
     let s = scratch("linkerd-api-ports");
     let args = k8s_args("l5d-cp", "destination-0");
-    for mode in ["iptables", "nftables"] {
-        let read = Netns::create(&format!("mk-l5d-svc-{}", &mode[..3]));
+    for mode in MODES {
+        let read = mode_netns("l5d-svc", mode);
         let kc = s.kubeconfig(&with_service.url());
-        let cfg = api_config(&kc, &read.path(), json!({"mode": mode}));
-        let r = invoke("ADD", &read.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.ok(), passthrough(&read.path()), "{mode}");
+        let cfg = mode_config(&kc, &read.path(), mode);
+        s.add_passes(&read.path(), &args, &cfg, mode);
         let rules = read.rules(mode);
         assert!(
             rules.contains("dport 443 ") && rules.contains("dport 8443 "),
@@ -1060,21 +846,15 @@ fn privileged_linkerd_control_plane_skips_the_api_servers_ports() {
             json!([443, 8443]),
             "{mode}"
         );
-        let r = invoke("CHECK", &read.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);
-        let r = invoke("DEL", &read.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+        s.succeeds("CHECK", &read.path(), &args, &cfg, mode);
+        s.succeeds("DEL", &read.path(), &args, &cfg, mode);
 
         for (api, what) in [(&without_service, "404"), (&failing, "503")] {
-            let fallback = Netns::create(&format!("mk-l5d-f{what}-{}", &mode[..3]));
+            let fallback = mode_netns(&format!("l5d-f{what}"), mode);
             let kc = s.kubeconfig(&api.url());
-            let cfg = api_config(
-                &kc,
-                &fallback.path(),
-                json!({"mode": mode, "kubernetes": {"kubeconfig": kc, "timeout_ms": 1000}}),
-            );
-            let r = invoke("ADD", &fallback.path(), &s.state(), &args, &cfg);
-            assert_eq!(r.ok(), passthrough(&fallback.path()), "{mode} {what}");
+            let mut cfg = deadline_config(&kc, &fallback.path(), 1000);
+            cfg["mode"] = json!(mode);
+            let r = s.add_passes(&fallback.path(), &args, &cfg, &format!("{mode} {what}"));
             assert!(
                 r.stderr.contains("cannot read Service default/kubernetes")
                     && r.stderr.contains(&format!("HTTP {what}")),
@@ -1091,8 +871,13 @@ fn privileged_linkerd_control_plane_skips_the_api_servers_ports() {
                 None,
                 "{mode} {what}"
             );
-            let r = invoke("DEL", &fallback.path(), &s.state(), &args, &cfg);
-            assert_eq!(r.code, 0, "{mode} {what}: DEL: {}{}", r.stdout, r.stderr);
+            s.succeeds(
+                "DEL",
+                &fallback.path(),
+                &args,
+                &cfg,
+                &format!("{mode} {what}"),
+            );
         }
     }
 }
@@ -1105,9 +890,8 @@ fn privileged_linkerd_control_plane_skips_the_api_servers_ports() {
 /// read alone, without its Namespace.
 #[test]
 fn privileged_linkerd_settings_from_the_namespace() {
-    const TEST: &str = "privileged_linkerd_settings_from_the_namespace";
-    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
-        return skip_or_fail(TEST, &reason);
+    if !privileged("privileged_linkerd_settings_from_the_namespace") {
+        return;
     }
     let l5d = |annotations: Value| {
         let mut a = json!({"linkerd.io/proxy-version": "stable-2.14"});
@@ -1135,52 +919,41 @@ fn privileged_linkerd_settings_from_the_namespace() {
         "config.linkerd.io/proxy-gid": "2102"
     });
     let full = pod("l5d-app", "full-0", l5d(stated), containers, json!([]));
-    let api = FakeApi::start(vec![
-        (
-            pod_path("l5d-app", "web-0"),
-            vec![Reply::Json(200, partial)],
-        ),
-        (pod_path("l5d-app", "full-0"), vec![Reply::Json(200, full)]),
-        (
-            namespace_path("l5d-app"),
-            vec![Reply::Json(
-                200,
-                namespace(
-                    "l5d-app",
-                    json!({
-                        "config.linkerd.io/skip-inbound-ports": "7777",
-                        "config.linkerd.io/skip-outbound-ports": "3306",
-                        "config.linkerd.io/skip-subnets": "10.9.0.1/16",
-                        "config.linkerd.io/proxy-gid": ""
-                    }),
-                ),
-            )],
-        ),
-    ]);
+    let namespace_settings = json!({
+        "config.linkerd.io/skip-inbound-ports": "7777",
+        "config.linkerd.io/skip-outbound-ports": "3306",
+        "config.linkerd.io/skip-subnets": "10.9.0.1/16",
+        "config.linkerd.io/proxy-gid": ""
+    });
+    let (api, s, kc) = serve(
+        "linkerd-ns",
+        vec![
+            serves(pod_path("l5d-app", "web-0"), partial),
+            serves(pod_path("l5d-app", "full-0"), full),
+            serves(
+                namespace_path("l5d-app"),
+                namespace("l5d-app", namespace_settings),
+            ),
+        ],
+    );
     // What linkerd-cni reads for web-0: its own skip-inbound-ports, the rest from the namespace.
     let effective = l5d(json!({
         "config.linkerd.io/skip-inbound-ports": "9000",
         "config.linkerd.io/skip-outbound-ports": "3306",
         "config.linkerd.io/skip-subnets": "10.9.0.1/16"
     }));
-    let s = scratch("linkerd-ns");
-    let kc = s.kubeconfig(&api.url());
-    for mode in ["iptables", "nftables"] {
-        let fetched = Netns::create(&format!("mk-l5d-ns-{}", &mode[..3]));
-        let passed = Netns::create(&format!("mk-l5d-np-{}", &mode[..3]));
-        let stating = Netns::create(&format!("mk-l5d-nf-{}", &mode[..3]));
-        let args = k8s_args("l5d-app", "web-0");
+    let args = k8s_args("l5d-app", "web-0");
+    let full_args = k8s_args("l5d-app", "full-0");
+    for mode in MODES {
+        let fetched = mode_netns("l5d-ns", mode);
+        let passed = mode_netns("l5d-np", mode);
+        let stating = mode_netns("l5d-nf", mode);
 
-        let cfg = api_config(&kc, &fetched.path(), json!({"mode": mode}));
+        let cfg = mode_config(&kc, &fetched.path(), mode);
         let before = api.seen().len();
-        let r = invoke("ADD", &fetched.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.ok(), passthrough(&fetched.path()), "{mode}");
-        let paths: Vec<String> = api.seen()[before..]
-            .iter()
-            .map(|s| s.path.clone())
-            .collect();
+        let r = s.add_passes(&fetched.path(), &args, &cfg, mode);
         assert_eq!(
-            paths,
+            paths_since(&api, before),
             [pod_path("l5d-app", "web-0"), namespace_path("l5d-app")],
             "{mode}"
         );
@@ -1206,10 +979,8 @@ fn privileged_linkerd_settings_from_the_namespace() {
         }
         assert!(!a.contains("7777"), "{mode}: the pod's own value wins: {a}");
 
-        let mut cfg_rt = api_config(&kc, &passed.path(), json!({"mode": mode}));
-        cfg_rt["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": effective});
-        let r = invoke("ADD", &passed.path(), &s.state(), &args, &cfg_rt);
-        assert_eq!(r.ok(), passthrough(&passed.path()), "{mode}");
+        let cfg_rt = with_runtime_annotations(mode_config(&kc, &passed.path(), mode), &effective);
+        s.add_passes(&passed.path(), &args, &cfg_rt, mode);
         assert_eq!(
             passed.rules(mode),
             a,
@@ -1218,30 +989,27 @@ fn privileged_linkerd_settings_from_the_namespace() {
 
         let rec = s.record(&fetched.path());
         assert_eq!(rec["annotations"], effective, "{mode}: {rec}");
-        let r = invoke("CHECK", &fetched.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.code, 0, "{mode}: CHECK: {}{}", r.stdout, r.stderr);
+        s.succeeds("CHECK", &fetched.path(), &args, &cfg, mode);
 
-        let full_args = k8s_args("l5d-app", "full-0");
-        let cfg_full = api_config(&kc, &stating.path(), json!({"mode": mode}));
+        let cfg_full = mode_config(&kc, &stating.path(), mode);
         let before = api.seen().len();
-        let r = invoke("ADD", &stating.path(), &s.state(), &full_args, &cfg_full);
-        assert_eq!(r.ok(), passthrough(&stating.path()), "{mode}");
-        let paths: Vec<String> = api.seen()[before..]
-            .iter()
-            .map(|s| s.path.clone())
-            .collect();
-        assert_eq!(paths, [pod_path("l5d-app", "full-0")], "{mode}");
+        s.add_passes(&stating.path(), &full_args, &cfg_full, mode);
+        assert_eq!(
+            paths_since(&api, before),
+            [pod_path("l5d-app", "full-0")],
+            "{mode}"
+        );
         let f = stating.rules(mode);
         assert!(f.contains("5432") && !f.contains("3306"), "{mode}: {f}");
 
-        for (ns, a, cfg) in [
-            (&fetched, &args, cfg),
-            (&passed, &args, cfg_rt),
-            (&stating, &full_args, cfg_full),
-        ] {
-            let r = invoke("DEL", &ns.path(), &s.state(), a, &cfg);
-            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
-        }
+        s.del_each(
+            mode,
+            &[
+                (&fetched, &args, &cfg),
+                (&passed, &args, &cfg_rt),
+                (&stating, &full_args, &cfg_full),
+            ],
+        );
     }
 }
 
@@ -1252,56 +1020,39 @@ fn privileged_linkerd_settings_from_the_namespace() {
 #[test]
 fn an_unreadable_or_bad_namespace_fails_a_linkerd_pod_closed() {
     let l5d_pod = |ns: &str| {
-        pod(
-            ns,
-            "web-0",
-            json!({"linkerd.io/proxy-version": "stable-2.14"}),
-            json!([{"name": "app"}, {"name": "linkerd-proxy"}]),
-            json!([]),
+        serves(
+            pod_path(ns, "web-0"),
+            linkerd_pod(ns, "web-0", "app", json!([])),
         )
     };
-    let api = FakeApi::start(vec![
-        (pod_path("locked", "web-0"), vec![Reply::Json(200, l5d_pod("locked"))]),
-        (
-            namespace_path("locked"),
-            vec![Reply::Json(
-                403,
-                status_body(403, "Forbidden", "namespaces \"locked\" is forbidden: User \"system:serviceaccount:meshcap-system:meshcap\" cannot get resource \"namespaces\""),
-            )],
-        ),
-        (pod_path("busy", "web-0"), vec![Reply::Json(200, l5d_pod("busy"))]),
-        (pod_path("typo", "web-0"), vec![Reply::Json(200, l5d_pod("typo"))]),
-        (
-            namespace_path("typo"),
-            vec![Reply::Json(
-                200,
+    let (_api, s, kc) = serve(
+        "linkerd-ns-closed",
+        vec![
+            l5d_pod("locked"),
+            (
+                namespace_path("locked"),
+                vec![failure(403, "Forbidden", "namespaces \"locked\" is forbidden: User \"system:serviceaccount:meshcap-system:meshcap\" cannot get resource \"namespaces\"")],
+            ),
+            l5d_pod("busy"),
+            l5d_pod("typo"),
+            serves(
+                namespace_path("typo"),
                 namespace("typo", json!({"config.linkerd.io/proxy-uid": "21O2"})),
-            )],
-        ),
-        (
-            namespace_path("busy"),
-            vec![Reply::Json(
-                503,
-                status_body(503, "ServiceUnavailable", "apiserver is shutting down"),
-            )],
-        ),
-    ]);
-    let s = scratch("linkerd-ns-closed");
-    let kc = s.kubeconfig(&api.url());
+            ),
+            (
+                namespace_path("busy"),
+                vec![failure(
+                    503,
+                    "ServiceUnavailable",
+                    "apiserver is shutting down",
+                )],
+            ),
+        ],
+    );
     let netns = missing_netns("linkerd-ns-closed");
-    let config = api_config(
-        &kc,
-        &netns,
-        json!({"kubernetes": {"kubeconfig": kc, "timeout_ms": 800}}),
-    );
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("locked", "web-0"),
-        &config,
-    );
-    r.error(
+    let config = deadline_config(&kc, &netns, 800);
+    let add = |ns: &str| s.invoke("ADD", &netns, &k8s_args(ns, "web-0"), &config);
+    add("locked").error(
         7,
         &[
             "namespace locked",
@@ -1310,22 +1061,8 @@ fn an_unreadable_or_bad_namespace_fails_a_linkerd_pod_closed() {
             "may not get namespaces",
         ],
     );
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("busy", "web-0"),
-        &config,
-    );
-    r.error(11, &["namespace busy", "try again later", "HTTP 503"]);
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("typo", "web-0"),
-        &config,
-    );
-    r.error(
+    add("busy").error(11, &["namespace busy", "try again later", "HTTP 503"]);
+    add("typo").error(
         7,
         &[
             "annotation config.linkerd.io/proxy-uid of Namespace typo",
@@ -1342,9 +1079,8 @@ fn an_unreadable_or_bad_namespace_fails_a_linkerd_pod_closed() {
 /// `kuma-sidecar` container, or in an excluded namespace is left alone.
 #[test]
 fn privileged_kuma_pods_through_the_api_path() {
-    const TEST: &str = "privileged_kuma_pods_through_the_api_path";
-    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
-        return skip_or_fail(TEST, &reason);
+    if !privileged("privileged_kuma_pods_through_the_api_path") {
+        return;
     }
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -1385,32 +1121,25 @@ fn privileged_kuma_pods_through_the_api_path() {
         p["metadata"]["namespace"] = json!("kuma-system")
     });
     let name = injected["metadata"]["name"].as_str().unwrap().to_owned();
-    let api = FakeApi::start(vec![
-        (pod_path("shop", &name), vec![Reply::Json(200, injected)]),
-        (
-            pod_path("shop", "own-init"),
-            vec![Reply::Json(200, own_init)],
-        ),
-        (
-            pod_path("shop", "no-sidecar"),
-            vec![Reply::Json(200, no_sidecar)],
-        ),
-        (
-            pod_path("kuma-system", "excluded"),
-            vec![Reply::Json(200, excluded)],
-        ),
-    ]);
-    let s = scratch("kuma-api");
-    let kc = s.kubeconfig(&api.url());
+    let (_api, s, kc) = serve(
+        "kuma-api",
+        vec![
+            serves(pod_path("shop", &name), injected),
+            serves(pod_path("shop", "own-init"), own_init),
+            serves(pod_path("shop", "no-sidecar"), no_sidecar),
+            serves(pod_path("kuma-system", "excluded"), excluded),
+        ],
+    );
     let kuma = json!({"exclude_namespaces": ["kube-system", "kuma-system"]});
-    for mode in ["iptables", "nftables"] {
-        let m = &mode[..3];
+    let kuma_config = |netns: &Netns, mode: &str| {
+        api_config(&kc, &netns.path(), json!({"mode": mode, "kuma": kuma}))
+    };
+    let args = k8s_args("shop", &name);
+    for mode in MODES {
         // The API path, and the runtime path with the annotations passed.
-        let fetched = Netns::create(&format!("mk-kuma-api-{m}"));
-        let args = k8s_args("shop", &name);
-        let cfg = api_config(&kc, &fetched.path(), json!({"mode": mode, "kuma": kuma}));
-        let r = invoke("ADD", &fetched.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.ok(), passthrough(&fetched.path()), "{mode}");
+        let fetched = mode_netns("kuma-api", mode);
+        let cfg = kuma_config(&fetched, mode);
+        s.add_passes(&fetched.path(), &args, &cfg, mode);
         let via_api = fetched.rules(mode);
         assert!(via_api.contains("MESHCAP_KUMA"), "{mode}: {via_api}");
         assert!(
@@ -1418,11 +1147,9 @@ fn privileged_kuma_pods_through_the_api_path() {
             "{mode}: the pod's inbound port: {via_api}"
         );
 
-        let passed = Netns::create(&format!("mk-kuma-rt-{m}"));
-        let mut cfg_rt = api_config(&kc, &passed.path(), json!({"mode": mode, "kuma": kuma}));
-        cfg_rt["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": annotations});
-        let r = invoke("ADD", &passed.path(), &s.state(), &args, &cfg_rt);
-        assert_eq!(r.ok(), passthrough(&passed.path()), "{mode}");
+        let passed = mode_netns("kuma-rt", mode);
+        let cfg_rt = with_runtime_annotations(kuma_config(&passed, mode), &annotations);
+        s.add_passes(&passed.path(), &args, &cfg_rt, mode);
         assert_eq!(
             passed.rules(mode),
             via_api,
@@ -1435,32 +1162,42 @@ fn privileged_kuma_pods_through_the_api_path() {
             ("shop", "no-sidecar"),
             ("kuma-system", "excluded"),
         ] {
-            let ns = Netns::create(&format!("mk-kuma-{}-{m}", &pod_name[..3]));
+            let ns = mode_netns(&format!("kuma-{}", &pod_name[..3]), mode);
             let a = k8s_args(ns_name, pod_name);
-            let cfg = api_config(&kc, &ns.path(), json!({"mode": mode, "kuma": kuma}));
-            let r = invoke("ADD", &ns.path(), &s.state(), &a, &cfg);
-            assert_eq!(r.ok(), passthrough(&ns.path()), "{mode} {pod_name}");
+            let cfg = kuma_config(&ns, mode);
+            let what = format!("{mode} {pod_name}");
+            s.add_passes(&ns.path(), &a, &cfg, &what);
             let rules = ns.rules(mode);
-            assert!(
-                !rules.contains("MESHCAP") && !rules.contains("meshcap"),
-                "{mode} {pod_name}: {rules}"
-            );
-            let r = invoke("DEL", &ns.path(), &s.state(), &a, &cfg);
-            assert_eq!(
-                r.code, 0,
-                "{mode} {pod_name}: DEL: {}{}",
-                r.stdout, r.stderr
-            );
+            assert!(!has_meshcap_rules(&rules), "{what}: {rules}");
+            s.succeeds("DEL", &ns.path(), &a, &cfg, &what);
         }
         for (ns, cfg) in [(&fetched, cfg), (&passed, cfg_rt)] {
-            let r = invoke("DEL", &ns.path(), &s.state(), &args, &cfg);
-            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+            s.succeeds("DEL", &ns.path(), &args, &cfg, mode);
             assert!(
                 !ns.rules(mode).contains("MESHCAP"),
                 "{mode}: rules left after DEL"
             );
         }
     }
+}
+
+/// An ADD of the pod `cni_args` names in `ns` that fails with code 7 naming `needles`,
+/// leaving the namespace's rules as they were and recording nothing.
+fn refused_untouched(
+    s: &Scratch,
+    ns: &Netns,
+    mode: &str,
+    cni_args: &str,
+    config: &Value,
+    needles: &[&str],
+    what: &str,
+) {
+    let untouched = ns.rules(mode);
+    let records = s.records();
+    s.invoke("ADD", &ns.path(), cni_args, config)
+        .error(7, needles);
+    assert_eq!(ns.rules(mode), untouched, "{what}: namespace untouched");
+    assert_eq!(s.records(), records, "{what}: no record");
 }
 
 /// The settings Istio takes from the pod spec: a pod whose `istio-proxy` env turns on DNS
@@ -1472,60 +1209,58 @@ fn privileged_kuma_pods_through_the_api_path() {
 /// fails the ADD with code 7 naming the variable and leaves the namespace untouched.
 #[test]
 fn privileged_spec_settings_reach_every_path() {
-    const TEST: &str = "privileged_spec_settings_reach_every_path";
-    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
-        return skip_or_fail(TEST, &reason);
+    if !privileged("privileged_spec_settings_reach_every_path") {
+        return;
     }
-    let mut meshed = injected_pod("shop", "dns-0");
-    meshed["spec"]["containers"][1]["env"] = json!([
-        {"name": "ISTIO_META_DNS_CAPTURE", "value": "true"},
-        {"name": "INVALID_DROP", "value": "true"}
-    ]);
-    meshed["spec"]["containers"][1]["securityContext"] =
-        json!({"runAsUser": 1500, "runAsGroup": 1600, "runAsNonRoot": true});
-    meshed["spec"]["initContainers"][0]["args"] = json!([
-        "istio-iptables",
-        "-p",
-        "15101",
-        "-z",
-        "15106",
-        "-u",
-        "1500",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--run-validation",
-        "--skip-rule-apply"
-    ]);
-    let mut bad = injected_pod("shop", "bad-env");
-    bad["spec"]["containers"][1]["env"] = json!([{"name": "INVALID_DROP", "value": "sometimes"}]);
-    let api = FakeApi::start(vec![
-        (
-            pod_path("shop", "dns-0"),
-            vec![Reply::Json(200, meshed.clone())],
-        ),
-        (pod_path("shop", "bad-env"), vec![Reply::Json(200, bad)]),
-    ]);
-    let s = scratch("spec-settings");
-    let kc = s.kubeconfig(&api.url());
-    for mode in ["iptables", "nftables"] {
-        let via_api = Netns::create(&format!("mk-spec-api-{}", &mode[..3]));
-        let via_defaults = Netns::create(&format!("mk-spec-def-{}", &mode[..3]));
-        let via_read = Netns::create(&format!("mk-spec-read-{}", &mode[..3]));
-        let bad_ns = Netns::create(&format!("mk-spec-bad-{}", &mode[..3]));
-        let args = k8s_args("shop", "dns-0");
-        let runtime = json!({"io.kubernetes.cri.pod-annotations": injected_annotations()});
+    let meshed = injected_pod_with("shop", "dns-0", |p| {
+        p["spec"]["containers"][1]["env"] = json!([
+            {"name": "ISTIO_META_DNS_CAPTURE", "value": "true"},
+            {"name": "INVALID_DROP", "value": "true"}
+        ]);
+        p["spec"]["containers"][1]["securityContext"] =
+            json!({"runAsUser": 1500, "runAsGroup": 1600, "runAsNonRoot": true});
+        p["spec"]["initContainers"][0]["args"] = json!([
+            "istio-iptables",
+            "-p",
+            "15101",
+            "-z",
+            "15106",
+            "-u",
+            "1500",
+            "-m",
+            "REDIRECT",
+            "-i",
+            "*",
+            "-x",
+            "",
+            "-b",
+            "*",
+            "-d",
+            "15090,15021,15020",
+            "--run-validation",
+            "--skip-rule-apply"
+        ]);
+    });
+    let bad = injected_pod_with("shop", "bad-env", |p| {
+        p["spec"]["containers"][1]["env"] = json!([{"name": "INVALID_DROP", "value": "sometimes"}])
+    });
+    let (api, s, kc) = serve(
+        "spec-settings",
+        vec![
+            serves(pod_path("shop", "dns-0"), meshed),
+            serves(pod_path("shop", "bad-env"), bad),
+        ],
+    );
+    let args = k8s_args("shop", "dns-0");
+    let annotations = injected_annotations();
+    for mode in MODES {
+        let via_api = mode_netns("spec-api", mode);
+        let via_defaults = mode_netns("spec-def", mode);
+        let via_read = mode_netns("spec-read", mode);
+        let bad_ns = mode_netns("spec-bad", mode);
 
-        let cfg = api_config(&kc, &via_api.path(), json!({"mode": mode}));
-        let r = invoke("ADD", &via_api.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.ok(), passthrough(&via_api.path()), "{mode}");
+        let cfg = mode_config(&kc, &via_api.path(), mode);
+        s.add_passes(&via_api.path(), &args, &cfg, mode);
         let from_api = via_api.rules(mode);
         assert!(
             from_api.contains("15053"),
@@ -1553,17 +1288,18 @@ fn privileged_spec_settings_reach_every_path() {
         );
 
         // Runtime annotations plus the node defaults that match the mesh config.
-        let mut cfg = api_config(
-            &kc,
-            &via_defaults.path(),
-            json!({"mode": mode, "istio": {"dns_capture": true, "invalid_drop": true,
-                   "proxy_uids": [1500], "proxy_gids": [1600],
-                   "proxy_listen_port": 15101, "proxy_inbound_listen_port": 15106}}),
+        let cfg = with_runtime_annotations(
+            api_config(
+                &kc,
+                &via_defaults.path(),
+                json!({"mode": mode, "istio": {"dns_capture": true, "invalid_drop": true,
+                       "proxy_uids": [1500], "proxy_gids": [1600],
+                       "proxy_listen_port": 15101, "proxy_inbound_listen_port": 15106}}),
+            ),
+            &annotations,
         );
-        cfg["runtimeConfig"] = runtime.clone();
         let before = api.seen().len();
-        let r = invoke("ADD", &via_defaults.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.ok(), passthrough(&via_defaults.path()), "{mode}");
+        let r = s.add_passes(&via_defaults.path(), &args, &cfg, mode);
         assert_eq!(api.seen().len(), before, "{mode}: no API call");
         assert!(
             r.stderr
@@ -1577,11 +1313,10 @@ fn privileged_spec_settings_reach_every_path() {
         assert_eq!(via_defaults.rules(mode), from_api, "{mode}: node defaults");
 
         // Runtime annotations without defaults, but read_pod: meshed asks the API.
-        let mut cfg = api_config(&kc, &via_read.path(), json!({"mode": mode}));
+        let mut cfg =
+            with_runtime_annotations(mode_config(&kc, &via_read.path(), mode), &annotations);
         cfg["kubernetes"]["read_pod"] = json!("meshed");
-        cfg["runtimeConfig"] = runtime.clone();
-        let r = invoke("ADD", &via_read.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.ok(), passthrough(&via_read.path()), "{mode}");
+        s.add_passes(&via_read.path(), &args, &cfg, mode);
         assert_eq!(
             api.seen().len(),
             before + 1,
@@ -1590,29 +1325,19 @@ fn privileged_spec_settings_reach_every_path() {
         assert_eq!(via_read.rules(mode), from_api, "{mode}: read_pod meshed");
 
         // A bad env value: code 7 naming it, nothing installed, no record.
-        let untouched = bad_ns.rules(mode);
-        let records = s.records();
-        let cfg = api_config(&kc, &bad_ns.path(), json!({"mode": mode}));
-        let r = invoke(
-            "ADD",
-            &bad_ns.path(),
-            &s.state(),
+        refused_untouched(
+            &s,
+            &bad_ns,
+            mode,
             &k8s_args("shop", "bad-env"),
-            &cfg,
-        );
-        r.error(
-            7,
+            &mode_config(&kc, &bad_ns.path(), mode),
             &["env INVALID_DROP of container istio-proxy", "sometimes"],
+            mode,
         );
-        assert_eq!(bad_ns.rules(mode), untouched, "{mode}: namespace untouched");
-        assert_eq!(s.records(), records, "{mode}: no record");
 
         for ns in [&via_api, &via_defaults, &via_read] {
-            let cfg = api_config(&kc, &ns.path(), json!({"mode": mode}));
-            let mut cfg = cfg;
-            cfg["runtimeConfig"] = runtime.clone();
-            let r = invoke("DEL", &ns.path(), &s.state(), &args, &cfg);
-            assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+            let cfg = with_runtime_annotations(mode_config(&kc, &ns.path(), mode), &annotations);
+            s.succeeds("DEL", &ns.path(), &args, &cfg, mode);
         }
     }
 }
@@ -1624,24 +1349,23 @@ fn privileged_spec_settings_reach_every_path() {
 /// as it was and recording nothing.
 #[test]
 fn privileged_bad_spec_values_are_code_7_naming_the_source() {
-    const TEST: &str = "privileged_bad_spec_values_are_code_7_naming_the_source";
-    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
-        return skip_or_fail(TEST, &reason);
+    if !privileged("privileged_bad_spec_values_are_code_7_naming_the_source") {
+        return;
     }
     let proxy_env = |var: &str, value: &str| {
-        let mut p = injected_pod("shop", "x");
-        p["spec"]["containers"][1]["env"] = json!([{"name": var, "value": value}]);
-        p
+        injected_pod_with("shop", "x", |p| {
+            p["spec"]["containers"][1]["env"] = json!([{"name": var, "value": value}])
+        })
     };
     let security_context = |sc: Value| {
-        let mut p = injected_pod("shop", "x");
-        p["spec"]["containers"][1]["securityContext"] = sc;
-        p
+        injected_pod_with("shop", "x", |p| {
+            p["spec"]["containers"][1]["securityContext"] = sc
+        })
     };
     let init = |args: Value, env: Value| {
-        let mut p = injected_pod("shop", "x");
-        p["spec"]["initContainers"] = json!([{"name": "istio-init", "args": args, "env": env}]);
-        p
+        injected_pod_with("shop", "x", |p| {
+            p["spec"]["initContainers"] = json!([{"name": "istio-init", "args": args, "env": env}])
+        })
     };
     let init_env = |var: &str, value: &str| {
         init(
@@ -1712,32 +1436,25 @@ fn privileged_bad_spec_values_are_code_7_naming_the_source() {
             "70000",
         ),
     ];
-    let api = FakeApi::start(
+    let (_api, s, kc) = serve(
+        "bad-spec",
         cases
             .iter()
-            .map(|(name, pod, _, _)| (pod_path("shop", name), vec![Reply::Json(200, pod.clone())]))
+            .map(|(name, pod, _, _)| serves(pod_path("shop", name), pod.clone()))
             .collect(),
     );
-    let s = scratch("bad-spec");
-    let kc = s.kubeconfig(&api.url());
-    for mode in ["iptables", "nftables"] {
-        let ns = Netns::create(&format!("mk-badspec-{}", &mode[..3]));
-        let untouched = ns.rules(mode);
+    for mode in MODES {
+        let ns = mode_netns("badspec", mode);
         for (name, _, origin, value) in &cases {
-            let r = invoke(
-                "ADD",
-                &ns.path(),
-                &s.state(),
+            refused_untouched(
+                &s,
+                &ns,
+                mode,
                 &k8s_args("shop", name),
-                &api_config(&kc, &ns.path(), json!({"mode": mode})),
+                &mode_config(&kc, &ns.path(), mode),
+                &[origin, value],
+                &format!("{mode} {name}"),
             );
-            r.error(7, &[origin, value]);
-            assert_eq!(
-                ns.rules(mode),
-                untouched,
-                "{mode} {name}: namespace untouched"
-            );
-            assert_eq!(s.records(), 0, "{mode} {name}: no record");
         }
     }
 }
@@ -1748,9 +1465,8 @@ fn privileged_bad_spec_values_are_code_7_naming_the_source() {
 /// renderers, loaded with the stock restore tools).
 #[test]
 fn privileged_kube_inject_pod_via_api_matches_render_f() {
-    const TEST: &str = "privileged_kube_inject_pod_via_api_matches_render_f";
-    if let Some(reason) = missing_root_or_tools(&["ip", "iptables-save", "ip6tables-save", "nft"]) {
-        return skip_or_fail(TEST, &reason);
+    if !privileged("privileged_kube_inject_pod_via_api_matches_render_f") {
+        return;
     }
     use meshcap_model::mesh::istio::{resolve, NodeDefaults};
     use meshcap_model::pod::PodView;
@@ -1776,66 +1492,45 @@ fn privileged_kube_inject_pod_via_api_matches_render_f() {
         v6: false,
     };
 
-    let api = FakeApi::start(vec![(
-        pod_path("default", "inject-8565f4c47-srwzd"),
-        vec![Reply::Chunked(200, pod)],
-    )]);
-    let s = scratch("kube-inject");
-    let kc = s.kubeconfig(&api.url());
-    for mode in ["iptables", "nftables"] {
-        let added = Netns::create(&format!("mk-inj-add-{}", &mode[..3]));
-        let printed = Netns::create(&format!("mk-inj-prn-{}", &mode[..3]));
-        let cfg = api_config(&kc, &added.path(), json!({"mode": mode}));
-        let args = k8s_args("default", "inject-8565f4c47-srwzd");
-        let r = invoke("ADD", &added.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.ok(), passthrough(&added.path()), "{mode}");
+    let (_api, s, kc) = serve(
+        "kube-inject",
+        vec![(
+            pod_path("default", "inject-8565f4c47-srwzd"),
+            vec![Reply::Chunked(200, pod)],
+        )],
+    );
+    let args = k8s_args("default", "inject-8565f4c47-srwzd");
+    for mode in MODES {
+        let added = mode_netns("inj-add", mode);
+        let printed = mode_netns("inj-prn", mode);
+        let cfg = mode_config(&kc, &added.path(), mode);
+        s.add_passes(&added.path(), &args, &cfg, mode);
 
         let rulesets = model.rulesets();
         assert_eq!(rulesets.len(), 1);
-        if mode == "iptables" {
-            for (tool, rs) in ["iptables-restore", "ip6tables-restore"]
-                .iter()
+        let loads: Vec<(Vec<&str>, String)> = if mode == "iptables" {
+            ["iptables-restore", "ip6tables-restore"]
+                .into_iter()
                 .zip(&rulesets)
-            {
-                let mut child = Command::new("ip")
-                    .args(["netns", "exec", &printed.name, tool, "--noflush"])
-                    .stdin(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(iptables::render(rs).as_bytes())
-                    .unwrap();
-                assert!(child.wait().unwrap().success(), "{tool}");
-            }
+                .map(|(tool, rs)| (vec![tool, "--noflush"], iptables::render(rs)))
+                .collect()
         } else {
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &printed.name, "nft", "-f", "-"])
-                .stdin(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(nftables::render(&rulesets).as_bytes())
-                .unwrap();
-            assert!(child.wait().unwrap().success(), "nft -f");
+            vec![(vec!["nft", "-f", "-"], nftables::render(&rulesets))]
+        };
+        for (argv, text) in &loads {
+            printed
+                .ns
+                .exec(argv, Some(text))
+                .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
         let a = added.rules(mode);
-        assert!(
-            a.contains("MESHCAP") || a.contains("meshcap"),
-            "{mode}: {a}"
-        );
+        assert!(has_meshcap_rules(&a), "{mode}: {a}");
         assert_eq!(
             a,
             printed.rules(mode),
             "{mode}: ADD via the API and render -f differ"
         );
-        let r = invoke("DEL", &added.path(), &s.state(), &args, &cfg);
-        assert_eq!(r.code, 0, "{mode}: DEL: {}{}", r.stdout, r.stderr);
+        s.succeeds("DEL", &added.path(), &args, &cfg, mode);
     }
 }
 
@@ -1917,8 +1612,35 @@ fn make_certs(dir: &std::path::Path) -> Option<()> {
     ok.then_some(())
 }
 
-/// An HTTPS server answering every request with `pod` (200, Content-Length).
-fn tls_server(dir: &std::path::Path, pod: Value) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+/// A server-side TLS connection that ends with close_notify, as a TLS server's does.
+struct TlsConn(rustls::StreamOwned<rustls::ServerConnection, TcpStream>);
+
+impl Read for TlsConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for TlsConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for TlsConn {
+    fn drop(&mut self) {
+        self.0.conn.send_close_notify();
+        let _ = self.0.flush();
+    }
+}
+
+/// A fake API server over TLS with the certificate [`make_certs`] made in `dir`, answering
+/// `routes`.
+fn tls_server(dir: &std::path::Path, routes: Vec<(String, Vec<Reply>)>) -> FakeApi {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("srv.crt"))
@@ -1936,46 +1658,14 @@ fn tls_server(dir: &std::path::Path, pod: Value) -> (SocketAddr, Arc<Mutex<Vec<S
         .with_single_cert(certs, key)
         .unwrap(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let seen2 = seen.clone();
-    std::thread::spawn(move || {
-        for tcp in listener.incoming().flatten() {
-            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
-            let mut tls = rustls::StreamOwned::new(conn, tcp);
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tls.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            if buf.is_empty() {
-                continue; // handshake refused by the client
-            }
-            let head = String::from_utf8_lossy(&buf).into_owned();
-            seen2.lock().unwrap().push(Seen {
-                path: head.split(' ').nth(1).unwrap_or("").to_string(),
-                authorization: head
-                    .split("\r\n")
-                    .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
-                    .map(|l| l.split_once(':').unwrap().1.trim().to_string()),
-            });
-            let body = pod.to_string();
-            let _ = tls.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            );
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
-        }
-    });
-    (addr, seen)
+    FakeApi::builder()
+        .routes(routes)
+        .wrap(move |tcp| {
+            let conn = rustls::ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+            Ok(Box::new(TlsConn(rustls::StreamOwned::new(conn, tcp))))
+        })
+        .start()
+        .expect("start the fake API server")
 }
 
 #[test]
@@ -1988,9 +1678,10 @@ fn tls_api_server_with_the_node_kubeconfig() {
             "the openssl CLI is not available to make test certificates",
         );
     }
-    let mut opted_out = injected_pod("shop", "web-0");
-    opted_out["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false");
-    let (addr, seen) = tls_server(&s.0, opted_out);
+    let opted_out = injected_pod_with("shop", "web-0", |p| {
+        p["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false")
+    });
+    let api = tls_server(&s.0, vec![serves(pod_path("shop", "web-0"), opted_out)]);
 
     // `meshcap node` writes the kubeconfig from a service-account mount with this function
     // (its end to end run in the image: crates/meshcap-tests/tests/deploy.rs).
@@ -1999,7 +1690,7 @@ fn tls_api_server_with_the_node_kubeconfig() {
     meshcap_records::node_kubeconfig::write(
         &kc,
         "127.0.0.1",
-        &addr.port().to_string(),
+        &api.addr().port().to_string(),
         TOKEN,
         &fs::read(s.0.join("ca.crt")).unwrap(),
     )
@@ -2015,15 +1706,10 @@ fn tls_api_server_with_the_node_kubeconfig() {
     let kc = kc.to_str().unwrap().to_string();
 
     let netns = missing_netns("tls");
-    let r = invoke(
-        "ADD",
-        &netns,
-        &s.state(),
-        &k8s_args("shop", "web-0"),
-        &api_config(&kc, &netns, json!({})),
-    );
+    let args = k8s_args("shop", "web-0");
+    let r = s.invoke("ADD", &netns, &args, &api_config(&kc, &netns, json!({})));
     assert_eq!(r.ok(), passthrough(&netns), "opted-out pod read over TLS");
-    let seen = seen.lock().unwrap().clone();
+    let seen = api.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, pod_path("shop", "web-0"));
     assert_eq!(
@@ -2052,11 +1738,10 @@ fn tls_api_server_with_the_node_kubeconfig() {
     )
     .unwrap();
     let started = Instant::now();
-    let r = invoke(
+    let r = s.invoke(
         "ADD",
         &netns,
-        &s.state(),
-        &k8s_args("shop", "web-0"),
+        &args,
         &api_config(other.to_str().unwrap(), &netns, json!({})),
     );
     r.error(7, &["shop/web-0", "TLS", "other-kubeconfig"]);

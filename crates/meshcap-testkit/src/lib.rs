@@ -8,9 +8,12 @@
 //! - [`wait`]: polling for a condition the system reaches on its own time.
 //! - [`netns`]: a scratch network namespace that deletes itself, and running programs to
 //!   completion.
+//! - [`kube_api`]: a stand-in Kubernetes API server with scripted replies and a record of the
+//!   requests, in any network namespace, and the kubeconfig that points at it.
 #![forbid(unsafe_code)]
 
 pub mod gate;
+pub mod kube_api;
 pub mod netns;
 pub mod plugin;
 pub mod scratch;

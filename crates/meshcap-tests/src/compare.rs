@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
+use meshcap_testkit::kube_api::{write_kubeconfig, FakeApi, TokenFile};
 use serde_json::{json, Value};
 
 use crate::fastpath::{Counters, PinDir};
@@ -265,19 +266,29 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
     }
     let node = Node::new(&format!("{prefix}-{tag}"))?;
     let chain = node.chain(&mode.meshcap);
-    // Pods whose settings live in their spec are read from a stand-in API server.
+    // Pods whose settings live in their spec are read from a stand-in API server, listening
+    // in the namespace the plugins run in.
     let api = if pods.iter().any(|p| p.spec.is_some()) {
-        Some(crate::kube_api::FakeApi::start_in(
-            node.ns.clone(),
+        let ns = node.ns.clone();
+        let api = FakeApi::builder()
+            .inside(move |f| ns.run(f).map_err(std::io::Error::other))
+            .start()
+            .context("start the stand-in API server")?;
+        let kubeconfig = write_kubeconfig(
             node.env.scratch.path(),
-        )?)
+            &api.url(),
+            "meshcap-e2e-token",
+            TokenFile::Absolute,
+        )
+        .context("write the kubeconfig")?;
+        Some((api, kubeconfig))
     } else {
         None
     };
     let mut up: BTreeMap<&str, std::result::Result<Pod, String>> = BTreeMap::new();
     for spec in pods {
         // The pod's own node defaults or API server, on top of the mode's configuration.
-        let extra = spec.plugin_extra(api.as_ref().map(|a| a.kubeconfig()));
+        let extra = spec.plugin_extra(api.as_ref().map(|(_, kubeconfig)| kubeconfig.as_path()));
         let chain = match extra.as_object() {
             Some(e) if !e.is_empty() => {
                 let mut config = mode.meshcap.clone();
@@ -290,7 +301,7 @@ pub fn run_mode(prefix: &str, mode: &Mode, pods: &[PodSpec], flows: &[Flow]) -> 
         };
         let pod = (|| -> Result<Pod> {
             let mut pod = node.unattached_pod(spec.name, &chain, spec.annotations())?;
-            if let (Some(api), Some(p)) = (&api, spec.api_pod()) {
+            if let (Some((api, _)), Some(p)) = (&api, spec.api_pod()) {
                 api.insert(&pod.att.k8s_namespace, &pod.att.k8s_pod, p);
             }
             pod.add()

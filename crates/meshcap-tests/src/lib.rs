@@ -45,7 +45,6 @@ pub mod fastpath;
 pub mod flows;
 pub mod istio_cases;
 pub mod kernel_features;
-pub mod kube_api;
 pub mod netns;
 pub mod node;
 pub mod peer;
