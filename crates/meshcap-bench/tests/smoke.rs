@@ -14,8 +14,8 @@ use serde_json::Value;
 /// The plugin to benchmark when the test can run here (root, the plugin binary, which
 /// `plugin` names or says how to get); else skips by name, or panics under `CI=true`.
 fn runnable(test: &str, plugin: Result<PathBuf, String>) -> Option<PathBuf> {
-    let why = if !nix::unistd::geteuid().is_root() {
-        "needs root (network namespaces, netfilter)".to_owned()
+    let why = if let Some(why) = meshcap_testkit::missing_root() {
+        format!("{why} (network namespaces, netfilter)")
     } else {
         match plugin {
             Ok(p) if p.is_file() => return Some(p),

@@ -10,7 +10,8 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 mod common;
-use common::{missing_root_or_tools, run_plugin, skip_or_fail, Netns, Run, Scratch};
+use common::{missing_root_or_tools, run_plugin, skip_or_fail, Netns, Run};
+use meshcap_testkit::ScratchDir;
 
 impl Run {
     /// stdout parsed as the single JSON value it must be (or `None` when empty).
@@ -50,11 +51,26 @@ impl Run {
     }
 }
 
-fn scratch(test: &str) -> Scratch {
-    Scratch::new("meshcap-cni-it", test)
+/// A per-test directory, removed on drop even when the test fails; the plugin's state dir is
+/// `state` under it.
+fn scratch(test: &str) -> ScratchDir {
+    ScratchDir::new(&format!("cni-it-{test}"))
 }
 
-impl Scratch {
+/// The plugin's state dir in a test's [`ScratchDir`].
+trait StateDir {
+    fn state(&self) -> String;
+    /// The record files of `network`, sorted.
+    fn records(&self, network: &str) -> Vec<String>;
+    /// A record of an attachment whose namespace is gone, as the plugin writes one.
+    fn write_record(&self, network: &str, cid: &str, ifname: &str);
+}
+
+impl StateDir for ScratchDir {
+    fn state(&self) -> String {
+        self.0.join("state").to_str().unwrap().to_string()
+    }
+
     fn records(&self, network: &str) -> Vec<String> {
         let mut names: Vec<String> = match fs::read_dir(self.0.join("state").join(network)) {
             Ok(rd) => rd

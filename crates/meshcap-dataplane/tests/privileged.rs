@@ -16,7 +16,7 @@ use meshcap_dataplane::{
 use meshcap_model::rules::{
     Chain, Family, Hook, Match, PolicyRoute, Proto, Rule, Ruleset, Table, TableRules, Target,
 };
-use meshcap_testkit::ScratchNetns;
+use meshcap_testkit::{ScratchDir, ScratchNetns};
 
 // ---------------------------------------------------------------------------------------
 // Harness
@@ -24,6 +24,17 @@ use meshcap_testkit::ScratchNetns;
 /// Whether the test can run; prints the skip reason with the test name, or panics under CI.
 fn privileged(test: &str) -> bool {
     meshcap_testkit::gate::require_root_and_tools(test, &["ip"])
+}
+
+/// What most tests start from: the gate, then a fresh namespace `tag`, an fd on it and a
+/// dataplane; `None` when the test cannot run here.
+fn pod(test: &str, tag: &str) -> Result<Option<(TestNs, PodNetns, Dataplane)>> {
+    if !privileged(test) {
+        return Ok(None);
+    }
+    let t = TestNs::new(tag)?;
+    let ns = t.open()?;
+    Ok(Some((t, ns, Dataplane::default())))
 }
 
 /// A scratch network namespace ([`ScratchNetns`]: `dp-<test>-<pid>-<n>`), deleted on drop.
@@ -435,12 +446,9 @@ fn iptables_legacy_flavour_lifecycle() -> Result<()> {
 /// namespace exactly as it was, to the last table.
 #[test]
 fn iptables_del_removes_the_tables_add_created() -> Result<()> {
-    if !privileged("iptables_del_removes_the_tables_add_created") {
+    let Some((t, ns, dp)) = pod("iptables_del_removes_the_tables_add_created", "created")? else {
         return Ok(());
-    }
-    let t = TestNs::new("created")?;
-    let ns = t.open()?;
-    let dp = Dataplane::default();
+    };
     let before = netfilter(&t)?;
     let rules = both(15001, true);
     // An apply whose caller never recorded what it created (killed before it settled): the
@@ -476,12 +484,9 @@ fn iptables_del_removes_the_tables_add_created() -> Result<()> {
 /// rule, and a table meshcap created but another component added a chain to stays.
 #[test]
 fn iptables_del_keeps_what_another_component_uses() -> Result<()> {
-    if !privileged("iptables_del_keeps_what_another_component_uses") {
+    let Some((t, ns, dp)) = pod("iptables_del_keeps_what_another_component_uses", "shared")? else {
         return Ok(());
-    }
-    let t = TestNs::new("shared")?;
-    let ns = t.open()?;
-    let dp = Dataplane::default();
+    };
     // Before ADD: another component's NAT rule (ip nat exists with POSTROUTING only).
     t.exec(
         "iptables-nft",
@@ -543,12 +548,13 @@ fn iptables_del_keeps_what_another_component_uses() -> Result<()> {
 /// built-in chains empty and accepting: nothing of meshcap's, nothing that matches a packet.
 #[test]
 fn iptables_legacy_table_meshcap_instantiated_stays_inert() -> Result<()> {
-    if !privileged("iptables_legacy_table_meshcap_instantiated_stays_inert") {
+    let Some((t, ns, dp)) = pod(
+        "iptables_legacy_table_meshcap_instantiated_stays_inert",
+        "legnat",
+    )?
+    else {
         return Ok(());
-    }
-    let t = TestNs::new("legnat")?;
-    let ns = t.open()?;
-    let dp = Dataplane::default();
+    };
     t.exec(
         "iptables-legacy",
         &[
@@ -592,11 +598,10 @@ fn iptables_legacy_table_meshcap_instantiated_stays_inert() -> Result<()> {
 }
 
 /// A search directory with the real xtables programs except `ip6tables-nft-restore`, which
-/// fails like a rejected ruleset.
-fn broken_v6_tools(test: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("dp-{test}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
+/// fails like a rejected ruleset; removed on drop.
+fn broken_v6_tools(test: &str) -> Result<ScratchDir> {
+    let scratch = ScratchDir::new(&format!("dp-{test}"));
+    let dir = scratch.path();
     for prog in [
         "iptables-nft-save",
         "iptables-nft-restore",
@@ -610,7 +615,7 @@ fn broken_v6_tools(test: &str) -> Result<PathBuf> {
         "#!/bin/sh\necho 'ip6tables-restore: line 2 failed (injected)' >&2\nexit 1\n",
     )?;
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
-    Ok(dir)
+    Ok(scratch)
 }
 
 #[test]
@@ -622,7 +627,7 @@ fn iptables_v6_failure_rolls_back_v4() -> Result<()> {
     let ns = t.open()?;
     let good = Dataplane::default();
     let tools = broken_v6_tools("rollback")?;
-    let broken = Dataplane::default().with_search_path(vec![tools.clone()]);
+    let broken = Dataplane::default().with_search_path(vec![tools.path().to_owned()]);
 
     // From nothing: a failed ADD leaves nothing, policy routing included.
     let err = broken
@@ -659,18 +664,18 @@ fn iptables_v6_failure_rolls_back_v4() -> Result<()> {
     // Removing v4 only (v6 has nothing) needs no v6 restore, so it works.
     broken.remove(&ns, Backend::Iptables, &[])?;
     ensure!(!t.exec("iptables-nft-save", &[])?.contains("MESHCAP"));
-    let _ = fs::remove_dir_all(&tools);
     Ok(())
 }
 
 #[test]
 fn iptables_invalid_rule_is_reported_and_rolled_back() -> Result<()> {
-    if !privileged("iptables_invalid_rule_is_reported_and_rolled_back") {
+    let Some((t, ns, dp)) = pod(
+        "iptables_invalid_rule_is_reported_and_rolled_back",
+        "invalid",
+    )?
+    else {
         return Ok(());
-    }
-    let t = TestNs::new("invalid")?;
-    let ns = t.open()?;
-    let dp = Dataplane::default();
+    };
     let mut rules = both(15001, false);
     // REDIRECT is only valid in nat: the kernel (xt_REDIRECT) rejects it in mangle, in v6.
     rules[1].tables.push(TableRules {
@@ -703,12 +708,9 @@ fn iptables_invalid_rule_is_reported_and_rolled_back() -> Result<()> {
 
 #[test]
 fn policy_routes_follow_the_rulesets() -> Result<()> {
-    if !privileged("policy_routes_follow_the_rulesets") {
+    let Some((t, ns, dp)) = pod("policy_routes_follow_the_rulesets", "routes")? else {
         return Ok(());
-    }
-    let t = TestNs::new("routes")?;
-    let ns = t.open()?;
-    let dp = Dataplane::default();
+    };
     let tproxy = both(15001, true);
 
     dp.apply(&ns, Backend::Iptables, &tproxy)?;
@@ -774,12 +776,13 @@ fn policy_routes_follow_the_rulesets() -> Result<()> {
 /// address of an interface that came up included.
 #[test]
 fn ipv6_address_test_counts_link_local_but_not_loopback() -> Result<()> {
-    if !privileged("ipv6_address_test_counts_link_local_but_not_loopback") {
+    let Some((t, ns, dp)) = pod(
+        "ipv6_address_test_counts_link_local_but_not_loopback",
+        "v6addr",
+    )?
+    else {
         return Ok(());
-    }
-    let t = TestNs::new("v6addr")?;
-    let ns = t.open()?;
-    let dp = Dataplane::default();
+    };
     ensure!(t.exec("ip", &["-6", "addr"])?.contains("::1/128"));
     ensure!(!dp.has_ipv6_address(&ns)?, "only ::1 on lo");
 
@@ -808,12 +811,9 @@ fn ipv6_address_test_counts_link_local_but_not_loopback() -> Result<()> {
 
 #[test]
 fn inspect_shows_what_is_installed() -> Result<()> {
-    if !privileged("inspect_shows_what_is_installed") {
+    let Some((_t, ns, dp)) = pod("inspect_shows_what_is_installed", "inspect")? else {
         return Ok(());
-    }
-    let t = TestNs::new("inspect")?;
-    let ns = t.open()?;
-    let dp = Dataplane::default();
+    };
     let empty = dp.inspect(&ns)?;
     ensure!(!empty.has_meshcap_state(), "{empty}");
     ensure!(
@@ -913,12 +913,9 @@ fn parallel_pods_and_racing_add_del() -> Result<()> {
 
 #[test]
 fn nftables_lifecycle() -> Result<()> {
-    if !privileged("nftables_lifecycle") {
+    let Some((t, ns, dp)) = pod("nftables_lifecycle", "nft")? else {
         return Ok(());
-    }
-    let t = TestNs::new("nft")?;
-    let ns = t.open()?;
-    let dp = Dataplane::default();
+    };
     let rules = both(15001, true);
     ns.run(|| dp.backend_ready(Backend::Nftables))??;
     dp.apply(&ns, Backend::Nftables, &rules)?;

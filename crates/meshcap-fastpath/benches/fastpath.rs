@@ -24,7 +24,6 @@ use std::{
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::fd::AsFd,
     path::PathBuf,
-    process::Command,
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -35,6 +34,7 @@ use meshcap_fastpath::{
     agent::{self, AgentOptions},
     netns_cookie_at, testing, PinDir, PodFastPath,
 };
+use meshcap_testkit::ScratchNetns;
 
 const SMALL: usize = 64;
 const CHUNK: usize = 64 * 1024;
@@ -46,26 +46,15 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn sh(args: &[&str]) -> Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output()?;
-    ensure!(
-        out.status.success(),
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
+/// The bench's namespace and pin dir: the agent is uninstalled before the namespace goes.
 struct Env {
-    netns: String,
+    netns: ScratchNetns,
     pins: PathBuf,
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         let _ = agent::uninstall(&self.pins);
-        let _ = sh(&["ip", "netns", "del", &self.netns]);
     }
 }
 
@@ -191,8 +180,13 @@ fn main() -> Result<()> {
         println!("fastpath bench: run with `cargo bench -p meshcap-fastpath --bench fastpath`");
         return Ok(());
     }
-    if !nix::unistd::geteuid().is_root() || !agent::has_object() {
-        println!("fastpath bench skipped: needs root and MESHCAP_BUILD_EBPF=1");
+    // A benchmark is no test: it says why it cannot run and returns, also under `CI=true`.
+    let missing = meshcap_testkit::missing_root().or_else(|| {
+        (!agent::has_object())
+            .then(|| "built without the eBPF object (MESHCAP_BUILD_EBPF=1)".into())
+    });
+    if let Some(why) = missing {
+        println!("fastpath bench skipped: {why}");
         return Ok(());
     }
     let runs = env_or("MESHCAP_BENCH_RUNS", 7);
@@ -200,18 +194,11 @@ fn main() -> Result<()> {
     let mib = env_or("MESHCAP_BENCH_MIB", 256);
 
     let env = Env {
-        netns: format!("mcfp-bench-{}", std::process::id()),
+        netns: ScratchNetns::new("mcfp-bench")?,
         pins: PathBuf::from(format!("/sys/fs/bpf/meshcap-bench-{}", std::process::id())),
     };
-    let _ = sh(&["ip", "netns", "del", &env.netns]);
-    sh(&["ip", "netns", "add", &env.netns])?;
-    sh(&["ip", "-n", &env.netns, "link", "set", "lo", "up"])?;
-    sh(&[
-        &["ip", "netns", "exec", &env.netns][..],
-        testing::SIDECAR_REDIRECT,
-    ]
-    .concat())?;
-    let ns_path = PathBuf::from("/run/netns").join(&env.netns);
+    env.netns.exec(testing::SIDECAR_REDIRECT, None)?;
+    let ns_path = env.netns.path().to_owned();
     let _installed = agent::install(&AgentOptions {
         pin_dir: env.pins.clone(),
         ..AgentOptions::default()

@@ -176,27 +176,33 @@ pub mod testing {
 
     /// The capture the fast path accelerates, reduced to one rule (an `iptables` argv): every
     /// TCP connection not to 127.0.0.1 and not from the sidecar's uid 1337 goes to 15001.
-    pub const SIDECAR_REDIRECT: &[&str] = &[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "!",
-        "-d",
-        "127.0.0.1",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        "1337",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ];
+    pub const SIDECAR_REDIRECT: &[&str] = &redirect_rule("1337", "15001");
+
+    /// [`SIDECAR_REDIRECT`] for a mesh whose proxy runs as `proxy_uid` and captures outbound
+    /// on `port`.
+    pub const fn redirect_rule<'a>(proxy_uid: &'a str, port: &'a str) -> [&'a str; 19] {
+        [
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "!",
+            "-d",
+            "127.0.0.1",
+            "-m",
+            "owner",
+            "!",
+            "--uid-owner",
+            proxy_uid,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            port,
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -29,21 +29,20 @@ const PROXY_UID: u32 = 1337;
 
 /// Whether this privileged test can run; says why by name when not, and fails under CI=true.
 fn can_run(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("not running as root");
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        missing.push("the kernel has no BTF (/sys/kernel/btf/vmlinux)");
-    }
-    if !agent::has_object() {
-        missing.push("built without the eBPF object (MESHCAP_BUILD_EBPF=1)");
-    }
+    let missing: Vec<String> = [
+        meshcap_testkit::missing_root(),
+        (!Path::new("/sys/kernel/btf/vmlinux").exists())
+            .then(|| "the kernel has no BTF (/sys/kernel/btf/vmlinux)".into()),
+        (!agent::has_object())
+            .then(|| "built without the eBPF object (MESHCAP_BUILD_EBPF=1)".into()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if missing.is_empty() {
         return true;
     }
-    let why = missing.join("; ");
-    meshcap_testkit::skip_or_fail(test, &why);
+    meshcap_testkit::skip_or_fail(test, &missing.join("; "));
     false
 }
 
@@ -111,6 +110,33 @@ impl Pins {
 impl Drop for Pins {
     fn drop(&mut self) {
         let _ = agent::uninstall(&self.dir);
+    }
+}
+
+/// What every redirect test starts from: a pod's namespace with `capture` in place and the
+/// agent serving from a private pin dir. Fields drop in order: the agent goes before the
+/// namespace.
+struct Pod {
+    pin_dir: PinDir,
+    cookie: u64,
+    _installed: agent::Installed,
+    _pins: Pins,
+    netns: Netns,
+}
+
+impl Pod {
+    fn new(test: &str, capture: &[&str]) -> Result<Pod> {
+        let netns = Netns::new(test)?;
+        netns.exec(capture)?;
+        let pins = Pins::new(test);
+        let installed = agent::install(&pins.options())?;
+        Ok(Pod {
+            pin_dir: PinDir::new(&pins.dir),
+            cookie: netns_cookie_at(&netns.path())?,
+            _installed: installed,
+            _pins: pins,
+            netns,
+        })
     }
 }
 
@@ -341,12 +367,8 @@ fn sk_msg_redirect_carries_app_sidecar_traffic() -> Result<()> {
     if !can_run(TEST) {
         return Ok(());
     }
-    let netns = Netns::new("redir")?;
-    netns.exec(testing::SIDECAR_REDIRECT)?;
-    let pins = Pins::new("redir");
-    let _installed = agent::install(&pins.options())?;
-    let pin_dir = PinDir::new(&pins.dir);
-    let cookie = netns_cookie_at(&netns.path())?;
+    let pod = Pod::new("redir", testing::SIDECAR_REDIRECT)?;
+    let (netns, pin_dir, cookie) = (&pod.netns, &pod.pin_dir, pod.cookie);
     assert_ne!(cookie, testing::current_netns_cookie()?);
 
     const ROUNDS: usize = 256;
@@ -463,12 +485,8 @@ fn sk_msg_redirect_pairs_v6_app_socket_with_v4_sidecar() -> Result<()> {
     if !can_run(TEST) {
         return Ok(());
     }
-    let netns = Netns::new("mapped")?;
-    netns.exec(testing::SIDECAR_REDIRECT)?;
-    let pins = Pins::new("mapped");
-    let _installed = agent::install(&pins.options())?;
-    let pin_dir = PinDir::new(&pins.dir);
-    let cookie = netns_cookie_at(&netns.path())?;
+    let pod = Pod::new("mapped", testing::SIDECAR_REDIRECT)?;
+    let (netns, pin_dir, cookie) = (&pod.netns, &pod.pin_dir, pod.cookie);
     pin_dir.register(&PodFastPath::new(cookie))?;
 
     let sidecar = spawn_sidecar(&netns.path())?;
@@ -498,34 +516,9 @@ fn sk_msg_redirect_uses_the_pods_own_proxy_uid_and_ports() -> Result<()> {
     }
     const LINKERD_UID: u32 = 2102;
     const LINKERD_OUTBOUND: u16 = 4140;
-    let netns = Netns::new("linkerd")?;
-    let uid = LINKERD_UID.to_string();
-    let port = LINKERD_OUTBOUND.to_string();
-    netns.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "!",
-        "-d",
-        "127.0.0.1",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        &uid,
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &port,
-    ])?;
-    let pins = Pins::new("linkerd");
-    let _installed = agent::install(&pins.options())?;
-    let pin_dir = PinDir::new(&pins.dir);
-    let cookie = netns_cookie_at(&netns.path())?;
+    let (uid, port) = (LINKERD_UID.to_string(), LINKERD_OUTBOUND.to_string());
+    let pod = Pod::new("linkerd", &testing::redirect_rule(&uid, &port))?;
+    let (netns, pin_dir, cookie) = (&pod.netns, &pod.pin_dir, pod.cookie);
 
     // Istio's values: the app socket is taken, the sidecar's is not, nothing is spliced.
     pin_dir.register(&PodFastPath::new(cookie))?;

@@ -109,6 +109,58 @@ fn chain(name: &str, hook: Option<Hook>, rules: Vec<Rule>) -> Chain {
     }
 }
 
+// Matches as the fixture writes them, so that each rule reads as one line of its ruleset.
+
+fn dport(ports: &[u16]) -> Match {
+    Match::DestPort {
+        ports: ports.to_vec(),
+        negate: false,
+    }
+}
+
+fn src(s: &str) -> Match {
+    Match::Source {
+        net: net(s),
+        negate: false,
+    }
+}
+
+fn dst(s: &str) -> Match {
+    Match::Destination {
+        net: net(s),
+        negate: false,
+    }
+}
+
+fn uid(uid: u32) -> Match {
+    Match::UidOwner { uid, negate: false }
+}
+
+fn gid(gid: u32) -> Match {
+    Match::GidOwner { gid, negate: false }
+}
+
+fn mark(value: u32) -> Match {
+    Match::Mark {
+        value,
+        negate: false,
+    }
+}
+
+/// `m` negated (`!`): for the matches that have a negated form.
+fn not(mut m: Match) -> Match {
+    match &mut m {
+        Match::DestPort { negate, .. }
+        | Match::Source { negate, .. }
+        | Match::Destination { negate, .. }
+        | Match::UidOwner { negate, .. }
+        | Match::GidOwner { negate, .. }
+        | Match::Mark { negate, .. } => *negate = true,
+        other => panic!("{other:?} has no negated form"),
+    }
+    m
+}
+
 /// A capture-like ruleset that uses every Match and Target variant, in tables and hooks where
 /// the kernel accepts them (tproxy in mangle prerouting, redirect in nat, ct zone in raw).
 fn fixture(family: Family) -> Ruleset {
@@ -135,17 +187,7 @@ fn fixture(family: Family) -> Ruleset {
                 "MESHCAP_OUTPUT",
                 Some(Hook::Output),
                 vec![rule(
-                    vec![
-                        Match::Protocol(Proto::Udp),
-                        Match::DestPort {
-                            ports: vec![53],
-                            negate: false,
-                        },
-                        Match::UidOwner {
-                            uid: 1337,
-                            negate: false,
-                        },
-                    ],
+                    vec![Match::Protocol(Proto::Udp), dport(&[53]), uid(1337)],
                     Target::CtZone(1),
                 )],
             ),
@@ -194,34 +236,10 @@ fn fixture(family: Family) -> Ruleset {
                 "MESHCAP_INBOUND",
                 None,
                 vec![
+                    rule(vec![tcp(), dport(&[15008])], Target::Return),
+                    rule(vec![tcp(), mark(1337)], Target::Accept),
                     rule(
-                        vec![
-                            tcp(),
-                            Match::DestPort {
-                                ports: vec![15008],
-                                negate: false,
-                            },
-                        ],
-                        Target::Return,
-                    ),
-                    rule(
-                        vec![
-                            tcp(),
-                            Match::Mark {
-                                value: 1337,
-                                negate: false,
-                            },
-                        ],
-                        Target::Accept,
-                    ),
-                    rule(
-                        vec![
-                            tcp(),
-                            Match::DestPort {
-                                ports: vec![15020, 15021, 15090],
-                                negate: true,
-                            },
-                        ],
+                        vec![tcp(), not(dport(&[15020, 15021, 15090]))],
                         Target::Jump("MESHCAP_TPROXY".into()),
                     ),
                 ],
@@ -230,13 +248,7 @@ fn fixture(family: Family) -> Ruleset {
                 "MESHCAP_TPROXY",
                 None,
                 vec![rule(
-                    vec![
-                        tcp(),
-                        Match::Destination {
-                            net: net(loopback),
-                            negate: true,
-                        },
-                    ],
+                    vec![tcp(), not(dst(loopback))],
                     Target::Tproxy {
                         port: 15006,
                         mark: 1337,
@@ -248,17 +260,7 @@ fn fixture(family: Family) -> Ruleset {
                 Some(Hook::Output),
                 vec![
                     rule(
-                        vec![
-                            tcp(),
-                            Match::GidOwner {
-                                gid: 1337,
-                                negate: true,
-                            },
-                            Match::Mark {
-                                value: 1337,
-                                negate: true,
-                            },
-                        ],
+                        vec![tcp(), not(gid(1337)), not(mark(1337))],
                         Target::SetMark(0x10),
                     ),
                     rule(vec![], Target::SaveMark),
@@ -278,24 +280,12 @@ fn fixture(family: Family) -> Ruleset {
                 "MESHCAP_INBOUND",
                 None,
                 vec![
-                    rule(
-                        vec![
-                            tcp(),
-                            Match::DestPort {
-                                ports: vec![15008],
-                                negate: false,
-                            },
-                        ],
-                        Target::Return,
-                    ),
+                    rule(vec![tcp(), dport(&[15008])], Target::Return),
                     rule(
                         vec![
                             tcp(),
                             Match::InInterface { name: "lo".into() },
-                            Match::DestPort {
-                                ports: vec![22, 15020],
-                                negate: true,
-                            },
+                            not(dport(&[22, 15020])),
                         ],
                         Target::Redirect { port: 15006 },
                     ),
@@ -306,29 +296,14 @@ fn fixture(family: Family) -> Ruleset {
                 Some(Hook::Output),
                 vec![
                     rule(
-                        vec![
-                            Match::Source {
-                                net: net(passthrough),
-                                negate: false,
-                            },
-                            Match::OutInterface { name: "lo".into() },
-                        ],
+                        vec![src(passthrough), Match::OutInterface { name: "lo".into() }],
                         Target::Return,
                     ),
                     rule(
-                        vec![Match::UidOwner {
-                            uid: 1337,
-                            negate: true,
-                        }],
+                        vec![not(uid(1337))],
                         Target::Jump("MESHCAP_REDIRECT".into()),
                     ),
-                    rule(
-                        vec![Match::GidOwner {
-                            gid: 1337,
-                            negate: false,
-                        }],
-                        Target::Return,
-                    ),
+                    rule(vec![gid(1337)], Target::Return),
                     rule(
                         vec![Match::UidOwnerRange {
                             first: 1000,
@@ -336,27 +311,9 @@ fn fixture(family: Family) -> Ruleset {
                         }],
                         Target::Return,
                     ),
-                    rule(
-                        vec![Match::Destination {
-                            net: net(odd),
-                            negate: true,
-                        }],
-                        Target::Return,
-                    ),
-                    rule(
-                        vec![Match::Source {
-                            net: net(wide),
-                            negate: true,
-                        }],
-                        Target::Return,
-                    ),
-                    rule(
-                        vec![Match::Destination {
-                            net: net(host),
-                            negate: false,
-                        }],
-                        Target::Drop,
-                    ),
+                    rule(vec![not(dst(odd))], Target::Return),
+                    rule(vec![not(src(wide))], Target::Return),
+                    rule(vec![dst(host)], Target::Drop),
                 ],
             ),
             chain(

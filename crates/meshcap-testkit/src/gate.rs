@@ -25,9 +25,12 @@ pub fn missing_root() -> Option<String> {
 /// Why a test that needs root and `tools` (found in `$PATH`, `/usr/sbin`, `/sbin` or
 /// `/usr/bin`) cannot run here, if it cannot.
 pub fn missing_root_or_tools(tools: &[&str]) -> Option<String> {
-    if let Some(why) = missing_root() {
-        return Some(why);
-    }
+    missing_root().or_else(|| missing_tools(tools))
+}
+
+/// Why a test that needs `tools` (found in `$PATH`, `/usr/sbin`, `/sbin` or `/usr/bin`) cannot
+/// run here, if it cannot.
+pub fn missing_tools(tools: &[&str]) -> Option<String> {
     let dirs: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
         .collect();

@@ -19,7 +19,7 @@ pub mod plugin;
 pub mod scratch;
 pub mod wait;
 
-pub use gate::{ci, missing_root, missing_root_or_tools, skip_or_fail};
+pub use gate::{ci, missing_root, missing_root_or_tools, missing_tools, skip_or_fail};
 pub use netns::{run_checked, ScratchNetns};
 pub use plugin::{cni_env, run_plugin, PluginRun};
 pub use scratch::ScratchDir;

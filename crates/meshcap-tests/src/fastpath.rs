@@ -38,8 +38,8 @@ const LINK_SOCK_OPS: &str = "link_sockops";
 /// Why the fast path cannot run here, if it cannot: root, kernel BTF and the built `meshcap`
 /// binary (which must embed the real eBPF object; [`shared`] reports it when it does not).
 pub fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (bpf(2), cgroup attach)".into());
+    if let Some(why) = meshcap_testkit::missing_root() {
+        return Some(format!("{why} (bpf(2), cgroup attach)"));
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());

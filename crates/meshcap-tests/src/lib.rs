@@ -90,8 +90,8 @@ pub use meshcap_testkit::{missing_root_or_tools, skip_or_fail};
 
 /// The first reason the privileged tests cannot run here, if any.
 pub fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (network namespaces, netfilter)".into());
+    if let Some(why) = meshcap_testkit::missing_root() {
+        return Some(format!("{why} (network namespaces, netfilter)"));
     }
     for plugin in ["bridge", "host-local", "loopback"] {
         let p = bins::reference_plugin_dir().join(plugin);

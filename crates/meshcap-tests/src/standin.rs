@@ -232,12 +232,7 @@ fn handle_tcp(name: &str, port: u16, mut conn: TcpStream, sink: &Mutex<File>) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    let token = String::from_utf8_lossy(&buf)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let token = first_line(&buf);
     write_record(
         sink,
         &Record {
@@ -253,18 +248,23 @@ fn handle_tcp(name: &str, port: u16, mut conn: TcpStream, sink: &Mutex<File>) {
     let _ = conn.write_all(b"ok\n");
 }
 
+/// The token a client sent: the first line of what it sent, trimmed.
+fn first_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
 fn handle_udp(name: &str, port: u16, sock: UdpSocket, sink: &Mutex<File>) {
     let mut buf = [0u8; 1500];
     loop {
         let Ok((n, peer)) = sock.recv_from(&mut buf) else {
             continue;
         };
-        let token = String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let token = first_line(&buf[..n]);
         write_record(
             sink,
             &Record {

@@ -18,29 +18,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use meshcap_testkit::{missing_tools, ScratchDir};
 use meshcap_tests::{missing_root_or_tools, skip_or_fail};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("meshcap-deploy-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 fn ok(out: Output, what: &str) -> String {
@@ -54,7 +37,7 @@ fn ok(out: Output, what: &str) -> String {
 }
 
 /// `kubectl kustomize` of the base with `components`, as YAML documents.
-fn render(s: &Scratch, components: &[&str]) -> Vec<serde_yaml::Value> {
+fn render(s: &ScratchDir, components: &[&str]) -> Vec<serde_yaml::Value> {
     let overlay = s.0.join(components.join("-"));
     fs::create_dir_all(&overlay).unwrap();
     // kustomize refuses absolute roots; the overlay names the base relative to itself.
@@ -146,10 +129,10 @@ fn host_path(ds: &Value, volume: &str) -> String {
 #[test]
 fn kustomize_base_and_components_render() {
     const TEST: &str = "kustomize_base_and_components_render";
-    if let Some(why) = tools_missing(&["kubectl"]) {
+    if let Some(why) = missing_tools(&["kubectl"]) {
         return skip_or_fail(TEST, &why);
     }
-    let s = Scratch::new("kustomize");
+    let s = ScratchDir::new("deploy-kustomize");
     let base = daemonset(&render(&s, &[]));
     let spec = &base["spec"]["template"]["spec"];
     let (init, agent) = (&spec["initContainers"][0], &spec["containers"][0]);
@@ -219,16 +202,6 @@ fn kustomize_base_and_components_render() {
     }
 }
 
-fn tools_missing(tools: &[&str]) -> Option<String> {
-    let dirs: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .chain(["/usr/sbin".into(), "/usr/bin".into()])
-        .collect();
-    tools
-        .iter()
-        .find(|t| !dirs.iter().any(|d| d.join(t).exists()))
-        .map(|t| format!("`{t}` is not installed"))
-}
-
 /// The static binaries the image is built from.
 fn static_dir() -> Result<PathBuf, String> {
     let dir = std::env::var_os("MESHCAP_STATIC_DIR")
@@ -289,7 +262,7 @@ fn image_builds_offline_and_sets_up_a_host_root() {
         Ok(d) => d,
         Err(why) => return skip_or_fail(TEST, &why),
     };
-    let s = Scratch::new("image");
+    let s = ScratchDir::new("deploy-image");
     let pid = std::process::id();
     let objects = PodmanObjects {
         image: format!("localhost/meshcap-deploy-test:{pid}"),

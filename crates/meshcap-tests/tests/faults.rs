@@ -541,27 +541,13 @@ fn ip6tables_restore_failure_rolls_back_v4() {
         "ip6tables-nft-restore",
         "cat >/dev/null\necho 'injected failure: ip6tables-restore refused the batch' >&2\nexit 1",
     );
-    let before = snapshot(&f.pod.ns);
-    let out = f.run(
-        "ADD",
-        f.pod.ns.path(),
-        &f.config(),
-        &path_with(&wrappers),
-        &[],
-    );
-    expect_error(
-        out,
-        100,
+    // v4 goes in first (Family::ALL order) and must be gone again, with the TPROXY routing.
+    add_fails_leaving_nothing(
+        &f,
+        &wrappers,
         &["ip6tables-nft-restore", "injected failure", "apply"],
         "ADD with a failing ip6tables-restore",
     );
-    // v4 went in first (Family::ALL order) and must be gone again, with the TPROXY routing.
-    assert_unchanged(
-        &before,
-        &snapshot(&f.pod.ns),
-        "ADD with a failing ip6tables-restore",
-    );
-    f.assert_no_records("");
 }
 
 #[test]
@@ -570,26 +556,28 @@ fn iptables_restore_dying_after_first_table_leaves_namespace_as_before() {
     privileged!(TEST);
     let f = Fixture::new("midrestore", json!({"mode": "iptables"}), meshed(true)).expect("fixture");
     let (wrappers, marker) = dying_restore_wrapper(&f, "wrappers-mid");
+    add_fails_leaving_nothing(
+        &f,
+        &wrappers,
+        &["iptables-nft-restore", "injected failure"],
+        "ADD with iptables-restore dying mid-restore",
+    );
+    assert!(marker.exists(), "the wrapper never ran");
+}
+
+/// ADD with the programs in `wrappers` first in `PATH` fails (code 100, `needles` in the
+/// error) and leaves the pod's namespace as it was and no record behind.
+fn add_fails_leaving_nothing(f: &Fixture, wrappers: &Path, needles: &[&str], what: &str) {
     let before = snapshot(&f.pod.ns);
     let out = f.run(
         "ADD",
         f.pod.ns.path(),
         &f.config(),
-        &path_with(&wrappers),
+        &path_with(wrappers),
         &[],
     );
-    expect_error(
-        out,
-        100,
-        &["iptables-nft-restore", "injected failure"],
-        "ADD with iptables-restore dying mid-restore",
-    );
-    assert!(marker.exists(), "the wrapper never ran");
-    assert_unchanged(
-        &before,
-        &snapshot(&f.pod.ns),
-        "ADD with iptables-restore dying mid-restore",
-    );
+    expect_error(out, 100, needles, what);
+    assert_unchanged(&before, &snapshot(&f.pod.ns), what);
     f.assert_no_records("");
 }
 

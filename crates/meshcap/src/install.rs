@@ -658,15 +658,7 @@ mod tests {
         }
     }
 
-    const FLANNEL: &str = r#"{
-  "name": "cbr0",
-  "cniVersion": "0.3.1",
-  "plugins": [
-    {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-"#;
+    const FLANNEL: &str = include_str!("../tests/fixtures/flannel.conflist");
 
     #[test]
     fn istio_defaults_and_read_pod_are_written_validated() {

@@ -16,31 +16,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshcap_testkit::{cni_env, run_plugin, ScratchNetns};
+use meshcap_testkit::{cni_env, run_plugin, ScratchDir, ScratchNetns};
 use meshcap_tests::agent_process::AgentProcess;
 use meshcap_tests::skip_or_fail;
 use serde_json::{json, Value};
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 
-/// A scratch directory, removed on drop even when the test fails.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("meshcap-agent-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        for sub in ["net.d", "bin", "state", "cache/results"] {
-            fs::create_dir_all(p.join(sub)).unwrap();
-        }
-        Scratch(p)
+/// A node's directories for one test: CNI config and binaries, the plugin's state and the
+/// libcni cache, in a directory removed on drop even when the test fails.
+fn scratch(test: &str) -> ScratchDir {
+    let s = ScratchDir::new(&format!("agent-{test}"));
+    for sub in ["net.d", "bin", "state", "cache/results"] {
+        fs::create_dir_all(s.0.join(sub)).unwrap();
     }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+    s
 }
 
 /// A running agent ([`AgentProcess`]) over the scratch dir's config, bin, state and cache dirs;
@@ -48,7 +38,7 @@ impl Drop for Scratch {
 struct Agent(AgentProcess);
 
 impl Agent {
-    fn start(s: &Scratch, extra: &[&str]) -> Agent {
+    fn start(s: &ScratchDir, extra: &[&str]) -> Agent {
         let mut cmd = Command::new(MESHCAP);
         cmd.arg("agent")
             .arg("--no-fast-path")
@@ -87,15 +77,54 @@ impl Agent {
     }
 }
 
-const FLANNEL: &str = r#"{
-  "name": "cbr0",
-  "cniVersion": "0.3.1",
-  "plugins": [
-    {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
+const FLANNEL: &str = include_str!("fixtures/flannel.conflist");
+
+/// Flannel's conflist in the scratch dir's `net.d` and a plugin binary to install: a node before
+/// `meshcap install`. Returns the conflist's path.
+fn flannel_node(s: &ScratchDir) -> PathBuf {
+    let conf = s.0.join("net.d/10-flannel.conflist");
+    fs::write(&conf, FLANNEL).unwrap();
+    fs::write(s.0.join("fake-plugin"), b"#!plugin").unwrap();
+    conf
 }
-"#;
+
+/// `meshcap install` of the fake plugin into the scratch dir's `net.d` and `bin`, with `extra`
+/// arguments; asserts that it succeeded.
+fn install(s: &ScratchDir, extra: &[&str]) {
+    let install = Command::new(MESHCAP)
+        .arg("install")
+        .arg("--cni-conf-dir")
+        .arg(s.0.join("net.d"))
+        .arg("--cni-bin-dir")
+        .arg(s.0.join("bin"))
+        .arg("--plugin-binary")
+        .arg(s.0.join("fake-plugin"))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+}
+
+/// The settings the config-watch tests install with: a node setting the agent must keep.
+fn install_nftables_excluding_infra(s: &ScratchDir) {
+    let log = s.0.join("meshcap-cni.log");
+    let log = log.to_str().unwrap();
+    install(
+        s,
+        &[
+            "--mode",
+            "nftables",
+            "--exclude-namespace",
+            "infra",
+            "--log-file",
+            log,
+        ],
+    );
+}
 
 fn plugin_types(file: &Path) -> Vec<String> {
     let v: Value = serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap();
@@ -120,10 +149,8 @@ fn rewrite_as_other_component(file: &Path, text: &str) {
 /// leaves meshcap last in the chain, once, when the loop stops.
 #[test]
 fn conflist_rewritten_in_a_loop_by_another_component() {
-    let s = Scratch::new("rewrite-loop");
-    let conf = s.0.join("net.d/10-flannel.conflist");
-    fs::write(&conf, FLANNEL).unwrap();
-    fs::write(s.0.join("fake-plugin"), b"#!plugin").unwrap();
+    let s = scratch("rewrite-loop");
+    let conf = flannel_node(&s);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rewrites = {
         let (stop, conf) = (stop.clone(), conf.clone());
@@ -137,24 +164,7 @@ fn conflist_rewritten_in_a_loop_by_another_component() {
             n
         })
     };
-    let install = Command::new(MESHCAP)
-        .arg("install")
-        .arg("--cni-conf-dir")
-        .arg(s.0.join("net.d"))
-        .arg("--cni-bin-dir")
-        .arg(s.0.join("bin"))
-        .arg("--plugin-binary")
-        .arg(s.0.join("fake-plugin"))
-        .args(["--mode", "nftables", "--exclude-namespace", "infra"])
-        .arg("--log-file")
-        .arg(s.0.join("meshcap-cni.log"))
-        .output()
-        .unwrap();
-    assert!(
-        install.status.success(),
-        "{}",
-        String::from_utf8_lossy(&install.stderr)
-    );
+    install_nftables_excluding_infra(&s);
     let mut agent = Agent::start(
         &s,
         &["--watch-interval-ms", "50", "--repair-interval-ms", "200"],
@@ -188,28 +198,9 @@ fn conflist_rewritten_in_a_loop_by_another_component() {
 
 #[test]
 fn config_rewrite_by_another_component_is_undone_and_counted() {
-    let s = Scratch::new("watch");
-    let conf = s.0.join("net.d/10-flannel.conflist");
-    fs::write(&conf, FLANNEL).unwrap();
-    fs::write(s.0.join("fake-plugin"), b"#!plugin").unwrap();
-    let install = Command::new(MESHCAP)
-        .arg("install")
-        .arg("--cni-conf-dir")
-        .arg(s.0.join("net.d"))
-        .arg("--cni-bin-dir")
-        .arg(s.0.join("bin"))
-        .arg("--plugin-binary")
-        .arg(s.0.join("fake-plugin"))
-        .args(["--mode", "nftables", "--exclude-namespace", "infra"])
-        .arg("--log-file")
-        .arg(s.0.join("meshcap-cni.log"))
-        .output()
-        .unwrap();
-    assert!(
-        install.status.success(),
-        "{}",
-        String::from_utf8_lossy(&install.stderr)
-    );
+    let s = scratch("watch");
+    let conf = flannel_node(&s);
+    install_nftables_excluding_infra(&s);
     let installed: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
     let entry = installed["plugins"][2].clone();
     assert_eq!(entry["type"], "meshcap-cni");
@@ -317,10 +308,8 @@ fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)>
 
 #[test]
 fn probes_follow_the_install_and_idle_clients_never_block_a_scrape() {
-    let s = Scratch::new("probes");
-    let conf = s.0.join("net.d/10-flannel.conflist");
-    fs::write(&conf, FLANNEL).unwrap();
-    fs::write(s.0.join("fake-plugin"), b"#!plugin").unwrap();
+    let s = scratch("probes");
+    flannel_node(&s);
     let agent = Agent::start(&s, &["--watch-interval-ms", "100"]);
     let addr = agent.0.addr();
 
@@ -352,17 +341,7 @@ fn probes_follow_the_install_and_idle_clients_never_block_a_scrape() {
         );
     }
 
-    let install = Command::new(MESHCAP)
-        .arg("install")
-        .arg("--cni-conf-dir")
-        .arg(s.0.join("net.d"))
-        .arg("--cni-bin-dir")
-        .arg(s.0.join("bin"))
-        .arg("--plugin-binary")
-        .arg(s.0.join("fake-plugin"))
-        .output()
-        .unwrap();
-    assert!(install.status.success(), "{install:?}");
+    install(&s, &[]);
     assert_eq!(get(addr, "/readyz").unwrap(), (200, "ready\n".to_owned()));
 
     // The idle clients were cut off by the request deadline, not left holding threads.
@@ -524,7 +503,7 @@ fn privileged_flushed_rules_are_repaired_and_capture_works_again() {
     let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
         return;
     };
-    let s = Scratch::new("repair");
+    let s = scratch("repair");
     let state = s.0.join("state");
     // (mode, container id, namespace, how another component wipes the rules)
     let pods = [
@@ -650,7 +629,7 @@ fn privileged_a_pod_gone_without_del_is_reclaimed() {
     let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
         return;
     };
-    let s = Scratch::new("reclaim");
+    let s = scratch("reclaim");
     let state = s.0.join("state");
     let kept = Netns::create("mcagent-kept");
     let gone = Netns::create("mcagent-gone");
@@ -757,7 +736,7 @@ fn privileged_linkerd_and_kuma_pods_are_repaired_with_their_own_rules() {
     let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
         return;
     };
-    let s = Scratch::new("repair-meshes");
+    let s = scratch("repair-meshes");
     let state = s.0.join("state");
     let kuma_config = "cniMode: true\nkumaDPUser: \"5678\"\nredirect:\n  inbound:\n    enabled: true\n    port: 15006\n  outbound:\n    enabled: true\n    port: 15001\n";
     // (mesh, mode, container id, namespace, annotations, outbound port, chain prefix, flush)
@@ -901,7 +880,7 @@ fn privileged_repair_racing_del_leaves_nothing_behind() {
     let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
         return;
     };
-    let s = Scratch::new("race");
+    let s = scratch("race");
     let state = s.0.join("state");
     let agent = Agent::start(
         &s,
@@ -1071,7 +1050,7 @@ fn privileged_pods_of_the_previous_release_are_checked_deleted_and_upgraded() {
     };
     let marker = "meshcap rules format 2";
     for mode in ["iptables", "nftables"] {
-        let s = Scratch::new(&format!("upgrade-{mode}"));
+        let s = scratch(&format!("upgrade-{mode}"));
         let state = s.0.join("state");
         let record = |cid: &str| state.join("agentnet").join(format!("{cid}@eth0.json"));
         let ns = Netns::create(&format!("mcupgrade-{}", &mode[..3]));
@@ -1200,7 +1179,7 @@ fn privileged_pods_of_the_previous_release_are_checked_deleted_and_upgraded() {
 
 /// A libcni results-cache entry as Go libcni 1.2's `cacheAdd` writes it after the ADD of
 /// network list `conflist` (`config` is the base64 of the conflist bytes).
-fn write_cache_entry(s: &Scratch, cid: &str, netns: &str, conflist: &Value, annotations: Value) {
+fn write_cache_entry(s: &ScratchDir, cid: &str, netns: &str, conflist: &Value, annotations: Value) {
     use base64::Engine as _;
     let entry = json!({
         "kind": "cniCacheV1",
@@ -1233,7 +1212,7 @@ fn privileged_pods_set_up_before_install_are_adopted_once_and_released() {
     let Some(plugin) = privileged_prerequisites(TEST, &["ip", "nft"]) else {
         return;
     };
-    let s = Scratch::new("adopt");
+    let s = scratch("adopt");
     fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
     let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
     let meshcap = json!({
@@ -1338,7 +1317,7 @@ fn privileged_linkerd_and_kuma_pods_set_up_before_install_are_adopted() {
     let Some(plugin) = privileged_prerequisites(TEST, &["ip", "iptables", "nft"]) else {
         return;
     };
-    let s = Scratch::new("adopt-meshes");
+    let s = scratch("adopt-meshes");
     fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
     let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
     let meshcap = json!({
@@ -1457,7 +1436,7 @@ fn privileged_agent_killed_in_the_middle_of_an_adoption_recovers() {
         return;
     };
     for mode in ["iptables", "nftables"] {
-        let s = Scratch::new(&format!("killed-{mode}"));
+        let s = scratch(&format!("killed-{mode}"));
         fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
         let primary =
             json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
@@ -1669,7 +1648,7 @@ fn privileged_corrupt_cache_entries_and_a_full_state_dir() {
     let Some(plugin) = privileged_prerequisites(TEST, &["ip", "nft", "mount"]) else {
         return;
     };
-    let s = Scratch::new("faults");
+    let s = scratch("faults");
     let _state_fs = Tmpfs::mount(&s.0.join("state"), "256k");
     fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
     let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});

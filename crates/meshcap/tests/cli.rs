@@ -4,14 +4,16 @@
 use std::fs;
 use std::process::{Command, Stdio};
 
+use meshcap_testkit::ScratchDir;
+
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 
 const BRIDGE: &str = r#"{"cniVersion":"1.0.0","name":"podnet","plugins":[{"type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"10.88.0.0/16"}}]}"#;
 
 #[test]
 fn install_refuses_invalid_mode_or_selection_before_writing_anything() {
-    let dir = std::env::temp_dir().join(format!("meshcap-cli-refuse-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
+    let scratch = ScratchDir::new("cli-refuse");
+    let dir = scratch.path().to_owned();
     fs::create_dir_all(dir.join("net.d")).unwrap();
     let conf = dir.join("net.d/10-bridge.conflist");
     fs::write(&conf, BRIDGE).unwrap();
@@ -39,7 +41,6 @@ fn install_refuses_invalid_mode_or_selection_before_writing_anything() {
         assert!(!dir.join("bin").exists(), "{bad:?} installed the binary");
         assert_eq!(fs::read_dir(dir.join("net.d")).unwrap().count(), 1);
     }
-    let _ = fs::remove_dir_all(&dir);
 }
 
 /// stdout and stderr into a pipe whose reader is already gone, as after `meshcap ... | head`
@@ -81,8 +82,8 @@ fn run_into_closed_stdout(args: &[String]) -> (std::process::ExitStatus, String)
 
 #[test]
 fn every_subcommand_ends_quietly_in_a_closed_pipe() {
-    let dir = std::env::temp_dir().join(format!("meshcap-cli-pipe-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
+    let scratch = ScratchDir::new("cli-pipe");
+    let dir = scratch.path().to_owned();
     fs::create_dir_all(dir.join("net.d")).unwrap();
     fs::write(dir.join("net.d/10-bridge.conflist"), BRIDGE).unwrap();
     fs::write(dir.join("plugin"), b"#!plugin").unwrap();
@@ -137,17 +138,16 @@ fn every_subcommand_ends_quietly_in_a_closed_pipe() {
         vec!["agent".into(), "--help".into()],
         vec!["node".into(), "--help".into()],
     ];
-    if nix::unistd::geteuid().is_root() {
-        cases.push(vec![
+    match meshcap_testkit::missing_root() {
+        None => cases.push(vec![
             "inspect".into(),
             "--netns".into(),
             "/proc/self/ns/net".into(),
-        ]);
-    } else {
-        meshcap_testkit::skip_or_fail(
+        ]),
+        Some(why) => meshcap_testkit::skip_or_fail(
             "every_subcommand_ends_quietly_in_a_closed_pipe (inspect)",
-            "needs root to read a network namespace's rules",
-        );
+            &format!("{why}: reading a network namespace's rules needs it"),
+        ),
     }
     for args in &cases {
         let (status, stderr) = run_into_closed_stdout(args);
@@ -168,7 +168,6 @@ fn every_subcommand_ends_quietly_in_a_closed_pipe() {
         "{:?}",
         out.status
     );
-    let _ = fs::remove_dir_all(&dir);
 }
 
 /// The agent (`agent` and `node agent`) logs to stderr: when its log reader goes away it keeps
@@ -176,8 +175,8 @@ fn every_subcommand_ends_quietly_in_a_closed_pipe() {
 #[test]
 fn the_agent_keeps_running_when_its_log_reader_is_gone() {
     use std::io::{Read as _, Write as _};
-    let dir = std::env::temp_dir().join(format!("meshcap-cli-agent-pipe-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
+    let scratch = ScratchDir::new("cli-agent-pipe");
+    let dir = scratch.path().to_owned();
     fs::create_dir_all(dir.join("net.d")).unwrap();
     fs::create_dir_all(dir.join("host/opt/cni/bin")).unwrap();
     fs::create_dir_all(dir.join("host/etc/cni/net.d")).unwrap();
@@ -269,7 +268,6 @@ fn the_agent_keeps_running_when_its_log_reader_is_gone() {
         let status = child.wait().unwrap();
         assert!(status.success(), "{what}: {status:?}");
     }
-    let _ = fs::remove_dir_all(&dir);
 }
 
 /// `meshcap uninstall` on a node whose DaemonSet still runs: the agent's periodic re-install
@@ -278,11 +276,8 @@ fn the_agent_keeps_running_when_its_log_reader_is_gone() {
 #[test]
 fn a_running_node_agent_leaves_an_uninstall_done() {
     use std::time::{Duration, Instant};
-    let dir = std::env::temp_dir().join(format!(
-        "meshcap-cli-uninstall-under-agent-{}",
-        std::process::id()
-    ));
-    let _ = fs::remove_dir_all(&dir);
+    let scratch = ScratchDir::new("cli-uninstall-under-agent");
+    let dir = scratch.path().to_owned();
     let host = dir.join("host");
     let conf = host.join("etc/cni/net.d");
     let bin = host.join("opt/cni/bin");
@@ -369,5 +364,4 @@ fn a_running_node_agent_leaves_an_uninstall_done() {
         log.contains("not re-installing"),
         "the agent says why it leaves the node alone:\n{log}"
     );
-    let _ = fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use meshcap_dataplane::{Backend, PodNetns};
 use meshcap_model::{Annotations, RedirectModel};
-use meshcap_testkit::ScratchNetns;
+use meshcap_testkit::{ScratchDir, ScratchNetns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshcap");
 
@@ -28,12 +28,13 @@ fn render(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Writes `contents` to a file of this test process's own (`name` keeps tests apart); the
-/// caller removes it.
-fn scratch_file(name: &str, contents: &str) -> PathBuf {
-    let file = std::env::temp_dir().join(format!("meshcap-render-{}-{name}", std::process::id()));
+/// Writes `contents` to a file `name` in a scratch directory of its own; the directory goes when
+/// the guard drops, also when the test fails.
+fn scratch_file(name: &str, contents: &str) -> (ScratchDir, PathBuf) {
+    let dir = ScratchDir::new(&format!("render-{name}"));
+    let file = dir.path().join(name);
     std::fs::write(&file, contents).unwrap();
-    file
+    (dir, file)
 }
 
 /// Compares with a golden file; `MESHCAP_BLESS=1` rewrites it.
@@ -86,7 +87,7 @@ fn injected_deployment_golden_iptables_and_nftables() {
 
 #[test]
 fn selection_and_errors() {
-    let file = scratch_file(
+    let (_scratch, file) = scratch_file(
         "m.yaml",
         r#"apiVersion: v1
 kind: ConfigMap
@@ -112,7 +113,6 @@ spec:
 "#,
     );
     let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
-    std::fs::remove_file(&file).unwrap();
     assert!(out.contains("# ConfigMap cfg: carries no pod"), "{out}");
     assert!(out.contains("# Secret s: carries no pod"), "{out}");
     assert!(
@@ -336,7 +336,7 @@ fn deploy_manifests() {
 /// process of the app bypass outbound capture.
 #[test]
 fn tproxy_pod_with_run_as_user_zero_exempts_1337_not_root() {
-    let manifest = scratch_file(
+    let (_scratch, manifest) = scratch_file(
         "uid0.yaml",
         r#"apiVersion: v1
 kind: Pod
@@ -367,7 +367,6 @@ spec:
             .any(|l| l.contains("--uid-owner 0 ") || l.contains("skuid 0 "));
         assert!(!exempts_root, "{format} exempts uid 0:\n{out}");
     }
-    std::fs::remove_file(&manifest).unwrap();
 }
 
 /// Linkerd and Kuma pods: `-f` takes the node's `linkerd` and `kuma` settings as the plugin
@@ -412,7 +411,7 @@ fn linkerd_and_kuma_pods_with_the_nodes_settings() {
     let mut in_shop: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(kuma).unwrap()).unwrap();
     in_shop["metadata"]["namespace"] = "shop".into();
-    let file = scratch_file("kuma.json", &in_shop.to_string());
+    let (_scratch, file) = scratch_file("kuma.json", &in_shop.to_string());
     let file_arg = file.to_str().unwrap();
     let (code, out, _) = render(&[
         "-f",
@@ -421,7 +420,6 @@ fn linkerd_and_kuma_pods_with_the_nodes_settings() {
         r#"{"exclude_namespaces": ["shop"]}"#,
     ]);
     let (code2, out2, _) = render(&["-f", file_arg]);
-    std::fs::remove_file(&file).unwrap();
     assert_eq!((code, code2), (0, 0));
     assert!(
         out.contains("# not captured (kuma-cni would skip it): namespace shop is excluded"),
@@ -487,9 +485,8 @@ fn a_kuma_dry_run_renders_nothing_unless_its_config_is_bad() {
     let key = "traffic.kuma.io/transparent-proxy-config";
     let yaml = format!("{}\ndryRun: true\n", annotations[key].as_str().unwrap());
     annotations[key] = yaml.into();
-    let file = scratch_file("kuma-dry-run.json", &pod.to_string());
+    let (_scratch, file) = scratch_file("kuma-dry-run.json", &pod.to_string());
     let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
-    std::fs::remove_file(&file).unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("# not captured: "), "{out}");
     assert!(!out.contains("# captured"), "{out}");
@@ -509,9 +506,8 @@ fn kuma_dualstack_pod_without_an_ipv6_address_says_why_it_has_no_ipv6_rules() {
     let mut pod: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(&dualstack).unwrap()).unwrap();
     pod["status"]["podIPs"] = serde_json::json!([{"ip": "10.244.0.5"}, {"ip": "fd00::5"}]);
-    let file = scratch_file("kuma-dualstack.json", &pod.to_string());
+    let (_scratch, file) = scratch_file("kuma-dualstack.json", &pod.to_string());
     let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
-    std::fs::remove_file(&file).unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains(NOTE), "{out}");
     assert!(out.contains("ip6tables-restore"), "{out}");
@@ -549,7 +545,7 @@ fn values_read_otherwise_are_explained() {
     ] {
         assert!(out.contains(line), "{line:?} missing:\n{out}");
     }
-    let file = scratch_file(
+    let (_scratch, file) = scratch_file(
         "notes.yaml",
         r#"apiVersion: v1
 kind: Pod
@@ -566,7 +562,6 @@ spec:
 "#,
     );
     let (code, out, err) = render(&["--family", "v4", "-f", file.to_str().unwrap()]);
-    std::fs::remove_file(&file).unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
@@ -583,7 +578,7 @@ spec:
 /// without the Namespace, render says what it cannot show.
 #[test]
 fn linkerd_pods_take_unset_settings_from_their_namespace_in_the_manifest() {
-    let file = scratch_file(
+    let (_scratch, file) = scratch_file(
         "linkerd-namespace.yaml",
         r#"apiVersion: v1
 kind: Namespace
@@ -616,7 +611,6 @@ spec:
 "#,
     );
     let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
-    std::fs::remove_file(&file).unwrap();
     assert_eq!(code, 0, "{err}");
     let (in_shop, elsewhere) = out
         .split_once("# Pod other/web-1")
@@ -674,9 +668,8 @@ fn an_istio_pods_own_addresses_decide_its_families() {
         ("no-status", "", None, true),
     ];
     for (name, status, note, v6) in cases {
-        let file = scratch_file(&format!("families-{name}.yaml"), &pod(status));
+        let (_scratch, file) = scratch_file(&format!("families-{name}.yaml"), &pod(status));
         let (code, out, err) = render(&["-f", file.to_str().unwrap()]);
-        std::fs::remove_file(&file).unwrap();
         assert_eq!(code, 0, "{name}: {err}");
         assert!(out.contains("# iptables-restore"), "{name}: {out}");
         assert_eq!(out.contains("# ip6tables-restore"), v6, "{name}: {out}");
