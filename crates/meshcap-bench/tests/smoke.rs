@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use meshcap_testkit::ScratchDir;
 use serde_json::Value;
 
 /// The plugin to benchmark when the test can run here (root, the plugin binary, which
@@ -25,6 +26,30 @@ fn runnable(test: &str, plugin: Result<PathBuf, String>) -> Option<PathBuf> {
     };
     meshcap_testkit::skip_or_fail(test, &why);
     None
+}
+
+/// Runs `meshcap-bench` on `plugin` with `args` (words split on spaces) and asserts that it
+/// succeeded; returns its stdout and the JSON report, written to a scratch directory.
+fn run_bench(scratch: &str, plugin: &Path, args: &str) -> (String, Value) {
+    let scratch = ScratchDir::new(scratch);
+    let json = scratch.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshcap-bench"))
+        .arg("--plugin")
+        .arg(plugin)
+        .arg("--json")
+        .arg(&json)
+        .args(args.split_whitespace())
+        .output()
+        .expect("running meshcap-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "meshcap-bench failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(&json).expect("reading the JSON report");
+    (stdout, serde_json::from_str(&report).unwrap())
 }
 
 #[test]
@@ -44,32 +69,10 @@ fn bench_smoke_tiny_configuration() {
         return;
     };
 
-    let json =
-        std::env::temp_dir().join(format!("meshcap-bench-smoke-{}.json", std::process::id()));
-    let out = Command::new(bench)
-        .arg("--plugin")
-        .arg(&plugin)
-        .arg("--json")
-        .arg(&json)
-        .args(["--runs", "2", "--parallel", "3", "--parallel-rounds", "1"])
-        .args([
-            "--datapath-secs",
-            "0.1",
-            "--datapath-rounds",
-            "1",
-            "--scale",
-            "4",
-        ])
-        .output()
-        .expect("running meshcap-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = std::fs::read_to_string(&json);
-    let _ = std::fs::remove_file(&json);
-    assert!(
-        out.status.success(),
-        "meshcap-bench failed ({}):\n{stdout}\n{stderr}",
-        out.status
+    let (stdout, r) = run_bench(
+        "bench-smoke",
+        &plugin,
+        "--runs 2 --parallel 3 --parallel-rounds 1 --datapath-secs 0.1 --datapath-rounds 1 --scale 4",
     );
     for heading in [
         "ADD latency",
@@ -84,7 +87,6 @@ fn bench_smoke_tiny_configuration() {
         );
     }
 
-    let r: Value = serde_json::from_str(&report.expect("reading the JSON report")).unwrap();
     assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
     assert!(r["machine"]["kernel"]
         .as_str()
@@ -164,7 +166,6 @@ fn bench_smoke_tiny_configuration() {
 #[test]
 fn bench_add_with_the_shipped_static_plugin() {
     const TEST: &str = "bench_add_with_the_shipped_static_plugin";
-    let bench = Path::new(env!("CARGO_BIN_EXE_meshcap-bench"));
     let plugin = std::env::var_os("MESHCAP_STATIC_PLUGIN")
         .map(PathBuf::from)
         .ok_or_else(|| {
@@ -174,27 +175,11 @@ fn bench_add_with_the_shipped_static_plugin() {
     let Some(plugin) = runnable(TEST, plugin) else {
         return;
     };
-    let json =
-        std::env::temp_dir().join(format!("meshcap-bench-static-{}.json", std::process::id()));
-    let out = Command::new(bench)
-        .arg("--plugin")
-        .arg(&plugin)
-        .arg("--json")
-        .arg(&json)
-        .args(["--sections", "add,parallel", "--runs", "3"])
-        .args(["--parallel", "8", "--parallel-rounds", "1"])
-        .output()
-        .expect("running meshcap-bench");
-    let report = std::fs::read_to_string(&json);
-    let _ = std::fs::remove_file(&json);
-    assert!(
-        out.status.success(),
-        "meshcap-bench failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (_, r) = run_bench(
+        "bench-static",
+        &plugin,
+        "--sections add,parallel --runs 3 --parallel 8 --parallel-rounds 1",
     );
-    let r: Value = serde_json::from_str(&report.expect("reading the JSON report")).unwrap();
     assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
     assert_eq!(r["machine"]["plugin_linkage"], "static", "{r:#}");
     assert_eq!(r["machine"]["state_dir_fs"], "tmpfs", "{r:#}");

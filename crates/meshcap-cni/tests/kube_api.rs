@@ -178,7 +178,7 @@ impl Run {
 
 /// Scratch directory (state, kubeconfig), removed on drop.
 fn scratch(test: &str) -> Scratch {
-    Scratch::new("meshcap-kube", test)
+    Scratch::new(&format!("kube-{test}"))
 }
 
 /// A fake API server answering `routes`, a scratch directory named after `test`, and the
@@ -193,12 +193,12 @@ fn serve(test: &str, routes: Vec<(String, Vec<Reply>)>) -> (FakeApi, Scratch, St
 impl Scratch {
     /// A kubeconfig for `server` with a tokenFile (relative, as kubectl resolves it).
     fn kubeconfig(&self, server: &str) -> String {
-        let path = write_kubeconfig(&self.0, server, TOKEN, TokenFile::Relative).unwrap();
+        let path = write_kubeconfig(self.path(), server, TOKEN, TokenFile::Relative).unwrap();
         path.to_str().unwrap().to_string()
     }
 
     fn records(&self) -> usize {
-        fs::read_dir(self.0.join("state").join("meshnet"))
+        fs::read_dir(self.path().join("state").join("meshnet"))
             .map(|rd| rd.count())
             .unwrap_or(0)
     }
@@ -206,7 +206,7 @@ impl Scratch {
     /// The attachment record of the pod in `netns` (one per namespace, see [`Scratch::invoke`]).
     fn record(&self, netns: &str) -> Value {
         let path = self
-            .0
+            .path()
             .join("state")
             .join("meshnet")
             .join(format!("{}@eth0.json", container_id(netns)));
@@ -1672,7 +1672,7 @@ fn tls_server(dir: &std::path::Path, routes: Vec<(String, Vec<Reply>)>) -> FakeA
 fn tls_api_server_with_the_node_kubeconfig() {
     const TEST: &str = "tls_api_server_with_the_node_kubeconfig";
     let s = scratch("tls");
-    if make_certs(&s.0).is_none() {
+    if make_certs(s.path()).is_none() {
         return skip_or_fail(
             TEST,
             "the openssl CLI is not available to make test certificates",
@@ -1681,18 +1681,18 @@ fn tls_api_server_with_the_node_kubeconfig() {
     let opted_out = injected_pod_with("shop", "web-0", |p| {
         p["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false")
     });
-    let api = tls_server(&s.0, vec![serves(pod_path("shop", "web-0"), opted_out)]);
+    let api = tls_server(s.path(), vec![serves(pod_path("shop", "web-0"), opted_out)]);
 
     // `meshcap node` writes the kubeconfig from a service-account mount with this function
     // (its end to end run in the image: crates/meshcap-tests/tests/deploy.rs).
-    let host = s.0.join("host");
+    let host = s.path().join("host");
     let kc = host.join("etc/cni/net.d/meshcap-kubeconfig");
     meshcap_records::node_kubeconfig::write(
         &kc,
         "127.0.0.1",
         &api.addr().port().to_string(),
         TOKEN,
-        &fs::read(s.0.join("ca.crt")).unwrap(),
+        &fs::read(s.path().join("ca.crt")).unwrap(),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -1718,7 +1718,7 @@ fn tls_api_server_with_the_node_kubeconfig() {
     );
 
     // A kubeconfig that trusts another CA fails closed at once: no retry can fix it.
-    let other = s.0.join("other-kubeconfig");
+    let other = s.path().join("other-kubeconfig");
     let text = fs::read_to_string(&kc).unwrap();
     let ca_line = text
         .lines()
@@ -1727,7 +1727,7 @@ fn tls_api_server_with_the_node_kubeconfig() {
     let other_ca = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD
-            .encode(fs::read(s.0.join("other-ca.crt")).unwrap())
+            .encode(fs::read(s.path().join("other-ca.crt")).unwrap())
     };
     fs::write(
         &other,

@@ -1056,8 +1056,8 @@ COMMIT
 
     #[test]
     fn the_journal_reads_back_what_was_written() {
-        let dir = std::env::temp_dir().join(format!("meshcap-journal-{}", std::process::id()));
-        let path = dir.join("pending/xtables-1-2");
+        let dir = meshcap_testkit::ScratchDir::new("journal");
+        let path = dir.path().join("pending/xtables-1-2");
         assert_eq!(Journal::read(&path), Vec::new(), "no journal: nothing");
         let entries = vec![
             CreatedTable {
@@ -1090,15 +1090,13 @@ COMMIT
         Journal::drop(&path);
         assert_eq!(Journal::read(&path), Vec::new());
         Journal::drop(&path);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A writer killed in its write leaves a cut last line: only the complete lines count.
     #[test]
     fn a_cut_journal_line_is_ignored() {
-        let dir = std::env::temp_dir().join(format!("meshcap-journal-cut-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("xtables-1-2");
+        let dir = meshcap_testkit::ScratchDir::new("journal-cut");
+        let path = dir.path().join("xtables-1-2");
         std::fs::write(
             &path,
             "ipv4 nat table PREROUTING OUTPUT\nipv6 mangle chains PRE",
@@ -1115,7 +1113,6 @@ COMMIT
         );
         std::fs::write(&path, "ipv4 nat table PRE").unwrap();
         assert_eq!(Journal::read(&path), Vec::new());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     // An apply may create meshcap's tables that are absent, and the built-in chains its jumps

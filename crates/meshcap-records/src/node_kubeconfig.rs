@@ -77,9 +77,8 @@ mod tests {
 
     #[test]
     fn kubeconfig_is_0600_and_brackets_ipv6() {
-        let dir = std::env::temp_dir().join(format!("meshcap-node-kc-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let path = dir.join("net.d").join("meshcap-kubeconfig");
+        let dir = meshcap_testkit::ScratchDir::new("node-kc");
+        let path = dir.path().join("net.d").join("meshcap-kubeconfig");
         write(&path, "fd00::1", "443", "tok", b"CA").unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("server: https://[fd00::1]:443"), "{text}");
@@ -89,6 +88,5 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(write(&path, "h", "443", "", b"CA").is_err());
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
-        let _ = fs::remove_dir_all(&dir);
     }
 }

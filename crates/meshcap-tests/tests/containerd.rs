@@ -43,6 +43,7 @@ use k8s_cri::v1::{
     StatusRequest, StopPodSandboxRequest,
 };
 use meshcap_fastpath::PinDir;
+use meshcap_testkit::ScratchDir;
 use meshcap_tests::agent_process::AgentProcess;
 use meshcap_tests::{bins, missing_root_or_tools, skip_or_fail};
 use serde_json::{json, Value};
@@ -69,7 +70,8 @@ fn istio_annotations() -> BTreeMap<String, String> {
 
 /// Everything of the test's own containerd; stopped and removed on drop.
 struct Node {
-    dir: PathBuf,
+    /// Removed after `Drop` has stopped containerd and unmounted what it mounted below it.
+    dir: ScratchDir,
     containerd: Option<Child>,
     image: String,
     network: String,
@@ -81,22 +83,21 @@ struct Node {
 
 impl Node {
     fn sock(&self) -> PathBuf {
-        self.dir.join("containerd.sock")
+        self.dir.path().join("containerd.sock")
     }
     fn conf_dir(&self) -> PathBuf {
-        self.dir.join("net.d")
+        self.dir.path().join("net.d")
     }
     fn bin_dir(&self) -> PathBuf {
-        self.dir.join("bin")
+        self.dir.path().join("bin")
     }
     fn state_dir(&self) -> PathBuf {
-        self.dir.join("run/attachments")
+        self.dir.path().join("run/attachments")
     }
 
     fn new() -> Node {
         let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("meshcap-cri-{pid}"));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = ScratchDir::new("cri");
         for sub in [
             "net.d",
             "bin",
@@ -106,7 +107,7 @@ impl Node {
             "image/ctx/bin",
             "records",
         ] {
-            fs::create_dir_all(dir.join(sub)).unwrap();
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
         let node = Node {
             image: format!("localhost/meshcap-cri-test:{pid}"),
@@ -137,14 +138,14 @@ impl Node {
                 "plugins": [{
                     "type": "bridge", "bridge": node.bridge, "isGateway": true, "isDefaultGateway": true,
                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.251.0.0/24"}]],
-                             "dataDir": node.dir.join("ipam")}
+                             "dataDir": node.dir.path().join("ipam")}
                 }]
             }))
             .unwrap(),
         )
         .unwrap();
         fs::write(
-            node.dir.join("config.toml"),
+            node.dir.path().join("config.toml"),
             format!(
                 r#"version = 2
 root = "{root}"
@@ -174,10 +175,10 @@ state = "{state}"
     conf_dir = "{conf}"
     max_conf_num = 1
 "#,
-                root = node.dir.join("root").display(),
-                state = node.dir.join("state").display(),
+                root = node.dir.path().join("root").display(),
+                state = node.dir.path().join("state").display(),
                 sock = node.sock().display(),
-                dir = node.dir.display(),
+                dir = node.dir.path().display(),
                 image = node.image,
                 bin = node.bin_dir().display(),
                 conf = node.conf_dir().display(),
@@ -193,11 +194,11 @@ state = "{state}"
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("containerd.log"))
+            .open(self.dir.path().join("containerd.log"))
             .unwrap();
         let child = Command::new("containerd")
             .arg("--config")
-            .arg(self.dir.join("config.toml"))
+            .arg(self.dir.path().join("config.toml"))
             // The plugin's records stay in this test's dir: containerd's environment is the
             // plugin's.
             .env("MESHCAP_STATE_DIR", self.state_dir())
@@ -294,7 +295,7 @@ state = "{state}"
     }
 
     fn containerd_log(&self) -> String {
-        let text = fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let text = fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
@@ -318,7 +319,7 @@ state = "{state}"
     /// The sandbox and app image: busybox-static only, built by podman with no network and
     /// imported into containerd with `ctr` (no registry anywhere).
     fn build_and_import_image(&self) {
-        let ctx = self.dir.join("image/ctx");
+        let ctx = self.dir.path().join("image/ctx");
         fs::copy("/bin/busybox", ctx.join("bin/busybox")).unwrap();
         fs::write(
             ctx.join("Containerfile"),
@@ -341,7 +342,7 @@ state = "{state}"
             &self.image,
             ctx.to_str().unwrap(),
         ]);
-        let archive = self.dir.join("image/image.tar");
+        let archive = self.dir.path().join("image/image.tar");
         podman(&[
             "save",
             "--format",
@@ -365,7 +366,11 @@ state = "{state}"
         }
     }
 
-    fn sandbox_config(name: &str, annotations: BTreeMap<String, String>) -> PodSandboxConfig {
+    fn sandbox_config(
+        &self,
+        name: &str,
+        annotations: BTreeMap<String, String>,
+    ) -> PodSandboxConfig {
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -374,10 +379,7 @@ state = "{state}"
                 attempt: 0,
             }),
             hostname: name.into(),
-            log_directory: std::env::temp_dir()
-                .join(format!("meshcap-cri-{}/logs", std::process::id()))
-                .display()
-                .to_string(),
+            log_directory: self.dir.path().join("logs").display().to_string(),
             annotations: annotations.into_iter().collect(),
             linux: Some(LinuxPodSandboxConfig::default()),
             ..Default::default()
@@ -386,7 +388,7 @@ state = "{state}"
 
     /// RunPodSandbox as the kubelet calls it; returns the sandbox id and how long it took.
     fn run_pod(&mut self, name: &str, annotations: BTreeMap<String, String>) -> (String, Duration) {
-        let config = Self::sandbox_config(name, annotations);
+        let config = self.sandbox_config(name, annotations);
         let started = Instant::now();
         let reply = self.rt.block_on(
             self.cri
@@ -403,7 +405,7 @@ state = "{state}"
             Err(e) => panic!(
                 "RunPodSandbox {name}: {e}\ncontainerd log:\n{}\nplugin log:\n{}",
                 self.containerd_log(),
-                fs::read_to_string(self.dir.join("cni.log")).unwrap_or_default()
+                fs::read_to_string(self.dir.path().join("cni.log")).unwrap_or_default()
             ),
         };
         self.pods.push(id.clone());
@@ -455,7 +457,7 @@ state = "{state}"
     /// Runs the app container in the sandbox: it sends `token` to [`REMOTE`] with busybox nc,
     /// as uid 1000, and exits.
     fn app_dials(&mut self, sandbox: &str, name: &str, token: &str) {
-        let sandbox_config = Self::sandbox_config(name, istio_annotations());
+        let sandbox_config = self.sandbox_config(name, istio_annotations());
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: format!("app-{token}"),
@@ -514,7 +516,7 @@ state = "{state}"
                 .status
                 .unwrap();
             if status.state == ContainerState::ContainerExited as i32 {
-                let log = fs::read_to_string(self.dir.join(format!("logs/app-{token}.log")))
+                let log = fs::read_to_string(self.dir.path().join(format!("logs/app-{token}.log")))
                     .unwrap_or_default();
                 eprintln!("app {token} exited {}: {log}", status.exit_code);
                 return;
@@ -536,12 +538,11 @@ impl Drop for Node {
         // The shims of anything left, then the mounts under the test's root.
         let _ = Command::new("umount")
             .arg("-R")
-            .arg(self.dir.join("state"))
+            .arg(self.dir.path().join("state"))
             .output();
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -741,7 +742,7 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
         // Install into the running containerd's conf dir; no restart.
         let conf_dir = node.conf_dir();
         let bin_dir = node.bin_dir();
-        let log_file = node.dir.join("cni.log");
+        let log_file = node.dir.path().join("cni.log");
         let mut install = vec![
             "install".to_owned(),
             "--cni-conf-dir".into(),
@@ -776,8 +777,11 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
             Some(pins) => agent_cmd.arg("--pin-dir").arg(pins),
             None => agent_cmd.arg("--no-fast-path"),
         };
-        let agent = AgentProcess::start(agent_cmd, &node.dir.join(format!("agent-{mode}.log")))
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let agent = AgentProcess::start(
+            agent_cmd,
+            &node.dir.path().join(format!("agent-{mode}.log")),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         if let Some(pins) = m.pins() {
             wait_until(
                 &format!("{mode}: the agent pinned the fast path"),
@@ -826,7 +830,7 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
             || agent.log().contains(&format!("shop/meshed-{mode}")),
         );
 
-        let records_dir = node.dir.join("records");
+        let records_dir = node.dir.path().join("records");
         let sidecar = Sidecar::start(&meshed_ns, &records_dir, &format!("meshed-{mode}"));
         let plain_sidecar = Sidecar::start(&plain_ns, &records_dir, &format!("plain-{mode}"));
         let counters_before = m.pins().map(|p| p.status(None).unwrap().counters);
@@ -990,7 +994,7 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
         // It also unpins the fast path (this mode's own pins; elsewhere a directory that was
         // never pinned) and removes the plugin's run state (a scratch run dir here, so the
         // suite's shared /run/meshcap is left alone).
-        let no_pins = node.dir.join("no-pins");
+        let no_pins = node.dir.path().join("no-pins");
         let pins = m.fast_path.as_deref().unwrap_or(&no_pins);
         meshcap(&[
             "uninstall",
@@ -1001,7 +1005,7 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
             "--state-dir",
             node.state_dir().to_str().unwrap(),
             "--run-dir",
-            node.dir.join("run").to_str().unwrap(),
+            node.dir.path().join("run").to_str().unwrap(),
             "--pin-dir",
             pins.to_str().unwrap(),
         ]);
@@ -1032,7 +1036,7 @@ fn containerd_cri_pods_through_install_adoption_repair_restart_and_uninstall() {
         figures.push((mode, median(&without), median(&with)));
     }
 
-    let whole_log = fs::read_to_string(node.dir.join("containerd.log")).unwrap_or_default();
+    let whole_log = fs::read_to_string(node.dir.path().join("containerd.log")).unwrap_or_default();
     assert!(
         !whole_log.contains("failed to find plugin"),
         "{}",

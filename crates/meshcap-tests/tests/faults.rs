@@ -58,6 +58,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use meshcap_testkit::ScratchDir;
 use meshcap_tests::chain::{parse_output, run_with_timeout, Chain, PluginError, RawOutput};
 use meshcap_tests::flows::{INTERCEPTION_MODE, STATUS, STATUS_VALUE};
 use meshcap_tests::netns::Netns;
@@ -775,10 +776,8 @@ fn a_template_the_kernel_refuses_falls_back_to_the_restore() {
         "traffic.sidecar.istio.io/excludeOutboundPorts".to_string(),
         "31337".to_string(),
     );
-    let log = std::env::temp_dir().join(format!(
-        "meshcap-refused-template-{}.log",
-        std::process::id()
-    ));
+    let scratch = ScratchDir::new("refused-template");
+    let log = scratch.path().join("meshcap.log");
     let conf = json!({"mode": "iptables", "log_level": "debug", "log_file": log});
     let first = Fixture::new("tmplok", conf.clone(), ann.clone()).expect("fixture");
     expect_success(first.run_plain("ADD", &first.config()), "first ADD");
@@ -805,7 +804,6 @@ fn a_template_the_kernel_refuses_falls_back_to_the_restore() {
     let seen = std::fs::read_to_string(&log).unwrap_or_default().len();
     expect_success(second.run_plain("ADD", &second.config()), "second ADD");
     let text = std::fs::read_to_string(&log).unwrap();
-    let _ = std::fs::remove_file(&log);
     assert!(
         text[seen..].contains("xtables templates not taken"),
         "the refused template was not reported:\n{}",

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use meshcap_model::mesh::istio::{resolve, NodeDefaults};
 use meshcap_model::pod::PodView;
 use meshcap_model::Families;
+use meshcap_testkit::ScratchDir;
 use meshcap_tests::conformance::{self, read_repo_file, repo_root};
 use meshcap_tests::istio_cases::{cases, Case, NFT_ONLY, ORPHAN_GOLDENS};
 use meshcap_tests::peer::{self, Fam, Flat};
@@ -314,11 +315,10 @@ fn istio_goldens_through_render_f() {
             )
         }
     };
-    let dir = std::env::temp_dir().join(format!("meshcap-peer-render-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("peer-render");
     let mut results = BTreeMap::new();
     for case in applicable() {
-        let file = dir.join(format!("{}.yaml", case.name));
+        let file = dir.path().join(format!("{}.yaml", case.name));
         std::fs::write(&file, case.pod().to_string()).unwrap();
         let family = if case.ipv6 { "both" } else { "v4" };
         let run = |format: &str| -> String {
@@ -339,7 +339,6 @@ fn istio_goldens_through_render_f() {
         diffs.extend(compare(&case, "render -f nftables", &exp, &nft));
         results.insert(case.id(), diffs);
     }
-    let _ = std::fs::remove_dir_all(&dir);
     judge(results);
 }
 
@@ -369,7 +368,7 @@ fn through_add(test: &str, cases: &[Case]) -> Option<BTreeMap<String, Vec<String
             return None;
         }
     };
-    let state = std::env::temp_dir().join(format!("meshcap-{test}-{}", std::process::id()));
+    let state = ScratchDir::new(test);
     let mut results = BTreeMap::new();
     for case in cases {
         let mut diffs = Vec::new();
@@ -388,16 +387,15 @@ fn through_add(test: &str, cases: &[Case]) -> Option<BTreeMap<String, Vec<String
                 "prevResult": {"cniVersion": "1.0.0",
                     "interfaces": [{"name": "eth0", "sandbox": path}], "ips": ips},
             });
-            let add = conformance::invoke(&plugin, "ADD", &path, &state, None, &config);
+            let add = conformance::invoke(&plugin, "ADD", &path, state.path(), None, &config);
             assert!(add.0, "{} {mode}: ADD failed: {}", case.name, add.1);
             let actual = conformance::read_back(&ns, mode);
             diffs.extend(compare(case, &format!("ADD, {mode}"), &exp, &actual));
-            let del = conformance::invoke(&plugin, "DEL", &path, &state, None, &config);
+            let del = conformance::invoke(&plugin, "DEL", &path, state.path(), None, &config);
             assert!(del.0, "{} {mode}: DEL failed: {}", case.name, del.1);
         }
         results.insert(case.id(), diffs);
     }
-    let _ = std::fs::remove_dir_all(&state);
     Some(results)
 }
 

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use meshcap_model::mesh::{self, istio::NodeDefaults, linkerd::LinkerdNode, Mesh};
 use meshcap_model::pod::PodView;
+use meshcap_testkit::ScratchDir;
 use meshcap_tests::conformance::{self, repo_root};
 use meshcap_tests::peer::{Fam, Flat};
 use serde_json::{json, Value};
@@ -368,7 +369,7 @@ fn linkerd_and_kuma_fixtures_through_add() {
     else {
         return;
     };
-    let state = std::env::temp_dir().join(format!("meshcap-mesh-peer-add-{}", std::process::id()));
+    let state = ScratchDir::new("mesh-peer-add");
     let mut results = BTreeMap::new();
     for f in fixtures() {
         let cni_args = format!(
@@ -406,8 +407,14 @@ fn linkerd_and_kuma_fixtures_through_add() {
                 if let Some(linkerd) = &f.linkerd {
                     config["linkerd"] = linkerd.clone();
                 }
-                let add =
-                    conformance::invoke(&plugin, "ADD", &path, &state, Some(&cni_args), &config);
+                let add = conformance::invoke(
+                    &plugin,
+                    "ADD",
+                    &path,
+                    state.path(),
+                    Some(&cni_args),
+                    &config,
+                );
                 assert!(add.0, "{case} {mode}: ADD failed: {}", add.1);
                 let actual = conformance::read_back(&ns, mode);
                 diffs.extend(compare(&f, shape, &format!("ADD, {mode}"), &actual));
@@ -419,8 +426,14 @@ fn linkerd_and_kuma_fixtures_through_add() {
                     has_v6_rules && f.mesh == Mesh::Kuma,
                     "{case} {mode}: ::6/128 on lo"
                 );
-                let del =
-                    conformance::invoke(&plugin, "DEL", &path, &state, Some(&cni_args), &config);
+                let del = conformance::invoke(
+                    &plugin,
+                    "DEL",
+                    &path,
+                    state.path(),
+                    Some(&cni_args),
+                    &config,
+                );
                 assert!(del.0, "{case} {mode}: DEL failed: {}", del.1);
                 let after = conformance::read_back(&ns, mode);
                 assert!(
@@ -435,7 +448,6 @@ fn linkerd_and_kuma_fixtures_through_add() {
             results.insert(case, diffs);
         }
     }
-    let _ = std::fs::remove_dir_all(&state);
     conformance::judge("linkerd and kuma (ADD)", PENDING, results);
 }
 
@@ -449,7 +461,7 @@ fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
     else {
         return;
     };
-    let state = std::env::temp_dir().join(format!("meshcap-kuma-dry-run-{}", std::process::id()));
+    let state = ScratchDir::new("kuma-dry-run");
     let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=dry";
     let annotations = json!({
         "kuma.io/sidecar-injected": "true",
@@ -465,7 +477,7 @@ fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
             json!(PodShape::DualStack.prev_result_ips()),
         );
         config["log_level"] = json!("debug");
-        let add = conformance::invoke(&plugin, "ADD", &path, &state, Some(cni_args), &config);
+        let add = conformance::invoke(&plugin, "ADD", &path, state.path(), Some(cni_args), &config);
         assert!(add.0, "{mode}: ADD failed: {}", add.1);
         assert!(
             add.1.contains("dryRun"),
@@ -478,14 +490,20 @@ fn a_kuma_dry_run_starts_the_pod_with_nothing_installed() {
             "{mode}: a dry run installed {rules:?}"
         );
         assert!(!lo_has_passthrough_v6(&ns), "{mode}: ::6/128 on lo");
-        let check = conformance::invoke(&plugin, "CHECK", &path, &state, Some(cni_args), &config);
+        let check = conformance::invoke(
+            &plugin,
+            "CHECK",
+            &path,
+            state.path(),
+            Some(cni_args),
+            &config,
+        );
         assert!(check.0, "{mode}: CHECK failed: {}", check.1);
         // DEL leaves the namespace alone, as for any pod that was never captured.
-        let del = conformance::invoke(&plugin, "DEL", &path, &state, Some(cni_args), &config);
+        let del = conformance::invoke(&plugin, "DEL", &path, state.path(), Some(cni_args), &config);
         assert!(del.0, "{mode}: DEL failed: {}", del.1);
         assert!(del.1.contains("never captured"), "{mode}: {}", del.1);
     }
-    let _ = std::fs::remove_dir_all(&state);
 }
 
 /// A Kuma pod whose DNS capture is limited to the servers of a resolv.conf keeps the servers
@@ -498,10 +516,9 @@ fn a_kuma_pods_nameservers_are_the_ones_add_read() {
     else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("meshcap-kuma-resolv-{}", std::process::id()));
-    let state = dir.join("state");
-    std::fs::create_dir_all(&dir).unwrap();
-    let resolv = dir.join("resolv.conf");
+    let dir = ScratchDir::new("kuma-resolv");
+    let state = dir.path().join("state");
+    let resolv = dir.path().join("resolv.conf");
     let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=dns";
     let annotations = json!({
         "kuma.io/sidecar-injected": "true",
@@ -541,7 +558,6 @@ fn a_kuma_pods_nameservers_are_the_ones_add_read() {
         let del = conformance::invoke(&plugin, "DEL", &path, &state, Some(cni_args), &config);
         assert!(del.0, "{mode}: DEL failed: {}", del.1);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The network configuration a runtime streams for a pod in `netns` whose annotations the
@@ -593,7 +609,7 @@ fn kuma_virtual_network_traffic_goes_to_the_proxy() {
     let Some(plugin) = privileged_plugin(TEST, &["ip", "iptables-save", "nft"]) else {
         return;
     };
-    let state = std::env::temp_dir().join(format!("meshcap-mesh-vnet-{}", std::process::id()));
+    let state = ScratchDir::new("mesh-vnet");
     let config_yaml = "cniMode: true\nipFamilyMode: ipv4\nredirect:\n  vnet:\n    networks:\n    - docker+:172.17.0.0/16\n";
     let annotations = json!({
         "kuma.io/sidecar-injected": "true",
@@ -667,7 +683,7 @@ fn kuma_virtual_network_traffic_goes_to_the_proxy() {
             json!([{"address": "10.244.0.5/24", "interface": 0}]),
         );
         let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=vnet";
-        let add = conformance::invoke(&plugin, "ADD", &path, &state, Some(cni_args), &config);
+        let add = conformance::invoke(&plugin, "ADD", &path, state.path(), Some(cni_args), &config);
         assert!(add.0, "{mode}: ADD failed: {}", add.1);
 
         assert!(dial("10.99.0.1:80"), "{mode}: out of the network");
@@ -691,8 +707,7 @@ fn kuma_virtual_network_traffic_goes_to_the_proxy() {
             "{mode}: DNS from the network at 15053: {got:?}"
         );
 
-        let del = conformance::invoke(&plugin, "DEL", &path, &state, Some(cni_args), &config);
+        let del = conformance::invoke(&plugin, "DEL", &path, state.path(), Some(cni_args), &config);
         assert!(del.0, "{mode}: DEL failed: {}", del.1);
     }
-    let _ = std::fs::remove_dir_all(&state);
 }

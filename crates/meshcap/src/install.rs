@@ -609,22 +609,25 @@ fn remove_if_present(file: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
-    impl TempDir {
+    /// A node's CNI config and binary directories and a plugin to install, in a scratch
+    /// directory.
+    struct NodeDirs(meshcap_testkit::ScratchDir);
+    impl NodeDirs {
         fn new(name: &str) -> Self {
-            let p =
-                std::env::temp_dir().join(format!("meshcap-install-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(p.join("net.d")).unwrap();
-            fs::create_dir_all(p.join("bin")).unwrap();
-            fs::write(p.join("meshcap-cni"), b"#!plugin").unwrap();
-            TempDir(p)
+            let dirs = NodeDirs(meshcap_testkit::ScratchDir::new(&format!("install-{name}")));
+            fs::create_dir_all(dirs.join("net.d")).unwrap();
+            fs::create_dir_all(dirs.join("bin")).unwrap();
+            fs::write(dirs.join("meshcap-cni"), b"#!plugin").unwrap();
+            dirs
+        }
+        fn join(&self, path: impl AsRef<Path>) -> PathBuf {
+            self.0.path().join(path)
         }
         fn args(&self) -> InstallArgs {
             InstallArgs {
-                cni_conf_dir: self.0.join("net.d"),
-                cni_bin_dir: self.0.join("bin"),
-                plugin_binary: Some(self.0.join("meshcap-cni")),
+                cni_conf_dir: self.join("net.d"),
+                cni_bin_dir: self.join("bin"),
+                plugin_binary: Some(self.join("meshcap-cni")),
                 mode: "nftables".into(),
                 selection: "injected".into(),
                 exclude_namespaces: vec!["kube-system".into()],
@@ -636,25 +639,20 @@ mod tests {
                 kuma: Vec::new(),
                 ebpf: false,
                 ebpf_pin_dir: None,
-                log_file: self.0.join("log/meshcap-cni.log"),
+                log_file: self.join("log/meshcap-cni.log"),
                 log_file_max_bytes: None,
             }
         }
         fn uargs(&self) -> UninstallArgs {
             UninstallArgs {
-                cni_conf_dir: self.0.join("net.d"),
-                cni_bin_dir: self.0.join("bin"),
-                state_dir: self.0.join("run/attachments"),
+                cni_conf_dir: self.join("net.d"),
+                cni_bin_dir: self.join("bin"),
+                state_dir: self.join("run/attachments"),
                 grace_ms: 0,
-                run_dir: self.0.join("run"),
-                pin_dir: self.0.join("bpf/meshcap"),
+                run_dir: self.join("run"),
+                pin_dir: self.join("bpf/meshcap"),
                 keep_fast_path: false,
             }
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
         }
     }
 
@@ -662,7 +660,7 @@ mod tests {
 
     #[test]
     fn istio_defaults_and_read_pod_are_written_validated() {
-        let t = TempDir::new("istio-defaults");
+        let t = NodeDirs::new("istio-defaults");
         let mut args = t.args();
         args.istio_defaults = vec![
             "dns_capture=true".into(),
@@ -690,7 +688,7 @@ mod tests {
 
     #[test]
     fn meshes_and_mesh_settings_are_written_validated() {
-        let t = TempDir::new("mesh-settings");
+        let t = NodeDirs::new("mesh-settings");
         let mut args = t.args();
         args.meshes = vec!["linkerd".into(), "kuma".into()];
         args.linkerd = vec![
@@ -750,7 +748,7 @@ mod tests {
 
     #[test]
     fn ebpf_pin_dir_is_written_only_when_given() {
-        let t = TempDir::new("pin-dir");
+        let t = NodeDirs::new("pin-dir");
         let mut args = t.args();
         args.ebpf = true;
         assert_eq!(
@@ -766,7 +764,7 @@ mod tests {
 
     #[test]
     fn log_file_max_bytes_is_written_only_when_given() {
-        let t = TempDir::new("log-max");
+        let t = NodeDirs::new("log-max");
         let mut args = t.args();
         assert!(plugin_entry(&args)
             .unwrap()
@@ -778,12 +776,12 @@ mod tests {
 
     #[test]
     fn install_twice_gives_one_entry_last_and_uninstall_restores_bytes() {
-        let t = TempDir::new("twice");
-        let conf = t.0.join("net.d/10-flannel.conflist");
+        let t = NodeDirs::new("twice");
+        let conf = t.join("net.d/10-flannel.conflist");
         fs::write(&conf, FLANNEL).unwrap();
         fs::set_permissions(&conf, fs::Permissions::from_mode(0o640)).unwrap();
         // A later file in lexical order is not the primary.
-        fs::write(t.0.join("net.d/99-other.conflist"), FLANNEL).unwrap();
+        fs::write(t.join("net.d/99-other.conflist"), FLANNEL).unwrap();
         for _ in 0..2 {
             assert_eq!(install(&t.args()).unwrap(), conf);
         }
@@ -793,51 +791,51 @@ mod tests {
         assert_eq!(plugins[2]["type"], PLUGIN_TYPE);
         assert_eq!(plugins[2]["mode"], "nftables");
         assert_eq!(mode_of(&conf).unwrap(), 0o640);
-        assert_eq!(fs::read(t.0.join("bin/meshcap-cni")).unwrap(), b"#!plugin");
+        assert_eq!(fs::read(t.join("bin/meshcap-cni")).unwrap(), b"#!plugin");
         assert_eq!(
-            fs::read_to_string(t.0.join("net.d/99-other.conflist")).unwrap(),
+            fs::read_to_string(t.join("net.d/99-other.conflist")).unwrap(),
             FLANNEL
         );
 
-        let records = t.0.join("run/attachments/cbr0");
+        let records = t.join("run/attachments/cbr0");
         fs::create_dir_all(&records).unwrap();
         fs::write(records.join("c1@eth0.json"), "{}").unwrap();
-        fs::write(t.0.join("net.d").join(KUBECONFIG_NAME), "token").unwrap();
+        fs::write(t.join("net.d").join(KUBECONFIG_NAME), "token").unwrap();
         // The plugin's run state beside the records, and a fast path's pin directory (plain
         // files stand in for the pins: removing them is the same unlink on bpffs).
         for dir in ["run/templates", "run/pending", "bpf/meshcap"] {
-            fs::create_dir_all(t.0.join(dir)).unwrap();
+            fs::create_dir_all(t.join(dir)).unwrap();
         }
-        fs::write(t.0.join("run/templates/ipv4-0123456789abcdef"), "template").unwrap();
-        fs::write(t.0.join("run/pending/xtables-1-2"), "journal").unwrap();
-        fs::write(t.0.join("bpf/meshcap/link_sockops"), "").unwrap();
+        fs::write(t.join("run/templates/ipv4-0123456789abcdef"), "template").unwrap();
+        fs::write(t.join("run/pending/xtables-1-2"), "journal").unwrap();
+        fs::write(t.join("bpf/meshcap/link_sockops"), "").unwrap();
         // The plugin's log and the one it moved aside; another file beside them stays.
-        fs::create_dir_all(t.0.join("log")).unwrap();
+        fs::create_dir_all(t.join("log")).unwrap();
         for file in ["meshcap-cni.log", "meshcap-cni.log.1", "other.log"] {
-            fs::write(t.0.join("log").join(file), "line\n").unwrap();
+            fs::write(t.join("log").join(file), "line\n").unwrap();
         }
         uninstall(&t.uargs()).unwrap();
-        assert!(!t.0.join("log/meshcap-cni.log").exists());
-        assert!(!t.0.join("log/meshcap-cni.log.1").exists());
-        assert!(t.0.join("log/other.log").exists());
+        assert!(!t.join("log/meshcap-cni.log").exists());
+        assert!(!t.join("log/meshcap-cni.log.1").exists());
+        assert!(t.join("log/other.log").exists());
         // A log shared with other components is not meshcap's to remove.
-        remove_plugin_log(&t.0.join("log/other.log"));
-        assert!(t.0.join("log/other.log").exists());
+        remove_plugin_log(&t.join("log/other.log"));
+        assert!(t.join("log/other.log").exists());
         assert_eq!(fs::read_to_string(&conf).unwrap(), FLANNEL);
         assert_eq!(mode_of(&conf).unwrap(), 0o640);
         assert!(
-            !t.0.join("run").exists(),
+            !t.join("run").exists(),
             "records, templates, journals and their run dir removed"
         );
-        assert!(!t.0.join("bpf/meshcap").exists(), "fast path unpinned");
-        assert!(!t.0.join("net.d").join(KUBECONFIG_NAME).exists());
-        assert!(!t.0.join("bin/meshcap-cni").exists());
-        assert!(!t.0.join("net.d").join(BACKUP_DIR).exists());
+        assert!(!t.join("bpf/meshcap").exists(), "fast path unpinned");
+        assert!(!t.join("net.d").join(KUBECONFIG_NAME).exists());
+        assert!(!t.join("bin/meshcap-cni").exists());
+        assert!(!t.join("net.d").join(BACKUP_DIR).exists());
     }
 
     #[test]
     fn linkerd_settings_that_fail_every_linkerd_pod_are_refused() {
-        let t = TempDir::new("linkerd-bad");
+        let t = NodeDirs::new("linkerd-bad");
         for (flags, why) in [
             (vec!["proxy_uid=0"], "loop back"),
             (vec!["subnets_to_ignore=[\"nope\"]"], "not a valid CIDR"),
@@ -861,21 +859,21 @@ mod tests {
 
     #[test]
     fn uninstall_can_keep_the_fast_path_and_keeps_a_shared_run_dir() {
-        let t = TempDir::new("keep");
-        fs::write(t.0.join("net.d/10-flannel.conflist"), FLANNEL).unwrap();
+        let t = NodeDirs::new("keep");
+        fs::write(t.join("net.d/10-flannel.conflist"), FLANNEL).unwrap();
         install(&t.args()).unwrap();
-        fs::create_dir_all(t.0.join("bpf/meshcap")).unwrap();
-        fs::write(t.0.join("bpf/meshcap/link_sockops"), "").unwrap();
-        fs::create_dir_all(t.0.join("run/templates")).unwrap();
-        fs::write(t.0.join("run/someone-elses"), "").unwrap();
+        fs::create_dir_all(t.join("bpf/meshcap")).unwrap();
+        fs::write(t.join("bpf/meshcap/link_sockops"), "").unwrap();
+        fs::create_dir_all(t.join("run/templates")).unwrap();
+        fs::write(t.join("run/someone-elses"), "").unwrap();
         let args = UninstallArgs {
             keep_fast_path: true,
             ..t.uargs()
         };
         uninstall(&args).unwrap();
-        assert!(t.0.join("bpf/meshcap/link_sockops").exists());
-        assert!(!t.0.join("run/templates").exists());
-        assert!(t.0.join("run/someone-elses").exists());
+        assert!(t.join("bpf/meshcap/link_sockops").exists());
+        assert!(!t.join("run/templates").exists());
+        assert!(t.join("run/someone-elses").exists());
     }
 
     /// A single plugin config, `.conf` or `.json` (libcni reads both), becomes a conflist and
@@ -883,12 +881,12 @@ mod tests {
     #[test]
     fn single_conf_becomes_a_conflist_and_comes_back() {
         for ext in ["conf", "json"] {
-            let t = TempDir::new(&format!("single-{ext}"));
+            let t = NodeDirs::new(&format!("single-{ext}"));
             let original = r#"{"cniVersion":"1.0.0","name":"podnet","type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"10.88.0.0/16"}}"#;
-            let conf = t.0.join(format!("net.d/10-bridge.{ext}"));
+            let conf = t.join(format!("net.d/10-bridge.{ext}"));
             fs::write(&conf, original).unwrap();
             let written = install(&t.args()).unwrap();
-            assert_eq!(written, t.0.join("net.d/10-bridge.conflist"), "{ext}");
+            assert_eq!(written, t.join("net.d/10-bridge.conflist"), "{ext}");
             assert!(!conf.exists(), "{ext}");
             let v: Value = serde_json::from_str(&fs::read_to_string(&written).unwrap()).unwrap();
             assert_eq!(v["name"], "podnet");
@@ -898,14 +896,14 @@ mod tests {
             uninstall(&t.uargs()).unwrap();
             assert_eq!(fs::read_to_string(&conf).unwrap(), original, "{ext}");
             assert!(!written.exists(), "{ext}");
-            assert!(!t.0.join("net.d").join(BACKUP_DIR).exists(), "{ext}");
+            assert!(!t.join("net.d").join(BACKUP_DIR).exists(), "{ext}");
         }
     }
 
     #[test]
     fn uninstall_keeps_changes_made_by_others() {
-        let t = TempDir::new("others");
-        let conf = t.0.join("net.d/10-flannel.conflist");
+        let t = NodeDirs::new("others");
+        let conf = t.join("net.d/10-flannel.conflist");
         fs::write(&conf, FLANNEL).unwrap();
         install(&t.args()).unwrap();
         let mut v: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
@@ -930,19 +928,19 @@ mod tests {
 
     #[test]
     fn invalid_files_are_skipped_when_picking_the_primary() {
-        let t = TempDir::new("invalid");
-        fs::write(t.0.join("net.d/00-broken.conflist"), "{not json").unwrap();
+        let t = NodeDirs::new("invalid");
+        fs::write(t.join("net.d/00-broken.conflist"), "{not json").unwrap();
         fs::write(
-            t.0.join("net.d/05-empty.conflist"),
+            t.join("net.d/05-empty.conflist"),
             r#"{"name":"x","plugins":[]}"#,
         )
         .unwrap();
-        fs::write(t.0.join("net.d/10-flannel.conflist"), FLANNEL).unwrap();
+        fs::write(t.join("net.d/10-flannel.conflist"), FLANNEL).unwrap();
         assert_eq!(
-            primary_config(&t.0.join("net.d")).unwrap(),
-            t.0.join("net.d/10-flannel.conflist")
+            primary_config(&t.join("net.d")).unwrap(),
+            t.join("net.d/10-flannel.conflist")
         );
-        fs::remove_file(t.0.join("net.d/10-flannel.conflist")).unwrap();
-        assert!(primary_config(&t.0.join("net.d")).is_err());
+        fs::remove_file(t.join("net.d/10-flannel.conflist")).unwrap();
+        assert!(primary_config(&t.join("net.d")).is_err());
     }
 }

@@ -1177,6 +1177,18 @@ fn privileged_pods_of_the_previous_release_are_checked_deleted_and_upgraded() {
     }
 }
 
+/// The node as `meshcap install` left it: the plugin in `bin` and, in `net.d`, the `agentnet`
+/// network of a ptp primary with `meshcap` chained after it. Returns that network list before
+/// and after the install: a pod's results-cache entry holds the one it was set up with.
+fn installed_after_ptp(s: &ScratchDir, plugin: &Path, meshcap: Value) -> (Value, Value) {
+    fs::copy(plugin, s.0.join("bin/meshcap-cni")).unwrap();
+    let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
+    let before = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});
+    let after = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary, meshcap]});
+    fs::write(s.0.join("net.d/10-agentnet.conflist"), after.to_string()).unwrap();
+    (before, after)
+}
+
 /// A libcni results-cache entry as Go libcni 1.2's `cacheAdd` writes it after the ADD of
 /// network list `conflist` (`config` is the base64 of the conflist bytes).
 fn write_cache_entry(s: &ScratchDir, cid: &str, netns: &str, conflist: &Value, annotations: Value) {
@@ -1213,8 +1225,6 @@ fn privileged_pods_set_up_before_install_are_adopted_once_and_released() {
         return;
     };
     let s = scratch("adopt");
-    fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
-    let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
     let meshcap = json!({
         "type": "meshcap-cni",
         "mode": "nftables",
@@ -1222,10 +1232,7 @@ fn privileged_pods_set_up_before_install_are_adopted_once_and_released() {
         "capabilities": {"io.kubernetes.cri.pod-annotations": true},
         "log_file": s.0.join("plugin.log")
     });
-    let before = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});
-    let after = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary, meshcap]});
-    // The node's config as `meshcap install` left it.
-    fs::write(s.0.join("net.d/10-agentnet.conflist"), after.to_string()).unwrap();
+    let (before, after) = installed_after_ptp(&s, &plugin, meshcap);
 
     // Set up before the install: one meshed pod (adopted) and one without a sidecar (the
     // plugin's selection skips it). Set up after: one pod whose ADD ran meshcap (never adopted).
@@ -1318,8 +1325,6 @@ fn privileged_linkerd_and_kuma_pods_set_up_before_install_are_adopted() {
         return;
     };
     let s = scratch("adopt-meshes");
-    fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
-    let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
     let meshcap = json!({
         "type": "meshcap-cni",
         "mode": "iptables",
@@ -1327,9 +1332,7 @@ fn privileged_linkerd_and_kuma_pods_set_up_before_install_are_adopted() {
         "linkerd": {"outbound_proxy_port": 4150, "inbound_proxy_port": 4153},
         "log_file": s.0.join("plugin.log")
     });
-    let before = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});
-    let after = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary, meshcap]});
-    fs::write(s.0.join("net.d/10-agentnet.conflist"), after.to_string()).unwrap();
+    let (before, _) = installed_after_ptp(&s, &plugin, meshcap);
     let kuma_config = "kumaDPUser: \"5678\"\nredirect:\n  inbound:\n    port: 15006\n  outbound:\n    port: 15001\n";
     // (container id, namespace, annotations, outbound port, chain prefix, record key)
     let pods = [
@@ -1437,20 +1440,13 @@ fn privileged_agent_killed_in_the_middle_of_an_adoption_recovers() {
     };
     for mode in ["iptables", "nftables"] {
         let s = scratch(&format!("killed-{mode}"));
-        fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
-        let primary =
-            json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
         // Templates off: every pod's ADD runs its restores, so the kill can land between them.
         let meshcap = json!({
             "type": "meshcap-cni", "mode": mode, "selection": "injected",
             "capabilities": {"io.kubernetes.cri.pod-annotations": true},
             "log_file": s.0.join("plugin.log"), "iptables_templates": false
         });
-        let before =
-            json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});
-        let after =
-            json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary, meshcap]});
-        fs::write(s.0.join("net.d/10-agentnet.conflist"), after.to_string()).unwrap();
+        let (before, _) = installed_after_ptp(&s, &plugin, meshcap);
         let injected = json!({"sidecar.istio.io/status": "{}"});
         let pods: Vec<(String, Netns)> = (0..PODS)
             .map(|i| {
@@ -1650,16 +1646,12 @@ fn privileged_corrupt_cache_entries_and_a_full_state_dir() {
     };
     let s = scratch("faults");
     let _state_fs = Tmpfs::mount(&s.0.join("state"), "256k");
-    fs::copy(&plugin, s.0.join("bin/meshcap-cni")).unwrap();
-    let primary = json!({"type": "ptp", "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}});
     let meshcap = json!({
         "type": "meshcap-cni", "mode": "nftables", "selection": "injected",
         "capabilities": {"io.kubernetes.cri.pod-annotations": true},
         "log_file": s.0.join("plugin.log")
     });
-    let before = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary.clone()]});
-    let after = json!({"cniVersion": "1.0.0", "name": "agentnet", "plugins": [primary, meshcap]});
-    fs::write(s.0.join("net.d/10-agentnet.conflist"), after.to_string()).unwrap();
+    let (before, _) = installed_after_ptp(&s, &plugin, meshcap);
     let injected = json!({"sidecar.istio.io/status": "{}"});
     let (good, cut, full) = (
         Netns::create("mcfault-good"),

@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use meshcap_testkit::ScratchDir;
 use serde_json::json;
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
@@ -36,7 +37,7 @@ fn plugin_binary() -> Option<PathBuf> {
 
 /// An ADD as a runtime runs it, for a pod selection skips (no sidecar): the plugin starts,
 /// parses everything and prints the prevResult. Returns the failure, if any.
-fn add(bin: &Path, conf: &str) -> Result<(), String> {
+fn add(bin: &Path, conf: &str, state: &Path) -> Result<(), String> {
     let mut child = Command::new(bin)
         .env_clear()
         .env("CNI_COMMAND", "ADD")
@@ -44,10 +45,7 @@ fn add(bin: &Path, conf: &str) -> Result<(), String> {
         .env("CNI_NETNS", "/proc/self/ns/net")
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "MESHCAP_STATE_DIR",
-            std::env::temp_dir().join("meshcap-install-atomic-state"),
-        )
+        .env("MESHCAP_STATE_DIR", state)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -79,9 +77,10 @@ fn adds_during_repeated_installs_run_a_whole_binary() {
         meshcap_testkit::skip_or_fail(TEST, why);
         return;
     };
-    let dir = std::env::temp_dir().join(format!("meshcap-install-atomic-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
+    let scratch = ScratchDir::new("install-atomic");
+    let dir = scratch.path();
     let (conf_dir, bin_dir, builds) = (dir.join("net.d"), dir.join("bin"), dir.join("builds"));
+    let state = dir.join("state");
     for d in [&conf_dir, &bin_dir, &builds] {
         fs::create_dir_all(d).unwrap();
     }
@@ -137,7 +136,7 @@ fn adds_during_repeated_installs_run_a_whole_binary() {
                 s.spawn(|| {
                     let mut failed = Vec::new();
                     while !done.load(Ordering::Relaxed) {
-                        if let Err(e) = add(&installed, &conf) {
+                        if let Err(e) = add(&installed, &conf, &state) {
                             failed.push(e);
                         }
                         adds.fetch_add(1, Ordering::Relaxed);
@@ -186,5 +185,4 @@ fn adds_during_repeated_installs_run_a_whole_binary() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["meshcap-cni"], "bin dir: {names:?}");
-    let _ = fs::remove_dir_all(&dir);
 }

@@ -3,9 +3,9 @@
 //! target adds the assertions it needs on [`Run`] and [`Scratch`] in `impl` blocks of its own.
 #![allow(dead_code)] // each test target uses a different subset
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use meshcap_testkit::ScratchNetns;
+use meshcap_testkit::{ScratchDir, ScratchNetns};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_meshcap-cni");
 
@@ -18,7 +18,7 @@ pub struct Run {
 
 /// Runs `meshcap-cni` with only `PATH` and `env` in its environment and `stdin` on stdin.
 pub fn run_plugin(env: &[(&str, &str)], stdin: &str) -> Run {
-    let run = meshcap_testkit::run_plugin(std::path::Path::new(BIN), env, stdin);
+    let run = meshcap_testkit::run_plugin(Path::new(BIN), env, stdin);
     Run {
         code: run.code,
         stdout: run.stdout,
@@ -26,26 +26,21 @@ pub fn run_plugin(env: &[(&str, &str)], stdin: &str) -> Run {
     }
 }
 
-/// A per-test directory (`<tmp>/<prefix>-<test>-<pid>`), removed on drop even when the test
-/// fails; the plugin's state dir is `state` under it.
-pub struct Scratch(pub PathBuf);
+/// A per-test [`ScratchDir`] whose `state` subdirectory is the plugin's state dir; a type of
+/// this crate so that each test target can give it helpers of its own.
+pub struct Scratch(ScratchDir);
 
 impl Scratch {
-    pub fn new(prefix: &str, test: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("{prefix}-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
+    pub fn new(test: &str) -> Scratch {
+        Scratch(ScratchDir::new(test))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
     }
 
     pub fn state(&self) -> String {
-        self.0.join("state").to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.path().join("state").to_str().unwrap().to_string()
     }
 }
 

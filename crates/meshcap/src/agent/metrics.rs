@@ -486,9 +486,9 @@ mod tests {
 
     #[test]
     fn outcomes_are_tailed_and_rendered() {
-        let dir =
-            std::env::temp_dir().join(format!("meshcap-agent-metrics-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        // The state dir does not exist yet: the first outcome creates it.
+        let scratch = meshcap_testkit::ScratchDir::new("agent-metrics");
+        let dir = scratch.path().join("state");
         let m = Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins"));
         meshcap_records::count_outcome(&dir, "ADD", 0);
         meshcap_records::count_outcome(&dir, "ADD", 100);
@@ -515,7 +515,6 @@ mod tests {
         meshcap_records::record_outcome(&dir, "ADD", 0, Some(("iptables", ms(7))));
         meshcap_records::record_outcome(&dir, "DEL", 0, Some(("iptables", ms(20))));
         let hist = m.render().unwrap();
-        let _ = fs::remove_dir_all(&dir);
         for line in [
             "# TYPE meshcap_cni_add_duration_seconds histogram\n",
             "meshcap_cni_add_duration_seconds_bucket{mode=\"nftables\",le=\"0.0005\"} 1\n",
@@ -555,7 +554,8 @@ mod tests {
 
     #[test]
     fn the_endpoint_routes_and_bounds_requests() {
-        let dir = std::env::temp_dir().join(format!("meshcap-agent-serve-{}", std::process::id()));
+        let scratch = meshcap_testkit::ScratchDir::new("agent-serve");
+        let dir = scratch.path().join("state");
         let metrics = Arc::new(Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins")));
         let ready: Arc<Readiness> = Arc::new(|| Err("meshcap-cni is not installed".into()));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -615,17 +615,15 @@ mod tests {
 
     #[test]
     fn a_large_outcome_log_is_rotated_without_losing_counts() {
-        let dir = std::env::temp_dir().join(format!("meshcap-agent-rotate-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let scratch = meshcap_testkit::ScratchDir::new("agent-rotate");
+        let dir = scratch.path();
         let lines = (ROTATE_AT / 6 + 10) as usize;
         fs::write(dir.join(OUTCOMES_FILE), "ADD 0\n".repeat(lines)).unwrap();
-        let m = Metrics::new(&dir, Path::new("/nonexistent/meshcap-pins"));
+        let m = Metrics::new(dir, Path::new("/nonexistent/meshcap-pins"));
         let first = m.render().unwrap();
         let rotated = !dir.join(OUTCOMES_FILE).exists();
-        meshcap_records::count_outcome(&dir, "ADD", 0);
+        meshcap_records::count_outcome(dir, "ADD", 0);
         let second = m.render().unwrap();
-        let _ = fs::remove_dir_all(&dir);
         assert!(first.contains(&format!("meshcap_cni_adds_total {lines}\n")));
         assert!(rotated, "the log was moved aside and drained");
         assert!(second.contains(&format!("meshcap_cni_adds_total {}\n", lines + 1)));

@@ -261,16 +261,14 @@ mod tests {
 
     #[test]
     fn cache_files_are_read_capped_and_never_through_a_symlink() {
-        let dir = std::env::temp_dir().join(format!("meshcap-adopt-read-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let scratch = meshcap_testkit::ScratchDir::new("adopt-read");
+        let dir = scratch.path();
         fs::write(dir.join("small"), b"{}").unwrap();
         fs::write(dir.join("big"), vec![b' '; MAX_CACHE_FILE as usize + 1]).unwrap();
         std::os::unix::fs::symlink(dir.join("small"), dir.join("link")).unwrap();
         let small = read_capped(&dir.join("small"));
         let big = read_capped(&dir.join("big"));
         let link = read_capped(&dir.join("link"));
-        let _ = fs::remove_dir_all(&dir);
         assert_eq!(small.unwrap(), b"{}");
         assert!(big.is_err());
         assert!(link.is_err(), "O_NOFOLLOW refuses the symlink");

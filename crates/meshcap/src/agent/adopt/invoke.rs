@@ -236,9 +236,8 @@ mod tests {
 
     #[test]
     fn networks_by_name_first_file_wins() {
-        let dir = std::env::temp_dir().join(format!("meshcap-adopt-nets-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let scratch = meshcap_testkit::ScratchDir::new("adopt-nets");
+        let dir = scratch.path();
         let write = |name: &str, v: &Value| fs::write(dir.join(name), v.to_string()).unwrap();
         write("10-podnet.conflist", &conflist(true));
         // Same name later in lexical order: shadowed, as libcni's LoadConfList does.
@@ -249,8 +248,7 @@ mod tests {
         );
         fs::write(dir.join("40-broken.conflist"), "{").unwrap();
         write("50-ignored.txt", &json!({"name": "txt", "plugins": []}));
-        let nets = load_networks(&dir).unwrap();
-        let _ = fs::remove_dir_all(&dir);
+        let nets = load_networks(dir).unwrap();
         assert_eq!(nets.keys().collect::<Vec<_>>(), ["other", "podnet"]);
         assert_eq!(nets["podnet"].cni_version, Some(json!("1.0.0")));
         assert_eq!(nets["podnet"].entry.as_ref().unwrap()["type"], PLUGIN_TYPE);
