@@ -482,7 +482,7 @@ fn linkerd_api_server_ports(client: &kube::Client, left: Duration) -> Option<Vec
 /// `meshcap render -f` and the agent share. The log says which settings came from a node
 /// default or the mesh's default rather than the pod (on the runtime path: every spec-derived
 /// one). The pod's addresses come from the prevResult, read once; an Istio pod's address
-/// families follow from them ([`result::pod_families`]); CHECK then takes the ones the record
+/// families follow from them ([`mesh::istio::families_of`]); CHECK then takes the ones the record
 /// says ADD installed. A Kuma `dualstack` pod without an IPv6 address there still gets IPv6
 /// rules when `netns` holds one (kuma-cni's test, [`Dataplane::has_ipv6_address`]); the
 /// namespace is opened only then.
@@ -554,7 +554,7 @@ fn model_for(
     let mut model = resolved.model;
     if mesh_of_pod == Mesh::Istio {
         // Istio writes IPv6 rules only for a pod with an IPv6 address.
-        model.families = result::pod_families(&addresses);
+        model.families = mesh::istio::families_of(&addresses);
     }
     Ok((model, resolved.front_end))
 }

@@ -11,7 +11,6 @@
 
 use std::net::IpAddr;
 
-use meshcap_model::Families;
 use serde_json::{json, Map, Value};
 
 use crate::version::CniVersion;
@@ -124,12 +123,6 @@ pub fn pod_addresses(prev: Option<&Map<String, Value>>) -> Result<Vec<IpAddr>, R
         .collect()
 }
 
-/// The address families an Istio pod gets rules for, from its [`pod_addresses`]
-/// ([`meshcap_model::mesh::istio::families_of`], which `meshcap render -f` shares).
-pub fn pod_families(addresses: &[IpAddr]) -> Families {
-    meshcap_model::mesh::istio::families_of(addresses)
-}
-
 /// "4" or "6" from `address` (CIDR). An IPv4-mapped IPv6 address counts as 4, as Go's
 /// `IP.To4()` decides in libcni.
 fn ip_version(ip: &Map<String, Value>, index: usize) -> Result<&'static str, ResultError> {
@@ -160,9 +153,13 @@ fn ip_address(ip: &Map<String, Value>, index: usize) -> Result<IpAddr, ResultErr
 mod tests {
     use super::*;
 
+    use meshcap_model::mesh::istio;
+    use meshcap_model::Families;
+
+    /// An Istio pod's families from the addresses of its prevResult.
     fn families_of(ips: Value) -> Families {
         let prev = json!({"cniVersion": "1.0.0", "ips": ips});
-        pod_families(&pod_addresses(prev.as_object()).unwrap())
+        istio::families_of(&pod_addresses(prev.as_object()).unwrap())
     }
 
     #[test]
@@ -186,7 +183,10 @@ mod tests {
         );
         assert_eq!(families_of(json!([{"address": "::ffff:10.1.0.5/112"}])), v4);
         assert_eq!(families_of(json!([])), Families::BOTH);
-        assert_eq!(pod_families(&pod_addresses(None).unwrap()), Families::BOTH);
+        assert_eq!(
+            istio::families_of(&pod_addresses(None).unwrap()),
+            Families::BOTH
+        );
         let bad = json!({"ips": [{"address": "nope"}]});
         assert!(pod_addresses(bad.as_object()).is_err());
     }

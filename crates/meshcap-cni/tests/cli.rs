@@ -10,8 +10,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 mod common;
-use common::{missing_root_or_tools, run_plugin, skip_or_fail, Netns, Run};
-use meshcap_testkit::ScratchDir;
+use common::{missing_root_or_tools, run_plugin, skip_or_fail, Netns, Run, Scratch};
 
 impl Run {
     /// stdout parsed as the single JSON value it must be (or `None` when empty).
@@ -51,28 +50,14 @@ impl Run {
     }
 }
 
-/// A per-test directory, removed on drop even when the test fails; the plugin's state dir is
-/// `state` under it.
-fn scratch(test: &str) -> ScratchDir {
-    ScratchDir::new(&format!("cni-it-{test}"))
+fn scratch(test: &str) -> Scratch {
+    Scratch::new(&format!("cni-it-{test}"))
 }
 
-/// The plugin's state dir in a test's [`ScratchDir`].
-trait StateDir {
-    fn state(&self) -> String;
+impl Scratch {
     /// The record files of `network`, sorted.
-    fn records(&self, network: &str) -> Vec<String>;
-    /// A record of an attachment whose namespace is gone, as the plugin writes one.
-    fn write_record(&self, network: &str, cid: &str, ifname: &str);
-}
-
-impl StateDir for ScratchDir {
-    fn state(&self) -> String {
-        self.0.join("state").to_str().unwrap().to_string()
-    }
-
     fn records(&self, network: &str) -> Vec<String> {
-        let mut names: Vec<String> = match fs::read_dir(self.0.join("state").join(network)) {
+        let mut names: Vec<String> = match fs::read_dir(self.path().join("state").join(network)) {
             Ok(rd) => rd
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect(),
@@ -82,8 +67,9 @@ impl StateDir for ScratchDir {
         names
     }
 
+    /// A record of an attachment whose namespace is gone, as the plugin writes one.
     fn write_record(&self, network: &str, cid: &str, ifname: &str) {
-        let dir = self.0.join("state").join(network);
+        let dir = self.path().join("state").join(network);
         fs::create_dir_all(&dir).unwrap();
         let rec = json!({
             "network": network, "container_id": cid, "ifname": ifname,
@@ -195,7 +181,7 @@ fn add_in_excluded_namespace_passes_through_without_annotations() {
 fn kubernetes_exclude_namespaces_is_honoured_and_unknown_keys_are_warned() {
     let s = scratch("peer-keys");
     let state = s.state();
-    let log = s.0.join("meshcap-cni.log");
+    let log = s.path().join("meshcap-cni.log");
     let mut env = attach_env("ADD", "/run/netns/x", &state);
     env[5] = (
         "CNI_ARGS",
@@ -531,7 +517,7 @@ fn gc_removes_stale_records_and_keeps_valid_ones() {
 fn logs_go_to_stderr_and_the_log_file_never_stdout() {
     let s = scratch("logging");
     let state = s.state();
-    let log = s.0.join("logs/sub/meshcap-cni.log");
+    let log = s.path().join("logs/sub/meshcap-cni.log");
     let env = attach_env("ADD", "/run/netns/x", &state);
     let extra = json!({
         "log_file": log.to_str().unwrap(),
@@ -585,7 +571,7 @@ fn logs_go_to_stderr_and_the_log_file_never_stdout() {
         "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {}}
     });
     run_plugin(&env, &conf("1.0.0", extra)).ok().unwrap();
-    let older = fs::read_to_string(s.0.join("logs/sub/meshcap-cni.log.1")).unwrap();
+    let older = fs::read_to_string(s.path().join("logs/sub/meshcap-cni.log.1")).unwrap();
     let newer = fs::read_to_string(&log).unwrap();
     assert_eq!(older, before);
     assert!(
@@ -660,7 +646,7 @@ fn privileged_add_check_del_round_trip() {
         }
         assert_eq!(s.records("meshnet"), ["4f3c2b1a@eth0.json"], "{mode}");
         let record: Value = serde_json::from_str(
-            &fs::read_to_string(s.0.join("state/meshnet/4f3c2b1a@eth0.json")).unwrap(),
+            &fs::read_to_string(s.path().join("state/meshnet/4f3c2b1a@eth0.json")).unwrap(),
         )
         .unwrap();
         assert_eq!(record["mode"], mode);

@@ -54,6 +54,11 @@ fn failure(code: u16, reason: &str, message: &str) -> Reply {
     Reply::Json(code, status_body(code, reason, message))
 }
 
+/// What an API server answers while it shuts down: a retryable 503.
+fn shutting_down() -> Reply {
+    failure(503, "ServiceUnavailable", "apiserver is shutting down")
+}
+
 fn namespace(name: &str, annotations: Value) -> Value {
     json!({
         "kind": "Namespace", "apiVersion": "v1",
@@ -561,14 +566,7 @@ fn a_server_that_never_answers_is_try_again_later_within_the_deadline() {
         "deadline",
         vec![
             (pod_path("shop", "hang"), vec![Reply::Hang]),
-            (
-                pod_path("shop", "down"),
-                vec![failure(
-                    503,
-                    "ServiceUnavailable",
-                    "apiserver is shutting down",
-                )],
-            ),
+            (pod_path("shop", "down"), vec![shutting_down()]),
         ],
     );
     let netns = missing_netns("deadline");
@@ -823,11 +821,7 @@ fn privileged_linkerd_control_plane_skips_the_api_servers_ports() {
     };
     let with_service = start(Some(Reply::Json(200, service)));
     let without_service = start(None);
-    let failing = start(Some(failure(
-        503,
-        "ServiceUnavailable",
-        "apiserver is shutting down",
-    )));
+    let failing = start(Some(shutting_down()));
     let s = scratch("linkerd-api-ports");
     let args = k8s_args("l5d-cp", "destination-0");
     for mode in MODES {
@@ -1041,11 +1035,7 @@ fn an_unreadable_or_bad_namespace_fails_a_linkerd_pod_closed() {
             ),
             (
                 namespace_path("busy"),
-                vec![failure(
-                    503,
-                    "ServiceUnavailable",
-                    "apiserver is shutting down",
-                )],
+                vec![shutting_down()],
             ),
         ],
     );

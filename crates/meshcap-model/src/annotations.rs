@@ -159,6 +159,25 @@ fn raw<'a>(annotations: &'a Annotations, name: &str) -> Result<Option<&'a str>, 
     }
 }
 
+/// A list of `len` entries read from `name` (whose value is `value`): refused past
+/// [`MAX_LIST_LEN`], since every entry becomes at least one rule.
+pub(crate) fn bounded(name: &str, value: &str, len: usize) -> Result<(), AnnotationError> {
+    if len > MAX_LIST_LEN {
+        return Err(AnnotationError::new(
+            name,
+            value,
+            format!("more than {MAX_LIST_LEN} entries"),
+        ));
+    }
+    Ok(())
+}
+
+/// [`bounded`] for a list the error shows by its length: one parsed from YAML, where aliases
+/// could make it long, or joined from several inputs.
+pub(crate) fn at_most(name: &str, len: usize) -> Result<(), AnnotationError> {
+    bounded(name, &format!("{len} entries"), len)
+}
+
 /// Split a comma-separated list; whitespace around items is ignored, empty items are errors
 /// (a trailing comma is a typo we would rather report than guess about).
 fn items<'a>(name: &str, value: &'a str) -> Result<Vec<&'a str>, AnnotationError> {
@@ -167,13 +186,7 @@ fn items<'a>(name: &str, value: &'a str) -> Result<Vec<&'a str>, AnnotationError
         return Ok(Vec::new());
     }
     let items: Vec<&str> = trimmed.split(',').map(str::trim).collect();
-    if items.len() > MAX_LIST_LEN {
-        return Err(AnnotationError::new(
-            name,
-            value,
-            format!("more than {MAX_LIST_LEN} entries"),
-        ));
-    }
+    bounded(name, value, items.len())?;
     if items.iter().any(|i| i.is_empty()) {
         return Err(AnnotationError::new(name, value, "empty list entry"));
     }
@@ -211,13 +224,7 @@ fn istio_items<'a>(name: &str, value: &'a str) -> Result<Vec<&'a str>, Annotatio
         return Ok(Vec::new());
     }
     let items: Vec<&str> = value.split(',').collect();
-    if items.len() > MAX_LIST_LEN {
-        return Err(AnnotationError::new(
-            name,
-            value,
-            format!("more than {MAX_LIST_LEN} entries"),
-        ));
-    }
+    bounded(name, value, items.len())?;
     Ok(items)
 }
 

@@ -32,7 +32,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::annotations::{AnnotationError, Annotations, InputKind, Selector, MAX_LIST_LEN};
+use crate::annotations::{AnnotationError, Annotations, InputKind, Selector};
 use crate::model::{
     DnsScope, Families, OwnerPortExclusion, PortRange, ProxyPorts, RedirectModel, VirtualNetwork,
 };
@@ -315,21 +315,43 @@ struct Dns {
     resolv_config_path: Option<String>,
 }
 
-/// A list of the config longer than [`MAX_LIST_LEN`] (a YAML alias repeats an entry for free,
-/// so the annotation's size alone does not bound it): refused, as Istio's lists are.
+/// A list of the config longer than [`MAX_LIST_LEN`](crate::annotations::MAX_LIST_LEN) (a
+/// YAML alias repeats an entry for free, so the annotation's size alone does not bound it):
+/// refused, as Istio's lists are.
 fn at_most(field: &str, len: usize) -> Result<(), AnnotationError> {
-    if len > MAX_LIST_LEN {
-        return Err(bad(
-            field,
-            &format!("{len} entries"),
-            format!("more than {MAX_LIST_LEN} entries"),
-        ));
-    }
-    Ok(())
+    crate::annotations::at_most(&config_field(field), len)
 }
 
 fn bad(field: &str, value: &str, reason: impl Into<String>) -> AnnotationError {
-    AnnotationError::new(&format!("{TPROXY_CONFIG} ({field})"), value, reason)
+    AnnotationError::new(&config_field(field), value, reason)
+}
+
+/// How errors name a field of the config annotation.
+fn config_field(field: &str) -> String {
+    format!("{TPROXY_CONFIG} ({field})")
+}
+
+/// A Kuma pod set up now: its [`model`], and the settings that rebuild that model later, with
+/// the `nameserver` entries it read from the node's resolv.conf (the entries only: the pod
+/// names the path).
+pub fn resolve(
+    annotations: &Annotations,
+    pod_has_ipv6: bool,
+    read_file: &dyn Fn(&str) -> std::io::Result<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(PodSettings, RedirectModel), AnnotationError> {
+    let read_entries = std::cell::RefCell::new(None);
+    let reading = |path: &str| {
+        let text = read_file(path)?;
+        *read_entries.borrow_mut() = Some(nameserver_entries(&text));
+        Ok(text)
+    };
+    let model = model(annotations, pod_has_ipv6, &reading, warnings)?;
+    let settings = PodSettings {
+        pod_has_ipv6,
+        nameservers: read_entries.into_inner(),
+    };
+    Ok((settings, model))
 }
 
 /// The model of a Kuma pod. `pod_has_ipv6` says whether the pod has an IPv6 address (Kuma

@@ -30,7 +30,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::annotations::{AnnotationError, Annotations, InputKind, Selector, MAX_LIST_LEN};
+use crate::annotations::{AnnotationError, Annotations, InputKind, Selector};
 use crate::model::{Families, PortRange, ProxyPorts, RedirectModel};
 
 /// Linkerd's sidecar container.
@@ -436,24 +436,22 @@ fn parse_port_range(s: &str) -> Option<PortRange> {
 /// An error about an input named by `source`: a node setting (`linkerd.KEY`) or else what the
 /// pod wrote.
 fn source_error(source: &str, value: &str, why: impl Into<String>) -> AnnotationError {
-    let error = AnnotationError::new(source, value, why);
-    if source.starts_with("linkerd.") {
+    of_source(AnnotationError::new(source, value, why))
+}
+
+/// `error` of the kind its input's name says: a node setting (`linkerd.KEY`) or the pod's.
+fn of_source(error: AnnotationError) -> AnnotationError {
+    if error.annotation.starts_with("linkerd.") {
         error.of_kind(InputKind::PluginSetting)
     } else {
         error
     }
 }
 
-/// A list of `len` entries from `source`, at most [`MAX_LIST_LEN`] of them.
+/// A list of `len` entries from `source`, at most
+/// [`MAX_LIST_LEN`](crate::annotations::MAX_LIST_LEN) of them.
 fn at_most(source: &str, len: usize) -> Result<(), AnnotationError> {
-    if len > MAX_LIST_LEN {
-        return Err(source_error(
-            source,
-            &format!("{len} entries"),
-            format!("more than {MAX_LIST_LEN} entries"),
-        ));
-    }
-    Ok(())
+    crate::annotations::at_most(source, len).map_err(of_source)
 }
 
 /// The port entries linkerd-cni keeps: a malformed entry is logged and dropped. A list with

@@ -271,22 +271,12 @@ pub fn resolve(
             FrontEnd::Linkerd(s)
         }
         Mesh::Kuma => {
-            // The nameservers the model reads from the node's resolv.conf are kept with the
-            // settings (the entries only: the pod names the path).
-            let read_entries = std::cell::RefCell::new(None);
-            let reading = |path: &str| {
-                let text = read_file(path)?;
-                *read_entries.borrow_mut() = Some(kuma::nameserver_entries(&text));
-                Ok(text)
-            };
-            let model = kuma::model(annotations, seen.has_ipv6, &reading, &mut warnings)
-                .map_err(FrontEndError::Annotation)?;
-            let front_end = FrontEnd::Kuma(kuma::PodSettings {
-                pod_has_ipv6: seen.has_ipv6,
-                nameservers: read_entries.into_inner(),
-            });
+            // Its settings come out of building its model (the nameservers it read).
+            let (settings, model) =
+                kuma::resolve(annotations, seen.has_ipv6, read_file, &mut warnings)
+                    .map_err(FrontEndError::Annotation)?;
             return Ok(Resolved {
-                front_end,
+                front_end: FrontEnd::Kuma(settings),
                 model,
                 defaulted,
                 warnings,
